@@ -1,0 +1,170 @@
+//! What every transport does with an uplink, whatever its protocol: check the size, parse and
+//! normalise the payload, and hand the message to the queue. Pure apart from the producer call,
+//! so the MQTT session actor and the HTTP device API share one implementation.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use metrics::{counter, histogram};
+use thiserror::Error;
+use tracing::warn;
+
+use crate::metrics::{
+    ACK_LATENCY, DATA_POINTS_RECEIVED, MESSAGES_ACCEPTED, MESSAGES_RECEIVED, MESSAGES_REJECTED,
+};
+use crate::model::{AttributeScope, Device, Message, MessageBody, now_ms};
+use crate::payload::{PayloadError, parse_attributes, parse_telemetry};
+use crate::ports::{Delivery, Producer, QueueError};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Transport {
+    Mqtt,
+    Http,
+}
+
+impl Transport {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Transport::Mqtt => "mqtt",
+            Transport::Http => "http",
+        }
+    }
+}
+
+/// What a device publishes to: `v1/devices/me/telemetry` or `v1/devices/me/attributes`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Uplink {
+    Telemetry,
+    Attributes,
+}
+
+#[derive(Debug, Error, Clone, PartialEq, Eq)]
+pub enum Rejection {
+    #[error(transparent)]
+    Payload(#[from] PayloadError),
+    #[error("payload of {size} bytes is over the maximum of {max} bytes")]
+    TooLarge { size: usize, max: usize },
+    #[error(transparent)]
+    Queue(#[from] QueueError),
+}
+
+impl Rejection {
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Rejection::Payload(e) => e.reason(),
+            Rejection::TooLarge { .. } => "too_large",
+            Rejection::Queue(QueueError::Closed) => "queue_closed",
+            Rejection::Queue(QueueError::Unavailable(_)) => "queue_unavailable",
+            Rejection::Queue(QueueError::Rejected(_)) => "queue_rejected",
+        }
+    }
+
+    /// The device sent something wrong (as opposed to the engine being unable to take it).
+    pub fn is_bad_payload(&self) -> bool {
+        matches!(self, Rejection::Payload(_) | Rejection::TooLarge { .. })
+    }
+}
+
+/// The shared uplink path. Cheap to clone behind an `Arc`; holds no per-device state.
+pub struct Ingress {
+    producer: Arc<dyn Producer>,
+    max_payload: usize,
+}
+
+/// An accepted uplink on its way into the queue: await [`Accepted::confirmed`] before
+/// acknowledging the sender.
+pub struct Accepted {
+    delivery: Delivery,
+    transport: Transport,
+    points: usize,
+    received: Instant,
+}
+
+impl Accepted {
+    /// Resolves once the queue holds the message; records the acknowledgement metrics.
+    pub async fn confirmed(self) -> Result<(), Rejection> {
+        let transport = self.transport.as_str();
+        match self.delivery.await {
+            Ok(()) => {
+                counter!(MESSAGES_ACCEPTED, "transport" => transport).increment(1);
+                counter!(DATA_POINTS_RECEIVED, "transport" => transport)
+                    .increment(self.points as u64);
+                histogram!(ACK_LATENCY, "transport" => transport).record(self.received.elapsed());
+                Ok(())
+            }
+            Err(e) => {
+                let rejection = Rejection::Queue(e);
+                counter!(MESSAGES_REJECTED, "transport" => transport, "reason" => rejection.reason())
+                    .increment(1);
+                Err(rejection)
+            }
+        }
+    }
+}
+
+impl Ingress {
+    pub fn new(producer: Arc<dyn Producer>, max_payload: usize) -> Ingress {
+        Ingress { producer, max_payload }
+    }
+
+    pub fn max_payload(&self) -> usize {
+        self.max_payload
+    }
+
+    /// Checks, parses and enqueues one uplink. Waits while the queue is full.
+    pub async fn publish(
+        &self,
+        device: &Device,
+        transport: Transport,
+        uplink: Uplink,
+        payload: &[u8],
+    ) -> Result<Accepted, Rejection> {
+        let received = Instant::now();
+        counter!(MESSAGES_RECEIVED, "transport" => transport.as_str()).increment(1);
+        let result = self.prepare(device, uplink, payload);
+        let message = match result {
+            Ok(message) => message,
+            Err(rejection) => return Err(self.rejected(device, transport, rejection)),
+        };
+        let points = message.data_points();
+        let delivery = if points == 0 {
+            // ThingsBoard accepts an empty object; there is nothing to store.
+            Delivery::Done(Ok(()))
+        } else {
+            match self.producer.send(Arc::new(message)).await {
+                Ok(delivery) => delivery,
+                Err(e) => return Err(self.rejected(device, transport, e.into())),
+            }
+        };
+        Ok(Accepted { delivery, transport, points, received })
+    }
+
+    fn prepare(&self, device: &Device, uplink: Uplink, payload: &[u8]) -> Result<Message, Rejection> {
+        if payload.len() > self.max_payload {
+            return Err(Rejection::TooLarge { size: payload.len(), max: self.max_payload });
+        }
+        let received_ts = now_ms();
+        let body = match uplink {
+            Uplink::Telemetry => MessageBody::Telemetry(parse_telemetry(payload, received_ts)?),
+            Uplink::Attributes => MessageBody::Attributes {
+                scope: AttributeScope::Client,
+                entries: parse_attributes(payload)?,
+            },
+        };
+        Ok(Message { tenant_id: device.tenant_id, device_id: device.id, received_ts, body })
+    }
+
+    fn rejected(&self, device: &Device, transport: Transport, rejection: Rejection) -> Rejection {
+        let reason = rejection.reason();
+        counter!(MESSAGES_REJECTED, "transport" => transport.as_str(), "reason" => reason)
+            .increment(1);
+        warn!(
+            device = %device.name,
+            transport = transport.as_str(),
+            reason,
+            error = %rejection,
+            "uplink rejected"
+        );
+        rejection
+    }
+}

@@ -1,0 +1,16 @@
+//! The domain and its actors: the model, ThingsBoard's payload formats, the ports the actors
+//! talk through, and the actors themselves (device session, session supervisor, sink). No
+//! network or database code lives here; `engine` provides the adapters.
+
+pub mod batch;
+pub mod ingress;
+pub mod mailbox;
+pub mod metrics;
+pub mod model;
+pub mod payload;
+pub mod ports;
+pub mod session;
+pub mod sink;
+pub mod supervisor;
+#[cfg(any(test, feature = "testing"))]
+pub mod testing;

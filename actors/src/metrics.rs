@@ -1,0 +1,56 @@
+//! Every metric name the engine exports, in one place: the Grafana dashboards are checked
+//! against this list.
+//!
+//! Convention: `engine_<subsystem>_<name>_<unit>`; counters end in `_total`; durations are in
+//! seconds and sizes in bytes; labels are low-cardinality (`transport`, `reason`, `mailbox`),
+//! never a device id.
+
+use metrics::{Unit, describe_counter, describe_gauge, describe_histogram};
+
+pub const MESSAGES_RECEIVED: &str = "engine_messages_received_total";
+pub const MESSAGES_ACCEPTED: &str = "engine_messages_accepted_total";
+pub const MESSAGES_REJECTED: &str = "engine_messages_rejected_total";
+pub const DATA_POINTS_RECEIVED: &str = "engine_data_points_received_total";
+pub const ACK_LATENCY: &str = "engine_ack_latency_seconds";
+
+pub const SESSIONS_ACTIVE: &str = "engine_sessions_active";
+pub const SESSIONS_OPENED: &str = "engine_sessions_opened_total";
+pub const SESSIONS_CLOSED: &str = "engine_sessions_closed_total";
+pub const SESSIONS_FAILED: &str = "engine_sessions_failed_total";
+pub const CONNECTIONS_REFUSED: &str = "engine_connections_refused_total";
+
+pub const MAILBOX_DEPTH: &str = "engine_mailbox_depth";
+/// A histogram of each wait; its `_sum` is the total time senders were blocked.
+pub const MAILBOX_BLOCKED: &str = "engine_mailbox_blocked_seconds";
+
+pub const QUEUE_DEPTH: &str = "engine_queue_depth_messages";
+pub const QUEUE_PRODUCE_BLOCKED: &str = "engine_queue_produce_blocked_seconds";
+pub const QUEUE_LAG: &str = "engine_queue_lag_messages";
+
+pub const SINK_BATCH_MESSAGES: &str = "engine_sink_batch_messages";
+pub const SINK_WRITE_LATENCY: &str = "engine_sink_write_latency_seconds";
+pub const DATA_POINTS_STORED: &str = "engine_data_points_stored_total";
+pub const STORAGE_ERRORS: &str = "engine_storage_errors_total";
+
+/// Registers help texts and units with whatever recorder is installed.
+pub fn describe() {
+    describe_counter!(MESSAGES_RECEIVED, "Uplink messages received, by transport");
+    describe_counter!(MESSAGES_ACCEPTED, "Uplink messages the queue accepted, by transport");
+    describe_counter!(MESSAGES_REJECTED, "Uplink messages refused, by transport and reason");
+    describe_counter!(DATA_POINTS_RECEIVED, "Key-value entries in accepted uplinks");
+    describe_histogram!(ACK_LATENCY, Unit::Seconds, "Receipt to acknowledgement, by transport");
+    describe_gauge!(SESSIONS_ACTIVE, "Device sessions open now, by transport");
+    describe_counter!(SESSIONS_OPENED, "Device sessions opened, by transport");
+    describe_counter!(SESSIONS_CLOSED, "Device sessions closed, by transport");
+    describe_counter!(SESSIONS_FAILED, "Device session actors that crashed");
+    describe_counter!(CONNECTIONS_REFUSED, "Connections refused, by transport and reason");
+    describe_gauge!(MAILBOX_DEPTH, "Messages waiting in bounded mailboxes, by mailbox");
+    describe_histogram!(MAILBOX_BLOCKED, Unit::Seconds, "Waits of senders on a full mailbox");
+    describe_gauge!(QUEUE_DEPTH, "Messages in the queue not yet committed by a sink");
+    describe_histogram!(QUEUE_PRODUCE_BLOCKED, Unit::Seconds, "Waits of producers on a full queue");
+    describe_gauge!(QUEUE_LAG, "Messages produced but not yet committed, per consumer");
+    describe_histogram!(SINK_BATCH_MESSAGES, "Messages per storage write");
+    describe_histogram!(SINK_WRITE_LATENCY, Unit::Seconds, "Duration of one storage write");
+    describe_counter!(DATA_POINTS_STORED, "Time-series points and attribute values written");
+    describe_counter!(STORAGE_ERRORS, "Failed storage writes, by kind (retryable, permanent)");
+}

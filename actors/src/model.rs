@@ -1,0 +1,240 @@
+//! The domain model: devices, typed key-value entries and the normalised message that flows from
+//! the transports through the queue into storage.
+
+use std::fmt;
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+/// Namespace for deriving tenant and device ids (UUIDv5), fixed forever: changing it would change
+/// every id in every deployment.
+const ID_NAMESPACE: Uuid = Uuid::from_u128(0x6b1f_4e3a_9c55_4d0e_8f2a_5e0c_7d41_a9b3);
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct TenantId(pub Uuid);
+
+impl TenantId {
+    /// A tenant's id is derived from its name, so every node agrees on it without coordination.
+    pub fn from_name(name: &str) -> TenantId {
+        TenantId(Uuid::new_v5(&ID_NAMESPACE, format!("tenant:{name}").as_bytes()))
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct DeviceId(pub Uuid);
+
+impl DeviceId {
+    /// UUIDv5 of (tenant, device name): any node can create the same device at once without a race.
+    pub fn derive(tenant: TenantId, name: &str) -> DeviceId {
+        DeviceId(Uuid::new_v5(&tenant.0, name.as_bytes()))
+    }
+}
+
+impl fmt::Display for DeviceId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+/// A device's access token: the MQTT username, the path segment of the HTTP device API.
+#[derive(Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct AccessToken(pub String);
+
+impl fmt::Debug for AccessToken {
+    // Tokens are credentials: never print them whole.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let shown: String = self.0.chars().take(3).collect();
+        write!(f, "AccessToken({shown}…)")
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Device {
+    pub id: DeviceId,
+    pub tenant_id: TenantId,
+    pub name: String,
+    /// ThingsBoard's device type (the profile name), `"default"` unless given.
+    pub device_type: String,
+    pub label: Option<String>,
+    pub token: AccessToken,
+    /// Milliseconds since the Unix epoch.
+    pub created_time: i64,
+}
+
+/// A value as ThingsBoard types it: the type a device sent is the type stored and returned.
+#[derive(Clone, Debug, PartialEq)]
+pub enum KvValue {
+    Bool(bool),
+    Long(i64),
+    Double(f64),
+    String(String),
+    /// A JSON object or array, kept as its text.
+    Json(String),
+}
+
+impl KvValue {
+    /// ThingsBoard's `getValueAsString`: what the REST API shows without strict data types.
+    pub fn to_tb_string(&self) -> String {
+        match self {
+            KvValue::Bool(b) => b.to_string(),
+            KvValue::Long(l) => l.to_string(),
+            KvValue::Double(d) => format_double(*d),
+            KvValue::String(s) | KvValue::Json(s) => s.clone(),
+        }
+    }
+
+    pub fn type_name(&self) -> &'static str {
+        match self {
+            KvValue::Bool(_) => "BOOLEAN",
+            KvValue::Long(_) => "LONG",
+            KvValue::Double(_) => "DOUBLE",
+            KvValue::String(_) => "STRING",
+            KvValue::Json(_) => "JSON",
+        }
+    }
+}
+
+/// Java's `Double.toString` for the values devices send: always with a fractional part.
+pub fn format_double(d: f64) -> String {
+    if d.is_finite() && d.fract() == 0.0 && d.abs() < 1e16 {
+        format!("{d:.1}")
+    } else {
+        d.to_string()
+    }
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct KvEntry {
+    pub key: String,
+    pub value: KvValue,
+}
+
+impl KvEntry {
+    pub fn new(key: impl Into<String>, value: KvValue) -> KvEntry {
+        KvEntry { key: key.into(), value }
+    }
+}
+
+/// Entries that share one timestamp (milliseconds since the Unix epoch).
+#[derive(Clone, Debug, PartialEq)]
+pub struct TsRecord {
+    pub ts: i64,
+    pub entries: Vec<KvEntry>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub enum AttributeScope {
+    #[serde(rename = "CLIENT_SCOPE")]
+    Client,
+    #[serde(rename = "SHARED_SCOPE")]
+    Shared,
+    #[serde(rename = "SERVER_SCOPE")]
+    Server,
+}
+
+impl AttributeScope {
+    pub const ALL: [AttributeScope; 3] =
+        [AttributeScope::Client, AttributeScope::Shared, AttributeScope::Server];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AttributeScope::Client => "CLIENT_SCOPE",
+            AttributeScope::Shared => "SHARED_SCOPE",
+            AttributeScope::Server => "SERVER_SCOPE",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<AttributeScope> {
+        AttributeScope::ALL.into_iter().find(|scope| scope.as_str() == s)
+    }
+
+    /// The stable small number storage uses for the scope.
+    pub fn code(self) -> i64 {
+        match self {
+            AttributeScope::Client => 1,
+            AttributeScope::Shared => 2,
+            AttributeScope::Server => 3,
+        }
+    }
+
+    pub fn from_code(code: i64) -> Option<AttributeScope> {
+        AttributeScope::ALL.into_iter().find(|scope| scope.code() == code)
+    }
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub enum MessageBody {
+    Telemetry(Vec<TsRecord>),
+    Attributes { scope: AttributeScope, entries: Vec<KvEntry> },
+}
+
+/// The normalised message every transport produces and every sink consumes.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Message {
+    pub tenant_id: TenantId,
+    pub device_id: DeviceId,
+    /// When the engine received it (milliseconds since the Unix epoch); also the timestamp of
+    /// attribute updates and of telemetry sent without one.
+    pub received_ts: i64,
+    pub body: MessageBody,
+}
+
+impl Message {
+    /// Key-value entries carried: ThingsBoard's "data points".
+    pub fn data_points(&self) -> usize {
+        match &self.body {
+            MessageBody::Telemetry(records) => records.iter().map(|r| r.entries.len()).sum(),
+            MessageBody::Attributes { entries, .. } => entries.len(),
+        }
+    }
+}
+
+/// Messages are shared, not copied, between the queue and its consumers.
+pub type SharedMessage = Arc<Message>;
+
+/// Milliseconds since the Unix epoch.
+pub fn now_ms() -> i64 {
+    use std::time::{SystemTime, UNIX_EPOCH};
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_are_stable_and_scoped_by_tenant() {
+        let t1 = TenantId::from_name("a");
+        let t2 = TenantId::from_name("b");
+        assert_eq!(DeviceId::derive(t1, "dev"), DeviceId::derive(t1, "dev"));
+        assert_ne!(DeviceId::derive(t1, "dev"), DeviceId::derive(t2, "dev"));
+        assert_eq!(DeviceId::derive(t1, "dev").0.get_version_num(), 5);
+    }
+
+    #[test]
+    fn values_print_as_thingsboard_does() {
+        let cases = [
+            (KvValue::Double(42.0), "42.0"),
+            (KvValue::Double(0.5), "0.5"),
+            (KvValue::Long(73), "73"),
+            (KvValue::Bool(true), "true"),
+            (KvValue::String("x".into()), "x"),
+            (KvValue::Json("{\"a\":1}".into()), "{\"a\":1}"),
+        ];
+        for (value, want) in cases {
+            assert_eq!(value.to_tb_string(), want, "{value:?}");
+        }
+    }
+
+    #[test]
+    fn token_debug_hides_the_secret() {
+        assert_eq!(format!("{:?}", AccessToken("secret-token".into())), "AccessToken(sec…)");
+    }
+}

@@ -1,0 +1,277 @@
+//! The ports the actors talk through: a queue (producer and consumer), a store and a device
+//! registry. `engine` implements them (memory and Kafka queues, embedded and ClickHouse stores);
+//! unit tests use the in-memory doubles of `crate::testing`.
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use futures::future::BoxFuture;
+use thiserror::Error;
+
+use crate::batch::WriteBatch;
+use crate::model::{AttributeScope, Device, DeviceId, KvValue, SharedMessage, TenantId};
+
+// ---------------------------------------------------------------------------------------------
+// Queue
+
+#[derive(Debug, Error, Clone, PartialEq, Eq)]
+pub enum QueueError {
+    /// The queue is shutting down and takes no more messages.
+    #[error("queue is closed")]
+    Closed,
+    /// The broker could not be reached or refused the message; trying again may succeed.
+    #[error("queue unavailable: {0}")]
+    Unavailable(String),
+    /// The message can never be accepted (too large, bad topic, ...).
+    #[error("queue refused the message: {0}")]
+    Rejected(String),
+}
+
+/// Resolves when the queue holds the message as durably as it ever will; only then may the
+/// sender be acknowledged (MQTT PUBACK, HTTP 200).
+pub enum Delivery {
+    Done(Result<(), QueueError>),
+    Pending(BoxFuture<'static, Result<(), QueueError>>),
+}
+
+impl Future for Delivery {
+    type Output = Result<(), QueueError>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        match self.get_mut() {
+            Delivery::Done(result) => Poll::Ready(std::mem::replace(result, Err(QueueError::Closed))),
+            Delivery::Pending(fut) => fut.as_mut().poll(cx),
+        }
+    }
+}
+
+#[async_trait]
+pub trait Producer: Send + Sync + 'static {
+    /// Waits until the queue has room for the message (this is where backpressure reaches the
+    /// sender), then hands it over, keeping the order of messages of one device.
+    async fn send(&self, message: SharedMessage) -> Result<Delivery, QueueError>;
+}
+
+/// A message read from a queue partition.
+#[derive(Clone, Debug)]
+pub struct Delivered {
+    pub partition: u32,
+    pub offset: u64,
+    pub message: SharedMessage,
+}
+
+#[async_trait]
+pub trait Consumer: Send + 'static {
+    /// Returns up to `max` messages from the partitions this consumer owns, as soon as `max` are
+    /// there or `max_wait` has passed since the first one arrived (or since the call, when none
+    /// arrives; then the result is empty).
+    async fn poll(&mut self, max: usize, max_wait: Duration) -> Result<Vec<Delivered>, QueueError>;
+
+    /// Marks `offset` of `partition` and everything before it as stored; the queue may then
+    /// forget those messages.
+    async fn commit(&mut self, offsets: &[(u32, u64)]) -> Result<(), QueueError>;
+
+    /// Messages produced to this consumer's partitions and not yet committed, where known.
+    fn lag(&self) -> Option<u64> {
+        None
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Storage
+
+#[derive(Debug, Error, Clone, PartialEq, Eq)]
+pub enum StoreError {
+    /// A fault that may pass: the server is down, busy or timed out. Retry.
+    #[error("storage unavailable: {0}")]
+    Unavailable(String),
+    /// The request itself is wrong (bad type, bad query); retrying cannot help.
+    #[error("storage refused the request: {0}")]
+    Permanent(String),
+    /// The caller asked for something invalid (e.g. a bad range); shown to the user.
+    #[error("{0}")]
+    InvalidQuery(String),
+}
+
+impl StoreError {
+    pub fn is_retryable(&self) -> bool {
+        matches!(self, StoreError::Unavailable(_))
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Aggregation {
+    None,
+    Avg,
+    Min,
+    Max,
+    Sum,
+    Count,
+}
+
+impl Aggregation {
+    pub fn parse(s: &str) -> Option<Aggregation> {
+        Some(match s {
+            "NONE" => Aggregation::None,
+            "AVG" => Aggregation::Avg,
+            "MIN" => Aggregation::Min,
+            "MAX" => Aggregation::Max,
+            "SUM" => Aggregation::Sum,
+            "COUNT" => Aggregation::Count,
+            _ => return None,
+        })
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Order {
+    Asc,
+    Desc,
+}
+
+/// A time-range query, ThingsBoard's `ReadTsKvQuery`: `[start_ts, end_ts)`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct RangeQuery {
+    /// `None`: every key the device has.
+    pub keys: Option<Vec<String>>,
+    pub start_ts: i64,
+    pub end_ts: i64,
+    /// Bucket width in milliseconds for aggregation; the whole range when 0.
+    pub interval: i64,
+    /// Most points per key when not aggregating.
+    pub limit: usize,
+    pub agg: Aggregation,
+    pub order: Order,
+}
+
+/// One time-series value as read back.
+#[derive(Clone, Debug, PartialEq)]
+pub struct TsValue {
+    pub ts: i64,
+    pub value: KvValue,
+}
+
+/// The latest value of a key; `None` when the key has no value.
+#[derive(Clone, Debug, PartialEq)]
+pub struct LatestValue {
+    pub key: String,
+    pub ts: i64,
+    pub value: Option<KvValue>,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct AttributeValue {
+    pub scope: AttributeScope,
+    pub key: String,
+    pub last_update_ts: i64,
+    pub value: KvValue,
+}
+
+/// Series per key, in the order the query asked for.
+pub type RangeResult = BTreeMap<String, Vec<TsValue>>;
+
+#[async_trait]
+pub trait Store: Send + Sync + 'static {
+    /// Writes a batch atomically enough that a replay of the same batch changes nothing: a
+    /// data point is identified by (device, key, ts), an attribute by (device, scope, key).
+    async fn write(&self, batch: Arc<WriteBatch>) -> Result<(), StoreError>;
+
+    /// Latest value per key; every requested key appears, with `value: None` when missing.
+    async fn latest(
+        &self,
+        device: DeviceId,
+        keys: Option<&[String]>,
+    ) -> Result<Vec<LatestValue>, StoreError>;
+
+    async fn timeseries_keys(&self, device: DeviceId) -> Result<Vec<String>, StoreError>;
+
+    async fn range(&self, device: DeviceId, query: &RangeQuery) -> Result<RangeResult, StoreError>;
+
+    /// Attributes of one scope, or of all scopes when `scope` is `None`.
+    async fn attributes(
+        &self,
+        device: DeviceId,
+        scope: Option<AttributeScope>,
+        keys: Option<&[String]>,
+    ) -> Result<Vec<AttributeValue>, StoreError>;
+
+    async fn attribute_keys(
+        &self,
+        device: DeviceId,
+        scope: Option<AttributeScope>,
+    ) -> Result<Vec<String>, StoreError>;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Device registry
+
+#[derive(Debug, Error, Clone, PartialEq, Eq)]
+pub enum RegistryError {
+    #[error("Device with such access token already exists!")]
+    DuplicateToken,
+    #[error("Device with such name already exists!")]
+    DuplicateName,
+    #[error("Requested item wasn't found!")]
+    NotFound,
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PageRequest {
+    pub page_size: usize,
+    pub page: usize,
+    /// Case-insensitive name prefix, ThingsBoard's `textSearch`.
+    pub text_search: Option<String>,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct Page<T> {
+    pub data: Vec<T>,
+    pub total_elements: usize,
+}
+
+#[async_trait]
+pub trait DeviceRegistry: Send + Sync + 'static {
+    /// The hot path of every connect and HTTP upload: implementations answer from memory.
+    async fn by_token(&self, token: &str) -> Result<Option<Arc<Device>>, RegistryError>;
+
+    async fn get(&self, id: DeviceId) -> Result<Option<Arc<Device>>, RegistryError>;
+
+    async fn by_name(&self, tenant: TenantId, name: &str)
+    -> Result<Option<Arc<Device>>, RegistryError>;
+
+    /// Inserts or replaces the device with this id; refuses a token or name another device has.
+    async fn save(&self, device: Device) -> Result<Arc<Device>, RegistryError>;
+
+    /// Returns whether the device existed.
+    async fn delete(&self, id: DeviceId) -> Result<bool, RegistryError>;
+
+    /// Devices of a tenant ordered by name.
+    async fn list(&self, tenant: TenantId, page: &PageRequest)
+    -> Result<Page<Arc<Device>>, RegistryError>;
+}
+
+/// How long to wait before retry `attempt` (0-based): doubling from `base`, capped at `max`.
+pub fn backoff(attempt: u32, base: Duration, max: Duration) -> Duration {
+    base.saturating_mul(1u32 << attempt.min(16)).min(max)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_and_caps() {
+        let base = Duration::from_millis(100);
+        let max = Duration::from_secs(5);
+        let got: Vec<u128> = (0..8).map(|a| backoff(a, base, max).as_millis()).collect();
+        assert_eq!(got, [100, 200, 400, 800, 1600, 3200, 5000, 5000]);
+        assert_eq!(backoff(100, base, max), max);
+    }
+}

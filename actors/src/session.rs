@@ -1,0 +1,246 @@
+//! The session of one connected device (one MQTT connection).
+//!
+//! Receives `Publish` from the MQTT transport; the transport takes a [`Ticket`] from the
+//! session's [`Bound`] first, so at most `mailbox_capacity` publishes wait here. Sends each
+//! uplink through [`Ingress`] to the queue and replies with the [`Accepted`] the transport awaits
+//! before it acknowledges. Linked to the [`SessionSupervisor`](crate::supervisor), so a crash
+//! ends this connection and no other.
+
+use std::marker::PhantomData;
+use std::sync::Arc;
+
+use metrics::{counter, gauge};
+use ractor::{Actor, ActorCell, ActorProcessingErr, ActorRef, RpcReplyPort, SpawnErr};
+use thiserror::Error;
+
+use crate::ingress::{Accepted, Ingress, Rejection, Transport, Uplink};
+use crate::mailbox::{Bound, Ticket};
+use crate::metrics::{SESSIONS_ACTIVE, SESSIONS_CLOSED, SESSIONS_OPENED};
+use crate::model::Device;
+
+/// `P` is the transport's payload buffer, handed over without a copy.
+pub struct DeviceSession<P>(PhantomData<fn() -> P>);
+
+pub struct SessionArgs {
+    pub device: Arc<Device>,
+    pub ingress: Arc<Ingress>,
+    pub transport: Transport,
+}
+
+pub struct SessionState {
+    device: Arc<Device>,
+    ingress: Arc<Ingress>,
+    transport: Transport,
+    _active: ActiveGuard,
+}
+
+pub enum SessionMsg<P> {
+    Publish {
+        uplink: Uplink,
+        payload: P,
+        ticket: Ticket,
+        reply: RpcReplyPort<Result<Accepted, Rejection>>,
+    },
+}
+
+impl<P: AsRef<[u8]> + Send + 'static> Actor for DeviceSession<P> {
+    type Msg = SessionMsg<P>;
+    type State = SessionState;
+    type Arguments = SessionArgs;
+
+    async fn pre_start(
+        &self,
+        _myself: ActorRef<Self::Msg>,
+        args: SessionArgs,
+    ) -> Result<SessionState, ActorProcessingErr> {
+        Ok(SessionState {
+            _active: ActiveGuard::open(args.transport),
+            device: args.device,
+            ingress: args.ingress,
+            transport: args.transport,
+        })
+    }
+
+    async fn handle(
+        &self,
+        _myself: ActorRef<Self::Msg>,
+        message: Self::Msg,
+        state: &mut SessionState,
+    ) -> Result<(), ActorProcessingErr> {
+        match message {
+            SessionMsg::Publish { uplink, payload, ticket, reply } => {
+                let result = state
+                    .ingress
+                    .publish(&state.device, state.transport, uplink, payload.as_ref())
+                    .await;
+                drop(ticket);
+                // The transport may have gone (connection closed); nothing to tell it then.
+                let _ = reply.send(result);
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Counts the session as active for exactly as long as its state lives, even when the actor
+/// panics (unwinding drops the state).
+struct ActiveGuard(Transport);
+
+impl ActiveGuard {
+    fn open(transport: Transport) -> ActiveGuard {
+        counter!(SESSIONS_OPENED, "transport" => transport.as_str()).increment(1);
+        gauge!(SESSIONS_ACTIVE, "transport" => transport.as_str()).increment(1.0);
+        ActiveGuard(transport)
+    }
+}
+
+impl Drop for ActiveGuard {
+    fn drop(&mut self) {
+        counter!(SESSIONS_CLOSED, "transport" => self.0.as_str()).increment(1);
+        gauge!(SESSIONS_ACTIVE, "transport" => self.0.as_str()).decrement(1.0);
+    }
+}
+
+#[derive(Debug, Error, PartialEq)]
+pub enum SessionError {
+    #[error(transparent)]
+    Rejected(#[from] Rejection),
+    /// The session actor is gone (crashed or stopped): the connection must close.
+    #[error("session is gone")]
+    Gone,
+}
+
+/// What the transport holds for one connection.
+pub struct SessionHandle<P> {
+    actor: ActorRef<SessionMsg<P>>,
+    bound: Bound,
+}
+
+impl<P: AsRef<[u8]> + Send + 'static> SessionHandle<P> {
+    /// Spawns the session linked to `supervisor`, on the caller's runtime, so a session lives on
+    /// the same thread as its connection.
+    pub async fn spawn(
+        supervisor: ActorCell,
+        args: SessionArgs,
+        mailbox_capacity: usize,
+    ) -> Result<SessionHandle<P>, SpawnErr> {
+        let (actor, _join) =
+            Actor::spawn_linked(None, DeviceSession::<P>(PhantomData), args, supervisor).await?;
+        Ok(SessionHandle { actor, bound: Bound::new("session", mailbox_capacity) })
+    }
+
+    /// Hands one uplink to the session; waits while its mailbox is full.
+    pub async fn publish(&self, uplink: Uplink, payload: P) -> Result<Accepted, SessionError> {
+        let ticket = self.bound.ticket().await.ok_or(SessionError::Gone)?;
+        let reply = self
+            .actor
+            .call(|reply| SessionMsg::Publish { uplink, payload, ticket, reply }, None)
+            .await
+            .map_err(|_| SessionError::Gone)?;
+        match reply {
+            ractor::rpc::CallResult::Success(result) => Ok(result?),
+            _ => Err(SessionError::Gone),
+        }
+    }
+
+    pub fn stop(&self) {
+        self.bound.close();
+        self.actor.stop(None);
+    }
+}
+
+impl<P> Drop for SessionHandle<P> {
+    fn drop(&mut self) {
+        self.actor.stop(None);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{AccessToken, DeviceId, KvValue, MessageBody, TenantId};
+    use crate::supervisor::{SessionSupervisor, SupervisorMsg};
+    use crate::testing::MemProducer;
+
+    fn device(name: &str) -> Arc<Device> {
+        let tenant = TenantId::from_name("t");
+        Arc::new(Device {
+            id: DeviceId::derive(tenant, name),
+            tenant_id: tenant,
+            name: name.into(),
+            device_type: "default".into(),
+            label: None,
+            token: AccessToken(format!("{name}-token")),
+            created_time: 0,
+        })
+    }
+
+    async fn setup(producer: Arc<MemProducer>) -> (ActorRef<SupervisorMsg>, Arc<Ingress>) {
+        let (supervisor, _) =
+            Actor::spawn(None, SessionSupervisor, ()).await.expect("supervisor starts");
+        (supervisor, Arc::new(Ingress::new(producer, 1024)))
+    }
+
+    async fn session(
+        supervisor: &ActorRef<SupervisorMsg>,
+        ingress: &Arc<Ingress>,
+        name: &str,
+    ) -> SessionHandle<Vec<u8>> {
+        let args = SessionArgs {
+            device: device(name),
+            ingress: ingress.clone(),
+            transport: Transport::Mqtt,
+        };
+        SessionHandle::spawn(supervisor.get_cell(), args, 4).await.expect("session starts")
+    }
+
+    #[tokio::test]
+    async fn telemetry_reaches_the_queue_before_the_reply() {
+        let producer = Arc::new(MemProducer::default());
+        let (supervisor, ingress) = setup(producer.clone()).await;
+        let s = session(&supervisor, &ingress, "d1").await;
+        let accepted = s.publish(Uplink::Telemetry, br#"{"t":1}"#.to_vec()).await;
+        accepted.expect("accepted").confirmed().await.expect("confirmed");
+        let sent = producer.messages();
+        assert_eq!(sent.len(), 1);
+        assert_eq!(sent[0].device_id, device("d1").id);
+        let MessageBody::Telemetry(records) = &sent[0].body else { panic!("not telemetry") };
+        assert_eq!(records[0].entries[0].value, KvValue::Long(1));
+    }
+
+    #[tokio::test]
+    async fn a_bad_payload_is_rejected_and_the_session_lives_on() {
+        let producer = Arc::new(MemProducer::default());
+        let (supervisor, ingress) = setup(producer.clone()).await;
+        let s = session(&supervisor, &ingress, "d1").await;
+        let err = s.publish(Uplink::Telemetry, b"{oops".to_vec()).await.err();
+        assert!(matches!(err, Some(SessionError::Rejected(Rejection::Payload(_)))), "{err:?}");
+        let too_big = vec![b' '; 2000];
+        let err = s.publish(Uplink::Attributes, too_big).await.err();
+        assert!(matches!(err, Some(SessionError::Rejected(Rejection::TooLarge { .. }))));
+        let ok = s.publish(Uplink::Attributes, br#"{"fw":"1.0"}"#.to_vec()).await;
+        assert!(ok.is_ok());
+        assert_eq!(producer.messages().len(), 1);
+    }
+
+    #[tokio::test]
+    async fn a_crashed_session_affects_no_other() {
+        let producer = Arc::new(MemProducer::default());
+        producer.panic_for(device("crasher").id);
+        let (supervisor, ingress) = setup(producer.clone()).await;
+        let crasher = session(&supervisor, &ingress, "crasher").await;
+        let healthy = session(&supervisor, &ingress, "healthy").await;
+
+        let err = crasher.publish(Uplink::Telemetry, br#"{"t":1}"#.to_vec()).await.err();
+        assert_eq!(err, Some(SessionError::Gone));
+        let again = crasher.publish(Uplink::Telemetry, br#"{"t":2}"#.to_vec()).await.err();
+        assert_eq!(again, Some(SessionError::Gone));
+
+        let ok = healthy.publish(Uplink::Telemetry, br#"{"t":3}"#.to_vec()).await;
+        ok.expect("healthy session works").confirmed().await.expect("confirmed");
+        assert_eq!(producer.messages().len(), 1);
+
+        let stats = ractor::call!(supervisor, SupervisorMsg::Stats).expect("supervisor alive");
+        assert_eq!(stats.failed, 1);
+    }
+}

@@ -1,0 +1,267 @@
+//! The sink: moves messages from the queue into storage, in batches.
+//!
+//! Receives `Tick` from itself (one poll-write-commit round each) and `Drain` from the engine at
+//! shutdown. Reads the queue through a [`Consumer`], writes through a [`Store`]. Offsets are
+//! committed only after the store confirmed the batch that held them, so a crash replays
+//! instead of losing; a store that is down stops the polling (the queue fills and pushes back on
+//! the senders) and the sink catches up by itself when it returns.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use metrics::{counter, gauge, histogram};
+use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
+use tracing::{debug, error, warn};
+
+use crate::batch::WriteBatch;
+use crate::metrics::{
+    DATA_POINTS_STORED, QUEUE_LAG, SINK_BATCH_MESSAGES, SINK_WRITE_LATENCY, STORAGE_ERRORS,
+};
+use crate::ports::{Consumer, Delivered, Store, backoff};
+
+pub struct Sink;
+
+#[derive(Clone, Debug)]
+pub struct SinkConfig {
+    /// Most messages per storage write.
+    pub batch_size: usize,
+    /// Longest a message waits for its batch to fill before it is written anyway.
+    pub batch_interval: Duration,
+    /// First retry delay after a failed write or commit; doubles up to `retry_max`.
+    pub retry_base: Duration,
+    pub retry_max: Duration,
+}
+
+impl Default for SinkConfig {
+    fn default() -> Self {
+        SinkConfig {
+            batch_size: 10_000,
+            batch_interval: Duration::from_millis(100),
+            retry_base: Duration::from_millis(100),
+            retry_max: Duration::from_secs(5),
+        }
+    }
+}
+
+pub struct SinkArgs {
+    pub consumer: Box<dyn Consumer>,
+    pub store: Arc<dyn Store>,
+    pub config: SinkConfig,
+}
+
+pub struct SinkState {
+    consumer: Box<dyn Consumer>,
+    store: Arc<dyn Store>,
+    config: SinkConfig,
+    draining: Option<RpcReplyPort<SinkStats>>,
+    stats: SinkStats,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SinkStats {
+    pub batches: u64,
+    pub messages: u64,
+    pub data_points: u64,
+    pub failed_writes: u64,
+}
+
+pub enum SinkMsg {
+    Tick,
+    /// Write everything the queue holds, then reply and stop. Sent once the transports stopped.
+    Drain(RpcReplyPort<SinkStats>),
+}
+
+impl Actor for Sink {
+    type Msg = SinkMsg;
+    type State = SinkState;
+    type Arguments = SinkArgs;
+
+    async fn pre_start(
+        &self,
+        myself: ActorRef<Self::Msg>,
+        args: SinkArgs,
+    ) -> Result<SinkState, ActorProcessingErr> {
+        myself.send_message(SinkMsg::Tick)?;
+        Ok(SinkState {
+            consumer: args.consumer,
+            store: args.store,
+            config: args.config,
+            draining: None,
+            stats: SinkStats::default(),
+        })
+    }
+
+    async fn handle(
+        &self,
+        myself: ActorRef<Self::Msg>,
+        message: Self::Msg,
+        state: &mut SinkState,
+    ) -> Result<(), ActorProcessingErr> {
+        match message {
+            SinkMsg::Drain(reply) => state.draining = Some(reply),
+            SinkMsg::Tick => {
+                let wrote = state.round().await;
+                if !wrote && let Some(reply) = state.draining.take() {
+                    let _ = reply.send(state.stats);
+                    myself.stop(Some("drained".into()));
+                    return Ok(());
+                }
+                myself.send_message(SinkMsg::Tick)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+impl SinkState {
+    /// One poll-write-commit round; returns whether it found anything to write.
+    async fn round(&mut self) -> bool {
+        let wait = if self.draining.is_some() {
+            Duration::from_millis(20)
+        } else {
+            self.config.batch_interval
+        };
+        let polled = self.consumer.poll(self.config.batch_size, wait).await;
+        if let Some(lag) = self.consumer.lag() {
+            #[allow(clippy::cast_precision_loss)]
+            gauge!(QUEUE_LAG).set(lag as f64);
+        }
+        let delivered = match polled {
+            Ok(delivered) => delivered,
+            Err(e) => {
+                warn!(error = %e, "queue poll failed");
+                tokio::time::sleep(self.config.retry_base).await;
+                return true;
+            }
+        };
+        if delivered.is_empty() {
+            return false;
+        }
+        let batch = Arc::new(WriteBatch::from_messages(delivered.iter().map(|d| &*d.message)));
+        self.write(batch.clone()).await;
+        self.commit(&delivered).await;
+        self.stats.batches += 1;
+        self.stats.messages += delivered.len() as u64;
+        self.stats.data_points += batch.data_points() as u64;
+        #[allow(clippy::cast_precision_loss)]
+        histogram!(SINK_BATCH_MESSAGES).record(delivered.len() as f64);
+        counter!(DATA_POINTS_STORED).increment(batch.data_points() as u64);
+        true
+    }
+
+    /// Writes until the store confirms. Nothing was acknowledged to anyone on the strength of
+    /// this write except the queue's hold on the messages, so giving up would lose data.
+    async fn write(&mut self, batch: Arc<WriteBatch>) {
+        if batch.is_empty() {
+            return;
+        }
+        let mut attempt = 0;
+        loop {
+            let started = Instant::now();
+            match self.store.write(batch.clone()).await {
+                Ok(()) => {
+                    histogram!(SINK_WRITE_LATENCY).record(started.elapsed());
+                    debug!(points = batch.data_points(), "batch stored");
+                    return;
+                }
+                Err(e) => {
+                    self.stats.failed_writes += 1;
+                    let kind = if e.is_retryable() { "retryable" } else { "permanent" };
+                    counter!(STORAGE_ERRORS, "kind" => kind).increment(1);
+                    let delay = backoff(attempt, self.config.retry_base, self.config.retry_max);
+                    if e.is_retryable() {
+                        warn!(error = %e, attempt, retry_in = ?delay, "storage write failed");
+                    } else {
+                        error!(error = %e, attempt, retry_in = ?delay, "storage refused a batch");
+                    }
+                    tokio::time::sleep(delay).await;
+                    attempt = attempt.saturating_add(1);
+                }
+            }
+        }
+    }
+
+    async fn commit(&mut self, delivered: &[Delivered]) {
+        let mut last: BTreeMap<u32, u64> = BTreeMap::new();
+        for d in delivered {
+            let offset = last.entry(d.partition).or_insert(d.offset);
+            *offset = (*offset).max(d.offset);
+        }
+        let offsets: Vec<(u32, u64)> = last.into_iter().collect();
+        let mut attempt = 0;
+        while let Err(e) = self.consumer.commit(&offsets).await {
+            let delay = backoff(attempt, self.config.retry_base, self.config.retry_max);
+            warn!(error = %e, attempt, "offset commit failed");
+            tokio::time::sleep(delay).await;
+            attempt = attempt.saturating_add(1);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{KvEntry, KvValue, Message, MessageBody, TenantId, TsRecord};
+    use crate::model::DeviceId;
+    use crate::testing::{MemStore, VecQueue};
+
+    fn message(device: &str, ts: i64) -> Message {
+        let tenant = TenantId::from_name("t");
+        Message {
+            tenant_id: tenant,
+            device_id: DeviceId::derive(tenant, device),
+            received_ts: ts,
+            body: MessageBody::Telemetry(vec![TsRecord {
+                ts,
+                entries: vec![KvEntry::new("v", KvValue::Long(ts))],
+            }]),
+        }
+    }
+
+    fn config() -> SinkConfig {
+        SinkConfig {
+            batch_size: 3,
+            batch_interval: Duration::from_millis(20),
+            retry_base: Duration::from_millis(5),
+            retry_max: Duration::from_millis(20),
+        }
+    }
+
+    #[tokio::test]
+    async fn writes_in_batches_and_commits_after_the_write() {
+        let queue = VecQueue::default();
+        for ts in 0..7 {
+            queue.push(message("d", ts));
+        }
+        let store = Arc::new(MemStore::default());
+        let args = SinkArgs { consumer: Box::new(queue.clone()), store: store.clone(), config: config() };
+        let (sink, handle) = Actor::spawn(None, Sink, args).await.expect("sink starts");
+        let stats = ractor::call!(sink, SinkMsg::Drain).expect("drained");
+        handle.await.expect("sink stops");
+        assert_eq!(stats.messages, 7);
+        assert_eq!(stats.batches, 3, "7 messages in batches of at most 3");
+        assert_eq!(store.points(), 7);
+        assert_eq!(queue.committed(), Some(6));
+    }
+
+    #[tokio::test]
+    async fn a_store_that_is_down_holds_the_offsets_and_is_caught_up_after() {
+        let queue = VecQueue::default();
+        queue.push(message("d", 1));
+        queue.push(message("d", 2));
+        let store = Arc::new(MemStore::default());
+        store.set_down(true);
+        let args = SinkArgs { consumer: Box::new(queue.clone()), store: store.clone(), config: config() };
+        let (sink, handle) = Actor::spawn(None, Sink, args).await.expect("sink starts");
+        tokio::time::sleep(Duration::from_millis(150)).await;
+        assert_eq!(store.points(), 0);
+        assert_eq!(queue.committed(), None, "nothing is committed while the store is down");
+        store.set_down(false);
+        let stats = ractor::call!(sink, SinkMsg::Drain).expect("drained");
+        handle.await.expect("sink stops");
+        assert!(stats.failed_writes >= 2, "{stats:?}");
+        assert_eq!(store.points(), 2);
+        assert_eq!(queue.committed(), Some(1));
+    }
+}

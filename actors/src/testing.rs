@@ -1,0 +1,162 @@
+//! In-memory doubles of the ports for unit tests of the actors (and of benches). Deliberately
+//! simple: the real memory queue and embedded store are adapters in `engine`.
+
+use std::collections::HashSet;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use async_trait::async_trait;
+
+use crate::batch::WriteBatch;
+use crate::model::{AttributeScope, DeviceId, Message, SharedMessage};
+use crate::ports::{
+    AttributeValue, Consumer, Delivered, Delivery, LatestValue, Producer, QueueError, RangeQuery,
+    RangeResult, Store, StoreError,
+};
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// Records what it is sent; panics for chosen devices (to crash a session on purpose).
+#[derive(Default)]
+pub struct MemProducer {
+    sent: Mutex<Vec<SharedMessage>>,
+    panic_for: Mutex<HashSet<DeviceId>>,
+}
+
+impl MemProducer {
+    pub fn messages(&self) -> Vec<SharedMessage> {
+        lock(&self.sent).clone()
+    }
+
+    pub fn panic_for(&self, device: DeviceId) {
+        lock(&self.panic_for).insert(device);
+    }
+}
+
+#[async_trait]
+impl Producer for MemProducer {
+    async fn send(&self, message: SharedMessage) -> Result<Delivery, QueueError> {
+        let crash = lock(&self.panic_for).contains(&message.device_id);
+        assert!(!crash, "test producer told to panic for device {}", message.device_id);
+        lock(&self.sent).push(message);
+        Ok(Delivery::Done(Ok(())))
+    }
+}
+
+/// One partition, a vector and a committed offset.
+#[derive(Clone, Default)]
+pub struct VecQueue {
+    inner: Arc<Mutex<VecQueueInner>>,
+}
+
+#[derive(Default)]
+struct VecQueueInner {
+    messages: Vec<SharedMessage>,
+    read: usize,
+    committed: Option<u64>,
+}
+
+impl VecQueue {
+    pub fn push(&self, message: Message) {
+        lock(&self.inner).messages.push(Arc::new(message));
+    }
+
+    pub fn committed(&self) -> Option<u64> {
+        lock(&self.inner).committed
+    }
+}
+
+#[async_trait]
+impl Consumer for VecQueue {
+    async fn poll(&mut self, max: usize, max_wait: Duration) -> Result<Vec<Delivered>, QueueError> {
+        let batch: Vec<Delivered> = {
+            let mut inner = lock(&self.inner);
+            let start = inner.read;
+            let end = (start + max).min(inner.messages.len());
+            inner.read = end;
+            (start..end)
+                .map(|i| Delivered {
+                    partition: 0,
+                    offset: i as u64,
+                    message: inner.messages[i].clone(),
+                })
+                .collect()
+        };
+        if batch.is_empty() {
+            tokio::time::sleep(max_wait).await;
+        }
+        Ok(batch)
+    }
+
+    async fn commit(&mut self, offsets: &[(u32, u64)]) -> Result<(), QueueError> {
+        let mut inner = lock(&self.inner);
+        for (_, offset) in offsets {
+            inner.committed = Some(inner.committed.map_or(*offset, |c| c.max(*offset)));
+        }
+        Ok(())
+    }
+}
+
+/// Keeps written batches; can be switched "down" to fail every write with a retryable error.
+#[derive(Default)]
+pub struct MemStore {
+    batches: Mutex<Vec<Arc<WriteBatch>>>,
+    down: AtomicBool,
+}
+
+impl MemStore {
+    pub fn set_down(&self, down: bool) {
+        self.down.store(down, Ordering::SeqCst);
+    }
+
+    pub fn points(&self) -> usize {
+        lock(&self.batches).iter().map(|b| b.data_points()).sum()
+    }
+}
+
+fn unsupported() -> StoreError {
+    StoreError::Permanent("queries are not supported by the test store".into())
+}
+
+#[async_trait]
+impl Store for MemStore {
+    async fn write(&self, batch: Arc<WriteBatch>) -> Result<(), StoreError> {
+        if self.down.load(Ordering::SeqCst) {
+            return Err(StoreError::Unavailable("test store is down".into()));
+        }
+        lock(&self.batches).push(batch);
+        Ok(())
+    }
+
+    async fn latest(&self, _: DeviceId, _: Option<&[String]>) -> Result<Vec<LatestValue>, StoreError> {
+        Err(unsupported())
+    }
+
+    async fn timeseries_keys(&self, _: DeviceId) -> Result<Vec<String>, StoreError> {
+        Err(unsupported())
+    }
+
+    async fn range(&self, _: DeviceId, _: &RangeQuery) -> Result<RangeResult, StoreError> {
+        Err(unsupported())
+    }
+
+    async fn attributes(
+        &self,
+        _: DeviceId,
+        _: Option<AttributeScope>,
+        _: Option<&[String]>,
+    ) -> Result<Vec<AttributeValue>, StoreError> {
+        Err(unsupported())
+    }
+
+    async fn attribute_keys(
+        &self,
+        _: DeviceId,
+        _: Option<AttributeScope>,
+    ) -> Result<Vec<String>, StoreError> {
+        Err(unsupported())
+    }
+}
