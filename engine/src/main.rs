@@ -1,1 +1,5 @@
-fn main(){}
+//! The `engine` binary.
+mod config;
+mod queue;
+mod store;
+fn main() {}

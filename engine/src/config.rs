@@ -1,0 +1,307 @@
+//! The engine's configuration: one typed struct per component, every field documented (this is
+//! the user documentation; `engine.example.toml` mirrors it), defaults in one place.
+//!
+//! Sources, later ones winning: built-in defaults, the TOML file given with `--config`,
+//! environment variables `ENGINE_<SECTION>__<FIELD>` (e.g. `ENGINE_MQTT__BIND`,
+//! `ENGINE_DATA_DIR`), then command-line flags. Environment variables are read here and nowhere
+//! else.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use bytesize::ByteSize;
+use figment::Figment;
+use figment::providers::{Env, Format, Serialized, Toml};
+use serde::{Deserialize, Serialize};
+
+#[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// Directory of the embedded store and of generated secrets. Created when missing.
+    pub data_dir: PathBuf,
+    /// Log filter in `tracing` syntax, e.g. `info` or `engine=debug,info`. `RUST_LOG` wins.
+    pub log: String,
+    /// Longest a graceful shutdown (SIGTERM, SIGINT) may take to drain acknowledged messages
+    /// into storage before the engine gives up and exits with an error.
+    #[serde(with = "humantime_serde")]
+    pub shutdown_timeout: Duration,
+    pub mqtt: MqttConfig,
+    pub http: HttpConfig,
+    pub auth: AuthConfig,
+    pub queue: QueueConfig,
+    pub store: StoreConfig,
+}
+
+#[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MqttConfig {
+    /// Address of the MQTT listener (MQTT 3.1.1 and 5 on one port).
+    pub bind: SocketAddr,
+    /// Largest accepted PUBLISH payload; bigger ones are refused (MQTT 5: PUBACK 0x97; MQTT
+    /// 3.1.1: disconnect).
+    pub max_payload_size: ByteSize,
+    /// Unacknowledged QoS 1 publishes one connection may have in flight; past it the engine
+    /// stops reading that socket. Also MQTT 5's Receive Maximum.
+    pub receive_maximum: u16,
+    /// Network worker threads; 0 means one per core.
+    pub workers: usize,
+    /// Time a new connection has to send CONNECT.
+    #[serde(with = "humantime_serde")]
+    pub connect_timeout: Duration,
+    /// At shutdown, time open connections get to finish in-flight publishes before they are
+    /// closed.
+    #[serde(with = "humantime_serde")]
+    pub shutdown_grace: Duration,
+}
+
+#[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HttpConfig {
+    /// Address of the HTTP listener: REST API, HTTP device API and `/metrics`.
+    pub bind: SocketAddr,
+    /// Largest accepted body of the HTTP device API (413 beyond).
+    pub max_payload_size: ByteSize,
+    /// Worker threads; 0 means one per core.
+    pub workers: usize,
+}
+
+#[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuthConfig {
+    /// Login name of the tenant administrator. Leave `password_hash` unset to run with the
+    /// demo account `tenant@thingsboard.org` / `tenant` (a warning is logged).
+    pub username: String,
+    /// Argon2 PHC string of the administrator's password; make one with
+    /// `engine hash-password`. Never the password itself.
+    pub password_hash: Option<String>,
+    /// Name of the tenant; the tenant id is derived from it, so keep it stable.
+    pub tenant_name: String,
+    /// Secret that signs JWTs. When unset, one is generated into `<data_dir>/jwt-secret` at
+    /// first start, so tokens survive restarts. Every node of a cluster needs the same one.
+    pub jwt_secret: Option<String>,
+    /// Lifetime of an access token (ThingsBoard: 2.5 hours).
+    #[serde(with = "humantime_serde")]
+    pub token_expiration: Duration,
+    /// Lifetime of a refresh token (ThingsBoard: 7 days).
+    #[serde(with = "humantime_serde")]
+    pub refresh_token_expiration: Duration,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum QueueKind {
+    /// In-process, bounded; acknowledged messages not yet stored are lost if the process is
+    /// killed (a graceful shutdown drains them).
+    Memory,
+}
+
+#[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct QueueConfig {
+    pub kind: QueueKind,
+    /// Partitions; a device's messages always go to the same one, in order.
+    pub partitions: u32,
+    /// Messages a partition holds until a sink commits them. When full, senders wait: MQTT
+    /// PUBACKs and HTTP responses are held back.
+    pub partition_capacity: usize,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StoreKind {
+    /// SQLite in `<data_dir>/engine.db`.
+    Embedded,
+}
+
+#[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StoreConfig {
+    pub kind: StoreKind,
+    /// Most messages per storage write.
+    pub batch_size: usize,
+    /// Longest a message waits for its batch to fill before it is written anyway.
+    #[serde(with = "humantime_serde")]
+    pub batch_interval: Duration,
+    /// Delay before the first retry of a failed write; doubles up to `retry_max`.
+    #[serde(with = "humantime_serde")]
+    pub retry_base: Duration,
+    #[serde(with = "humantime_serde")]
+    pub retry_max: Duration,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            data_dir: PathBuf::from("./data"),
+            log: "info".into(),
+            shutdown_timeout: Duration::from_secs(60),
+            mqtt: MqttConfig::default(),
+            http: HttpConfig::default(),
+            auth: AuthConfig::default(),
+            queue: QueueConfig::default(),
+            store: StoreConfig::default(),
+        }
+    }
+}
+
+impl Default for MqttConfig {
+    fn default() -> Self {
+        MqttConfig {
+            bind: SocketAddr::from(([0, 0, 0, 0], 1883)),
+            max_payload_size: ByteSize::kib(64),
+            receive_maximum: 16,
+            workers: 0,
+            connect_timeout: Duration::from_secs(10),
+            shutdown_grace: Duration::from_secs(1),
+        }
+    }
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        HttpConfig {
+            bind: SocketAddr::from(([0, 0, 0, 0], 8080)),
+            max_payload_size: ByteSize::kib(64),
+            workers: 0,
+        }
+    }
+}
+
+/// The demo account of ThingsBoard's documentation, used when none is configured.
+pub const DEMO_USERNAME: &str = "tenant@thingsboard.org";
+pub const DEMO_PASSWORD: &str = "tenant";
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        AuthConfig {
+            username: DEMO_USERNAME.into(),
+            password_hash: None,
+            tenant_name: "Tenant".into(),
+            jwt_secret: None,
+            token_expiration: Duration::from_secs(9_000),
+            refresh_token_expiration: Duration::from_secs(604_800),
+        }
+    }
+}
+
+impl Default for QueueConfig {
+    fn default() -> Self {
+        QueueConfig { kind: QueueKind::Memory, partitions: 8, partition_capacity: 20_000 }
+    }
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        StoreConfig {
+            kind: StoreKind::Embedded,
+            batch_size: 10_000,
+            batch_interval: Duration::from_millis(100),
+            retry_base: Duration::from_millis(100),
+            retry_max: Duration::from_secs(5),
+        }
+    }
+}
+
+/// Values given as command-line flags; `None` leaves the other sources in charge.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct Overrides {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub data_dir: Option<PathBuf>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub log: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub mqtt: Option<BindOverride>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub http: Option<BindOverride>,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct BindOverride {
+    pub bind: SocketAddr,
+}
+
+impl Config {
+    /// Loads and validates the configuration from every source.
+    pub fn load(file: Option<&Path>, overrides: &Overrides) -> anyhow::Result<Config> {
+        let mut figment = Figment::from(Serialized::defaults(Config::default()));
+        if let Some(file) = file {
+            anyhow::ensure!(file.is_file(), "config file {} does not exist", file.display());
+            figment = figment.merge(Toml::file(file));
+        }
+        figment = figment
+            .merge(Env::prefixed("ENGINE_").split("__").ignore(&["config"]))
+            .merge(Serialized::defaults(overrides));
+        let config: Config = figment.extract().map_err(|e| anyhow::anyhow!("configuration: {e}"))?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    fn validate(&self) -> anyhow::Result<()> {
+        use anyhow::ensure;
+        ensure!(self.queue.partitions > 0, "queue.partitions must be at least 1");
+        ensure!(self.queue.partition_capacity > 0, "queue.partition_capacity must be at least 1");
+        ensure!(self.store.batch_size > 0, "store.batch_size must be at least 1");
+        ensure!(self.mqtt.receive_maximum > 0, "mqtt.receive_maximum must be at least 1");
+        ensure!(
+            self.mqtt.max_payload_size.as_u64() <= 256 * 1024 * 1024,
+            "mqtt.max_payload_size must be at most 256 MiB (the MQTT packet limit)"
+        );
+        ensure!(
+            self.auth.password_hash.is_some() || self.auth.username == DEMO_USERNAME,
+            "auth.username is set but auth.password_hash is not; create one with `engine hash-password`"
+        );
+        Ok(())
+    }
+}
+
+/// Payload limits as the transports use them.
+pub fn bytes(size: ByteSize) -> usize {
+    usize::try_from(size.as_u64()).unwrap_or(usize::MAX)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_example_config_is_the_default() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../engine.example.toml");
+        let config = Config::load(Some(&path), &Overrides::default()).expect("example loads");
+        assert_eq!(config, Config::default());
+    }
+
+    #[test]
+    fn flags_win_over_the_file() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let file = dir.path().join("c.toml");
+        std::fs::write(&file, "data_dir = \"/from/file\"\n[mqtt]\nbind = \"127.0.0.1:1\"\n")
+            .expect("write");
+        let overrides = Overrides {
+            mqtt: Some(BindOverride { bind: "127.0.0.1:2".parse().expect("addr") }),
+            ..Overrides::default()
+        };
+        let config = Config::load(Some(&file), &overrides).expect("loads");
+        assert_eq!(config.data_dir, PathBuf::from("/from/file"));
+        assert_eq!(config.mqtt.bind.port(), 2);
+    }
+
+    #[test]
+    fn unknown_fields_and_bad_values_are_refused() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let cases = [
+            ("[mqtt]\nbindd = \"127.0.0.1:1\"\n", "bindd"),
+            ("[queue]\npartitions = 0\n", "partitions"),
+            ("[store]\nbatch_interval = \"soon\"\n", "batch_interval"),
+            ("[auth]\nusername = \"me@x\"\n", "password_hash"),
+        ];
+        for (text, needle) in cases {
+            let file = dir.path().join("c.toml");
+            std::fs::write(&file, text).expect("write");
+            let err = Config::load(Some(&file), &Overrides::default()).expect_err(text);
+            assert!(err.to_string().contains(needle), "{text}: {err}");
+        }
+        let missing = Config::load(Some(Path::new("/no/such/file.toml")), &Overrides::default());
+        assert!(missing.is_err());
+    }
+}

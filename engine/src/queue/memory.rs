@@ -1,0 +1,306 @@
+//! The in-memory queue: partitions keyed by device id, bounded, with consumer offsets.
+//!
+//! A message stays in its partition until a sink commits an offset at or past it, so the bound
+//! counts everything not yet stored: when storage stalls the partitions fill and senders wait
+//! (`send` blocks on the partition's free places, fairly, in arrival order). Nothing is ever
+//! dropped. The queue lives in the process, so a crash loses what was not stored yet; a
+//! graceful shutdown drains it.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use actors::metrics::{QUEUE_DEPTH, QUEUE_PRODUCE_BLOCKED};
+use actors::model::{DeviceId, SharedMessage};
+use actors::ports::{Consumer, Delivered, Delivery, Producer, QueueError};
+use async_trait::async_trait;
+use metrics::{gauge, histogram};
+use parking_lot::Mutex;
+use tokio::sync::{Notify, Semaphore, TryAcquireError};
+
+#[derive(Clone)]
+pub struct MemoryQueue {
+    shared: Arc<Shared>,
+}
+
+struct Shared {
+    partitions: Vec<Partition>,
+    /// Wakes the consumer of a partition set; one per consumer.
+    wakers: Vec<Arc<Notify>>,
+}
+
+struct Partition {
+    log: Mutex<Log>,
+    /// One permit per free place.
+    room: Semaphore,
+    waker: Arc<Notify>,
+}
+
+#[derive(Default)]
+struct Log {
+    /// Offset of `messages[0]`; everything before it was committed.
+    first: u64,
+    messages: VecDeque<SharedMessage>,
+}
+
+impl Log {
+    fn end(&self) -> u64 {
+        self.first + self.messages.len() as u64
+    }
+}
+
+impl MemoryQueue {
+    /// `partitions` partitions of `capacity` messages each, shared out round-robin among
+    /// `consumers` consumers.
+    pub fn new(partitions: u32, capacity: usize, consumers: usize) -> MemoryQueue {
+        let consumers = consumers.clamp(1, partitions as usize);
+        let wakers: Vec<Arc<Notify>> = (0..consumers).map(|_| Arc::new(Notify::new())).collect();
+        let partitions = (0..partitions as usize)
+            .map(|p| Partition {
+                log: Mutex::new(Log::default()),
+                room: Semaphore::new(capacity),
+                waker: wakers[p % consumers].clone(),
+            })
+            .collect();
+        MemoryQueue { shared: Arc::new(Shared { partitions, wakers }) }
+    }
+
+    pub fn consumers(&self) -> usize {
+        self.shared.wakers.len()
+    }
+
+    /// The consumer for share `index` of the partitions. It starts at the committed offsets,
+    /// so a replacement for a crashed consumer re-reads what was not stored.
+    pub fn consumer(&self, index: usize) -> MemoryConsumer {
+        let count = self.consumers();
+        let partitions: Vec<u32> = (0..self.shared.partitions.len())
+            .filter(|p| p % count == index % count)
+            .filter_map(|p| u32::try_from(p).ok())
+            .collect();
+        let positions = partitions
+            .iter()
+            .map(|&p| self.shared.partitions[p as usize].log.lock().first)
+            .collect();
+        MemoryConsumer {
+            shared: self.shared.clone(),
+            waker: self.shared.wakers[index % count].clone(),
+            partitions,
+            positions,
+        }
+    }
+
+    /// Refuses further sends; senders waiting for room get `QueueError::Closed`.
+    pub fn close(&self) {
+        for partition in &self.shared.partitions {
+            partition.room.close();
+        }
+    }
+
+    /// Messages held (not yet committed) over all partitions.
+    pub fn depth(&self) -> u64 {
+        self.shared.partitions.iter().map(|p| p.log.lock().messages.len() as u64).sum()
+    }
+
+    fn partition_of(&self, device: DeviceId) -> usize {
+        // UUIDv5 bits are uniformly spread; the low 64 suffice.
+        #[allow(clippy::cast_possible_truncation)]
+        let low = device.0.as_u128() as u64;
+        (low % self.shared.partitions.len() as u64) as usize
+    }
+}
+
+#[async_trait]
+impl Producer for MemoryQueue {
+    async fn send(&self, message: SharedMessage) -> Result<Delivery, QueueError> {
+        let partition = &self.shared.partitions[self.partition_of(message.device_id)];
+        let permit = match partition.room.try_acquire() {
+            Ok(permit) => permit,
+            Err(TryAcquireError::Closed) => return Err(QueueError::Closed),
+            Err(TryAcquireError::NoPermits) => {
+                let started = Instant::now();
+                let permit = partition.room.acquire().await.map_err(|_| QueueError::Closed)?;
+                histogram!(QUEUE_PRODUCE_BLOCKED).record(started.elapsed());
+                permit
+            }
+        };
+        // The place is given back by `commit`, not when this permit goes out of scope.
+        permit.forget();
+        partition.log.lock().messages.push_back(message);
+        gauge!(QUEUE_DEPTH).increment(1.0);
+        partition.waker.notify_one();
+        Ok(Delivery::Done(Ok(())))
+    }
+}
+
+pub struct MemoryConsumer {
+    shared: Arc<Shared>,
+    waker: Arc<Notify>,
+    partitions: Vec<u32>,
+    /// Next offset to read, per owned partition (same order as `partitions`).
+    positions: Vec<u64>,
+}
+
+impl MemoryConsumer {
+    fn fetch(&mut self, max: usize, out: &mut Vec<Delivered>) {
+        for (i, &p) in self.partitions.iter().enumerate() {
+            if out.len() >= max {
+                return;
+            }
+            let log = self.shared.partitions[p as usize].log.lock();
+            let start = self.positions[i].max(log.first);
+            let end = log.end().min(start + (max - out.len()) as u64);
+            for offset in start..end {
+                #[allow(clippy::cast_possible_truncation)]
+                let message = log.messages[(offset - log.first) as usize].clone();
+                out.push(Delivered { partition: p, offset, message });
+            }
+            self.positions[i] = end.max(self.positions[i]);
+        }
+    }
+}
+
+#[async_trait]
+impl Consumer for MemoryConsumer {
+    async fn poll(&mut self, max: usize, max_wait: Duration) -> Result<Vec<Delivered>, QueueError> {
+        let deadline = tokio::time::Instant::now() + max_wait;
+        let mut out = Vec::new();
+        let waker = self.waker.clone();
+        loop {
+            // Register for a wake-up before looking, so a send in between is not missed.
+            let notified = waker.notified();
+            self.fetch(max, &mut out);
+            if out.len() >= max {
+                return Ok(out);
+            }
+            if tokio::time::timeout_at(deadline, notified).await.is_err() {
+                self.fetch(max, &mut out);
+                return Ok(out);
+            }
+        }
+    }
+
+    async fn commit(&mut self, offsets: &[(u32, u64)]) -> Result<(), QueueError> {
+        for &(p, offset) in offsets {
+            let partition = self
+                .shared
+                .partitions
+                .get(p as usize)
+                .ok_or_else(|| QueueError::Rejected(format!("no partition {p}")))?;
+            let freed = {
+                let mut log = partition.log.lock();
+                let upto = (offset + 1).min(log.end());
+                let freed = upto.saturating_sub(log.first);
+                #[allow(clippy::cast_possible_truncation)]
+                log.messages.drain(..freed as usize);
+                log.first += freed;
+                freed
+            };
+            #[allow(clippy::cast_possible_truncation)]
+            partition.room.add_permits(freed as usize);
+            #[allow(clippy::cast_precision_loss)]
+            gauge!(QUEUE_DEPTH).decrement(freed as f64);
+        }
+        Ok(())
+    }
+
+    fn lag(&self) -> Option<u64> {
+        Some(
+            self.partitions
+                .iter()
+                .map(|&p| self.shared.partitions[p as usize].log.lock().messages.len() as u64)
+                .sum(),
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use actors::model::{Message, MessageBody, TenantId};
+
+    fn message(device: &str) -> SharedMessage {
+        let tenant = TenantId::from_name("t");
+        Arc::new(Message {
+            tenant_id: tenant,
+            device_id: DeviceId::derive(tenant, device),
+            received_ts: 0,
+            body: MessageBody::Telemetry(vec![]),
+        })
+    }
+
+    #[tokio::test]
+    async fn a_device_keeps_its_partition_and_its_order() {
+        let queue = MemoryQueue::new(4, 100, 1);
+        let mut consumer = queue.consumer(0);
+        for _ in 0..10 {
+            queue.send(message("a")).await.expect("send").await.expect("delivered");
+        }
+        let got = consumer.poll(100, Duration::from_millis(10)).await.expect("poll");
+        assert_eq!(got.len(), 10);
+        assert!(got.iter().all(|d| d.partition == got[0].partition));
+        let offsets: Vec<u64> = got.iter().map(|d| d.offset).collect();
+        assert_eq!(offsets, (0..10).collect::<Vec<_>>());
+    }
+
+    #[tokio::test]
+    async fn a_full_partition_makes_senders_wait_until_a_commit() {
+        let queue = MemoryQueue::new(1, 2, 1);
+        let mut consumer = queue.consumer(0);
+        queue.send(message("a")).await.expect("room");
+        queue.send(message("a")).await.expect("room");
+        let third = tokio::time::timeout(Duration::from_millis(50), queue.send(message("a"))).await;
+        assert!(third.is_err(), "the third send must wait");
+
+        let got = consumer.poll(10, Duration::from_millis(10)).await.expect("poll");
+        assert_eq!(got.len(), 2);
+        // Reading is not enough: only a commit frees places.
+        let still = tokio::time::timeout(Duration::from_millis(50), queue.send(message("a"))).await;
+        assert!(still.is_err());
+        consumer.commit(&[(0, 0)]).await.expect("commit");
+        let sent = tokio::time::timeout(Duration::from_secs(5), queue.send(message("a"))).await;
+        assert!(matches!(sent, Ok(Ok(_))));
+        assert_eq!(queue.depth(), 2);
+    }
+
+    #[tokio::test]
+    async fn a_new_consumer_resumes_from_the_committed_offset() {
+        let queue = MemoryQueue::new(1, 10, 1);
+        for _ in 0..5 {
+            queue.send(message("a")).await.expect("send");
+        }
+        let mut first = queue.consumer(0);
+        let got = first.poll(10, Duration::from_millis(10)).await.expect("poll");
+        assert_eq!(got.len(), 5);
+        first.commit(&[(0, 1)]).await.expect("commit");
+        drop(first);
+        let mut second = queue.consumer(0);
+        let again = second.poll(10, Duration::from_millis(10)).await.expect("poll");
+        let offsets: Vec<u64> = again.iter().map(|d| d.offset).collect();
+        assert_eq!(offsets, [2, 3, 4]);
+        assert_eq!(second.lag(), Some(3));
+    }
+
+    #[tokio::test]
+    async fn poll_wakes_when_a_message_arrives() {
+        let queue = MemoryQueue::new(2, 10, 1);
+        let mut consumer = queue.consumer(0);
+        let q = queue.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            q.send(message("late")).await.expect("send");
+        });
+        let got = consumer.poll(1, Duration::from_secs(10)).await.expect("poll");
+        assert_eq!(got.len(), 1);
+    }
+
+    #[tokio::test]
+    async fn close_refuses_senders() {
+        let queue = MemoryQueue::new(1, 1, 1);
+        queue.send(message("a")).await.expect("room");
+        let q = queue.clone();
+        let waiting = tokio::spawn(async move { q.send(message("a")).await.err() });
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        queue.close();
+        assert_eq!(waiting.await.expect("joined"), Some(QueueError::Closed));
+    }
+}

@@ -1,0 +1,244 @@
+//! Reads of the embedded store: latest values, ranges with aggregation, attributes.
+
+use std::collections::BTreeMap;
+
+use actors::model::{AttributeScope, DeviceId, KvValue, now_ms};
+use actors::ports::{
+    Aggregation, AttributeValue, LatestValue, Order, RangeQuery, RangeResult, StoreError, TsValue,
+};
+use rusqlite::types::Value;
+use rusqlite::{Connection, params, params_from_iter};
+
+use super::{decode, kind, sql_error};
+
+fn id(device: DeviceId) -> Vec<u8> {
+    device.0.as_bytes().to_vec()
+}
+
+pub(super) fn latest(
+    c: &Connection,
+    device: DeviceId,
+    keys: Option<&[String]>,
+) -> Result<Vec<LatestValue>, StoreError> {
+    let mut stmt = c
+        .prepare_cached("SELECT key, ts, type, v FROM ts_kv_latest WHERE device_id = ?1 ORDER BY key")
+        .map_err(sql_error)?;
+    let mut rows = stmt.query(params![id(device)]).map_err(sql_error)?;
+    let mut found = BTreeMap::new();
+    while let Some(row) = rows.next().map_err(sql_error)? {
+        let key: String = row.get(0).map_err(sql_error)?;
+        if keys.is_some_and(|keys| !keys.contains(&key)) {
+            continue;
+        }
+        let ts: i64 = row.get(1).map_err(sql_error)?;
+        let value = decode(row.get(2).map_err(sql_error)?, row.get_ref(3).map_err(sql_error)?)?;
+        found.insert(key, (ts, value));
+    }
+    Ok(match keys {
+        None => found
+            .into_iter()
+            .map(|(key, (ts, value))| LatestValue { key, ts, value: Some(value) })
+            .collect(),
+        // ThingsBoard answers every requested key; a missing one has no value and the time of
+        // the request.
+        Some(keys) => keys
+            .iter()
+            .map(|key| match found.get(key) {
+                Some((ts, value)) => {
+                    LatestValue { key: key.clone(), ts: *ts, value: Some(value.clone()) }
+                }
+                None => LatestValue { key: key.clone(), ts: now_ms(), value: None },
+            })
+            .collect(),
+    })
+}
+
+pub(super) fn timeseries_keys(c: &Connection, device: DeviceId) -> Result<Vec<String>, StoreError> {
+    let mut stmt = c
+        .prepare_cached("SELECT key FROM ts_kv_latest WHERE device_id = ?1 ORDER BY key")
+        .map_err(sql_error)?;
+    let keys = stmt
+        .query_map(params![id(device)], |r| r.get(0))
+        .map_err(sql_error)?
+        .collect::<rusqlite::Result<Vec<String>>>()
+        .map_err(sql_error)?;
+    Ok(keys)
+}
+
+pub(super) fn range(
+    c: &Connection,
+    device: DeviceId,
+    query: &RangeQuery,
+) -> Result<RangeResult, StoreError> {
+    if query.end_ts < query.start_ts {
+        return Err(StoreError::InvalidQuery("endTs must not be before startTs".into()));
+    }
+    let keys = match &query.keys {
+        Some(keys) => keys.clone(),
+        None => timeseries_keys(c, device)?,
+    };
+    let mut result = RangeResult::new();
+    for key in keys {
+        let series = if query.agg == Aggregation::None {
+            raw_series(c, device, &key, query)?
+        } else {
+            aggregated_series(c, device, &key, query)?
+        };
+        if !series.is_empty() {
+            result.insert(key, series);
+        }
+    }
+    Ok(result)
+}
+
+fn order_sql(order: Order) -> &'static str {
+    match order {
+        Order::Asc => "ASC",
+        Order::Desc => "DESC",
+    }
+}
+
+fn raw_series(
+    c: &Connection,
+    device: DeviceId,
+    key: &str,
+    q: &RangeQuery,
+) -> Result<Vec<TsValue>, StoreError> {
+    let sql = format!(
+        "SELECT ts, type, v FROM ts_kv WHERE device_id = ?1 AND key = ?2 AND ts >= ?3 AND ts < ?4
+         ORDER BY ts {} LIMIT ?5",
+        order_sql(q.order)
+    );
+    let mut stmt = c.prepare_cached(&sql).map_err(sql_error)?;
+    let limit = i64::try_from(q.limit).unwrap_or(i64::MAX);
+    let mut rows =
+        stmt.query(params![id(device), key, q.start_ts, q.end_ts, limit]).map_err(sql_error)?;
+    let mut out = Vec::new();
+    while let Some(row) = rows.next().map_err(sql_error)? {
+        let ts = row.get(0).map_err(sql_error)?;
+        let value = decode(row.get(1).map_err(sql_error)?, row.get_ref(2).map_err(sql_error)?)?;
+        out.push(TsValue { ts, value });
+    }
+    Ok(out)
+}
+
+/// Buckets of `interval` ms from `start_ts`, each reported at the middle of its (possibly
+/// shortened) span, as ThingsBoard does. Numbers are LONG and DOUBLE points; COUNT counts every
+/// point; SUM, MIN and MAX stay LONG when no DOUBLE took part; AVG is always DOUBLE.
+fn aggregated_series(
+    c: &Connection,
+    device: DeviceId,
+    key: &str,
+    q: &RangeQuery,
+) -> Result<Vec<TsValue>, StoreError> {
+    let span = (q.end_ts - q.start_ts).max(1);
+    let interval = if q.interval <= 0 { span } else { q.interval };
+    let sql = format!(
+        "SELECT (ts - ?3) / ?5 AS bucket,
+                COUNT(*),
+                SUM(type IN ({long}, {double})),
+                SUM(type = {double}),
+                AVG(CASE WHEN type IN ({long}, {double}) THEN v END),
+                SUM(CASE WHEN type IN ({long}, {double}) THEN v END),
+                MIN(CASE WHEN type IN ({long}, {double}) THEN v END),
+                MAX(CASE WHEN type IN ({long}, {double}) THEN v END)
+         FROM ts_kv WHERE device_id = ?1 AND key = ?2 AND ts >= ?3 AND ts < ?4
+         GROUP BY bucket ORDER BY bucket {order}",
+        long = kind::LONG,
+        double = kind::DOUBLE,
+        order = order_sql(q.order)
+    );
+    let mut stmt = c.prepare_cached(&sql).map_err(sql_error)?;
+    let mut rows = stmt
+        .query(params_from_iter([
+            Value::Blob(id(device)),
+            Value::Text(key.to_owned()),
+            Value::Integer(q.start_ts),
+            Value::Integer(q.end_ts),
+            Value::Integer(interval),
+        ]))
+        .map_err(sql_error)?;
+    let mut out = Vec::new();
+    while let Some(row) = rows.next().map_err(sql_error)? {
+        let bucket: i64 = row.get(0).map_err(sql_error)?;
+        let count: i64 = row.get(1).map_err(sql_error)?;
+        let numbers: i64 = row.get(2).map_err(sql_error)?;
+        let doubles: i64 = row.get(3).map_err(sql_error)?;
+        let start = q.start_ts + bucket * interval;
+        let end = (start + interval).min(q.end_ts);
+        let ts = start + (end - start) / 2;
+        let number = |i: usize| -> Result<KvValue, StoreError> {
+            let v: Value = row.get(i).map_err(sql_error)?;
+            #[allow(clippy::cast_possible_truncation, clippy::cast_precision_loss)]
+            Ok(match v {
+                Value::Integer(l) if doubles == 0 => KvValue::Long(l),
+                Value::Integer(l) => KvValue::Double(l as f64),
+                Value::Real(d) if doubles == 0 && d.fract() == 0.0 => KvValue::Long(d as i64),
+                Value::Real(d) => KvValue::Double(d),
+                _ => KvValue::Long(0),
+            })
+        };
+        let value = match q.agg {
+            Aggregation::Count => KvValue::Long(count),
+            _ if numbers == 0 => continue,
+            Aggregation::Avg => KvValue::Double(row.get(4).map_err(sql_error)?),
+            Aggregation::Sum => number(5)?,
+            Aggregation::Min => number(6)?,
+            Aggregation::Max => number(7)?,
+            Aggregation::None => unreachable!("raw series are read by raw_series"),
+        };
+        out.push(TsValue { ts, value });
+    }
+    Ok(out)
+}
+
+pub(super) fn attributes(
+    c: &Connection,
+    device: DeviceId,
+    scope: Option<AttributeScope>,
+    keys: Option<&[String]>,
+) -> Result<Vec<AttributeValue>, StoreError> {
+    let mut stmt = c
+        .prepare_cached(
+            "SELECT scope, key, last_update_ts, type, v FROM attribute_kv
+             WHERE device_id = ?1 AND (?2 IS NULL OR scope = ?2) ORDER BY scope, key",
+        )
+        .map_err(sql_error)?;
+    let mut rows = stmt.query(params![id(device), scope.map(AttributeScope::code)]).map_err(sql_error)?;
+    let mut out = Vec::new();
+    while let Some(row) = rows.next().map_err(sql_error)? {
+        let key: String = row.get(1).map_err(sql_error)?;
+        if keys.is_some_and(|keys| !keys.contains(&key)) {
+            continue;
+        }
+        let code: i64 = row.get(0).map_err(sql_error)?;
+        let scope = AttributeScope::from_code(code)
+            .ok_or_else(|| StoreError::Permanent(format!("unknown attribute scope {code}")))?;
+        out.push(AttributeValue {
+            scope,
+            key,
+            last_update_ts: row.get(2).map_err(sql_error)?,
+            value: decode(row.get(3).map_err(sql_error)?, row.get_ref(4).map_err(sql_error)?)?,
+        });
+    }
+    Ok(out)
+}
+
+pub(super) fn attribute_keys(
+    c: &Connection,
+    device: DeviceId,
+    scope: Option<AttributeScope>,
+) -> Result<Vec<String>, StoreError> {
+    let mut stmt = c
+        .prepare_cached(
+            "SELECT DISTINCT key FROM attribute_kv
+             WHERE device_id = ?1 AND (?2 IS NULL OR scope = ?2) ORDER BY key",
+        )
+        .map_err(sql_error)?;
+    let keys = stmt
+        .query_map(params![id(device), scope.map(AttributeScope::code)], |r| r.get(0))
+        .map_err(sql_error)?
+        .collect::<rusqlite::Result<Vec<String>>>()
+        .map_err(sql_error)?;
+    Ok(keys)
+}
