@@ -1,5 +1,130 @@
-//! The `engine` binary.
+//! The `engine` binary: `engine serve` runs the ingestion engine; `engine hash-password` makes
+//! the password hash the configuration needs.
+
+mod api;
+mod app;
+mod auth;
 mod config;
+mod exporter;
 mod queue;
 mod store;
-fn main() {}
+mod transport;
+
+use std::io::Read;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use tracing::info;
+use tracing_subscriber::EnvFilter;
+
+use config::{BindOverride, Config, Overrides};
+
+/// A ThingsBoard-compatible IoT ingestion engine: devices send telemetry and attributes over
+/// MQTT and HTTP; everything flows through a queue into storage; a REST API reads it back.
+#[derive(Parser)]
+#[command(name = "engine", version, about, long_about = None)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the engine (embedded queue and store by default: no external servers needed)
+    Serve(ServeArgs),
+    /// Print the Argon2 hash of a password, for `auth.password_hash`; reads the password from
+    /// standard input when not given
+    HashPassword {
+        /// The password (prefer standard input: arguments end up in shell history)
+        password: Option<String>,
+    },
+}
+
+/// Options of `engine serve`. Every option of the configuration file (see
+/// `engine.example.toml`) can also be set as ENGINE_<SECTION>__<OPTION>, e.g.
+/// ENGINE_MQTT__MAX_PAYLOAD_SIZE=128KiB. Flags win over the environment, the environment over
+/// the file.
+#[derive(clap::Args)]
+struct ServeArgs {
+    /// TOML configuration file; every option has a default
+    #[arg(long, env = "ENGINE_CONFIG", value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// MQTT listener address [default: 0.0.0.0:1883]
+    #[arg(long, value_name = "ADDR")]
+    mqtt_bind: Option<SocketAddr>,
+    /// HTTP listener address: REST API, HTTP device API, /metrics [default: 0.0.0.0:8080]
+    #[arg(long, value_name = "ADDR")]
+    http_bind: Option<SocketAddr>,
+    /// Directory of the embedded store and generated secrets [default: ./data]
+    #[arg(long, value_name = "DIR")]
+    data_dir: Option<PathBuf>,
+    /// Log filter, e.g. "info" or "engine=debug,info" [default: info]
+    #[arg(long, value_name = "FILTER")]
+    log: Option<String>,
+    /// Print the effective configuration (all sources merged) as TOML and exit
+    #[arg(long)]
+    print_config: bool,
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::HashPassword { password } => {
+            let password = match password {
+                Some(p) => p,
+                None => {
+                    let mut p = String::new();
+                    std::io::stdin().read_to_string(&mut p)?;
+                    p.trim_end_matches(['\r', '\n']).to_owned()
+                }
+            };
+            anyhow::ensure!(!password.is_empty(), "the password is empty");
+            println!("{}", auth::hash_password(&password)?);
+            Ok(())
+        }
+        Command::Serve(args) => serve(args),
+    }
+}
+
+fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    let overrides = Overrides {
+        data_dir: args.data_dir,
+        log: args.log,
+        mqtt: args.mqtt_bind.map(|bind| BindOverride { bind }),
+        http: args.http_bind.map(|bind| BindOverride { bind }),
+    };
+    let config = Config::load(args.config.as_deref(), &overrides)?;
+    if args.print_config {
+        print!("{}", toml::to_string(&config)?);
+        return Ok(());
+    }
+    let filter = EnvFilter::try_from_default_env().or_else(|_| EnvFilter::try_new(&config.log))?;
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    tracing_subscriber::fmt().with_env_filter(filter).with_ansi(ansi).with_writer(std::io::stderr).init();
+
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("engine")
+        .build()
+        .context("cannot start the runtime")?;
+    runtime.block_on(async move {
+        let metrics = exporter::install()?;
+        info!(version = env!("CARGO_PKG_VERSION"), data_dir = %config.data_dir.display(), "starting");
+        let running = app::start(config, Some(metrics)).await?;
+        wait_for_signal().await?;
+        running.shutdown().await
+    })
+}
+
+async fn wait_for_signal() -> anyhow::Result<()> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    tokio::select! {
+        _ = term.recv() => info!("SIGTERM received"),
+        _ = int.recv() => info!("SIGINT received"),
+    }
+    Ok(())
+}

@@ -1,0 +1,231 @@
+//! Devices over REST, ThingsBoard's paths and shapes: create/update, get, list and look up by
+//! name, credentials, delete.
+
+use std::sync::Arc;
+
+use actix_web::{HttpResponse, web};
+use actors::model::{AccessToken, Device, DeviceId, TenantId, now_ms};
+use actors::ports::PageRequest;
+use rand::Rng;
+use rand::distributions::Alphanumeric;
+use serde::Deserialize;
+use serde_json::{Value, json};
+use uuid::Uuid;
+
+use super::error::ApiError;
+use super::{Caller, State};
+use crate::auth::NULL_CUSTOMER;
+
+pub fn routes(cfg: &mut web::ServiceConfig) {
+    cfg.route("/api/device", web::post().to(save))
+        .route("/api/device/credentials", web::post().to(save_credentials))
+        .route("/api/device/{id}", web::get().to(get))
+        .route("/api/device/{id}", web::delete().to(delete))
+        .route("/api/device/{id}/credentials", web::get().to(credentials))
+        .route("/api/tenant/devices", web::get().to(list));
+}
+
+pub fn device_json(d: &Device) -> Value {
+    json!({
+        "id": {"entityType": "DEVICE", "id": d.id.0},
+        "createdTime": d.created_time,
+        "tenantId": {"entityType": "TENANT", "id": d.tenant_id.0},
+        "customerId": {"entityType": "CUSTOMER", "id": NULL_CUSTOMER},
+        "name": d.name,
+        "type": d.device_type,
+        "label": d.label,
+        "deviceProfileId": {"entityType": "DEVICE_PROFILE", "id": profile_id(d.tenant_id, &d.device_type)},
+        "additionalInfo": null,
+    })
+}
+
+fn profile_id(tenant: TenantId, device_type: &str) -> Uuid {
+    Uuid::new_v5(&tenant.0, format!("profile:{device_type}").as_bytes())
+}
+
+fn credentials_json(d: &Device) -> Value {
+    json!({
+        "id": {"id": Uuid::new_v5(&d.id.0, b"credentials")},
+        "createdTime": d.created_time,
+        "deviceId": {"entityType": "DEVICE", "id": d.id.0},
+        "credentialsType": "ACCESS_TOKEN",
+        "credentialsId": d.token.0,
+        "credentialsValue": null,
+    })
+}
+
+/// A 20-character alphanumeric token, as ThingsBoard generates.
+fn new_token() -> String {
+    rand::thread_rng().sample_iter(&Alphanumeric).take(20).map(char::from).collect()
+}
+
+pub fn parse_id(s: &str) -> Result<DeviceId, ApiError> {
+    Uuid::parse_str(s).map(DeviceId).map_err(|_| ApiError::bad_request(format!("Invalid UUID string: {s}")))
+}
+
+/// The caller's device with this id, or 404.
+pub async fn owned_device(state: &State, caller: &Caller, id: &str) -> Result<Arc<Device>, ApiError> {
+    let id = parse_id(id)?;
+    match state.registry.get(id).await? {
+        Some(d) if d.tenant_id == caller.0.tenant_id => Ok(d),
+        _ => Err(ApiError::not_found()),
+    }
+}
+
+fn check_token(token: &str) -> Result<(), ApiError> {
+    if token.is_empty() || token.len() > 128 || token.chars().any(|c| c.is_whitespace() || c == '/') {
+        return Err(ApiError::invalid(
+            "Access token must be 1 to 128 characters without spaces or '/'",
+        ));
+    }
+    Ok(())
+}
+
+#[derive(Deserialize)]
+struct EntityIdJson {
+    id: String,
+}
+
+#[derive(Deserialize)]
+struct DeviceBody {
+    id: Option<EntityIdJson>,
+    name: Option<String>,
+    #[serde(rename = "type")]
+    device_type: Option<String>,
+    label: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct SaveQuery {
+    access_token: Option<String>,
+}
+
+async fn save(
+    state: State,
+    caller: Caller,
+    query: web::Query<SaveQuery>,
+    body: web::Json<DeviceBody>,
+) -> Result<HttpResponse, ApiError> {
+    let body = body.into_inner();
+    let name = body
+        .name
+        .map(|n| n.trim().to_owned())
+        .filter(|n| !n.is_empty())
+        .ok_or_else(|| ApiError::invalid("Device name should be specified!"))?;
+    let device_type = body.device_type.filter(|t| !t.is_empty()).unwrap_or_else(|| "default".into());
+    if let Some(token) = &query.access_token {
+        check_token(token)?;
+    }
+    let tenant = caller.0.tenant_id;
+    let device = match body.id {
+        // Update: keep the id (and the token unless a new one is given).
+        Some(id) => {
+            let existing = owned_device(&state, &caller, &id.id).await?;
+            Device {
+                name,
+                device_type,
+                label: body.label,
+                token: query.access_token.clone().map_or_else(|| existing.token.clone(), AccessToken),
+                ..(*existing).clone()
+            }
+        }
+        None => {
+            let id = DeviceId::derive(tenant, &name);
+            if state.registry.get(id).await?.is_some() {
+                return Err(ApiError::invalid("Device with such name already exists!"));
+            }
+            Device {
+                id,
+                tenant_id: tenant,
+                name,
+                device_type,
+                label: body.label,
+                token: AccessToken(query.access_token.clone().unwrap_or_else(new_token)),
+                created_time: now_ms(),
+            }
+        }
+    };
+    let saved = state.registry.save(device).await?;
+    Ok(HttpResponse::Ok().json(device_json(&saved)))
+}
+
+async fn get(state: State, caller: Caller, id: web::Path<String>) -> Result<HttpResponse, ApiError> {
+    let device = owned_device(&state, &caller, &id).await?;
+    Ok(HttpResponse::Ok().json(device_json(&device)))
+}
+
+async fn delete(state: State, caller: Caller, id: web::Path<String>) -> Result<HttpResponse, ApiError> {
+    let device = owned_device(&state, &caller, &id).await?;
+    state.registry.delete(device.id).await?;
+    Ok(HttpResponse::Ok().finish())
+}
+
+async fn credentials(
+    state: State,
+    caller: Caller,
+    id: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    let device = owned_device(&state, &caller, &id).await?;
+    Ok(HttpResponse::Ok().json(credentials_json(&device)))
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct CredentialsBody {
+    device_id: EntityIdJson,
+    credentials_type: Option<String>,
+    credentials_id: String,
+}
+
+async fn save_credentials(
+    state: State,
+    caller: Caller,
+    body: web::Json<CredentialsBody>,
+) -> Result<HttpResponse, ApiError> {
+    if body.credentials_type.as_deref().is_some_and(|t| t != "ACCESS_TOKEN") {
+        return Err(ApiError::invalid("Only ACCESS_TOKEN credentials are supported"));
+    }
+    check_token(&body.credentials_id)?;
+    let device = owned_device(&state, &caller, &body.device_id.id).await?;
+    let updated = Device { token: AccessToken(body.credentials_id.clone()), ..(*device).clone() };
+    let saved = state.registry.save(updated).await?;
+    Ok(HttpResponse::Ok().json(credentials_json(&saved)))
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct ListQuery {
+    device_name: Option<String>,
+    page_size: Option<usize>,
+    page: Option<usize>,
+    text_search: Option<String>,
+}
+
+async fn list(state: State, caller: Caller, query: web::Query<ListQuery>) -> Result<HttpResponse, ApiError> {
+    let tenant = caller.0.tenant_id;
+    if let Some(name) = &query.device_name {
+        return match state.registry.by_name(tenant, name).await? {
+            Some(d) => Ok(HttpResponse::Ok().json(device_json(&d))),
+            None => Err(ApiError::not_found()),
+        };
+    }
+    let page_size = query
+        .page_size
+        .filter(|s| *s > 0)
+        .ok_or_else(|| ApiError::bad_request("Parameter 'pageSize' is required and must be positive"))?;
+    let request = PageRequest {
+        page_size: page_size.min(10_000),
+        page: query.page.unwrap_or(0),
+        text_search: query.text_search.clone().filter(|t| !t.is_empty()),
+    };
+    let page = state.registry.list(tenant, &request).await?;
+    let total_pages = page.total_elements.div_ceil(request.page_size);
+    let data: Vec<Value> = page.data.iter().map(|d| device_json(d)).collect();
+    Ok(HttpResponse::Ok().json(json!({
+        "data": data,
+        "totalPages": total_pages,
+        "totalElements": page.total_elements,
+        "hasNext": request.page + 1 < total_pages,
+    })))
+}

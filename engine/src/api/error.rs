@@ -1,0 +1,105 @@
+//! ThingsBoard's error body: `{"status", "message", "errorCode", "timestamp"}`.
+
+use actix_web::http::StatusCode;
+use actix_web::{HttpResponse, ResponseError};
+use actors::model::now_ms;
+use actors::ports::{RegistryError, StoreError};
+use serde_json::json;
+
+use crate::auth::AuthError;
+
+/// ThingsBoard's `ThingsboardErrorCode` numbers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ErrorCode {
+    General = 2,
+    Authentication = 10,
+    JwtTokenExpired = 11,
+    PermissionDenied = 20,
+    InvalidArguments = 30,
+    BadRequestParams = 31,
+    ItemNotFound = 32,
+}
+
+#[derive(Debug)]
+pub struct ApiError {
+    pub status: StatusCode,
+    pub code: ErrorCode,
+    pub message: String,
+}
+
+impl ApiError {
+    pub fn bad_request(message: impl Into<String>) -> ApiError {
+        ApiError { status: StatusCode::BAD_REQUEST, code: ErrorCode::BadRequestParams, message: message.into() }
+    }
+
+    pub fn invalid(message: impl Into<String>) -> ApiError {
+        ApiError { status: StatusCode::BAD_REQUEST, code: ErrorCode::InvalidArguments, message: message.into() }
+    }
+
+    pub fn not_found() -> ApiError {
+        ApiError {
+            status: StatusCode::NOT_FOUND,
+            code: ErrorCode::ItemNotFound,
+            message: "Requested item wasn't found!".into(),
+        }
+    }
+
+    pub fn internal(message: impl Into<String>) -> ApiError {
+        ApiError { status: StatusCode::INTERNAL_SERVER_ERROR, code: ErrorCode::General, message: message.into() }
+    }
+}
+
+impl std::fmt::Display for ApiError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl ResponseError for ApiError {
+    fn status_code(&self) -> StatusCode {
+        self.status
+    }
+
+    fn error_response(&self) -> HttpResponse {
+        HttpResponse::build(self.status).json(json!({
+            "status": self.status.as_u16(),
+            "message": self.message,
+            "errorCode": self.code as i32,
+            "timestamp": now_ms(),
+        }))
+    }
+}
+
+impl From<AuthError> for ApiError {
+    fn from(e: AuthError) -> Self {
+        let code = match e {
+            AuthError::Expired => ErrorCode::JwtTokenExpired,
+            _ => ErrorCode::Authentication,
+        };
+        ApiError { status: StatusCode::UNAUTHORIZED, code, message: e.to_string() }
+    }
+}
+
+impl From<StoreError> for ApiError {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::InvalidQuery(m) => ApiError::invalid(m),
+            StoreError::Unavailable(m) => ApiError {
+                status: StatusCode::SERVICE_UNAVAILABLE,
+                code: ErrorCode::General,
+                message: format!("storage unavailable: {m}"),
+            },
+            StoreError::Permanent(m) => ApiError::internal(m),
+        }
+    }
+}
+
+impl From<RegistryError> for ApiError {
+    fn from(e: RegistryError) -> Self {
+        match e {
+            RegistryError::DuplicateToken | RegistryError::DuplicateName => ApiError::invalid(e.to_string()),
+            RegistryError::NotFound => ApiError::not_found(),
+            RegistryError::Store(e) => e.into(),
+        }
+    }
+}

@@ -1,0 +1,94 @@
+//! The REST API in ThingsBoard's paths and shapes, the HTTP device API and `/metrics`, on one
+//! actix-web listener.
+
+mod auth;
+mod device;
+pub mod error;
+mod telemetry;
+
+use std::future::{Ready, ready};
+use std::sync::Arc;
+
+use actix_web::{FromRequest, HttpRequest, HttpResponse, dev::Payload, web};
+use actors::ingress::Ingress;
+use actors::ports::{DeviceRegistry, Store};
+use metrics_exporter_prometheus::PrometheusHandle;
+
+use crate::auth::{Auth, AuthError, Principal};
+use error::ApiError;
+
+/// What every handler may use; shared by all HTTP workers.
+pub struct ApiState {
+    pub auth: Auth,
+    pub registry: Arc<dyn DeviceRegistry>,
+    pub store: Arc<dyn Store>,
+    pub ingress: Arc<Ingress>,
+    pub metrics: Option<PrometheusHandle>,
+    pub device_api: crate::transport::http::DeviceApiConfig,
+}
+
+pub type State = web::Data<ApiState>;
+
+pub fn routes(cfg: &mut web::ServiceConfig) {
+    cfg.app_data(web::JsonConfig::default().error_handler(|err, _req| {
+        ApiError::invalid(format!("Invalid request body: {err}")).into()
+    }))
+    .app_data(web::QueryConfig::default().error_handler(|err, _req| {
+        ApiError::bad_request(format!("Invalid request parameters: {err}")).into()
+    }))
+    .route("/metrics", web::get().to(metrics))
+    .configure(auth::routes)
+    .configure(device::routes)
+    .configure(telemetry::routes)
+    .configure(crate::transport::http::routes)
+    .default_service(web::to(|| async { ApiError::not_found_path() }));
+}
+
+impl ApiError {
+    fn not_found_path() -> Result<HttpResponse, ApiError> {
+        Err(ApiError {
+            status: actix_web::http::StatusCode::NOT_FOUND,
+            code: error::ErrorCode::ItemNotFound,
+            message: "No such resource".into(),
+        })
+    }
+}
+
+async fn metrics(state: State) -> HttpResponse {
+    match &state.metrics {
+        Some(handle) => {
+            crate::exporter::collect_process();
+            HttpResponse::Ok()
+                .content_type("text/plain; version=0.0.4")
+                .body(handle.render())
+        }
+        None => HttpResponse::NotFound().finish(),
+    }
+}
+
+/// An authenticated caller: the `X-Authorization: Bearer <jwt>` header (or `Authorization`)
+/// must hold a valid access token, else 401 in ThingsBoard's error shape.
+pub struct Caller(pub Principal);
+
+impl FromRequest for Caller {
+    type Error = ApiError;
+    type Future = Ready<Result<Caller, ApiError>>;
+
+    fn from_request(req: &HttpRequest, _: &mut Payload) -> Self::Future {
+        ready(authenticate(req))
+    }
+}
+
+fn authenticate(req: &HttpRequest) -> Result<Caller, ApiError> {
+    let state = req
+        .app_data::<State>()
+        .ok_or_else(|| ApiError::internal("API state missing"))?;
+    let header = req
+        .headers()
+        .get("X-Authorization")
+        .or_else(|| req.headers().get("Authorization"))
+        .and_then(|v| v.to_str().ok())
+        .ok_or(AuthError::Missing)?;
+    let token = header.strip_prefix("Bearer ").ok_or(AuthError::Missing)?.trim();
+    Ok(Caller(state.auth.verify_access(token)?))
+}

@@ -1,0 +1,337 @@
+//! ThingsBoard's MQTT device API on ntex-mqtt: MQTT 3.1.1 and 5 on one listener.
+//!
+//! CONNECT carries the device's access token as username: empty → 0x04 (MQTT 5: 0x86), unknown
+//! → 0x05 (0x87). Each accepted connection gets a `DeviceSession` actor, spawned on the network
+//! worker's own runtime so a publish never changes threads. PUBLISH to
+//! `v1/devices/me/telemetry` or `v1/devices/me/attributes` is acknowledged only once the queue
+//! has the message; at most `receive_maximum` are in flight per connection, past which the
+//! socket is not read. A bad payload closes an MQTT 3.1.1 connection (ThingsBoard's behaviour)
+//! and gets an MQTT 5 PUBACK with reason 0x99 (0x97 when too large).
+//!
+//! ntex runs its own runtime, so the server lives on its own thread with an ntex `System`.
+
+use std::io;
+use std::net::TcpListener;
+use std::sync::Arc;
+use std::thread::JoinHandle;
+
+use actors::ingress::{Ingress, Rejection, Transport, Uplink};
+use actors::metrics::{CONNECTIONS_REFUSED, MESSAGES_REJECTED};
+use actors::model::Device;
+use actors::ports::DeviceRegistry;
+use actors::session::{SessionArgs, SessionError, SessionHandle};
+use metrics::counter;
+use ntex::service::cfg::SharedCfg;
+use ntex::util::Bytes;
+use ntex_mqtt::v5::codec::PublishAckReason;
+use ntex_mqtt::{MqttServiceConfig, QoS, v3, v5};
+use ractor::ActorCell;
+use tracing::{debug, info, warn};
+
+use crate::config::{MqttConfig, bytes};
+
+pub const TELEMETRY_TOPIC: &str = "v1/devices/me/telemetry";
+pub const ATTRIBUTES_TOPIC: &str = "v1/devices/me/attributes";
+
+/// Topic filters a device may subscribe to (ThingsBoard's server-to-device topics).
+const SUBSCRIBABLE: &[&str] = &[
+    "v1/devices/me/attributes",
+    "v1/devices/me/attributes/response/+",
+    "v1/devices/me/rpc/request/+",
+    "v1/devices/me/rpc/response/+",
+];
+
+fn uplink_of(topic: &str) -> Option<Uplink> {
+    match topic {
+        TELEMETRY_TOPIC => Some(Uplink::Telemetry),
+        ATTRIBUTES_TOPIC => Some(Uplink::Attributes),
+        _ => None,
+    }
+}
+
+/// What every connection handler needs; shared by all network workers.
+pub struct MqttContext {
+    pub registry: Arc<dyn DeviceRegistry>,
+    pub ingress: Arc<Ingress>,
+    pub supervisor: ActorCell,
+    pub receive_maximum: u16,
+}
+
+/// The state ntex keeps per connection.
+pub struct Connection {
+    device: Arc<Device>,
+    session: SessionHandle<Bytes>,
+}
+
+/// Why a connection is closed; ntex logs it, we count it where it happens.
+#[derive(Debug)]
+pub enum Fault {
+    Rejected(Rejection),
+    SessionGone,
+    Protocol(String),
+}
+
+impl From<()> for Fault {
+    fn from((): ()) -> Self {
+        Fault::Protocol("connection failed".into())
+    }
+}
+
+impl TryFrom<Fault> for v5::PublishAck {
+    type Error = Fault;
+
+    fn try_from(fault: Fault) -> Result<Self, Fault> {
+        Err(fault)
+    }
+}
+
+enum Login {
+    Device(Arc<Device>),
+    EmptyToken,
+    UnknownToken,
+    Unavailable,
+}
+
+impl MqttContext {
+    async fn login(&self, username: Option<&str>) -> Login {
+        let token = username.unwrap_or_default();
+        if token.is_empty() {
+            counter!(CONNECTIONS_REFUSED, "transport" => "mqtt", "reason" => "empty_token").increment(1);
+            return Login::EmptyToken;
+        }
+        match self.registry.by_token(token).await {
+            Ok(Some(device)) => Login::Device(device),
+            Ok(None) => {
+                counter!(CONNECTIONS_REFUSED, "transport" => "mqtt", "reason" => "bad_token")
+                    .increment(1);
+                debug!("mqtt connect with an unknown access token refused");
+                Login::UnknownToken
+            }
+            Err(e) => {
+                warn!(error = %e, "device registry unavailable, connect refused");
+                Login::Unavailable
+            }
+        }
+    }
+
+    async fn open(&self, device: Arc<Device>) -> Result<Connection, Fault> {
+        let args = SessionArgs { device: device.clone(), ingress: self.ingress.clone(), transport: Transport::Mqtt };
+        let session = SessionHandle::spawn(self.supervisor.clone(), args, self.receive_maximum.into())
+            .await
+            .map_err(|e| Fault::Protocol(format!("session spawn failed: {e}")))?;
+        debug!(device = %device.name, "mqtt session opened");
+        Ok(Connection { device, session })
+    }
+}
+
+fn unknown_topic(device: &Device, topic: &str) {
+    counter!(MESSAGES_REJECTED, "transport" => "mqtt", "reason" => "unknown_topic").increment(1);
+    warn!(device = %device.name, topic, "publish to an unsupported topic ignored");
+}
+
+/// Runs one publish through the session; `Ok` once the queue holds it.
+async fn deliver(conn: &Connection, uplink: Uplink, payload: Bytes) -> Result<(), Fault> {
+    match conn.session.publish(uplink, payload).await {
+        Ok(accepted) => accepted.confirmed().await.map_err(Fault::Rejected),
+        Err(SessionError::Rejected(rejection)) => Err(Fault::Rejected(rejection)),
+        Err(SessionError::Gone) => Err(Fault::SessionGone),
+    }
+}
+
+async fn read_payload<F>(read: F) -> Result<Bytes, Fault>
+where
+    F: Future<Output = Result<Bytes, ntex_mqtt::error::PayloadError>>,
+{
+    read.await.map_err(|e| Fault::Protocol(format!("payload: {e}")))
+}
+
+// --- MQTT 3.1.1 --------------------------------------------------------------------------------
+
+async fn handshake_v3(ctx: Arc<MqttContext>, hs: v3::Handshake) -> Result<v3::HandshakeAck<Connection>, Fault> {
+    let username = hs.packet().username.as_ref().map(|u| u.as_str().to_owned());
+    Ok(match ctx.login(username.as_deref()).await {
+        Login::Device(device) => hs.ack(ctx.open(device).await?, false),
+        Login::EmptyToken => hs.bad_username_or_pwd(),
+        Login::UnknownToken => hs.not_authorized(),
+        Login::Unavailable => hs.service_unavailable(),
+    })
+}
+
+async fn publish_v3(session: v3::Session<Connection>, publish: v3::Publish) -> Result<(), Fault> {
+    let conn: &Connection = &session;
+    let Some(uplink) = uplink_of(publish.publish_topic()) else {
+        // ThingsBoard acknowledges and drops publishes to topics it does not serve.
+        unknown_topic(&conn.device, publish.publish_topic());
+        return Ok(());
+    };
+    let payload = read_payload(publish.read_all()).await?;
+    // MQTT 3.1.1 has no way to refuse one message: a bad one closes the connection.
+    deliver(conn, uplink, payload).await
+}
+
+async fn protocol_v3(msg: v3::ProtocolMessage) -> Result<v3::ProtocolMessageAck, Fault> {
+    Ok(match msg {
+        v3::ProtocolMessage::Subscribe(mut subscribe) => {
+            for mut sub in subscribe.iter_mut() {
+                if SUBSCRIBABLE.contains(&sub.topic().as_str()) {
+                    let qos = sub.qos().min(QoS::AtLeastOnce);
+                    sub.confirm(qos);
+                } else {
+                    sub.fail();
+                }
+            }
+            subscribe.ack()
+        }
+        v3::ProtocolMessage::Unsubscribe(unsubscribe) => unsubscribe.ack(),
+        v3::ProtocolMessage::PublishRelease(release) => release.ack(),
+        v3::ProtocolMessage::Ping(ping) => ping.ack(),
+        v3::ProtocolMessage::Disconnect(disconnect) => disconnect.ack(),
+    })
+}
+
+// --- MQTT 5 ------------------------------------------------------------------------------------
+
+async fn handshake_v5(ctx: Arc<MqttContext>, hs: v5::Handshake) -> Result<v5::HandshakeAck<Connection>, Fault> {
+    use v5::codec::ConnectAckReason as Reason;
+    let username = hs.packet().username.as_ref().map(|u| u.as_str().to_owned());
+    Ok(match ctx.login(username.as_deref()).await {
+        // QoS 2 is granted as 1: MQTT 5 clients learn it from CONNACK's Maximum QoS.
+        Login::Device(device) => hs.ack(ctx.open(device).await?).with(|ack| ack.max_qos = QoS::AtLeastOnce),
+        Login::EmptyToken => hs.failed(Reason::BadUserNameOrPassword),
+        Login::UnknownToken => hs.failed(Reason::NotAuthorized),
+        Login::Unavailable => hs.failed(Reason::ServerUnavailable),
+    })
+}
+
+async fn publish_v5(session: v5::Session<Connection>, publish: v5::Publish) -> Result<v5::PublishAck, Fault> {
+    let conn: &Connection = &session;
+    let Some(uplink) = uplink_of(publish.publish_topic()) else {
+        unknown_topic(&conn.device, publish.publish_topic());
+        return Ok(publish.ack().reason_code(PublishAckReason::TopicNameInvalid));
+    };
+    let payload = read_payload(publish.read_all()).await?;
+    match deliver(conn, uplink, payload).await {
+        Ok(()) => Ok(publish.ack()),
+        Err(Fault::Rejected(Rejection::TooLarge { .. })) => {
+            Ok(publish.ack().reason_code(PublishAckReason::QuotaExceeded))
+        }
+        Err(Fault::Rejected(Rejection::Payload(_))) => {
+            Ok(publish.ack().reason_code(PublishAckReason::PayloadFormatInvalid))
+        }
+        Err(fault) => Err(fault),
+    }
+}
+
+async fn protocol_v5(msg: v5::ProtocolMessage) -> Result<v5::ProtocolMessageAck, Fault> {
+    use v5::codec::SubscribeAckReason;
+    Ok(match msg {
+        v5::ProtocolMessage::Subscribe(mut subscribe) => {
+            for mut sub in subscribe.iter_mut() {
+                if SUBSCRIBABLE.contains(&sub.topic().as_str()) {
+                    let qos = sub.options().qos.min(QoS::AtLeastOnce);
+                    sub.confirm(qos);
+                } else {
+                    sub.fail(SubscribeAckReason::TopicFilterInvalid);
+                }
+            }
+            subscribe.ack()
+        }
+        v5::ProtocolMessage::Unsubscribe(unsubscribe) => unsubscribe.ack(),
+        v5::ProtocolMessage::PublishRelease(release) => release.ack(),
+        v5::ProtocolMessage::Ping(ping) => ping.ack(),
+        v5::ProtocolMessage::Disconnect(disconnect) => disconnect.ack(),
+        // Enhanced authentication is not offered; a client that tries it is disconnected.
+        msg @ v5::ProtocolMessage::Auth(_) => msg.disconnect(),
+    })
+}
+
+// --- the server --------------------------------------------------------------------------------
+
+pub struct MqttServer {
+    server: ntex::server::Server,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl MqttServer {
+    /// Starts serving on `listener` (already bound, so tests can use port 0).
+    pub fn start(listener: TcpListener, config: &MqttConfig, ctx: Arc<MqttContext>) -> io::Result<MqttServer> {
+        let workers = if config.workers == 0 { num_cpus() } else { config.workers };
+        let max_payload = u32::try_from(bytes(config.max_payload_size)).unwrap_or(u32::MAX);
+        // Frames a little over the payload limit are read so the uplink path can refuse them
+        // with the protocol's own answer; anything bigger is a protocol error.
+        let service_cfg = MqttServiceConfig::new()
+            .set_max_qos(QoS::ExactlyOnce)
+            .set_max_size(max_payload.saturating_add(64 * 1024))
+            .set_max_receive(config.receive_maximum)
+            .set_max_receive_size(usize::try_from(max_payload).unwrap_or(usize::MAX).saturating_mul(4))
+            .set_connect_timeout(ntex::time::Seconds(u16::try_from(config.connect_timeout.as_secs()).unwrap_or(u16::MAX)))
+            .set_handshake_timeout(ntex::time::Seconds(u16::try_from(config.connect_timeout.as_secs()).unwrap_or(u16::MAX)));
+        let grace = ntex::time::Millis(u32::try_from(config.shutdown_grace.as_millis()).unwrap_or(u32::MAX));
+        let (tx, rx) = std::sync::mpsc::channel();
+        let thread = std::thread::Builder::new().name("mqtt".into()).spawn(move || {
+            let system = ntex::rt::System::build().name("mqtt").disable_signals().build(ntex::rt::DefaultRuntime);
+            system.block_on(async move {
+                let built = ntex::server::build()
+                    .workers(workers)
+                    .disable_signals()
+                    .shutdown_timeout(grace)
+                    .listen("mqtt", listener, move |_| {
+                        let (c3, c5) = (ctx.clone(), ctx.clone());
+                        async move {
+                            ntex_mqtt::MqttServer::new()
+                                .v3(v3::MqttServer::new(move |hs| handshake_v3(c3.clone(), hs))
+                                    .protocol(protocol_v3)
+                                    .publish(ntex::service::fn_factory_with_config(|session: v3::Session<Connection>| {
+                                        ntex::util::Ready::Ok::<_, Fault>(ntex::service::fn_service(move |p| publish_v3(session.clone(), p)))
+                                    })))
+                                .v5(v5::MqttServer::new(move |hs| handshake_v5(c5.clone(), hs))
+                                    .protocol(protocol_v5)
+                                    .publish(ntex::service::fn_factory_with_config(|session: v5::Session<Connection>| {
+                                        ntex::util::Ready::Ok::<_, Fault>(ntex::service::fn_service(move |p| publish_v5(session.clone(), p)))
+                                    })))
+                        }
+                    });
+                match built {
+                    Ok(builder) => {
+                        let server = builder.config("mqtt", SharedCfg::new("MQTT").add(service_cfg)).run();
+                        let _ = tx.send(Ok(server.clone()));
+                        let _ = server.await;
+                    }
+                    Err(e) => {
+                        let _ = tx.send(Err(e));
+                    }
+                }
+            });
+        })?;
+        let server = rx.recv().map_err(|_| io::Error::other("mqtt server thread died at start"))??;
+        info!(workers, "mqtt server started");
+        Ok(MqttServer { server, thread: Some(thread) })
+    }
+
+    /// Stops accepting, gives open connections the grace period, closes them, and returns once
+    /// the server thread ended.
+    pub async fn stop(mut self) {
+        self.server.stop(true).await;
+        if let Some(thread) = self.thread.take() {
+            let _ = tokio::task::spawn_blocking(move || thread.join()).await;
+        }
+    }
+}
+
+fn num_cpus() -> usize {
+    std::thread::available_parallelism().map_or(1, std::num::NonZero::get)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_the_device_api_topics_are_uplinks() {
+        assert_eq!(uplink_of("v1/devices/me/telemetry"), Some(Uplink::Telemetry));
+        assert_eq!(uplink_of("v1/devices/me/attributes"), Some(Uplink::Attributes));
+        assert_eq!(uplink_of("v1/devices/me/telemetry/"), None);
+        assert_eq!(uplink_of("v1/devices/me/attributes/request/1"), None);
+        assert_eq!(uplink_of("other"), None);
+    }
+}
