@@ -150,8 +150,11 @@ impl<P: AsRef<[u8]> + Send + 'static> SessionHandle<P> {
 }
 
 impl<P> Drop for SessionHandle<P> {
+    /// The connection is gone, but what it handed over is not dropped: the session works
+    /// through its mailbox, then stops. (`mosquitto_pub` sends PUBLISH and DISCONNECT
+    /// back to back; the publish must still be stored.)
     fn drop(&mut self) {
-        self.actor.stop(None);
+        let _ = self.actor.drain();
     }
 }
 

@@ -1,1 +1,21 @@
+//! End-to-end tests: the real `engine` binary on loopback ports, real clients on real sockets.
+//! One test binary, one module per area.
 
+mod durability;
+mod http_device_api;
+mod mqtt_device_api;
+mod rest_api;
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// Storage is written in batches: reads poll for up to this long.
+pub const SETTLE: Duration = Duration::from_secs(20);
+
+pub fn fixture(name: &str) -> String {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("e2e/fixtures")
+        .join(name)
+        .to_string_lossy()
+        .into_owned()
+}

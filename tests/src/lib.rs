@@ -1,1 +1,227 @@
+//! Harness of the end-to-end tests: starts the real `engine` binary on free loopback ports in a
+//! throw-away data directory, and talks to it with real clients (REST over reqwest, MQTT over
+//! rumqttc and Mosquitto's `mosquitto_pub`).
 
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, anyhow, bail};
+use serde_json::{Value, json};
+
+pub mod mqtt;
+
+/// The engine binary: `ENGINE_BIN`, else `engine` beside the test executable's profile dir.
+pub fn engine_binary() -> PathBuf {
+    if let Ok(path) = std::env::var("ENGINE_BIN") {
+        return PathBuf::from(path);
+    }
+    let exe = std::env::current_exe().expect("test executable path");
+    // target/<profile>/deps/e2e-<hash> -> target/<profile>/engine
+    let profile_dir = exe.parent().and_then(Path::parent).expect("target profile dir");
+    let bin = profile_dir.join("engine");
+    assert!(
+        bin.exists(),
+        "engine binary not found at {}: build it first (`cargo build -p engine`) or set ENGINE_BIN",
+        bin.display()
+    );
+    bin
+}
+
+pub struct Engine {
+    child: Child,
+    pub mqtt: SocketAddr,
+    pub http: SocketAddr,
+    pub data_dir: PathBuf,
+    log: Arc<Mutex<String>>,
+}
+
+impl Engine {
+    /// Starts the engine with its data in `data_dir` and waits until both listeners are up.
+    pub fn start(data_dir: &Path) -> Result<Engine> {
+        Engine::start_with(data_dir, &[])
+    }
+
+    /// Like `start`, with extra `(ENV_VAR, value)` settings.
+    pub fn start_with(data_dir: &Path, env: &[(&str, &str)]) -> Result<Engine> {
+        let mut cmd = Command::new(engine_binary());
+        cmd.args(["serve", "--mqtt-bind", "127.0.0.1:0", "--http-bind", "127.0.0.1:0", "--log", "info"])
+            .arg("--data-dir")
+            .arg(data_dir)
+            .env_remove("RUST_LOG")
+            .env_remove("ENGINE_CONFIG")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let mut child = cmd.spawn().context("spawning the engine")?;
+        let stderr = child.stderr.take().context("engine stderr")?;
+        let log = Arc::new(Mutex::new(String::new()));
+        let (tx, rx) = std::sync::mpsc::channel();
+        let sink = log.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                for (needle, which) in [("mqtt_addr=", "mqtt"), ("http_addr=", "http")] {
+                    if let Some(rest) = line.split(needle).nth(1) {
+                        let addr = rest.split_whitespace().next().unwrap_or_default().to_owned();
+                        let _ = tx.send((which, addr));
+                    }
+                }
+                if let Ok(mut log) = sink.lock() {
+                    log.push_str(&line);
+                    log.push('\n');
+                }
+            }
+        });
+        let (mut mqtt, mut http) = (None, None);
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while mqtt.is_none() || http.is_none() {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match rx.recv_timeout(left) {
+                Ok(("mqtt", addr)) => mqtt = Some(addr.parse()?),
+                Ok((_, addr)) => http = Some(addr.parse()?),
+                Err(_) => {
+                    let _ = child.kill();
+                    let log = log.lock().map(|l| l.clone()).unwrap_or_default();
+                    bail!("engine did not start listening within 60 s; its log:\n{log}");
+                }
+            }
+        }
+        Ok(Engine {
+            child,
+            mqtt: mqtt.ok_or_else(|| anyhow!("no mqtt address"))?,
+            http: http.ok_or_else(|| anyhow!("no http address"))?,
+            data_dir: data_dir.to_owned(),
+            log,
+        })
+    }
+
+    pub fn log(&self) -> String {
+        self.log.lock().map(|l| l.clone()).unwrap_or_default()
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.http)
+    }
+
+    /// Sends SIGTERM and waits for the process to exit.
+    pub fn terminate(&mut self) -> Result<ExitStatus> {
+        let pid = self.child.id().to_string();
+        let status = Command::new("kill").args(["-TERM", &pid]).status()?;
+        anyhow::ensure!(status.success(), "kill -TERM {pid} failed");
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if let Some(status) = self.child.try_wait()? {
+                return Ok(status);
+            }
+            if Instant::now() > deadline {
+                let _ = self.child.kill();
+                bail!("engine did not exit within 60 s of SIGTERM; log:\n{}", self.log());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// A REST client logged in as the demo tenant administrator.
+    pub async fn rest(&self) -> Result<Rest> {
+        let http = reqwest::Client::new();
+        let resp = http
+            .post(self.url("/api/auth/login"))
+            .json(&json!({"username": "tenant@thingsboard.org", "password": "tenant"}))
+            .send()
+            .await?;
+        anyhow::ensure!(resp.status().is_success(), "login failed: {}", resp.status());
+        let body: Value = resp.json().await?;
+        let token = body["token"].as_str().context("no token in login answer")?.to_owned();
+        Ok(Rest { http, base: self.url(""), token })
+    }
+}
+
+impl Drop for Engine {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// An authenticated REST client.
+pub struct Rest {
+    pub http: reqwest::Client,
+    pub base: String,
+    pub token: String,
+}
+
+impl Rest {
+    pub fn get(&self, path: &str) -> reqwest::RequestBuilder {
+        self.http.get(format!("{}{path}", self.base)).header("X-Authorization", format!("Bearer {}", self.token))
+    }
+
+    pub fn post(&self, path: &str) -> reqwest::RequestBuilder {
+        self.http.post(format!("{}{path}", self.base)).header("X-Authorization", format!("Bearer {}", self.token))
+    }
+
+    pub fn delete(&self, path: &str) -> reqwest::RequestBuilder {
+        self.http.delete(format!("{}{path}", self.base)).header("X-Authorization", format!("Bearer {}", self.token))
+    }
+
+    /// Creates a device with this access token; returns its id.
+    pub async fn create_device(&self, name: &str, token: &str) -> Result<String> {
+        let resp = self
+            .post(&format!("/api/device?accessToken={token}"))
+            .json(&json!({"name": name, "type": "default"}))
+            .send()
+            .await?;
+        let status = resp.status();
+        let body: Value = resp.json().await?;
+        anyhow::ensure!(status.is_success(), "create device {name}: {status} {body}");
+        Ok(body["id"]["id"].as_str().context("device id")?.to_owned())
+    }
+
+    pub async fn json(&self, path: &str) -> Result<Value> {
+        let resp = self.get(path).send().await?;
+        let status = resp.status();
+        let body: Value = resp.json().await?;
+        anyhow::ensure!(status.is_success(), "GET {path}: {status} {body}");
+        Ok(body)
+    }
+
+    /// Latest telemetry with strict data types.
+    pub async fn latest(&self, device: &str) -> Result<Value> {
+        self.json(&format!("/api/plugins/telemetry/DEVICE/{device}/values/timeseries?useStrictDataTypes=true")).await
+    }
+
+    /// Polls `f` until it returns `Some` or `timeout` passes (storage is written in batches).
+    pub async fn eventually<T, F, Fut>(&self, timeout: Duration, mut f: F) -> Result<T>
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = Result<Option<T>>>,
+    {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(v) = f().await? {
+                return Ok(v);
+            }
+            if Instant::now() > deadline {
+                bail!("condition not met within {timeout:?}");
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+/// Runs Mosquitto's `mosquitto_pub` with these arguments against the engine; returns its exit
+/// status and output. Fails loudly when the tool is missing.
+pub fn mosquitto_pub(engine: &Engine, args: &[&str]) -> Result<(i32, String)> {
+    let port = engine.mqtt.port().to_string();
+    let out = Command::new("mosquitto_pub")
+        .args(["-h", "127.0.0.1", "-p", &port])
+        .args(args)
+        .output()
+        .context("mosquitto_pub is not installed (Debian package mosquitto-clients)")?;
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    Ok((out.status.code().unwrap_or(-1), text))
+}

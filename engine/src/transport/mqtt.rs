@@ -61,6 +61,42 @@ pub struct MqttContext {
 pub struct Connection {
     device: Arc<Device>,
     session: SessionHandle<Bytes>,
+    /// Publishes received and not yet answered. A DISCONNECT waits for them: ntex drops
+    /// unfinished publish handlers when the connection closes, and a QoS 0 message sent just
+    /// before DISCONNECT (what `mosquitto_pub -m` does) must still be stored.
+    in_flight: InFlight,
+}
+
+#[derive(Default)]
+struct InFlight {
+    count: std::cell::Cell<usize>,
+}
+
+struct InFlightGuard<'a>(&'a InFlight);
+
+impl InFlight {
+    fn enter(&self) -> InFlightGuard<'_> {
+        self.count.set(self.count.get() + 1);
+        InFlightGuard(self)
+    }
+
+    /// Waits until no publish is in flight, or `limit` passed. A publish ntex has received may
+    /// not have started yet: ntex polls it when the connection's dispatcher wakes, so wait in
+    /// short timer ticks (each wakes the dispatcher) and stop after two quiet ones.
+    async fn settle(&self, limit: std::time::Duration) {
+        let deadline = std::time::Instant::now() + limit;
+        let mut quiet = 0;
+        while quiet < 2 && std::time::Instant::now() < deadline {
+            quiet = if self.count.get() == 0 { quiet + 1 } else { 0 };
+            ntex::time::sleep(ntex::time::Millis(1)).await;
+        }
+    }
+}
+
+impl Drop for InFlightGuard<'_> {
+    fn drop(&mut self) {
+        self.0.count.set(self.0.count.get().saturating_sub(1));
+    }
 }
 
 /// Why a connection is closed; ntex logs it, we count it where it happens.
@@ -120,7 +156,7 @@ impl MqttContext {
             .await
             .map_err(|e| Fault::Protocol(format!("session spawn failed: {e}")))?;
         debug!(device = %device.name, "mqtt session opened");
-        Ok(Connection { device, session })
+        Ok(Connection { device, session, in_flight: InFlight::default() })
     }
 }
 
@@ -159,6 +195,7 @@ async fn handshake_v3(ctx: Arc<MqttContext>, hs: v3::Handshake) -> Result<v3::Ha
 
 async fn publish_v3(session: v3::Session<Connection>, publish: v3::Publish) -> Result<(), Fault> {
     let conn: &Connection = &session;
+    let _in_flight = conn.in_flight.enter();
     let Some(uplink) = uplink_of(publish.publish_topic()) else {
         // ThingsBoard acknowledges and drops publishes to topics it does not serve.
         unknown_topic(&conn.device, publish.publish_topic());
@@ -169,7 +206,10 @@ async fn publish_v3(session: v3::Session<Connection>, publish: v3::Publish) -> R
     deliver(conn, uplink, payload).await
 }
 
-async fn protocol_v3(msg: v3::ProtocolMessage) -> Result<v3::ProtocolMessageAck, Fault> {
+/// How long a DISCONNECT waits for the connection's publishes to be handed over.
+const SETTLE_LIMIT: std::time::Duration = std::time::Duration::from_secs(5);
+
+async fn protocol_v3(session: v3::Session<Connection>, msg: v3::ProtocolMessage) -> Result<v3::ProtocolMessageAck, Fault> {
     Ok(match msg {
         v3::ProtocolMessage::Subscribe(mut subscribe) => {
             for mut sub in subscribe.iter_mut() {
@@ -185,8 +225,30 @@ async fn protocol_v3(msg: v3::ProtocolMessage) -> Result<v3::ProtocolMessageAck,
         v3::ProtocolMessage::Unsubscribe(unsubscribe) => unsubscribe.ack(),
         v3::ProtocolMessage::PublishRelease(release) => release.ack(),
         v3::ProtocolMessage::Ping(ping) => ping.ack(),
-        v3::ProtocolMessage::Disconnect(disconnect) => disconnect.ack(),
+        v3::ProtocolMessage::Disconnect(disconnect) => {
+            session.in_flight.settle(SETTLE_LIMIT).await;
+            disconnect.ack()
+        }
     })
+}
+
+/// Connection-level events. When the peer is gone, publishes it sent before closing are still
+/// handed over before ntex drops them.
+async fn control_v3(session: v3::Session<Connection>, msg: ntex_mqtt::Control<Fault>) -> Result<Option<v3::codec::Encoded>, Fault> {
+    if let ntex_mqtt::Control::Stop(reason) = msg {
+        stopped(&session, reason).await;
+    }
+    Ok(None)
+}
+
+async fn stopped(conn: &Connection, reason: ntex_mqtt::Reason<Fault>) {
+    match reason {
+        ntex_mqtt::Reason::PeerGone(_) => conn.in_flight.settle(SETTLE_LIMIT).await,
+        ntex_mqtt::Reason::Error(e) => debug!(device = %conn.device.name, error = ?e, "mqtt connection closed"),
+        ntex_mqtt::Reason::Protocol(e) => {
+            debug!(device = %conn.device.name, error = ?e, "mqtt protocol error, connection closed");
+        }
+    }
 }
 
 // --- MQTT 5 ------------------------------------------------------------------------------------
@@ -205,6 +267,7 @@ async fn handshake_v5(ctx: Arc<MqttContext>, hs: v5::Handshake) -> Result<v5::Ha
 
 async fn publish_v5(session: v5::Session<Connection>, publish: v5::Publish) -> Result<v5::PublishAck, Fault> {
     let conn: &Connection = &session;
+    let _in_flight = conn.in_flight.enter();
     let Some(uplink) = uplink_of(publish.publish_topic()) else {
         unknown_topic(&conn.device, publish.publish_topic());
         return Ok(publish.ack().reason_code(PublishAckReason::TopicNameInvalid));
@@ -222,7 +285,7 @@ async fn publish_v5(session: v5::Session<Connection>, publish: v5::Publish) -> R
     }
 }
 
-async fn protocol_v5(msg: v5::ProtocolMessage) -> Result<v5::ProtocolMessageAck, Fault> {
+async fn protocol_v5(session: v5::Session<Connection>, msg: v5::ProtocolMessage) -> Result<v5::ProtocolMessageAck, Fault> {
     use v5::codec::SubscribeAckReason;
     Ok(match msg {
         v5::ProtocolMessage::Subscribe(mut subscribe) => {
@@ -239,10 +302,20 @@ async fn protocol_v5(msg: v5::ProtocolMessage) -> Result<v5::ProtocolMessageAck,
         v5::ProtocolMessage::Unsubscribe(unsubscribe) => unsubscribe.ack(),
         v5::ProtocolMessage::PublishRelease(release) => release.ack(),
         v5::ProtocolMessage::Ping(ping) => ping.ack(),
-        v5::ProtocolMessage::Disconnect(disconnect) => disconnect.ack(),
+        v5::ProtocolMessage::Disconnect(disconnect) => {
+            session.in_flight.settle(SETTLE_LIMIT).await;
+            disconnect.ack()
+        }
         // Enhanced authentication is not offered; a client that tries it is disconnected.
         msg @ v5::ProtocolMessage::Auth(_) => msg.disconnect(),
     })
+}
+
+async fn control_v5(session: v5::Session<Connection>, msg: ntex_mqtt::Control<Fault>) -> Result<Option<v5::codec::Encoded>, Fault> {
+    if let ntex_mqtt::Control::Stop(reason) = msg {
+        stopped(&session, reason).await;
+    }
+    Ok(None)
 }
 
 // --- the server --------------------------------------------------------------------------------
@@ -261,6 +334,10 @@ impl MqttServer {
         // with the protocol's own answer; anything bigger is a protocol error.
         let service_cfg = MqttServiceConfig::new()
             .set_max_qos(QoS::ExactlyOnce)
+            // A publish received just before the client closed (mosquitto_pub sends PUBLISH,
+            // DISCONNECT and closes at once) is still handled; the client got no PUBACK, so
+            // nothing is promised, but a device expects it stored.
+            .set_handle_qos_after_disconnect(Some(QoS::ExactlyOnce))
             .set_max_size(max_payload.saturating_add(64 * 1024))
             .set_max_receive(config.receive_maximum)
             .set_max_receive_size(usize::try_from(max_payload).unwrap_or(usize::MAX).saturating_mul(4))
@@ -280,12 +357,22 @@ impl MqttServer {
                         async move {
                             ntex_mqtt::MqttServer::new()
                                 .v3(v3::MqttServer::new(move |hs| handshake_v3(c3.clone(), hs))
-                                    .protocol(protocol_v3)
+                                    .protocol(ntex::service::fn_factory_with_config(|session: v3::Session<Connection>| {
+                                        ntex::util::Ready::Ok::<_, Fault>(ntex::service::fn_service(move |m| protocol_v3(session.clone(), m)))
+                                    }))
+                                    .control(ntex::service::fn_factory_with_config(|session: v3::Session<Connection>| {
+                                        ntex::util::Ready::Ok::<_, Fault>(ntex::service::fn_service(move |m| control_v3(session.clone(), m)))
+                                    }))
                                     .publish(ntex::service::fn_factory_with_config(|session: v3::Session<Connection>| {
                                         ntex::util::Ready::Ok::<_, Fault>(ntex::service::fn_service(move |p| publish_v3(session.clone(), p)))
                                     })))
                                 .v5(v5::MqttServer::new(move |hs| handshake_v5(c5.clone(), hs))
-                                    .protocol(protocol_v5)
+                                    .protocol(ntex::service::fn_factory_with_config(|session: v5::Session<Connection>| {
+                                        ntex::util::Ready::Ok::<_, Fault>(ntex::service::fn_service(move |m| protocol_v5(session.clone(), m)))
+                                    }))
+                                    .control(ntex::service::fn_factory_with_config(|session: v5::Session<Connection>| {
+                                        ntex::util::Ready::Ok::<_, Fault>(ntex::service::fn_service(move |m| control_v5(session.clone(), m)))
+                                    }))
                                     .publish(ntex::service::fn_factory_with_config(|session: v5::Session<Connection>| {
                                         ntex::util::Ready::Ok::<_, Fault>(ntex::service::fn_service(move |p| publish_v5(session.clone(), p)))
                                     })))
