@@ -129,10 +129,16 @@ mod tests {
         let m2 = telemetry(d, &[(5, "a", 9), (1, "b", 4)]);
         let batch = WriteBatch::from_messages([&m1, &m2]);
         assert_eq!(batch.timeseries.len(), 5);
-        let latest: Vec<(&str, i64, &KvValue)> =
-            batch.latest.iter().map(|r| (r.key.as_str(), r.ts, &r.value)).collect();
+        let latest: Vec<(&str, i64, &KvValue)> = batch
+            .latest
+            .iter()
+            .map(|r| (r.key.as_str(), r.ts, &r.value))
+            .collect();
         // Equal timestamps: the later arrival wins, as a replacing store would do.
-        assert_eq!(latest, [("a", 5, &KvValue::Long(9)), ("b", 4, &KvValue::Long(3))]);
+        assert_eq!(
+            latest,
+            [("a", 5, &KvValue::Long(9)), ("b", 4, &KvValue::Long(3))]
+        );
         assert_eq!(batch.data_points(), 5);
     }
 

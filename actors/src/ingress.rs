@@ -104,7 +104,10 @@ impl Accepted {
 
 impl Ingress {
     pub fn new(producer: Arc<dyn Producer>, max_payload: usize) -> Ingress {
-        Ingress { producer, max_payload }
+        Ingress {
+            producer,
+            max_payload,
+        }
     }
 
     pub fn max_payload(&self) -> usize {
@@ -136,12 +139,25 @@ impl Ingress {
                 Err(e) => return Err(self.rejected(device, transport, e.into())),
             }
         };
-        Ok(Accepted { delivery, transport, points, received })
+        Ok(Accepted {
+            delivery,
+            transport,
+            points,
+            received,
+        })
     }
 
-    fn prepare(&self, device: &Device, uplink: Uplink, payload: &[u8]) -> Result<Message, Rejection> {
+    fn prepare(
+        &self,
+        device: &Device,
+        uplink: Uplink,
+        payload: &[u8],
+    ) -> Result<Message, Rejection> {
         if payload.len() > self.max_payload {
-            return Err(Rejection::TooLarge { size: payload.len(), max: self.max_payload });
+            return Err(Rejection::TooLarge {
+                size: payload.len(),
+                max: self.max_payload,
+            });
         }
         let received_ts = now_ms();
         let body = match uplink {
@@ -151,7 +167,12 @@ impl Ingress {
                 entries: parse_attributes(payload)?,
             },
         };
-        Ok(Message { tenant_id: device.tenant_id, device_id: device.id, received_ts, body })
+        Ok(Message {
+            tenant_id: device.tenant_id,
+            device_id: device.id,
+            received_ts,
+            body,
+        })
     }
 
     fn rejected(&self, device: &Device, transport: Transport, rejection: Rejection) -> Rejection {

@@ -33,7 +33,10 @@ impl Drop for Ticket {
 impl Bound {
     /// `name` labels the metrics; `capacity` is how many messages may wait.
     pub fn new(name: &'static str, capacity: usize) -> Bound {
-        Bound { permits: Arc::new(Semaphore::new(capacity.max(1))), name }
+        Bound {
+            permits: Arc::new(Semaphore::new(capacity.max(1))),
+            name,
+        }
     }
 
     /// Waits for room; `None` once the mailbox was closed.
@@ -49,7 +52,10 @@ impl Bound {
             }
         };
         gauge!(MAILBOX_DEPTH, "mailbox" => self.name).increment(1.0);
-        Some(Ticket { _permit: permit, name: self.name })
+        Some(Ticket {
+            _permit: permit,
+            name: self.name,
+        })
     }
 
     pub fn close(&self) {

@@ -35,22 +35,65 @@ pub const STORAGE_ERRORS: &str = "engine_storage_errors_total";
 /// Registers help texts and units with whatever recorder is installed.
 pub fn describe() {
     describe_counter!(MESSAGES_RECEIVED, "Uplink messages received, by transport");
-    describe_counter!(MESSAGES_ACCEPTED, "Uplink messages the queue accepted, by transport");
-    describe_counter!(MESSAGES_REJECTED, "Uplink messages refused, by transport and reason");
-    describe_counter!(DATA_POINTS_RECEIVED, "Key-value entries in accepted uplinks");
-    describe_histogram!(ACK_LATENCY, Unit::Seconds, "Receipt to acknowledgement, by transport");
+    describe_counter!(
+        MESSAGES_ACCEPTED,
+        "Uplink messages the queue accepted, by transport"
+    );
+    describe_counter!(
+        MESSAGES_REJECTED,
+        "Uplink messages refused, by transport and reason"
+    );
+    describe_counter!(
+        DATA_POINTS_RECEIVED,
+        "Key-value entries in accepted uplinks"
+    );
+    describe_histogram!(
+        ACK_LATENCY,
+        Unit::Seconds,
+        "Receipt to acknowledgement, by transport"
+    );
     describe_gauge!(SESSIONS_ACTIVE, "Device sessions open now, by transport");
     describe_counter!(SESSIONS_OPENED, "Device sessions opened, by transport");
     describe_counter!(SESSIONS_CLOSED, "Device sessions closed, by transport");
     describe_counter!(SESSIONS_FAILED, "Device session actors that crashed");
-    describe_counter!(CONNECTIONS_REFUSED, "Connections refused, by transport and reason");
-    describe_gauge!(MAILBOX_DEPTH, "Messages waiting in bounded mailboxes, by mailbox");
-    describe_histogram!(MAILBOX_BLOCKED, Unit::Seconds, "Waits of senders on a full mailbox");
-    describe_gauge!(QUEUE_DEPTH, "Messages in the queue not yet committed by a sink");
-    describe_histogram!(QUEUE_PRODUCE_BLOCKED, Unit::Seconds, "Waits of producers on a full queue");
-    describe_gauge!(QUEUE_LAG, "Messages produced but not yet committed, per consumer");
+    describe_counter!(
+        CONNECTIONS_REFUSED,
+        "Connections refused, by transport and reason"
+    );
+    describe_gauge!(
+        MAILBOX_DEPTH,
+        "Messages waiting in bounded mailboxes, by mailbox"
+    );
+    describe_histogram!(
+        MAILBOX_BLOCKED,
+        Unit::Seconds,
+        "Waits of senders on a full mailbox"
+    );
+    describe_gauge!(
+        QUEUE_DEPTH,
+        "Messages in the queue not yet committed by a sink"
+    );
+    describe_histogram!(
+        QUEUE_PRODUCE_BLOCKED,
+        Unit::Seconds,
+        "Waits of producers on a full queue"
+    );
+    describe_gauge!(
+        QUEUE_LAG,
+        "Messages produced but not yet committed, per consumer"
+    );
     describe_histogram!(SINK_BATCH_MESSAGES, "Messages per storage write");
-    describe_histogram!(SINK_WRITE_LATENCY, Unit::Seconds, "Duration of one storage write");
-    describe_counter!(DATA_POINTS_STORED, "Time-series points and attribute values written");
-    describe_counter!(STORAGE_ERRORS, "Failed storage writes, by kind (retryable, permanent)");
+    describe_histogram!(
+        SINK_WRITE_LATENCY,
+        Unit::Seconds,
+        "Duration of one storage write"
+    );
+    describe_counter!(
+        DATA_POINTS_STORED,
+        "Time-series points and attribute values written"
+    );
+    describe_counter!(
+        STORAGE_ERRORS,
+        "Failed storage writes, by kind (retryable, permanent)"
+    );
 }

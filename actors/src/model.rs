@@ -18,7 +18,10 @@ pub struct TenantId(pub Uuid);
 impl TenantId {
     /// A tenant's id is derived from its name, so every node agrees on it without coordination.
     pub fn from_name(name: &str) -> TenantId {
-        TenantId(Uuid::new_v5(&ID_NAMESPACE, format!("tenant:{name}").as_bytes()))
+        TenantId(Uuid::new_v5(
+            &ID_NAMESPACE,
+            format!("tenant:{name}").as_bytes(),
+        ))
     }
 }
 
@@ -115,7 +118,10 @@ pub struct KvEntry {
 
 impl KvEntry {
     pub fn new(key: impl Into<String>, value: KvValue) -> KvEntry {
-        KvEntry { key: key.into(), value }
+        KvEntry {
+            key: key.into(),
+            value,
+        }
     }
 }
 
@@ -137,8 +143,11 @@ pub enum AttributeScope {
 }
 
 impl AttributeScope {
-    pub const ALL: [AttributeScope; 3] =
-        [AttributeScope::Client, AttributeScope::Shared, AttributeScope::Server];
+    pub const ALL: [AttributeScope; 3] = [
+        AttributeScope::Client,
+        AttributeScope::Shared,
+        AttributeScope::Server,
+    ];
 
     pub fn as_str(self) -> &'static str {
         match self {
@@ -149,7 +158,9 @@ impl AttributeScope {
     }
 
     pub fn parse(s: &str) -> Option<AttributeScope> {
-        AttributeScope::ALL.into_iter().find(|scope| scope.as_str() == s)
+        AttributeScope::ALL
+            .into_iter()
+            .find(|scope| scope.as_str() == s)
     }
 
     /// The stable small number storage uses for the scope.
@@ -162,14 +173,19 @@ impl AttributeScope {
     }
 
     pub fn from_code(code: i64) -> Option<AttributeScope> {
-        AttributeScope::ALL.into_iter().find(|scope| scope.code() == code)
+        AttributeScope::ALL
+            .into_iter()
+            .find(|scope| scope.code() == code)
     }
 }
 
 #[derive(Clone, Debug, PartialEq)]
 pub enum MessageBody {
     Telemetry(Vec<TsRecord>),
-    Attributes { scope: AttributeScope, entries: Vec<KvEntry> },
+    Attributes {
+        scope: AttributeScope,
+        entries: Vec<KvEntry>,
+    },
 }
 
 /// The normalised message every transport produces and every sink consumes.
@@ -235,6 +251,9 @@ mod tests {
 
     #[test]
     fn token_debug_hides_the_secret() {
-        assert_eq!(format!("{:?}", AccessToken("secret-token".into())), "AccessToken(sec…)");
+        assert_eq!(
+            format!("{:?}", AccessToken("secret-token".into())),
+            "AccessToken(sec…)"
+        );
     }
 }

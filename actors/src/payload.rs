@@ -23,7 +23,10 @@ pub enum PayloadError {
     #[error("payload is not valid JSON: {0}")]
     InvalidJson(String),
     #[error("payload is a JSON {found}, expected {expected}")]
-    WrongShape { found: &'static str, expected: &'static str },
+    WrongShape {
+        found: &'static str,
+        expected: &'static str,
+    },
     #[error("value of key {key:?} is null")]
     NullValue { key: String },
     #[error("value of key {key:?} is an integer out of the 64-bit range: {text}")]
@@ -81,7 +84,10 @@ pub fn parse_telemetry(bytes: &[u8], server_ts: i64) -> Result<Vec<TsRecord>, Pa
 pub fn parse_attributes(bytes: &[u8]) -> Result<Vec<KvEntry>, PayloadError> {
     match parse_top(bytes)? {
         Top::Object(fields) => fields_to_entries(fields),
-        Top::Array(_) => Err(PayloadError::WrongShape { found: "array", expected: "object" }),
+        Top::Array(_) => Err(PayloadError::WrongShape {
+            found: "array",
+            expected: "object",
+        }),
     }
 }
 
@@ -103,7 +109,10 @@ fn parse_top(bytes: &[u8]) -> Result<Top<'_>, PayloadError> {
             let items: Vec<&RawValue> = serde_json::from_str(raw.get()).map_err(invalid_json)?;
             Ok(Top::Array(items))
         }
-        other => Err(PayloadError::WrongShape { found: other.name(), expected: "object or array" }),
+        other => Err(PayloadError::WrongShape {
+            found: other.name(),
+            expected: "object or array",
+        }),
     }
 }
 
@@ -211,9 +220,15 @@ fn object_to_record(fields: Fields<'_>, server_ts: i64) -> Result<TsRecord, Payl
             if classify(values) != Kind::Object {
                 return Err(PayloadError::BadValues);
             }
-            Ok(TsRecord { ts, entries: fields_to_entries(object_fields(values)?)? })
+            Ok(TsRecord {
+                ts,
+                entries: fields_to_entries(object_fields(values)?)?,
+            })
         }
-        _ => Ok(TsRecord { ts: server_ts, entries: fields_to_entries(fields)? }),
+        _ => Ok(TsRecord {
+            ts: server_ts,
+            entries: fields_to_entries(fields)?,
+        }),
     }
 }
 
@@ -234,7 +249,10 @@ fn fields_to_entries(fields: Fields<'_>) -> Result<Vec<KvEntry>, PayloadError> {
             return Err(PayloadError::EmptyKey);
         }
         let value = parse_value(&key, raw)?;
-        entries.push(KvEntry { key: key.into_owned(), value });
+        entries.push(KvEntry {
+            key: key.into_owned(),
+            value,
+        });
     }
     Ok(entries)
 }
@@ -245,7 +263,11 @@ fn parse_value(key: &str, raw: &RawValue) -> Result<KvValue, PayloadError> {
         Kind::String => KvValue::String(unquote(text)?),
         Kind::Bool => KvValue::Bool(text == "true"),
         Kind::Object | Kind::Array => KvValue::Json(text.to_owned()),
-        Kind::Null => return Err(PayloadError::NullValue { key: key.to_owned() }),
+        Kind::Null => {
+            return Err(PayloadError::NullValue {
+                key: key.to_owned(),
+            });
+        }
         Kind::Number => parse_number(key, text)?,
     })
 }
@@ -268,15 +290,23 @@ fn parse_number(key: &str, text: &str) -> Result<KvValue, PayloadError> {
         let d = parse_f64(text)?;
         let integral = d.fract() == 0.0 && d.abs() < 9.2e18 && !text.contains('.');
         #[allow(clippy::cast_possible_truncation)]
-        return Ok(if integral { KvValue::Long(d as i64) } else { KvValue::Double(d) });
+        return Ok(if integral {
+            KvValue::Long(d as i64)
+        } else {
+            KvValue::Double(d)
+        });
     }
     text.parse::<i64>()
         .map(KvValue::Long)
-        .map_err(|_| PayloadError::BigInteger { key: key.to_owned(), text: text.to_owned() })
+        .map_err(|_| PayloadError::BigInteger {
+            key: key.to_owned(),
+            text: text.to_owned(),
+        })
 }
 
 fn parse_f64(text: &str) -> Result<f64, PayloadError> {
-    text.parse::<f64>().map_err(|e| PayloadError::InvalidJson(format!("bad number {text}: {e}")))
+    text.parse::<f64>()
+        .map_err(|e| PayloadError::InvalidJson(format!("bad number {text}: {e}")))
 }
 
 /// Records without a client timestamp all got the same server timestamp: ThingsBoard stores an
@@ -285,7 +315,10 @@ fn merge_server_ts(records: Vec<TsRecord>, server_ts: i64) -> Vec<TsRecord> {
     if records.iter().filter(|r| r.ts == server_ts).count() < 2 {
         return records;
     }
-    let mut merged = TsRecord { ts: server_ts, entries: Vec::new() };
+    let mut merged = TsRecord {
+        ts: server_ts,
+        entries: Vec::new(),
+    };
     let mut out = Vec::with_capacity(records.len());
     for record in records {
         if record.ts == server_ts {
@@ -317,7 +350,10 @@ mod tests {
             .iter()
             .map(|(ts, entries)| TsRecord {
                 ts: *ts,
-                entries: entries.iter().map(|(k, v)| KvEntry::new(*k, v.clone())).collect(),
+                entries: entries
+                    .iter()
+                    .map(|(k, v)| KvEntry::new(*k, v.clone()))
+                    .collect(),
             })
             .collect();
         assert_eq!(got, want, "{payload}");
@@ -333,7 +369,10 @@ mod tests {
 
     #[test]
     fn telemetry_formats_of_the_reference() {
-        check_telemetry(r#"{"temperature":42}"#, &[(NOW, &[("temperature", Long(42))])]);
+        check_telemetry(
+            r#"{"temperature":42}"#,
+            &[(NOW, &[("temperature", Long(42))])],
+        );
         check_telemetry(
             r#"{"key1":"value1", "key2":"value2"}"#,
             &[(NOW, &[("key1", s("value1")), ("key2", s("value2"))])],
@@ -344,7 +383,10 @@ mod tests {
         );
         check_telemetry(
             r#"{"ts":1451649600512, "values":{"key1":"value1", "key2":"value2"}}"#,
-            &[(1_451_649_600_512, &[("key1", s("value1")), ("key2", s("value2"))])],
+            &[(
+                1_451_649_600_512,
+                &[("key1", s("value1")), ("key2", s("value2"))],
+            )],
         );
         check_telemetry(
             r#"[{"ts":1,"values":{"a":1}},{"ts":2,"values":{"a":2}}]"#,
@@ -442,9 +484,16 @@ mod tests {
         let got = parse_attributes(br#"{"attribute1": "value1", "attribute2": true}"#);
         assert_eq!(
             got,
-            Ok(vec![KvEntry::new("attribute1", s("value1")), KvEntry::new("attribute2", Bool(true))])
+            Ok(vec![
+                KvEntry::new("attribute1", s("value1")),
+                KvEntry::new("attribute2", Bool(true))
+            ])
         );
-        let cases = [("[{\"a\":1}]", "wrong_shape"), ("", "empty"), ("{\"a\":null}", "null_value")];
+        let cases = [
+            ("[{\"a\":1}]", "wrong_shape"),
+            ("", "empty"),
+            ("{\"a\":null}", "null_value"),
+        ];
         for (payload, reason) in cases {
             let err = parse_attributes(payload.as_bytes()).expect_err(payload);
             assert_eq!(err.reason(), reason, "{payload}");

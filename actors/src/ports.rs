@@ -44,7 +44,9 @@ impl Future for Delivery {
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         match self.get_mut() {
-            Delivery::Done(result) => Poll::Ready(std::mem::replace(result, Err(QueueError::Closed))),
+            Delivery::Done(result) => {
+                Poll::Ready(std::mem::replace(result, Err(QueueError::Closed)))
+            }
             Delivery::Pending(fut) => fut.as_mut().poll(cx),
         }
     }
@@ -243,8 +245,11 @@ pub trait DeviceRegistry: Send + Sync + 'static {
 
     async fn get(&self, id: DeviceId) -> Result<Option<Arc<Device>>, RegistryError>;
 
-    async fn by_name(&self, tenant: TenantId, name: &str)
-    -> Result<Option<Arc<Device>>, RegistryError>;
+    async fn by_name(
+        &self,
+        tenant: TenantId,
+        name: &str,
+    ) -> Result<Option<Arc<Device>>, RegistryError>;
 
     /// Inserts or replaces the device with this id; refuses a token or name another device has.
     async fn save(&self, device: Device) -> Result<Arc<Device>, RegistryError>;
@@ -253,8 +258,11 @@ pub trait DeviceRegistry: Send + Sync + 'static {
     async fn delete(&self, id: DeviceId) -> Result<bool, RegistryError>;
 
     /// Devices of a tenant ordered by name.
-    async fn list(&self, tenant: TenantId, page: &PageRequest)
-    -> Result<Page<Arc<Device>>, RegistryError>;
+    async fn list(
+        &self,
+        tenant: TenantId,
+        page: &PageRequest,
+    ) -> Result<Page<Arc<Device>>, RegistryError>;
 }
 
 /// How long to wait before retry `attempt` (0-based): doubling from `base`, capped at `max`.

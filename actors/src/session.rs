@@ -68,7 +68,12 @@ impl<P: AsRef<[u8]> + Send + 'static> Actor for DeviceSession<P> {
         state: &mut SessionState,
     ) -> Result<(), ActorProcessingErr> {
         match message {
-            SessionMsg::Publish { uplink, payload, ticket, reply } => {
+            SessionMsg::Publish {
+                uplink,
+                payload,
+                ticket,
+                reply,
+            } => {
                 let result = state
                     .ingress
                     .publish(&state.device, state.transport, uplink, payload.as_ref())
@@ -126,7 +131,10 @@ impl<P: AsRef<[u8]> + Send + 'static> SessionHandle<P> {
     ) -> Result<SessionHandle<P>, SpawnErr> {
         let (actor, _join) =
             Actor::spawn_linked(None, DeviceSession::<P>(PhantomData), args, supervisor).await?;
-        Ok(SessionHandle { actor, bound: Bound::new("session", mailbox_capacity) })
+        Ok(SessionHandle {
+            actor,
+            bound: Bound::new("session", mailbox_capacity),
+        })
     }
 
     /// Hands one uplink to the session; waits while its mailbox is full.
@@ -134,7 +142,15 @@ impl<P: AsRef<[u8]> + Send + 'static> SessionHandle<P> {
         let ticket = self.bound.ticket().await.ok_or(SessionError::Gone)?;
         let reply = self
             .actor
-            .call(|reply| SessionMsg::Publish { uplink, payload, ticket, reply }, None)
+            .call(
+                |reply| SessionMsg::Publish {
+                    uplink,
+                    payload,
+                    ticket,
+                    reply,
+                },
+                None,
+            )
             .await
             .map_err(|_| SessionError::Gone)?;
         match reply {
@@ -179,8 +195,9 @@ mod tests {
     }
 
     async fn setup(producer: Arc<MemProducer>) -> (ActorRef<SupervisorMsg>, Arc<Ingress>) {
-        let (supervisor, _) =
-            Actor::spawn(None, SessionSupervisor, ()).await.expect("supervisor starts");
+        let (supervisor, _) = Actor::spawn(None, SessionSupervisor, ())
+            .await
+            .expect("supervisor starts");
         (supervisor, Arc::new(Ingress::new(producer, 1024)))
     }
 
@@ -194,7 +211,9 @@ mod tests {
             ingress: ingress.clone(),
             transport: Transport::Mqtt,
         };
-        SessionHandle::spawn(supervisor.get_cell(), args, 4).await.expect("session starts")
+        SessionHandle::spawn(supervisor.get_cell(), args, 4)
+            .await
+            .expect("session starts")
     }
 
     #[tokio::test]
@@ -203,11 +222,17 @@ mod tests {
         let (supervisor, ingress) = setup(producer.clone()).await;
         let s = session(&supervisor, &ingress, "d1").await;
         let accepted = s.publish(Uplink::Telemetry, br#"{"t":1}"#.to_vec()).await;
-        accepted.expect("accepted").confirmed().await.expect("confirmed");
+        accepted
+            .expect("accepted")
+            .confirmed()
+            .await
+            .expect("confirmed");
         let sent = producer.messages();
         assert_eq!(sent.len(), 1);
         assert_eq!(sent[0].device_id, device("d1").id);
-        let MessageBody::Telemetry(records) = &sent[0].body else { panic!("not telemetry") };
+        let MessageBody::Telemetry(records) = &sent[0].body else {
+            panic!("not telemetry")
+        };
         assert_eq!(records[0].entries[0].value, KvValue::Long(1));
     }
 
@@ -217,11 +242,19 @@ mod tests {
         let (supervisor, ingress) = setup(producer.clone()).await;
         let s = session(&supervisor, &ingress, "d1").await;
         let err = s.publish(Uplink::Telemetry, b"{oops".to_vec()).await.err();
-        assert!(matches!(err, Some(SessionError::Rejected(Rejection::Payload(_)))), "{err:?}");
+        assert!(
+            matches!(err, Some(SessionError::Rejected(Rejection::Payload(_)))),
+            "{err:?}"
+        );
         let too_big = vec![b' '; 2000];
         let err = s.publish(Uplink::Attributes, too_big).await.err();
-        assert!(matches!(err, Some(SessionError::Rejected(Rejection::TooLarge { .. }))));
-        let ok = s.publish(Uplink::Attributes, br#"{"fw":"1.0"}"#.to_vec()).await;
+        assert!(matches!(
+            err,
+            Some(SessionError::Rejected(Rejection::TooLarge { .. }))
+        ));
+        let ok = s
+            .publish(Uplink::Attributes, br#"{"fw":"1.0"}"#.to_vec())
+            .await;
         assert!(ok.is_ok());
         assert_eq!(producer.messages().len(), 1);
     }
@@ -234,13 +267,24 @@ mod tests {
         let crasher = session(&supervisor, &ingress, "crasher").await;
         let healthy = session(&supervisor, &ingress, "healthy").await;
 
-        let err = crasher.publish(Uplink::Telemetry, br#"{"t":1}"#.to_vec()).await.err();
+        let err = crasher
+            .publish(Uplink::Telemetry, br#"{"t":1}"#.to_vec())
+            .await
+            .err();
         assert_eq!(err, Some(SessionError::Gone));
-        let again = crasher.publish(Uplink::Telemetry, br#"{"t":2}"#.to_vec()).await.err();
+        let again = crasher
+            .publish(Uplink::Telemetry, br#"{"t":2}"#.to_vec())
+            .await
+            .err();
         assert_eq!(again, Some(SessionError::Gone));
 
-        let ok = healthy.publish(Uplink::Telemetry, br#"{"t":3}"#.to_vec()).await;
-        ok.expect("healthy session works").confirmed().await.expect("confirmed");
+        let ok = healthy
+            .publish(Uplink::Telemetry, br#"{"t":3}"#.to_vec())
+            .await;
+        ok.expect("healthy session works")
+            .confirmed()
+            .await
+            .expect("confirmed");
         assert_eq!(producer.messages().len(), 1);
 
         let stats = ractor::call!(supervisor, SupervisorMsg::Stats).expect("supervisor alive");

@@ -138,7 +138,9 @@ impl SinkState {
         if delivered.is_empty() {
             return false;
         }
-        let batch = Arc::new(WriteBatch::from_messages(delivered.iter().map(|d| &*d.message)));
+        let batch = Arc::new(WriteBatch::from_messages(
+            delivered.iter().map(|d| &*d.message),
+        ));
         self.write(batch.clone()).await;
         self.commit(&delivered).await;
         self.stats.batches += 1;
@@ -167,7 +169,11 @@ impl SinkState {
                 }
                 Err(e) => {
                     self.stats.failed_writes += 1;
-                    let kind = if e.is_retryable() { "retryable" } else { "permanent" };
+                    let kind = if e.is_retryable() {
+                        "retryable"
+                    } else {
+                        "permanent"
+                    };
                     counter!(STORAGE_ERRORS, "kind" => kind).increment(1);
                     let delay = backoff(attempt, self.config.retry_base, self.config.retry_max);
                     if e.is_retryable() {
@@ -202,8 +208,8 @@ impl SinkState {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::{KvEntry, KvValue, Message, MessageBody, TenantId, TsRecord};
     use crate::model::DeviceId;
+    use crate::model::{KvEntry, KvValue, Message, MessageBody, TenantId, TsRecord};
     use crate::testing::{MemStore, VecQueue};
 
     fn message(device: &str, ts: i64) -> Message {
@@ -235,7 +241,11 @@ mod tests {
             queue.push(message("d", ts));
         }
         let store = Arc::new(MemStore::default());
-        let args = SinkArgs { consumer: Box::new(queue.clone()), store: store.clone(), config: config() };
+        let args = SinkArgs {
+            consumer: Box::new(queue.clone()),
+            store: store.clone(),
+            config: config(),
+        };
         let (sink, handle) = Actor::spawn(None, Sink, args).await.expect("sink starts");
         let stats = ractor::call!(sink, SinkMsg::Drain).expect("drained");
         handle.await.expect("sink stops");
@@ -252,11 +262,19 @@ mod tests {
         queue.push(message("d", 2));
         let store = Arc::new(MemStore::default());
         store.set_down(true);
-        let args = SinkArgs { consumer: Box::new(queue.clone()), store: store.clone(), config: config() };
+        let args = SinkArgs {
+            consumer: Box::new(queue.clone()),
+            store: store.clone(),
+            config: config(),
+        };
         let (sink, handle) = Actor::spawn(None, Sink, args).await.expect("sink starts");
         tokio::time::sleep(Duration::from_millis(150)).await;
         assert_eq!(store.points(), 0);
-        assert_eq!(queue.committed(), None, "nothing is committed while the store is down");
+        assert_eq!(
+            queue.committed(),
+            None,
+            "nothing is committed while the store is down"
+        );
         store.set_down(false);
         let stats = ractor::call!(sink, SinkMsg::Drain).expect("drained");
         handle.await.expect("sink stops");

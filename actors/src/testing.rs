@@ -40,7 +40,11 @@ impl MemProducer {
 impl Producer for MemProducer {
     async fn send(&self, message: SharedMessage) -> Result<Delivery, QueueError> {
         let crash = lock(&self.panic_for).contains(&message.device_id);
-        assert!(!crash, "test producer told to panic for device {}", message.device_id);
+        assert!(
+            !crash,
+            "test producer told to panic for device {}",
+            message.device_id
+        );
         lock(&self.sent).push(message);
         Ok(Delivery::Done(Ok(())))
     }
@@ -131,7 +135,11 @@ impl Store for MemStore {
         Ok(())
     }
 
-    async fn latest(&self, _: DeviceId, _: Option<&[String]>) -> Result<Vec<LatestValue>, StoreError> {
+    async fn latest(
+        &self,
+        _: DeviceId,
+        _: Option<&[String]>,
+    ) -> Result<Vec<LatestValue>, StoreError> {
         Err(unsupported())
     }
 

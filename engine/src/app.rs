@@ -26,9 +26,8 @@ use crate::transport::http::DeviceApiConfig;
 use crate::transport::mqtt::{MqttContext, MqttServer};
 
 pub struct Running {
-    pub mqtt_addr: SocketAddr,
-    pub http_addr: SocketAddr,
     mqtt: MqttServer,
+    queue: MemoryQueue,
     http: actix_web::dev::ServerHandle,
     http_task: JoinHandle<std::io::Result<()>>,
     sinks: Vec<(ActorRef<SinkMsg>, JoinHandle<()>)>,
@@ -48,7 +47,9 @@ pub async fn start(config: Config, metrics: Option<PrometheusHandle>) -> anyhow:
         }
     };
     let queue = match config.queue.kind {
-        QueueKind::Memory => MemoryQueue::new(config.queue.partitions, config.queue.partition_capacity, 1),
+        QueueKind::Memory => {
+            MemoryQueue::new(config.queue.partitions, config.queue.partition_capacity, 1)
+        }
     };
 
     let sink_config = SinkConfig {
@@ -59,7 +60,11 @@ pub async fn start(config: Config, metrics: Option<PrometheusHandle>) -> anyhow:
     };
     let mut sinks = Vec::new();
     for i in 0..queue.consumers() {
-        let args = SinkArgs { consumer: Box::new(queue.consumer(i)), store: store.clone(), config: sink_config.clone() };
+        let args = SinkArgs {
+            consumer: Box::new(queue.consumer(i)),
+            store: store.clone(),
+            config: sink_config.clone(),
+        };
         sinks.push(Actor::spawn(Some(format!("sink-{i}")), Sink, args).await?);
     }
     let (supervisor, _) = Actor::spawn(Some("sessions".into()), SessionSupervisor, ()).await?;
@@ -69,10 +74,13 @@ pub async fn start(config: Config, metrics: Option<PrometheusHandle>) -> anyhow:
     let mqtt_addr = mqtt_listener.local_addr()?;
     let http_addr = http_listener.local_addr()?;
 
-    let producer = Arc::new(queue.clone());
+    let producer: Arc<dyn actors::ports::Producer> = Arc::new(queue.clone());
     let ctx = Arc::new(MqttContext {
         registry: registry.clone(),
-        ingress: Arc::new(Ingress::new(producer.clone(), bytes(config.mqtt.max_payload_size))),
+        ingress: Arc::new(Ingress::new(
+            producer.clone(),
+            bytes(config.mqtt.max_payload_size),
+        )),
         supervisor: supervisor.get_cell(),
         receive_maximum: config.mqtt.receive_maximum,
     });
@@ -85,7 +93,9 @@ pub async fn start(config: Config, metrics: Option<PrometheusHandle>) -> anyhow:
         store,
         ingress: Arc::new(Ingress::new(producer, http_max)),
         metrics,
-        device_api: DeviceApiConfig { queue_wait: Duration::from_secs(5) },
+        device_api: DeviceApiConfig {
+            queue_wait: Duration::from_secs(5),
+        },
     });
     let mut server = HttpServer::new(move || {
         App::new()
@@ -105,9 +115,8 @@ pub async fn start(config: Config, metrics: Option<PrometheusHandle>) -> anyhow:
     info!(%mqtt_addr, "mqtt listening");
     info!(%http_addr, "http listening");
     Ok(Running {
-        mqtt_addr,
-        http_addr,
         mqtt,
+        queue,
         http,
         http_task,
         sinks,
@@ -124,7 +133,12 @@ impl Running {
         let (mqtt, http) = (self.mqtt.stop(), self.http.stop(true));
         tokio::join!(mqtt, http);
         let _ = self.http_task.await;
-        info!("listeners closed, draining the queue into storage");
+        // Nothing can send any more; a sender still waiting for room is told the queue closed.
+        self.queue.close();
+        info!(
+            messages = self.queue.depth(),
+            "listeners closed, draining the queue into storage"
+        );
         let drain = async {
             let mut stored = 0;
             for (sink, join) in self.sinks {
@@ -144,7 +158,10 @@ impl Running {
             Ok(Err(e)) => Err(e),
             Err(_) => {
                 error!(timeout = ?self.shutdown_timeout, "storage did not take the queue in time");
-                anyhow::bail!("shutdown timed out after {:?} with messages not stored", self.shutdown_timeout)
+                anyhow::bail!(
+                    "shutdown timed out after {:?} with messages not stored",
+                    self.shutdown_timeout
+                )
             }
         }
     }

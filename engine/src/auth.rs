@@ -5,8 +5,8 @@ use std::path::Path;
 use std::time::Duration;
 
 use actors::model::{TenantId, now_ms};
-use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
 use argon2::Argon2;
+use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
 use base64::Engine as _;
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation, errors::ErrorKind};
 use rand::RngCore;
@@ -121,15 +121,13 @@ impl Auth {
         })
     }
 
-    pub fn tenant_id(&self) -> TenantId {
-        self.tenant_id
-    }
-
     /// Checks a login. Slow on purpose (Argon2): call it off the async workers. The hash is
     /// checked even for an unknown user so timing does not tell which names exist.
     pub fn login(&self, username: &str, password: &str) -> Result<TokenPair, AuthError> {
         let hash = PasswordHash::new(&self.password_hash).map_err(|_| AuthError::BadCredentials)?;
-        let password_ok = Argon2::default().verify_password(password.as_bytes(), &hash).is_ok();
+        let password_ok = Argon2::default()
+            .verify_password(password.as_bytes(), &hash)
+            .is_ok();
         if password_ok && username == self.username {
             Ok(self.issue())
         } else {
@@ -176,17 +174,21 @@ impl Auth {
         let mut validation = Validation::new(Algorithm::HS512);
         validation.set_issuer(&[ISSUER]);
         validation.leeway = 0;
-        let data = jsonwebtoken::decode::<Claims>(token, &self.decoding, &validation).map_err(|e| {
-            match e.kind() {
+        let data = jsonwebtoken::decode::<Claims>(token, &self.decoding, &validation).map_err(
+            |e| match e.kind() {
                 ErrorKind::ExpiredSignature => AuthError::Expired,
                 _ => AuthError::Invalid,
-            }
-        })?;
+            },
+        )?;
         let claims = data.claims;
         if !claims.scopes.iter().any(|s| s == scope) || claims.tenant_id != self.tenant_id.0 {
             return Err(AuthError::Invalid);
         }
-        Ok(Principal { username: claims.sub, user_id: claims.user_id, tenant_id: self.tenant_id })
+        Ok(Principal {
+            username: claims.sub,
+            user_id: claims.user_id,
+            tenant_id: self.tenant_id,
+        })
     }
 }
 
@@ -212,8 +214,11 @@ fn load_or_create_secret(path: &Path) -> anyhow::Result<Vec<u8>> {
 fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
-    let mut file =
-        std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(path)?;
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)?;
     file.write_all(bytes)
 }
 
@@ -222,7 +227,10 @@ mod tests {
     use super::*;
 
     fn auth(dir: &Path, ttl: Duration) -> Auth {
-        let config = AuthConfig { token_expiration: ttl, ..AuthConfig::default() };
+        let config = AuthConfig {
+            token_expiration: ttl,
+            ..AuthConfig::default()
+        };
         Auth::new(&config, dir).expect("auth")
     }
 
@@ -230,17 +238,29 @@ mod tests {
     fn login_refresh_and_verify() {
         let dir = tempfile::tempdir().expect("tempdir");
         let auth = auth(dir.path(), Duration::from_secs(60));
-        assert_eq!(auth.login(DEMO_USERNAME, "wrong").err(), Some(AuthError::BadCredentials));
-        assert_eq!(auth.login("who@else", DEMO_PASSWORD).err(), Some(AuthError::BadCredentials));
+        assert_eq!(
+            auth.login(DEMO_USERNAME, "wrong").err(),
+            Some(AuthError::BadCredentials)
+        );
+        assert_eq!(
+            auth.login("who@else", DEMO_PASSWORD).err(),
+            Some(AuthError::BadCredentials)
+        );
         let pair = auth.login(DEMO_USERNAME, DEMO_PASSWORD).expect("login");
         let me = auth.verify_access(&pair.token).expect("valid");
         assert_eq!(me.username, DEMO_USERNAME);
         // A refresh token is not an access token, and the other way round.
-        assert_eq!(auth.verify_access(&pair.refresh_token).err(), Some(AuthError::Invalid));
+        assert_eq!(
+            auth.verify_access(&pair.refresh_token).err(),
+            Some(AuthError::Invalid)
+        );
         assert_eq!(auth.refresh(&pair.token).err(), Some(AuthError::Invalid));
         let again = auth.refresh(&pair.refresh_token).expect("refresh");
         assert!(auth.verify_access(&again.token).is_ok());
-        assert_eq!(auth.verify_access("garbage").err(), Some(AuthError::Invalid));
+        assert_eq!(
+            auth.verify_access("garbage").err(),
+            Some(AuthError::Invalid)
+        );
     }
 
     #[test]
@@ -249,10 +269,16 @@ mod tests {
         let expired = auth(dir.path(), Duration::ZERO);
         let pair = expired.login(DEMO_USERNAME, DEMO_PASSWORD).expect("login");
         std::thread::sleep(Duration::from_millis(1100));
-        assert_eq!(expired.verify_access(&pair.token).err(), Some(AuthError::Expired));
+        assert_eq!(
+            expired.verify_access(&pair.token).err(),
+            Some(AuthError::Expired)
+        );
         // A second instance over the same data dir accepts the first one's tokens.
         let first = auth(dir.path(), Duration::from_secs(60));
-        let token = first.login(DEMO_USERNAME, DEMO_PASSWORD).expect("login").token;
+        let token = first
+            .login(DEMO_USERNAME, DEMO_PASSWORD)
+            .expect("login")
+            .token;
         let second = auth(dir.path(), Duration::from_secs(60));
         assert!(second.verify_access(&token).is_ok());
     }

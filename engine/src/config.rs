@@ -187,7 +187,11 @@ impl Default for AuthConfig {
 
 impl Default for QueueConfig {
     fn default() -> Self {
-        QueueConfig { kind: QueueKind::Memory, partitions: 8, partition_capacity: 20_000 }
+        QueueConfig {
+            kind: QueueKind::Memory,
+            partitions: 8,
+            partition_capacity: 20_000,
+        }
     }
 }
 
@@ -226,23 +230,41 @@ impl Config {
     pub fn load(file: Option<&Path>, overrides: &Overrides) -> anyhow::Result<Config> {
         let mut figment = Figment::from(Serialized::defaults(Config::default()));
         if let Some(file) = file {
-            anyhow::ensure!(file.is_file(), "config file {} does not exist", file.display());
+            anyhow::ensure!(
+                file.is_file(),
+                "config file {} does not exist",
+                file.display()
+            );
             figment = figment.merge(Toml::file(file));
         }
         figment = figment
             .merge(Env::prefixed("ENGINE_").split("__").ignore(&["config"]))
             .merge(Serialized::defaults(overrides));
-        let config: Config = figment.extract().map_err(|e| anyhow::anyhow!("configuration: {e}"))?;
+        let config: Config = figment
+            .extract()
+            .map_err(|e| anyhow::anyhow!("configuration: {e}"))?;
         config.validate()?;
         Ok(config)
     }
 
     fn validate(&self) -> anyhow::Result<()> {
         use anyhow::ensure;
-        ensure!(self.queue.partitions > 0, "queue.partitions must be at least 1");
-        ensure!(self.queue.partition_capacity > 0, "queue.partition_capacity must be at least 1");
-        ensure!(self.store.batch_size > 0, "store.batch_size must be at least 1");
-        ensure!(self.mqtt.receive_maximum > 0, "mqtt.receive_maximum must be at least 1");
+        ensure!(
+            self.queue.partitions > 0,
+            "queue.partitions must be at least 1"
+        );
+        ensure!(
+            self.queue.partition_capacity > 0,
+            "queue.partition_capacity must be at least 1"
+        );
+        ensure!(
+            self.store.batch_size > 0,
+            "store.batch_size must be at least 1"
+        );
+        ensure!(
+            self.mqtt.receive_maximum > 0,
+            "mqtt.receive_maximum must be at least 1"
+        );
         ensure!(
             self.mqtt.max_payload_size.as_u64() <= 256 * 1024 * 1024,
             "mqtt.max_payload_size must be at most 256 MiB (the MQTT packet limit)"
@@ -275,10 +297,15 @@ mod tests {
     fn flags_win_over_the_file() {
         let dir = tempfile::tempdir().expect("tempdir");
         let file = dir.path().join("c.toml");
-        std::fs::write(&file, "data_dir = \"/from/file\"\n[mqtt]\nbind = \"127.0.0.1:1\"\n")
-            .expect("write");
+        std::fs::write(
+            &file,
+            "data_dir = \"/from/file\"\n[mqtt]\nbind = \"127.0.0.1:1\"\n",
+        )
+        .expect("write");
         let overrides = Overrides {
-            mqtt: Some(BindOverride { bind: "127.0.0.1:2".parse().expect("addr") }),
+            mqtt: Some(BindOverride {
+                bind: "127.0.0.1:2".parse().expect("addr"),
+            }),
             ..Overrides::default()
         };
         let config = Config::load(Some(&file), &overrides).expect("loads");

@@ -15,8 +15,15 @@ async fn acknowledged_qos1_messages_survive_sigterm_and_restart() -> Result<()> 
     let mut ids = Vec::new();
     let mut clients = Vec::new();
     for d in 0..4 {
-        ids.push(rest.create_device(&format!("durable-{d}"), &format!("DURABLE_{d}")).await?);
-        clients.push(connect_v3(&engine, &format!("DURABLE_{d}"), &format!("c{d}")).await.map_err(|c| anyhow::anyhow!("{c:?}"))?);
+        ids.push(
+            rest.create_device(&format!("durable-{d}"), &format!("DURABLE_{d}"))
+                .await?,
+        );
+        clients.push(
+            connect_v3(&engine, &format!("DURABLE_{d}"), &format!("c{d}"))
+                .await
+                .map_err(|c| anyhow::anyhow!("{c:?}"))?,
+        );
     }
     const PER_DEVICE: i64 = 250;
     let mut acked = 0;
@@ -31,7 +38,11 @@ async fn acknowledged_qos1_messages_survive_sigterm_and_restart() -> Result<()> 
     assert_eq!(acked, 4 * PER_DEVICE);
     // Stop at once: acknowledged messages may still be in the queue, not yet in storage.
     let status = engine.terminate()?;
-    assert!(status.success(), "graceful shutdown exits 0, got {status}; log:\n{}", engine.log());
+    assert!(
+        status.success(),
+        "graceful shutdown exits 0, got {status}; log:\n{}",
+        engine.log()
+    );
     drop(engine);
 
     let engine = Engine::start(dir.path())?;

@@ -14,27 +14,69 @@ async fn uploads_answers_and_errors() -> Result<()> {
     let id = rest.create_device("http-device", "HTTP_TOKEN").await?;
     let http = reqwest::Client::new();
     let post = |path: &str, body: &str| {
-        http.post(engine.url(path)).header("Content-Type", "application/json").body(body.to_owned()).send()
+        http.post(engine.url(path))
+            .header("Content-Type", "application/json")
+            .body(body.to_owned())
+            .send()
     };
 
     let cases: &[(&str, &str, u16, &str)] = &[
-        ("/api/v1/HTTP_TOKEN/telemetry", r#"{"temperature":21.5,"count":3}"#, 200, ""),
-        ("/api/v1/HTTP_TOKEN/telemetry", r#"[{"ts":1000,"values":{"series":1}},{"ts":2000,"values":{"series":2}}]"#, 200, ""),
-        ("/api/v1/HTTP_TOKEN/attributes", r#"{"firmware":"1.2.3","active":true}"#, 200, ""),
-        ("/api/v1/NOPE/telemetry", r#"{"a":1}"#, 401, "unknown access token"),
-        ("/api/v1/HTTP_TOKEN/telemetry", "{broken", 400, "not valid JSON"),
+        (
+            "/api/v1/HTTP_TOKEN/telemetry",
+            r#"{"temperature":21.5,"count":3}"#,
+            200,
+            "",
+        ),
+        (
+            "/api/v1/HTTP_TOKEN/telemetry",
+            r#"[{"ts":1000,"values":{"series":1}},{"ts":2000,"values":{"series":2}}]"#,
+            200,
+            "",
+        ),
+        (
+            "/api/v1/HTTP_TOKEN/attributes",
+            r#"{"firmware":"1.2.3","active":true}"#,
+            200,
+            "",
+        ),
+        (
+            "/api/v1/NOPE/telemetry",
+            r#"{"a":1}"#,
+            401,
+            "unknown access token",
+        ),
+        (
+            "/api/v1/HTTP_TOKEN/telemetry",
+            "{broken",
+            400,
+            "not valid JSON",
+        ),
         ("/api/v1/HTTP_TOKEN/telemetry", r#"{"a":null}"#, 400, "null"),
-        ("/api/v1/HTTP_TOKEN/attributes", r#"[{"a":1}]"#, 400, "expected object"),
+        (
+            "/api/v1/HTTP_TOKEN/attributes",
+            r#"[{"a":1}]"#,
+            400,
+            "expected object",
+        ),
     ];
     for (path, body, status, reason) in cases {
         let resp = post(path, body).await?;
         let got = resp.status().as_u16();
         let text = resp.text().await?;
         assert_eq!(got, *status, "{path} {body}: {text}");
-        assert!(text.contains(reason), "{path} {body}: {text:?} should mention {reason:?}");
+        assert!(
+            text.contains(reason),
+            "{path} {body}: {text:?} should mention {reason:?}"
+        );
     }
     let too_big = format!(r#"{{"x":"{}"}}"#, "y".repeat(70 * 1024));
-    assert_eq!(post("/api/v1/HTTP_TOKEN/telemetry", &too_big).await?.status().as_u16(), 413);
+    assert_eq!(
+        post("/api/v1/HTTP_TOKEN/telemetry", &too_big)
+            .await?
+            .status()
+            .as_u16(),
+        413
+    );
 
     let latest = rest
         .eventually(SETTLE, || async {
@@ -47,8 +89,15 @@ async fn uploads_answers_and_errors() -> Result<()> {
     let series = rest
         .json(&format!("/api/plugins/telemetry/DEVICE/{id}/values/timeseries?keys=series&startTs=0&endTs=10000&orderBy=ASC&useStrictDataTypes=true"))
         .await?;
-    assert_eq!(series, json!({"series": [{"ts": 1000, "value": 1}, {"ts": 2000, "value": 2}]}));
-    let attrs = rest.json(&format!("/api/plugins/telemetry/DEVICE/{id}/values/attributes/CLIENT_SCOPE?keys=firmware")).await?;
+    assert_eq!(
+        series,
+        json!({"series": [{"ts": 1000, "value": 1}, {"ts": 2000, "value": 2}]})
+    );
+    let attrs = rest
+        .json(&format!(
+            "/api/plugins/telemetry/DEVICE/{id}/values/attributes/CLIENT_SCOPE?keys=firmware"
+        ))
+        .await?;
     assert_eq!(attrs[0]["value"], json!("1.2.3"));
     Ok(())
 }

@@ -34,13 +34,29 @@ async fn reference_telemetry_formats_round_trip_with_types() -> Result<()> {
     // Object without ts, given inline: the server's timestamp is used.
     let before = now_ms();
     let inline = rest.create_device("inline", "TOKEN_INLINE").await?;
-    let (code, out) = mosquitto_pub(&engine, &["-d", "-q", "1", "-t", TELEMETRY, "-u", "TOKEN_INLINE", "-m", r#"{"temperature":42}"#])?;
+    let (code, out) = mosquitto_pub(
+        &engine,
+        &[
+            "-d",
+            "-q",
+            "1",
+            "-t",
+            TELEMETRY,
+            "-u",
+            "TOKEN_INLINE",
+            "-m",
+            r#"{"temperature":42}"#,
+        ],
+    )?;
     assert_eq!(code, 0, "{out}");
     assert!(out.contains("received PUBACK"), "{out}");
     let latest = latest_with(&rest, &inline, "temperature").await?;
     assert_eq!(value(&latest, "temperature"), json!(42));
     let ts = latest["temperature"][0]["ts"].as_i64().unwrap_or_default();
-    assert!(ts >= before && ts <= now_ms(), "server timestamp {ts} not in [{before}, now]");
+    assert!(
+        ts >= before && ts <= now_ms(),
+        "server timestamp {ts} not in [{before}, now]"
+    );
 
     // The three files of the reference.
     let object = rest.create_device("object", "TOKEN_OBJECT").await?;
@@ -51,7 +67,20 @@ async fn reference_telemetry_formats_round_trip_with_types() -> Result<()> {
         ("TOKEN_ARRAY", "telemetry-data-as-array.json"),
         ("TOKEN_WITH_TS", "telemetry-data-with-ts.json"),
     ] {
-        let (code, out) = mosquitto_pub(&engine, &["-d", "-q", "1", "-t", TELEMETRY, "-u", token, "-f", &fixture(file)])?;
+        let (code, out) = mosquitto_pub(
+            &engine,
+            &[
+                "-d",
+                "-q",
+                "1",
+                "-t",
+                TELEMETRY,
+                "-u",
+                token,
+                "-f",
+                &fixture(file),
+            ],
+        )?;
         assert_eq!(code, 0, "{file}: {out}");
     }
 
@@ -68,8 +97,12 @@ async fn reference_telemetry_formats_round_trip_with_types() -> Result<()> {
     // Types are kept exactly: 42.0 is a double, 73 a long.
     assert!(value(&latest, "doubleKey").is_f64());
     assert!(value(&latest, "longKey").is_i64());
-    let json_value: Value = serde_json::from_str(value(&latest, "jsonKey").as_str().unwrap_or_default())?;
-    assert_eq!(json_value, json!({"someNumber": 42, "someArray": [1, 2, 3], "someNestedObject": {"key": "value"}}));
+    let json_value: Value =
+        serde_json::from_str(value(&latest, "jsonKey").as_str().unwrap_or_default())?;
+    assert_eq!(
+        json_value,
+        json!({"someNumber": 42, "someArray": [1, 2, 3], "someNestedObject": {"key": "value"}})
+    );
 
     // Without strict types every value is a string, as ThingsBoard shows them.
     let loose = rest.json(&format!("/api/plugins/telemetry/DEVICE/{object}/values/timeseries?keys=doubleKey,longKey,booleanKey")).await?;
@@ -86,8 +119,15 @@ async fn reference_telemetry_formats_round_trip_with_types() -> Result<()> {
         assert_eq!(&value(&latest, key), want, "{key}");
         assert_eq!(latest[key][0]["ts"], json!(1_451_649_600_512_i64), "{key}");
     }
-    let keys = rest.json(&format!("/api/plugins/telemetry/DEVICE/{with_ts}/keys/timeseries")).await?;
-    assert_eq!(keys, json!(["booleanKey", "doubleKey", "jsonKey", "longKey", "stringKey"]));
+    let keys = rest
+        .json(&format!(
+            "/api/plugins/telemetry/DEVICE/{with_ts}/keys/timeseries"
+        ))
+        .await?;
+    assert_eq!(
+        keys,
+        json!(["booleanKey", "doubleKey", "jsonKey", "longKey", "stringKey"])
+    );
     Ok(())
 }
 
@@ -97,7 +137,18 @@ async fn attributes_round_trip() -> Result<()> {
     let engine = Engine::start(dir.path())?;
     let rest = engine.rest().await?;
     let device = rest.create_device("attr-device", "ATTR_TOKEN").await?;
-    let (code, out) = mosquitto_pub(&engine, &["-d", "-t", ATTRIBUTES, "-u", "ATTR_TOKEN", "-f", &fixture("new-attributes-values.json")])?;
+    let (code, out) = mosquitto_pub(
+        &engine,
+        &[
+            "-d",
+            "-t",
+            ATTRIBUTES,
+            "-u",
+            "ATTR_TOKEN",
+            "-f",
+            &fixture("new-attributes-values.json"),
+        ],
+    )?;
     assert_eq!(code, 0, "{out}");
     let path = format!("/api/plugins/telemetry/DEVICE/{device}/values/attributes/CLIENT_SCOPE");
     let attrs = rest
@@ -106,18 +157,45 @@ async fn attributes_round_trip() -> Result<()> {
             Ok((attrs.as_array().map_or(0, Vec::len) == 5).then_some(attrs))
         })
         .await?;
-    let by_key = |k: &str| attrs.as_array().and_then(|a| a.iter().find(|x| x["key"] == k)).cloned().unwrap_or_default();
+    let by_key = |k: &str| {
+        attrs
+            .as_array()
+            .and_then(|a| a.iter().find(|x| x["key"] == k))
+            .cloned()
+            .unwrap_or_default()
+    };
     assert_eq!(by_key("attribute1")["value"], json!("value1"));
     assert_eq!(by_key("attribute2")["value"], json!(true));
     assert_eq!(by_key("attribute3")["value"], json!(42.0));
     assert_eq!(by_key("attribute4")["value"], json!(73));
     assert!(by_key("attribute4")["lastUpdateTs"].as_i64().is_some());
     // Client attributes are not shared ones; all scopes together hold the same five.
-    let shared = rest.json(&format!("/api/plugins/telemetry/DEVICE/{device}/values/attributes/SHARED_SCOPE")).await?;
+    let shared = rest
+        .json(&format!(
+            "/api/plugins/telemetry/DEVICE/{device}/values/attributes/SHARED_SCOPE"
+        ))
+        .await?;
     assert_eq!(shared, json!([]));
-    let keys = rest.json(&format!("/api/plugins/telemetry/DEVICE/{device}/keys/attributes")).await?;
-    assert_eq!(keys, json!(["attribute1", "attribute2", "attribute3", "attribute4", "attribute5"]));
-    let picked = rest.json(&format!("/api/plugins/telemetry/DEVICE/{device}/values/attributes?keys=attribute2")).await?;
+    let keys = rest
+        .json(&format!(
+            "/api/plugins/telemetry/DEVICE/{device}/keys/attributes"
+        ))
+        .await?;
+    assert_eq!(
+        keys,
+        json!([
+            "attribute1",
+            "attribute2",
+            "attribute3",
+            "attribute4",
+            "attribute5"
+        ])
+    );
+    let picked = rest
+        .json(&format!(
+            "/api/plugins/telemetry/DEVICE/{device}/values/attributes?keys=attribute2"
+        ))
+        .await?;
     assert_eq!(picked.as_array().map(Vec::len), Some(1));
     Ok(())
 }
@@ -129,19 +207,51 @@ async fn unknown_and_empty_tokens_are_refused() -> Result<()> {
     let rest = engine.rest().await?;
     rest.create_device("known", "KNOWN_TOKEN").await?;
 
-    let (code, out) = mosquitto_pub(&engine, &["-d", "-q", "1", "-t", TELEMETRY, "-u", "NO_SUCH_TOKEN", "-m", "{}"])?;
+    let (code, out) = mosquitto_pub(
+        &engine,
+        &[
+            "-d",
+            "-q",
+            "1",
+            "-t",
+            TELEMETRY,
+            "-u",
+            "NO_SUCH_TOKEN",
+            "-m",
+            "{}",
+        ],
+    )?;
     assert_ne!(code, 0);
     assert!(out.contains("received CONNACK (5)"), "{out}");
 
-    assert_eq!(connect_v3(&engine, "NO_SUCH_TOKEN", "c1").await.err(), Some(ConnectReturnCode::NotAuthorized));
-    assert_eq!(connect_v3(&engine, "", "c2").await.err(), Some(ConnectReturnCode::BadUserNamePassword));
+    assert_eq!(
+        connect_v3(&engine, "NO_SUCH_TOKEN", "c1").await.err(),
+        Some(ConnectReturnCode::NotAuthorized)
+    );
+    assert_eq!(
+        connect_v3(&engine, "", "c2").await.err(),
+        Some(ConnectReturnCode::BadUserNamePassword)
+    );
     use rumqttc::v5::mqttbytes::v5::ConnectReturnCode as V5;
-    assert_eq!(v5::connect(&engine, "NO_SUCH_TOKEN", "c3").await.err(), Some(Some(V5::NotAuthorized)));
-    assert_eq!(v5::connect(&engine, "", "c4").await.err(), Some(Some(V5::BadUserNamePassword)));
+    assert_eq!(
+        v5::connect(&engine, "NO_SUCH_TOKEN", "c3").await.err(),
+        Some(Some(V5::NotAuthorized))
+    );
+    assert_eq!(
+        v5::connect(&engine, "", "c4").await.err(),
+        Some(Some(V5::BadUserNamePassword))
+    );
     assert!(connect_v3(&engine, "KNOWN_TOKEN", "c5").await.is_ok());
 
     let metrics = reqwest::get(engine.url("/metrics")).await?.text().await?;
-    assert!(metric_at_least(&metrics, r#"engine_connections_refused_total{reason="bad_token",transport="mqtt"}"#, 3.0), "{metrics}");
+    assert!(
+        metric_at_least(
+            &metrics,
+            r#"engine_connections_refused_total{reason="bad_token",transport="mqtt"}"#,
+            3.0
+        ),
+        "{metrics}"
+    );
     Ok(())
 }
 
@@ -149,19 +259,30 @@ async fn unknown_and_empty_tokens_are_refused() -> Result<()> {
 /// order) with a value of at least `min`.
 pub fn metric_at_least(exposition: &str, series: &str, min: f64) -> bool {
     let (name, labels) = split_series(series);
-    exposition.lines().filter(|l| !l.starts_with('#')).any(|line| {
-        let Some((key, value)) = line.rsplit_once(' ') else { return false };
-        let (n, mut l) = split_series(key);
-        let mut want = labels.clone();
-        l.sort();
-        want.sort();
-        n == name && l == want && value.parse::<f64>().is_ok_and(|v| v >= min)
-    })
+    exposition
+        .lines()
+        .filter(|l| !l.starts_with('#'))
+        .any(|line| {
+            let Some((key, value)) = line.rsplit_once(' ') else {
+                return false;
+            };
+            let (n, mut l) = split_series(key);
+            let mut want = labels.clone();
+            l.sort();
+            want.sort();
+            n == name && l == want && value.parse::<f64>().is_ok_and(|v| v >= min)
+        })
 }
 
 fn split_series(series: &str) -> (&str, Vec<&str>) {
     match series.split_once('{') {
-        Some((name, rest)) => (name, rest.trim_end_matches('}').split(',').filter(|s| !s.is_empty()).collect()),
+        Some((name, rest)) => (
+            name,
+            rest.trim_end_matches('}')
+                .split(',')
+                .filter(|s| !s.is_empty())
+                .collect(),
+        ),
         None => (series, Vec::new()),
     }
 }
@@ -174,12 +295,25 @@ async fn a_malformed_payload_disconnects_only_its_own_session() -> Result<()> {
     let good_id = rest.create_device("good", "GOOD").await?;
     rest.create_device("bad", "BAD").await?;
 
-    let mut good = connect_v3(&engine, "GOOD", "good").await.map_err(|c| anyhow::anyhow!("{c:?}"))?;
-    let mut bad = connect_v3(&engine, "BAD", "bad").await.map_err(|c| anyhow::anyhow!("{c:?}"))?;
-    assert_eq!(good.publish(TELEMETRY, r#"{"n":1}"#).await?, Outcome::Acked(0));
-    assert_eq!(bad.publish(TELEMETRY, "{not json").await?, Outcome::Disconnected);
+    let mut good = connect_v3(&engine, "GOOD", "good")
+        .await
+        .map_err(|c| anyhow::anyhow!("{c:?}"))?;
+    let mut bad = connect_v3(&engine, "BAD", "bad")
+        .await
+        .map_err(|c| anyhow::anyhow!("{c:?}"))?;
+    assert_eq!(
+        good.publish(TELEMETRY, r#"{"n":1}"#).await?,
+        Outcome::Acked(0)
+    );
+    assert_eq!(
+        bad.publish(TELEMETRY, "{not json").await?,
+        Outcome::Disconnected
+    );
     // The healthy session never noticed.
-    assert_eq!(good.publish(TELEMETRY, r#"{"n":2}"#).await?, Outcome::Acked(0));
+    assert_eq!(
+        good.publish(TELEMETRY, r#"{"n":2}"#).await?,
+        Outcome::Acked(0)
+    );
     let latest = rest
         .eventually(SETTLE, || async {
             let latest = rest.latest(&good_id).await?;
@@ -189,16 +323,30 @@ async fn a_malformed_payload_disconnects_only_its_own_session() -> Result<()> {
     assert_eq!(value(&latest, "n"), json!(2));
 
     // Each bad shape is refused the same way, and counted by reason.
-    for (payload, _reason) in [("[1,2]", "wrong_shape"), (r#"{"a":null}"#, "null_value"), ("", "empty")] {
-        let mut bad = connect_v3(&engine, "BAD", "bad").await.map_err(|c| anyhow::anyhow!("{c:?}"))?;
-        assert_eq!(bad.publish(TELEMETRY, payload).await?, Outcome::Disconnected, "{payload}");
+    for (payload, _reason) in [
+        ("[1,2]", "wrong_shape"),
+        (r#"{"a":null}"#, "null_value"),
+        ("", "empty"),
+    ] {
+        let mut bad = connect_v3(&engine, "BAD", "bad")
+            .await
+            .map_err(|c| anyhow::anyhow!("{c:?}"))?;
+        assert_eq!(
+            bad.publish(TELEMETRY, payload).await?,
+            Outcome::Disconnected,
+            "{payload}"
+        );
     }
     let metrics = reqwest::get(engine.url("/metrics")).await?.text().await?;
     for reason in ["invalid_json", "wrong_shape", "null_value", "empty"] {
-        let series = format!(r#"engine_messages_rejected_total{{reason="{reason}",transport="mqtt"}}"#);
+        let series =
+            format!(r#"engine_messages_rejected_total{{reason="{reason}",transport="mqtt"}}"#);
         assert!(metric_at_least(&metrics, &series, 1.0), "{series} missing");
     }
-    assert!(engine.log().contains("device=bad"), "rejections are logged with the device name");
+    assert!(
+        engine.log().contains("device=bad"),
+        "rejections are logged with the device name"
+    );
     Ok(())
 }
 
@@ -209,11 +357,21 @@ async fn oversized_payloads_are_refused() -> Result<()> {
     let rest = engine.rest().await?;
     rest.create_device("big", "BIG").await?;
     let big = format!(r#"{{"blob":"{}"}}"#, "x".repeat(2000));
-    let mut v3 = connect_v3(&engine, "BIG", "big3").await.map_err(|c| anyhow::anyhow!("{c:?}"))?;
-    assert_eq!(v3.publish(TELEMETRY, big.clone()).await?, Outcome::Disconnected);
-    let mut v5 = v5::connect(&engine, "BIG", "big5").await.map_err(|c| anyhow::anyhow!("{c:?}"))?;
+    let mut v3 = connect_v3(&engine, "BIG", "big3")
+        .await
+        .map_err(|c| anyhow::anyhow!("{c:?}"))?;
+    assert_eq!(
+        v3.publish(TELEMETRY, big.clone()).await?,
+        Outcome::Disconnected
+    );
+    let mut v5 = v5::connect(&engine, "BIG", "big5")
+        .await
+        .map_err(|c| anyhow::anyhow!("{c:?}"))?;
     assert_eq!(v5.publish(TELEMETRY, big).await?, Outcome::Acked(0x97));
-    assert_eq!(v5.publish(TELEMETRY, r#"{"small":1}"#).await?, Outcome::Acked(0));
+    assert_eq!(
+        v5.publish(TELEMETRY, r#"{"small":1}"#).await?,
+        Outcome::Acked(0)
+    );
     Ok(())
 }
 
@@ -223,7 +381,9 @@ async fn mqtt5_refusals_are_reason_codes_and_the_session_lives_on() -> Result<()
     let engine = Engine::start(dir.path())?;
     let rest = engine.rest().await?;
     let id = rest.create_device("five", "FIVE").await?;
-    let mut device = v5::connect(&engine, "FIVE", "five").await.map_err(|c| anyhow::anyhow!("{c:?}"))?;
+    let mut device = v5::connect(&engine, "FIVE", "five")
+        .await
+        .map_err(|c| anyhow::anyhow!("{c:?}"))?;
     let cases = [
         (TELEMETRY, "{oops", 0x99),
         (TELEMETRY, r#"{"ts":"yesterday","values":{"a":1}}"#, 0x99),
@@ -233,7 +393,11 @@ async fn mqtt5_refusals_are_reason_codes_and_the_session_lives_on() -> Result<()
         (ATTRIBUTES, r#"{"fw":"2.1"}"#, 0x00),
     ];
     for (topic, payload, code) in cases {
-        assert_eq!(device.publish(topic, payload).await?, Outcome::Acked(code), "{topic} {payload}");
+        assert_eq!(
+            device.publish(topic, payload).await?,
+            Outcome::Acked(code),
+            "{topic} {payload}"
+        );
     }
     let latest = latest_with(&rest, &id, "ok").await?;
     assert_eq!(value(&latest, "ok"), json!(true));
@@ -246,17 +410,43 @@ async fn subscriptions_and_qos2() -> Result<()> {
     let engine = Engine::start(dir.path())?;
     let rest = engine.rest().await?;
     let id = rest.create_device("sub", "SUB").await?;
-    let mut device = connect_v3(&engine, "SUB", "sub").await.map_err(|c| anyhow::anyhow!("{c:?}"))?;
+    let mut device = connect_v3(&engine, "SUB", "sub")
+        .await
+        .map_err(|c| anyhow::anyhow!("{c:?}"))?;
     // Device topics are granted, at most at QoS 1; anything else is refused (0x80).
     assert_eq!(device.subscribe(ATTRIBUTES, QoS::ExactlyOnce).await?, [1]);
-    assert_eq!(device.subscribe("v1/devices/me/rpc/request/+", QoS::AtMostOnce).await?, [0]);
-    assert_eq!(device.subscribe("some/other/#", QoS::AtLeastOnce).await?, [0x80]);
+    assert_eq!(
+        device
+            .subscribe("v1/devices/me/rpc/request/+", QoS::AtMostOnce)
+            .await?,
+        [0]
+    );
+    assert_eq!(
+        device.subscribe("some/other/#", QoS::AtLeastOnce).await?,
+        [0x80]
+    );
     // The session keeps working after subscribing.
-    assert_eq!(device.publish(TELEMETRY, r#"{"after_sub":1}"#).await?, Outcome::Acked(0));
+    assert_eq!(
+        device.publish(TELEMETRY, r#"{"after_sub":1}"#).await?,
+        Outcome::Acked(0)
+    );
     device.disconnect().await;
 
     // A QoS 2 publish completes its handshake and is stored at least once.
-    let (code, out) = mosquitto_pub(&engine, &["-d", "-q", "2", "-t", TELEMETRY, "-u", "SUB", "-m", r#"{"q2":2}"#])?;
+    let (code, out) = mosquitto_pub(
+        &engine,
+        &[
+            "-d",
+            "-q",
+            "2",
+            "-t",
+            TELEMETRY,
+            "-u",
+            "SUB",
+            "-m",
+            r#"{"q2":2}"#,
+        ],
+    )?;
     assert_eq!(code, 0, "{out}");
     assert!(out.contains("received PUBCOMP"), "{out}");
     let latest = latest_with(&rest, &id, "q2").await?;
@@ -283,13 +473,20 @@ async fn qos0_publishes_right_before_disconnect_are_stored() -> Result<()> {
     for i in 0..N {
         let payload = format!(r#"{{"k{i}":{i}}}"#);
         for version in ["mqttv311", "mqttv5"] {
-            let (code, out) = mosquitto_pub(&engine, &["-V", version, "-t", TELEMETRY, "-u", "FAF", "-m", &payload])?;
+            let (code, out) = mosquitto_pub(
+                &engine,
+                &["-V", version, "-t", TELEMETRY, "-u", "FAF", "-m", &payload],
+            )?;
             assert_eq!(code, 0, "{out}");
         }
     }
     let keys = rest
         .eventually(SETTLE, || async {
-            let keys = rest.json(&format!("/api/plugins/telemetry/DEVICE/{id}/keys/timeseries")).await?;
+            let keys = rest
+                .json(&format!(
+                    "/api/plugins/telemetry/DEVICE/{id}/keys/timeseries"
+                ))
+                .await?;
             Ok((keys.as_array().map_or(0, Vec::len) == N).then_some(keys))
         })
         .await?;

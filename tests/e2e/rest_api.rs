@@ -13,7 +13,9 @@ async fn authentication() -> Result<()> {
     let engine = Engine::start(dir.path())?;
     let http = reqwest::Client::new();
     let login = |user: &str, pass: &str| {
-        http.post(engine.url("/api/auth/login")).json(&json!({"username": user, "password": pass})).send()
+        http.post(engine.url("/api/auth/login"))
+            .json(&json!({"username": user, "password": pass}))
+            .send()
     };
 
     let wrong = login("tenant@thingsboard.org", "wrong").await?;
@@ -22,7 +24,10 @@ async fn authentication() -> Result<()> {
     assert_eq!(body["errorCode"], json!(10));
     assert_eq!(body["status"], json!(401));
 
-    let pair: Value = login("tenant@thingsboard.org", "tenant").await?.json().await?;
+    let pair: Value = login("tenant@thingsboard.org", "tenant")
+        .await?
+        .json()
+        .await?;
     let token = pair["token"].as_str().unwrap_or_default().to_owned();
     let refresh = pair["refreshToken"].as_str().unwrap_or_default().to_owned();
     assert_eq!(token.split('.').count(), 3, "a JWT");
@@ -47,12 +52,19 @@ async fn authentication() -> Result<()> {
         }
     }
 
-    let renewed = http.post(engine.url("/api/auth/token")).json(&json!({"refreshToken": refresh})).send().await?;
+    let renewed = http
+        .post(engine.url("/api/auth/token"))
+        .json(&json!({"refreshToken": refresh}))
+        .send()
+        .await?;
     assert_eq!(renewed.status().as_u16(), 200);
     let renewed: Value = renewed.json().await?;
     let user = http
         .get(engine.url("/api/auth/user"))
-        .header("X-Authorization", format!("Bearer {}", renewed["token"].as_str().unwrap_or_default()))
+        .header(
+            "X-Authorization",
+            format!("Bearer {}", renewed["token"].as_str().unwrap_or_default()),
+        )
         .send()
         .await?;
     let user: Value = user.json().await?;
@@ -81,28 +93,62 @@ async fn devices() -> Result<()> {
     assert_eq!(id.chars().nth(14), Some('5'), "a UUIDv5: {id}");
 
     // Same name in the same tenant: the same id, so any node derives it; creating twice is refused.
-    let again = rest.post("/api/device").json(&json!({"name": "Device One"})).send().await?;
+    let again = rest
+        .post("/api/device")
+        .json(&json!({"name": "Device One"}))
+        .send()
+        .await?;
     assert_eq!(again.status().as_u16(), 400);
-    let dup = rest.post("/api/device?accessToken=TOKEN_ONE").json(&json!({"name": "Device Two"})).send().await?;
+    let dup = rest
+        .post("/api/device?accessToken=TOKEN_ONE")
+        .json(&json!({"name": "Device Two"}))
+        .send()
+        .await?;
     assert_eq!(dup.status().as_u16(), 400);
     let body: Value = dup.json().await?;
-    assert!(body["message"].as_str().unwrap_or_default().contains("access token"), "{body}");
-    let nameless = rest.post("/api/device").json(&json!({"type": "x"})).send().await?;
+    assert!(
+        body["message"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("access token"),
+        "{body}"
+    );
+    let nameless = rest
+        .post("/api/device")
+        .json(&json!({"type": "x"}))
+        .send()
+        .await?;
     assert_eq!(nameless.status().as_u16(), 400);
 
     // A generated token when none is given.
-    let auto: Value = rest.post("/api/device").json(&json!({"name": "Device Auto"})).send().await?.json().await?;
+    let auto: Value = rest
+        .post("/api/device")
+        .json(&json!({"name": "Device Auto"}))
+        .send()
+        .await?
+        .json()
+        .await?;
     let auto_id = auto["id"]["id"].as_str().unwrap_or_default().to_owned();
-    let creds = rest.json(&format!("/api/device/{auto_id}/credentials")).await?;
+    let creds = rest
+        .json(&format!("/api/device/{auto_id}/credentials"))
+        .await?;
     assert_eq!(creds["credentialsType"], json!("ACCESS_TOKEN"));
     assert_eq!(creds["credentialsId"].as_str().map(str::len), Some(20));
     let creds = rest.json(&format!("/api/device/{id}/credentials")).await?;
     assert_eq!(creds["credentialsId"], json!("TOKEN_ONE"));
 
-    assert_eq!(rest.json(&format!("/api/device/{id}")).await?["label"], json!("roof"));
-    let by_name = rest.json("/api/tenant/devices?deviceName=Device%20One").await?;
+    assert_eq!(
+        rest.json(&format!("/api/device/{id}")).await?["label"],
+        json!("roof")
+    );
+    let by_name = rest
+        .json("/api/tenant/devices?deviceName=Device%20One")
+        .await?;
     assert_eq!(by_name["id"]["id"], json!(id));
-    let missing = rest.get("/api/tenant/devices?deviceName=Nobody").send().await?;
+    let missing = rest
+        .get("/api/tenant/devices?deviceName=Nobody")
+        .send()
+        .await?;
     assert_eq!(missing.status().as_u16(), 404);
     let bad_id = rest.get("/api/device/not-a-uuid").send().await?;
     assert_eq!(bad_id.status().as_u16(), 400);
@@ -112,13 +158,25 @@ async fn devices() -> Result<()> {
     assert_eq!(page["totalElements"], json!(3));
     assert_eq!(page["totalPages"], json!(2));
     assert_eq!(page["hasNext"], json!(true));
-    let names: Vec<&str> = page["data"].as_array().map(|d| d.iter().filter_map(|x| x["name"].as_str()).collect()).unwrap_or_default();
+    let names: Vec<&str> = page["data"]
+        .as_array()
+        .map(|d| d.iter().filter_map(|x| x["name"].as_str()).collect())
+        .unwrap_or_default();
     assert_eq!(names, ["Device Auto", "Device One"]);
     let last = rest.json("/api/tenant/devices?pageSize=2&page=1").await?;
     assert_eq!(last["hasNext"], json!(false));
-    let searched = rest.json("/api/tenant/devices?pageSize=10&page=0&textSearch=device%20t").await?;
+    let searched = rest
+        .json("/api/tenant/devices?pageSize=10&page=0&textSearch=device%20t")
+        .await?;
     assert_eq!(searched["totalElements"], json!(1));
-    assert_eq!(rest.get("/api/tenant/devices").send().await?.status().as_u16(), 400);
+    assert_eq!(
+        rest.get("/api/tenant/devices")
+            .send()
+            .await?
+            .status()
+            .as_u16(),
+        400
+    );
 
     // Update by id keeps id and token.
     let updated: Value = rest
@@ -143,8 +201,22 @@ async fn devices() -> Result<()> {
     assert!(connect_v3(&engine, "TOKEN_NEW", "one").await.is_ok());
 
     // Delete: gone for REST and for MQTT.
-    assert_eq!(rest.delete(&format!("/api/device/{id}")).send().await?.status().as_u16(), 200);
-    assert_eq!(rest.get(&format!("/api/device/{id}")).send().await?.status().as_u16(), 404);
+    assert_eq!(
+        rest.delete(&format!("/api/device/{id}"))
+            .send()
+            .await?
+            .status()
+            .as_u16(),
+        200
+    );
+    assert_eq!(
+        rest.get(&format!("/api/device/{id}"))
+            .send()
+            .await?
+            .status()
+            .as_u16(),
+        404
+    );
     assert!(connect_v3(&engine, "TOKEN_NEW", "one").await.is_err());
     Ok(())
 }
@@ -156,7 +228,9 @@ async fn telemetry_queries() -> Result<()> {
     let rest = engine.rest().await?;
     let id = rest.create_device("series", "SERIES").await?;
     // Ten points of "v" = 1..=10 at ts 1000, 2000, ..., 10000, and a string key.
-    let points: Vec<Value> = (1..=10).map(|i| json!({"ts": i * 1000, "values": {"v": i, "s": format!("n{i}")}})).collect();
+    let points: Vec<Value> = (1..=10)
+        .map(|i| json!({"ts": i * 1000, "values": {"v": i, "s": format!("n{i}")}}))
+        .collect();
     let resp = reqwest::Client::new()
         .post(engine.url("/api/v1/SERIES/telemetry"))
         .json(&points)
@@ -170,17 +244,38 @@ async fn telemetry_queries() -> Result<()> {
     })
     .await?;
 
-    let q = |params: &str| format!("{base}?keys=v&startTs=0&endTs=100000&useStrictDataTypes=true&{params}");
+    let q = |params: &str| {
+        format!("{base}?keys=v&startTs=0&endTs=100000&useStrictDataTypes=true&{params}")
+    };
     let series = |v: &Value| -> Vec<(i64, Value)> {
-        v["v"].as_array().map(|a| a.iter().map(|p| (p["ts"].as_i64().unwrap_or(-1), p["value"].clone())).collect()).unwrap_or_default()
+        v["v"]
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .map(|p| (p["ts"].as_i64().unwrap_or(-1), p["value"].clone()))
+                    .collect()
+            })
+            .unwrap_or_default()
     };
     let cases: &[(&str, Vec<(i64, Value)>)] = &[
-        ("limit=3", vec![(10000, json!(10)), (9000, json!(9)), (8000, json!(8))]),
-        ("limit=2&orderBy=ASC", vec![(1000, json!(1)), (2000, json!(2))]),
+        (
+            "limit=3",
+            vec![(10000, json!(10)), (9000, json!(9)), (8000, json!(8))],
+        ),
+        (
+            "limit=2&orderBy=ASC",
+            vec![(1000, json!(1)), (2000, json!(2))],
+        ),
         ("agg=SUM&interval=100000", vec![(50000, json!(55))]),
         ("agg=COUNT&interval=100000", vec![(50000, json!(10))]),
-        ("agg=AVG&interval=5000&orderBy=ASC", vec![(2500, json!(2.5)), (7500, json!(7.0)), (12500, json!(10.0))]),
-        ("agg=MAX&interval=5000&orderBy=ASC", vec![(2500, json!(4)), (7500, json!(9)), (12500, json!(10))]),
+        (
+            "agg=AVG&interval=5000&orderBy=ASC",
+            vec![(2500, json!(2.5)), (7500, json!(7.0)), (12500, json!(10.0))],
+        ),
+        (
+            "agg=MAX&interval=5000&orderBy=ASC",
+            vec![(2500, json!(4)), (7500, json!(9)), (12500, json!(10))],
+        ),
         ("agg=MIN&interval=100000", vec![(50000, json!(1))]),
     ];
     for (params, want) in cases {
@@ -188,8 +283,15 @@ async fn telemetry_queries() -> Result<()> {
         assert_eq!(&series(&got), want, "{params}");
     }
     // Range end is exclusive.
-    let got = rest.json(&format!("{base}?keys=v&startTs=1000&endTs=3000&orderBy=ASC")).await?;
-    assert_eq!(got, json!({"v": [{"ts": 1000, "value": "1"}, {"ts": 2000, "value": "2"}]}));
+    let got = rest
+        .json(&format!(
+            "{base}?keys=v&startTs=1000&endTs=3000&orderBy=ASC"
+        ))
+        .await?;
+    assert_eq!(
+        got,
+        json!({"v": [{"ts": 1000, "value": "1"}, {"ts": 2000, "value": "2"}]})
+    );
     // A missing key in a latest query has no value.
     let latest = rest.json(&format!("{base}?keys=v,absent")).await?;
     assert_eq!(latest["absent"][0]["value"], Value::Null);
@@ -201,11 +303,24 @@ async fn telemetry_queries() -> Result<()> {
         let body: Value = resp.json().await?;
         assert_eq!(body["status"], json!(400), "{bad}");
     }
-    let other_type = rest.get(&format!("/api/plugins/telemetry/ASSET/{id}/values/timeseries")).send().await?;
+    let other_type = rest
+        .get(&format!(
+            "/api/plugins/telemetry/ASSET/{id}/values/timeseries"
+        ))
+        .send()
+        .await?;
     assert_eq!(other_type.status().as_u16(), 400);
-    let bad_scope = rest.get(&format!("/api/plugins/telemetry/DEVICE/{id}/values/attributes/NO_SCOPE")).send().await?;
+    let bad_scope = rest
+        .get(&format!(
+            "/api/plugins/telemetry/DEVICE/{id}/values/attributes/NO_SCOPE"
+        ))
+        .send()
+        .await?;
     assert_eq!(bad_scope.status().as_u16(), 400);
-    let unknown = rest.get("/api/plugins/telemetry/DEVICE/6b1f4e3a-9c55-4d0e-8f2a-5e0c7d41a9b3/values/timeseries").send().await?;
+    let unknown = rest
+        .get("/api/plugins/telemetry/DEVICE/6b1f4e3a-9c55-4d0e-8f2a-5e0c7d41a9b3/values/timeseries")
+        .send()
+        .await?;
     assert_eq!(unknown.status().as_u16(), 404);
     Ok(())
 }

@@ -21,7 +21,10 @@ pub fn engine_binary() -> PathBuf {
     }
     let exe = std::env::current_exe().expect("test executable path");
     // target/<profile>/deps/e2e-<hash> -> target/<profile>/engine
-    let profile_dir = exe.parent().and_then(Path::parent).expect("target profile dir");
+    let profile_dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("target profile dir");
     let bin = profile_dir.join("engine");
     assert!(
         bin.exists(),
@@ -48,13 +51,21 @@ impl Engine {
     /// Like `start`, with extra `(ENV_VAR, value)` settings.
     pub fn start_with(data_dir: &Path, env: &[(&str, &str)]) -> Result<Engine> {
         let mut cmd = Command::new(engine_binary());
-        cmd.args(["serve", "--mqtt-bind", "127.0.0.1:0", "--http-bind", "127.0.0.1:0", "--log", "info"])
-            .arg("--data-dir")
-            .arg(data_dir)
-            .env_remove("RUST_LOG")
-            .env_remove("ENGINE_CONFIG")
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped());
+        cmd.args([
+            "serve",
+            "--mqtt-bind",
+            "127.0.0.1:0",
+            "--http-bind",
+            "127.0.0.1:0",
+            "--log",
+            "info",
+        ])
+        .arg("--data-dir")
+        .arg(data_dir)
+        .env_remove("RUST_LOG")
+        .env_remove("ENGINE_CONFIG")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
         for (k, v) in env {
             cmd.env(k, v);
         }
@@ -67,7 +78,11 @@ impl Engine {
             for line in BufReader::new(stderr).lines().map_while(Result::ok) {
                 for (needle, which) in [("mqtt_addr=", "mqtt"), ("http_addr=", "http")] {
                     if let Some(rest) = line.split(needle).nth(1) {
-                        let addr = rest.split_whitespace().next().unwrap_or_default().to_owned();
+                        let addr = rest
+                            .split_whitespace()
+                            .next()
+                            .unwrap_or_default()
+                            .to_owned();
                         let _ = tx.send((which, addr));
                     }
                 }
@@ -120,7 +135,10 @@ impl Engine {
             }
             if Instant::now() > deadline {
                 let _ = self.child.kill();
-                bail!("engine did not exit within 60 s of SIGTERM; log:\n{}", self.log());
+                bail!(
+                    "engine did not exit within 60 s of SIGTERM; log:\n{}",
+                    self.log()
+                );
             }
             std::thread::sleep(Duration::from_millis(20));
         }
@@ -134,10 +152,21 @@ impl Engine {
             .json(&json!({"username": "tenant@thingsboard.org", "password": "tenant"}))
             .send()
             .await?;
-        anyhow::ensure!(resp.status().is_success(), "login failed: {}", resp.status());
+        anyhow::ensure!(
+            resp.status().is_success(),
+            "login failed: {}",
+            resp.status()
+        );
         let body: Value = resp.json().await?;
-        let token = body["token"].as_str().context("no token in login answer")?.to_owned();
-        Ok(Rest { http, base: self.url(""), token })
+        let token = body["token"]
+            .as_str()
+            .context("no token in login answer")?
+            .to_owned();
+        Ok(Rest {
+            http,
+            base: self.url(""),
+            token,
+        })
     }
 }
 
@@ -157,15 +186,21 @@ pub struct Rest {
 
 impl Rest {
     pub fn get(&self, path: &str) -> reqwest::RequestBuilder {
-        self.http.get(format!("{}{path}", self.base)).header("X-Authorization", format!("Bearer {}", self.token))
+        self.http
+            .get(format!("{}{path}", self.base))
+            .header("X-Authorization", format!("Bearer {}", self.token))
     }
 
     pub fn post(&self, path: &str) -> reqwest::RequestBuilder {
-        self.http.post(format!("{}{path}", self.base)).header("X-Authorization", format!("Bearer {}", self.token))
+        self.http
+            .post(format!("{}{path}", self.base))
+            .header("X-Authorization", format!("Bearer {}", self.token))
     }
 
     pub fn delete(&self, path: &str) -> reqwest::RequestBuilder {
-        self.http.delete(format!("{}{path}", self.base)).header("X-Authorization", format!("Bearer {}", self.token))
+        self.http
+            .delete(format!("{}{path}", self.base))
+            .header("X-Authorization", format!("Bearer {}", self.token))
     }
 
     /// Creates a device with this access token; returns its id.
@@ -191,7 +226,10 @@ impl Rest {
 
     /// Latest telemetry with strict data types.
     pub async fn latest(&self, device: &str) -> Result<Value> {
-        self.json(&format!("/api/plugins/telemetry/DEVICE/{device}/values/timeseries?useStrictDataTypes=true")).await
+        self.json(&format!(
+            "/api/plugins/telemetry/DEVICE/{device}/values/timeseries?useStrictDataTypes=true"
+        ))
+        .await
     }
 
     /// Polls `f` until it returns `Some` or `timeout` passes (storage is written in batches).
@@ -222,6 +260,10 @@ pub fn mosquitto_pub(engine: &Engine, args: &[&str]) -> Result<(i32, String)> {
         .args(args)
         .output()
         .context("mosquitto_pub is not installed (Debian package mosquitto-clients)")?;
-    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
     Ok((out.status.code().unwrap_or(-1), text))
 }

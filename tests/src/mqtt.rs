@@ -26,7 +26,11 @@ pub struct Device3 {
 }
 
 /// Connects with the access token as username. `Err` carries the refusal.
-pub async fn connect_v3(engine: &Engine, token: &str, client_id: &str) -> Result<Device3, ConnectReturnCode> {
+pub async fn connect_v3(
+    engine: &Engine,
+    token: &str,
+    client_id: &str,
+) -> Result<Device3, ConnectReturnCode> {
     let mut options = MqttOptions::new(client_id, "127.0.0.1", engine.mqtt.port());
     options.set_credentials(token, "");
     options.set_keep_alive(Duration::from_secs(30));
@@ -48,10 +52,14 @@ pub async fn connect_v3(engine: &Engine, token: &str, client_id: &str) -> Result
     });
     loop {
         match tokio::time::timeout(WAIT, events.recv()).await {
-            Ok(Some(Ok(Event::Incoming(Packet::ConnAck(_))))) => return Ok(Device3 { client, events }),
+            Ok(Some(Ok(Event::Incoming(Packet::ConnAck(_))))) => {
+                return Ok(Device3 { client, events });
+            }
             Ok(Some(Ok(_))) => {}
             Ok(Some(Err(e))) => {
-                let code = e.strip_prefix("refused:").and_then(|c| c.parse::<u8>().ok());
+                let code = e
+                    .strip_prefix("refused:")
+                    .and_then(|c| c.parse::<u8>().ok());
                 return Err(match code {
                     Some(4) => ConnectReturnCode::BadUserNamePassword,
                     Some(5) => ConnectReturnCode::NotAuthorized,
@@ -76,7 +84,9 @@ impl Device3 {
                 Err(_) => bail!("neither PUBACK nor disconnect within {WAIT:?}"),
                 Ok(None | Some(Err(_))) => return Ok(Outcome::Disconnected),
                 Ok(Some(Ok(Event::Incoming(Packet::PubAck(_))))) => return Ok(Outcome::Acked(0)),
-                Ok(Some(Ok(Event::Incoming(Packet::Disconnect)))) => return Ok(Outcome::Disconnected),
+                Ok(Some(Ok(Event::Incoming(Packet::Disconnect)))) => {
+                    return Ok(Outcome::Disconnected);
+                }
                 Ok(Some(Ok(_))) => {}
             }
         }
@@ -92,7 +102,10 @@ impl Device3 {
 
     /// Subscribes and returns the granted QoS codes (0x80 = refused).
     pub async fn subscribe(&mut self, filter: &str, qos: QoS) -> Result<Vec<u8>> {
-        self.client.subscribe(filter, qos).await.map_err(|e| anyhow!("subscribe: {e}"))?;
+        self.client
+            .subscribe(filter, qos)
+            .await
+            .map_err(|e| anyhow!("subscribe: {e}"))?;
         loop {
             match tokio::time::timeout(WAIT, self.events.recv()).await {
                 Err(_) => bail!("no SUBACK within {WAIT:?}"),
@@ -133,7 +146,11 @@ pub mod v5 {
         events: mpsc::UnboundedReceiver<Result<Event, Option<ConnectReturnCode>>>,
     }
 
-    pub async fn connect(engine: &Engine, token: &str, client_id: &str) -> Result<Device5, Option<ConnectReturnCode>> {
+    pub async fn connect(
+        engine: &Engine,
+        token: &str,
+        client_id: &str,
+    ) -> Result<Device5, Option<ConnectReturnCode>> {
         let mut options = MqttOptions::new(client_id, "127.0.0.1", engine.mqtt.port());
         options.set_credentials(token, "");
         let (client, mut eventloop) = AsyncClient::new(options, 100);
@@ -153,7 +170,9 @@ pub mod v5 {
         });
         loop {
             match tokio::time::timeout(WAIT, events.recv()).await {
-                Ok(Some(Ok(Event::Incoming(Packet::ConnAck(_))))) => return Ok(Device5 { client, events }),
+                Ok(Some(Ok(Event::Incoming(Packet::ConnAck(_))))) => {
+                    return Ok(Device5 { client, events });
+                }
                 Ok(Some(Ok(_))) => {}
                 Ok(Some(Err(code))) => return Err(code),
                 _ => return Err(None),
@@ -162,7 +181,11 @@ pub mod v5 {
     }
 
     impl Device5 {
-        pub async fn publish(&mut self, topic: &str, payload: impl Into<Vec<u8>>) -> Result<Outcome> {
+        pub async fn publish(
+            &mut self,
+            topic: &str,
+            payload: impl Into<Vec<u8>>,
+        ) -> Result<Outcome> {
             self.client
                 .publish(topic, QoS::AtLeastOnce, false, payload.into())
                 .await
@@ -174,7 +197,9 @@ pub mod v5 {
                     Ok(Some(Ok(Event::Incoming(Packet::PubAck(ack))))) => {
                         return Ok(Outcome::Acked(reason_code(&ack.reason)));
                     }
-                    Ok(Some(Ok(Event::Incoming(Packet::Disconnect(_))))) => return Ok(Outcome::Disconnected),
+                    Ok(Some(Ok(Event::Incoming(Packet::Disconnect(_))))) => {
+                        return Ok(Outcome::Disconnected);
+                    }
                     Ok(Some(Ok(_))) => {}
                 }
             }

@@ -56,15 +56,25 @@ fn credentials_json(d: &Device) -> Value {
 
 /// A 20-character alphanumeric token, as ThingsBoard generates.
 fn new_token() -> String {
-    rand::thread_rng().sample_iter(&Alphanumeric).take(20).map(char::from).collect()
+    rand::thread_rng()
+        .sample_iter(&Alphanumeric)
+        .take(20)
+        .map(char::from)
+        .collect()
 }
 
 pub fn parse_id(s: &str) -> Result<DeviceId, ApiError> {
-    Uuid::parse_str(s).map(DeviceId).map_err(|_| ApiError::bad_request(format!("Invalid UUID string: {s}")))
+    Uuid::parse_str(s)
+        .map(DeviceId)
+        .map_err(|_| ApiError::bad_request(format!("Invalid UUID string: {s}")))
 }
 
 /// The caller's device with this id, or 404.
-pub async fn owned_device(state: &State, caller: &Caller, id: &str) -> Result<Arc<Device>, ApiError> {
+pub async fn owned_device(
+    state: &State,
+    caller: &Caller,
+    id: &str,
+) -> Result<Arc<Device>, ApiError> {
     let id = parse_id(id)?;
     match state.registry.get(id).await? {
         Some(d) if d.tenant_id == caller.0.tenant_id => Ok(d),
@@ -73,7 +83,8 @@ pub async fn owned_device(state: &State, caller: &Caller, id: &str) -> Result<Ar
 }
 
 fn check_token(token: &str) -> Result<(), ApiError> {
-    if token.is_empty() || token.len() > 128 || token.chars().any(|c| c.is_whitespace() || c == '/') {
+    if token.is_empty() || token.len() > 128 || token.chars().any(|c| c.is_whitespace() || c == '/')
+    {
         return Err(ApiError::invalid(
             "Access token must be 1 to 128 characters without spaces or '/'",
         ));
@@ -113,7 +124,10 @@ async fn save(
         .map(|n| n.trim().to_owned())
         .filter(|n| !n.is_empty())
         .ok_or_else(|| ApiError::invalid("Device name should be specified!"))?;
-    let device_type = body.device_type.filter(|t| !t.is_empty()).unwrap_or_else(|| "default".into());
+    let device_type = body
+        .device_type
+        .filter(|t| !t.is_empty())
+        .unwrap_or_else(|| "default".into());
     if let Some(token) = &query.access_token {
         check_token(token)?;
     }
@@ -126,7 +140,10 @@ async fn save(
                 name,
                 device_type,
                 label: body.label,
-                token: query.access_token.clone().map_or_else(|| existing.token.clone(), AccessToken),
+                token: query
+                    .access_token
+                    .clone()
+                    .map_or_else(|| existing.token.clone(), AccessToken),
                 ..(*existing).clone()
             }
         }
@@ -150,12 +167,20 @@ async fn save(
     Ok(HttpResponse::Ok().json(device_json(&saved)))
 }
 
-async fn get(state: State, caller: Caller, id: web::Path<String>) -> Result<HttpResponse, ApiError> {
+async fn get(
+    state: State,
+    caller: Caller,
+    id: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
     let device = owned_device(&state, &caller, &id).await?;
     Ok(HttpResponse::Ok().json(device_json(&device)))
 }
 
-async fn delete(state: State, caller: Caller, id: web::Path<String>) -> Result<HttpResponse, ApiError> {
+async fn delete(
+    state: State,
+    caller: Caller,
+    id: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
     let device = owned_device(&state, &caller, &id).await?;
     state.registry.delete(device.id).await?;
     Ok(HttpResponse::Ok().finish())
@@ -183,12 +208,21 @@ async fn save_credentials(
     caller: Caller,
     body: web::Json<CredentialsBody>,
 ) -> Result<HttpResponse, ApiError> {
-    if body.credentials_type.as_deref().is_some_and(|t| t != "ACCESS_TOKEN") {
-        return Err(ApiError::invalid("Only ACCESS_TOKEN credentials are supported"));
+    if body
+        .credentials_type
+        .as_deref()
+        .is_some_and(|t| t != "ACCESS_TOKEN")
+    {
+        return Err(ApiError::invalid(
+            "Only ACCESS_TOKEN credentials are supported",
+        ));
     }
     check_token(&body.credentials_id)?;
     let device = owned_device(&state, &caller, &body.device_id.id).await?;
-    let updated = Device { token: AccessToken(body.credentials_id.clone()), ..(*device).clone() };
+    let updated = Device {
+        token: AccessToken(body.credentials_id.clone()),
+        ..(*device).clone()
+    };
     let saved = state.registry.save(updated).await?;
     Ok(HttpResponse::Ok().json(credentials_json(&saved)))
 }
@@ -202,7 +236,11 @@ struct ListQuery {
     text_search: Option<String>,
 }
 
-async fn list(state: State, caller: Caller, query: web::Query<ListQuery>) -> Result<HttpResponse, ApiError> {
+async fn list(
+    state: State,
+    caller: Caller,
+    query: web::Query<ListQuery>,
+) -> Result<HttpResponse, ApiError> {
     let tenant = caller.0.tenant_id;
     if let Some(name) = &query.device_name {
         return match state.registry.by_name(tenant, name).await? {
@@ -210,10 +248,9 @@ async fn list(state: State, caller: Caller, query: web::Query<ListQuery>) -> Res
             None => Err(ApiError::not_found()),
         };
     }
-    let page_size = query
-        .page_size
-        .filter(|s| *s > 0)
-        .ok_or_else(|| ApiError::bad_request("Parameter 'pageSize' is required and must be positive"))?;
+    let page_size = query.page_size.filter(|s| *s > 0).ok_or_else(|| {
+        ApiError::bad_request("Parameter 'pageSize' is required and must be positive")
+    })?;
     let request = PageRequest {
         page_size: page_size.min(10_000),
         page: query.page.unwrap_or(0),

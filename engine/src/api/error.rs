@@ -14,7 +14,6 @@ pub enum ErrorCode {
     General = 2,
     Authentication = 10,
     JwtTokenExpired = 11,
-    PermissionDenied = 20,
     InvalidArguments = 30,
     BadRequestParams = 31,
     ItemNotFound = 32,
@@ -29,11 +28,19 @@ pub struct ApiError {
 
 impl ApiError {
     pub fn bad_request(message: impl Into<String>) -> ApiError {
-        ApiError { status: StatusCode::BAD_REQUEST, code: ErrorCode::BadRequestParams, message: message.into() }
+        ApiError {
+            status: StatusCode::BAD_REQUEST,
+            code: ErrorCode::BadRequestParams,
+            message: message.into(),
+        }
     }
 
     pub fn invalid(message: impl Into<String>) -> ApiError {
-        ApiError { status: StatusCode::BAD_REQUEST, code: ErrorCode::InvalidArguments, message: message.into() }
+        ApiError {
+            status: StatusCode::BAD_REQUEST,
+            code: ErrorCode::InvalidArguments,
+            message: message.into(),
+        }
     }
 
     pub fn not_found() -> ApiError {
@@ -45,7 +52,11 @@ impl ApiError {
     }
 
     pub fn internal(message: impl Into<String>) -> ApiError {
-        ApiError { status: StatusCode::INTERNAL_SERVER_ERROR, code: ErrorCode::General, message: message.into() }
+        ApiError {
+            status: StatusCode::INTERNAL_SERVER_ERROR,
+            code: ErrorCode::General,
+            message: message.into(),
+        }
     }
 }
 
@@ -76,7 +87,11 @@ impl From<AuthError> for ApiError {
             AuthError::Expired => ErrorCode::JwtTokenExpired,
             _ => ErrorCode::Authentication,
         };
-        ApiError { status: StatusCode::UNAUTHORIZED, code, message: e.to_string() }
+        ApiError {
+            status: StatusCode::UNAUTHORIZED,
+            code,
+            message: e.to_string(),
+        }
     }
 }
 
@@ -97,7 +112,9 @@ impl From<StoreError> for ApiError {
 impl From<RegistryError> for ApiError {
     fn from(e: RegistryError) -> Self {
         match e {
-            RegistryError::DuplicateToken | RegistryError::DuplicateName => ApiError::invalid(e.to_string()),
+            RegistryError::DuplicateToken | RegistryError::DuplicateName => {
+                ApiError::invalid(e.to_string())
+            }
             RegistryError::NotFound => ApiError::not_found(),
             RegistryError::Store(e) => e.into(),
         }

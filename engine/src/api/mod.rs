@@ -89,6 +89,9 @@ fn authenticate(req: &HttpRequest) -> Result<Caller, ApiError> {
         .or_else(|| req.headers().get("Authorization"))
         .and_then(|v| v.to_str().ok())
         .ok_or(AuthError::Missing)?;
-    let token = header.strip_prefix("Bearer ").ok_or(AuthError::Missing)?.trim();
+    let token = header
+        .strip_prefix("Bearer ")
+        .ok_or(AuthError::Missing)?
+        .trim();
     Ok(Caller(state.auth.verify_access(token)?))
 }

@@ -13,12 +13,30 @@ use super::{Caller, State};
 const BASE: &str = "/api/plugins/telemetry/{entityType}/{entityId}";
 
 pub fn routes(cfg: &mut web::ServiceConfig) {
-    cfg.route(&format!("{BASE}/keys/timeseries"), web::get().to(timeseries_keys))
-        .route(&format!("{BASE}/values/timeseries"), web::get().to(timeseries))
-        .route(&format!("{BASE}/keys/attributes"), web::get().to(attribute_keys))
-        .route(&format!("{BASE}/keys/attributes/{{scope}}"), web::get().to(attribute_keys))
-        .route(&format!("{BASE}/values/attributes"), web::get().to(attributes))
-        .route(&format!("{BASE}/values/attributes/{{scope}}"), web::get().to(attributes));
+    cfg.route(
+        &format!("{BASE}/keys/timeseries"),
+        web::get().to(timeseries_keys),
+    )
+    .route(
+        &format!("{BASE}/values/timeseries"),
+        web::get().to(timeseries),
+    )
+    .route(
+        &format!("{BASE}/keys/attributes"),
+        web::get().to(attribute_keys),
+    )
+    .route(
+        &format!("{BASE}/keys/attributes/{{scope}}"),
+        web::get().to(attribute_keys),
+    )
+    .route(
+        &format!("{BASE}/values/attributes"),
+        web::get().to(attributes),
+    )
+    .route(
+        &format!("{BASE}/values/attributes/{{scope}}"),
+        web::get().to(attributes),
+    );
 }
 
 #[derive(Deserialize)]
@@ -121,7 +139,10 @@ async fn timeseries(
     match (query.start_ts, query.end_ts) {
         (None, None) => {
             for latest in state.store.latest(device.id, keys.as_deref()).await? {
-                let value = latest.value.as_ref().map_or(Value::Null, |v| show(v, strict));
+                let value = latest
+                    .value
+                    .as_ref()
+                    .map_or(Value::Null, |v| show(v, strict));
                 out.insert(latest.key, json!([{"ts": latest.ts, "value": value}]));
             }
         }
@@ -137,7 +158,11 @@ async fn timeseries(
             let order = match query.order_by.as_deref() {
                 None | Some("DESC") => Order::Desc,
                 Some("ASC") => Order::Asc,
-                Some(o) => return Err(ApiError::bad_request(format!("Invalid orderBy: {o}; use ASC or DESC"))),
+                Some(o) => {
+                    return Err(ApiError::bad_request(format!(
+                        "Invalid orderBy: {o}; use ASC or DESC"
+                    )));
+                }
             };
             let interval = query.interval.unwrap_or(0);
             if interval < 0 {
@@ -191,7 +216,10 @@ async fn attributes(
     let scope = path.scope()?;
     let device = owned_device(&state, &caller, &path.entity_id).await?;
     let keys = parse_keys(query.keys.as_deref());
-    let values = state.store.attributes(device.id, scope, keys.as_deref()).await?;
+    let values = state
+        .store
+        .attributes(device.id, scope, keys.as_deref())
+        .await?;
     let out: Vec<Value> = values
         .iter()
         .map(|a| json!({"lastUpdateTs": a.last_update_ts, "key": a.key, "value": typed(&a.value)}))
@@ -207,7 +235,10 @@ mod tests {
     fn keys_parameter() {
         assert_eq!(parse_keys(None), None);
         assert_eq!(parse_keys(Some("")), None);
-        assert_eq!(parse_keys(Some("a, b,,c")), Some(vec!["a".into(), "b".into(), "c".into()]));
+        assert_eq!(
+            parse_keys(Some("a, b,,c")),
+            Some(vec!["a".into(), "b".into(), "c".into()])
+        );
     }
 
     #[test]
@@ -217,7 +248,11 @@ mod tests {
             (KvValue::Double(42.0), json!("42.0"), json!(42.0)),
             (KvValue::Bool(true), json!("true"), json!(true)),
             (KvValue::String("x".into()), json!("x"), json!("x")),
-            (KvValue::Json("{\"a\":1}".into()), json!("{\"a\":1}"), json!("{\"a\":1}")),
+            (
+                KvValue::Json("{\"a\":1}".into()),
+                json!("{\"a\":1}"),
+                json!("{\"a\":1}"),
+            ),
         ];
         for (value, loose, strict) in cases {
             assert_eq!(show(&value, false), loose, "{value:?}");

@@ -62,7 +62,9 @@ impl MemoryQueue {
                 waker: wakers[p % consumers].clone(),
             })
             .collect();
-        MemoryQueue { shared: Arc::new(Shared { partitions, wakers }) }
+        MemoryQueue {
+            shared: Arc::new(Shared { partitions, wakers }),
+        }
     }
 
     pub fn consumers(&self) -> usize {
@@ -98,7 +100,11 @@ impl MemoryQueue {
 
     /// Messages held (not yet committed) over all partitions.
     pub fn depth(&self) -> u64 {
-        self.shared.partitions.iter().map(|p| p.log.lock().messages.len() as u64).sum()
+        self.shared
+            .partitions
+            .iter()
+            .map(|p| p.log.lock().messages.len() as u64)
+            .sum()
     }
 
     fn partition_of(&self, device: DeviceId) -> usize {
@@ -118,7 +124,11 @@ impl Producer for MemoryQueue {
             Err(TryAcquireError::Closed) => return Err(QueueError::Closed),
             Err(TryAcquireError::NoPermits) => {
                 let started = Instant::now();
-                let permit = partition.room.acquire().await.map_err(|_| QueueError::Closed)?;
+                let permit = partition
+                    .room
+                    .acquire()
+                    .await
+                    .map_err(|_| QueueError::Closed)?;
                 histogram!(QUEUE_PRODUCE_BLOCKED).record(started.elapsed());
                 permit
             }
@@ -152,7 +162,11 @@ impl MemoryConsumer {
             for offset in start..end {
                 #[allow(clippy::cast_possible_truncation)]
                 let message = log.messages[(offset - log.first) as usize].clone();
-                out.push(Delivered { partition: p, offset, message });
+                out.push(Delivered {
+                    partition: p,
+                    offset,
+                    message,
+                });
             }
             self.positions[i] = end.max(self.positions[i]);
         }
@@ -233,9 +247,17 @@ mod tests {
         let queue = MemoryQueue::new(4, 100, 1);
         let mut consumer = queue.consumer(0);
         for _ in 0..10 {
-            queue.send(message("a")).await.expect("send").await.expect("delivered");
+            queue
+                .send(message("a"))
+                .await
+                .expect("send")
+                .await
+                .expect("delivered");
         }
-        let got = consumer.poll(100, Duration::from_millis(10)).await.expect("poll");
+        let got = consumer
+            .poll(100, Duration::from_millis(10))
+            .await
+            .expect("poll");
         assert_eq!(got.len(), 10);
         assert!(got.iter().all(|d| d.partition == got[0].partition));
         let offsets: Vec<u64> = got.iter().map(|d| d.offset).collect();
@@ -251,7 +273,10 @@ mod tests {
         let third = tokio::time::timeout(Duration::from_millis(50), queue.send(message("a"))).await;
         assert!(third.is_err(), "the third send must wait");
 
-        let got = consumer.poll(10, Duration::from_millis(10)).await.expect("poll");
+        let got = consumer
+            .poll(10, Duration::from_millis(10))
+            .await
+            .expect("poll");
         assert_eq!(got.len(), 2);
         // Reading is not enough: only a commit frees places.
         let still = tokio::time::timeout(Duration::from_millis(50), queue.send(message("a"))).await;
@@ -269,12 +294,18 @@ mod tests {
             queue.send(message("a")).await.expect("send");
         }
         let mut first = queue.consumer(0);
-        let got = first.poll(10, Duration::from_millis(10)).await.expect("poll");
+        let got = first
+            .poll(10, Duration::from_millis(10))
+            .await
+            .expect("poll");
         assert_eq!(got.len(), 5);
         first.commit(&[(0, 1)]).await.expect("commit");
         drop(first);
         let mut second = queue.consumer(0);
-        let again = second.poll(10, Duration::from_millis(10)).await.expect("poll");
+        let again = second
+            .poll(10, Duration::from_millis(10))
+            .await
+            .expect("poll");
         let offsets: Vec<u64> = again.iter().map(|d| d.offset).collect();
         assert_eq!(offsets, [2, 3, 4]);
         assert_eq!(second.lag(), Some(3));
@@ -289,7 +320,10 @@ mod tests {
             tokio::time::sleep(Duration::from_millis(20)).await;
             q.send(message("late")).await.expect("send");
         });
-        let got = consumer.poll(1, Duration::from_secs(10)).await.expect("poll");
+        let got = consumer
+            .poll(1, Duration::from_secs(10))
+            .await
+            .expect("poll");
         assert_eq!(got.len(), 1);
     }
 

@@ -52,7 +52,9 @@ fn range(keys: &[&str], start: i64, end: i64, agg: Aggregation, interval: i64) -
 }
 
 fn points(series: Option<&Vec<TsValue>>) -> Vec<(i64, KvValue)> {
-    series.map(|s| s.iter().map(|p| (p.ts, p.value.clone())).collect()).unwrap_or_default()
+    series
+        .map(|s| s.iter().map(|p| (p.ts, p.value.clone())).collect())
+        .unwrap_or_default()
 }
 
 pub async fn store_suite(store: &dyn Store) {
@@ -66,14 +68,25 @@ pub async fn store_suite(store: &dyn Store) {
         KvEntry::new("j", KvValue::Json(r#"{"a":[1,2]}"#.into())),
     ];
     write(store, &[telemetry(d, 1_000, all_types.clone())]).await;
-    write(store, &[telemetry(other, 1_000, vec![KvEntry::new("s", KvValue::Long(1))])]).await;
+    write(
+        store,
+        &[telemetry(
+            other,
+            1_000,
+            vec![KvEntry::new("s", KvValue::Long(1))],
+        )],
+    )
+    .await;
 
     // Types survive the round trip; keys are sorted; other devices stay apart.
     let keys = store.timeseries_keys(d).await.expect("keys");
     assert_eq!(keys, ["b", "d", "j", "l", "s"]);
     let latest = store.latest(d, None).await.expect("latest");
     for entry in &all_types {
-        let got = latest.iter().find(|l| l.key == entry.key).expect("key present");
+        let got = latest
+            .iter()
+            .find(|l| l.key == entry.key)
+            .expect("key present");
         assert_eq!(got.value.as_ref(), Some(&entry.value), "{}", entry.key);
         assert_eq!(got.ts, 1_000);
     }
@@ -86,28 +99,64 @@ pub async fn store_suite(store: &dyn Store) {
     assert_eq!(latest[1].value, None);
 
     // Latest only moves forward in time.
-    write(store, &[telemetry(d, 500, vec![KvEntry::new("l", KvValue::Long(1))])]).await;
-    write(store, &[telemetry(d, 2_000, vec![KvEntry::new("l", KvValue::Long(2))])]).await;
-    let latest = store.latest(d, Some(&["l".to_owned()])).await.expect("latest");
-    assert_eq!((latest[0].ts, latest[0].value.clone()), (2_000, Some(KvValue::Long(2))));
+    write(
+        store,
+        &[telemetry(d, 500, vec![KvEntry::new("l", KvValue::Long(1))])],
+    )
+    .await;
+    write(
+        store,
+        &[telemetry(
+            d,
+            2_000,
+            vec![KvEntry::new("l", KvValue::Long(2))],
+        )],
+    )
+    .await;
+    let latest = store
+        .latest(d, Some(&["l".to_owned()]))
+        .await
+        .expect("latest");
+    assert_eq!(
+        (latest[0].ts, latest[0].value.clone()),
+        (2_000, Some(KvValue::Long(2)))
+    );
 
     // Ranges are [start, end), ordered, limited.
-    let raw = store.range(d, &range(&["l"], 500, 2_000, Aggregation::None, 0)).await.expect("range");
-    assert_eq!(points(raw.get("l")), [(500, KvValue::Long(1)), (1_000, KvValue::Long(-73))]);
+    let raw = store
+        .range(d, &range(&["l"], 500, 2_000, Aggregation::None, 0))
+        .await
+        .expect("range");
+    assert_eq!(
+        points(raw.get("l")),
+        [(500, KvValue::Long(1)), (1_000, KvValue::Long(-73))]
+    );
     let mut desc = range(&["l"], 0, 10_000, Aggregation::None, 0);
     desc.order = Order::Desc;
     desc.limit = 2;
     let got = store.range(d, &desc).await.expect("range");
-    assert_eq!(points(got.get("l")), [(2_000, KvValue::Long(2)), (1_000, KvValue::Long(-73))]);
+    assert_eq!(
+        points(got.get("l")),
+        [(2_000, KvValue::Long(2)), (1_000, KvValue::Long(-73))]
+    );
 
     // A replayed batch changes nothing.
-    let replay = [telemetry(d, 3_000, vec![KvEntry::new("r", KvValue::Long(5))])];
+    let replay = [telemetry(
+        d,
+        3_000,
+        vec![KvEntry::new("r", KvValue::Long(5))],
+    )];
     write(store, &replay).await;
     write(store, &replay).await;
-    let sum = store.range(d, &range(&["r"], 0, 10_000, Aggregation::Sum, 0)).await.expect("sum");
+    let sum = store
+        .range(d, &range(&["r"], 0, 10_000, Aggregation::Sum, 0))
+        .await
+        .expect("sum");
     assert_eq!(points(sum.get("r")), [(5_000, KvValue::Long(5))]);
-    let count =
-        store.range(d, &range(&["r"], 0, 10_000, Aggregation::Count, 0)).await.expect("count");
+    let count = store
+        .range(d, &range(&["r"], 0, 10_000, Aggregation::Count, 0))
+        .await
+        .expect("count");
     assert_eq!(points(count.get("r")), [(5_000, KvValue::Long(1))]);
 
     // Aggregation by interval: buckets of 10 from 0, reported at their middle.
@@ -117,51 +166,134 @@ pub async fn store_suite(store: &dyn Store) {
         .map(|(ts, v)| telemetry(agg_dev, *ts, vec![KvEntry::new("x", KvValue::Long(*v))]))
         .collect();
     write(store, &series).await;
-    write(store, &[telemetry(agg_dev, 15, vec![KvEntry::new("x", KvValue::Double(0.5))])]).await;
+    write(
+        store,
+        &[telemetry(
+            agg_dev,
+            15,
+            vec![KvEntry::new("x", KvValue::Double(0.5))],
+        )],
+    )
+    .await;
     let cases: &[(Aggregation, &[(i64, KvValue)])] = &[
-        (Aggregation::Count, &[(5, KvValue::Long(2)), (15, KvValue::Long(2)), (25, KvValue::Long(1))]),
-        (Aggregation::Sum, &[(5, KvValue::Long(6)), (15, KvValue::Double(10.5)), (25, KvValue::Long(7))]),
-        (Aggregation::Min, &[(5, KvValue::Long(2)), (15, KvValue::Double(0.5)), (25, KvValue::Long(7))]),
-        (Aggregation::Max, &[(5, KvValue::Long(4)), (15, KvValue::Double(10.0)), (25, KvValue::Long(7))]),
-        (Aggregation::Avg, &[(5, KvValue::Double(3.0)), (15, KvValue::Double(5.25)), (25, KvValue::Double(7.0))]),
+        (
+            Aggregation::Count,
+            &[
+                (5, KvValue::Long(2)),
+                (15, KvValue::Long(2)),
+                (25, KvValue::Long(1)),
+            ],
+        ),
+        (
+            Aggregation::Sum,
+            &[
+                (5, KvValue::Long(6)),
+                (15, KvValue::Double(10.5)),
+                (25, KvValue::Long(7)),
+            ],
+        ),
+        (
+            Aggregation::Min,
+            &[
+                (5, KvValue::Long(2)),
+                (15, KvValue::Double(0.5)),
+                (25, KvValue::Long(7)),
+            ],
+        ),
+        (
+            Aggregation::Max,
+            &[
+                (5, KvValue::Long(4)),
+                (15, KvValue::Double(10.0)),
+                (25, KvValue::Long(7)),
+            ],
+        ),
+        (
+            Aggregation::Avg,
+            &[
+                (5, KvValue::Double(3.0)),
+                (15, KvValue::Double(5.25)),
+                (25, KvValue::Double(7.0)),
+            ],
+        ),
     ];
     for (agg, want) in cases {
-        let got = store.range(agg_dev, &range(&["x"], 0, 30, *agg, 10)).await.expect("agg");
+        let got = store
+            .range(agg_dev, &range(&["x"], 0, 30, *agg, 10))
+            .await
+            .expect("agg");
         assert_eq!(points(got.get("x")), *want, "{agg:?}");
     }
     // The last bucket is cut at endTs and reported at the middle of what is left.
-    let got = store.range(agg_dev, &range(&["x"], 0, 26, Aggregation::Count, 10)).await.expect("agg");
+    let got = store
+        .range(agg_dev, &range(&["x"], 0, 26, Aggregation::Count, 10))
+        .await
+        .expect("agg");
     assert_eq!(points(got.get("x")).last(), Some(&(23, KvValue::Long(1))));
-    let strings = store.range(d, &range(&["s"], 0, 10_000, Aggregation::Avg, 0)).await.expect("avg");
-    assert!(strings.get("s").is_none(), "strings have no average");
+    let strings = store
+        .range(d, &range(&["s"], 0, 10_000, Aggregation::Avg, 0))
+        .await
+        .expect("avg");
+    assert!(!strings.contains_key("s"), "strings have no average");
 
     // Attributes by scope.
     write(
         store,
         &[
-            attributes(d, 10, AttributeScope::Client, vec![KvEntry::new("fw", KvValue::String("1.0".into()))]),
-            attributes(d, 11, AttributeScope::Shared, vec![KvEntry::new("target", KvValue::Long(3))]),
-            attributes(d, 12, AttributeScope::Client, vec![KvEntry::new("fw", KvValue::String("1.1".into()))]),
+            attributes(
+                d,
+                10,
+                AttributeScope::Client,
+                vec![KvEntry::new("fw", KvValue::String("1.0".into()))],
+            ),
+            attributes(
+                d,
+                11,
+                AttributeScope::Shared,
+                vec![KvEntry::new("target", KvValue::Long(3))],
+            ),
+            attributes(
+                d,
+                12,
+                AttributeScope::Client,
+                vec![KvEntry::new("fw", KvValue::String("1.1".into()))],
+            ),
         ],
     )
     .await;
     let all = store.attributes(d, None, None).await.expect("attrs");
-    let all: Vec<(AttributeScope, &str, i64, &KvValue)> =
-        all.iter().map(|a| (a.scope, a.key.as_str(), a.last_update_ts, &a.value)).collect();
+    let all: Vec<(AttributeScope, &str, i64, &KvValue)> = all
+        .iter()
+        .map(|a| (a.scope, a.key.as_str(), a.last_update_ts, &a.value))
+        .collect();
     assert_eq!(
         all,
         [
-            (AttributeScope::Client, "fw", 12, &KvValue::String("1.1".into())),
+            (
+                AttributeScope::Client,
+                "fw",
+                12,
+                &KvValue::String("1.1".into())
+            ),
             (AttributeScope::Shared, "target", 11, &KvValue::Long(3)),
         ]
     );
-    let client = store.attributes(d, Some(AttributeScope::Client), None).await.expect("attrs");
+    let client = store
+        .attributes(d, Some(AttributeScope::Client), None)
+        .await
+        .expect("attrs");
     assert_eq!(client.len(), 1);
-    let server = store.attributes(d, Some(AttributeScope::Server), None).await.expect("attrs");
+    let server = store
+        .attributes(d, Some(AttributeScope::Server), None)
+        .await
+        .expect("attrs");
     assert!(server.is_empty());
     let keys = store.attribute_keys(d, None).await.expect("keys");
     assert_eq!(keys, ["fw", "target"]);
-    let picked = store.attributes(d, None, Some(&["target".to_owned()])).await.expect("attrs");
+    let picked = store
+        .attributes(d, None, Some(&["target".to_owned()]))
+        .await
+        .expect("attrs");
     assert_eq!(picked.len(), 1);
 }
 
@@ -180,16 +312,35 @@ fn device(name: &str, token: &str) -> Device {
 pub async fn registry_suite(registry: &dyn DeviceRegistry) {
     let a = registry.save(device("alpha", "tok-a")).await.expect("save");
     registry.save(device("beta", "tok-b")).await.expect("save");
-    assert_eq!(registry.by_token("tok-a").await.expect("lookup").as_deref(), Some(&*a));
+    assert_eq!(
+        registry.by_token("tok-a").await.expect("lookup").as_deref(),
+        Some(&*a)
+    );
     assert_eq!(registry.by_token("nope").await.expect("lookup"), None);
-    assert_eq!(registry.get(a.id).await.expect("get").map(|d| d.name.clone()), Some("alpha".into()));
-    assert!(registry.by_name(tenant(), "beta").await.expect("lookup").is_some());
+    assert_eq!(
+        registry
+            .get(a.id)
+            .await
+            .expect("get")
+            .map(|d| d.name.clone()),
+        Some("alpha".into())
+    );
+    assert!(
+        registry
+            .by_name(tenant(), "beta")
+            .await
+            .expect("lookup")
+            .is_some()
+    );
 
     let dup_token = registry.save(device("gamma", "tok-a")).await;
     assert_eq!(dup_token.err(), Some(RegistryError::DuplicateToken));
     let mut renamed = device("beta", "tok-fresh");
     renamed.id = a.id;
-    assert_eq!(registry.save(renamed).await.err(), Some(RegistryError::DuplicateName));
+    assert_eq!(
+        registry.save(renamed).await.err(),
+        Some(RegistryError::DuplicateName)
+    );
 
     // A new token replaces the old one.
     let mut retoken = (*a).clone();
@@ -199,7 +350,10 @@ pub async fn registry_suite(registry: &dyn DeviceRegistry) {
     assert!(registry.by_token("tok-a2").await.expect("lookup").is_some());
 
     for i in 0..5 {
-        registry.save(device(&format!("page-{i}"), &format!("tok-p{i}"))).await.expect("save");
+        registry
+            .save(device(&format!("page-{i}"), &format!("tok-p{i}")))
+            .await
+            .expect("save");
     }
     let page = |page, text: Option<&str>| PageRequest {
         page_size: 2,
@@ -212,9 +366,15 @@ pub async fn registry_suite(registry: &dyn DeviceRegistry) {
     assert_eq!(names, ["alpha", "beta"]);
     let last = registry.list(tenant(), &page(3, None)).await.expect("list");
     assert_eq!(last.data.len(), 1);
-    let found = registry.list(tenant(), &page(0, Some("PAGE-"))).await.expect("list");
+    let found = registry
+        .list(tenant(), &page(0, Some("PAGE-")))
+        .await
+        .expect("list");
     assert_eq!(found.total_elements, 5);
-    let none = registry.list(TenantId::from_name("elsewhere"), &page(0, None)).await.expect("list");
+    let none = registry
+        .list(TenantId::from_name("elsewhere"), &page(0, None))
+        .await
+        .expect("list");
     assert_eq!(none.total_elements, 0);
 
     assert!(registry.delete(a.id).await.expect("delete"));
@@ -224,12 +384,20 @@ pub async fn registry_suite(registry: &dyn DeviceRegistry) {
 
 /// Writes a device and some data; `check_sample` reads them back (e.g. after a reopen).
 pub async fn write_sample(store: &dyn Store, registry: &dyn DeviceRegistry) -> DeviceId {
-    let d = registry.save(device("durable", "tok-durable")).await.expect("save");
+    let d = registry
+        .save(device("durable", "tok-durable"))
+        .await
+        .expect("save");
     write(
         store,
         &[
             telemetry(d.id, 7, vec![KvEntry::new("t", KvValue::Double(1.5))]),
-            attributes(d.id, 8, AttributeScope::Client, vec![KvEntry::new("a", KvValue::Bool(false))]),
+            attributes(
+                d.id,
+                8,
+                AttributeScope::Client,
+                vec![KvEntry::new("a", KvValue::Bool(false))],
+            ),
         ],
     )
     .await;
@@ -237,7 +405,11 @@ pub async fn write_sample(store: &dyn Store, registry: &dyn DeviceRegistry) -> D
 }
 
 pub async fn check_sample(store: &dyn Store, registry: &dyn DeviceRegistry, id: DeviceId) {
-    let d = registry.by_token("tok-durable").await.expect("lookup").expect("device kept");
+    let d = registry
+        .by_token("tok-durable")
+        .await
+        .expect("lookup")
+        .expect("device kept");
     assert_eq!(d.id, id);
     let latest = store.latest(id, None).await.expect("latest");
     assert_eq!(latest[0].value, Some(KvValue::Double(1.5)));

@@ -33,7 +33,9 @@ async fn attributes(state: State, token: web::Path<String>, body: web::Bytes) ->
 }
 
 fn text(status: StatusCode, message: impl Into<String>) -> HttpResponse {
-    HttpResponse::build(status).content_type("text/plain; charset=utf-8").body(message.into())
+    HttpResponse::build(status)
+        .content_type("text/plain; charset=utf-8")
+        .body(message.into())
 }
 
 fn busy(reason: &str) -> HttpResponse {
@@ -47,12 +49,18 @@ async fn upload(state: State, token: &str, uplink: Uplink, body: web::Bytes) -> 
     let device = match state.registry.by_token(token).await {
         Ok(Some(device)) => device,
         Ok(None) => {
-            counter!(CONNECTIONS_REFUSED, "transport" => "http", "reason" => "bad_token").increment(1);
-            return text(StatusCode::UNAUTHORIZED, "Unauthorized: unknown access token");
+            counter!(CONNECTIONS_REFUSED, "transport" => "http", "reason" => "bad_token")
+                .increment(1);
+            return text(
+                StatusCode::UNAUTHORIZED,
+                "Unauthorized: unknown access token",
+            );
         }
         Err(e) => return busy(&e.to_string()),
     };
-    let publish = state.ingress.publish(&device, Transport::Http, uplink, &body);
+    let publish = state
+        .ingress
+        .publish(&device, Transport::Http, uplink, &body);
     let accepted = match tokio::time::timeout(state.device_api.queue_wait, publish).await {
         Err(_) => return busy("queue is full"),
         Ok(Err(rejection)) => return rejected(&rejection),

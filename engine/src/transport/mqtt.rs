@@ -132,7 +132,8 @@ impl MqttContext {
     async fn login(&self, username: Option<&str>) -> Login {
         let token = username.unwrap_or_default();
         if token.is_empty() {
-            counter!(CONNECTIONS_REFUSED, "transport" => "mqtt", "reason" => "empty_token").increment(1);
+            counter!(CONNECTIONS_REFUSED, "transport" => "mqtt", "reason" => "empty_token")
+                .increment(1);
             return Login::EmptyToken;
         }
         match self.registry.by_token(token).await {
@@ -151,12 +152,21 @@ impl MqttContext {
     }
 
     async fn open(&self, device: Arc<Device>) -> Result<Connection, Fault> {
-        let args = SessionArgs { device: device.clone(), ingress: self.ingress.clone(), transport: Transport::Mqtt };
-        let session = SessionHandle::spawn(self.supervisor.clone(), args, self.receive_maximum.into())
-            .await
-            .map_err(|e| Fault::Protocol(format!("session spawn failed: {e}")))?;
+        let args = SessionArgs {
+            device: device.clone(),
+            ingress: self.ingress.clone(),
+            transport: Transport::Mqtt,
+        };
+        let session =
+            SessionHandle::spawn(self.supervisor.clone(), args, self.receive_maximum.into())
+                .await
+                .map_err(|e| Fault::Protocol(format!("session spawn failed: {e}")))?;
         debug!(device = %device.name, "mqtt session opened");
-        Ok(Connection { device, session, in_flight: InFlight::default() })
+        Ok(Connection {
+            device,
+            session,
+            in_flight: InFlight::default(),
+        })
     }
 }
 
@@ -178,12 +188,16 @@ async fn read_payload<F>(read: F) -> Result<Bytes, Fault>
 where
     F: Future<Output = Result<Bytes, ntex_mqtt::error::PayloadError>>,
 {
-    read.await.map_err(|e| Fault::Protocol(format!("payload: {e}")))
+    read.await
+        .map_err(|e| Fault::Protocol(format!("payload: {e}")))
 }
 
 // --- MQTT 3.1.1 --------------------------------------------------------------------------------
 
-async fn handshake_v3(ctx: Arc<MqttContext>, hs: v3::Handshake) -> Result<v3::HandshakeAck<Connection>, Fault> {
+async fn handshake_v3(
+    ctx: Arc<MqttContext>,
+    hs: v3::Handshake,
+) -> Result<v3::HandshakeAck<Connection>, Fault> {
     let username = hs.packet().username.as_ref().map(|u| u.as_str().to_owned());
     Ok(match ctx.login(username.as_deref()).await {
         Login::Device(device) => hs.ack(ctx.open(device).await?, false),
@@ -209,7 +223,10 @@ async fn publish_v3(session: v3::Session<Connection>, publish: v3::Publish) -> R
 /// How long a DISCONNECT waits for the connection's publishes to be handed over.
 const SETTLE_LIMIT: std::time::Duration = std::time::Duration::from_secs(5);
 
-async fn protocol_v3(session: v3::Session<Connection>, msg: v3::ProtocolMessage) -> Result<v3::ProtocolMessageAck, Fault> {
+async fn protocol_v3(
+    session: v3::Session<Connection>,
+    msg: v3::ProtocolMessage,
+) -> Result<v3::ProtocolMessageAck, Fault> {
     Ok(match msg {
         v3::ProtocolMessage::Subscribe(mut subscribe) => {
             for mut sub in subscribe.iter_mut() {
@@ -234,7 +251,10 @@ async fn protocol_v3(session: v3::Session<Connection>, msg: v3::ProtocolMessage)
 
 /// Connection-level events. When the peer is gone, publishes it sent before closing are still
 /// handed over before ntex drops them.
-async fn control_v3(session: v3::Session<Connection>, msg: ntex_mqtt::Control<Fault>) -> Result<Option<v3::codec::Encoded>, Fault> {
+async fn control_v3(
+    session: v3::Session<Connection>,
+    msg: ntex_mqtt::Control<Fault>,
+) -> Result<Option<v3::codec::Encoded>, Fault> {
     if let ntex_mqtt::Control::Stop(reason) = msg {
         stopped(&session, reason).await;
     }
@@ -244,7 +264,9 @@ async fn control_v3(session: v3::Session<Connection>, msg: ntex_mqtt::Control<Fa
 async fn stopped(conn: &Connection, reason: ntex_mqtt::Reason<Fault>) {
     match reason {
         ntex_mqtt::Reason::PeerGone(_) => conn.in_flight.settle(SETTLE_LIMIT).await,
-        ntex_mqtt::Reason::Error(e) => debug!(device = %conn.device.name, error = ?e, "mqtt connection closed"),
+        ntex_mqtt::Reason::Error(e) => {
+            debug!(device = %conn.device.name, error = ?e, "mqtt connection closed")
+        }
         ntex_mqtt::Reason::Protocol(e) => {
             debug!(device = %conn.device.name, error = ?e, "mqtt protocol error, connection closed");
         }
@@ -253,24 +275,34 @@ async fn stopped(conn: &Connection, reason: ntex_mqtt::Reason<Fault>) {
 
 // --- MQTT 5 ------------------------------------------------------------------------------------
 
-async fn handshake_v5(ctx: Arc<MqttContext>, hs: v5::Handshake) -> Result<v5::HandshakeAck<Connection>, Fault> {
+async fn handshake_v5(
+    ctx: Arc<MqttContext>,
+    hs: v5::Handshake,
+) -> Result<v5::HandshakeAck<Connection>, Fault> {
     use v5::codec::ConnectAckReason as Reason;
     let username = hs.packet().username.as_ref().map(|u| u.as_str().to_owned());
     Ok(match ctx.login(username.as_deref()).await {
         // QoS 2 is granted as 1: MQTT 5 clients learn it from CONNACK's Maximum QoS.
-        Login::Device(device) => hs.ack(ctx.open(device).await?).with(|ack| ack.max_qos = QoS::AtLeastOnce),
+        Login::Device(device) => hs
+            .ack(ctx.open(device).await?)
+            .with(|ack| ack.max_qos = QoS::AtLeastOnce),
         Login::EmptyToken => hs.failed(Reason::BadUserNameOrPassword),
         Login::UnknownToken => hs.failed(Reason::NotAuthorized),
         Login::Unavailable => hs.failed(Reason::ServerUnavailable),
     })
 }
 
-async fn publish_v5(session: v5::Session<Connection>, publish: v5::Publish) -> Result<v5::PublishAck, Fault> {
+async fn publish_v5(
+    session: v5::Session<Connection>,
+    publish: v5::Publish,
+) -> Result<v5::PublishAck, Fault> {
     let conn: &Connection = &session;
     let _in_flight = conn.in_flight.enter();
     let Some(uplink) = uplink_of(publish.publish_topic()) else {
         unknown_topic(&conn.device, publish.publish_topic());
-        return Ok(publish.ack().reason_code(PublishAckReason::TopicNameInvalid));
+        return Ok(publish
+            .ack()
+            .reason_code(PublishAckReason::TopicNameInvalid));
     };
     let payload = read_payload(publish.read_all()).await?;
     match deliver(conn, uplink, payload).await {
@@ -278,14 +310,17 @@ async fn publish_v5(session: v5::Session<Connection>, publish: v5::Publish) -> R
         Err(Fault::Rejected(Rejection::TooLarge { .. })) => {
             Ok(publish.ack().reason_code(PublishAckReason::QuotaExceeded))
         }
-        Err(Fault::Rejected(Rejection::Payload(_))) => {
-            Ok(publish.ack().reason_code(PublishAckReason::PayloadFormatInvalid))
-        }
+        Err(Fault::Rejected(Rejection::Payload(_))) => Ok(publish
+            .ack()
+            .reason_code(PublishAckReason::PayloadFormatInvalid)),
         Err(fault) => Err(fault),
     }
 }
 
-async fn protocol_v5(session: v5::Session<Connection>, msg: v5::ProtocolMessage) -> Result<v5::ProtocolMessageAck, Fault> {
+async fn protocol_v5(
+    session: v5::Session<Connection>,
+    msg: v5::ProtocolMessage,
+) -> Result<v5::ProtocolMessageAck, Fault> {
     use v5::codec::SubscribeAckReason;
     Ok(match msg {
         v5::ProtocolMessage::Subscribe(mut subscribe) => {
@@ -311,7 +346,10 @@ async fn protocol_v5(session: v5::Session<Connection>, msg: v5::ProtocolMessage)
     })
 }
 
-async fn control_v5(session: v5::Session<Connection>, msg: ntex_mqtt::Control<Fault>) -> Result<Option<v5::codec::Encoded>, Fault> {
+async fn control_v5(
+    session: v5::Session<Connection>,
+    msg: ntex_mqtt::Control<Fault>,
+) -> Result<Option<v5::codec::Encoded>, Fault> {
     if let ntex_mqtt::Control::Stop(reason) = msg {
         stopped(&session, reason).await;
     }
@@ -327,8 +365,16 @@ pub struct MqttServer {
 
 impl MqttServer {
     /// Starts serving on `listener` (already bound, so tests can use port 0).
-    pub fn start(listener: TcpListener, config: &MqttConfig, ctx: Arc<MqttContext>) -> io::Result<MqttServer> {
-        let workers = if config.workers == 0 { num_cpus() } else { config.workers };
+    pub fn start(
+        listener: TcpListener,
+        config: &MqttConfig,
+        ctx: Arc<MqttContext>,
+    ) -> io::Result<MqttServer> {
+        let workers = if config.workers == 0 {
+            num_cpus()
+        } else {
+            config.workers
+        };
         let max_payload = u32::try_from(bytes(config.max_payload_size)).unwrap_or(u32::MAX);
         // Frames a little over the payload limit are read so the uplink path can refuse them
         // with the protocol's own answer; anything bigger is a protocol error.
@@ -340,59 +386,117 @@ impl MqttServer {
             .set_handle_qos_after_disconnect(Some(QoS::ExactlyOnce))
             .set_max_size(max_payload.saturating_add(64 * 1024))
             .set_max_receive(config.receive_maximum)
-            .set_max_receive_size(usize::try_from(max_payload).unwrap_or(usize::MAX).saturating_mul(4))
-            .set_connect_timeout(ntex::time::Seconds(u16::try_from(config.connect_timeout.as_secs()).unwrap_or(u16::MAX)))
-            .set_handshake_timeout(ntex::time::Seconds(u16::try_from(config.connect_timeout.as_secs()).unwrap_or(u16::MAX)));
-        let grace = ntex::time::Millis(u32::try_from(config.shutdown_grace.as_millis()).unwrap_or(u32::MAX));
+            .set_max_receive_size(
+                usize::try_from(max_payload)
+                    .unwrap_or(usize::MAX)
+                    .saturating_mul(4),
+            )
+            .set_connect_timeout(ntex::time::Seconds(
+                u16::try_from(config.connect_timeout.as_secs()).unwrap_or(u16::MAX),
+            ))
+            .set_handshake_timeout(ntex::time::Seconds(
+                u16::try_from(config.connect_timeout.as_secs()).unwrap_or(u16::MAX),
+            ));
+        let grace = ntex::time::Millis(
+            u32::try_from(config.shutdown_grace.as_millis()).unwrap_or(u32::MAX),
+        );
         let (tx, rx) = std::sync::mpsc::channel();
-        let thread = std::thread::Builder::new().name("mqtt".into()).spawn(move || {
-            let system = ntex::rt::System::build().name("mqtt").disable_signals().build(ntex::rt::DefaultRuntime);
-            system.block_on(async move {
-                let built = ntex::server::build()
-                    .workers(workers)
+        let thread = std::thread::Builder::new()
+            .name("mqtt".into())
+            .spawn(move || {
+                let system = ntex::rt::System::build()
+                    .name("mqtt")
                     .disable_signals()
-                    .shutdown_timeout(grace)
-                    .listen("mqtt", listener, move |_| {
-                        let (c3, c5) = (ctx.clone(), ctx.clone());
-                        async move {
-                            ntex_mqtt::MqttServer::new()
-                                .v3(v3::MqttServer::new(move |hs| handshake_v3(c3.clone(), hs))
-                                    .protocol(ntex::service::fn_factory_with_config(|session: v3::Session<Connection>| {
-                                        ntex::util::Ready::Ok::<_, Fault>(ntex::service::fn_service(move |m| protocol_v3(session.clone(), m)))
-                                    }))
-                                    .control(ntex::service::fn_factory_with_config(|session: v3::Session<Connection>| {
-                                        ntex::util::Ready::Ok::<_, Fault>(ntex::service::fn_service(move |m| control_v3(session.clone(), m)))
-                                    }))
-                                    .publish(ntex::service::fn_factory_with_config(|session: v3::Session<Connection>| {
-                                        ntex::util::Ready::Ok::<_, Fault>(ntex::service::fn_service(move |p| publish_v3(session.clone(), p)))
-                                    })))
-                                .v5(v5::MqttServer::new(move |hs| handshake_v5(c5.clone(), hs))
-                                    .protocol(ntex::service::fn_factory_with_config(|session: v5::Session<Connection>| {
-                                        ntex::util::Ready::Ok::<_, Fault>(ntex::service::fn_service(move |m| protocol_v5(session.clone(), m)))
-                                    }))
-                                    .control(ntex::service::fn_factory_with_config(|session: v5::Session<Connection>| {
-                                        ntex::util::Ready::Ok::<_, Fault>(ntex::service::fn_service(move |m| control_v5(session.clone(), m)))
-                                    }))
-                                    .publish(ntex::service::fn_factory_with_config(|session: v5::Session<Connection>| {
-                                        ntex::util::Ready::Ok::<_, Fault>(ntex::service::fn_service(move |p| publish_v5(session.clone(), p)))
-                                    })))
+                    .build(ntex::rt::DefaultRuntime);
+                system.block_on(async move {
+                    let built = ntex::server::build()
+                        .workers(workers)
+                        .disable_signals()
+                        .shutdown_timeout(grace)
+                        .listen("mqtt", listener, move |_| {
+                            let (c3, c5) = (ctx.clone(), ctx.clone());
+                            async move {
+                                ntex_mqtt::MqttServer::new()
+                                    .v3(v3::MqttServer::new(move |hs| handshake_v3(c3.clone(), hs))
+                                        .protocol(ntex::service::fn_factory_with_config(
+                                            |session: v3::Session<Connection>| {
+                                                ntex::util::Ready::Ok::<_, Fault>(
+                                                    ntex::service::fn_service(move |m| {
+                                                        protocol_v3(session.clone(), m)
+                                                    }),
+                                                )
+                                            },
+                                        ))
+                                        .control(ntex::service::fn_factory_with_config(
+                                            |session: v3::Session<Connection>| {
+                                                ntex::util::Ready::Ok::<_, Fault>(
+                                                    ntex::service::fn_service(move |m| {
+                                                        control_v3(session.clone(), m)
+                                                    }),
+                                                )
+                                            },
+                                        ))
+                                        .publish(ntex::service::fn_factory_with_config(
+                                            |session: v3::Session<Connection>| {
+                                                ntex::util::Ready::Ok::<_, Fault>(
+                                                    ntex::service::fn_service(move |p| {
+                                                        publish_v3(session.clone(), p)
+                                                    }),
+                                                )
+                                            },
+                                        )))
+                                    .v5(v5::MqttServer::new(move |hs| handshake_v5(c5.clone(), hs))
+                                        .protocol(ntex::service::fn_factory_with_config(
+                                            |session: v5::Session<Connection>| {
+                                                ntex::util::Ready::Ok::<_, Fault>(
+                                                    ntex::service::fn_service(move |m| {
+                                                        protocol_v5(session.clone(), m)
+                                                    }),
+                                                )
+                                            },
+                                        ))
+                                        .control(ntex::service::fn_factory_with_config(
+                                            |session: v5::Session<Connection>| {
+                                                ntex::util::Ready::Ok::<_, Fault>(
+                                                    ntex::service::fn_service(move |m| {
+                                                        control_v5(session.clone(), m)
+                                                    }),
+                                                )
+                                            },
+                                        ))
+                                        .publish(ntex::service::fn_factory_with_config(
+                                            |session: v5::Session<Connection>| {
+                                                ntex::util::Ready::Ok::<_, Fault>(
+                                                    ntex::service::fn_service(move |p| {
+                                                        publish_v5(session.clone(), p)
+                                                    }),
+                                                )
+                                            },
+                                        )))
+                            }
+                        });
+                    match built {
+                        Ok(builder) => {
+                            let server = builder
+                                .config("mqtt", SharedCfg::new("MQTT").add(service_cfg))
+                                .run();
+                            let _ = tx.send(Ok(server.clone()));
+                            let _ = server.await;
                         }
-                    });
-                match built {
-                    Ok(builder) => {
-                        let server = builder.config("mqtt", SharedCfg::new("MQTT").add(service_cfg)).run();
-                        let _ = tx.send(Ok(server.clone()));
-                        let _ = server.await;
+                        Err(e) => {
+                            let _ = tx.send(Err(e));
+                        }
                     }
-                    Err(e) => {
-                        let _ = tx.send(Err(e));
-                    }
-                }
-            });
-        })?;
-        let server = rx.recv().map_err(|_| io::Error::other("mqtt server thread died at start"))??;
+                });
+            })?;
+        let server = rx
+            .recv()
+            .map_err(|_| io::Error::other("mqtt server thread died at start"))??;
         info!(workers, "mqtt server started");
-        Ok(MqttServer { server, thread: Some(thread) })
+        Ok(MqttServer {
+            server,
+            thread: Some(thread),
+        })
     }
 
     /// Stops accepting, gives open connections the grace period, closes them, and returns once
@@ -415,8 +519,14 @@ mod tests {
 
     #[test]
     fn only_the_device_api_topics_are_uplinks() {
-        assert_eq!(uplink_of("v1/devices/me/telemetry"), Some(Uplink::Telemetry));
-        assert_eq!(uplink_of("v1/devices/me/attributes"), Some(Uplink::Attributes));
+        assert_eq!(
+            uplink_of("v1/devices/me/telemetry"),
+            Some(Uplink::Telemetry)
+        );
+        assert_eq!(
+            uplink_of("v1/devices/me/attributes"),
+            Some(Uplink::Attributes)
+        );
         assert_eq!(uplink_of("v1/devices/me/telemetry/"), None);
         assert_eq!(uplink_of("v1/devices/me/attributes/request/1"), None);
         assert_eq!(uplink_of("other"), None);

@@ -15,9 +15,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 use actors::batch::WriteBatch;
 use actors::model::{AttributeScope, DeviceId, KvValue};
-use actors::ports::{
-    AttributeValue, LatestValue, RangeQuery, RangeResult, Store, StoreError,
-};
+use actors::ports::{AttributeValue, LatestValue, RangeQuery, RangeResult, Store, StoreError};
 use async_trait::async_trait;
 use parking_lot::Mutex;
 use rusqlite::types::{ToSqlOutput, Value, ValueRef};
@@ -96,7 +94,11 @@ impl EmbeddedStore {
                 Ok(Mutex::new(c))
             })
             .collect::<rusqlite::Result<Vec<_>>>()?;
-        let db = Arc::new(Db { writer: Mutex::new(writer), readers, next_reader: AtomicUsize::new(0) });
+        let db = Arc::new(Db {
+            writer: Mutex::new(writer),
+            readers,
+            next_reader: AtomicUsize::new(0),
+        });
         let registry = EmbeddedRegistry::load(db.clone())?;
         Ok((EmbeddedStore { db }, registry))
     }
@@ -120,11 +122,20 @@ pub(crate) mod kind {
 
 pub(crate) fn encode(value: &KvValue) -> (i64, ToSqlOutput<'_>) {
     match value {
-        KvValue::Bool(b) => (kind::BOOL, ToSqlOutput::Owned(Value::Integer(i64::from(*b)))),
+        KvValue::Bool(b) => (
+            kind::BOOL,
+            ToSqlOutput::Owned(Value::Integer(i64::from(*b))),
+        ),
         KvValue::Long(l) => (kind::LONG, ToSqlOutput::Owned(Value::Integer(*l))),
         KvValue::Double(d) => (kind::DOUBLE, ToSqlOutput::Owned(Value::Real(*d))),
-        KvValue::String(s) => (kind::STRING, ToSqlOutput::Borrowed(ValueRef::Text(s.as_bytes()))),
-        KvValue::Json(s) => (kind::JSON, ToSqlOutput::Borrowed(ValueRef::Text(s.as_bytes()))),
+        KvValue::String(s) => (
+            kind::STRING,
+            ToSqlOutput::Borrowed(ValueRef::Text(s.as_bytes())),
+        ),
+        KvValue::Json(s) => (
+            kind::JSON,
+            ToSqlOutput::Borrowed(ValueRef::Text(s.as_bytes())),
+        ),
     }
 }
 
@@ -158,11 +169,15 @@ impl Store for EmbeddedStore {
         keys: Option<&[String]>,
     ) -> Result<Vec<LatestValue>, StoreError> {
         let keys = keys.map(<[String]>::to_vec);
-        self.db.read(move |c| query::latest(c, device, keys.as_deref())).await
+        self.db
+            .read(move |c| query::latest(c, device, keys.as_deref()))
+            .await
     }
 
     async fn timeseries_keys(&self, device: DeviceId) -> Result<Vec<String>, StoreError> {
-        self.db.read(move |c| query::timeseries_keys(c, device)).await
+        self.db
+            .read(move |c| query::timeseries_keys(c, device))
+            .await
     }
 
     async fn range(&self, device: DeviceId, query: &RangeQuery) -> Result<RangeResult, StoreError> {
@@ -177,7 +192,9 @@ impl Store for EmbeddedStore {
         keys: Option<&[String]>,
     ) -> Result<Vec<AttributeValue>, StoreError> {
         let keys = keys.map(<[String]>::to_vec);
-        self.db.read(move |c| query::attributes(c, device, scope, keys.as_deref())).await
+        self.db
+            .read(move |c| query::attributes(c, device, scope, keys.as_deref()))
+            .await
     }
 
     async fn attribute_keys(
@@ -185,7 +202,9 @@ impl Store for EmbeddedStore {
         device: DeviceId,
         scope: Option<AttributeScope>,
     ) -> Result<Vec<String>, StoreError> {
-        self.db.read(move |c| query::attribute_keys(c, device, scope)).await
+        self.db
+            .read(move |c| query::attribute_keys(c, device, scope))
+            .await
     }
 }
 

@@ -21,7 +21,9 @@ pub(super) fn latest(
     keys: Option<&[String]>,
 ) -> Result<Vec<LatestValue>, StoreError> {
     let mut stmt = c
-        .prepare_cached("SELECT key, ts, type, v FROM ts_kv_latest WHERE device_id = ?1 ORDER BY key")
+        .prepare_cached(
+            "SELECT key, ts, type, v FROM ts_kv_latest WHERE device_id = ?1 ORDER BY key",
+        )
         .map_err(sql_error)?;
     let mut rows = stmt.query(params![id(device)]).map_err(sql_error)?;
     let mut found = BTreeMap::new();
@@ -31,23 +33,36 @@ pub(super) fn latest(
             continue;
         }
         let ts: i64 = row.get(1).map_err(sql_error)?;
-        let value = decode(row.get(2).map_err(sql_error)?, row.get_ref(3).map_err(sql_error)?)?;
+        let value = decode(
+            row.get(2).map_err(sql_error)?,
+            row.get_ref(3).map_err(sql_error)?,
+        )?;
         found.insert(key, (ts, value));
     }
     Ok(match keys {
         None => found
             .into_iter()
-            .map(|(key, (ts, value))| LatestValue { key, ts, value: Some(value) })
+            .map(|(key, (ts, value))| LatestValue {
+                key,
+                ts,
+                value: Some(value),
+            })
             .collect(),
         // ThingsBoard answers every requested key; a missing one has no value and the time of
         // the request.
         Some(keys) => keys
             .iter()
             .map(|key| match found.get(key) {
-                Some((ts, value)) => {
-                    LatestValue { key: key.clone(), ts: *ts, value: Some(value.clone()) }
-                }
-                None => LatestValue { key: key.clone(), ts: now_ms(), value: None },
+                Some((ts, value)) => LatestValue {
+                    key: key.clone(),
+                    ts: *ts,
+                    value: Some(value.clone()),
+                },
+                None => LatestValue {
+                    key: key.clone(),
+                    ts: now_ms(),
+                    value: None,
+                },
             })
             .collect(),
     })
@@ -71,7 +86,9 @@ pub(super) fn range(
     query: &RangeQuery,
 ) -> Result<RangeResult, StoreError> {
     if query.end_ts < query.start_ts {
-        return Err(StoreError::InvalidQuery("endTs must not be before startTs".into()));
+        return Err(StoreError::InvalidQuery(
+            "endTs must not be before startTs".into(),
+        ));
     }
     let keys = match &query.keys {
         Some(keys) => keys.clone(),
@@ -111,12 +128,16 @@ fn raw_series(
     );
     let mut stmt = c.prepare_cached(&sql).map_err(sql_error)?;
     let limit = i64::try_from(q.limit).unwrap_or(i64::MAX);
-    let mut rows =
-        stmt.query(params![id(device), key, q.start_ts, q.end_ts, limit]).map_err(sql_error)?;
+    let mut rows = stmt
+        .query(params![id(device), key, q.start_ts, q.end_ts, limit])
+        .map_err(sql_error)?;
     let mut out = Vec::new();
     while let Some(row) = rows.next().map_err(sql_error)? {
         let ts = row.get(0).map_err(sql_error)?;
-        let value = decode(row.get(1).map_err(sql_error)?, row.get_ref(2).map_err(sql_error)?)?;
+        let value = decode(
+            row.get(1).map_err(sql_error)?,
+            row.get_ref(2).map_err(sql_error)?,
+        )?;
         out.push(TsValue { ts, value });
     }
     Ok(out)
@@ -204,7 +225,9 @@ pub(super) fn attributes(
              WHERE device_id = ?1 AND (?2 IS NULL OR scope = ?2) ORDER BY scope, key",
         )
         .map_err(sql_error)?;
-    let mut rows = stmt.query(params![id(device), scope.map(AttributeScope::code)]).map_err(sql_error)?;
+    let mut rows = stmt
+        .query(params![id(device), scope.map(AttributeScope::code)])
+        .map_err(sql_error)?;
     let mut out = Vec::new();
     while let Some(row) = rows.next().map_err(sql_error)? {
         let key: String = row.get(1).map_err(sql_error)?;
@@ -218,7 +241,10 @@ pub(super) fn attributes(
             scope,
             key,
             last_update_ts: row.get(2).map_err(sql_error)?,
-            value: decode(row.get(3).map_err(sql_error)?, row.get_ref(4).map_err(sql_error)?)?,
+            value: decode(
+                row.get(3).map_err(sql_error)?,
+                row.get_ref(4).map_err(sql_error)?,
+            )?,
         });
     }
     Ok(out)
@@ -236,7 +262,9 @@ pub(super) fn attribute_keys(
         )
         .map_err(sql_error)?;
     let keys = stmt
-        .query_map(params![id(device), scope.map(AttributeScope::code)], |r| r.get(0))
+        .query_map(params![id(device), scope.map(AttributeScope::code)], |r| {
+            r.get(0)
+        })
         .map_err(sql_error)?
         .collect::<rusqlite::Result<Vec<String>>>()
         .map_err(sql_error)?;

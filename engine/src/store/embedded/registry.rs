@@ -30,7 +30,8 @@ struct Cache {
 impl Cache {
     fn insert(&mut self, device: Arc<Device>) {
         self.by_token.insert(device.token.0.clone(), device.clone());
-        self.by_name.insert((device.tenant_id, device.name.clone()), device.clone());
+        self.by_name
+            .insert((device.tenant_id, device.name.clone()), device.clone());
         self.by_id.insert(device.id, device);
     }
 
@@ -73,19 +74,17 @@ impl EmbeddedRegistry {
                 cache.insert(Arc::new(device?));
             }
         }
-        Ok(EmbeddedRegistry { db, cache: RwLock::new(cache), save_lock: tokio::sync::Mutex::new(()) })
-    }
-
-    pub fn len(&self) -> usize {
-        self.cache.read().by_id.len()
+        Ok(EmbeddedRegistry {
+            db,
+            cache: RwLock::new(cache),
+            save_lock: tokio::sync::Mutex::new(()),
+        })
     }
 }
 
 fn upsert(c: &Connection, d: &Device) -> rusqlite::Result<()> {
     c.execute(
-        &format!(
-            "INSERT OR REPLACE INTO device ({COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)"
-        ),
+        &format!("INSERT OR REPLACE INTO device ({COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)"),
         params![
             d.id.0.as_bytes(),
             d.tenant_id.0.as_bytes(),
@@ -114,14 +113,23 @@ impl DeviceRegistry for EmbeddedRegistry {
         tenant: TenantId,
         name: &str,
     ) -> Result<Option<Arc<Device>>, RegistryError> {
-        Ok(self.cache.read().by_name.get(&(tenant, name.to_owned())).cloned())
+        Ok(self
+            .cache
+            .read()
+            .by_name
+            .get(&(tenant, name.to_owned()))
+            .cloned())
     }
 
     async fn save(&self, device: Device) -> Result<Arc<Device>, RegistryError> {
         let _serial = self.save_lock.lock().await;
         {
             let cache = self.cache.read();
-            if cache.by_token.get(&device.token.0).is_some_and(|d| d.id != device.id) {
+            if cache
+                .by_token
+                .get(&device.token.0)
+                .is_some_and(|d| d.id != device.id)
+            {
                 return Err(RegistryError::DuplicateToken);
             }
             if cache
@@ -163,7 +171,11 @@ impl DeviceRegistry for EmbeddedRegistry {
             .by_id
             .values()
             .filter(|d| d.tenant_id == tenant)
-            .filter(|d| search.as_deref().is_none_or(|s| d.name.to_lowercase().starts_with(s)))
+            .filter(|d| {
+                search
+                    .as_deref()
+                    .is_none_or(|s| d.name.to_lowercase().starts_with(s))
+            })
             .collect();
         matching.sort_by(|a, b| a.name.cmp(&b.name));
         let total_elements = matching.len();
@@ -173,6 +185,9 @@ impl DeviceRegistry for EmbeddedRegistry {
             .take(page.page_size)
             .cloned()
             .collect();
-        Ok(Page { data, total_elements })
+        Ok(Page {
+            data,
+            total_elements,
+        })
     }
 }

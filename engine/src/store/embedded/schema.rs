@@ -71,7 +71,13 @@ pub(super) fn write_batch(c: &mut Connection, batch: &WriteBatch) -> rusqlite::R
         )?;
         for row in &batch.timeseries {
             let (kind, value) = encode(&row.value);
-            ts.execute(params![row.device_id.0.as_bytes(), row.key, row.ts, kind, value])?;
+            ts.execute(params![
+                row.device_id.0.as_bytes(),
+                row.key,
+                row.ts,
+                kind,
+                value
+            ])?;
         }
         // Only a newer point replaces the latest value: batches of one device arrive in order,
         // but a device may send an old timestamp after a new one.
@@ -83,7 +89,13 @@ pub(super) fn write_batch(c: &mut Connection, batch: &WriteBatch) -> rusqlite::R
         )?;
         for row in &batch.latest {
             let (kind, value) = encode(&row.value);
-            latest.execute(params![row.device_id.0.as_bytes(), row.key, row.ts, kind, value])?;
+            latest.execute(params![
+                row.device_id.0.as_bytes(),
+                row.key,
+                row.ts,
+                kind,
+                value
+            ])?;
         }
         let mut attrs = tx.prepare_cached(
             "INSERT INTO attribute_kv (device_id, scope, key, last_update_ts, type, v)
