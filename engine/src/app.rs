@@ -94,7 +94,7 @@ pub async fn start(config: Config, metrics: Option<PrometheusHandle>) -> anyhow:
         ingress: Arc::new(Ingress::new(producer, http_max)),
         metrics,
         device_api: DeviceApiConfig {
-            queue_wait: Duration::from_secs(5),
+            queue_wait: config.http.queue_wait,
         },
     });
     let mut server = HttpServer::new(move || {

@@ -64,6 +64,10 @@ pub struct HttpConfig {
     pub max_payload_size: ByteSize,
     /// Worker threads; 0 means one per core.
     pub workers: usize,
+    /// Longest an HTTP device API request waits for room in a full queue before it is answered
+    /// 503 with `Retry-After`.
+    #[serde(with = "humantime_serde")]
+    pub queue_wait: Duration,
 }
 
 #[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
@@ -164,6 +168,7 @@ impl Default for HttpConfig {
             bind: SocketAddr::from(([0, 0, 0, 0], 8080)),
             max_payload_size: ByteSize::kib(64),
             workers: 0,
+            queue_wait: Duration::from_secs(5),
         }
     }
 }

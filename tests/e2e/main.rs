@@ -1,6 +1,7 @@
 //! End-to-end tests: the real `engine` binary on loopback ports, real clients on real sockets.
 //! One test binary, one module per area.
 
+mod backpressure;
 mod durability;
 mod http_device_api;
 mod mqtt_device_api;

@@ -14,9 +14,9 @@ use serde_json::{Value, json};
 
 pub mod mqtt;
 
-/// The engine binary: `ENGINE_BIN`, else `engine` beside the test executable's profile dir.
+/// The engine binary: `E2E_ENGINE_BIN`, else `engine` beside the test executable's profile dir.
 pub fn engine_binary() -> PathBuf {
-    if let Ok(path) = std::env::var("ENGINE_BIN") {
+    if let Ok(path) = std::env::var("E2E_ENGINE_BIN") {
         return PathBuf::from(path);
     }
     let exe = std::env::current_exe().expect("test executable path");
@@ -28,7 +28,7 @@ pub fn engine_binary() -> PathBuf {
     let bin = profile_dir.join("engine");
     assert!(
         bin.exists(),
-        "engine binary not found at {}: build it first (`cargo build -p engine`) or set ENGINE_BIN",
+        "engine binary not found at {}: build it first (`cargo build -p engine`) or set E2E_ENGINE_BIN",
         bin.display()
     );
     bin

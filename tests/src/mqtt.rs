@@ -75,17 +75,32 @@ pub async fn connect_v3(
 impl Device3 {
     /// Publishes at QoS 1 and waits for its PUBACK or for the connection to close.
     pub async fn publish(&mut self, topic: &str, payload: impl Into<Vec<u8>>) -> Result<Outcome> {
+        self.send(topic, payload).await?;
+        self.outcome(WAIT)
+            .await?
+            .ok_or_else(|| anyhow!("neither PUBACK nor disconnect within {WAIT:?}"))
+    }
+
+    /// Sends a QoS 1 publish without waiting for its answer.
+    pub async fn send(&self, topic: &str, payload: impl Into<Vec<u8>>) -> Result<()> {
         self.client
             .publish(topic, QoS::AtLeastOnce, false, payload.into())
             .await
-            .map_err(|e| anyhow!("publish: {e}"))?;
+            .map_err(|e| anyhow!("publish: {e}"))
+    }
+
+    /// The next PUBACK or disconnect, or `None` when neither came within `wait`.
+    pub async fn outcome(&mut self, wait: Duration) -> Result<Option<Outcome>> {
+        let deadline = tokio::time::Instant::now() + wait;
         loop {
-            match tokio::time::timeout(WAIT, self.events.recv()).await {
-                Err(_) => bail!("neither PUBACK nor disconnect within {WAIT:?}"),
-                Ok(None | Some(Err(_))) => return Ok(Outcome::Disconnected),
-                Ok(Some(Ok(Event::Incoming(Packet::PubAck(_))))) => return Ok(Outcome::Acked(0)),
+            match tokio::time::timeout_at(deadline, self.events.recv()).await {
+                Err(_) => return Ok(None),
+                Ok(None | Some(Err(_))) => return Ok(Some(Outcome::Disconnected)),
+                Ok(Some(Ok(Event::Incoming(Packet::PubAck(_))))) => {
+                    return Ok(Some(Outcome::Acked(0)));
+                }
                 Ok(Some(Ok(Event::Incoming(Packet::Disconnect)))) => {
-                    return Ok(Outcome::Disconnected);
+                    return Ok(Some(Outcome::Disconnected));
                 }
                 Ok(Some(Ok(_))) => {}
             }
