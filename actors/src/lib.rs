@@ -11,6 +11,7 @@ pub mod payload;
 pub mod ports;
 pub mod session;
 pub mod sink;
+pub mod sink_supervisor;
 pub mod supervisor;
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;

@@ -31,6 +31,7 @@ pub const SINK_BATCH_MESSAGES: &str = "engine_sink_batch_messages";
 pub const SINK_WRITE_LATENCY: &str = "engine_sink_write_latency_seconds";
 pub const DATA_POINTS_STORED: &str = "engine_data_points_stored_total";
 pub const STORAGE_ERRORS: &str = "engine_storage_errors_total";
+pub const SINK_RESTARTS: &str = "engine_sink_restarts_total";
 
 /// Registers help texts and units with whatever recorder is installed.
 pub fn describe() {
@@ -96,4 +97,5 @@ pub fn describe() {
         STORAGE_ERRORS,
         "Failed storage writes, by kind (retryable, permanent)"
     );
+    describe_counter!(SINK_RESTARTS, "Sinks restarted after a crash");
 }

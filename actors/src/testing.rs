@@ -71,6 +71,16 @@ impl VecQueue {
     pub fn committed(&self) -> Option<u64> {
         lock(&self.inner).committed
     }
+
+    /// The same queue seen by a new consumer: reading resumes after the committed offset.
+    pub fn reopened(&self) -> VecQueue {
+        let mut inner = lock(&self.inner);
+        inner.read = inner
+            .committed
+            .map_or(0, |c| usize::try_from(c + 1).unwrap_or(usize::MAX));
+        drop(inner);
+        self.clone()
+    }
 }
 
 #[async_trait]
@@ -109,11 +119,17 @@ impl Consumer for VecQueue {
 pub struct MemStore {
     batches: Mutex<Vec<Arc<WriteBatch>>>,
     down: AtomicBool,
+    panic_next: AtomicBool,
 }
 
 impl MemStore {
     pub fn set_down(&self, down: bool) {
         self.down.store(down, Ordering::SeqCst);
+    }
+
+    /// The next write panics (a bug in a store, as the sink sees it).
+    pub fn panic_on_next_write(&self) {
+        self.panic_next.store(true, Ordering::SeqCst);
     }
 
     pub fn points(&self) -> usize {
@@ -131,6 +147,10 @@ impl Store for MemStore {
         if self.down.load(Ordering::SeqCst) {
             return Err(StoreError::Unavailable("test store is down".into()));
         }
+        assert!(
+            !self.panic_next.swap(false, Ordering::SeqCst),
+            "test store told to panic"
+        );
         lock(&self.batches).push(batch);
         Ok(())
     }

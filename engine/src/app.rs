@@ -9,7 +9,8 @@ use std::time::Duration;
 use actix_web::{App, HttpServer, web};
 use actors::ingress::Ingress;
 use actors::ports::{DeviceRegistry, Store};
-use actors::sink::{Sink, SinkArgs, SinkConfig, SinkMsg};
+use actors::sink::{SinkArgs, SinkConfig};
+use actors::sink_supervisor::{MakeSink, SinkSupervisor, SinkSupervisorArgs, SinkSupervisorMsg};
 use actors::supervisor::{SessionSupervisor, SupervisorMsg};
 use anyhow::Context;
 use metrics_exporter_prometheus::PrometheusHandle;
@@ -30,7 +31,7 @@ pub struct Running {
     queue: MemoryQueue,
     http: actix_web::dev::ServerHandle,
     http_task: JoinHandle<std::io::Result<()>>,
-    sinks: Vec<(ActorRef<SinkMsg>, JoinHandle<()>)>,
+    sinks: (ActorRef<SinkSupervisorMsg>, JoinHandle<()>),
     supervisor: ActorRef<SupervisorMsg>,
     shutdown_timeout: Duration,
 }
@@ -58,15 +59,21 @@ pub async fn start(config: Config, metrics: Option<PrometheusHandle>) -> anyhow:
         retry_base: config.store.retry_base,
         retry_max: config.store.retry_max,
     };
-    let mut sinks = Vec::new();
-    for i in 0..queue.consumers() {
-        let args = SinkArgs {
-            consumer: Box::new(queue.consumer(i)),
-            store: store.clone(),
-            config: sink_config.clone(),
-        };
-        sinks.push(Actor::spawn(Some(format!("sink-{i}")), Sink, args).await?);
-    }
+    let (sink_queue, sink_store) = (queue.clone(), store.clone());
+    let make: MakeSink = Arc::new(move |i| SinkArgs {
+        consumer: Box::new(sink_queue.consumer(i)),
+        store: sink_store.clone(),
+        config: sink_config.clone(),
+    });
+    let sinks = Actor::spawn(
+        Some("sinks".into()),
+        SinkSupervisor,
+        SinkSupervisorArgs {
+            sinks: queue.consumers(),
+            make,
+        },
+    )
+    .await?;
     let (supervisor, _) = Actor::spawn(Some("sessions".into()), SessionSupervisor, ()).await?;
 
     let mqtt_listener = bind(config.mqtt.bind, "MQTT")?;
@@ -140,13 +147,10 @@ impl Running {
             "listeners closed, draining the queue into storage"
         );
         let drain = async {
-            let mut stored = 0;
-            for (sink, join) in self.sinks {
-                let stats = ractor::call!(sink, SinkMsg::Drain).context("sink died")?;
-                stored += stats.messages;
-                let _ = join.await;
-            }
-            anyhow::Ok(stored)
+            let (sinks, join) = self.sinks;
+            let stats = ractor::call!(sinks, SinkSupervisorMsg::Drain).context("sinks died")?;
+            let _ = join.await;
+            anyhow::Ok(stats.messages)
         };
         let result = tokio::time::timeout(self.shutdown_timeout, drain).await;
         self.supervisor.stop(None);

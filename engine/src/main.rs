@@ -33,6 +33,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Run the engine (embedded queue and store by default: no external servers needed)
+    #[command(after_help = SERVE_AFTER_HELP)]
     Serve(ServeArgs),
     /// Print the Argon2 hash of a password, for `auth.password_hash`; reads the password from
     /// standard input when not given
@@ -42,10 +43,14 @@ enum Command {
     },
 }
 
-/// Options of `engine serve`. Every option of the configuration file (see
-/// `engine.example.toml`) can also be set as ENGINE_<SECTION>__<OPTION>, e.g.
-/// ENGINE_MQTT__MAX_PAYLOAD_SIZE=128KiB. Flags win over the environment, the environment over
-/// the file.
+const SERVE_AFTER_HELP: &str = "\
+Every option of the configuration file (all documented in engine.example.toml) can also be set
+as an environment variable ENGINE_<SECTION>__<OPTION>, e.g. ENGINE_MQTT__MAX_PAYLOAD_SIZE=128KiB
+or ENGINE_DATA_DIR=/var/lib/engine. Flags win over the environment, the environment over the
+file. SIGTERM or SIGINT stops the engine gracefully: it stops accepting, stores everything it
+acknowledged, and exits 0.";
+
+/// Options of `engine serve`.
 #[derive(clap::Args)]
 struct ServeArgs {
     /// TOML configuration file; every option has a default
