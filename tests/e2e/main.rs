@@ -4,6 +4,7 @@
 mod backpressure;
 mod durability;
 mod http_device_api;
+mod loadgen;
 mod mqtt_device_api;
 mod rest_api;
 

@@ -16,19 +16,28 @@ pub mod mqtt;
 
 /// The engine binary: `E2E_ENGINE_BIN`, else `engine` beside the test executable's profile dir.
 pub fn engine_binary() -> PathBuf {
-    if let Ok(path) = std::env::var("E2E_ENGINE_BIN") {
+    workspace_binary("engine", "E2E_ENGINE_BIN")
+}
+
+/// The load generator binary: `E2E_LOADGEN_BIN`, else `loadgen` from the same build.
+pub fn loadgen_binary() -> PathBuf {
+    workspace_binary("loadgen", "E2E_LOADGEN_BIN")
+}
+
+fn workspace_binary(name: &str, env: &str) -> PathBuf {
+    if let Ok(path) = std::env::var(env) {
         return PathBuf::from(path);
     }
     let exe = std::env::current_exe().expect("test executable path");
-    // target/<profile>/deps/e2e-<hash> -> target/<profile>/engine
+    // target/<profile>/deps/e2e-<hash> -> target/<profile>/<name>
     let profile_dir = exe
         .parent()
         .and_then(Path::parent)
         .expect("target profile dir");
-    let bin = profile_dir.join("engine");
+    let bin = profile_dir.join(name);
     assert!(
         bin.exists(),
-        "engine binary not found at {}: build it first (`cargo build -p engine`) or set E2E_ENGINE_BIN",
+        "{name} binary not found at {}: build it first (`cargo build --workspace --bins`) or set {env}",
         bin.display()
     );
     bin

@@ -1,0 +1,150 @@
+//! The load generator against the real engine: devices provisioned over REST, a few seconds of
+//! load, and `--verify` confirming every acknowledged data point is stored.
+
+use std::process::Command;
+
+use anyhow::{Context, Result};
+use serde_json::Value;
+use tests::{Engine, loadgen_binary};
+
+fn loadgen(args: &[&str]) -> Result<(bool, String, Value)> {
+    let dir = tempfile::tempdir()?;
+    let json = dir.path().join("report.json");
+    let out = Command::new(loadgen_binary())
+        .args(args)
+        .arg("--quiet")
+        .arg("--json")
+        .arg(&json)
+        .output()
+        .context("running loadgen")?;
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: Value = std::fs::read_to_string(&json)
+        .ok()
+        .and_then(|t| serde_json::from_str(&t).ok())
+        .unwrap_or(Value::Null);
+    Ok((out.status.success(), text, report))
+}
+
+fn check_verified(ok: bool, text: &str, report: &Value) {
+    assert!(ok, "loadgen failed:\n{text}");
+    let acked = report["acked"].as_u64().unwrap_or(0);
+    assert!(acked > 0, "nothing acknowledged:\n{text}");
+    assert_eq!(report["verify"]["missing_devices"], 0, "{text}");
+    assert_eq!(report["verify"]["expected"].as_u64(), Some(acked), "{text}");
+    assert!(report["verify"]["stored"].as_u64() >= Some(acked), "{text}");
+    assert!(
+        report["latency_ms"]["p99"]
+            .as_f64()
+            .is_some_and(|p| p > 0.0),
+        "{text}"
+    );
+    assert!(
+        text.contains("verify"),
+        "the report shows the verification:\n{text}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn mqtt_load_is_stored_in_full() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let engine = Engine::start(dir.path())?;
+    let http = engine.url("");
+    let target = engine.mqtt.to_string();
+    let (ok, text, report) = loadgen(&[
+        "mqtt",
+        "--target",
+        &target,
+        "--devices",
+        "20",
+        "--provision",
+        &http,
+        "--verify",
+        &http,
+        "--duration",
+        "2s",
+        "--source-addrs",
+        "2",
+    ])?;
+    check_verified(ok, &text, &report);
+    assert_eq!(report["connections_ok"], 20, "{text}");
+
+    // Open loop: a set rate and a set number of messages.
+    let (ok, text, report) = loadgen(&[
+        "mqtt",
+        "--target",
+        &target,
+        "--devices",
+        "10",
+        "--provision",
+        &http,
+        "--verify",
+        &http,
+        "--rate",
+        "500",
+        "--messages",
+        "600",
+        "--profile",
+        "industrial-plc",
+    ])?;
+    check_verified(ok, &text, &report);
+    assert_eq!(report["acked"], 600, "{text}");
+    assert!(
+        report["schedule_lag_ms"]["count"].as_u64() == Some(600),
+        "{text}"
+    );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn http_load_is_stored_in_full() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let engine = Engine::start(dir.path())?;
+    let http = engine.url("");
+    let (ok, text, report) = loadgen(&[
+        "http",
+        "--url",
+        &http,
+        "--devices",
+        "8",
+        "--concurrency",
+        "8",
+        "--provision",
+        &http,
+        "--verify",
+        &http,
+        "--messages",
+        "400",
+        "--profile",
+        "smart-tracker",
+    ])?;
+    check_verified(ok, &text, &report);
+    assert_eq!(report["acked"], 400, "{text}");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn bad_tokens_are_reported_as_refused_connections() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let engine = Engine::start(dir.path())?;
+    let target = engine.mqtt.to_string();
+    // No --provision: the tokens do not exist.
+    let (ok, text, report) = loadgen(&[
+        "mqtt",
+        "--target",
+        &target,
+        "--devices",
+        "3",
+        "--messages",
+        "3",
+        "--token-prefix",
+        "nobody-",
+    ])?;
+    assert!(!ok, "a run where no device could connect fails:\n{text}");
+    assert_eq!(report["connections_failed"], 3, "{text}");
+    assert!(text.contains("unknown access token (0x05)"), "{text}");
+    Ok(())
+}
