@@ -9,9 +9,10 @@ cd "$(dirname "$0")/.."
 as_root() { if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi; }
 
 # Debian packages the end-to-end tests use: mosquitto_pub (a real MQTT client, the reference's
-# own command lines).
+# own command lines) and prometheus (the dashboards' queries are checked against it).
 packages=()
 command -v mosquitto_pub >/dev/null || packages+=(mosquitto-clients)
+command -v prometheus >/dev/null || packages+=(prometheus)
 if [ ${#packages[@]} -gt 0 ]; then
   echo "== installing ${packages[*]}"
   as_root apt-get update -qq

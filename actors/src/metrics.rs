@@ -99,3 +99,94 @@ pub fn describe() {
     );
     describe_counter!(SINK_RESTARTS, "Sinks restarted after a crash");
 }
+
+/// Every `reason` of `engine_messages_rejected_total`.
+pub const REJECT_REASONS: &[&str] = &[
+    "empty",
+    "invalid_json",
+    "wrong_shape",
+    "null_value",
+    "big_integer",
+    "bad_timestamp",
+    "bad_values",
+    "empty_key",
+    "too_large",
+    "unknown_topic",
+    "queue_closed",
+    "queue_unavailable",
+    "queue_rejected",
+];
+
+/// Every `reason` of `engine_connections_refused_total`.
+pub const REFUSE_REASONS: &[&str] = &["empty_token", "bad_token"];
+
+pub const TRANSPORTS: &[&str] = &["mqtt", "http"];
+
+/// Creates every labelled counter at zero, so dashboards and alerts see 0 before the first
+/// event instead of no series at all.
+pub fn register_zero() {
+    use metrics::counter;
+    for &transport in TRANSPORTS {
+        for &reason in REJECT_REASONS {
+            counter!(MESSAGES_REJECTED, "transport" => transport, "reason" => reason).absolute(0);
+        }
+        for &reason in REFUSE_REASONS {
+            counter!(CONNECTIONS_REFUSED, "transport" => transport, "reason" => reason).absolute(0);
+        }
+        counter!(MESSAGES_RECEIVED, "transport" => transport).absolute(0);
+        counter!(MESSAGES_ACCEPTED, "transport" => transport).absolute(0);
+        counter!(DATA_POINTS_RECEIVED, "transport" => transport).absolute(0);
+    }
+    for kind in ["retryable", "permanent"] {
+        counter!(STORAGE_ERRORS, "kind" => kind).absolute(0);
+    }
+    counter!(SINK_RESTARTS).absolute(0);
+    counter!(SESSIONS_FAILED).absolute(0);
+    counter!(DATA_POINTS_STORED).absolute(0);
+    metrics::gauge!(SESSIONS_ACTIVE, "transport" => "mqtt").increment(0.0);
+    metrics::gauge!(MAILBOX_DEPTH, "mailbox" => "session").increment(0.0);
+    metrics::gauge!(QUEUE_DEPTH).increment(0.0);
+    // The exporter shows a histogram only once it has a sample: one zero wait makes the
+    // "time blocked" series exist (their `_sum`, the total wait, is unchanged).
+    metrics::histogram!(MAILBOX_BLOCKED, "mailbox" => "session").record(0.0);
+    metrics::histogram!(QUEUE_PRODUCE_BLOCKED).record(0.0);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ingress::Rejection;
+    use crate::payload::PayloadError;
+    use crate::ports::QueueError;
+
+    #[test]
+    fn every_rejection_reason_is_registered() {
+        let rejections = [
+            Rejection::Payload(PayloadError::Empty),
+            Rejection::Payload(PayloadError::InvalidJson(String::new())),
+            Rejection::Payload(PayloadError::WrongShape {
+                found: "",
+                expected: "",
+            }),
+            Rejection::Payload(PayloadError::NullValue { key: String::new() }),
+            Rejection::Payload(PayloadError::BigInteger {
+                key: String::new(),
+                text: String::new(),
+            }),
+            Rejection::Payload(PayloadError::BadTimestamp(String::new())),
+            Rejection::Payload(PayloadError::BadValues),
+            Rejection::Payload(PayloadError::EmptyKey),
+            Rejection::TooLarge { size: 0, max: 0 },
+            Rejection::Queue(QueueError::Closed),
+            Rejection::Queue(QueueError::Unavailable(String::new())),
+            Rejection::Queue(QueueError::Rejected(String::new())),
+        ];
+        for r in rejections {
+            assert!(
+                REJECT_REASONS.contains(&r.reason()),
+                "{} is not in REJECT_REASONS",
+                r.reason()
+            );
+        }
+    }
+}

@@ -28,6 +28,7 @@ pub fn install() -> anyhow::Result<PrometheusHandle> {
         .set_buckets_for_metric(Matcher::Full(SINK_BATCH_MESSAGES.into()), BATCH_BUCKETS)?
         .install_recorder()?;
     actors::metrics::describe();
+    actors::metrics::register_zero();
     process().describe();
     let upkeep = handle.clone();
     tokio::spawn(async move {

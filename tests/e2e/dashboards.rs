@@ -1,0 +1,232 @@
+//! The Grafana dashboards against a real Prometheus (Debian's `prometheus`) scraping a running
+//! engine under load from `loadgen`: every PromQL expression of every dashboard must evaluate
+//! without error, return series, and name only metrics the engine exports.
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail, ensure};
+use serde_json::Value;
+use tests::{Engine, loadgen_binary};
+
+struct Prometheus {
+    child: Child,
+    url: String,
+}
+
+impl Drop for Prometheus {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn free_port() -> Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
+}
+
+async fn start_prometheus(dir: &Path, target: &str) -> Result<Prometheus> {
+    let config = dir.join("prometheus.yml");
+    std::fs::write(
+        &config,
+        format!(
+            "global:\n  scrape_interval: 1s\nscrape_configs:\n  - job_name: engine\n    static_configs:\n      - targets: [\"{target}\"]\n"
+        ),
+    )?;
+    let port = free_port()?;
+    let child = Command::new("prometheus")
+        .arg(format!("--config.file={}", config.display()))
+        .arg(format!(
+            "--storage.tsdb.path={}",
+            dir.join("tsdb").display()
+        ))
+        .arg(format!("--web.listen-address=127.0.0.1:{port}"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .context(
+            "prometheus is not installed (Debian package prometheus); tests/run.sh installs it",
+        )?;
+    let prom = Prometheus {
+        child,
+        url: format!("http://127.0.0.1:{port}"),
+    };
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        if let Ok(r) = reqwest::get(format!("{}/-/ready", prom.url)).await
+            && r.status().is_success()
+        {
+            return Ok(prom);
+        }
+        if Instant::now() > deadline {
+            bail!("prometheus did not become ready within 60 s");
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+fn dashboards() -> Result<Vec<(String, Value)>> {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../grafana/dashboards");
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(&dir).with_context(|| format!("{}", dir.display()))? {
+        let path = entry?.path();
+        if path.extension().is_some_and(|e| e == "json") {
+            let json: Value = serde_json::from_str(&std::fs::read_to_string(&path)?)
+                .with_context(|| format!("{} is not JSON", path.display()))?;
+            out.push((
+                path.file_name()
+                    .map(|n| n.to_string_lossy().into_owned())
+                    .unwrap_or_default(),
+                json,
+            ));
+        }
+    }
+    ensure!(
+        out.len() >= 2,
+        "expected the overview and per-transport dashboards"
+    );
+    Ok(out)
+}
+
+fn exprs(value: &Value, out: &mut Vec<String>) {
+    match value {
+        Value::Object(map) => {
+            for (k, v) in map {
+                match (k.as_str(), v) {
+                    ("expr", Value::String(e)) => out.push(e.clone()),
+                    _ => exprs(v, out),
+                }
+            }
+        }
+        Value::Array(items) => items.iter().for_each(|v| exprs(v, out)),
+        _ => {}
+    }
+}
+
+/// Grafana's variables as a user would pick them.
+fn substitute(expr: &str) -> String {
+    expr.replace("$__rate_interval", "1m")
+        .replace("$instance", ".*")
+        .replace("$transport", "mqtt")
+}
+
+fn metric_names(expr: &str) -> BTreeSet<String> {
+    expr.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_' || c == ':'))
+        .filter(|w| w.starts_with("engine_") || w.starts_with("process_"))
+        .map(str::to_owned)
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn every_dashboard_query_returns_series() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let engine = Engine::start(&dir.path().join("engine"))?;
+    let prom = start_prometheus(dir.path(), &engine.http.to_string()).await?;
+
+    // Load for a few seconds while Prometheus scrapes every second.
+    let http = engine.url("");
+    let target = engine.mqtt.to_string();
+    let load = tokio::task::spawn_blocking(move || {
+        Command::new(loadgen_binary())
+            .args([
+                "mqtt",
+                "--target",
+                &target,
+                "--devices",
+                "10",
+                "--provision",
+                &http,
+                "--rate",
+                "500",
+                "--duration",
+                "6s",
+                "--quiet",
+            ])
+            .output()
+    });
+    let out = load.await??;
+    ensure!(
+        out.status.success(),
+        "loadgen failed: {}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    // A bad payload over HTTP, so rejections are not only zeroes.
+    let bad = reqwest::Client::new()
+        .post(engine.url("/api/v1/loadgen-0/telemetry"))
+        .body("{oops")
+        .send()
+        .await?;
+    ensure!(bad.status().as_u16() == 400);
+    tokio::time::sleep(Duration::from_secs(3)).await;
+
+    let exposition = reqwest::get(engine.url("/metrics")).await?.text().await?;
+    let exported: BTreeSet<String> = exposition
+        .lines()
+        .filter(|l| !l.starts_with('#') && !l.is_empty())
+        .filter_map(|l| l.split(['{', ' ']).next())
+        .map(str::to_owned)
+        .collect();
+
+    let mut failures = Vec::new();
+    let mut checked = 0;
+    for (file, dashboard) in dashboards()? {
+        let mut list = Vec::new();
+        exprs(&dashboard["panels"], &mut list);
+        ensure!(!list.is_empty(), "{file} has no queries");
+        for expr in list {
+            checked += 1;
+            for name in metric_names(&expr) {
+                if !exported.contains(&name) {
+                    failures.push(format!(
+                        "{file}: {expr}\n  names {name}, which the engine does not export"
+                    ));
+                }
+            }
+            let query = substitute(&expr);
+            let resp: Value = reqwest::Client::new()
+                .get(format!("{}/api/v1/query", prom.url))
+                .query(&[("query", query.as_str())])
+                .send()
+                .await?
+                .json()
+                .await?;
+            if resp["status"] != "success" {
+                failures.push(format!("{file}: {query}\n  error: {}", resp["error"]));
+            } else if resp["data"]["result"].as_array().is_none_or(Vec::is_empty) {
+                failures.push(format!("{file}: {query}\n  returned no series"));
+            }
+        }
+    }
+    ensure!(
+        failures.is_empty(),
+        "{} of {checked} dashboard queries failed:\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
+    Ok(())
+}
+
+#[test]
+fn provisioning_points_at_the_dashboards_and_the_datasource_they_use() -> Result<()> {
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../grafana/provisioning");
+    let datasource = std::fs::read_to_string(root.join("datasources/prometheus.yaml"))?;
+    ensure!(
+        datasource.contains("uid: prometheus"),
+        "the dashboards use datasource uid \"prometheus\""
+    );
+    let provider = std::fs::read_to_string(root.join("dashboards/engine.yaml"))?;
+    ensure!(provider.contains("type: file") && provider.contains("GRAFANA_DASHBOARDS_DIR"));
+    for (file, dashboard) in dashboards()? {
+        ensure!(dashboard["uid"].is_string(), "{file} needs a stable uid");
+        let text = dashboard.to_string();
+        ensure!(
+            !text.contains("\"uid\":\"${"),
+            "{file} must not use an unresolved datasource input"
+        );
+    }
+    Ok(())
+}
