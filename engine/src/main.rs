@@ -113,6 +113,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         .with_writer(std::io::stderr)
         .init();
 
+    raise_open_files_limit();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .thread_name("engine")
@@ -125,6 +126,16 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         wait_for_signal().await?;
         running.shutdown().await
     })
+}
+
+/// Every device connection is a descriptor: take the hard limit, not the (often 1024) soft one.
+fn raise_open_files_limit() {
+    if let Ok((soft, hard)) = rlimit::Resource::NOFILE.get()
+        && soft < hard
+        && rlimit::Resource::NOFILE.set(hard, hard).is_ok()
+    {
+        info!(from = soft, to = hard, "raised the open files limit");
+    }
 }
 
 async fn wait_for_signal() -> anyhow::Result<()> {

@@ -56,6 +56,9 @@ pub struct CommonArgs {
     /// (e.g. http://127.0.0.1:8080); existing devices with the same token are reused
     #[arg(long, value_name = "URL")]
     pub provision: Option<String>,
+    /// Only create the devices (with --provision), then exit without connecting
+    #[arg(long, requires = "provision")]
+    pub provision_only: bool,
     /// REST login for --provision and --verify
     #[arg(long, default_value = "tenant@thingsboard.org")]
     pub username: String,
@@ -293,6 +296,9 @@ async fn execute(
             .await
             .context("provisioning devices")?;
         eprintln!("provisioned {} devices", names.len());
+        if common.provision_only {
+            return Ok(true);
+        }
     }
     let run = Arc::new(build_run(&common, ramp)?);
     let (done_tx, done_rx) = tokio::sync::oneshot::channel();
