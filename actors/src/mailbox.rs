@@ -5,28 +5,35 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use metrics::{gauge, histogram};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore, TryAcquireError};
+use metrics::{Gauge, Histogram, gauge, histogram};
+use tokio::sync::{Semaphore, TryAcquireError};
 
 use crate::metrics::{MAILBOX_BLOCKED, MAILBOX_DEPTH};
 
 /// The permits of one bounded mailbox.
 #[derive(Clone, Debug)]
 pub struct Bound {
-    permits: Arc<Semaphore>,
-    name: &'static str,
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    permits: Semaphore,
+    /// Handles resolved once per mailbox, not per message.
+    depth: Gauge,
+    blocked: Histogram,
 }
 
 /// A taken place in a mailbox, freed when dropped (that is, when the message was handled).
 #[derive(Debug)]
 pub struct Ticket {
-    _permit: OwnedSemaphorePermit,
-    name: &'static str,
+    inner: Arc<Inner>,
 }
 
 impl Drop for Ticket {
     fn drop(&mut self) {
-        gauge!(MAILBOX_DEPTH, "mailbox" => self.name).decrement(1.0);
+        self.inner.permits.add_permits(1);
+        self.inner.depth.decrement(1.0);
     }
 }
 
@@ -34,32 +41,34 @@ impl Bound {
     /// `name` labels the metrics; `capacity` is how many messages may wait.
     pub fn new(name: &'static str, capacity: usize) -> Bound {
         Bound {
-            permits: Arc::new(Semaphore::new(capacity.max(1))),
-            name,
+            inner: Arc::new(Inner {
+                permits: Semaphore::new(capacity.max(1)),
+                depth: gauge!(MAILBOX_DEPTH, "mailbox" => name),
+                blocked: histogram!(MAILBOX_BLOCKED, "mailbox" => name),
+            }),
         }
     }
 
     /// Waits for room; `None` once the mailbox was closed.
     pub async fn ticket(&self) -> Option<Ticket> {
-        let permit = match self.permits.clone().try_acquire_owned() {
-            Ok(permit) => permit,
+        let inner = &self.inner;
+        match inner.permits.try_acquire() {
+            Ok(permit) => permit.forget(),
             Err(TryAcquireError::Closed) => return None,
             Err(TryAcquireError::NoPermits) => {
                 let started = Instant::now();
-                let permit = self.permits.clone().acquire_owned().await.ok()?;
-                histogram!(MAILBOX_BLOCKED, "mailbox" => self.name).record(started.elapsed());
-                permit
+                inner.permits.acquire().await.ok()?.forget();
+                inner.blocked.record(started.elapsed());
             }
-        };
-        gauge!(MAILBOX_DEPTH, "mailbox" => self.name).increment(1.0);
+        }
+        inner.depth.increment(1.0);
         Some(Ticket {
-            _permit: permit,
-            name: self.name,
+            inner: inner.clone(),
         })
     }
 
     pub fn close(&self) {
-        self.permits.close();
+        self.inner.permits.close();
     }
 }
 

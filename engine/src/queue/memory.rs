@@ -14,7 +14,7 @@ use actors::metrics::{QUEUE_DEPTH, QUEUE_PRODUCE_BLOCKED};
 use actors::model::{DeviceId, SharedMessage};
 use actors::ports::{Consumer, Delivered, Delivery, Producer, QueueError};
 use async_trait::async_trait;
-use metrics::{gauge, histogram};
+use metrics::{Gauge, Histogram, gauge, histogram};
 use parking_lot::Mutex;
 use tokio::sync::{Notify, Semaphore, TryAcquireError};
 
@@ -25,6 +25,9 @@ pub struct MemoryQueue {
 
 struct Shared {
     partitions: Vec<Partition>,
+    /// Metric handles resolved once, not per message.
+    depth: Gauge,
+    blocked: Histogram,
     /// Wakes the consumer of a partition set; one per consumer.
     wakers: Vec<Arc<Notify>>,
 }
@@ -63,7 +66,12 @@ impl MemoryQueue {
             })
             .collect();
         MemoryQueue {
-            shared: Arc::new(Shared { partitions, wakers }),
+            shared: Arc::new(Shared {
+                partitions,
+                wakers,
+                depth: gauge!(QUEUE_DEPTH),
+                blocked: histogram!(QUEUE_PRODUCE_BLOCKED),
+            }),
         }
     }
 
@@ -129,14 +137,14 @@ impl Producer for MemoryQueue {
                     .acquire()
                     .await
                     .map_err(|_| QueueError::Closed)?;
-                histogram!(QUEUE_PRODUCE_BLOCKED).record(started.elapsed());
+                self.shared.blocked.record(started.elapsed());
                 permit
             }
         };
         // The place is given back by `commit`, not when this permit goes out of scope.
         permit.forget();
         partition.log.lock().messages.push_back(message);
-        gauge!(QUEUE_DEPTH).increment(1.0);
+        self.shared.depth.increment(1.0);
         partition.waker.notify_one();
         Ok(Delivery::Done(Ok(())))
     }
@@ -212,7 +220,7 @@ impl Consumer for MemoryConsumer {
             #[allow(clippy::cast_possible_truncation)]
             partition.room.add_permits(freed as usize);
             #[allow(clippy::cast_precision_loss)]
-            gauge!(QUEUE_DEPTH).decrement(freed as f64);
+            self.shared.depth.decrement(freed as f64);
         }
         Ok(())
     }
