@@ -107,7 +107,8 @@ pub struct QueueConfig {
     /// Partitions; a device's messages always go to the same one, in order.
     pub partitions: u32,
     /// Messages a partition holds until a sink commits them. When full, senders wait: MQTT
-    /// PUBACKs and HTTP responses are held back.
+    /// PUBACKs and HTTP responses are held back. The total is how far ingest may run ahead of
+    /// storage, and so bounds the acknowledgement delay under sustained overload.
     pub partition_capacity: usize,
 }
 
@@ -195,7 +196,7 @@ impl Default for QueueConfig {
         QueueConfig {
             kind: QueueKind::Memory,
             partitions: 8,
-            partition_capacity: 20_000,
+            partition_capacity: 5_000,
         }
     }
 }
