@@ -5,8 +5,6 @@ use serde_json::json;
 use tests::Engine;
 use tests::mqtt::{Outcome, connect_v3};
 
-use crate::SETTLE;
-
 #[tokio::test(flavor = "multi_thread")]
 async fn acknowledged_qos1_messages_survive_sigterm_and_restart() -> Result<()> {
     let dir = tempfile::tempdir()?;
@@ -57,6 +55,5 @@ async fn acknowledged_qos1_messages_survive_sigterm_and_restart() -> Result<()> 
     }
     // The devices and their tokens survived too.
     assert!(connect_v3(&engine, "DURABLE_0", "again").await.is_ok());
-    let _ = SETTLE;
     Ok(())
 }
