@@ -58,11 +58,6 @@ impl Rejection {
             Rejection::Queue(QueueError::Rejected(_)) => "queue_rejected",
         }
     }
-
-    /// The device sent something wrong (as opposed to the engine being unable to take it).
-    pub fn is_bad_payload(&self) -> bool {
-        matches!(self, Rejection::Payload(_) | Rejection::TooLarge { .. })
-    }
 }
 
 /// The shared uplink path. Cheap to clone behind an `Arc`; holds no per-device state.
@@ -133,10 +128,6 @@ impl Ingress {
                 TransportMetrics::new(Transport::Http),
             ],
         }
-    }
-
-    pub fn max_payload(&self) -> usize {
-        self.max_payload
     }
 
     /// Checks, parses and enqueues one uplink. Waits while the queue is full.

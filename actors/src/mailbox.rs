@@ -49,7 +49,7 @@ impl Bound {
         }
     }
 
-    /// Waits for room; `None` once the mailbox was closed.
+    /// Waits for room; `None` if the semaphore was closed (it never is while a `Bound` lives).
     pub async fn ticket(&self) -> Option<Ticket> {
         let inner = &self.inner;
         match inner.permits.try_acquire() {
@@ -65,10 +65,6 @@ impl Bound {
         Some(Ticket {
             inner: inner.clone(),
         })
-    }
-
-    pub fn close(&self) {
-        self.inner.permits.close();
     }
 }
 
@@ -87,7 +83,5 @@ mod tests {
         drop(a);
         let third = tokio::time::timeout(Duration::from_secs(5), bound.ticket()).await;
         assert!(matches!(third, Ok(Some(_))));
-        bound.close();
-        assert!(bound.ticket().await.is_none());
     }
 }

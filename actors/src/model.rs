@@ -89,16 +89,6 @@ impl KvValue {
             KvValue::String(s) | KvValue::Json(s) => s.clone(),
         }
     }
-
-    pub fn type_name(&self) -> &'static str {
-        match self {
-            KvValue::Bool(_) => "BOOLEAN",
-            KvValue::Long(_) => "LONG",
-            KvValue::Double(_) => "DOUBLE",
-            KvValue::String(_) => "STRING",
-            KvValue::Json(_) => "JSON",
-        }
-    }
 }
 
 /// Java's `Double.toString` for the values devices send: always with a fractional part.

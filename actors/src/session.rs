@@ -158,11 +158,6 @@ impl<P: AsRef<[u8]> + Send + 'static> SessionHandle<P> {
             _ => Err(SessionError::Gone),
         }
     }
-
-    pub fn stop(&self) {
-        self.bound.close();
-        self.actor.stop(None);
-    }
 }
 
 impl<P> Drop for SessionHandle<P> {
