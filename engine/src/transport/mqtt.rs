@@ -358,6 +358,23 @@ async fn control_v5(
 
 // --- the server --------------------------------------------------------------------------------
 
+/// The per-connection service ntex builds from the connection's session: each request goes to
+/// `handler` together with that session.
+fn per_session<S, Req, Res, Fut>(
+    handler: fn(S, Req) -> Fut,
+) -> impl ntex::service::ServiceFactory<Req, S, Response = Res, Error = Fault, InitError = Fault>
+where
+    S: Clone + 'static,
+    Req: 'static,
+    Fut: Future<Output = Result<Res, Fault>> + 'static,
+{
+    ntex::service::fn_factory_with_config(move |session: S| {
+        ntex::util::Ready::Ok::<_, Fault>(ntex::service::fn_service(move |req| {
+            handler(session.clone(), req)
+        }))
+    })
+}
+
 pub struct MqttServer {
     server: ntex::server::Server,
     thread: Option<JoinHandle<()>>,
@@ -418,61 +435,13 @@ impl MqttServer {
                             async move {
                                 ntex_mqtt::MqttServer::new()
                                     .v3(v3::MqttServer::new(move |hs| handshake_v3(c3.clone(), hs))
-                                        .protocol(ntex::service::fn_factory_with_config(
-                                            |session: v3::Session<Connection>| {
-                                                ntex::util::Ready::Ok::<_, Fault>(
-                                                    ntex::service::fn_service(move |m| {
-                                                        protocol_v3(session.clone(), m)
-                                                    }),
-                                                )
-                                            },
-                                        ))
-                                        .control(ntex::service::fn_factory_with_config(
-                                            |session: v3::Session<Connection>| {
-                                                ntex::util::Ready::Ok::<_, Fault>(
-                                                    ntex::service::fn_service(move |m| {
-                                                        control_v3(session.clone(), m)
-                                                    }),
-                                                )
-                                            },
-                                        ))
-                                        .publish(ntex::service::fn_factory_with_config(
-                                            |session: v3::Session<Connection>| {
-                                                ntex::util::Ready::Ok::<_, Fault>(
-                                                    ntex::service::fn_service(move |p| {
-                                                        publish_v3(session.clone(), p)
-                                                    }),
-                                                )
-                                            },
-                                        )))
+                                        .protocol(per_session(protocol_v3))
+                                        .control(per_session(control_v3))
+                                        .publish(per_session(publish_v3)))
                                     .v5(v5::MqttServer::new(move |hs| handshake_v5(c5.clone(), hs))
-                                        .protocol(ntex::service::fn_factory_with_config(
-                                            |session: v5::Session<Connection>| {
-                                                ntex::util::Ready::Ok::<_, Fault>(
-                                                    ntex::service::fn_service(move |m| {
-                                                        protocol_v5(session.clone(), m)
-                                                    }),
-                                                )
-                                            },
-                                        ))
-                                        .control(ntex::service::fn_factory_with_config(
-                                            |session: v5::Session<Connection>| {
-                                                ntex::util::Ready::Ok::<_, Fault>(
-                                                    ntex::service::fn_service(move |m| {
-                                                        control_v5(session.clone(), m)
-                                                    }),
-                                                )
-                                            },
-                                        ))
-                                        .publish(ntex::service::fn_factory_with_config(
-                                            |session: v5::Session<Connection>| {
-                                                ntex::util::Ready::Ok::<_, Fault>(
-                                                    ntex::service::fn_service(move |p| {
-                                                        publish_v5(session.clone(), p)
-                                                    }),
-                                                )
-                                            },
-                                        )))
+                                        .protocol(per_session(protocol_v5))
+                                        .control(per_session(control_v5))
+                                        .publish(per_session(publish_v5)))
                             }
                         });
                     match built {
