@@ -1,6 +1,6 @@
 //! The embedded schema, its migrations (tracked in SQLite's `user_version`) and the batch write.
 
-use actors::batch::WriteBatch;
+use actors::batch::{TsRow, WriteBatch};
 use rusqlite::{Connection, params};
 
 use super::encode;
@@ -63,22 +63,31 @@ pub(super) fn migrate(c: &mut Connection) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Runs `stmt` (columns device_id, key, ts, type, v) once per row.
+fn insert_ts_rows(
+    stmt: &mut rusqlite::CachedStatement<'_>,
+    rows: &[TsRow],
+) -> rusqlite::Result<()> {
+    for row in rows {
+        let (kind, value) = encode(&row.value);
+        stmt.execute(params![
+            row.device_id.0.as_bytes(),
+            row.key,
+            row.ts,
+            kind,
+            value
+        ])?;
+    }
+    Ok(())
+}
+
 pub(super) fn write_batch(c: &mut Connection, batch: &WriteBatch) -> rusqlite::Result<()> {
     let tx = c.transaction()?;
     {
         let mut ts = tx.prepare_cached(
             "INSERT OR REPLACE INTO ts_kv (device_id, key, ts, type, v) VALUES (?1, ?2, ?3, ?4, ?5)",
         )?;
-        for row in &batch.timeseries {
-            let (kind, value) = encode(&row.value);
-            ts.execute(params![
-                row.device_id.0.as_bytes(),
-                row.key,
-                row.ts,
-                kind,
-                value
-            ])?;
-        }
+        insert_ts_rows(&mut ts, &batch.timeseries)?;
         // Only a newer point replaces the latest value: batches of one device arrive in order,
         // but a device may send an old timestamp after a new one.
         let mut latest = tx.prepare_cached(
@@ -87,16 +96,7 @@ pub(super) fn write_batch(c: &mut Connection, batch: &WriteBatch) -> rusqlite::R
              SET ts = excluded.ts, type = excluded.type, v = excluded.v
              WHERE excluded.ts >= ts_kv_latest.ts",
         )?;
-        for row in &batch.latest {
-            let (kind, value) = encode(&row.value);
-            latest.execute(params![
-                row.device_id.0.as_bytes(),
-                row.key,
-                row.ts,
-                kind,
-                value
-            ])?;
-        }
+        insert_ts_rows(&mut latest, &batch.latest)?;
         let mut attrs = tx.prepare_cached(
             "INSERT INTO attribute_kv (device_id, scope, key, last_update_ts, type, v)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6)
