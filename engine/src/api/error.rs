@@ -51,6 +51,14 @@ impl ApiError {
         }
     }
 
+    /// A path the API does not have.
+    pub fn no_such_resource() -> ApiError {
+        ApiError {
+            message: "No such resource".into(),
+            ..ApiError::not_found()
+        }
+    }
+
     pub fn internal(message: impl Into<String>) -> ApiError {
         ApiError {
             status: StatusCode::INTERNAL_SERVER_ERROR,

@@ -41,17 +41,9 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
     .configure(device::routes)
     .configure(telemetry::routes)
     .configure(crate::transport::http::routes)
-    .default_service(web::to(|| async { ApiError::not_found_path() }));
-}
-
-impl ApiError {
-    fn not_found_path() -> Result<HttpResponse, ApiError> {
-        Err(ApiError {
-            status: actix_web::http::StatusCode::NOT_FOUND,
-            code: error::ErrorCode::ItemNotFound,
-            message: "No such resource".into(),
-        })
-    }
+    .default_service(web::to(|| async {
+        Err::<HttpResponse, _>(ApiError::no_such_resource())
+    }));
 }
 
 async fn metrics(state: State) -> HttpResponse {
