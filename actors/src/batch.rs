@@ -26,9 +26,9 @@ pub struct AttributeRow {
 pub struct WriteBatch {
     /// Every time-series data point, in arrival order.
     pub timeseries: Vec<TsRow>,
-    /// The newest point per (device, key) among `timeseries`; a store keeps it only where it is
-    /// newer than what it has.
-    pub latest: Vec<TsRow>,
+    /// Indices into `timeseries` of the newest point per (device, key); a store keeps it only
+    /// where it is newer than what it has. See [`WriteBatch::latest`].
+    latest: Vec<usize>,
     /// The last update per (device, scope, key), in arrival order.
     pub attributes: Vec<AttributeRow>,
 }
@@ -43,24 +43,24 @@ impl WriteBatch {
                 MessageBody::Telemetry(records) => {
                     for record in records {
                         for entry in &record.entries {
-                            let row = TsRow {
-                                device_id: message.device_id,
-                                key: entry.key.clone(),
-                                ts: record.ts,
-                                value: entry.value.clone(),
-                            };
+                            let index = batch.timeseries.len();
                             match latest.get(&(message.device_id, entry.key.as_str())) {
-                                Some(&i) if batch.latest[i].ts > record.ts => {}
-                                Some(&i) => batch.latest[i] = row.clone(),
+                                Some(&i) if batch.timeseries[batch.latest[i]].ts > record.ts => {}
+                                Some(&i) => batch.latest[i] = index,
                                 None => {
                                     latest.insert(
                                         (message.device_id, entry.key.as_str()),
                                         batch.latest.len(),
                                     );
-                                    batch.latest.push(row.clone());
+                                    batch.latest.push(index);
                                 }
                             }
-                            batch.timeseries.push(row);
+                            batch.timeseries.push(TsRow {
+                                device_id: message.device_id,
+                                key: entry.key.clone(),
+                                ts: record.ts,
+                                value: entry.value.clone(),
+                            });
                         }
                     }
                 }
@@ -88,6 +88,11 @@ impl WriteBatch {
             }
         }
         batch
+    }
+
+    /// The newest point per (device, key), in first-seen order.
+    pub fn latest(&self) -> impl Iterator<Item = &TsRow> {
+        self.latest.iter().map(|&i| &self.timeseries[i])
     }
 
     /// Data points this batch stores (time-series points plus attribute values).
@@ -130,8 +135,7 @@ mod tests {
         let batch = WriteBatch::from_messages([&m1, &m2]);
         assert_eq!(batch.timeseries.len(), 5);
         let latest: Vec<(&str, i64, &KvValue)> = batch
-            .latest
-            .iter()
+            .latest()
             .map(|r| (r.key.as_str(), r.ts, &r.value))
             .collect();
         // Equal timestamps: the later arrival wins, as a replacing store would do.

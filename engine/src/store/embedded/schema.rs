@@ -64,9 +64,9 @@ pub(super) fn migrate(c: &mut Connection) -> anyhow::Result<()> {
 }
 
 /// Runs `stmt` (columns device_id, key, ts, type, v) once per row.
-fn insert_ts_rows(
+fn insert_ts_rows<'a>(
     stmt: &mut rusqlite::CachedStatement<'_>,
-    rows: &[TsRow],
+    rows: impl IntoIterator<Item = &'a TsRow>,
 ) -> rusqlite::Result<()> {
     for row in rows {
         let (kind, value) = encode(&row.value);
@@ -96,7 +96,7 @@ pub(super) fn write_batch(c: &mut Connection, batch: &WriteBatch) -> rusqlite::R
              SET ts = excluded.ts, type = excluded.type, v = excluded.v
              WHERE excluded.ts >= ts_kv_latest.ts",
         )?;
-        insert_ts_rows(&mut latest, &batch.latest)?;
+        insert_ts_rows(&mut latest, batch.latest())?;
         let mut attrs = tx.prepare_cached(
             "INSERT INTO attribute_kv (device_id, scope, key, last_update_ts, type, v)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6)
