@@ -19,6 +19,7 @@ pub struct Bound {
 #[derive(Debug)]
 struct Inner {
     permits: Semaphore,
+    capacity: usize,
     /// Handles resolved once per mailbox, not per message.
     depth: Gauge,
     blocked: Histogram,
@@ -43,10 +44,16 @@ impl Bound {
         Bound {
             inner: Arc::new(Inner {
                 permits: Semaphore::new(capacity.max(1)),
+                capacity: capacity.max(1),
                 depth: gauge!(MAILBOX_DEPTH, "mailbox" => name),
                 blocked: histogram!(MAILBOX_BLOCKED, "mailbox" => name),
             }),
         }
+    }
+
+    /// Whether no ticket is out: nothing waits in the mailbox or is being handled.
+    pub fn is_idle(&self) -> bool {
+        self.inner.permits.available_permits() == self.inner.capacity
     }
 
     /// Waits for room; `None` if the semaphore was closed (it never is while a `Bound` lives).

@@ -17,6 +17,7 @@ pub const SESSIONS_ACTIVE: &str = "engine_sessions_active";
 pub const SESSIONS_OPENED: &str = "engine_sessions_opened_total";
 pub const SESSIONS_CLOSED: &str = "engine_sessions_closed_total";
 pub const SESSIONS_FAILED: &str = "engine_sessions_failed_total";
+pub const SESSIONS_HIBERNATED: &str = "engine_sessions_hibernated_total";
 pub const CONNECTIONS_REFUSED: &str = "engine_connections_refused_total";
 
 pub const MAILBOX_DEPTH: &str = "engine_mailbox_depth";
@@ -57,6 +58,10 @@ pub fn describe() {
     describe_counter!(SESSIONS_OPENED, "Device sessions opened, by transport");
     describe_counter!(SESSIONS_CLOSED, "Device sessions closed, by transport");
     describe_counter!(SESSIONS_FAILED, "Device session actors that crashed");
+    describe_counter!(
+        SESSIONS_HIBERNATED,
+        "Idle device sessions whose actor was passivated until the next publish, by transport"
+    );
     describe_counter!(
         CONNECTIONS_REFUSED,
         "Connections refused, by transport and reason"
@@ -144,6 +149,7 @@ pub fn register_zero() {
     counter!(SESSIONS_FAILED).absolute(0);
     counter!(DATA_POINTS_STORED).absolute(0);
     metrics::gauge!(SESSIONS_ACTIVE, "transport" => "mqtt").increment(0.0);
+    counter!(SESSIONS_HIBERNATED, "transport" => "mqtt").absolute(0);
     metrics::gauge!(MAILBOX_DEPTH, "mailbox" => "session").increment(0.0);
     metrics::gauge!(QUEUE_DEPTH).increment(0.0);
     // The exporter shows a histogram only once it has a sample: one zero wait makes the

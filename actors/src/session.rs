@@ -10,17 +10,19 @@ use std::marker::PhantomData;
 use std::sync::Arc;
 
 use metrics::{counter, gauge};
-use ractor::{Actor, ActorCell, ActorProcessingErr, ActorRef, RpcReplyPort, SpawnErr};
+use ractor::{Actor, ActorCell, ActorProcessingErr, ActorRef, RpcReplyPort};
 use thiserror::Error;
+use tokio::sync::Mutex;
 
 use crate::ingress::{Accepted, Ingress, Rejection, Transport, Uplink};
 use crate::mailbox::{Bound, Ticket};
-use crate::metrics::{SESSIONS_ACTIVE, SESSIONS_CLOSED, SESSIONS_OPENED};
+use crate::metrics::{SESSIONS_ACTIVE, SESSIONS_CLOSED, SESSIONS_HIBERNATED, SESSIONS_OPENED};
 use crate::model::Device;
 
 /// `P` is the transport's payload buffer, handed over without a copy.
 pub struct DeviceSession<P>(PhantomData<fn() -> P>);
 
+#[derive(Clone)]
 pub struct SessionArgs {
     pub device: Arc<Device>,
     pub ingress: Arc<Ingress>,
@@ -31,7 +33,6 @@ pub struct SessionState {
     device: Arc<Device>,
     ingress: Arc<Ingress>,
     transport: Transport,
-    _active: ActiveGuard,
 }
 
 pub enum SessionMsg<P> {
@@ -54,7 +55,6 @@ impl<P: AsRef<[u8]> + Send + 'static> Actor for DeviceSession<P> {
         args: SessionArgs,
     ) -> Result<SessionState, ActorProcessingErr> {
         Ok(SessionState {
-            _active: ActiveGuard::open(args.transport),
             device: args.device,
             ingress: args.ingress,
             transport: args.transport,
@@ -87,8 +87,8 @@ impl<P: AsRef<[u8]> + Send + 'static> Actor for DeviceSession<P> {
     }
 }
 
-/// Counts the session as active for exactly as long as its state lives, even when the actor
-/// panics (unwinding drops the state).
+/// Counts the session as active for exactly as long as its connection holds it, awake or
+/// hibernating.
 struct ActiveGuard(Transport);
 
 impl ActiveGuard {
@@ -116,32 +116,43 @@ pub enum SessionError {
 }
 
 /// What the transport holds for one connection.
+///
+/// The session actor is spawned on the first publish and passivated ([`hibernate`]) when the
+/// device goes quiet, so an idle connected device costs no actor: ractor's task, mailbox and
+/// channels are most of a connection's memory (see the README's benchmark notes). Ordering is
+/// kept: an actor is only passivated while nothing is in its mailbox, and the next publish
+/// spawns a fresh one.
+///
+/// [`hibernate`]: SessionHandle::hibernate
 pub struct SessionHandle<P> {
-    actor: ActorRef<SessionMsg<P>>,
+    supervisor: ActorCell,
+    args: SessionArgs,
+    /// `None` while hibernating. A tokio mutex, held across the spawn, so concurrent publishes
+    /// wait for the one actor instead of spawning two.
+    actor: Mutex<Option<ActorRef<SessionMsg<P>>>>,
     bound: Bound,
+    _active: ActiveGuard,
 }
 
 impl<P: AsRef<[u8]> + Send + 'static> SessionHandle<P> {
-    /// Spawns the session linked to `supervisor`, on the caller's runtime, so a session lives on
-    /// the same thread as its connection.
-    pub async fn spawn(
-        supervisor: ActorCell,
-        args: SessionArgs,
-        mailbox_capacity: usize,
-    ) -> Result<SessionHandle<P>, SpawnErr> {
-        let (actor, _join) =
-            Actor::spawn_linked(None, DeviceSession::<P>(PhantomData), args, supervisor).await?;
-        Ok(SessionHandle {
-            actor,
+    /// Opens the session of one connection; its actor, linked to `supervisor`, is spawned on
+    /// the runtime of the first publish, so a session lives on the same thread as its
+    /// connection.
+    pub fn open(supervisor: ActorCell, args: SessionArgs, mailbox_capacity: usize) -> Self {
+        SessionHandle {
+            supervisor,
+            _active: ActiveGuard::open(args.transport),
+            args,
+            actor: Mutex::new(None),
             bound: Bound::new("session", mailbox_capacity),
-        })
+        }
     }
 
     /// Hands one uplink to the session; waits while its mailbox is full.
     pub async fn publish(&self, uplink: Uplink, payload: P) -> Result<Accepted, SessionError> {
         let ticket = self.bound.ticket().await.ok_or(SessionError::Gone)?;
-        let reply = self
-            .actor
+        let actor = self.actor().await?;
+        let reply = actor
             .call(
                 |reply| SessionMsg::Publish {
                     uplink,
@@ -158,6 +169,55 @@ impl<P: AsRef<[u8]> + Send + 'static> SessionHandle<P> {
             _ => Err(SessionError::Gone),
         }
     }
+
+    /// The live actor, spawned if the session hibernates. A crashed actor is not replaced: its
+    /// stale reference answers [`SessionError::Gone`] and the connection closes.
+    async fn actor(&self) -> Result<ActorRef<SessionMsg<P>>, SessionError> {
+        let mut slot = self.actor.lock().await;
+        if let Some(actor) = slot.as_ref() {
+            return Ok(actor.clone());
+        }
+        let (actor, _join) = Actor::spawn_linked(
+            None,
+            DeviceSession::<P>(PhantomData),
+            self.args.clone(),
+            self.supervisor.clone(),
+        )
+        .await
+        .map_err(|_| SessionError::Gone)?;
+        *slot = Some(actor.clone());
+        Ok(actor)
+    }
+
+    /// Passivates the session actor if nothing waits in its mailbox; the next publish spawns a
+    /// new one. The transport calls this when the device shows it is idle (an MQTT PINGREQ,
+    /// which clients send only after a keep-alive period without other packets). Returns whether
+    /// an actor was stopped.
+    pub fn hibernate(&self) -> bool {
+        if !self.bound.is_idle() {
+            return false;
+        }
+        let Ok(mut slot) = self.actor.try_lock() else {
+            return false;
+        };
+        match slot.take() {
+            Some(actor) => {
+                let _ = actor.drain();
+                counter!(SESSIONS_HIBERNATED, "transport" => self.args.transport.as_str())
+                    .increment(1);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Whether a session actor is running now (false while hibernating).
+    pub fn is_awake(&self) -> bool {
+        self.actor
+            .try_lock()
+            .map(|slot| slot.is_some())
+            .unwrap_or(true)
+    }
 }
 
 impl<P> Drop for SessionHandle<P> {
@@ -165,7 +225,9 @@ impl<P> Drop for SessionHandle<P> {
     /// through its mailbox, then stops. (`mosquitto_pub` sends PUBLISH and DISCONNECT
     /// back to back; the publish must still be stored.)
     fn drop(&mut self) {
-        let _ = self.actor.drain();
+        if let Some(actor) = self.actor.get_mut().take() {
+            let _ = actor.drain();
+        }
     }
 }
 
@@ -206,9 +268,7 @@ mod tests {
             ingress: ingress.clone(),
             transport: Transport::Mqtt,
         };
-        SessionHandle::spawn(supervisor.get_cell(), args, 4)
-            .await
-            .expect("session starts")
+        SessionHandle::open(supervisor.get_cell(), args, 4)
     }
 
     #[tokio::test]
@@ -284,5 +344,50 @@ mod tests {
 
         let stats = ractor::call!(supervisor, SupervisorMsg::Stats).expect("supervisor alive");
         assert_eq!(stats.failed, 1);
+    }
+
+    #[tokio::test]
+    async fn an_idle_session_hibernates_and_wakes_on_the_next_publish() {
+        let producer = Arc::new(MemProducer::default());
+        let (supervisor, ingress) = setup(producer.clone()).await;
+        let s = session(&supervisor, &ingress, "d1").await;
+        assert!(!s.is_awake(), "no actor before the first publish");
+
+        for t in 1..=2 {
+            let payload = format!(r#"{{"t":{t}}}"#).into_bytes();
+            let accepted = s.publish(Uplink::Telemetry, payload).await;
+            accepted.expect("accepted").confirmed().await.expect("ok");
+            assert!(s.is_awake());
+            assert!(s.hibernate(), "an idle session hibernates");
+            assert!(!s.is_awake());
+            assert!(!s.hibernate(), "nothing left to passivate");
+        }
+
+        let values: Vec<KvValue> = producer
+            .messages()
+            .iter()
+            .map(|m| match &m.body {
+                MessageBody::Telemetry(records) => records[0].entries[0].value.clone(),
+                _ => panic!("not telemetry"),
+            })
+            .collect();
+        assert_eq!(values, [KvValue::Long(1), KvValue::Long(2)]);
+        let stats = ractor::call!(supervisor, SupervisorMsg::Stats).expect("supervisor alive");
+        assert_eq!(stats.failed, 0, "passivation is not a failure");
+    }
+
+    #[tokio::test]
+    async fn a_session_with_a_publish_in_its_mailbox_stays_awake() {
+        let producer = Arc::new(MemProducer::default());
+        let (supervisor, ingress) = setup(producer.clone()).await;
+        let s = session(&supervisor, &ingress, "d1").await;
+        s.publish(Uplink::Telemetry, br#"{"t":1}"#.to_vec())
+            .await
+            .expect("accepted");
+        let waiting = s.bound.ticket().await.expect("room");
+        assert!(!s.hibernate());
+        assert!(s.is_awake());
+        drop(waiting);
+        assert!(s.hibernate());
     }
 }

@@ -4,7 +4,7 @@
 use anyhow::Result;
 use rumqttc::{ConnectReturnCode, QoS};
 use serde_json::{Value, json};
-use tests::mqtt::{Outcome, connect_v3, v5};
+use tests::mqtt::{Outcome, connect_v3, connect_v3_keep_alive, v5};
 use tests::{Engine, Rest, mosquitto_pub};
 
 use crate::{SETTLE, fixture};
@@ -493,5 +493,48 @@ async fn qos0_publishes_right_before_disconnect_are_stored() -> Result<()> {
         })
         .await?;
     assert_eq!(keys.as_array().map(Vec::len), Some(N));
+    Ok(())
+}
+
+/// A device that goes quiet has its session actor passivated at its next PINGREQ; the next
+/// publish wakes it and is stored like any other.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_quiet_session_hibernates_and_wakes_on_its_next_publish() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let engine = Engine::start(dir.path())?;
+    let rest = engine.rest().await?;
+    let id = rest.create_device("sleepy", "SLEEPY").await?;
+    let keep_alive = std::time::Duration::from_secs(1);
+    let mut device = connect_v3_keep_alive(&engine, "SLEEPY", "sleepy", keep_alive)
+        .await
+        .map_err(|code| anyhow::anyhow!("refused: {code:?}"))?;
+    assert_eq!(
+        device.publish(TELEMETRY, r#"{"wake":1}"#).await?,
+        Outcome::Acked(0)
+    );
+
+    let series = r#"engine_sessions_hibernated_total{transport="mqtt"}"#;
+    rest.eventually(SETTLE, || async {
+        let metrics = reqwest::get(engine.url("/metrics")).await?.text().await?;
+        Ok(metric_at_least(&metrics, series, 1.0).then_some(()))
+    })
+    .await?;
+
+    assert_eq!(
+        device.publish(TELEMETRY, r#"{"wake":2}"#).await?,
+        Outcome::Acked(0)
+    );
+    let latest = rest
+        .eventually(SETTLE, || async {
+            let latest = rest.latest(&id).await?;
+            Ok((value(&latest, "wake") == json!(2)).then_some(latest))
+        })
+        .await?;
+    assert_eq!(value(&latest, "wake"), json!(2));
+    let metrics = reqwest::get(engine.url("/metrics")).await?.text().await?;
+    assert!(
+        metric_at_least(&metrics, r#"engine_sessions_active{transport="mqtt"}"#, 1.0),
+        "a hibernating session is still an open session: {metrics}"
+    );
     Ok(())
 }

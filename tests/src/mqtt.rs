@@ -31,9 +31,19 @@ pub async fn connect_v3(
     token: &str,
     client_id: &str,
 ) -> Result<Device3, ConnectReturnCode> {
+    connect_v3_keep_alive(engine, token, client_id, Duration::from_secs(30)).await
+}
+
+/// [`connect_v3`] with this keep-alive: the client sends PINGREQ when it has been quiet that long.
+pub async fn connect_v3_keep_alive(
+    engine: &Engine,
+    token: &str,
+    client_id: &str,
+    keep_alive: Duration,
+) -> Result<Device3, ConnectReturnCode> {
     let mut options = MqttOptions::new(client_id, "127.0.0.1", engine.mqtt.port());
     options.set_credentials(token, "");
-    options.set_keep_alive(Duration::from_secs(30));
+    options.set_keep_alive(keep_alive);
     options.set_max_packet_size(1024 * 1024, 1024 * 1024);
     let (client, mut eventloop) = AsyncClient::new(options, 100);
     let (tx, mut events) = mpsc::unbounded_channel();

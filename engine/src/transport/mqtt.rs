@@ -151,22 +151,30 @@ impl MqttContext {
         }
     }
 
-    async fn open(&self, device: Arc<Device>) -> Result<Connection, Fault> {
+    fn open(&self, device: Arc<Device>) -> Connection {
         let args = SessionArgs {
             device: device.clone(),
             ingress: self.ingress.clone(),
             transport: Transport::Mqtt,
         };
         let session =
-            SessionHandle::spawn(self.supervisor.clone(), args, self.receive_maximum.into())
-                .await
-                .map_err(|e| Fault::Protocol(format!("session spawn failed: {e}")))?;
+            SessionHandle::open(self.supervisor.clone(), args, self.receive_maximum.into());
         debug!(device = %device.name, "mqtt session opened");
-        Ok(Connection {
+        Connection {
             device,
             session,
             in_flight: InFlight::default(),
-        })
+        }
+    }
+}
+
+impl Connection {
+    /// The device sent PINGREQ: a keep-alive period passed without a publish. Its session actor
+    /// is passivated unless a publish is still being handled.
+    fn idle(&self) {
+        if self.in_flight.count.get() == 0 && self.session.hibernate() {
+            debug!(device = %self.device.name, "mqtt session hibernates");
+        }
     }
 }
 
@@ -200,7 +208,7 @@ async fn handshake_v3(
 ) -> Result<v3::HandshakeAck<Connection>, Fault> {
     let username = hs.packet().username.as_ref().map(|u| u.as_str().to_owned());
     Ok(match ctx.login(username.as_deref()).await {
-        Login::Device(device) => hs.ack(ctx.open(device).await?, false),
+        Login::Device(device) => hs.ack(ctx.open(device), false),
         Login::EmptyToken => hs.bad_username_or_pwd(),
         Login::UnknownToken => hs.not_authorized(),
         Login::Unavailable => hs.service_unavailable(),
@@ -241,7 +249,10 @@ async fn protocol_v3(
         }
         v3::ProtocolMessage::Unsubscribe(unsubscribe) => unsubscribe.ack(),
         v3::ProtocolMessage::PublishRelease(release) => release.ack(),
-        v3::ProtocolMessage::Ping(ping) => ping.ack(),
+        v3::ProtocolMessage::Ping(ping) => {
+            session.idle();
+            ping.ack()
+        }
         v3::ProtocolMessage::Disconnect(disconnect) => {
             session.in_flight.settle(SETTLE_LIMIT).await;
             disconnect.ack()
@@ -284,7 +295,7 @@ async fn handshake_v5(
     Ok(match ctx.login(username.as_deref()).await {
         // QoS 2 is granted as 1: MQTT 5 clients learn it from CONNACK's Maximum QoS.
         Login::Device(device) => hs
-            .ack(ctx.open(device).await?)
+            .ack(ctx.open(device))
             .with(|ack| ack.max_qos = QoS::AtLeastOnce),
         Login::EmptyToken => hs.failed(Reason::BadUserNameOrPassword),
         Login::UnknownToken => hs.failed(Reason::NotAuthorized),
@@ -336,7 +347,10 @@ async fn protocol_v5(
         }
         v5::ProtocolMessage::Unsubscribe(unsubscribe) => unsubscribe.ack(),
         v5::ProtocolMessage::PublishRelease(release) => release.ack(),
-        v5::ProtocolMessage::Ping(ping) => ping.ack(),
+        v5::ProtocolMessage::Ping(ping) => {
+            session.idle();
+            ping.ack()
+        }
         v5::ProtocolMessage::Disconnect(disconnect) => {
             session.in_flight.settle(SETTLE_LIMIT).await;
             disconnect.ack()
