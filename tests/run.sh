@@ -8,15 +8,30 @@ cd "$(dirname "$0")/.."
 
 as_root() { if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi; }
 
-# Debian packages the end-to-end tests use: mosquitto_pub (a real MQTT client, the reference's
-# own command lines) and prometheus (the dashboards' queries are checked against it).
+# Debian packages the tests use: mosquitto_pub (a real MQTT client, the reference's own command
+# lines), prometheus (the dashboards' queries are checked against it) and clickhouse-server (the
+# production store; tests start it with their own config and data path, never the system
+# service).
 packages=()
 command -v mosquitto_pub >/dev/null || packages+=(mosquitto-clients)
 command -v prometheus >/dev/null || packages+=(prometheus)
+[ -x /usr/sbin/clickhouse-server ] || command -v clickhouse-server >/dev/null || packages+=(clickhouse-server)
 if [ ${#packages[@]} -gt 0 ]; then
   echo "== installing ${packages[*]}"
   as_root apt-get update -qq
   as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${packages[@]}"
+fi
+
+# The Kafka-protocol broker the production-path tests run (it has no Debian package). Building
+# it takes about a quarter of an hour on two cores, so it is built once into a cache outside
+# the clone and reused by later runs on the same machine.
+TANSU_VERSION=0.6.0
+cache=${ENGINE_TEST_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/engine-tests}
+export TANSU_BIN="$cache/tansu-$TANSU_VERSION/bin/tansu"
+if [ ! -x "$TANSU_BIN" ]; then
+  echo "== building tansu $TANSU_VERSION into $cache (once; about 15 minutes)"
+  cargo install --locked --quiet --root "$cache/tansu-$TANSU_VERSION" tansu \
+    --version "$TANSU_VERSION" --features dynostore,libsql
 fi
 
 echo "== format and lints"

@@ -22,6 +22,7 @@ use crate::api::{self, ApiState};
 use crate::auth::Auth;
 use crate::config::{Config, QueueKind, StoreKind, bytes};
 use crate::queue::memory::MemoryQueue;
+use crate::store::clickhouse::ClickHouseStore;
 use crate::store::embedded::EmbeddedStore;
 use crate::transport::http::DeviceApiConfig;
 use crate::transport::mqtt::{MqttContext, MqttServer};
@@ -46,6 +47,11 @@ pub async fn start(config: Config, metrics: Option<PrometheusHandle>) -> anyhow:
             let (store, registry) = EmbeddedStore::open(&config.data_dir)?;
             (Arc::new(store), Arc::new(registry))
         }
+        StoreKind::Clickhouse => {
+            let (store, registry) = ClickHouseStore::open(&config.store).await?;
+            info!(url = %config.store.url, database = %config.store.database, "clickhouse store ready");
+            (Arc::new(store), Arc::new(registry))
+        }
     };
     let queue = match config.queue.kind {
         QueueKind::Memory => {
@@ -54,8 +60,8 @@ pub async fn start(config: Config, metrics: Option<PrometheusHandle>) -> anyhow:
     };
 
     let sink_config = SinkConfig {
-        batch_size: config.store.batch_size,
-        batch_interval: config.store.batch_interval,
+        batch_size: config.store.batch_size(),
+        batch_interval: config.store.batch_interval(),
         retry_base: config.store.retry_base,
         retry_max: config.store.retry_max,
     };

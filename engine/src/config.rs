@@ -117,22 +117,48 @@ pub struct QueueConfig {
 pub enum StoreKind {
     /// SQLite in `<data_dir>/engine.db`.
     Embedded,
+    /// A ClickHouse server (18.16 or newer) over HTTP.
+    Clickhouse,
 }
 
 #[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct StoreConfig {
     pub kind: StoreKind,
-    /// Most messages per storage write.
-    pub batch_size: usize,
-    /// Longest a message waits for its batch to fill before it is written anyway.
-    #[serde(with = "humantime_serde")]
-    pub batch_interval: Duration,
+    /// Most messages per storage write; unset: 10 000 (embedded) or 50 000 (ClickHouse).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub batch_size: Option<usize>,
+    /// Longest a message waits for its batch to fill before it is written anyway; unset:
+    /// 100 ms (embedded) or 1 s (ClickHouse, which wants about one insert per second).
+    #[serde(with = "humantime_serde", skip_serializing_if = "Option::is_none")]
+    pub batch_interval: Option<Duration>,
     /// Delay before the first retry of a failed write; doubles up to `retry_max`.
     #[serde(with = "humantime_serde")]
     pub retry_base: Duration,
     #[serde(with = "humantime_serde")]
     pub retry_max: Duration,
+    /// ClickHouse's HTTP interface (kind = "clickhouse").
+    pub url: String,
+    /// The database the engine creates (if missing) and migrates at start-up.
+    pub database: String,
+    pub user: String,
+    pub password: String,
+}
+
+impl StoreConfig {
+    pub fn batch_size(&self) -> usize {
+        self.batch_size.unwrap_or(match self.kind {
+            StoreKind::Embedded => 10_000,
+            StoreKind::Clickhouse => 50_000,
+        })
+    }
+
+    pub fn batch_interval(&self) -> Duration {
+        self.batch_interval.unwrap_or(match self.kind {
+            StoreKind::Embedded => Duration::from_millis(100),
+            StoreKind::Clickhouse => Duration::from_secs(1),
+        })
+    }
 }
 
 impl Default for Config {
@@ -205,10 +231,14 @@ impl Default for StoreConfig {
     fn default() -> Self {
         StoreConfig {
             kind: StoreKind::Embedded,
-            batch_size: 10_000,
-            batch_interval: Duration::from_millis(100),
+            batch_size: None,
+            batch_interval: None,
             retry_base: Duration::from_millis(100),
             retry_max: Duration::from_secs(5),
+            url: "http://127.0.0.1:8123".into(),
+            database: "engine".into(),
+            user: "default".into(),
+            password: String::new(),
         }
     }
 }
@@ -264,8 +294,17 @@ impl Config {
             "queue.partition_capacity must be at least 1"
         );
         ensure!(
-            self.store.batch_size > 0,
+            self.store.batch_size() > 0,
             "store.batch_size must be at least 1"
+        );
+        ensure!(
+            !self.store.database.is_empty()
+                && self
+                    .store
+                    .database
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '_'),
+            "store.database must be a plain name (letters, digits, _)"
         );
         ensure!(
             self.mqtt.receive_maximum > 0,

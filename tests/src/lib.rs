@@ -13,6 +13,7 @@ use anyhow::{Context, Result, anyhow, bail};
 use serde_json::{Value, json};
 
 pub mod mqtt;
+pub mod servers;
 
 /// The engine binary: `E2E_ENGINE_BIN`, else `engine` beside the test executable's profile dir.
 pub fn engine_binary() -> PathBuf {

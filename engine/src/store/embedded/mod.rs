@@ -99,7 +99,7 @@ impl EmbeddedStore {
             readers,
             next_reader: AtomicUsize::new(0),
         });
-        let registry = EmbeddedRegistry::load(db.clone())?;
+        let registry = registry::load(db.clone())?;
         Ok((EmbeddedStore { db }, registry))
     }
 }

@@ -1,0 +1,137 @@
+//! The ClickHouse schema and its migrations, tracked in a `schema_version` table.
+//!
+//! Everything here runs on ClickHouse 18.16 (Debian's package) and on current releases: no
+//! column codecs, no `LowCardinality`, no TTL, no `DateTime64`, no `Map` or `JSON` types.
+//!
+//! Why these engines and keys:
+//! - Every table is a `ReplacingMergeTree`. Delivery is at least once, so a batch may be
+//!   written twice; rows with the same ordering key collapse when parts merge, and every read
+//!   groups by that key (`argMax` by version) so a replay never shows before the merge either.
+//! - The ordering keys are what the REST reads filter by: one device, one key, a time range
+//!   (`ts_kv`), one device's keys (`ts_kv_latest`), one device's attributes by scope.
+//!   Each read is then one contiguous slice of the primary index.
+//! - `ts_kv` is partitioned by month of the data point's time, as ThingsBoard partitions its
+//!   time series: old months can be dropped whole, and an insert of recent data touches one or
+//!   two partitions (each partition an insert touches is a part to merge later).
+//! - The other tables are small (one row per device and key) and not partitioned.
+//! - Values are typed columns as ThingsBoard keeps them (`bool_v`, `long_v`, `dbl_v`, `str_v`,
+//!   `json_v`) with an `Enum8` tag saying which one holds the value. They are not `Nullable`:
+//!   a null map per column would cost a second stream per column on every insert and read.
+
+use clickhouse::Client;
+use clickhouse::error::Error;
+use serde::Deserialize;
+
+/// Migration `i` brings the schema from version `i` to `i + 1`; each statement is idempotent
+/// (`IF NOT EXISTS`), so a migration interrupted halfway is run again safely. Append only.
+const MIGRATIONS: &[&[&str]] = &[&[
+    "CREATE TABLE IF NOT EXISTS ts_kv (
+        device_id UUID,
+        key String,
+        ts Int64,
+        type Enum8('bool' = 1, 'long' = 2, 'double' = 3, 'string' = 4, 'json' = 5),
+        bool_v UInt8,
+        long_v Int64,
+        dbl_v Float64,
+        str_v String,
+        json_v String,
+        ver UInt64
+    ) ENGINE = ReplacingMergeTree(ver)
+    PARTITION BY toYYYYMM(toDateTime(intDiv(ts, 1000)))
+    ORDER BY (device_id, key, ts)",
+    // The version is the data point's time, so merges keep the newest point, whatever order
+    // points arrived in.
+    "CREATE TABLE IF NOT EXISTS ts_kv_latest (
+        device_id UUID,
+        key String,
+        ts Int64,
+        type Enum8('bool' = 1, 'long' = 2, 'double' = 3, 'string' = 4, 'json' = 5),
+        bool_v UInt8,
+        long_v Int64,
+        dbl_v Float64,
+        str_v String,
+        json_v String,
+        ver UInt64
+    ) ENGINE = ReplacingMergeTree(ts)
+    ORDER BY (device_id, key)",
+    "CREATE TABLE IF NOT EXISTS attribute_kv (
+        device_id UUID,
+        scope Enum8('CLIENT_SCOPE' = 1, 'SHARED_SCOPE' = 2, 'SERVER_SCOPE' = 3),
+        key String,
+        last_update_ts Int64,
+        type Enum8('bool' = 1, 'long' = 2, 'double' = 3, 'string' = 4, 'json' = 5),
+        bool_v UInt8,
+        long_v Int64,
+        dbl_v Float64,
+        str_v String,
+        json_v String,
+        ver UInt64
+    ) ENGINE = ReplacingMergeTree(last_update_ts)
+    ORDER BY (device_id, scope, key)",
+    // A delete is a newer row with `deleted = 1`.
+    "CREATE TABLE IF NOT EXISTS device (
+        id UUID,
+        tenant_id UUID,
+        name String,
+        type String,
+        label String,
+        has_label UInt8,
+        token String,
+        created_time Int64,
+        deleted UInt8,
+        ver UInt64
+    ) ENGINE = ReplacingMergeTree(ver)
+    ORDER BY id",
+]];
+
+#[derive(clickhouse::Row, Deserialize)]
+struct Version {
+    version: u32,
+}
+
+/// Creates the database if missing and brings its schema up to date.
+pub(super) async fn migrate(server: &Client, database: &str) -> Result<(), MigrateError> {
+    server
+        .query(&format!("CREATE DATABASE IF NOT EXISTS {database}"))
+        .execute()
+        .await?;
+    let db = server.clone().with_database(database);
+    db.query(
+        "CREATE TABLE IF NOT EXISTS schema_version (version UInt32, applied_at DateTime)
+         ENGINE = TinyLog",
+    )
+    .execute()
+    .await?;
+    let current = db
+        .query("SELECT toUInt32(max(version)) FROM schema_version")
+        .fetch_one::<Version>()
+        .await?
+        .version as usize;
+    if current > MIGRATIONS.len() {
+        return Err(MigrateError::TooNew {
+            found: current,
+            known: MIGRATIONS.len(),
+        });
+    }
+    for (i, statements) in MIGRATIONS.iter().enumerate().skip(current) {
+        for sql in *statements {
+            db.query(sql).execute().await?;
+        }
+        db.query("INSERT INTO schema_version VALUES (?, now())")
+            .bind(u32::try_from(i + 1).unwrap_or(u32::MAX))
+            .execute()
+            .await?;
+    }
+    Ok(())
+}
+
+#[derive(Debug, thiserror::Error)]
+pub(super) enum MigrateError {
+    #[error(transparent)]
+    ClickHouse(#[from] Error),
+    #[error(
+        "the database has schema version {found}, newer than this engine knows ({known}); \
+         refusing to touch it"
+    )]
+    TooNew { found: usize, known: usize },
+}
