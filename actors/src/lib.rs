@@ -1,5 +1,6 @@
 //! The domain and its actors: the model, ThingsBoard's payload formats, the ports the actors
-//! talk through, and the actors themselves (device session, session supervisor, sink). No
+//! talk through, and the actors themselves (device session, session supervisor, rule chain,
+//! sink). No
 //! network or database code lives here; `engine` provides the adapters.
 
 pub mod batch;
@@ -9,8 +10,10 @@ pub mod metrics;
 pub mod model;
 pub mod payload;
 pub mod ports;
+pub mod rule_chain;
 pub mod session;
 pub mod sink;
+pub mod sink_feed;
 pub mod sink_supervisor;
 pub mod supervisor;
 #[cfg(any(test, feature = "testing"))]

@@ -33,6 +33,10 @@ pub const SINK_WRITE_LATENCY: &str = "engine_sink_write_latency_seconds";
 pub const DATA_POINTS_STORED: &str = "engine_data_points_stored_total";
 pub const STORAGE_ERRORS: &str = "engine_storage_errors_total";
 pub const SINK_RESTARTS: &str = "engine_sink_restarts_total";
+pub const RULE_CHAIN_MESSAGES: &str = "engine_rule_chain_messages_total";
+pub const DEAD_LETTERS: &str = "engine_dead_letters_total";
+pub const QUEUE_IN_FLIGHT: &str = "engine_queue_in_flight_messages";
+pub const QUEUE_PRODUCE_LATENCY: &str = "engine_queue_produce_latency_seconds";
 
 /// Registers help texts and units with whatever recorder is installed.
 pub fn describe() {
@@ -103,6 +107,23 @@ pub fn describe() {
         "Failed storage writes, by kind (retryable, permanent)"
     );
     describe_counter!(SINK_RESTARTS, "Sinks restarted after a crash");
+    describe_counter!(
+        RULE_CHAIN_MESSAGES,
+        "Messages through the rule chains, by outcome (save_timeseries, save_attributes, dropped)"
+    );
+    describe_counter!(
+        DEAD_LETTERS,
+        "Messages storage refused for good, sent to the dead-letter topic, by reason"
+    );
+    describe_gauge!(
+        QUEUE_IN_FLIGHT,
+        "Messages handed to the queue and not yet confirmed by it"
+    );
+    describe_histogram!(
+        QUEUE_PRODUCE_LATENCY,
+        Unit::Seconds,
+        "Hand-over to the queue until it confirmed holding the message (Kafka delivery report)"
+    );
 }
 
 /// Every `reason` of `engine_messages_rejected_total`.

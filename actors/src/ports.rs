@@ -84,6 +84,25 @@ pub trait Consumer: Send + 'static {
     }
 }
 
+/// Records that a partition's messages up to an offset are stored, for queues whose reading
+/// and committing are done by different parts (a consumer feeding rule chains, a sink
+/// committing behind them).
+#[async_trait]
+pub trait OffsetCommitter: Send + Sync + 'static {
+    async fn commit(&self, offsets: &[(u32, u64)]) -> Result<(), QueueError>;
+
+    fn lag(&self) -> Option<u64> {
+        None
+    }
+}
+
+/// Where a message goes that storage refuses for good (a type error, a value the server cannot
+/// take), so it does not block its partition forever.
+#[async_trait]
+pub trait DeadLetters: Send + Sync + 'static {
+    async fn dead_letter(&self, message: &SharedMessage, reason: &str) -> Result<(), QueueError>;
+}
+
 // ---------------------------------------------------------------------------------------------
 // Storage
 

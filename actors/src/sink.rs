@@ -15,10 +15,11 @@ use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use tracing::{debug, error, warn};
 
 use crate::batch::WriteBatch;
+use crate::metrics::DEAD_LETTERS;
 use crate::metrics::{
     DATA_POINTS_STORED, QUEUE_LAG, SINK_BATCH_MESSAGES, SINK_WRITE_LATENCY, STORAGE_ERRORS,
 };
-use crate::ports::{Consumer, Delivered, Store, backoff};
+use crate::ports::{Consumer, DeadLetters, Delivered, Store, StoreError, backoff};
 
 pub struct Sink;
 
@@ -48,12 +49,16 @@ pub struct SinkArgs {
     pub consumer: Box<dyn Consumer>,
     pub store: Arc<dyn Store>,
     pub config: SinkConfig,
+    /// Where messages the store refuses for good go. Without one, such a batch is retried
+    /// until an operator fixes the cause (the embedded store never refuses valid data).
+    pub dead_letters: Option<Arc<dyn DeadLetters>>,
 }
 
 pub struct SinkState {
     consumer: Box<dyn Consumer>,
     store: Arc<dyn Store>,
     config: SinkConfig,
+    dead_letters: Option<Arc<dyn DeadLetters>>,
     draining: Option<RpcReplyPort<SinkStats>>,
     stats: SinkStats,
 }
@@ -87,6 +92,7 @@ impl Actor for Sink {
             consumer: args.consumer,
             store: args.store,
             config: args.config,
+            dead_letters: args.dead_letters,
             draining: None,
             stats: SinkStats::default(),
         })
@@ -141,7 +147,9 @@ impl SinkState {
         let batch = Arc::new(WriteBatch::from_messages(
             delivered.iter().map(|d| &*d.message),
         ));
-        self.write(batch.clone()).await;
+        if let Err(refused) = self.write(batch.clone()).await {
+            self.isolate(&delivered, &refused).await;
+        }
         self.commit(&delivered).await;
         self.stats.batches += 1;
         self.stats.messages += delivered.len() as u64;
@@ -153,10 +161,11 @@ impl SinkState {
     }
 
     /// Writes until the store confirms. Nothing was acknowledged to anyone on the strength of
-    /// this write except the queue's hold on the messages, so giving up would lose data.
-    async fn write(&mut self, batch: Arc<WriteBatch>) {
+    /// this write except the queue's hold on the messages, so giving up would lose data. `Err`
+    /// only for a permanent refusal when there is a dead-letter queue to take it.
+    async fn write(&mut self, batch: Arc<WriteBatch>) -> Result<(), StoreError> {
         if batch.is_empty() {
-            return;
+            return Ok(());
         }
         let mut attempt = 0;
         loop {
@@ -165,7 +174,7 @@ impl SinkState {
                 Ok(()) => {
                     histogram!(SINK_WRITE_LATENCY).record(started.elapsed());
                     debug!(points = batch.data_points(), "batch stored");
-                    return;
+                    return Ok(());
                 }
                 Err(e) => {
                     self.stats.failed_writes += 1;
@@ -175,6 +184,9 @@ impl SinkState {
                         "permanent"
                     };
                     counter!(STORAGE_ERRORS, "kind" => kind).increment(1);
+                    if !e.is_retryable() && self.dead_letters.is_some() {
+                        return Err(e);
+                    }
                     let delay = backoff(attempt, self.config.retry_base, self.config.retry_max);
                     if e.is_retryable() {
                         warn!(error = %e, attempt, retry_in = ?delay, "storage write failed");
@@ -185,6 +197,37 @@ impl SinkState {
                     attempt = attempt.saturating_add(1);
                 }
             }
+        }
+    }
+
+    /// A batch was refused for good: writes its messages one by one and sends those refused
+    /// on their own to the dead-letter queue, with the reason, so the rest is stored and the
+    /// partition moves on.
+    async fn isolate(&mut self, delivered: &[Delivered], refused: &StoreError) {
+        warn!(error = %refused, messages = delivered.len(), "storage refused a batch; isolating the bad messages");
+        let Some(dead_letters) = self.dead_letters.clone() else {
+            return;
+        };
+        for d in delivered {
+            let single = Arc::new(WriteBatch::from_messages([&*d.message]));
+            let Err(e) = self.write(single).await else {
+                continue;
+            };
+            let reason = e.to_string();
+            let mut attempt = 0;
+            while let Err(q) = dead_letters.dead_letter(&d.message, &reason).await {
+                let delay = backoff(attempt, self.config.retry_base, self.config.retry_max);
+                warn!(error = %q, "dead-letter queue unavailable");
+                tokio::time::sleep(delay).await;
+                attempt = attempt.saturating_add(1);
+            }
+            counter!(DEAD_LETTERS, "reason" => "storage_refused").increment(1);
+            error!(
+                partition = d.partition,
+                offset = d.offset,
+                reason,
+                "message dead-lettered"
+            );
         }
     }
 
@@ -213,6 +256,10 @@ mod tests {
     use crate::testing::{MemStore, VecQueue};
 
     fn message(device: &str, ts: i64) -> Message {
+        keyed(device, ts, "v")
+    }
+
+    fn keyed(device: &str, ts: i64, key: &str) -> Message {
         let tenant = TenantId::from_name("t");
         Message {
             tenant_id: tenant,
@@ -220,7 +267,7 @@ mod tests {
             received_ts: ts,
             body: MessageBody::Telemetry(vec![TsRecord {
                 ts,
-                entries: vec![KvEntry::new("v", KvValue::Long(ts))],
+                entries: vec![KvEntry::new(key, KvValue::Long(ts))],
             }]),
         }
     }
@@ -245,6 +292,7 @@ mod tests {
             consumer: Box::new(queue.clone()),
             store: store.clone(),
             config: config(),
+            dead_letters: None,
         };
         let (sink, handle) = Actor::spawn(None, Sink, args).await.expect("sink starts");
         let stats = ractor::call!(sink, SinkMsg::Drain).expect("drained");
@@ -266,6 +314,7 @@ mod tests {
             consumer: Box::new(queue.clone()),
             store: store.clone(),
             config: config(),
+            dead_letters: None,
         };
         let (sink, handle) = Actor::spawn(None, Sink, args).await.expect("sink starts");
         tokio::time::sleep(Duration::from_millis(150)).await;
@@ -281,5 +330,31 @@ mod tests {
         assert!(stats.failed_writes >= 2, "{stats:?}");
         assert_eq!(store.points(), 2);
         assert_eq!(queue.committed(), Some(1));
+    }
+
+    #[tokio::test]
+    async fn a_message_refused_for_good_is_dead_lettered_and_the_rest_stored() {
+        let queue = VecQueue::default();
+        queue.push(message("d", 1));
+        queue.push(keyed("d", 2, "poison"));
+        queue.push(message("d", 3));
+        let store = Arc::new(MemStore::default());
+        store.refuse_key("poison");
+        let dead = Arc::new(crate::testing::MemDeadLetters::default());
+        let args = SinkArgs {
+            consumer: Box::new(queue.clone()),
+            store: store.clone(),
+            config: config(),
+            dead_letters: Some(dead.clone()),
+        };
+        let (sink, handle) = Actor::spawn(None, Sink, args).await.expect("sink starts");
+        ractor::call!(sink, SinkMsg::Drain).expect("drained");
+        handle.await.expect("sink stops");
+        assert_eq!(store.points(), 2, "the good messages are stored");
+        let letters = dead.letters();
+        assert_eq!(letters.len(), 1);
+        assert_eq!(letters[0].0.received_ts, 2);
+        assert!(letters[0].1.contains("poison"), "{}", letters[0].1);
+        assert_eq!(queue.committed(), Some(2), "the partition moved on");
     }
 }

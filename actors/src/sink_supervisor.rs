@@ -155,6 +155,7 @@ mod tests {
             // A fresh consumer re-reads from the committed offset, as a real queue's does.
             consumer: Box::new(q.reopened()),
             store: s.clone(),
+            dead_letters: None,
             config: SinkConfig {
                 batch_size: 10,
                 batch_interval: Duration::from_millis(10),

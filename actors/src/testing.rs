@@ -120,6 +120,7 @@ pub struct MemStore {
     batches: Mutex<Vec<Arc<WriteBatch>>>,
     down: AtomicBool,
     panic_next: AtomicBool,
+    refused_key: Mutex<Option<String>>,
 }
 
 impl MemStore {
@@ -130,6 +131,11 @@ impl MemStore {
     /// The next write panics (a bug in a store, as the sink sees it).
     pub fn panic_on_next_write(&self) {
         self.panic_next.store(true, Ordering::SeqCst);
+    }
+
+    /// Every batch with a data point of this key is refused for good (a type error, say).
+    pub fn refuse_key(&self, key: &str) {
+        *lock(&self.refused_key) = Some(key.to_owned());
     }
 
     pub fn points(&self) -> usize {
@@ -151,6 +157,11 @@ impl Store for MemStore {
             !self.panic_next.swap(false, Ordering::SeqCst),
             "test store told to panic"
         );
+        if let Some(key) = lock(&self.refused_key).as_deref()
+            && batch.timeseries.iter().any(|row| row.key == key)
+        {
+            return Err(StoreError::Permanent(format!("key {key} refused")));
+        }
         lock(&self.batches).push(batch);
         Ok(())
     }
@@ -186,5 +197,27 @@ impl Store for MemStore {
         _: Option<AttributeScope>,
     ) -> Result<Vec<String>, StoreError> {
         Err(unsupported())
+    }
+}
+
+/// Keeps dead-lettered messages with their reasons.
+#[derive(Default)]
+pub struct MemDeadLetters(Mutex<Vec<(SharedMessage, String)>>);
+
+impl MemDeadLetters {
+    pub fn letters(&self) -> Vec<(SharedMessage, String)> {
+        lock(&self.0).clone()
+    }
+}
+
+#[async_trait]
+impl crate::ports::DeadLetters for MemDeadLetters {
+    async fn dead_letter(
+        &self,
+        message: &SharedMessage,
+        reason: &str,
+    ) -> Result<(), crate::ports::QueueError> {
+        lock(&self.0).push((message.clone(), reason.to_owned()));
+        Ok(())
     }
 }

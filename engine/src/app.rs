@@ -8,19 +8,23 @@ use std::time::Duration;
 
 use actix_web::{App, HttpServer, web};
 use actors::ingress::Ingress;
-use actors::ports::{DeviceRegistry, Store};
+use actors::ports::{DeadLetters, DeviceRegistry, Producer, Store};
+use actors::rule_chain::{DefaultRuleChain, MakeRuleChain, RuleChain};
 use actors::sink::{SinkArgs, SinkConfig};
+use actors::sink_feed::{FeedConsumer, SharedFeed};
 use actors::sink_supervisor::{MakeSink, SinkSupervisor, SinkSupervisorArgs, SinkSupervisorMsg};
 use actors::supervisor::{SessionSupervisor, SupervisorMsg};
 use anyhow::Context;
 use metrics_exporter_prometheus::PrometheusHandle;
 use ractor::{Actor, ActorRef};
+use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tracing::{error, info};
 
 use crate::api::{self, ApiState};
 use crate::auth::Auth;
 use crate::config::{Config, QueueKind, StoreKind, bytes};
+use crate::queue::kafka::{self, KafkaProducer, KafkaSource, SourceHandle};
 use crate::queue::memory::MemoryQueue;
 use crate::store::clickhouse::ClickHouseStore;
 use crate::store::embedded::EmbeddedStore;
@@ -29,12 +33,34 @@ use crate::transport::mqtt::{MqttContext, MqttServer};
 
 pub struct Running {
     mqtt: MqttServer,
-    queue: MemoryQueue,
+    queue: Queue,
     http: actix_web::dev::ServerHandle,
     http_task: JoinHandle<std::io::Result<()>>,
     sinks: (ActorRef<SinkSupervisorMsg>, JoinHandle<()>),
     supervisor: ActorRef<SupervisorMsg>,
     shutdown_timeout: Duration,
+}
+
+/// The queue backend, as shutdown needs it.
+enum Queue {
+    Memory(MemoryQueue),
+    Kafka {
+        producer: KafkaProducer,
+        source: SourceHandle,
+    },
+}
+
+/// This node's name, made once and kept in `<data_dir>/node-id`.
+fn node_id(data_dir: &std::path::Path) -> anyhow::Result<String> {
+    let path = data_dir.join("node-id");
+    if let Ok(id) = std::fs::read_to_string(&path) {
+        return Ok(id.trim().to_owned());
+    }
+    std::fs::create_dir_all(data_dir)
+        .with_context(|| format!("cannot create {}", data_dir.display()))?;
+    let id = format!("engine-{}", uuid::Uuid::new_v4());
+    std::fs::write(&path, &id).with_context(|| format!("cannot write {}", path.display()))?;
+    Ok(id)
 }
 
 fn bind(addr: SocketAddr, what: &str) -> anyhow::Result<TcpListener> {
@@ -53,29 +79,73 @@ pub async fn start(config: Config, metrics: Option<PrometheusHandle>) -> anyhow:
             (Arc::new(store), Arc::new(registry))
         }
     };
-    let queue = match config.queue.kind {
-        QueueKind::Memory => {
-            MemoryQueue::new(config.queue.partitions, config.queue.partition_capacity, 1)
-        }
-    };
-
     let sink_config = SinkConfig {
         batch_size: config.store.batch_size(),
         batch_interval: config.store.batch_interval(),
         retry_base: config.store.retry_base,
         retry_max: config.store.retry_max,
     };
-    let (sink_queue, sink_store) = (queue.clone(), store.clone());
-    let make: MakeSink = Arc::new(move |i| SinkArgs {
-        consumer: Box::new(sink_queue.consumer(i)),
-        store: sink_store.clone(),
-        config: sink_config.clone(),
-    });
+    let sink_store = store.clone();
+    let (queue, producer, sink_count, make): (Queue, Arc<dyn Producer>, usize, MakeSink) =
+        match config.queue.kind {
+            QueueKind::Memory => {
+                let queue =
+                    MemoryQueue::new(config.queue.partitions, config.queue.partition_capacity, 1);
+                let sink_queue = queue.clone();
+                let make: MakeSink = Arc::new(move |i| SinkArgs {
+                    consumer: Box::new(sink_queue.consumer(i)),
+                    store: sink_store.clone(),
+                    config: sink_config.clone(),
+                    dead_letters: None,
+                });
+                let consumers = queue.consumers();
+                (
+                    Queue::Memory(queue.clone()),
+                    Arc::new(queue),
+                    consumers,
+                    make,
+                )
+            }
+            QueueKind::Kafka => {
+                kafka::ensure_topics(&config.queue).await?;
+                let producer = KafkaProducer::new(&config.queue)?;
+                // Rule chains -> sink: room for two batches, so the sink always has the next
+                // one ready while it writes.
+                let (to_sink, from_chains) =
+                    mpsc::channel(sink_config.batch_size.saturating_mul(2).max(1024));
+                let make_chain: MakeRuleChain =
+                    Arc::new(|_| Box::new(DefaultRuleChain) as Box<dyn RuleChain>);
+                let instance_id = match &config.queue.instance_id {
+                    Some(id) => id.clone(),
+                    None => node_id(&config.data_dir)?,
+                };
+                let (source, committer) =
+                    KafkaSource::start(&config.queue, &instance_id, make_chain, to_sink)?;
+                let feed = SharedFeed::new(from_chains);
+                let dead_letters: Arc<dyn DeadLetters> = Arc::new(producer.clone());
+                let make: MakeSink = Arc::new(move |_| SinkArgs {
+                    consumer: Box::new(FeedConsumer::new(feed.clone(), committer.clone())),
+                    store: sink_store.clone(),
+                    config: sink_config.clone(),
+                    dead_letters: Some(dead_letters.clone()),
+                });
+                info!(brokers = %config.queue.brokers, topic = %config.queue.topic, "kafka queue ready");
+                (
+                    Queue::Kafka {
+                        producer: producer.clone(),
+                        source,
+                    },
+                    Arc::new(producer),
+                    1,
+                    make,
+                )
+            }
+        };
     let sinks = Actor::spawn(
         Some("sinks".into()),
         SinkSupervisor,
         SinkSupervisorArgs {
-            sinks: queue.consumers(),
+            sinks: sink_count,
             make,
         },
     )
@@ -87,7 +157,6 @@ pub async fn start(config: Config, metrics: Option<PrometheusHandle>) -> anyhow:
     let mqtt_addr = mqtt_listener.local_addr()?;
     let http_addr = http_listener.local_addr()?;
 
-    let producer: Arc<dyn actors::ports::Producer> = Arc::new(queue.clone());
     let ctx = Arc::new(MqttContext {
         registry: registry.clone(),
         ingress: Arc::new(Ingress::new(
@@ -147,11 +216,30 @@ impl Running {
         tokio::join!(mqtt, http);
         let _ = self.http_task.await;
         // Nothing can send any more; a sender still waiting for room is told the queue closed.
-        self.queue.close();
-        info!(
-            messages = self.queue.depth(),
-            "listeners closed, draining the queue into storage"
-        );
+        let source = match self.queue {
+            Queue::Memory(queue) => {
+                queue.close();
+                info!(
+                    messages = queue.depth(),
+                    "listeners closed, draining the queue into storage"
+                );
+                None
+            }
+            Queue::Kafka {
+                producer,
+                mut source,
+            } => {
+                producer.close();
+                if let Err(e) = producer.flush(self.shutdown_timeout).await {
+                    error!(error = %e, "kafka did not confirm every record before shutdown");
+                }
+                // Stop reading; what the rule chains hold is stored below, the rest stays in
+                // Kafka for the next start.
+                source.stop().await;
+                info!("listeners closed, storing what was read from kafka");
+                Some(source)
+            }
+        };
         let drain = async {
             let (sinks, join) = self.sinks;
             let stats = ractor::call!(sinks, SinkSupervisorMsg::Drain).context("sinks died")?;
@@ -159,6 +247,9 @@ impl Running {
             anyhow::Ok(stats.messages)
         };
         let result = tokio::time::timeout(self.shutdown_timeout, drain).await;
+        if let Some(source) = source {
+            source.finish();
+        }
         self.supervisor.stop(None);
         match result {
             Ok(Ok(messages)) => {

@@ -98,6 +98,8 @@ pub enum QueueKind {
     /// In-process, bounded; acknowledged messages not yet stored are lost if the process is
     /// killed (a graceful shutdown drains them).
     Memory,
+    /// Kafka (or any Kafka-protocol broker): durable, shared by the nodes of a cluster.
+    Kafka,
 }
 
 #[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
@@ -108,8 +110,38 @@ pub struct QueueConfig {
     pub partitions: u32,
     /// Messages a partition holds until a sink commits them. When full, senders wait: MQTT
     /// PUBACKs and HTTP responses are held back. The total is how far ingest may run ahead of
-    /// storage, and so bounds the acknowledgement delay under sustained overload.
+    /// storage, and so bounds the acknowledgement delay under sustained overload. With Kafka,
+    /// the messages a partition's rule chain holds read and not yet stored.
     pub partition_capacity: usize,
+    /// Kafka: bootstrap brokers, `host:port[,host:port...]`.
+    pub brokers: String,
+    /// Kafka: the topic every uplink goes to; created at start-up when missing, with
+    /// `partitions` partitions and `replication_factor` replicas.
+    pub topic: String,
+    /// Kafka: where messages storage refuses for good go, with the reason in a header.
+    pub dead_letter_topic: String,
+    pub replication_factor: i32,
+    /// Kafka: the consumer group of the nodes; partitions are shared out among its members.
+    pub group_id: String,
+    /// Kafka: this node's static group membership (`group.instance.id`), so a restarted node
+    /// takes its partitions straight back instead of waiting for the group to notice it left.
+    /// Unset: a name made once and kept in `<data_dir>/node-id`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub instance_id: Option<String>,
+    /// Kafka: messages sent and not yet confirmed by the brokers. Beyond it senders wait (held
+    /// PUBACKs, slow HTTP answers); it bounds the producer's memory.
+    pub max_in_flight: usize,
+    /// Kafka: how long the producer waits to fill a batch (librdkafka's `linger.ms`).
+    #[serde(with = "humantime_serde")]
+    pub linger: Duration,
+    /// Kafka: `none`, `gzip`, `snappy`, `lz4` or `zstd`.
+    pub compression: String,
+    /// Kafka: how long start-up waits for the brokers before it gives up.
+    #[serde(with = "humantime_serde")]
+    pub connect_timeout: Duration,
+    /// Kafka: further librdkafka properties for the producer and the consumer (e.g.
+    /// `"security.protocol" = "SASL_SSL"`); they override the engine's own.
+    pub properties: std::collections::BTreeMap<String, String>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, Serialize)]
@@ -223,6 +255,17 @@ impl Default for QueueConfig {
             kind: QueueKind::Memory,
             partitions: 8,
             partition_capacity: 5_000,
+            brokers: "127.0.0.1:9092".into(),
+            topic: "ingest".into(),
+            dead_letter_topic: "ingest.dlq".into(),
+            replication_factor: 1,
+            group_id: "engine".into(),
+            instance_id: None,
+            max_in_flight: 100_000,
+            linger: Duration::from_millis(5),
+            compression: "lz4".into(),
+            connect_timeout: Duration::from_secs(10),
+            properties: std::collections::BTreeMap::new(),
         }
     }
 }
@@ -292,6 +335,18 @@ impl Config {
         ensure!(
             self.queue.partition_capacity > 0,
             "queue.partition_capacity must be at least 1"
+        );
+        ensure!(
+            self.queue.max_in_flight > 0,
+            "queue.max_in_flight must be at least 1"
+        );
+        ensure!(
+            self.queue.replication_factor > 0,
+            "queue.replication_factor must be at least 1"
+        );
+        ensure!(
+            ["none", "gzip", "snappy", "lz4", "zstd"].contains(&self.queue.compression.as_str()),
+            "queue.compression must be one of none, gzip, snappy, lz4, zstd"
         );
         ensure!(
             self.store.batch_size() > 0,

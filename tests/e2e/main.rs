@@ -7,6 +7,7 @@ mod durability;
 mod http_device_api;
 mod loadgen;
 mod mqtt_device_api;
+mod production;
 mod rest_api;
 
 use std::path::PathBuf;

@@ -47,6 +47,30 @@ fn wait_for_port(addr: SocketAddr, child: &mut Child, what: &str) -> Result<()> 
     bail!("{what} did not listen on {addr} within 30 s")
 }
 
+/// Starts `command` in `dir` with its output in `dir/log`, and waits until it listens on
+/// `port` (fails, killing it, if it exits or does not listen within 30 s).
+fn spawn_server(
+    mut command: Command,
+    dir: &Path,
+    log: &str,
+    port: u16,
+    what: &str,
+) -> Result<Child> {
+    let log = std::fs::File::create(dir.join(log))?;
+    let mut child = command
+        .current_dir(dir)
+        .stdin(Stdio::null())
+        .stdout(log.try_clone()?)
+        .stderr(log)
+        .spawn()
+        .with_context(|| format!("cannot start {what}"))?;
+    let addr = SocketAddr::from(([127, 0, 0, 1], port));
+    wait_for_port(addr, &mut child, what).inspect_err(|_| {
+        let _ = child.kill();
+    })?;
+    Ok(child)
+}
+
 fn stop_child(child: &mut Option<Child>) {
     if let Some(mut c) = child.take() {
         let _ = Command::new("kill")
@@ -141,23 +165,18 @@ impl ClickHouse {
             "clickhouse-server",
             "install Debian's clickhouse-server (tests/run.sh does)",
         )?;
-        let log = std::fs::File::create(self.dir.path().join("server.log"))?;
-        let mut child = Command::new(bin)
-            .arg(format!(
-                "--config-file={}",
-                self.dir.path().join("config.xml").display()
-            ))
-            .current_dir(self.dir.path())
-            .stdin(Stdio::null())
-            .stdout(log.try_clone()?)
-            .stderr(log)
-            .spawn()
-            .context("cannot start clickhouse-server")?;
-        let addr = SocketAddr::from(([127, 0, 0, 1], self.http_port));
-        wait_for_port(addr, &mut child, "clickhouse-server").inspect_err(|_| {
-            let _ = child.kill();
-        })?;
-        self.child = Some(child);
+        let mut command = Command::new(bin);
+        command.arg(format!(
+            "--config-file={}",
+            self.dir.path().join("config.xml").display()
+        ));
+        self.child = Some(spawn_server(
+            command,
+            self.dir.path(),
+            "server.log",
+            self.http_port,
+            "clickhouse-server",
+        )?);
         Ok(())
     }
 
@@ -219,25 +238,20 @@ impl Tansu {
             "tansu",
             "install it with `cargo install tansu --features dynostore,libsql` (tests/run.sh does)",
         )?;
-        let log = std::fs::File::create(self.dir.path().join("broker.log"))?;
         let listener = format!("tcp://127.0.0.1:{}", self.port);
-        // Relative to the working directory (tansu joins an absolute path onto it).
-        let storage = "sqlite://tansu.db".to_owned();
-        let mut child = Command::new(bin)
+        let mut command = Command::new(bin);
+        command
             .args(["broker", "--listener-url", &listener])
             .args(["--advertised-listener-url", &listener])
-            .args(["--storage-engine", &storage])
-            .current_dir(self.dir.path())
-            .stdin(Stdio::null())
-            .stdout(log.try_clone()?)
-            .stderr(log)
-            .spawn()
-            .context("cannot start tansu")?;
-        let addr = SocketAddr::from(([127, 0, 0, 1], self.port));
-        wait_for_port(addr, &mut child, "tansu").inspect_err(|_| {
-            let _ = child.kill();
-        })?;
-        self.child = Some(child);
+            // Relative to the working directory (tansu joins an absolute path onto it).
+            .args(["--storage-engine", "sqlite://tansu.db"]);
+        self.child = Some(spawn_server(
+            command,
+            self.dir.path(),
+            "broker.log",
+            self.port,
+            "tansu",
+        )?);
         Ok(())
     }
 

@@ -2,7 +2,7 @@
 
 use std::collections::BTreeMap;
 
-use actors::model::{AttributeScope, DeviceId, KvValue, now_ms};
+use actors::model::{AttributeScope, DeviceId, KvValue};
 use actors::ports::{
     Aggregation, AttributeValue, LatestValue, Order, RangeQuery, RangeResult, StoreError, TsValue,
 };
@@ -39,33 +39,7 @@ pub(super) fn latest(
         )?;
         found.insert(key, (ts, value));
     }
-    Ok(match keys {
-        None => found
-            .into_iter()
-            .map(|(key, (ts, value))| LatestValue {
-                key,
-                ts,
-                value: Some(value),
-            })
-            .collect(),
-        // ThingsBoard answers every requested key; a missing one has no value and the time of
-        // the request.
-        Some(keys) => keys
-            .iter()
-            .map(|key| match found.get(key) {
-                Some((ts, value)) => LatestValue {
-                    key: key.clone(),
-                    ts: *ts,
-                    value: Some(value.clone()),
-                },
-                None => LatestValue {
-                    key: key.clone(),
-                    ts: now_ms(),
-                    value: None,
-                },
-            })
-            .collect(),
-    })
+    Ok(crate::store::latest_answer(found, keys))
 }
 
 pub(super) fn timeseries_keys(c: &Connection, device: DeviceId) -> Result<Vec<String>, StoreError> {

@@ -1,0 +1,382 @@
+//! The record format of the `ingest` topic: `proto/ingest.proto`, version 1, as prost structs
+//! written by hand (no protoc at build time). The test below pins every field number to that
+//! file.
+
+use actors::model::{
+    AttributeScope, DeviceId, KvEntry, KvValue, Message, MessageBody, TenantId, TsRecord,
+};
+use prost::Message as _;
+use uuid::Uuid;
+
+/// The `format` header of every record.
+pub const FORMAT: &str = "engine.ingest.v1";
+
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct IngestMessage {
+    #[prost(bytes = "vec", tag = "1")]
+    pub tenant_id: Vec<u8>,
+    #[prost(bytes = "vec", tag = "2")]
+    pub device_id: Vec<u8>,
+    #[prost(int64, tag = "3")]
+    pub received_ts: i64,
+    #[prost(oneof = "Body", tags = "4, 5")]
+    pub body: Option<Body>,
+}
+
+#[derive(Clone, PartialEq, prost::Oneof)]
+pub enum Body {
+    #[prost(message, tag = "4")]
+    Telemetry(Telemetry),
+    #[prost(message, tag = "5")]
+    Attributes(Attributes),
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct Telemetry {
+    #[prost(message, repeated, tag = "1")]
+    pub records: Vec<WireRecord>,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct WireRecord {
+    #[prost(int64, tag = "1")]
+    pub ts: i64,
+    #[prost(message, repeated, tag = "2")]
+    pub entries: Vec<WireEntry>,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct Attributes {
+    #[prost(int32, tag = "1")]
+    pub scope: i32,
+    #[prost(message, repeated, tag = "2")]
+    pub entries: Vec<WireEntry>,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct WireEntry {
+    #[prost(string, tag = "1")]
+    pub key: String,
+    #[prost(oneof = "WireValue", tags = "2, 3, 4, 5, 6")]
+    pub value: Option<WireValue>,
+}
+
+#[derive(Clone, PartialEq, prost::Oneof)]
+pub enum WireValue {
+    #[prost(bool, tag = "2")]
+    BoolV(bool),
+    #[prost(int64, tag = "3")]
+    LongV(i64),
+    #[prost(double, tag = "4")]
+    DoubleV(f64),
+    #[prost(string, tag = "5")]
+    StringV(String),
+    #[prost(string, tag = "6")]
+    JsonV(String),
+}
+
+fn entry_to_wire(e: &KvEntry) -> WireEntry {
+    WireEntry {
+        key: e.key.clone(),
+        value: Some(match &e.value {
+            KvValue::Bool(b) => WireValue::BoolV(*b),
+            KvValue::Long(l) => WireValue::LongV(*l),
+            KvValue::Double(d) => WireValue::DoubleV(*d),
+            KvValue::String(s) => WireValue::StringV(s.clone()),
+            KvValue::Json(s) => WireValue::JsonV(s.clone()),
+        }),
+    }
+}
+
+fn entry_from_wire(e: WireEntry) -> Result<KvEntry, WireError> {
+    let value = match e.value {
+        Some(WireValue::BoolV(b)) => KvValue::Bool(b),
+        Some(WireValue::LongV(l)) => KvValue::Long(l),
+        Some(WireValue::DoubleV(d)) => KvValue::Double(d),
+        Some(WireValue::StringV(s)) => KvValue::String(s),
+        Some(WireValue::JsonV(s)) => KvValue::Json(s),
+        None => return Err(WireError::Invalid(format!("key {} has no value", e.key))),
+    };
+    Ok(KvEntry { key: e.key, value })
+}
+
+pub fn encode(message: &Message) -> Vec<u8> {
+    let body = match &message.body {
+        MessageBody::Telemetry(records) => Body::Telemetry(Telemetry {
+            records: records
+                .iter()
+                .map(|r| WireRecord {
+                    ts: r.ts,
+                    entries: r.entries.iter().map(entry_to_wire).collect(),
+                })
+                .collect(),
+        }),
+        MessageBody::Attributes { scope, entries } => Body::Attributes(Attributes {
+            scope: i32::try_from(scope.code()).unwrap_or(0),
+            entries: entries.iter().map(entry_to_wire).collect(),
+        }),
+    };
+    IngestMessage {
+        tenant_id: message.tenant_id.0.as_bytes().to_vec(),
+        device_id: message.device_id.0.as_bytes().to_vec(),
+        received_ts: message.received_ts,
+        body: Some(body),
+    }
+    .encode_to_vec()
+}
+
+#[derive(Debug, thiserror::Error, PartialEq)]
+pub enum WireError {
+    #[error("not a protobuf IngestMessage: {0}")]
+    Decode(#[from] prost::DecodeError),
+    #[error("invalid IngestMessage: {0}")]
+    Invalid(String),
+}
+
+fn uuid(bytes: &[u8], what: &str) -> Result<Uuid, WireError> {
+    Uuid::from_slice(bytes).map_err(|_| WireError::Invalid(format!("{what} is not 16 bytes")))
+}
+
+pub fn decode(bytes: &[u8]) -> Result<Message, WireError> {
+    let wire = IngestMessage::decode(bytes)?;
+    let body = match wire.body {
+        Some(Body::Telemetry(t)) => MessageBody::Telemetry(
+            t.records
+                .into_iter()
+                .map(|r| {
+                    Ok(TsRecord {
+                        ts: r.ts,
+                        entries: r
+                            .entries
+                            .into_iter()
+                            .map(entry_from_wire)
+                            .collect::<Result<_, _>>()?,
+                    })
+                })
+                .collect::<Result<_, WireError>>()?,
+        ),
+        Some(Body::Attributes(a)) => MessageBody::Attributes {
+            scope: AttributeScope::from_code(i64::from(a.scope))
+                .ok_or_else(|| WireError::Invalid(format!("unknown scope {}", a.scope)))?,
+            entries: a
+                .entries
+                .into_iter()
+                .map(entry_from_wire)
+                .collect::<Result<_, _>>()?,
+        },
+        None => return Err(WireError::Invalid("no body".into())),
+    };
+    Ok(Message {
+        tenant_id: TenantId(uuid(&wire.tenant_id, "tenant_id")?),
+        device_id: DeviceId(uuid(&wire.device_id, "device_id")?),
+        received_ts: wire.received_ts,
+        body,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample() -> Vec<Message> {
+        let tenant = TenantId::from_name("t");
+        let device = DeviceId::derive(tenant, "d");
+        let entries = vec![
+            KvEntry::new("b", KvValue::Bool(true)),
+            KvEntry::new("l", KvValue::Long(-5)),
+            KvEntry::new("d", KvValue::Double(2.5)),
+            KvEntry::new("s", KvValue::String("x".into())),
+            KvEntry::new("j", KvValue::Json(r#"{"a":1}"#.into())),
+        ];
+        vec![
+            Message {
+                tenant_id: tenant,
+                device_id: device,
+                received_ts: 7,
+                body: MessageBody::Telemetry(vec![TsRecord {
+                    ts: 5,
+                    entries: entries.clone(),
+                }]),
+            },
+            Message {
+                tenant_id: tenant,
+                device_id: device,
+                received_ts: 8,
+                body: MessageBody::Attributes {
+                    scope: AttributeScope::Shared,
+                    entries,
+                },
+            },
+        ]
+    }
+
+    #[test]
+    fn messages_round_trip() {
+        for message in sample() {
+            assert_eq!(decode(&encode(&message)).expect("decodes"), message);
+        }
+    }
+
+    #[test]
+    fn garbage_is_an_error_not_a_panic() {
+        assert!(matches!(decode(b"\xff\xff\xff"), Err(WireError::Decode(_))));
+        assert!(matches!(decode(b""), Err(WireError::Invalid(_))));
+    }
+
+    /// Every `name = N;` of proto/ingest.proto is the tag prost writes for that field, checked
+    /// by encoding a message that sets the field and reading the first key byte.
+    #[test]
+    fn the_structs_match_the_proto_file() {
+        let proto = include_str!("../../../../proto/ingest.proto");
+        let number = |message: &str, field: &str| -> u32 {
+            let start = proto
+                .find(&format!("message {message} {{"))
+                .unwrap_or_else(|| panic!("message {message} in the proto"));
+            let body = &proto[start..];
+            let body = &body[..body.find("\n}").unwrap_or(body.len())];
+            let line = body
+                .lines()
+                .find(|l| {
+                    let words: Vec<&str> = l.split_whitespace().collect();
+                    words.windows(2).any(|w| w[0] == field && w[1] == "=")
+                })
+                .unwrap_or_else(|| panic!("{message}.{field} in the proto"));
+            let after = line.split('=').nth(1).expect("a number").trim_start();
+            let digits: String = after.chars().take_while(char::is_ascii_digit).collect();
+            digits.parse().expect("a number")
+        };
+        let tag = |bytes: Vec<u8>| u32::from(bytes[0] >> 3);
+        let entry = |value| WireEntry {
+            key: String::new(),
+            value: Some(value),
+        };
+        let cases: Vec<(&str, &str, Vec<u8>)> = vec![
+            (
+                "IngestMessage",
+                "tenant_id",
+                IngestMessage {
+                    tenant_id: vec![1],
+                    ..Default::default()
+                }
+                .encode_to_vec(),
+            ),
+            (
+                "IngestMessage",
+                "device_id",
+                IngestMessage {
+                    device_id: vec![1],
+                    ..Default::default()
+                }
+                .encode_to_vec(),
+            ),
+            (
+                "IngestMessage",
+                "received_ts",
+                IngestMessage {
+                    received_ts: 1,
+                    ..Default::default()
+                }
+                .encode_to_vec(),
+            ),
+            (
+                "IngestMessage",
+                "telemetry",
+                IngestMessage {
+                    body: Some(Body::Telemetry(Telemetry::default())),
+                    ..Default::default()
+                }
+                .encode_to_vec(),
+            ),
+            (
+                "IngestMessage",
+                "attributes",
+                IngestMessage {
+                    body: Some(Body::Attributes(Attributes::default())),
+                    ..Default::default()
+                }
+                .encode_to_vec(),
+            ),
+            (
+                "Telemetry",
+                "records",
+                Telemetry {
+                    records: vec![WireRecord::default()],
+                }
+                .encode_to_vec(),
+            ),
+            (
+                "TsRecord",
+                "ts",
+                WireRecord {
+                    ts: 1,
+                    entries: vec![],
+                }
+                .encode_to_vec(),
+            ),
+            (
+                "TsRecord",
+                "entries",
+                WireRecord {
+                    ts: 0,
+                    entries: vec![WireEntry::default()],
+                }
+                .encode_to_vec(),
+            ),
+            (
+                "Attributes",
+                "scope",
+                Attributes {
+                    scope: 1,
+                    entries: vec![],
+                }
+                .encode_to_vec(),
+            ),
+            (
+                "Attributes",
+                "entries",
+                Attributes {
+                    scope: 0,
+                    entries: vec![WireEntry::default()],
+                }
+                .encode_to_vec(),
+            ),
+            (
+                "KvEntry",
+                "key",
+                WireEntry {
+                    key: "k".into(),
+                    value: None,
+                }
+                .encode_to_vec(),
+            ),
+            (
+                "KvEntry",
+                "bool_v",
+                entry(WireValue::BoolV(true)).encode_to_vec(),
+            ),
+            (
+                "KvEntry",
+                "long_v",
+                entry(WireValue::LongV(1)).encode_to_vec(),
+            ),
+            (
+                "KvEntry",
+                "double_v",
+                entry(WireValue::DoubleV(1.0)).encode_to_vec(),
+            ),
+            (
+                "KvEntry",
+                "string_v",
+                entry(WireValue::StringV("s".into())).encode_to_vec(),
+            ),
+            (
+                "KvEntry",
+                "json_v",
+                entry(WireValue::JsonV("{}".into())).encode_to_vec(),
+            ),
+        ];
+        for (message, field, bytes) in cases {
+            assert_eq!(tag(bytes), number(message, field), "{message}.{field}");
+        }
+    }
+}

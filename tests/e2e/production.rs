@@ -1,0 +1,401 @@
+//! The production path with real servers: the engine with `queue.kind = "kafka"` (tansu, a
+//! Kafka-protocol broker keeping its log in SQLite so it survives a restart) and
+//! `store.kind = "clickhouse"` (Debian's clickhouse-server 18.16). Devices send known QoS 1
+//! messages while a server is stopped and started, or the engine is killed; afterwards every
+//! acknowledged data point must be stored exactly once, as seen through REST and through a
+//! direct ClickHouse count.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use serde_json::{Value, json};
+use tests::mqtt::{Outcome, connect_v3};
+use tests::servers::{ClickHouse, Tansu};
+use tests::{Engine, Rest};
+
+const TELEMETRY: &str = "v1/devices/me/telemetry";
+/// Data point times: one per message, far from now so they never clash with other data.
+const BASE_TS: i64 = 1_600_000_000_000;
+
+struct Stack {
+    clickhouse: ClickHouse,
+    kafka: Tansu,
+    dir: tempfile::TempDir,
+}
+
+impl Stack {
+    fn start() -> Result<Stack> {
+        Ok(Stack {
+            clickhouse: ClickHouse::start()?,
+            kafka: Tansu::start()?,
+            dir: tempfile::tempdir()?,
+        })
+    }
+
+    fn engine(&self) -> Result<Engine> {
+        let brokers = self.kafka.brokers();
+        let url = self.clickhouse.url();
+        Engine::start_with(
+            self.dir.path(),
+            &[
+                ("ENGINE_QUEUE__KIND", "kafka"),
+                ("ENGINE_QUEUE__BROKERS", &brokers),
+                ("ENGINE_QUEUE__PARTITIONS", "4"),
+                ("ENGINE_STORE__KIND", "clickhouse"),
+                ("ENGINE_STORE__URL", &url),
+                ("ENGINE_STORE__DATABASE", "engine"),
+                ("ENGINE_STORE__BATCH_INTERVAL", "200ms"),
+            ],
+        )
+    }
+
+    /// Distinct (device, key, ts) rows in ClickHouse: a point written twice counts once.
+    async fn distinct_points(&self) -> Result<u64> {
+        let text = self
+            .clickhouse
+            .query("SELECT uniqExact(device_id, key, ts) FROM engine.ts_kv")
+            .await?;
+        text.trim().parse().context("a count")
+    }
+}
+
+/// Acknowledged sequence numbers per device token.
+type Acked = Arc<Mutex<BTreeMap<String, BTreeSet<i64>>>>;
+
+/// Each device publishes `{"ts": BASE_TS + seq, "values": {"seq": seq}}` at QoS 1, one at a
+/// time, for `run` or until the connection fails; returns the next sequence number per device.
+async fn publish_for(
+    engine: &Engine,
+    tokens: &[String],
+    first_seq: i64,
+    run: Duration,
+    acked: &Acked,
+) -> Result<()> {
+    let mut tasks = Vec::new();
+    for token in tokens {
+        let mut device = connect_v3(engine, token, token)
+            .await
+            .map_err(|code| anyhow::anyhow!("{token} refused: {code:?}"))?;
+        let (token, acked) = (token.clone(), acked.clone());
+        tasks.push(tokio::spawn(async move {
+            let deadline = tokio::time::Instant::now() + run;
+            let mut seq = first_seq;
+            while tokio::time::Instant::now() < deadline {
+                let payload = json!({"ts": BASE_TS + seq, "values": {"seq": seq}}).to_string();
+                match device.publish(TELEMETRY, payload).await {
+                    Ok(Outcome::Acked(0)) => {
+                        if let Ok(mut a) = acked.lock() {
+                            a.entry(token.clone()).or_default().insert(seq);
+                        }
+                        seq += 1;
+                    }
+                    _ => break,
+                }
+            }
+        }));
+    }
+    for task in tasks {
+        task.await?;
+    }
+    Ok(())
+}
+
+async fn devices(rest: &Rest, count: usize, prefix: &str) -> Result<Vec<(String, String)>> {
+    let mut out = Vec::new();
+    for i in 0..count {
+        let token = format!("{prefix}-{i}");
+        let id = rest.create_device(&token, &token).await?;
+        out.push((token, id));
+    }
+    Ok(out)
+}
+
+/// Every acknowledged point is stored, none twice: per device, REST's raw series holds every
+/// acknowledged sequence number once, and REST's COUNT agrees with it; ClickHouse's distinct
+/// count agrees with the total.
+async fn check_stored_once(
+    stack: &Stack,
+    rest: &Rest,
+    devices: &[(String, String)],
+    acked: &Acked,
+) -> Result<()> {
+    let acked = acked
+        .lock()
+        .map_err(|_| anyhow::anyhow!("poisoned"))?
+        .clone();
+    let total: usize = acked.values().map(BTreeSet::len).sum();
+    assert!(total > 0, "nothing was acknowledged");
+    let mut stored_total = 0;
+    for (token, id) in devices {
+        let want = acked.get(token).cloned().unwrap_or_default();
+        let range = format!(
+            "/api/plugins/telemetry/DEVICE/{id}/values/timeseries?keys=seq&startTs={}&endTs={}&limit=1000000&useStrictDataTypes=true",
+            BASE_TS,
+            BASE_TS + 10_000_000
+        );
+        let series = rest
+            .eventually(Duration::from_secs(60), || async {
+                let v = rest.json(&range).await?;
+                let got: Vec<i64> = v["seq"]
+                    .as_array()
+                    .map(|a| a.iter().filter_map(|p| p["value"].as_i64()).collect())
+                    .unwrap_or_default();
+                let set: BTreeSet<i64> = got.iter().copied().collect();
+                Ok(want.is_subset(&set).then_some(got))
+            })
+            .await
+            .with_context(|| format!("{token}: acknowledged points missing"))?;
+        let distinct: BTreeSet<i64> = series.iter().copied().collect();
+        assert_eq!(distinct.len(), series.len(), "{token}: a point shows twice");
+        let count = rest
+            .json(&format!(
+                "/api/plugins/telemetry/DEVICE/{id}/values/timeseries?keys=seq&startTs={}&endTs={}&agg=COUNT&interval=0&useStrictDataTypes=true",
+                BASE_TS,
+                BASE_TS + 10_000_000
+            ))
+            .await?;
+        assert_eq!(
+            count["seq"][0]["value"].as_u64(),
+            Some(series.len() as u64),
+            "{token}: COUNT counts a replayed point twice: {count}"
+        );
+        stored_total += series.len();
+    }
+    assert!(stored_total >= total);
+    assert_eq!(stack.distinct_points().await?, stored_total as u64);
+    Ok(())
+}
+
+fn tokens(devices: &[(String, String)]) -> Vec<String> {
+    devices.iter().map(|(t, _)| t.clone()).collect()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn kafka_and_clickhouse_serve_the_device_and_rest_apis() -> Result<()> {
+    let stack = Stack::start()?;
+    let engine = stack.engine()?;
+    let rest = engine.rest().await?;
+    let id = rest.create_device("prod-1", "PROD1").await?;
+    let mut device = connect_v3(&engine, "PROD1", "prod-1")
+        .await
+        .map_err(|code| anyhow::anyhow!("refused: {code:?}"))?;
+    let payload =
+        json!({"temperature": 42, "humidity": 55.5, "on": true, "name": "a", "cfg": {"x": 1}});
+    assert_eq!(
+        device.publish(TELEMETRY, payload.to_string()).await?,
+        Outcome::Acked(0)
+    );
+    assert_eq!(
+        device
+            .publish("v1/devices/me/attributes", r#"{"fw":"1.2","n":3}"#)
+            .await?,
+        Outcome::Acked(0)
+    );
+    let latest = rest
+        .eventually(Duration::from_secs(30), || async {
+            let v = rest.latest(&id).await?;
+            Ok((v.as_object().map_or(0, serde_json::Map::len) == 5).then_some(v))
+        })
+        .await?;
+    assert_eq!(latest["temperature"][0]["value"], json!(42));
+    assert_eq!(latest["humidity"][0]["value"], json!(55.5));
+    assert_eq!(latest["on"][0]["value"], json!(true));
+    assert_eq!(latest["name"][0]["value"], json!("a"));
+    assert_eq!(latest["cfg"][0]["value"], json!(r#"{"x":1}"#));
+    let attributes: Value = rest
+        .eventually(Duration::from_secs(30), || async {
+            let v = rest
+                .json(&format!(
+                    "/api/plugins/telemetry/DEVICE/{id}/values/attributes/CLIENT_SCOPE"
+                ))
+                .await?;
+            Ok((v.as_array().map_or(0, Vec::len) == 2).then_some(v))
+        })
+        .await?;
+    assert_eq!(attributes[0]["key"], "fw");
+    assert_eq!(attributes[1]["value"], json!(3));
+    let direct = stack
+        .clickhouse
+        .query("SELECT count() FROM engine.ts_kv")
+        .await?;
+    assert_eq!(direct.trim(), "5");
+    let topics = engine.log();
+    assert!(topics.contains("kafka topic created"), "{topics}");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sigkill_during_ingest_loses_nothing_acknowledged() -> Result<()> {
+    let stack = Stack::start()?;
+    let mut engine = stack.engine()?;
+    let rest = engine.rest().await?;
+    let devices = devices(&rest, 8, "kill").await?;
+    let acked: Acked = Arc::default();
+
+    let publishing = {
+        let (tokens, acked) = (tokens(&devices), acked.clone());
+        let engine_ref = &engine;
+        async move { publish_for(engine_ref, &tokens, 0, Duration::from_secs(60), &acked).await }
+    };
+    let killer = async {
+        tokio::time::sleep(Duration::from_secs(3)).await;
+    };
+    // Publish until the engine is killed under the devices' feet.
+    tokio::select! {
+        r = publishing => r?,
+        () = killer => {}
+    }
+    engine.kill()?;
+    let before = acked
+        .lock()
+        .map(|a| a.values().map(BTreeSet::len).sum::<usize>())
+        .unwrap_or(0);
+    assert!(before > 0, "nothing acknowledged before the kill");
+
+    let engine = stack.engine()?;
+    let rest = engine.rest().await?;
+    publish_for(
+        &engine,
+        &tokens(&devices),
+        1_000_000,
+        Duration::from_secs(2),
+        &acked,
+    )
+    .await?;
+    let checked = check_stored_once(&stack, &rest, &devices, &acked).await;
+    if checked.is_err() {
+        eprintln!("ENGINE LOG:\n{}", engine.log());
+        eprintln!(
+            "ACKED: {:?}",
+            acked.lock().map(|a| a
+                .iter()
+                .map(|(k, v)| (
+                    k.clone(),
+                    v.len(),
+                    v.iter().next().copied(),
+                    v.iter().last().copied()
+                ))
+                .collect::<Vec<_>>())
+        );
+        eprintln!(
+            "CH: {}",
+            stack
+                .clickhouse
+                .query("SELECT key, count(), min(ts), max(ts) FROM engine.ts_kv GROUP BY key")
+                .await?
+        );
+    }
+    checked
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn clickhouse_outage_pauses_storage_and_it_catches_up() -> Result<()> {
+    let mut stack = Stack::start()?;
+    let engine = stack.engine()?;
+    let rest = engine.rest().await?;
+    let devices = devices(&rest, 8, "chdown").await?;
+    let acked: Acked = Arc::default();
+    publish_for(
+        &engine,
+        &tokens(&devices),
+        0,
+        Duration::from_secs(1),
+        &acked,
+    )
+    .await?;
+
+    stack.clickhouse.pause();
+    // Kafka holds what storage cannot take: devices are still acknowledged, the lag grows.
+    publish_for(
+        &engine,
+        &tokens(&devices),
+        10_000,
+        Duration::from_secs(6),
+        &acked,
+    )
+    .await?;
+    // The consumer's statistics come every 5 s.
+    let metrics = rest
+        .eventually(Duration::from_secs(15), || async {
+            let metrics = reqwest::get(engine.url("/metrics")).await?.text().await?;
+            let lag = metric(&metrics, "engine_queue_lag_messages");
+            Ok(lag.is_some_and(|l| l > 0.0).then_some(metrics))
+        })
+        .await
+        .context("the lag never showed the backlog")?;
+    let errors = metric(&metrics, r#"engine_storage_errors_total{kind="retryable"}"#);
+    assert!(
+        errors.is_some_and(|e| e > 0.0),
+        "failed writes are counted: {errors:?}"
+    );
+    let rss = engine.rss_kib()?;
+    assert!(rss < 512 * 1024, "memory stays bounded: {rss} KiB");
+
+    stack.clickhouse.resume()?;
+    publish_for(
+        &engine,
+        &tokens(&devices),
+        20_000,
+        Duration::from_secs(1),
+        &acked,
+    )
+    .await?;
+    check_stored_once(&stack, &rest, &devices, &acked).await
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn kafka_outage_holds_acknowledgements_and_loses_nothing() -> Result<()> {
+    let mut stack = Stack::start()?;
+    let engine = stack.engine()?;
+    let rest = engine.rest().await?;
+    let devices = devices(&rest, 8, "kdown").await?;
+    let acked: Acked = Arc::default();
+    publish_for(
+        &engine,
+        &tokens(&devices),
+        0,
+        Duration::from_secs(1),
+        &acked,
+    )
+    .await?;
+
+    // The broker goes away while devices publish: their PUBACKs wait, nothing fails.
+    let outage = async {
+        stack.kafka.pause();
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        stack.kafka.resume()
+    };
+    let all = tokens(&devices);
+    let (published, resumed) = tokio::join!(
+        publish_for(&engine, &all, 10_000, Duration::from_secs(6), &acked),
+        outage
+    );
+    published?;
+    resumed?;
+    publish_for(
+        &engine,
+        &tokens(&devices),
+        20_000,
+        Duration::from_secs(1),
+        &acked,
+    )
+    .await?;
+    let after = acked
+        .lock()
+        .map(|a| a.values().map(BTreeSet::len).sum::<usize>())
+        .unwrap_or(0);
+    if after == 0 {
+        bail!("nothing acknowledged");
+    }
+    check_stored_once(&stack, &rest, &devices, &acked).await
+}
+
+/// The value of one series of a Prometheus exposition (`name` or `name{labels}` exactly).
+fn metric(exposition: &str, series: &str) -> Option<f64> {
+    exposition.lines().find_map(|line| {
+        let (key, value) = line.rsplit_once(' ')?;
+        (key == series).then(|| value.parse().ok())?
+    })
+}
