@@ -51,11 +51,12 @@ impl Stack {
         )
     }
 
-    /// Distinct (device, key, ts) rows in ClickHouse: a point written twice counts once.
+    /// Distinct (device, ts) rows of the key `seq` in ClickHouse: a point written twice counts
+    /// once.
     async fn distinct_points(&self) -> Result<u64> {
         let text = self
             .clickhouse
-            .query("SELECT uniqExact(device_id, key, ts) FROM engine.ts_kv")
+            .query("SELECT uniqExact(device_id, ts) FROM engine.ts_kv WHERE key = 'seq'")
             .await?;
         text.trim().parse().context("a count")
     }
@@ -136,7 +137,7 @@ async fn check_stored_once(
             BASE_TS + 10_000_000
         );
         let series = rest
-            .eventually(Duration::from_secs(60), || async {
+            .eventually(Duration::from_secs(120), || async {
                 let v = rest.json(&range).await?;
                 let got: Vec<i64> = v["seq"]
                     .as_array()
@@ -398,4 +399,88 @@ fn metric(exposition: &str, series: &str) -> Option<f64> {
         let (key, value) = line.rsplit_once(' ')?;
         (key == series).then(|| value.parse().ok())?
     })
+}
+
+/// A device that publishes far faster than Kafka takes records: its socket stops being read
+/// (unread bytes pile up in the kernel, TCP pushes back), the engine's memory stays bounded,
+/// and the other devices keep being acknowledged and stored.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_flooding_device_is_slowed_and_others_keep_flowing() -> Result<()> {
+    let stack = Stack::start()?;
+    let engine = stack.engine()?;
+    let rest = engine.rest().await?;
+    let normal = devices(&rest, 3, "calm").await?;
+    rest.create_device("flood", "FLOOD").await?;
+    let flooder = connect_v3(&engine, "FLOOD", "flood")
+        .await
+        .map_err(|code| anyhow::anyhow!("refused: {code:?}"))?;
+    let flooding = tokio::spawn(async move {
+        let filler = "x".repeat(2000);
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(6);
+        let mut seq = 0i64;
+        while tokio::time::Instant::now() < deadline {
+            let payload = json!({"ts": BASE_TS + seq, "values": {"flood": seq, "pad": filler}});
+            // Returns once the client could queue it; the client's queue is bounded, so this
+            // waits when the socket does.
+            if tokio::time::timeout(
+                Duration::from_secs(1),
+                flooder.send(TELEMETRY, payload.to_string()),
+            )
+            .await
+            .is_err()
+            {
+                continue;
+            }
+            seq += 1;
+        }
+        flooder
+    });
+
+    let acked: Acked = Arc::default();
+    let port = engine.mqtt.port();
+    let watch_backlog = async {
+        let mut most = 0u64;
+        for _ in 0..30 {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            most = most.max(unread_bytes(port)?);
+        }
+        anyhow::Ok(most)
+    };
+    let calm = tokens(&normal);
+    let (published, backlog) = tokio::join!(
+        publish_for(&engine, &calm, 0, Duration::from_secs(6), &acked),
+        watch_backlog
+    );
+    published?;
+    let backlog = backlog?;
+    assert!(backlog > 0, "the flooder's socket was never left unread");
+    let rss = engine.rss_kib()?;
+    assert!(rss < 512 * 1024, "memory stays bounded: {rss} KiB");
+    for (token, _) in &normal {
+        let count = acked
+            .lock()
+            .map(|a| a.get(token).map_or(0, BTreeSet::len))
+            .unwrap_or(0);
+        assert!(count > 0, "{token} was not acknowledged during the flood");
+    }
+    let _flooder = flooding.await?;
+    check_stored_once(&stack, &rest, &normal, &acked).await
+}
+
+/// The most bytes waiting unread in any of the engine's sockets on `port` (ss's Recv-Q).
+fn unread_bytes(port: u16) -> Result<u64> {
+    let out = std::process::Command::new("ss")
+        .args([
+            "-Htn",
+            "state",
+            "established",
+            &format!("( sport = :{port} )"),
+        ])
+        .output()
+        .context("running ss (Debian's iproute2)")?;
+    Ok(String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| l.split_whitespace().next()?.parse::<u64>().ok())
+        .max()
+        .unwrap_or(0))
 }
