@@ -4,10 +4,15 @@
 #     every message stored and verified), Mosquitto and rumqttd: acknowledged messages/s and
 #     p99 acknowledgement latency, and the engine's rate as a ratio to each broker's;
 #  2. idle memory: IDLE_CONNECTIONS (15 000) connected devices held by the engine and by
-#     Mosquitto, resident memory per connection.
+#     Mosquitto, resident memory per connection;
+#  3. the production path: the same workload through engine -> Kafka-protocol broker (tansu,
+#     in-memory storage) -> ClickHouse, all on this machine: acknowledged messages/s, data
+#     points/s written, ingest-to-queryable latency (PUBACK until a query sees the row), the
+#     rate storage catches up a backlog at, and a plain bulk insert of the same rows straight
+#     into ClickHouse from Rust as the ceiling.
 # Prints a table and writes it to benches/results/<date>-<commit>.md with the machine's cores.
 # Tunables: DEVICES (100), DURATION (20s), INFLIGHT (16), PROFILE (smart-meter),
-# IDLE_CONNECTIONS (15000; 0 skips part 2).
+# IDLE_CONNECTIONS (15000; 0 skips part 2), PRODUCTION (1; 0 skips part 3).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -16,6 +21,10 @@ DURATION=${DURATION:-20s}
 INFLIGHT=${INFLIGHT:-16}
 PROFILE=${PROFILE:-smart-meter}
 IDLE=${IDLE_CONNECTIONS:-15000}
+PRODUCTION=${PRODUCTION:-1}
+CH_HTTP_PORT=28123
+CH_TCP_PORT=29000
+KAFKA_PORT=29092
 # Below the ephemeral port range (32768+), which the idle test fills with client ports.
 ENGINE_MQTT=127.0.0.1:21883
 ENGINE_HTTP=127.0.0.1:28080
@@ -26,7 +35,12 @@ as_root() { if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi; }
 command -v mosquitto >/dev/null || { as_root apt-get update -qq; as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq mosquitto; }
 command -v rumqttd >/dev/null || cargo install rumqttd
 command -v python3 >/dev/null || { as_root apt-get update -qq; as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3; }
-cargo build --release -p engine -p loadgen
+if [ "$PRODUCTION" = 1 ]; then
+  [ -x /usr/sbin/clickhouse-server ] || { as_root apt-get update -qq; as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq clickhouse-server; }
+  TANSU_BIN=${TANSU_BIN:-${ENGINE_TEST_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/engine-tests}/tansu-0.6.0/bin/tansu}
+  [ -x "$TANSU_BIN" ] || cargo install --locked --root "$(dirname "$(dirname "$TANSU_BIN")")" tansu --version 0.6.0 --features dynostore,libsql
+fi
+cargo build --release -p engine -p loadgen -p benches --bins
 LOADGEN=target/release/loadgen
 
 work=$(mktemp -d)
@@ -128,6 +142,110 @@ if [ "$IDLE" -gt 0 ]; then
   stop "$mosquitto_pid"
 fi
 
+# --- 3. the production path -------------------------------------------------------------------
+ch_count() { curl -s "http://127.0.0.1:$CH_HTTP_PORT/" --data-binary "SELECT count() FROM bench.ts_kv"; }
+production_table=""
+if [ "$PRODUCTION" = 1 ]; then
+  echo "== production path: engine -> tansu -> clickhouse" >&2
+  mkdir -p "$work/ch/data"
+  cat > "$work/ch/config.xml" <<XML
+<?xml version="1.0"?>
+<yandex>
+    <logger><level>warning</level><console>1</console></logger>
+    <http_port>$CH_HTTP_PORT</http_port>
+    <tcp_port>$CH_TCP_PORT</tcp_port>
+    <listen_host>127.0.0.1</listen_host>
+    <path>$work/ch/data/</path>
+    <tmp_path>$work/ch/data/tmp/</tmp_path>
+    <user_files_path>$work/ch/data/user_files/</user_files_path>
+    <format_schema_path>$work/ch/data/format_schemas/</format_schema_path>
+    <users_config>users.xml</users_config>
+    <default_profile>default</default_profile>
+    <default_database>default</default_database>
+    <mark_cache_size>268435456</mark_cache_size>
+    <max_concurrent_queries>100</max_concurrent_queries>
+</yandex>
+XML
+  cat > "$work/ch/users.xml" <<XML
+<?xml version="1.0"?>
+<yandex>
+    <profiles><default></default></profiles>
+    <users><default><password></password><networks><ip>127.0.0.1</ip></networks>
+    <profile>default</profile><quota>default</quota></default></users>
+    <quotas><default></default></quotas>
+</yandex>
+XML
+  (cd "$work/ch" && exec clickhouse-server --config-file="$work/ch/config.xml" >/dev/null 2>&1) &
+  ch_pid=$!; pids+=("$ch_pid")
+  wait_port "127.0.0.1:$CH_HTTP_PORT"
+  "$TANSU_BIN" broker --listener-url "tcp://127.0.0.1:$KAFKA_PORT" \
+    --advertised-listener-url "tcp://127.0.0.1:$KAFKA_PORT" --storage-engine memory://tansu/ >/dev/null 2>&1 &
+  pids+=("$!")
+  wait_port "127.0.0.1:$KAFKA_PORT"
+  ENGINE_QUEUE__KIND=kafka ENGINE_QUEUE__BROKERS="127.0.0.1:$KAFKA_PORT" \
+  ENGINE_STORE__KIND=clickhouse ENGINE_STORE__URL="http://127.0.0.1:$CH_HTTP_PORT" ENGINE_STORE__DATABASE=bench \
+    start_engine production
+  "$LOADGEN" mqtt --target "$ENGINE_MQTT" --devices 1 --token-prefix probe- \
+    --provision "http://$ENGINE_HTTP" --provision-only --quiet >/dev/null
+  # Ingest-to-queryable latency, probed while the load runs.
+  (sleep 3; target/release/freshness --mqtt "$ENGINE_MQTT" --token probe-0 \
+    --clickhouse "http://127.0.0.1:$CH_HTTP_PORT" --database bench --probes 50 --every-ms 200 \
+    > "$work/freshness.json") &
+  probe=$!
+  t0=$(date +%s.%N)
+  load production "$ENGINE_MQTT" --provision "http://$ENGINE_HTTP" --verify "http://$ENGINE_HTTP"
+  t1=$(date +%s.%N)
+  wait "$probe"
+  written=$(ch_count)
+  # Storage catching up a backlog: ClickHouse frozen while devices keep being acknowledged
+  # (Kafka holds the messages), then thawed; the rate rows arrive at is the storage pipeline's.
+  echo "== production path: backlog catch-up" >&2
+  before=$(ch_count)
+  kill -STOP "$ch_pid"
+  "$LOADGEN" mqtt --target "$ENGINE_MQTT" --devices "$DEVICES" --duration 10s --qos 1 \
+    --inflight "$INFLIGHT" --profile "$PROFILE" --quiet --json "$work/backlog.json" >&2
+  kill -CONT "$ch_pid"
+  catchup=$(python3 - "$CH_HTTP_PORT" "$before" <<'PY'
+import sys, time, urllib.request
+port, before = sys.argv[1], int(sys.argv[2])
+def count():
+    req = urllib.request.Request(f"http://127.0.0.1:{port}/", data=b"SELECT count() FROM bench.ts_kv")
+    return int(urllib.request.urlopen(req).read())
+first = last = None
+value = before
+deadline = time.time() + 300
+while time.time() < deadline:
+    now, c = time.time(), count()
+    if c > value:
+        if first is None:
+            first = (now, value)
+        last, value = (now, c), c
+    elif last and now - last[0] > 5:
+        break
+    time.sleep(0.05)
+if first and last and last[0] > first[0]:
+    print("%.0f" % ((last[1] - first[1]) / (last[0] - first[0])))
+else:
+    print(0)
+PY
+)
+  stop "$engine_pid"
+  ceiling=$(target/release/ch_bulk --url "http://127.0.0.1:$CH_HTTP_PORT" --database bench --rows 3000000)
+  ceiling_rate=$(python3 -c "import json,sys; print(json.loads(sys.argv[1])['rows_per_s'])" "$ceiling")
+  points_rate=$(python3 -c "import sys; print('%.0f' % (int(sys.argv[1]) / (float(sys.argv[3]) - float(sys.argv[2]))))" "$written" "$t0" "$t1")
+  pe=$(rate production)
+  production_table=$(cat <<MD
+| path | acked msg/s | p99 ack latency | ratio to rumqttd | data points/s written | ingest-to-queryable p50 / p99 |
+| --- | ---: | ---: | ---: | ---: | ---: |
+| engine -> tansu -> ClickHouse | $(printf '%.0f' "$pe") | $(printf '%.2f' "$(p99 production)") ms | $(ratio "$pe" "$r") | $points_rate | $(field "$work/freshness.json" p50_ms) / $(field "$work/freshness.json" p99_ms) ms |
+
+Storage alone (a 10 s backlog written after ClickHouse was frozen): $catchup data points/s;
+a plain bulk insert of the same rows from Rust (one writer, 150 000-row batches): $ceiling_rate rows/s,
+so the pipeline writes at $(ratio "$catchup" "$ceiling_rate") of the ceiling, and under the load above at $(ratio "$points_rate" "$ceiling_rate").
+MD
+)
+fi
+
 commit=$(git rev-parse --short HEAD)$(git diff --quiet HEAD -- . ':!benches/results' || echo "+dirty")
 date=$(date -u +%Y-%m-%d)
 report=$(cat <<MD
@@ -144,6 +262,9 @@ $DURATION, payload \`$PROFILE\`, loadgen on the same machine. The engine stores 
 | rumqttd $(rumqttd --version 2>/dev/null | awk '{print $2}') | $(printf '%.0f' "$r") | $(printf '%.2f' "$(p99 rumqttd)") ms | $(ratio "$e" "$r") |
 MD
 )
+if [ -n "$production_table" ]; then
+  report+=$'\n\n'"The production path (same workload; the engine stores every message in ClickHouse through Kafka, $(field "$work/production.json" verify.stored) of $(field "$work/production.json" verify.expected) verified):"$'\n\n'"$production_table"
+fi
 if [ -n "$idle_table" ]; then
   report+=$'\n\n'"Idle connections (connected, not publishing):"$'\n\n'"| server | connections | RSS before | RSS connected | per connection |"$'\n'"| --- | ---: | ---: | ---: | ---: |"$'\n'"$idle_table"
 fi

@@ -16,6 +16,8 @@ packages=()
 command -v mosquitto_pub >/dev/null || packages+=(mosquitto-clients)
 command -v prometheus >/dev/null || packages+=(prometheus)
 [ -x /usr/sbin/clickhouse-server ] || command -v clickhouse-server >/dev/null || packages+=(clickhouse-server)
+# ss shows the kernel's unread bytes of a socket (the TCP backpressure test).
+command -v ss >/dev/null || packages+=(iproute2)
 if [ ${#packages[@]} -gt 0 ]; then
   echo "== installing ${packages[*]}"
   as_root apt-get update -qq
