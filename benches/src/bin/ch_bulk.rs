@@ -65,7 +65,7 @@ fn row(i: usize, devices: &[Uuid]) -> TsKv {
     };
     match i % 3 {
         0 => (r.key, r.kind, r.long_v) = ("pulseCounter", 2, i64::try_from(message).unwrap_or(0)),
-        1 => (r.key, r.kind, r.bool_v) = ("leakage", 1, u8::from(message % 7 == 0)),
+        1 => (r.key, r.kind, r.bool_v) = ("leakage", 1, u8::from(message.is_multiple_of(7))),
         _ => {
             #[allow(clippy::cast_precision_loss)]
             let level = (message % 1000) as f64 / 10.0;
