@@ -171,6 +171,14 @@ pub fn register_zero() {
     counter!(DATA_POINTS_STORED).absolute(0);
     metrics::gauge!(SESSIONS_ACTIVE, "transport" => "mqtt").increment(0.0);
     counter!(SESSIONS_HIBERNATED, "transport" => "mqtt").absolute(0);
+    for outcome in ["save_timeseries", "save_attributes", "dropped"] {
+        counter!(RULE_CHAIN_MESSAGES, "outcome" => outcome).absolute(0);
+    }
+    for reason in ["storage_refused", "undecodable"] {
+        counter!(DEAD_LETTERS, "reason" => reason).absolute(0);
+    }
+    metrics::gauge!(QUEUE_IN_FLIGHT).increment(0.0);
+    metrics::histogram!(QUEUE_PRODUCE_LATENCY).record(0.0);
     metrics::gauge!(MAILBOX_DEPTH, "mailbox" => "session").increment(0.0);
     metrics::gauge!(QUEUE_DEPTH).increment(0.0);
     // The exporter shows a histogram only once it has a sample: one zero wait makes the
