@@ -92,7 +92,7 @@ pub struct AuthConfig {
     pub refresh_token_expiration: Duration,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, Serialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
 pub enum QueueKind {
     /// In-process, bounded; acknowledged messages not yet stored are lost if the process is
@@ -144,7 +144,7 @@ pub struct QueueConfig {
     pub properties: std::collections::BTreeMap<String, String>,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, Serialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
 pub enum StoreKind {
     /// SQLite in `<data_dir>/engine.db`.
@@ -297,6 +297,40 @@ pub struct Overrides {
     pub mqtt: Option<BindOverride>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub http: Option<BindOverride>,
+    #[serde(skip_serializing_if = "QueueOverride::is_empty")]
+    pub queue: QueueOverride,
+    #[serde(skip_serializing_if = "StoreOverride::is_empty")]
+    pub store: StoreOverride,
+}
+
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct QueueOverride {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub kind: Option<QueueKind>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub brokers: Option<String>,
+}
+
+impl QueueOverride {
+    fn is_empty(&self) -> bool {
+        self.kind.is_none() && self.brokers.is_none()
+    }
+}
+
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct StoreOverride {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub kind: Option<StoreKind>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub url: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub database: Option<String>,
+}
+
+impl StoreOverride {
+    fn is_empty(&self) -> bool {
+        self.kind.is_none() && self.url.is_none() && self.database.is_none()
+    }
 }
 
 #[derive(Clone, Debug, Serialize)]

@@ -19,7 +19,7 @@ use clap::{Parser, Subcommand};
 use tracing::info;
 use tracing_subscriber::EnvFilter;
 
-use config::{BindOverride, Config, Overrides};
+use config::{BindOverride, Config, Overrides, QueueKind, QueueOverride, StoreKind, StoreOverride};
 
 /// A ThingsBoard-compatible IoT ingestion engine: devices send telemetry and attributes over
 /// MQTT and HTTP; everything flows through a queue into storage; a REST API reads it back.
@@ -68,6 +68,21 @@ struct ServeArgs {
     /// Log filter, e.g. "info" or "engine=debug,info" [default: info]
     #[arg(long, value_name = "FILTER")]
     log: Option<String>,
+    /// Queue backend: memory or kafka [default: memory]
+    #[arg(long, value_name = "KIND")]
+    queue_kind: Option<QueueKind>,
+    /// Kafka bootstrap brokers, host:port[,host:port] [default: 127.0.0.1:9092]
+    #[arg(long, value_name = "BROKERS")]
+    queue_brokers: Option<String>,
+    /// Store backend: embedded or clickhouse [default: embedded]
+    #[arg(long, value_name = "KIND")]
+    store_kind: Option<StoreKind>,
+    /// ClickHouse HTTP interface [default: http://127.0.0.1:8123]
+    #[arg(long, value_name = "URL")]
+    store_url: Option<String>,
+    /// ClickHouse database, created and migrated at start-up [default: engine]
+    #[arg(long, value_name = "NAME")]
+    store_database: Option<String>,
     /// Print the effective configuration (all sources merged) as TOML and exit
     #[arg(long)]
     print_config: bool,
@@ -99,6 +114,15 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         log: args.log,
         mqtt: args.mqtt_bind.map(|bind| BindOverride { bind }),
         http: args.http_bind.map(|bind| BindOverride { bind }),
+        queue: QueueOverride {
+            kind: args.queue_kind,
+            brokers: args.queue_brokers,
+        },
+        store: StoreOverride {
+            kind: args.store_kind,
+            url: args.store_url,
+            database: args.store_database,
+        },
     };
     let config = Config::load(args.config.as_deref(), &overrides)?;
     if args.print_config {

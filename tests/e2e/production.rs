@@ -35,10 +35,15 @@ impl Stack {
     }
 
     fn engine(&self) -> Result<Engine> {
+        self.engine_in(self.dir.path())
+    }
+
+    /// An engine node with its own data directory (so its own group membership).
+    fn engine_in(&self, dir: &std::path::Path) -> Result<Engine> {
         let brokers = self.kafka.brokers();
         let url = self.clickhouse.url();
         Engine::start_with(
-            self.dir.path(),
+            dir,
             &[
                 ("ENGINE_QUEUE__KIND", "kafka"),
                 ("ENGINE_QUEUE__BROKERS", &brokers),
@@ -483,4 +488,81 @@ fn unread_bytes(port: u16) -> Result<u64> {
         .filter_map(|l| l.split_whitespace().next()?.parse::<u64>().ok())
         .max()
         .unwrap_or(0))
+}
+
+/// Start-up fails with a clear message, not a hang, when no broker answers.
+#[tokio::test(flavor = "multi_thread")]
+async fn unreachable_brokers_are_a_clear_start_up_error() -> Result<()> {
+    let clickhouse = ClickHouse::start()?;
+    let dir = tempfile::tempdir()?;
+    let nobody = format!("127.0.0.1:{}", tests::servers::free_port()?);
+    let url = clickhouse.url();
+    let started = Engine::start_with(
+        dir.path(),
+        &[
+            ("ENGINE_QUEUE__KIND", "kafka"),
+            ("ENGINE_QUEUE__BROKERS", &nobody),
+            ("ENGINE_QUEUE__CONNECT_TIMEOUT", "2s"),
+            ("ENGINE_STORE__KIND", "clickhouse"),
+            ("ENGINE_STORE__URL", &url),
+        ],
+    );
+    let Err(error) = started else {
+        bail!("the engine started without a broker");
+    };
+    let text = format!("{error:#}");
+    assert!(
+        text.contains(&format!("cannot reach the Kafka brokers at {nobody}")),
+        "{text}"
+    );
+    Ok(())
+}
+
+/// A second node joins the consumer group while devices publish: the first gives up some
+/// partitions (storing and committing what it read of them first), the second takes them
+/// from the committed offsets, and every acknowledged point is stored exactly once.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_second_node_takes_over_partitions_cleanly() -> Result<()> {
+    let stack = Stack::start()?;
+    let first = stack.engine()?;
+    let rest = first.rest().await?;
+    let devices = devices(&rest, 8, "pair").await?;
+    let all = tokens(&devices);
+    let (to_first, to_second) = all.split_at(4);
+    let acked: Acked = Arc::default();
+    // The first node owns every partition before the second arrives.
+    rest.eventually(Duration::from_secs(30), || async {
+        Ok(first
+            .log()
+            .contains("kafka partitions assigned partitions=[0, 1, 2, 3]")
+            .then_some(()))
+    })
+    .await
+    .context("the first node never got the partitions")?;
+    publish_for(&first, &all, 0, Duration::from_secs(2), &acked).await?;
+
+    let second_dir = tempfile::tempdir()?;
+    let second = stack.engine_in(second_dir.path())?;
+    let (a, b) = tokio::join!(
+        publish_for(&first, to_first, 10_000, Duration::from_secs(6), &acked),
+        publish_for(&second, to_second, 10_000, Duration::from_secs(6), &acked)
+    );
+    a?;
+    b?;
+    check_stored_once(&stack, &rest, &devices, &acked).await?;
+    let log = second.log();
+    let assigned = log
+        .lines()
+        .rfind(|l| l.contains("kafka partitions assigned"))
+        .unwrap_or_default()
+        .to_owned();
+    assert!(
+        !assigned.is_empty() && !assigned.contains("partitions=[]"),
+        "the second node got partitions: {assigned}\n{log}"
+    );
+    assert!(
+        first.log().contains("kafka partitions revoked"),
+        "the first node gave some up"
+    );
+    Ok(())
 }

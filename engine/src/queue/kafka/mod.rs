@@ -285,3 +285,93 @@ impl Producer for KafkaProducer {
         })))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use actors::model::{DeviceId, KvEntry, KvValue, Message, MessageBody, TenantId, TsRecord};
+    use harness::servers::Tansu;
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    use rdkafka::message::{Headers, Message as _};
+
+    fn config(broker: &Tansu, topic: &str) -> QueueConfig {
+        QueueConfig {
+            brokers: broker.brokers(),
+            topic: topic.into(),
+            dead_letter_topic: format!("{topic}.dlq"),
+            partitions: 2,
+            ..QueueConfig::default()
+        }
+    }
+
+    fn message() -> SharedMessage {
+        let tenant = TenantId::from_name("t");
+        Arc::new(Message {
+            tenant_id: tenant,
+            device_id: DeviceId::derive(tenant, "d"),
+            received_ts: 5,
+            body: MessageBody::Telemetry(vec![TsRecord {
+                ts: 5,
+                entries: vec![KvEntry::new("k", KvValue::Long(7))],
+            }]),
+        })
+    }
+
+    /// The first record of `topic`, with its headers.
+    fn first_record(config: &QueueConfig, topic: &str) -> (Vec<u8>, Vec<(String, String)>) {
+        let consumer: BaseConsumer = client_config(config)
+            .set("group.id", "dlq-reader")
+            .set("auto.offset.reset", "earliest")
+            .create()
+            .expect("consumer");
+        consumer.subscribe(&[topic]).expect("subscribe");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < deadline {
+            if let Some(Ok(record)) = consumer.poll(Duration::from_millis(200)) {
+                let headers = record
+                    .headers()
+                    .map(|h| {
+                        h.iter()
+                            .map(|h| {
+                                (
+                                    h.key.to_owned(),
+                                    String::from_utf8_lossy(h.value.unwrap_or_default())
+                                        .into_owned(),
+                                )
+                            })
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                return (record.payload().unwrap_or_default().to_vec(), headers);
+            }
+        }
+        panic!("no record on {topic} within 30 s");
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn records_and_dead_letters_carry_the_format_and_the_reason() {
+        let broker = Tansu::start().expect("tansu starts");
+        let config = config(&broker, "wire-test");
+        ensure_topics(&config).await.expect("topics");
+        // A second time finds them there.
+        ensure_topics(&config).await.expect("topics again");
+        let producer = KafkaProducer::new(&config).expect("producer");
+
+        let delivery = producer.send(message()).await.expect("sent");
+        delivery.await.expect("the broker confirmed");
+        let (payload, headers) = first_record(&config, "wire-test");
+        assert_eq!(wire::decode(&payload).expect("decodes"), *message());
+        assert!(headers.contains(&("format".into(), wire::FORMAT.into())));
+
+        producer
+            .dead_letter(&message(), "storage refused: type mismatch")
+            .await
+            .expect("dead-lettered");
+        let (payload, headers) = first_record(&config, "wire-test.dlq");
+        assert_eq!(wire::decode(&payload).expect("decodes"), *message());
+        assert!(
+            headers.contains(&("reason".into(), "storage refused: type mismatch".into())),
+            "{headers:?}"
+        );
+    }
+}
