@@ -4,6 +4,7 @@
 //! network or database code lives here; `engine` provides the adapters.
 
 pub mod batch;
+pub mod converter;
 pub mod ingress;
 pub mod mailbox;
 pub mod metrics;
