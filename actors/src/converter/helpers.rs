@@ -257,8 +257,15 @@ pub struct JsonApi;
 
 pub fn register(engine: &mut Engine) {
     // Encoding.
+    // The payload is a blob: decode it in place, without a copy.
+    engine.register_fn("decodeToString", |payload: &mut Blob| -> String {
+        String::from_utf8_lossy(payload).into_owned()
+    });
     engine.register_fn("decodeToString", |payload: Dynamic| -> Result<String> {
         Ok(String::from_utf8_lossy(&bytes_of(&payload, "decodeToString")?).into_owned())
+    });
+    engine.register_fn("decodeToJson", |payload: &mut Blob| -> Result<Dynamic> {
+        json_to_dynamic(&String::from_utf8_lossy(payload), "decodeToJson")
     });
     engine.register_fn("decodeToJson", |payload: Dynamic| -> Result<Dynamic> {
         let bytes = bytes_of(&payload, "decodeToJson")?;

@@ -165,11 +165,22 @@ impl ConverterRuntime {
         metadata: &BTreeMap<String, String>,
     ) -> Result<Vec<UplinkRecord>, ConvertError> {
         let ast = self.compile(script)?;
+        self.uplink_compiled(&ast, payload, metadata)
+    }
+
+    /// [`uplink`](Self::uplink) with a script compiled before (what an integration holds for
+    /// its converter's current version), skipping the cache look-up.
+    pub fn uplink_compiled(
+        &self,
+        ast: &AST,
+        payload: &[u8],
+        metadata: &BTreeMap<String, String>,
+    ) -> Result<Vec<UplinkRecord>, ConvertError> {
         let mut scope = Scope::new();
         scope.push_constant("payload", Blob::from(payload));
         scope.push_constant("metadata", string_map(metadata));
         scope.push_constant("JSON", helpers::JsonApi);
-        let out = self.run(&ast, &mut scope)?;
+        let out = self.run(ast, &mut scope)?;
         output::uplink_records(out)
     }
 
