@@ -178,6 +178,9 @@ pub async fn start(config: Config, metrics: Option<PrometheusHandle>) -> anyhow:
         device_api: DeviceApiConfig {
             queue_wait: config.http.queue_wait,
         },
+        converters: Arc::new(actors::converter::ConverterRuntime::new(
+            &actors::converter::Limits::default(),
+        )),
     });
     let mut server = HttpServer::new(move || {
         App::new()

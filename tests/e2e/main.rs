@@ -2,6 +2,7 @@
 //! One test binary, one module per area.
 
 mod backpressure;
+mod converters;
 mod dashboards;
 mod durability;
 mod http_device_api;

@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 use rhai::{AST, Blob, Dynamic, Engine, EvalAltResult, Map, OptimizationLevel, Scope};
 use thiserror::Error;
 
-pub use output::{Downlink, DownlinkContent, UplinkRecord};
+pub use output::{Downlink, DownlinkContent, Entity, TelemetryRecord, UplinkRecord};
 
 /// What one run of a script may use.
 #[derive(Clone, Debug)]

@@ -272,3 +272,84 @@ pub(super) fn downlink(out: Dynamic) -> Result<Downlink, ConvertError> {
     };
     Ok(Downlink { content, metadata })
 }
+
+fn json_value(v: &KvValue) -> serde_json::Value {
+    match v {
+        KvValue::Bool(b) => serde_json::Value::Bool(*b),
+        KvValue::Long(l) => serde_json::Value::from(*l),
+        KvValue::Double(d) => serde_json::Value::from(*d),
+        KvValue::String(s) => serde_json::Value::String(s.clone()),
+        KvValue::Json(s) => {
+            serde_json::from_str(s).unwrap_or_else(|_| serde_json::Value::String(s.clone()))
+        }
+    }
+}
+
+fn json_entries(entries: &[KvEntry]) -> serde_json::Value {
+    serde_json::Value::Object(
+        entries
+            .iter()
+            .map(|e| (e.key.clone(), json_value(&e.value)))
+            .collect(),
+    )
+}
+
+impl UplinkRecord {
+    /// The record in ThingsBoard's converter-output JSON (what `testUpLink` shows).
+    pub fn to_json(&self) -> serde_json::Value {
+        let mut out = serde_json::Map::new();
+        match &self.entity {
+            Entity::Device { name, device_type } => {
+                out.insert("deviceName".into(), name.clone().into());
+                out.insert("deviceType".into(), device_type.clone().into());
+            }
+            Entity::Asset { name, asset_type } => {
+                out.insert("assetName".into(), name.clone().into());
+                out.insert("assetType".into(), asset_type.clone().into());
+            }
+        }
+        if let Some(c) = &self.customer_name {
+            out.insert("customerName".into(), c.clone().into());
+        }
+        if let Some(g) = &self.group_name {
+            out.insert("groupName".into(), g.clone().into());
+        }
+        out.insert("attributes".into(), json_entries(&self.attributes));
+        let telemetry: Vec<serde_json::Value> = self
+            .telemetry
+            .iter()
+            .map(|t| match t.ts {
+                Some(ts) => serde_json::json!({"ts": ts, "values": json_entries(&t.values)}),
+                None => json_entries(&t.values),
+            })
+            .collect();
+        out.insert(
+            "telemetry".into(),
+            match telemetry.len() {
+                1 => telemetry.into_iter().next().unwrap_or_default(),
+                _ => serde_json::Value::Array(telemetry),
+            },
+        );
+        serde_json::Value::Object(out)
+    }
+}
+
+impl Downlink {
+    /// The downlink in ThingsBoard's converter-output JSON (what `testDownLink` shows).
+    pub fn to_json(&self) -> serde_json::Value {
+        let (content_type, data) = match &self.content {
+            DownlinkContent::Json(s) => ("JSON", s.clone()),
+            DownlinkContent::Text(s) => ("TEXT", s.clone()),
+            DownlinkContent::Binary(b) => ("BINARY", BASE64.encode(b)),
+        };
+        serde_json::json!({
+            "contentType": content_type,
+            "data": data,
+            "metadata": self
+                .metadata
+                .iter()
+                .map(|(k, v)| (k.clone(), serde_json::Value::String(v.clone())))
+                .collect::<serde_json::Map<_, _>>(),
+        })
+    }
+}

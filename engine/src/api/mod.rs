@@ -2,6 +2,7 @@
 //! actix-web listener.
 
 mod auth;
+mod converter;
 mod device;
 pub mod error;
 mod telemetry;
@@ -25,6 +26,7 @@ pub struct ApiState {
     pub ingress: Arc<Ingress>,
     pub metrics: Option<PrometheusHandle>,
     pub device_api: crate::transport::http::DeviceApiConfig,
+    pub converters: Arc<actors::converter::ConverterRuntime>,
 }
 
 pub type State = web::Data<ApiState>;
@@ -38,6 +40,7 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
     }))
     .route("/metrics", web::get().to(metrics))
     .configure(auth::routes)
+    .configure(converter::routes)
     .configure(device::routes)
     .configure(telemetry::routes)
     .configure(crate::transport::http::routes)
