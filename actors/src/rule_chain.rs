@@ -130,6 +130,10 @@ impl Actor for RuleChainActor {
     }
 }
 
+/// The rule chain actor stopped; it takes no more messages.
+#[derive(Debug, PartialEq, Eq)]
+pub struct RuleChainGone;
+
 /// The consumer's handle on one partition's rule chain.
 pub struct RuleChainHandle {
     actor: ActorRef<RuleChainMsg>,
@@ -148,22 +152,13 @@ impl RuleChainHandle {
         })
     }
 
-    /// Hands one message over; waits while the mailbox is full. `Err` when the actor is gone.
-    pub async fn deliver(&self, delivered: Delivered) -> Result<(), Delivered> {
-        let Some(ticket) = self.bound.ticket().await else {
-            return Err(delivered);
-        };
+    /// Hands one message over; waits while the mailbox is full. `Err` when the actor is gone
+    /// (the message was not taken; the partition is read again after a restart).
+    pub async fn deliver(&self, delivered: Delivered) -> Result<(), RuleChainGone> {
+        let ticket = self.bound.ticket().await.ok_or(RuleChainGone)?;
         self.actor
             .send_message(RuleChainMsg::Deliver { delivered, ticket })
-            .map_err(|e| match e {
-                ractor::MessagingErr::SendErr(RuleChainMsg::Deliver { delivered, .. }) => delivered,
-                _ => unreachable!("send_message fails only with the message back"),
-            })
-    }
-
-    /// Whether nothing waits in the mailbox.
-    pub fn is_idle(&self) -> bool {
-        self.bound.is_idle()
+            .map_err(|_| RuleChainGone)
     }
 
     /// Works through the mailbox, then stops (the partition was revoked or the node stops).

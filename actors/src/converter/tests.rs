@@ -1,7 +1,7 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use rhai::{Dynamic, Scope};
+use rhai::Scope;
 
 use super::output::{Entity, TelemetryRecord};
 use super::*;
@@ -408,5 +408,4 @@ fn metadata_and_payload_reach_the_script() {
             KvEntry::new("size", KvValue::Long(3)),
         ]
     );
-    let _ = Dynamic::UNIT;
 }
