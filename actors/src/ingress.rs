@@ -20,6 +20,10 @@ use crate::ports::{Delivery, Producer, QueueError};
 pub enum Transport {
     Mqtt = 0,
     Http = 1,
+    /// The CoAP integration.
+    Coap = 2,
+    /// The HTTP integration (`/api/v1/integrations/http/{routingKey}`).
+    HttpIntegration = 3,
 }
 
 impl Transport {
@@ -27,6 +31,8 @@ impl Transport {
         match self {
             Transport::Mqtt => "mqtt",
             Transport::Http => "http",
+            Transport::Coap => "coap",
+            Transport::HttpIntegration => "http_integration",
         }
     }
 }
@@ -65,7 +71,7 @@ pub struct Ingress {
     producer: Arc<dyn Producer>,
     max_payload: usize,
     /// Metric handles resolved once: a labelled lookup per message costs ~30 times an increment.
-    metrics: [Arc<TransportMetrics>; 2],
+    metrics: [Arc<TransportMetrics>; 4],
 }
 
 struct TransportMetrics {
@@ -126,6 +132,8 @@ impl Ingress {
             metrics: [
                 TransportMetrics::new(Transport::Mqtt),
                 TransportMetrics::new(Transport::Http),
+                TransportMetrics::new(Transport::Coap),
+                TransportMetrics::new(Transport::HttpIntegration),
             ],
         }
     }
@@ -154,6 +162,39 @@ impl Ingress {
             match self.producer.send(Arc::new(message)).await {
                 Ok(delivery) => delivery,
                 Err(e) => return Err(self.rejected(device, transport, e.into())),
+            }
+        };
+        Ok(Accepted {
+            delivery,
+            transport,
+            metrics,
+            points,
+            received,
+        })
+    }
+
+    /// Enqueues a message made elsewhere (an integration's converter made it from a vendor
+    /// payload). Waits while the queue is full.
+    pub async fn publish_message(
+        &self,
+        transport: Transport,
+        message: Message,
+    ) -> Result<Accepted, Rejection> {
+        let received = Instant::now();
+        let metrics = self.metrics[transport as usize].clone();
+        metrics.received.increment(1);
+        let points = message.data_points();
+        let delivery = if points == 0 {
+            Delivery::Done(Ok(()))
+        } else {
+            match self.producer.send(Arc::new(message)).await {
+                Ok(delivery) => delivery,
+                Err(e) => {
+                    let rejection = Rejection::Queue(e);
+                    counter!(MESSAGES_REJECTED, "transport" => transport.as_str(), "reason" => rejection.reason())
+                        .increment(1);
+                    return Err(rejection);
+                }
             }
         };
         Ok(Accepted {

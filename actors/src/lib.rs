@@ -6,6 +6,7 @@
 pub mod batch;
 pub mod converter;
 pub mod ingress;
+pub mod integration;
 pub mod mailbox;
 pub mod metrics;
 pub mod model;

@@ -38,6 +38,16 @@ pub const DEAD_LETTERS: &str = "engine_dead_letters_total";
 pub const QUEUE_IN_FLIGHT: &str = "engine_queue_in_flight_messages";
 pub const QUEUE_PRODUCE_LATENCY: &str = "engine_queue_produce_latency_seconds";
 
+pub const INTEGRATION_MESSAGES: &str = "engine_integration_messages_total";
+pub const INTEGRATION_ERRORS: &str = "engine_integration_errors_total";
+pub const INTEGRATION_CONVERSIONS: &str = "engine_integration_conversions_total";
+pub const INTEGRATION_CONVERSION_SECONDS: &str = "engine_integration_conversion_seconds";
+pub const INTEGRATION_UNKNOWN_KEY: &str = "engine_integration_unknown_key_total";
+pub const DEVICES_CREATED: &str = "engine_integration_devices_created_total";
+pub const CONVERTER_POOL_QUEUED: &str = "engine_converter_pool_queued_jobs";
+pub const COAP_DROPPED: &str = "engine_coap_dropped_total";
+pub const COAP_DUPLICATES: &str = "engine_coap_duplicates_total";
+
 /// Registers help texts and units with whatever recorder is installed.
 pub fn describe() {
     describe_counter!(MESSAGES_RECEIVED, "Uplink messages received, by transport");
@@ -124,7 +134,55 @@ pub fn describe() {
         Unit::Seconds,
         "Hand-over to the queue until it confirmed holding the message (Kafka delivery report)"
     );
+    describe_counter!(
+        INTEGRATION_MESSAGES,
+        "Uplinks received by an integration, by integration and type"
+    );
+    describe_counter!(
+        INTEGRATION_ERRORS,
+        "Integration uplinks that failed, by integration, type and reason"
+    );
+    describe_counter!(
+        INTEGRATION_CONVERSIONS,
+        "Uplink converter runs, by integration and type"
+    );
+    describe_histogram!(
+        INTEGRATION_CONVERSION_SECONDS,
+        Unit::Seconds,
+        "Duration of one uplink converter run on the worker pool, by integration and type"
+    );
+    describe_counter!(
+        INTEGRATION_UNKNOWN_KEY,
+        "Integration requests for a routing key no enabled integration has, by type"
+    );
+    describe_counter!(
+        DEVICES_CREATED,
+        "Devices created by integrations on their first uplink, by integration"
+    );
+    describe_gauge!(
+        CONVERTER_POOL_QUEUED,
+        "Converter jobs waiting for a worker thread"
+    );
+    describe_counter!(
+        COAP_DROPPED,
+        "CoAP datagrams dropped without an answer, by reason"
+    );
+    describe_counter!(
+        COAP_DUPLICATES,
+        "Retransmitted confirmable CoAP requests answered from the exchange cache"
+    );
 }
+
+/// Every `reason` of `engine_integration_errors_total`.
+pub const INTEGRATION_ERROR_REASONS: &[&str] = &[
+    "disabled",
+    "empty",
+    "too_large",
+    "converter",
+    "refused",
+    "overloaded",
+    "queue",
+];
 
 /// Every `reason` of `engine_messages_rejected_total`.
 pub const REJECT_REASONS: &[&str] = &[
@@ -146,7 +204,7 @@ pub const REJECT_REASONS: &[&str] = &[
 /// Every `reason` of `engine_connections_refused_total`.
 pub const REFUSE_REASONS: &[&str] = &["empty_token", "bad_token"];
 
-pub const TRANSPORTS: &[&str] = &["mqtt", "http"];
+pub const TRANSPORTS: &[&str] = &["mqtt", "http", "coap", "http_integration"];
 
 /// Creates every labelled counter at zero, so dashboards and alerts see 0 before the first
 /// event instead of no series at all.
@@ -177,6 +235,14 @@ pub fn register_zero() {
     for reason in ["storage_refused", "undecodable"] {
         counter!(DEAD_LETTERS, "reason" => reason).absolute(0);
     }
+    for kind in ["COAP", "HTTP"] {
+        counter!(INTEGRATION_UNKNOWN_KEY, "type" => kind).absolute(0);
+    }
+    for reason in ["malformed", "overloaded"] {
+        counter!(COAP_DROPPED, "reason" => reason).absolute(0);
+    }
+    counter!(COAP_DUPLICATES).absolute(0);
+    metrics::gauge!(CONVERTER_POOL_QUEUED).increment(0.0);
     metrics::gauge!(QUEUE_IN_FLIGHT).increment(0.0);
     metrics::histogram!(QUEUE_PRODUCE_LATENCY).record(0.0);
     metrics::gauge!(MAILBOX_DEPTH, "mailbox" => "session").increment(0.0);

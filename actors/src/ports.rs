@@ -289,6 +289,37 @@ pub fn backoff(attempt: u32, base: Duration, max: Duration) -> Duration {
     base.saturating_mul(1u32 << attempt.min(16)).min(max)
 }
 
+// ---------------------------------------------------------------------------------------------
+// Integration catalog
+
+/// Where converter and integration definitions are kept. Small and rarely written: the
+/// integration hub holds all of them in memory and writes through.
+#[async_trait]
+pub trait Catalog: Send + Sync + 'static {
+    async fn load(
+        &self,
+    ) -> Result<
+        (
+            Vec<crate::integration::ConverterDef>,
+            Vec<crate::integration::IntegrationDef>,
+        ),
+        StoreError,
+    >;
+
+    /// Inserts or replaces the converter with this id.
+    async fn put_converter(&self, def: &crate::integration::ConverterDef)
+    -> Result<(), StoreError>;
+
+    /// Inserts or replaces the integration with this id.
+    async fn put_integration(
+        &self,
+        def: &crate::integration::IntegrationDef,
+    ) -> Result<(), StoreError>;
+
+    /// Deletes the converter or integration with this id.
+    async fn delete(&self, id: uuid::Uuid) -> Result<(), StoreError>;
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -221,3 +221,136 @@ impl crate::ports::DeadLetters for MemDeadLetters {
         Ok(())
     }
 }
+
+/// Devices in a map; refuses a second device with a taken name, like the real registries.
+#[derive(Default)]
+pub struct MemRegistry(Mutex<Vec<Arc<crate::model::Device>>>);
+
+impl MemRegistry {
+    pub fn devices(&self) -> Vec<Arc<crate::model::Device>> {
+        lock(&self.0).clone()
+    }
+}
+
+#[async_trait]
+impl crate::ports::DeviceRegistry for MemRegistry {
+    async fn by_token(
+        &self,
+        token: &str,
+    ) -> Result<Option<Arc<crate::model::Device>>, crate::ports::RegistryError> {
+        Ok(lock(&self.0).iter().find(|d| d.token.0 == token).cloned())
+    }
+
+    async fn get(
+        &self,
+        id: DeviceId,
+    ) -> Result<Option<Arc<crate::model::Device>>, crate::ports::RegistryError> {
+        Ok(lock(&self.0).iter().find(|d| d.id == id).cloned())
+    }
+
+    async fn by_name(
+        &self,
+        tenant: crate::model::TenantId,
+        name: &str,
+    ) -> Result<Option<Arc<crate::model::Device>>, crate::ports::RegistryError> {
+        Ok(lock(&self.0)
+            .iter()
+            .find(|d| d.tenant_id == tenant && d.name == name)
+            .cloned())
+    }
+
+    async fn save(
+        &self,
+        device: crate::model::Device,
+    ) -> Result<Arc<crate::model::Device>, crate::ports::RegistryError> {
+        let mut all = lock(&self.0);
+        if all
+            .iter()
+            .any(|d| d.id != device.id && d.tenant_id == device.tenant_id && d.name == device.name)
+        {
+            return Err(crate::ports::RegistryError::DuplicateName);
+        }
+        all.retain(|d| d.id != device.id);
+        let device = Arc::new(device);
+        all.push(device.clone());
+        Ok(device)
+    }
+
+    async fn delete(&self, id: DeviceId) -> Result<bool, crate::ports::RegistryError> {
+        let mut all = lock(&self.0);
+        let before = all.len();
+        all.retain(|d| d.id != id);
+        Ok(all.len() != before)
+    }
+
+    async fn list(
+        &self,
+        tenant: crate::model::TenantId,
+        page: &crate::ports::PageRequest,
+    ) -> Result<crate::ports::Page<Arc<crate::model::Device>>, crate::ports::RegistryError> {
+        let all: Vec<_> = lock(&self.0)
+            .iter()
+            .filter(|d| d.tenant_id == tenant)
+            .cloned()
+            .collect();
+        Ok(crate::ports::Page {
+            total_elements: all.len(),
+            data: all
+                .into_iter()
+                .skip(page.page * page.page_size)
+                .take(page.page_size)
+                .collect(),
+        })
+    }
+}
+
+/// Converter and integration definitions in memory.
+#[derive(Default)]
+pub struct MemCatalog {
+    converters: Mutex<Vec<crate::integration::ConverterDef>>,
+    integrations: Mutex<Vec<crate::integration::IntegrationDef>>,
+}
+
+#[async_trait]
+impl crate::ports::Catalog for MemCatalog {
+    async fn load(
+        &self,
+    ) -> Result<
+        (
+            Vec<crate::integration::ConverterDef>,
+            Vec<crate::integration::IntegrationDef>,
+        ),
+        StoreError,
+    > {
+        Ok((
+            lock(&self.converters).clone(),
+            lock(&self.integrations).clone(),
+        ))
+    }
+
+    async fn put_converter(
+        &self,
+        def: &crate::integration::ConverterDef,
+    ) -> Result<(), StoreError> {
+        let mut all = lock(&self.converters);
+        all.retain(|c| c.id != def.id);
+        all.push(def.clone());
+        Ok(())
+    }
+
+    async fn put_integration(
+        &self,
+        def: &crate::integration::IntegrationDef,
+    ) -> Result<(), StoreError> {
+        let mut all = lock(&self.integrations);
+        all.retain(|c| c.id != def.id);
+        all.push(def.clone());
+        Ok(())
+    }
+
+    async fn delete(&self, id: uuid::Uuid) -> Result<(), StoreError> {
+        lock(&self.converters).retain(|c| c.id != id);
+        lock(&self.integrations).retain(|c| c.id != id);
+        Ok(())
+    }
+}

@@ -194,13 +194,25 @@ impl ConverterRuntime {
         integration_metadata: &BTreeMap<String, String>,
     ) -> Result<Downlink, ConvertError> {
         let ast = self.compile(script)?;
+        self.downlink_compiled(&ast, msg, msg_type, metadata, integration_metadata)
+    }
+
+    /// [`downlink`](Self::downlink) with a script compiled before.
+    pub fn downlink_compiled(
+        &self,
+        ast: &AST,
+        msg: Dynamic,
+        msg_type: &str,
+        metadata: &BTreeMap<String, String>,
+        integration_metadata: &BTreeMap<String, String>,
+    ) -> Result<Downlink, ConvertError> {
         let mut scope = Scope::new();
         scope.push_constant("msg", msg);
         scope.push_constant("msgType", msg_type.to_owned());
         scope.push_constant("metadata", string_map(metadata));
         scope.push_constant("integrationMetadata", string_map(integration_metadata));
         scope.push_constant("JSON", helpers::JsonApi);
-        let out = self.run(&ast, &mut scope)?;
+        let out = self.run(ast, &mut scope)?;
         output::downlink(out)
     }
 }
