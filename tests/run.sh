@@ -18,6 +18,9 @@ command -v prometheus >/dev/null || packages+=(prometheus)
 [ -x /usr/sbin/clickhouse-server ] || command -v clickhouse-server >/dev/null || packages+=(clickhouse-server)
 # ss shows the kernel's unread bytes of a socket (the TCP backpressure test).
 command -v ss >/dev/null || packages+=(iproute2)
+# libcoap's coap-client, the CoAP integration guide's own client (Debian names it
+# coap-client-notls).
+command -v coap-client >/dev/null || command -v coap-client-notls >/dev/null || packages+=(libcoap3-bin)
 if [ ${#packages[@]} -gt 0 ]; then
   echo "== installing ${packages[*]}"
   as_root apt-get update -qq

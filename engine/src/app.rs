@@ -7,8 +7,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use actix_web::{App, HttpServer, web};
+use actors::converter::ConverterRuntime;
 use actors::ingress::Ingress;
-use actors::ports::{DeadLetters, DeviceRegistry, Producer, Store};
+use actors::integration::events::DebugEvents;
+use actors::integration::pool::ConverterPool;
+use actors::integration::{Integrations, Settings as IntegrationSettings};
+use actors::ports::{Catalog, DeadLetters, DeviceRegistry, Producer, Store};
 use actors::rule_chain::{DefaultRuleChain, MakeRuleChain, RuleChain};
 use actors::sink::{SinkArgs, SinkConfig};
 use actors::sink_feed::{FeedConsumer, SharedFeed};
@@ -28,11 +32,13 @@ use crate::queue::kafka::{self, KafkaProducer, KafkaSource, SourceHandle};
 use crate::queue::memory::MemoryQueue;
 use crate::store::clickhouse::ClickHouseStore;
 use crate::store::embedded::EmbeddedStore;
+use crate::transport::coap::CoapServer;
 use crate::transport::http::DeviceApiConfig;
 use crate::transport::mqtt::{MqttContext, MqttServer};
 
 pub struct Running {
     mqtt: MqttServer,
+    coap: CoapServer,
     queue: Queue,
     http: actix_web::dev::ServerHandle,
     http_task: JoinHandle<std::io::Result<()>>,
@@ -68,15 +74,18 @@ fn bind(addr: SocketAddr, what: &str) -> anyhow::Result<TcpListener> {
 }
 
 pub async fn start(config: Config, metrics: Option<PrometheusHandle>) -> anyhow::Result<Running> {
-    let (store, registry): (Arc<dyn Store>, Arc<dyn DeviceRegistry>) = match config.store.kind {
+    type Opened = (Arc<dyn Store>, Arc<dyn DeviceRegistry>, Arc<dyn Catalog>);
+    let (store, registry, catalog): Opened = match config.store.kind {
         StoreKind::Embedded => {
             let (store, registry) = EmbeddedStore::open(&config.data_dir)?;
-            (Arc::new(store), Arc::new(registry))
+            let catalog = Arc::new(store.catalog());
+            (Arc::new(store), Arc::new(registry), catalog)
         }
         StoreKind::Clickhouse => {
             let (store, registry) = ClickHouseStore::open(&config.store).await?;
             info!(url = %config.store.url, database = %config.store.database, "clickhouse store ready");
-            (Arc::new(store), Arc::new(registry))
+            let catalog = Arc::new(store.catalog());
+            (Arc::new(store), Arc::new(registry), catalog)
         }
     };
     let sink_config = SinkConfig {
@@ -169,23 +178,33 @@ pub async fn start(config: Config, metrics: Option<PrometheusHandle>) -> anyhow:
     let mqtt = MqttServer::start(mqtt_listener, &config.mqtt, ctx)?;
 
     let http_max = bytes(config.http.max_payload_size);
+    let ingress = Arc::new(Ingress::new(producer, http_max));
+    let auth = Auth::new(&config.auth, &config.data_dir)?;
+    let integrations = Arc::new(
+        start_integrations(&config, &auth, registry.clone(), ingress.clone(), catalog).await?,
+    );
+    let integration_max = bytes(config.integrations.max_payload_size);
+    let coap = CoapServer::start(&config.coap, integration_max, integrations.clone()).await?;
+    let coap_addr = coap.local_addr();
     let state = web::Data::new(ApiState {
-        auth: Auth::new(&config.auth, &config.data_dir)?,
+        auth,
         registry,
         store,
-        ingress: Arc::new(Ingress::new(producer, http_max)),
+        ingress,
         metrics,
         device_api: DeviceApiConfig {
             queue_wait: config.http.queue_wait,
         },
-        converters: Arc::new(actors::converter::ConverterRuntime::new(
-            &actors::converter::Limits::default(),
-        )),
+        converters: integrations.runtime().clone(),
+        integrations,
+        node_id: node_id(&config.data_dir)?,
     });
     let mut server = HttpServer::new(move || {
         App::new()
             .app_data(state.clone())
-            .app_data(web::PayloadConfig::new(http_max.saturating_add(64 * 1024)))
+            .app_data(web::PayloadConfig::new(
+                http_max.max(integration_max).saturating_add(64 * 1024),
+            ))
             .configure(api::routes)
     })
     .disable_signals()
@@ -199,8 +218,10 @@ pub async fn start(config: Config, metrics: Option<PrometheusHandle>) -> anyhow:
 
     info!(%mqtt_addr, "mqtt listening");
     info!(%http_addr, "http listening");
+    info!(%coap_addr, "coap listening");
     Ok(Running {
         mqtt,
+        coap,
         queue,
         http,
         http_task,
@@ -210,13 +231,48 @@ pub async fn start(config: Config, metrics: Option<PrometheusHandle>) -> anyhow:
     })
 }
 
+/// The integration hub: the catalog loaded, then the integrations the config file declares
+/// (re)created over it.
+async fn start_integrations(
+    config: &Config,
+    auth: &Auth,
+    registry: Arc<dyn DeviceRegistry>,
+    ingress: Arc<Ingress>,
+    catalog: Arc<dyn Catalog>,
+) -> anyhow::Result<Integrations> {
+    let c = &config.integrations;
+    let pool = ConverterPool::new(c.workers, c.queue_capacity);
+    info!(threads = pool.threads(), "converter pool started");
+    let hub = Integrations::start(
+        Arc::new(ConverterRuntime::new(&c.script.limits())),
+        pool,
+        registry,
+        ingress,
+        catalog,
+        Arc::new(DebugEvents::new(
+            c.debug_events_per_entity,
+            c.debug_event_ttl,
+        )),
+        IntegrationSettings {
+            max_payload: bytes(c.max_payload_size),
+            queue_wait: c.queue_wait,
+            max_in_flight: c.max_in_flight_per_integration,
+            max_pending_downlinks: c.max_pending_downlinks,
+        },
+    )
+    .await
+    .context("cannot load the integrations")?;
+    crate::integrations::declare(&hub, c, auth.tenant_id()).await?;
+    Ok(hub)
+}
+
 impl Running {
     /// Graceful shutdown: every message acknowledged before it is in storage when this returns
     /// `Ok`.
     pub async fn shutdown(self) -> anyhow::Result<()> {
         info!("shutting down: closing listeners");
-        let (mqtt, http) = (self.mqtt.stop(), self.http.stop(true));
-        tokio::join!(mqtt, http);
+        let (mqtt, http, coap) = (self.mqtt.stop(), self.http.stop(true), self.coap.stop());
+        tokio::join!(mqtt, http, coap);
         let _ = self.http_task.await;
         // Nothing can send any more; a sender still waiting for room is told the queue closed.
         let source = match self.queue {

@@ -123,6 +123,11 @@ impl Auth {
 
     /// Checks a login. Slow on purpose (Argon2): call it off the async workers. The hash is
     /// checked even for an unknown user so timing does not tell which names exist.
+    /// The tenant everything of this engine belongs to.
+    pub fn tenant_id(&self) -> TenantId {
+        self.tenant_id
+    }
+
     pub fn login(&self, username: &str, password: &str) -> Result<TokenPair, AuthError> {
         let hash = PasswordHash::new(&self.password_hash).map_err(|_| AuthError::BadCredentials)?;
         let password_ok = Argon2::default()

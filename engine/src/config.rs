@@ -31,6 +31,119 @@ pub struct Config {
     pub auth: AuthConfig,
     pub queue: QueueConfig,
     pub store: StoreConfig,
+    pub coap: CoapConfig,
+    pub integrations: IntegrationsConfig,
+}
+
+#[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CoapConfig {
+    /// UDP address of the CoAP integration endpoint (`coap://host/[path/]i/{routingKey}`).
+    /// Plain CoAP only: DTLS is not supported.
+    pub bind: SocketAddr,
+    /// Requests being converted or enqueued at once; past it confirmable requests are answered
+    /// 5.03 with `Max-Age` and non-confirmable ones are dropped (and counted).
+    pub max_in_flight: usize,
+    /// The `Max-Age` of a 5.03 answer: when the device should try again.
+    #[serde(with = "humantime_serde")]
+    pub overload_max_age: Duration,
+    /// How long a confirmable request's answer is kept to answer a retransmission (RFC 7252's
+    /// EXCHANGE_LIFETIME is 247 s).
+    #[serde(with = "humantime_serde")]
+    pub exchange_lifetime: Duration,
+    /// Answers kept for retransmissions at most; the oldest go first.
+    pub max_exchanges: usize,
+    /// Block-wise (Block1) uploads being assembled at once at most; the oldest go first.
+    pub max_block_transfers: usize,
+}
+
+#[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct IntegrationsConfig {
+    /// Converter worker threads; 0 means one per core. Scripts run only there, never on the
+    /// network threads.
+    pub workers: usize,
+    /// Conversions waiting for a worker at most; past it uplinks are answered "overloaded"
+    /// (CoAP 5.03, HTTP 503).
+    pub queue_capacity: usize,
+    /// Messages one integration may have in conversion or on their way into the queue, so one
+    /// flooded integration cannot take the whole pool from the others.
+    pub max_in_flight_per_integration: usize,
+    /// Longest an integration uplink waits for room in a full queue before it is answered
+    /// "overloaded".
+    #[serde(with = "humantime_serde")]
+    pub queue_wait: Duration,
+    /// Largest payload an integration accepts (CoAP: after Block1 assembly).
+    pub max_payload_size: ByteSize,
+    /// Debug events kept per integration or converter.
+    pub debug_events_per_entity: usize,
+    /// Debug events older than this are dropped.
+    #[serde(with = "humantime_serde")]
+    pub debug_event_ttl: Duration,
+    /// Devices with a pending HTTP downlink at most.
+    pub max_pending_downlinks: usize,
+    /// Limits of one converter run.
+    pub script: ScriptLimits,
+    /// Converters declared here are (re)created at every start, with ids derived from their
+    /// names; REST changes to them last until the next start.
+    pub converter: Vec<ConverterDecl>,
+    /// Integrations declared here, likewise.
+    pub integration: Vec<IntegrationDecl>,
+}
+
+#[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ScriptLimits {
+    pub max_operations: u64,
+    pub max_string_size: usize,
+    pub max_array_size: usize,
+    pub max_map_size: usize,
+    pub max_call_levels: usize,
+    #[serde(with = "humantime_serde")]
+    pub max_wall_time: Duration,
+}
+
+#[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConverterDecl {
+    pub name: String,
+    /// `uplink` or `downlink`.
+    #[serde(rename = "type")]
+    pub kind: String,
+    /// The script itself, or...
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub script: Option<String>,
+    /// ...a file holding it (relative to the working directory).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub script_file: Option<PathBuf>,
+    #[serde(default)]
+    pub debug: bool,
+}
+
+#[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct IntegrationDecl {
+    pub name: String,
+    /// `coap` or `http`.
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub routing_key: String,
+    #[serde(default = "yes")]
+    pub enabled: bool,
+    #[serde(default = "yes")]
+    pub allow_create_devices: bool,
+    /// The name of a declared uplink converter.
+    pub uplink_converter: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub downlink_converter: Option<String>,
+    #[serde(default)]
+    pub metadata: std::collections::BTreeMap<String, String>,
+    #[serde(default)]
+    pub debug: bool,
+}
+
+fn yes() -> bool {
+    true
 }
 
 #[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
@@ -204,6 +317,66 @@ impl Default for Config {
             auth: AuthConfig::default(),
             queue: QueueConfig::default(),
             store: StoreConfig::default(),
+            coap: CoapConfig::default(),
+            integrations: IntegrationsConfig::default(),
+        }
+    }
+}
+
+impl Default for CoapConfig {
+    fn default() -> Self {
+        CoapConfig {
+            bind: SocketAddr::from(([0, 0, 0, 0], 5683)),
+            max_in_flight: 4096,
+            overload_max_age: Duration::from_secs(2),
+            exchange_lifetime: Duration::from_secs(247),
+            max_exchanges: 100_000,
+            max_block_transfers: 1024,
+        }
+    }
+}
+
+impl Default for IntegrationsConfig {
+    fn default() -> Self {
+        IntegrationsConfig {
+            workers: 0,
+            queue_capacity: 8192,
+            max_in_flight_per_integration: 4096,
+            queue_wait: Duration::from_secs(2),
+            max_payload_size: ByteSize::kib(64),
+            debug_events_per_entity: 1000,
+            debug_event_ttl: Duration::from_secs(86_400),
+            max_pending_downlinks: 100_000,
+            script: ScriptLimits::default(),
+            converter: Vec::new(),
+            integration: Vec::new(),
+        }
+    }
+}
+
+impl Default for ScriptLimits {
+    fn default() -> Self {
+        let l = actors::converter::Limits::default();
+        ScriptLimits {
+            max_operations: l.max_operations,
+            max_string_size: l.max_string_size,
+            max_array_size: l.max_array_size,
+            max_map_size: l.max_map_size,
+            max_call_levels: l.max_call_levels,
+            max_wall_time: l.max_wall_time,
+        }
+    }
+}
+
+impl ScriptLimits {
+    pub fn limits(&self) -> actors::converter::Limits {
+        actors::converter::Limits {
+            max_operations: self.max_operations,
+            max_string_size: self.max_string_size,
+            max_array_size: self.max_array_size,
+            max_map_size: self.max_map_size,
+            max_call_levels: self.max_call_levels,
+            max_wall_time: self.max_wall_time,
         }
     }
 }
@@ -301,6 +474,8 @@ pub struct Overrides {
     pub queue: QueueOverride,
     #[serde(skip_serializing_if = "StoreOverride::is_empty")]
     pub store: StoreOverride,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub coap: Option<BindOverride>,
 }
 
 #[derive(Clone, Debug, Default, Serialize)]
@@ -403,6 +578,41 @@ impl Config {
             self.mqtt.max_payload_size.as_u64() <= 256 * 1024 * 1024,
             "mqtt.max_payload_size must be at most 256 MiB (the MQTT packet limit)"
         );
+        ensure!(
+            self.coap.max_in_flight > 0,
+            "coap.max_in_flight must be at least 1"
+        );
+        ensure!(
+            self.integrations.queue_capacity > 0
+                && self.integrations.max_in_flight_per_integration > 0,
+            "integrations.queue_capacity and max_in_flight_per_integration must be at least 1"
+        );
+        for c in &self.integrations.converter {
+            ensure!(
+                ["uplink", "downlink"].contains(&c.kind.as_str()),
+                "integrations.converter '{}': type must be uplink or downlink",
+                c.name
+            );
+            ensure!(
+                c.script.is_some() != c.script_file.is_some(),
+                "integrations.converter '{}': give exactly one of script and script_file",
+                c.name
+            );
+        }
+        for i in &self.integrations.integration {
+            ensure!(
+                ["coap", "http"].contains(&i.kind.as_str()),
+                "integrations.integration '{}': type must be coap or http",
+                i.name
+            );
+            for name in std::iter::once(&i.uplink_converter).chain(&i.downlink_converter) {
+                ensure!(
+                    self.integrations.converter.iter().any(|c| &c.name == name),
+                    "integrations.integration '{}': no converter named '{name}' is declared",
+                    i.name
+                );
+            }
+        }
         ensure!(
             self.auth.password_hash.is_some() || self.auth.username == DEMO_USERNAME,
             "auth.username is set but auth.password_hash is not; create one with `engine hash-password`"

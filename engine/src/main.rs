@@ -6,6 +6,7 @@ mod app;
 mod auth;
 mod config;
 mod exporter;
+mod integrations;
 mod queue;
 mod store;
 mod transport;
@@ -34,7 +35,7 @@ struct Cli {
 enum Command {
     /// Run the engine (embedded queue and store by default: no external servers needed)
     #[command(after_help = SERVE_AFTER_HELP)]
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Print the Argon2 hash of a password, for `auth.password_hash`; reads the password from
     /// standard input when not given
     HashPassword {
@@ -62,6 +63,9 @@ struct ServeArgs {
     /// HTTP listener address: REST API, HTTP device API, /metrics [default: 0.0.0.0:8080]
     #[arg(long, value_name = "ADDR")]
     http_bind: Option<SocketAddr>,
+    /// CoAP integration endpoint (UDP) [default: 0.0.0.0:5683]
+    #[arg(long, value_name = "ADDR")]
+    coap_bind: Option<SocketAddr>,
     /// Directory of the embedded store and generated secrets [default: ./data]
     #[arg(long, value_name = "DIR")]
     data_dir: Option<PathBuf>,
@@ -104,7 +108,7 @@ fn main() -> anyhow::Result<()> {
             println!("{}", auth::hash_password(&password)?);
             Ok(())
         }
-        Command::Serve(args) => serve(args),
+        Command::Serve(args) => serve(*args),
     }
 }
 
@@ -114,6 +118,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         log: args.log,
         mqtt: args.mqtt_bind.map(|bind| BindOverride { bind }),
         http: args.http_bind.map(|bind| BindOverride { bind }),
+        coap: args.coap_bind.map(|bind| BindOverride { bind }),
         queue: QueueOverride {
             kind: args.queue_kind,
             brokers: args.queue_brokers,

@@ -6,6 +6,7 @@ mod converters;
 mod dashboards;
 mod durability;
 mod http_device_api;
+mod integrations;
 mod loadgen;
 mod mqtt_device_api;
 mod production;

@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, anyhow, bail};
 use serde_json::{Value, json};
 
+pub mod coap;
 pub mod mqtt;
 pub mod servers;
 
@@ -48,6 +49,8 @@ pub struct Engine {
     child: Child,
     pub mqtt: SocketAddr,
     pub http: SocketAddr,
+    /// The CoAP integration endpoint (UDP).
+    pub coap: SocketAddr,
     pub data_dir: PathBuf,
     log: Arc<Mutex<String>>,
 }
@@ -66,6 +69,8 @@ impl Engine {
             "--mqtt-bind",
             "127.0.0.1:0",
             "--http-bind",
+            "127.0.0.1:0",
+            "--coap-bind",
             "127.0.0.1:0",
             "--log",
             "info",
@@ -86,7 +91,11 @@ impl Engine {
         let sink = log.clone();
         std::thread::spawn(move || {
             for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                for (needle, which) in [("mqtt_addr=", "mqtt"), ("http_addr=", "http")] {
+                for (needle, which) in [
+                    ("mqtt_addr=", "mqtt"),
+                    ("http_addr=", "http"),
+                    ("coap_addr=", "coap"),
+                ] {
                     if let Some(rest) = line.split(needle).nth(1) {
                         let addr = rest
                             .split_whitespace()
@@ -102,12 +111,13 @@ impl Engine {
                 }
             }
         });
-        let (mut mqtt, mut http) = (None, None);
+        let (mut mqtt, mut http, mut coap) = (None, None, None);
         let deadline = Instant::now() + Duration::from_secs(60);
-        while mqtt.is_none() || http.is_none() {
+        while mqtt.is_none() || http.is_none() || coap.is_none() {
             let left = deadline.saturating_duration_since(Instant::now());
             match rx.recv_timeout(left) {
                 Ok(("mqtt", addr)) => mqtt = Some(addr.parse()?),
+                Ok(("coap", addr)) => coap = Some(addr.parse()?),
                 Ok((_, addr)) => http = Some(addr.parse()?),
                 Err(_) => {
                     let _ = child.kill();
@@ -120,6 +130,7 @@ impl Engine {
             child,
             mqtt: mqtt.ok_or_else(|| anyhow!("no mqtt address"))?,
             http: http.ok_or_else(|| anyhow!("no http address"))?,
+            coap: coap.ok_or_else(|| anyhow!("no coap address"))?,
             data_dir: data_dir.to_owned(),
             log,
         })

@@ -61,9 +61,11 @@ impl ConvertError {
         }
     }
 
-    fn from_eval(e: &EvalAltResult) -> ConvertError {
+    fn from_eval(mut e: EvalAltResult) -> ConvertError {
         let position = e.position();
-        let message = match e {
+        // The position is reported once, in `position`, not again in the text.
+        e.clear_position();
+        let message = match &e {
             EvalAltResult::ErrorRuntime(value, _) => value.to_string(),
             EvalAltResult::ErrorTerminated(..) => "the script ran past its time limit".into(),
             EvalAltResult::ErrorTooManyOperations(_) => {
@@ -154,7 +156,7 @@ impl ConverterRuntime {
         DEADLINE.with(|d| d.set(Some(Instant::now() + self.max_wall_time)));
         let result = self.engine.eval_ast_with_scope::<Dynamic>(scope, ast);
         DEADLINE.with(|d| d.set(None));
-        result.map_err(|e| ConvertError::from_eval(&e))
+        result.map_err(|e| ConvertError::from_eval(*e))
     }
 
     /// Runs an uplink converter: `payload` (bytes) and `metadata` in, records out.

@@ -5,6 +5,7 @@ mod auth;
 mod converter;
 mod device;
 pub mod error;
+mod integration;
 mod telemetry;
 
 use std::future::{Ready, ready};
@@ -27,6 +28,9 @@ pub struct ApiState {
     pub metrics: Option<PrometheusHandle>,
     pub device_api: crate::transport::http::DeviceApiConfig,
     pub converters: Arc<actors::converter::ConverterRuntime>,
+    pub integrations: Arc<actors::integration::Integrations>,
+    /// This node's name, shown as the `server` of debug events.
+    pub node_id: String,
 }
 
 pub type State = web::Data<ApiState>;
@@ -41,9 +45,11 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
     .route("/metrics", web::get().to(metrics))
     .configure(auth::routes)
     .configure(converter::routes)
+    .configure(integration::routes)
     .configure(device::routes)
     .configure(telemetry::routes)
     .configure(crate::transport::http::routes)
+    .configure(crate::transport::http_integration::routes)
     .default_service(web::to(|| async {
         Err::<HttpResponse, _>(ApiError::no_such_resource())
     }));

@@ -36,7 +36,63 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
     .route(
         &format!("{BASE}/values/attributes/{{scope}}"),
         web::get().to(attributes),
+    )
+    .route(
+        &format!("{BASE}/attributes/{{scope}}"),
+        web::post().to(save_attributes),
+    )
+    .route(
+        &format!("{BASE}/{{scope}}"),
+        web::post().to(save_attributes),
     );
+}
+
+/// Saves server-side or shared attributes (`{"key": value, ...}`) through the queue, as
+/// ThingsBoard's `POST .../attributes/{scope}`. A shared attribute update is also a downlink
+/// (`ATTRIBUTES_UPDATED`) for a device an integration with a downlink converter serves.
+async fn save_attributes(
+    state: State,
+    caller: Caller,
+    path: web::Path<EntityPath>,
+    body: web::Bytes,
+) -> Result<HttpResponse, ApiError> {
+    path.check_type()?;
+    let scope = path
+        .scope()?
+        .ok_or_else(|| ApiError::bad_request("Attribute scope is required"))?;
+    if scope == AttributeScope::Client {
+        return Err(ApiError::bad_request(
+            "CLIENT_SCOPE attributes are the device's own; save SERVER_SCOPE or SHARED_SCOPE",
+        ));
+    }
+    let device = owned_device(&state, &caller, &path.entity_id).await?;
+    let entries = actors::payload::parse_attributes(&body)
+        .map_err(|e| ApiError::bad_request(format!("Invalid attributes: {e}")))?;
+    let message = actors::model::Message {
+        tenant_id: device.tenant_id,
+        device_id: device.id,
+        received_ts: now_ms(),
+        body: actors::model::MessageBody::Attributes { scope, entries },
+    };
+    let accepted = state
+        .ingress
+        .publish_message(actors::ingress::Transport::Http, message)
+        .await
+        .map_err(|e| ApiError::unavailable(e.to_string()))?;
+    accepted
+        .confirmed()
+        .await
+        .map_err(|e| ApiError::unavailable(e.to_string()))?;
+    if scope == AttributeScope::Shared {
+        let msg: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+        let metadata = [("scope".to_owned(), scope.as_str().to_owned())].into();
+        state
+            .integrations
+            .downlink(&device, "ATTRIBUTES_UPDATED", msg, metadata)
+            .await
+            .map_err(|e| ApiError::invalid(format!("Downlink converter failed: {e}")))?;
+    }
+    Ok(HttpResponse::Ok().finish())
 }
 
 #[derive(Deserialize)]

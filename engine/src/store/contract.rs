@@ -416,3 +416,57 @@ pub async fn check_sample(store: &dyn Store, registry: &dyn DeviceRegistry, id: 
     let attrs = store.attributes(id, None, None).await.expect("attrs");
     assert_eq!(attrs[0].value, KvValue::Bool(false));
 }
+
+/// The catalog contract: definitions written are read back whole, a replaced one is read in
+/// its newest form, a deleted one is gone.
+pub async fn catalog_suite(catalog: &dyn actors::ports::Catalog) {
+    use actors::integration::{ConverterDef, ConverterKind, IntegrationDef, IntegrationKind};
+    let tenant = actors::model::TenantId::from_name("catalog");
+    let mut converter = ConverterDef {
+        id: uuid::Uuid::new_v4(),
+        tenant_id: tenant,
+        name: "c".into(),
+        kind: ConverterKind::Uplink,
+        script: "#{deviceName: \"d\"}".into(),
+        debug_mode: true,
+        created_time: 1,
+    };
+    let integration = IntegrationDef {
+        id: uuid::Uuid::new_v4(),
+        tenant_id: tenant,
+        name: "i".into(),
+        kind: IntegrationKind::Coap,
+        routing_key: "key-1".into(),
+        enabled: true,
+        allow_create_devices: false,
+        uplink_converter_id: converter.id,
+        downlink_converter_id: Some(uuid::Uuid::new_v4()),
+        metadata: [("a".to_owned(), "b".to_owned())].into(),
+        debug_mode: false,
+        created_time: 2,
+    };
+    catalog
+        .put_converter(&converter)
+        .await
+        .expect("put converter");
+    catalog
+        .put_integration(&integration)
+        .await
+        .expect("put integration");
+    converter.script = "#{deviceName: \"e\"}".into();
+    catalog
+        .put_converter(&converter)
+        .await
+        .expect("replace converter");
+    let (converters, integrations) = catalog.load().await.expect("load");
+    assert_eq!(
+        converters,
+        vec![converter.clone()],
+        "the newest version, once"
+    );
+    assert_eq!(integrations, vec![integration.clone()]);
+    catalog.delete(integration.id).await.expect("delete");
+    let (converters, integrations) = catalog.load().await.expect("load");
+    assert_eq!(converters.len(), 1);
+    assert!(integrations.is_empty(), "deleted");
+}

@@ -1,6 +1,7 @@
 //! Storage backends behind the `Store` and `DeviceRegistry` ports. Every backend passes the
 //! shared contract suite in `contract`.
 
+pub mod catalog;
 pub mod clickhouse;
 pub mod embedded;
 pub mod registry;

@@ -85,6 +85,14 @@ impl ClickHouseStore {
             .context("cannot load the devices from ClickHouse")?;
         Ok((ClickHouseStore { client, versions }, registry))
     }
+
+    /// Converter and integration definitions, in the same database (shared by the nodes).
+    pub fn catalog(&self) -> crate::store::catalog::ch::ClickHouseCatalog {
+        crate::store::catalog::ch::ClickHouseCatalog {
+            client: self.client.clone(),
+            versions: self.versions.clone(),
+        }
+    }
 }
 
 /// Server error codes worth retrying: the server is overloaded, out of memory, has too many
@@ -367,6 +375,7 @@ mod tests {
             .expect("opens");
         crate::store::contract::store_suite(&store).await;
         crate::store::contract::registry_suite(&registry).await;
+        crate::store::contract::catalog_suite(&store.catalog()).await;
     }
 
     #[tokio::test(flavor = "multi_thread")]
@@ -386,7 +395,11 @@ mod tests {
             .query("SELECT count(), max(version) FROM durable.schema_version")
             .await
             .expect("query");
-        assert_eq!(versions.trim(), "1\t1", "one migration, recorded once");
+        assert_eq!(
+            versions.trim(),
+            "2\t2",
+            "two migrations (tables, then the catalog), each recorded once"
+        );
     }
 
     #[tokio::test(flavor = "multi_thread")]

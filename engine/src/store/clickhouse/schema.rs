@@ -24,8 +24,9 @@ use serde::Deserialize;
 
 /// Migration `i` brings the schema from version `i` to `i + 1`; each statement is idempotent
 /// (`IF NOT EXISTS`), so a migration interrupted halfway is run again safely. Append only.
-const MIGRATIONS: &[&[&str]] = &[&[
-    "CREATE TABLE IF NOT EXISTS ts_kv (
+const MIGRATIONS: &[&[&str]] = &[
+    &[
+        "CREATE TABLE IF NOT EXISTS ts_kv (
         device_id UUID,
         key String,
         ts Int64,
@@ -39,9 +40,9 @@ const MIGRATIONS: &[&[&str]] = &[&[
     ) ENGINE = ReplacingMergeTree(ver)
     PARTITION BY toYYYYMM(toDateTime(intDiv(ts, 1000)))
     ORDER BY (device_id, key, ts)",
-    // The version is the data point's time, so merges keep the newest point, whatever order
-    // points arrived in.
-    "CREATE TABLE IF NOT EXISTS ts_kv_latest (
+        // The version is the data point's time, so merges keep the newest point, whatever order
+        // points arrived in.
+        "CREATE TABLE IF NOT EXISTS ts_kv_latest (
         device_id UUID,
         key String,
         ts Int64,
@@ -54,7 +55,7 @@ const MIGRATIONS: &[&[&str]] = &[&[
         ver UInt64
     ) ENGINE = ReplacingMergeTree(ts)
     ORDER BY (device_id, key)",
-    "CREATE TABLE IF NOT EXISTS attribute_kv (
+        "CREATE TABLE IF NOT EXISTS attribute_kv (
         device_id UUID,
         scope Enum8('CLIENT_SCOPE' = 1, 'SHARED_SCOPE' = 2, 'SERVER_SCOPE' = 3),
         key String,
@@ -68,8 +69,8 @@ const MIGRATIONS: &[&[&str]] = &[&[
         ver UInt64
     ) ENGINE = ReplacingMergeTree(last_update_ts)
     ORDER BY (device_id, scope, key)",
-    // A delete is a newer row with `deleted = 1`.
-    "CREATE TABLE IF NOT EXISTS device (
+        // A delete is a newer row with `deleted = 1`.
+        "CREATE TABLE IF NOT EXISTS device (
         id UUID,
         tenant_id UUID,
         name String,
@@ -82,7 +83,18 @@ const MIGRATIONS: &[&[&str]] = &[&[
         ver UInt64
     ) ENGINE = ReplacingMergeTree(ver)
     ORDER BY id",
-]];
+    ],
+    &[
+        // Converter and integration definitions, as JSON documents; shared by the nodes.
+        "CREATE TABLE IF NOT EXISTS catalog (
+        id UUID,
+        body String,
+        deleted UInt8,
+        ver UInt64
+    ) ENGINE = ReplacingMergeTree(ver)
+    ORDER BY id",
+    ],
+];
 
 #[derive(clickhouse::Row, Deserialize)]
 struct Version {

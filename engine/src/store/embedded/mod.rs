@@ -102,6 +102,13 @@ impl EmbeddedStore {
         let registry = registry::load(db.clone())?;
         Ok((EmbeddedStore { db }, registry))
     }
+
+    /// Converter and integration definitions, in the same database.
+    pub fn catalog(&self) -> crate::store::catalog::embedded::EmbeddedCatalog {
+        crate::store::catalog::embedded::EmbeddedCatalog {
+            db: self.db.clone(),
+        }
+    }
 }
 
 fn configure(c: &Connection) -> rusqlite::Result<()> {
@@ -218,6 +225,7 @@ mod tests {
         let (store, registry) = EmbeddedStore::open(dir.path()).expect("opens");
         crate::store::contract::store_suite(&store).await;
         crate::store::contract::registry_suite(&registry).await;
+        crate::store::contract::catalog_suite(&store.catalog()).await;
     }
 
     #[tokio::test]

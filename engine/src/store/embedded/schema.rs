@@ -44,6 +44,11 @@ const MIGRATIONS: &[&str] = &[
         v,
         PRIMARY KEY (device_id, scope, key)
     ) WITHOUT ROWID;",
+    // v2. Converter and integration definitions, as JSON documents.
+    "CREATE TABLE catalog (
+        id BLOB PRIMARY KEY,
+        body TEXT NOT NULL
+    );",
 ];
 
 pub(super) fn migrate(c: &mut Connection) -> anyhow::Result<()> {
