@@ -2,9 +2,9 @@
 //! endpoint, and reports throughput and acknowledgement latency.
 //!
 //! Each transport is a module with one `run` function over the shared [`Run`] (devices,
-//! payload template, pacing, statistics): `mqtt` and `http` now; a CoAP driver plugs in the
-//! same way, as another subcommand whose module reuses `Run`, `Schedule` and `Stats`.
+//! payload template, pacing, statistics): `mqtt`, `http` and `coap` (the CoAP integration).
 
+mod coap;
 mod http;
 mod mqtt;
 mod payload;
@@ -28,7 +28,7 @@ use report::{Report, Stats};
 #[command(
     name = "loadgen",
     version,
-    about = "Load generator for ThingsBoard-style MQTT and HTTP device APIs"
+    about = "Load generator for ThingsBoard-style MQTT and HTTP device APIs and the CoAP integration"
 )]
 struct Cli {
     #[command(subcommand)]
@@ -41,6 +41,9 @@ enum Command {
     Mqtt(MqttArgs),
     /// Simulate devices over the HTTP device API (POST /api/v1/{token}/telemetry)
     Http(HttpArgs),
+    /// Simulate devices sending to a CoAP integration (POST coap://target/i/{routingKey});
+    /// with --provision, the integration and its converter are created when missing
+    Coap(CoapArgs),
 }
 
 /// What every transport shares: the devices, what they send, how fast and for how long.
@@ -132,6 +135,28 @@ pub struct HttpArgs {
     #[arg(long, default_value = "http://127.0.0.1:8080")]
     pub url: String,
     /// Requests in flight at once (keep-alive connections)
+    #[arg(long, default_value_t = 64)]
+    pub concurrency: usize,
+}
+
+#[derive(Args, Debug)]
+pub struct CoapArgs {
+    #[command(flatten)]
+    pub common: CommonArgs,
+    /// CoAP endpoint address (UDP)
+    #[arg(long, default_value = "127.0.0.1:5683")]
+    pub target: std::net::SocketAddr,
+    /// The integration's routing key; without it, --provision creates (or finds) the
+    /// integration "loadgen CoAP"
+    #[arg(long)]
+    pub routing_key: Option<String>,
+    /// Path before /i/{routingKey}
+    #[arg(long, default_value = "")]
+    pub path: String,
+    /// Send non-confirmable requests (default: confirmable)
+    #[arg(long)]
+    pub non: bool,
+    /// Requests in flight at once (one UDP socket each)
     #[arg(long, default_value_t = 64)]
     pub concurrency: usize,
 }
@@ -329,7 +354,12 @@ async fn execute(
     if !verified {
         eprintln!("verify failed: acknowledged data points are missing");
     }
-    Ok(verified && report.connections_ok > 0)
+    // A run where every answered message was refused (e.g. an unknown CoAP routing key) failed.
+    let all_refused = report.failed > 0 && report.acked == 0;
+    if all_refused {
+        eprintln!("every message failed: nothing was acknowledged");
+    }
+    Ok(verified && report.connections_ok > 0 && !all_refused)
 }
 
 /// Thousands of connections need thousands of descriptors: take the hard limit.
@@ -361,6 +391,30 @@ fn main() -> Result<()> {
                 let common = args.common.clone();
                 execute(common, Duration::ZERO, "http", async move |run| {
                     http::run(run, &args).await
+                })
+                .await
+            }
+            Command::Coap(args) => {
+                let key = match (&args.routing_key, &args.common.provision) {
+                    (Some(key), _) => key.clone(),
+                    (None, Some(url)) => {
+                        let rest =
+                            rest::Rest::login(url, &args.common.username, &args.common.password)
+                                .await?;
+                        let key = rest
+                            .integration("loadgen CoAP", "COAP", coap::DECODER)
+                            .await
+                            .context("provisioning the CoAP integration")?;
+                        eprintln!("integration \"loadgen CoAP\": routing key {key}");
+                        key
+                    }
+                    (None, None) => {
+                        bail!("give --routing-key, or --provision to create the integration")
+                    }
+                };
+                let common = args.common.clone();
+                execute(common, Duration::ZERO, "coap", async move |run| {
+                    coap::run(run, &args, &key).await
                 })
                 .await
             }

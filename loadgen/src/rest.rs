@@ -50,6 +50,58 @@ impl Rest {
             .header("X-Authorization", format!("Bearer {}", self.token))
     }
 
+    fn post(&self, path: &str) -> reqwest::RequestBuilder {
+        self.http
+            .post(format!("{}{path}", self.base))
+            .header("X-Authorization", format!("Bearer {}", self.token))
+    }
+
+    /// The routing key of the integration `name` of this type, created (with an uplink
+    /// converter running `decoder`) when there is none.
+    pub async fn integration(&self, name: &str, kind: &str, decoder: &str) -> Result<String> {
+        let page: Value = self
+            .get("/api/integrations?pageSize=1000&page=0")
+            .send()
+            .await?
+            .json()
+            .await?;
+        if let Some(existing) = page["data"]
+            .as_array()
+            .and_then(|all| all.iter().find(|i| i["name"] == name && i["type"] == kind))
+        {
+            return existing["routingKey"]
+                .as_str()
+                .map(str::to_owned)
+                .context("integration without a routing key");
+        }
+        let converter: Value = self
+            .post("/api/converter")
+            .json(
+                &json!({"name": format!("{name} converter"), "type": "UPLINK",
+                          "configuration": {"scriptLang": "TBEL", "tbelDecoder": decoder}}),
+            )
+            .send()
+            .await?
+            .json()
+            .await?;
+        let converter_id = converter["id"]["id"]
+            .as_str()
+            .with_context(|| format!("cannot create the converter: {converter}"))?;
+        let integration: Value = self
+            .post("/api/integration")
+            .json(&json!({"name": name, "type": kind, "enabled": true,
+                          "allowCreateDevicesOrAssets": true,
+                          "defaultConverterId": {"entityType": "CONVERTER", "id": converter_id}}))
+            .send()
+            .await?
+            .json()
+            .await?;
+        integration["routingKey"]
+            .as_str()
+            .map(str::to_owned)
+            .with_context(|| format!("cannot create the integration: {integration}"))
+    }
+
     /// Creates a device per name, with the name as its access token; a device that already
     /// exists with that token is fine.
     pub async fn provision(&self, names: &[String]) -> Result<()> {

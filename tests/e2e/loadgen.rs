@@ -148,3 +148,78 @@ async fn bad_tokens_are_reported_as_refused_connections() -> Result<()> {
     assert!(text.contains("unknown access token (0x05)"), "{text}");
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn coap_load_is_stored_in_full() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let engine = Engine::start(dir.path())?;
+    let http = engine.url("");
+    let target = engine.coap.to_string();
+    // Confirmable requests; --provision creates the converter and the integration.
+    let (ok, text, report) = loadgen(&[
+        "coap",
+        "--target",
+        &target,
+        "--devices",
+        "20",
+        "--concurrency",
+        "8",
+        "--provision",
+        &http,
+        "--verify",
+        &http,
+        "--messages",
+        "600",
+    ])?;
+    check_verified(ok, &text, &report);
+    assert_eq!(report["acked"], 600, "{text}");
+    let key = text
+        .split("routing key ")
+        .nth(1)
+        .and_then(|rest| rest.split_whitespace().next())
+        .with_context(|| format!("no routing key printed:\n{text}"))?
+        .to_owned();
+
+    // Non-confirmable requests to the same integration, at a set rate; the integration is
+    // found again by name rather than created twice.
+    let (ok, text, report) = loadgen(&[
+        "coap",
+        "--target",
+        &target,
+        "--devices",
+        "20",
+        "--provision",
+        &http,
+        "--verify",
+        &http,
+        "--non",
+        "--rate",
+        "300",
+        "--messages",
+        "300",
+        "--profile",
+        "industrial-plc",
+    ])?;
+    check_verified(ok, &text, &report);
+    assert_eq!(report["acked"], 300, "{text}");
+    assert!(
+        text.contains(&key),
+        "the same integration is reused:\n{text}"
+    );
+
+    // An unknown routing key: every request is refused with 4.04 and the run fails.
+    let (ok, text, report) = loadgen(&[
+        "coap",
+        "--target",
+        &target,
+        "--routing-key",
+        "no-such-key",
+        "--devices",
+        "2",
+        "--messages",
+        "4",
+    ])?;
+    assert!(!ok, "a run where every request is refused fails:\n{text}");
+    assert_eq!(report["failures"]["CoAP 4.04"], 4, "{text}");
+    Ok(())
+}
