@@ -9,10 +9,15 @@
 #     in-memory storage) -> ClickHouse, all on this machine: acknowledged messages/s, data
 #     points/s written, ingest-to-queryable latency (PUBACK until a query sees the row), the
 #     rate storage catches up a backlog at, and a plain bulk insert of the same rows straight
-#     into ClickHouse from Rust as the ceiling.
+#     into ClickHouse from Rust as the ceiling;
+#  4. the CoAP integration path: loadgen coap (confirmable, then non-confirmable requests,
+#     COAP_CONCURRENCY outstanding) against the engine's CoAP integration with a Rhai uplink
+#     converter, every message stored and verified: acknowledged messages/s, p99 latency, and
+#     the rate as a ratio to the engine's MQTT rate measured in part 1.
 # Prints a table and writes it to benches/results/<date>-<commit>.md with the machine's cores.
 # Tunables: DEVICES (100), DURATION (20s), INFLIGHT (16), PROFILE (smart-meter),
-# IDLE_CONNECTIONS (15000; 0 skips part 2), PRODUCTION (1; 0 skips part 3).
+# IDLE_CONNECTIONS (15000; 0 skips part 2), PRODUCTION (1; 0 skips part 3), COAP (1; 0 skips
+# part 4), COAP_CONCURRENCY (128).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -22,12 +27,15 @@ INFLIGHT=${INFLIGHT:-16}
 PROFILE=${PROFILE:-smart-meter}
 IDLE=${IDLE_CONNECTIONS:-15000}
 PRODUCTION=${PRODUCTION:-1}
+COAP=${COAP:-1}
+COAP_CONCURRENCY=${COAP_CONCURRENCY:-128}
 CH_HTTP_PORT=28123
 CH_TCP_PORT=29000
 KAFKA_PORT=29092
 # Below the ephemeral port range (32768+), which the idle test fills with client ports.
 ENGINE_MQTT=127.0.0.1:21883
 ENGINE_HTTP=127.0.0.1:28080
+ENGINE_COAP=127.0.0.1:25683
 MOSQUITTO_PORT=21884
 RUMQTTD_PORT=21885
 
@@ -57,7 +65,8 @@ rss_kib() { ps -o rss= -p "$1" | tr -d ' '; }
 established() { ss -Htn state established "( sport = :$1 )" | wc -l; }
 
 start_engine() {
-  target/release/engine serve --mqtt-bind "$ENGINE_MQTT" --http-bind "$ENGINE_HTTP" --data-dir "$work/engine-$1" --log warn &
+  target/release/engine serve --mqtt-bind "$ENGINE_MQTT" --http-bind "$ENGINE_HTTP" --coap-bind "$ENGINE_COAP" \
+    --data-dir "$work/engine-$1" --log warn &
   engine_pid=$!; pids+=("$engine_pid")
   wait_port "$ENGINE_HTTP"; wait_port "$ENGINE_MQTT"
 }
@@ -246,6 +255,24 @@ MD
 )
 fi
 
+# --- 4. the CoAP integration path --------------------------------------------------------------
+coap_table=""
+if [ "$COAP" = 1 ]; then
+  start_engine coap
+  coap_row() { # name label [extra loadgen args]
+    local name=$1 label=$2; shift 2
+    echo "== $name: $DEVICES devices, $COAP_CONCURRENCY outstanding, $DURATION, $PROFILE" >&2
+    "$LOADGEN" coap --target "$ENGINE_COAP" --devices "$DEVICES" --duration "$DURATION" \
+      --concurrency "$COAP_CONCURRENCY" --profile "$PROFILE" --provision "http://$ENGINE_HTTP" \
+      --verify "http://$ENGINE_HTTP" --quiet --json "$work/$name.json" "$@" >&2
+    local c; c=$(rate "$name")
+    echo "| $label | $(printf '%.0f' "$c") | $(printf '%.2f' "$(p99 "$name")") ms | $(field "$work/$name.json" verify.stored) of $(field "$work/$name.json" verify.expected) | $(ratio "$c" "$e") |"
+  }
+  coap_table+="$(coap_row coap-con confirmable --token-prefix coap-con-)"$'\n'
+  coap_table+="$(coap_row coap-non non-confirmable --token-prefix coap-non- --non)"$'\n'
+  stop "$engine_pid"
+fi
+
 commit=$(git rev-parse --short HEAD)$(git diff --quiet HEAD -- . ':!benches/results' || echo "+dirty")
 date=$(date -u +%Y-%m-%d)
 report=$(cat <<MD
@@ -264,6 +291,9 @@ MD
 )
 if [ -n "$production_table" ]; then
   report+=$'\n\n'"The production path (same workload; the engine stores every message in ClickHouse through Kafka, $(field "$work/production.json" verify.stored) of $(field "$work/production.json" verify.expected) verified):"$'\n\n'"$production_table"
+fi
+if [ -n "$coap_table" ]; then
+  report+=$'\n\n'"The CoAP integration path (same device count and payload; each request decoded by a Rhai uplink converter and stored, embedded store):"$'\n\n'"| requests | acked msg/s | p99 ack latency | stored (verified) | ratio to engine MQTT |"$'\n'"| --- | ---: | ---: | ---: | ---: |"$'\n'"$coap_table"
 fi
 if [ -n "$idle_table" ]; then
   report+=$'\n\n'"Idle connections (connected, not publishing):"$'\n\n'"| server | connections | RSS before | RSS connected | per connection |"$'\n'"| --- | ---: | ---: | ---: | ---: |"$'\n'"$idle_table"

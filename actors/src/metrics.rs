@@ -212,36 +212,37 @@ pub fn register_zero() {
     use metrics::counter;
     for &transport in TRANSPORTS {
         for &reason in REJECT_REASONS {
-            counter!(MESSAGES_REJECTED, "transport" => transport, "reason" => reason).absolute(0);
+            counter!(MESSAGES_REJECTED, "transport" => transport, "reason" => reason).increment(0);
         }
         for &reason in REFUSE_REASONS {
-            counter!(CONNECTIONS_REFUSED, "transport" => transport, "reason" => reason).absolute(0);
+            counter!(CONNECTIONS_REFUSED, "transport" => transport, "reason" => reason)
+                .increment(0);
         }
-        counter!(MESSAGES_RECEIVED, "transport" => transport).absolute(0);
-        counter!(MESSAGES_ACCEPTED, "transport" => transport).absolute(0);
-        counter!(DATA_POINTS_RECEIVED, "transport" => transport).absolute(0);
+        counter!(MESSAGES_RECEIVED, "transport" => transport).increment(0);
+        counter!(MESSAGES_ACCEPTED, "transport" => transport).increment(0);
+        counter!(DATA_POINTS_RECEIVED, "transport" => transport).increment(0);
     }
     for kind in ["retryable", "permanent"] {
-        counter!(STORAGE_ERRORS, "kind" => kind).absolute(0);
+        counter!(STORAGE_ERRORS, "kind" => kind).increment(0);
     }
-    counter!(SINK_RESTARTS).absolute(0);
-    counter!(SESSIONS_FAILED).absolute(0);
-    counter!(DATA_POINTS_STORED).absolute(0);
+    counter!(SINK_RESTARTS).increment(0);
+    counter!(SESSIONS_FAILED).increment(0);
+    counter!(DATA_POINTS_STORED).increment(0);
     metrics::gauge!(SESSIONS_ACTIVE, "transport" => "mqtt").increment(0.0);
-    counter!(SESSIONS_HIBERNATED, "transport" => "mqtt").absolute(0);
+    counter!(SESSIONS_HIBERNATED, "transport" => "mqtt").increment(0);
     for outcome in ["save_timeseries", "save_attributes", "dropped"] {
-        counter!(RULE_CHAIN_MESSAGES, "outcome" => outcome).absolute(0);
+        counter!(RULE_CHAIN_MESSAGES, "outcome" => outcome).increment(0);
     }
     for reason in ["storage_refused", "undecodable"] {
-        counter!(DEAD_LETTERS, "reason" => reason).absolute(0);
+        counter!(DEAD_LETTERS, "reason" => reason).increment(0);
     }
     for kind in ["COAP", "HTTP"] {
-        counter!(INTEGRATION_UNKNOWN_KEY, "type" => kind).absolute(0);
+        counter!(INTEGRATION_UNKNOWN_KEY, "type" => kind).increment(0);
     }
     for reason in ["malformed", "overloaded"] {
-        counter!(COAP_DROPPED, "reason" => reason).absolute(0);
+        counter!(COAP_DROPPED, "reason" => reason).increment(0);
     }
-    counter!(COAP_DUPLICATES).absolute(0);
+    counter!(COAP_DUPLICATES).increment(0);
     metrics::gauge!(CONVERTER_POOL_QUEUED).increment(0.0);
     metrics::gauge!(QUEUE_IN_FLIGHT).increment(0.0);
     metrics::histogram!(QUEUE_PRODUCE_LATENCY).record(0.0);

@@ -85,9 +85,11 @@ fn dashboards() -> Result<Vec<(String, Value)>> {
             ));
         }
     }
+    let mut names: Vec<&str> = out.iter().map(|(n, _)| n.as_str()).collect();
+    names.sort_unstable();
     ensure!(
-        out.len() >= 2,
-        "expected the overview and per-transport dashboards"
+        names == ["integrations.json", "overview.json", "transport.json"],
+        "expected the overview, per-transport and integrations dashboards, found {names:?}"
     );
     Ok(out)
 }
@@ -112,6 +114,7 @@ fn substitute(expr: &str) -> String {
     expr.replace("$__rate_interval", "1m")
         .replace("$instance", ".*")
         .replace("$transport", "mqtt")
+        .replace("$integration", ".*")
 }
 
 fn metric_names(expr: &str) -> BTreeSet<String> {
@@ -127,9 +130,31 @@ async fn every_dashboard_query_returns_series() -> Result<()> {
     let engine = Engine::start(&dir.path().join("engine"))?;
     let prom = start_prometheus(dir.path(), &engine.http.to_string()).await?;
 
-    // Load for a few seconds while Prometheus scrapes every second.
+    // Load for a few seconds while Prometheus scrapes every second: MQTT devices, and devices
+    // sending to a CoAP integration (created by loadgen) so the integration panels have series.
     let http = engine.url("");
     let target = engine.mqtt.to_string();
+    let (coap_http, coap_target) = (http.clone(), engine.coap.to_string());
+    let coap = tokio::task::spawn_blocking(move || {
+        Command::new(loadgen_binary())
+            .args([
+                "coap",
+                "--target",
+                &coap_target,
+                "--devices",
+                "5",
+                "--token-prefix",
+                "coap-",
+                "--provision",
+                &coap_http,
+                "--rate",
+                "200",
+                "--duration",
+                "6s",
+                "--quiet",
+            ])
+            .output()
+    });
     let load = tokio::task::spawn_blocking(move || {
         Command::new(loadgen_binary())
             .args([
@@ -148,12 +173,14 @@ async fn every_dashboard_query_returns_series() -> Result<()> {
             ])
             .output()
     });
-    let out = load.await??;
-    ensure!(
-        out.status.success(),
-        "loadgen failed: {}",
-        String::from_utf8_lossy(&out.stdout)
-    );
+    for out in [load.await??, coap.await??] {
+        ensure!(
+            out.status.success(),
+            "loadgen failed: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
     // A bad payload over HTTP, so rejections are not only zeroes.
     let bad = reqwest::Client::new()
         .post(engine.url("/api/v1/loadgen-0/telemetry"))

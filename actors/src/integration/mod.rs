@@ -269,11 +269,14 @@ impl Integrations {
             ("integration", def.name.clone()),
             ("type", def.kind.as_str().to_owned()),
         ];
+        // Registered at zero so dashboards show every integration from its first scrape; an
+        // increment of zero, so a relink (converter edit) does not reset the counters.
         for reason in crate::metrics::INTEGRATION_ERROR_REASONS {
             let mut l = labels.to_vec();
             l.push(("reason", (*reason).to_owned()));
-            counter!(INTEGRATION_ERRORS, &l).absolute(0);
+            counter!(INTEGRATION_ERRORS, &l).increment(0);
         }
+        counter!(DEVICES_CREATED, "integration" => def.name.clone()).increment(0);
         Ok(Arc::new(LiveIntegration {
             in_flight: Arc::new(Semaphore::new(self.settings.max_in_flight.max(1))),
             messages: counter!(INTEGRATION_MESSAGES, &labels),
