@@ -471,7 +471,11 @@ async fn a_flooding_device_is_slowed_and_others_keep_flowing() -> Result<()> {
         assert!(count > 0, "{token} was not acknowledged during the flood");
     }
     let _flooder = flooding.await?;
-    check_stored_once(&stack, &rest, &normal, &acked).await
+    let checked = check_stored_once(&stack, &rest, &normal, &acked).await;
+    if checked.is_err() {
+        eprintln!("ENGINE LOG:\n{}", engine.log());
+    }
+    checked
 }
 
 /// The most bytes waiting unread in any of the engine's sockets on `port` (ss's Recv-Q).
