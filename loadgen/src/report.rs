@@ -172,11 +172,16 @@ impl std::fmt::Display for Report {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         writeln!(f, "transport        {}", self.transport)?;
         writeln!(f, "duration         {:.2} s", self.elapsed_seconds)?;
-        writeln!(
-            f,
-            "connections      {} ok, {} failed",
-            self.connections_ok, self.connections_failed
-        )?;
+        if self.transport == "coap" {
+            // Connectionless: every simulated device can send.
+            writeln!(f, "devices          {}", self.connections_ok)?;
+        } else {
+            writeln!(
+                f,
+                "connections      {} ok, {} failed",
+                self.connections_ok, self.connections_failed
+            )?;
+        }
         for (reason, n) in &self.connect_failures {
             writeln!(f, "  refused        {n} × {reason}")?;
         }
@@ -250,6 +255,15 @@ mod tests {
         let json = serde_json::to_value(&r).expect("json");
         assert_eq!(json["acked"], 1000);
         assert_eq!(json["failures"]["disconnected"], 1);
+    }
+
+    #[test]
+    fn coap_reports_devices_not_connections() {
+        let stats = Stats::default();
+        stats.connected.fetch_add(5, Ordering::Relaxed);
+        let text = stats.report("coap", Duration::from_secs(1)).to_string();
+        assert!(text.contains("devices          5"), "{text}");
+        assert!(!text.contains("connections"), "{text}");
     }
 
     #[test]
