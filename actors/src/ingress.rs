@@ -154,23 +154,9 @@ impl Ingress {
             Ok(message) => message,
             Err(rejection) => return Err(self.rejected(device, transport, rejection)),
         };
-        let points = message.data_points();
-        let delivery = if points == 0 {
-            // ThingsBoard accepts an empty object; there is nothing to store.
-            Delivery::Done(Ok(()))
-        } else {
-            match self.producer.send(Arc::new(message)).await {
-                Ok(delivery) => delivery,
-                Err(e) => return Err(self.rejected(device, transport, e.into())),
-            }
-        };
-        Ok(Accepted {
-            delivery,
-            transport,
-            metrics,
-            points,
-            received,
-        })
+        self.enqueue(transport, metrics, received, message)
+            .await
+            .map_err(|e| self.rejected(device, transport, e.into()))
     }
 
     /// Enqueues a message made elsewhere (an integration's converter made it from a vendor
@@ -183,19 +169,30 @@ impl Ingress {
         let received = Instant::now();
         let metrics = self.metrics[transport as usize].clone();
         metrics.received.increment(1);
+        self.enqueue(transport, metrics, received, message)
+            .await
+            .map_err(|e| {
+                let rejection = Rejection::Queue(e);
+                counter!(MESSAGES_REJECTED, "transport" => transport.as_str(), "reason" => rejection.reason())
+                    .increment(1);
+                rejection
+            })
+    }
+
+    /// Hands a message to the queue; what the caller awaits before acknowledging.
+    async fn enqueue(
+        &self,
+        transport: Transport,
+        metrics: Arc<TransportMetrics>,
+        received: Instant,
+        message: Message,
+    ) -> Result<Accepted, QueueError> {
         let points = message.data_points();
         let delivery = if points == 0 {
+            // ThingsBoard accepts an empty object; there is nothing to store.
             Delivery::Done(Ok(()))
         } else {
-            match self.producer.send(Arc::new(message)).await {
-                Ok(delivery) => delivery,
-                Err(e) => {
-                    let rejection = Rejection::Queue(e);
-                    counter!(MESSAGES_REJECTED, "transport" => transport.as_str(), "reason" => rejection.reason())
-                        .increment(1);
-                    return Err(rejection);
-                }
-            }
+            self.producer.send(Arc::new(message)).await?
         };
         Ok(Accepted {
             delivery,

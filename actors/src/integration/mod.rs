@@ -153,6 +153,13 @@ struct LiveIntegration {
     conversion_time: Histogram,
 }
 
+impl LiveIntegration {
+    /// Whether this integration runs the converter `id` (uplink or downlink).
+    fn uses(&self, id: Uuid) -> bool {
+        self.uplink.def.id == id || self.downlink.as_ref().is_some_and(|d| d.def.id == id)
+    }
+}
+
 #[derive(Default)]
 struct State {
     converters: HashMap<Uuid, Arc<LiveConverter>>,
@@ -309,12 +316,7 @@ impl Integrations {
                 if old.def.tenant_id != def.tenant_id {
                     return Err(CatalogError::NotFound);
                 }
-                if old.def.kind != def.kind
-                    && state.integrations.values().any(|i| {
-                        i.uplink.def.id == def.id
-                            || i.downlink.as_ref().is_some_and(|d| d.def.id == def.id)
-                    })
-                {
+                if old.def.kind != def.kind && state.integrations.values().any(|i| i.uses(def.id)) {
                     return Err(CatalogError::Invalid(
                         "The type of a converter an integration uses cannot be changed".into(),
                     ));
@@ -329,9 +331,7 @@ impl Integrations {
         let users: Vec<IntegrationDef> = state
             .integrations
             .values()
-            .filter(|i| {
-                i.uplink.def.id == def.id || i.downlink.as_ref().is_some_and(|d| d.def.id == def.id)
-            })
+            .filter(|i| i.uses(def.id))
             .map(|i| i.def.clone())
             .collect();
         for user in users {
@@ -434,9 +434,7 @@ impl Integrations {
             else {
                 return Err(CatalogError::NotFound);
             };
-            if let Some(user) = state.integrations.values().find(|i| {
-                i.uplink.def.id == id || i.downlink.as_ref().is_some_and(|d| d.def.id == id)
-            }) {
+            if let Some(user) = state.integrations.values().find(|i| i.uses(id)) {
                 return Err(CatalogError::Invalid(format!(
                     "The converter '{}' is used by the integration '{}' and cannot be deleted!",
                     c.def.name, user.def.name
@@ -483,6 +481,16 @@ impl Integrations {
             .read()
             .integrations
             .get(&id)
+            .filter(|i| i.def.tenant_id == tenant)
+            .map(|i| i.def.clone())
+    }
+
+    /// The tenant's integration with this routing key.
+    pub fn integration_by_key(&self, tenant: TenantId, key: &str) -> Option<IntegrationDef> {
+        self.state
+            .read()
+            .by_key
+            .get(key)
             .filter(|i| i.def.tenant_id == tenant)
             .map(|i| i.def.clone())
     }

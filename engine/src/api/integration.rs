@@ -373,17 +373,9 @@ async fn integration_by_key(
     caller: Caller,
     key: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
-    let request = PageRequest {
-        page_size: usize::MAX,
-        page: 0,
-        text_search: None,
-    };
     let found = state
         .integrations
-        .integrations(caller.0.tenant_id, &request)
-        .data
-        .into_iter()
-        .find(|i| i.routing_key == *key)
+        .integration_by_key(caller.0.tenant_id, &key)
         .ok_or_else(ApiError::not_found)?;
     Ok(HttpResponse::Ok().json(integration_json(&found)))
 }

@@ -166,6 +166,27 @@ impl Blocks {
             order: VecDeque::new(),
         }
     }
+
+    /// Starts (or restarts) an upload, dropping the oldest ones past the bound.
+    fn start(&mut self, key: (SocketAddr, String)) {
+        self.remove(&key);
+        while self.order.len() >= self.max {
+            let Some(oldest) = self.order.pop_front() else {
+                break;
+            };
+            self.by_key.remove(&oldest);
+        }
+        self.by_key.insert(key.clone(), Vec::new());
+        self.order.push_back(key);
+    }
+
+    /// Ends an upload; what it had assembled. `order` always holds exactly the keys of
+    /// `by_key`, so neither grows past `max`.
+    fn remove(&mut self, key: &(SocketAddr, String)) -> Option<Vec<u8>> {
+        let data = self.by_key.remove(key)?;
+        self.order.retain(|k| k != key);
+        Some(data)
+    }
 }
 
 /// A Block1/Block2 option value: block number, more flag, size exponent.
@@ -390,18 +411,7 @@ impl Endpoint {
         let key = (peer, path.join("/"));
         let mut blocks = self.blocks.lock();
         if block.num == 0 {
-            if blocks.by_key.remove(&key).is_none() {
-                blocks.order.push_back(key.clone());
-            }
-            blocks.by_key.insert(key.clone(), Vec::new());
-            while blocks.by_key.len() > blocks.max {
-                let Some(oldest) = blocks.order.pop_front() else {
-                    break;
-                };
-                blocks.by_key.remove(&oldest);
-            }
-            blocks.order.retain(|k| k != &key);
-            blocks.order.push_back(key.clone());
+            blocks.start(key.clone());
         }
         let Some(data) = blocks.by_key.get_mut(&key) else {
             return Err(Answer::with_text(
@@ -411,14 +421,14 @@ impl Endpoint {
         };
         let offset = (block.num as usize).saturating_mul(block.size());
         if offset != data.len() || (block.more && payload.len() != block.size()) {
-            blocks.by_key.remove(&key);
+            blocks.remove(&key);
             return Err(Answer::with_text(
                 ResponseType::RequestEntityIncomplete,
                 "block received out of order; start again from block 0",
             ));
         }
         if data.len() + payload.len() > self.max_payload {
-            blocks.by_key.remove(&key);
+            blocks.remove(&key);
             let mut answer = Answer::with_text(
                 ResponseType::RequestEntityTooLarge,
                 format!("the payload is over {} bytes", self.max_payload),
@@ -433,9 +443,7 @@ impl Endpoint {
         if block.more {
             return Ok(None);
         }
-        let whole = blocks.by_key.remove(&key).unwrap_or_default();
-        blocks.order.retain(|k| k != &key);
-        Ok(Some(whole))
+        Ok(Some(blocks.remove(&key).unwrap_or_default()))
     }
 
     /// What the converter sees besides the integration's own metadata.
@@ -635,6 +643,25 @@ mod tests {
         }
         assert!(ex.by_key.len() <= 3);
         assert!(ex.begin((peer, 0), now).is_none(), "the oldest went first");
+    }
+
+    #[test]
+    fn block_uploads_are_bounded_even_when_abandoned() {
+        let mut blocks = Blocks::new(4);
+        for port in 0..100u16 {
+            let key = (SocketAddr::from(([127, 0, 0, 1], port)), "i/key".to_owned());
+            blocks.start(key.clone());
+            if port % 2 == 0 {
+                // An upload that fails part-way is forgotten entirely.
+                assert!(blocks.remove(&key).is_some());
+            }
+            assert!(blocks.order.len() <= 4 && blocks.by_key.len() == blocks.order.len());
+        }
+        // The newest survive; the oldest were dropped.
+        let newest = (SocketAddr::from(([127, 0, 0, 1], 99)), "i/key".to_owned());
+        assert!(blocks.by_key.contains_key(&newest));
+        let oldest = (SocketAddr::from(([127, 0, 0, 1], 1)), "i/key".to_owned());
+        assert!(!blocks.by_key.contains_key(&oldest));
     }
 
     #[test]
