@@ -55,6 +55,75 @@ impl fmt::Debug for AccessToken {
     }
 }
 
+/// Longest device name, in characters (ThingsBoard's column is `varchar(255)`).
+pub const MAX_DEVICE_NAME_CHARS: usize = 255;
+/// Longest device type (profile name), in characters.
+pub const MAX_DEVICE_TYPE_CHARS: usize = 255;
+/// Shortest and longest access token, in characters (ThingsBoard's column is `varchar(32)` for
+/// generated tokens but accepts longer ones; we allow up to 256).
+pub const MIN_ACCESS_TOKEN_CHARS: usize = 2;
+pub const MAX_ACCESS_TOKEN_CHARS: usize = 256;
+
+/// Why a peer-supplied name or token was refused.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum NameError {
+    #[error("{what} must not be empty")]
+    Empty { what: &'static str },
+    #[error("{what} is longer than {max} characters")]
+    TooLong { what: &'static str, max: usize },
+    #[error("{what} is shorter than {min} characters")]
+    TooShort { what: &'static str, min: usize },
+    #[error("{what} must not contain control characters")]
+    ControlCharacter { what: &'static str },
+}
+
+/// Checks a name a peer chose (device name, device type): not empty or blank, at most `max`
+/// characters, no control characters (newlines and escape sequences would forge log lines and
+/// break CSV exports).
+pub fn validate_name(what: &'static str, name: &str, max: usize) -> Result<(), NameError> {
+    if name.trim().is_empty() {
+        return Err(NameError::Empty { what });
+    }
+    if name.chars().count() > max {
+        return Err(NameError::TooLong { what, max });
+    }
+    if name.chars().any(char::is_control) {
+        return Err(NameError::ControlCharacter { what });
+    }
+    Ok(())
+}
+
+/// A device name as ThingsBoard accepts it, and nothing that could forge a log line.
+pub fn validate_device_name(name: &str) -> Result<(), NameError> {
+    validate_name("device name", name, MAX_DEVICE_NAME_CHARS)
+}
+
+/// An access token: 2 to 256 characters, no control characters or spaces (it is an MQTT user
+/// name and an HTTP path segment). One-character tokens are refused: they are guessed at once.
+pub fn validate_access_token(token: &str) -> Result<(), NameError> {
+    let what = "access token";
+    let len = token.chars().count();
+    if len == 0 {
+        return Err(NameError::Empty { what });
+    }
+    if len < MIN_ACCESS_TOKEN_CHARS {
+        return Err(NameError::TooShort {
+            what,
+            min: MIN_ACCESS_TOKEN_CHARS,
+        });
+    }
+    if len > MAX_ACCESS_TOKEN_CHARS {
+        return Err(NameError::TooLong {
+            what,
+            max: MAX_ACCESS_TOKEN_CHARS,
+        });
+    }
+    if token.chars().any(|c| c.is_control() || c.is_whitespace()) {
+        return Err(NameError::ControlCharacter { what });
+    }
+    Ok(())
+}
+
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Device {
     pub id: DeviceId,
@@ -237,6 +306,33 @@ mod tests {
         for (value, want) in cases {
             assert_eq!(value.to_tb_string(), want, "{value:?}");
         }
+    }
+
+    #[test]
+    fn names_and_tokens_are_checked() {
+        let long = "n".repeat(MAX_DEVICE_NAME_CHARS + 1);
+        let cases: [(&str, bool); 7] = [
+            ("Thermostat A", true),
+            ("Ünïcødé 名前", true),
+            ("", false),
+            ("   ", false),
+            ("bad\nERROR forged", false),
+            ("esc\u{1b}[31mred", false),
+            (&long, false),
+        ];
+        for (name, ok) in cases {
+            assert_eq!(validate_device_name(name).is_ok(), ok, "{name:?}");
+        }
+        assert!(validate_device_name(&"n".repeat(MAX_DEVICE_NAME_CHARS)).is_ok());
+        for (token, ok) in [
+            ("A1_TEST_TOKEN", true),
+            ("x", false),
+            ("", false),
+            ("a b", false),
+        ] {
+            assert_eq!(validate_access_token(token).is_ok(), ok, "{token:?}");
+        }
+        assert!(validate_access_token(&"t".repeat(MAX_ACCESS_TOKEN_CHARS + 1)).is_err());
     }
 
     #[test]

@@ -1,16 +1,6 @@
 //! The `engine` binary: `engine serve` runs the ingestion engine; `engine hash-password` makes
 //! the password hash the configuration needs.
 
-mod api;
-mod app;
-mod auth;
-mod config;
-mod exporter;
-mod integrations;
-mod queue;
-mod store;
-mod transport;
-
 use std::io::Read;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -20,7 +10,9 @@ use clap::{Parser, Subcommand};
 use tracing::info;
 use tracing_subscriber::EnvFilter;
 
-use config::{BindOverride, Config, Overrides, QueueKind, QueueOverride, StoreKind, StoreOverride};
+use engine::config::{
+    BindOverride, Config, Overrides, QueueKind, QueueOverride, StoreKind, StoreOverride,
+};
 
 /// A ThingsBoard-compatible IoT ingestion engine: devices send telemetry and attributes over
 /// MQTT and HTTP; everything flows through a queue into storage; a REST API reads it back.
@@ -105,7 +97,7 @@ fn main() -> anyhow::Result<()> {
                 }
             };
             anyhow::ensure!(!password.is_empty(), "the password is empty");
-            println!("{}", auth::hash_password(&password)?);
+            println!("{}", engine::auth::hash_password(&password)?);
             Ok(())
         }
         Command::Serve(args) => serve(*args),
@@ -149,9 +141,9 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         .build()
         .context("cannot start the runtime")?;
     runtime.block_on(async move {
-        let metrics = exporter::install()?;
+        let metrics = engine::exporter::install()?;
         info!(version = env!("CARGO_PKG_VERSION"), data_dir = %config.data_dir.display(), "starting");
-        let running = app::start(config, Some(metrics)).await?;
+        let running = engine::app::start(config, Some(metrics)).await?;
         wait_for_signal().await?;
         running.shutdown().await
     })

@@ -5,6 +5,7 @@ mod backpressure;
 mod converters;
 mod dashboards;
 mod durability;
+mod hostile;
 mod http_device_api;
 mod integrations;
 mod loadgen;

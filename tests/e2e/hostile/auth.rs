@@ -1,0 +1,1 @@
+//! Hostile input: auth (cases are added by the hardening work).

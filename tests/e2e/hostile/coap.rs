@@ -1,0 +1,1 @@
+//! Hostile input: coap (cases are added by the hardening work).

@@ -1,0 +1,1 @@
+//! Hostile input: http (cases are added by the hardening work).

@@ -1,0 +1,1 @@
+//! Hostile input: integrations (cases are added by the hardening work).

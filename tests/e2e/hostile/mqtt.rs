@@ -1,0 +1,1 @@
+//! Hostile input: mqtt (cases are added by the hardening work).

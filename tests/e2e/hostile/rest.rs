@@ -1,0 +1,1 @@
+//! Hostile input: rest (cases are added by the hardening work).
