@@ -63,13 +63,23 @@ impl Engine {
 
     /// Like `start`, with extra `(ENV_VAR, value)` settings.
     pub fn start_with(data_dir: &Path, env: &[(&str, &str)]) -> Result<Engine> {
+        Engine::start_with_http_bind(data_dir, "127.0.0.1:0", env)
+    }
+
+    /// Like `start_with`, with the HTTP listener (REST API, HTTP device API) on `http_bind`
+    /// instead of a loopback port, e.g. `"192.0.2.2:0"` to be reached from a non-loopback peer.
+    pub fn start_with_http_bind(
+        data_dir: &Path,
+        http_bind: &str,
+        env: &[(&str, &str)],
+    ) -> Result<Engine> {
         let mut cmd = Command::new(engine_binary());
         cmd.args([
             "serve",
             "--mqtt-bind",
             "127.0.0.1:0",
             "--http-bind",
-            "127.0.0.1:0",
+            http_bind,
             "--coap-bind",
             "127.0.0.1:0",
             "--log",
@@ -160,6 +170,18 @@ impl Engine {
             .and_then(|v| v.split_whitespace().next())
             .and_then(|v| v.parse().ok())
             .ok_or_else(|| anyhow!("no VmRSS for the engine"))
+    }
+
+    /// The engine's peak resident memory since it started (VmHWM) in KiB, from /proc: what a
+    /// burst cost at its worst, read after the burst without sampling during it.
+    pub fn peak_rss_kib(&self) -> Result<u64> {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))?;
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmHWM:"))
+            .and_then(|v| v.split_whitespace().next())
+            .and_then(|v| v.parse().ok())
+            .ok_or_else(|| anyhow!("no VmHWM for the engine"))
     }
 
     /// Sends SIGTERM and waits for the process to exit.
