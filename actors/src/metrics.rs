@@ -48,6 +48,36 @@ pub const CONVERTER_POOL_QUEUED: &str = "engine_converter_pool_queued_jobs";
 pub const COAP_DROPPED: &str = "engine_coap_dropped_total";
 pub const COAP_DUPLICATES: &str = "engine_coap_duplicates_total";
 
+// --- REST API authentication (engine/src/auth.rs) ---
+/// Login attempts by `outcome` (`AUTH_LOGIN_OUTCOMES`): every refusal of a login limit is one.
+pub const AUTH_LOGINS: &str = "engine_auth_logins_total";
+/// Lockouts started, by `kind` (`user`, `address`).
+pub const AUTH_LOCKOUTS: &str = "engine_auth_lockouts_total";
+/// Logins waiting for a password-checking thread.
+pub const AUTH_LOGIN_QUEUE: &str = "engine_auth_login_queue_jobs";
+/// Access and refresh tokens refused, by `reason` (`AUTH_TOKEN_REFUSALS`).
+pub const AUTH_TOKENS_REFUSED: &str = "engine_auth_tokens_refused_total";
+/// Sessions ended by `POST /api/auth/logout`.
+pub const AUTH_LOGOUTS: &str = "engine_auth_logouts_total";
+/// Logged-out sessions remembered until their tokens expire.
+pub const AUTH_REVOKED_SESSIONS: &str = "engine_auth_revoked_sessions";
+
+/// Every `outcome` of `engine_auth_logins_total`.
+pub const AUTH_LOGIN_OUTCOMES: &[&str] = &[
+    "success",
+    "bad_credentials",
+    "user_locked",
+    "address_limited",
+    "overloaded",
+    "demo_remote",
+    "unavailable",
+];
+
+/// Every `reason` of `engine_auth_tokens_refused_total`.
+pub const AUTH_TOKEN_REFUSALS: &[&str] =
+    &["invalid", "expired", "other_user", "outdated", "revoked"];
+// --- end of REST API authentication ---
+
 /// Registers help texts and units with whatever recorder is installed.
 pub fn describe() {
     describe_counter!(MESSAGES_RECEIVED, "Uplink messages received, by transport");
@@ -171,6 +201,29 @@ pub fn describe() {
         COAP_DUPLICATES,
         "Retransmitted confirmable CoAP requests answered from the exchange cache"
     );
+    // REST API authentication
+    describe_counter!(
+        AUTH_LOGINS,
+        "REST API login attempts, by outcome (success, bad_credentials, user_locked, \
+         address_limited, overloaded, demo_remote, unavailable)"
+    );
+    describe_counter!(
+        AUTH_LOCKOUTS,
+        "Lockouts started after too many failed logins, by kind (user, address)"
+    );
+    describe_gauge!(
+        AUTH_LOGIN_QUEUE,
+        "Logins waiting for a password-checking thread"
+    );
+    describe_counter!(
+        AUTH_TOKENS_REFUSED,
+        "REST API tokens refused, by reason (invalid, expired, other_user, outdated, revoked)"
+    );
+    describe_counter!(AUTH_LOGOUTS, "Sessions ended by POST /api/auth/logout");
+    describe_gauge!(
+        AUTH_REVOKED_SESSIONS,
+        "Logged-out sessions remembered until their tokens expire"
+    );
 }
 
 /// Every `reason` of `engine_integration_errors_total`.
@@ -243,6 +296,19 @@ pub fn register_zero() {
         counter!(COAP_DROPPED, "reason" => reason).increment(0);
     }
     counter!(COAP_DUPLICATES).increment(0);
+    // REST API authentication
+    for &outcome in AUTH_LOGIN_OUTCOMES {
+        counter!(AUTH_LOGINS, "outcome" => outcome).increment(0);
+    }
+    for kind in ["user", "address"] {
+        counter!(AUTH_LOCKOUTS, "kind" => kind).increment(0);
+    }
+    for &reason in AUTH_TOKEN_REFUSALS {
+        counter!(AUTH_TOKENS_REFUSED, "reason" => reason).increment(0);
+    }
+    counter!(AUTH_LOGOUTS).increment(0);
+    metrics::gauge!(AUTH_LOGIN_QUEUE).increment(0.0);
+    metrics::gauge!(AUTH_REVOKED_SESSIONS).increment(0.0);
     metrics::gauge!(CONVERTER_POOL_QUEUED).increment(0.0);
     metrics::gauge!(QUEUE_IN_FLIGHT).increment(0.0);
     metrics::histogram!(QUEUE_PRODUCE_LATENCY).record(0.0);

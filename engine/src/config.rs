@@ -203,6 +203,41 @@ pub struct AuthConfig {
     /// Lifetime of a refresh token (ThingsBoard: 7 days).
     #[serde(with = "humantime_serde")]
     pub refresh_token_expiration: Duration,
+    /// Accept logins to the demo account (no `password_hash` set) from other machines. By
+    /// default the demo account answers loopback peers only (requests carrying a
+    /// `Forwarded`, `X-Forwarded-For` or `X-Real-IP` header count as remote); others get 401.
+    pub allow_demo_remote: bool,
+    /// Password checks that run at once, each on its own thread; 0 means one per CPU core.
+    /// Each takes the hash's memory cost (19 MiB with `engine hash-password`) for tens of
+    /// milliseconds, so this bounds what logins can take: this many times that cost.
+    pub max_concurrent_logins: usize,
+    /// Logins waiting for a password check; past it a login is answered at once with 429 Too
+    /// Many Requests (ThingsBoard errorCode 33) and `Retry-After: 1`.
+    pub login_queue_capacity: usize,
+    /// Failed logins with one username within `failed_login_window` after which that
+    /// username is locked for `lockout_duration` (like ThingsBoard's maxFailedLoginAttempts):
+    /// its logins are answered 401 "User account is locked due to security policy", right
+    /// password or not, without checking it. 0 turns this off.
+    pub max_failed_logins: u32,
+    /// Failed logins from one address (an IPv4 address, or an IPv6 /64) within
+    /// `failed_login_window` after which logins from it are answered 429 Too Many Requests
+    /// (errorCode 33, with `Retry-After`) for `lockout_duration`. Behind a reverse proxy every
+    /// client has the proxy's address. 0 turns this off.
+    pub max_failed_logins_per_address: u32,
+    /// The window failed logins are counted in; a success clears the count of its username
+    /// and address. At most 365 days.
+    #[serde(with = "humantime_serde")]
+    pub failed_login_window: Duration,
+    /// How long a username or address stays locked. At most 365 days.
+    #[serde(with = "humantime_serde")]
+    pub lockout_duration: Duration,
+    /// Usernames, and addresses, whose recent failures are remembered (each, about 100 bytes
+    /// an entry); when full, the entry that would expire first is forgotten.
+    pub max_tracked_failures: usize,
+    /// Logged-out sessions remembered until their tokens expire, in
+    /// `<data_dir>/revoked-sessions.json`: revocation is per node. Past it, every token
+    /// issued before the logout that overflows is revoked (all sessions end).
+    pub max_revoked_sessions: usize,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, Serialize, clap::ValueEnum)]
@@ -418,6 +453,15 @@ impl Default for AuthConfig {
             jwt_secret: None,
             token_expiration: Duration::from_secs(9_000),
             refresh_token_expiration: Duration::from_secs(604_800),
+            allow_demo_remote: false,
+            max_concurrent_logins: 0,
+            login_queue_capacity: 32,
+            max_failed_logins: 5,
+            max_failed_logins_per_address: 20,
+            failed_login_window: Duration::from_secs(60),
+            lockout_duration: Duration::from_secs(300),
+            max_tracked_failures: 10_000,
+            max_revoked_sessions: 10_000,
         }
     }
 }
@@ -613,6 +657,15 @@ impl Config {
                 );
             }
         }
+        let year = Duration::from_secs(365 * 24 * 3600);
+        ensure!(
+            self.auth.failed_login_window <= year && self.auth.lockout_duration <= year,
+            "auth.failed_login_window and auth.lockout_duration must be at most 365 days"
+        );
+        ensure!(
+            self.auth.max_tracked_failures > 0 && self.auth.max_revoked_sessions > 0,
+            "auth.max_tracked_failures and auth.max_revoked_sessions must be at least 1"
+        );
         ensure!(
             self.auth.password_hash.is_some() || self.auth.username == DEMO_USERNAME,
             "auth.username is set but auth.password_hash is not; create one with `engine hash-password`"
