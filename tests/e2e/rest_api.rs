@@ -73,6 +73,81 @@ async fn authentication() -> Result<()> {
     Ok(())
 }
 
+/// `POST /api/auth/logout` ends the caller's session: its access and refresh tokens stop
+/// working, also after a restart; other sessions keep theirs.
+#[tokio::test(flavor = "multi_thread")]
+async fn logout_revokes_the_session() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let mut engine = Engine::start(dir.path())?;
+    let http = reqwest::Client::new();
+    let login = || async {
+        let pair: Value = http
+            .post(engine.url("/api/auth/login"))
+            .json(&json!({"username": "tenant@thingsboard.org", "password": "tenant"}))
+            .send()
+            .await?
+            .json()
+            .await?;
+        let field = |f: &str| pair[f].as_str().unwrap_or_default().to_owned();
+        anyhow::Ok((field("token"), field("refreshToken")))
+    };
+    let (token, refresh) = login().await?;
+    let (other, _) = login().await?;
+    let user = |engine: &Engine, token: &str| {
+        http.get(engine.url("/api/auth/user"))
+            .header("X-Authorization", format!("Bearer {token}"))
+            .send()
+    };
+
+    let anonymous = http.post(engine.url("/api/auth/logout")).send().await?;
+    assert_eq!(anonymous.status().as_u16(), 401);
+    let logout = http
+        .post(engine.url("/api/auth/logout"))
+        .header("X-Authorization", format!("Bearer {token}"))
+        .send()
+        .await?;
+    assert_eq!(logout.status().as_u16(), 200);
+
+    let check = |engine: &Engine| {
+        let (token, refresh, other) = (token.clone(), refresh.clone(), other.clone());
+        let (http, user_url, token_url) = (
+            http.clone(),
+            engine.url("/api/auth/user"),
+            engine.url("/api/auth/token"),
+        );
+        async move {
+            let revoked = http
+                .get(&user_url)
+                .header("X-Authorization", format!("Bearer {token}"))
+                .send()
+                .await?;
+            assert_eq!(revoked.status().as_u16(), 401);
+            let body: Value = revoked.json().await?;
+            assert_eq!(body["status"], json!(401));
+            assert_eq!(body["errorCode"], json!(11), "{body}");
+            let renewed = http
+                .post(&token_url)
+                .json(&json!({"refreshToken": refresh}))
+                .send()
+                .await?;
+            assert_eq!(renewed.status().as_u16(), 401);
+            let still = http
+                .get(&user_url)
+                .header("X-Authorization", format!("Bearer {other}"))
+                .send()
+                .await?;
+            assert_eq!(still.status().as_u16(), 200, "another session is kept");
+            anyhow::Ok(())
+        }
+    };
+    check(&engine).await?;
+    assert_eq!(user(&engine, &other).await?.status().as_u16(), 200);
+    engine.terminate()?;
+    let engine = Engine::start(dir.path())?;
+    check(&engine).await?;
+    Ok(())
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn devices() -> Result<()> {
     let dir = tempfile::tempdir()?;

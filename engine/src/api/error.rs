@@ -17,6 +17,7 @@ pub enum ErrorCode {
     InvalidArguments = 30,
     BadRequestParams = 31,
     ItemNotFound = 32,
+    TooManyRequests = 33,
 }
 
 #[derive(Debug)]
