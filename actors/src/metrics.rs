@@ -76,6 +76,7 @@ pub const MQTT_PROTOCOL_ERROR_REASONS: &[&str] = &[
     "empty_topic",
     "nul_in_topic",
     "wildcard_in_topic",
+    "unexpected_auth",
     "malformed",
     "violation",
     "timeout",

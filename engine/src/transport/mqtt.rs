@@ -651,6 +651,8 @@ pub enum Fault {
     SessionGone,
     Protocol(String),
     BadTopic(BadTopic),
+    /// MQTT 5 AUTH without an Authentication Method in CONNECT (MQTT 5 §4.12).
+    UnexpectedAuth,
 }
 
 impl From<()> for Fault {
@@ -935,8 +937,13 @@ async fn protocol_v5(
             session.in_flight.settle(SETTLE_LIMIT).await;
             disconnect.ack()
         }
-        // Enhanced authentication is not offered; a client that tries it is disconnected.
-        msg @ v5::ProtocolMessage::Auth(_) => msg.disconnect(),
+        // Enhanced authentication is not offered (CONNECT with a method gets 0x8C), so AUTH is a
+        // protocol error. An error, not `disconnect_with`: ntex-mqtt closes the socket before
+        // writing a DISCONNECT given that way.
+        v5::ProtocolMessage::Auth(_) => {
+            counter!(MQTT_PROTOCOL_ERRORS, "reason" => "unexpected_auth").increment(1);
+            return Err(Fault::UnexpectedAuth);
+        }
     })
 }
 
@@ -947,18 +954,17 @@ async fn control_v5(
     let ntex_mqtt::Control::Stop(reason) = msg else {
         return Ok(None);
     };
-    // ntex-mqtt answers an application error with DISCONNECT 0x83; a bad topic has its own.
+    // ntex-mqtt answers an application error with DISCONNECT 0x83; these have their own.
     let answer = match &reason {
         ntex_mqtt::Reason::Error(e) => match e.get_ref() {
-            Fault::BadTopic(bad) => {
-                Some(v5::codec::Packet::from(v5::codec::Disconnect::new(bad.reason())).into())
-            }
+            Fault::BadTopic(bad) => Some(bad.reason()),
+            Fault::UnexpectedAuth => Some(DisconnectReasonCode::ProtocolError),
             _ => None,
         },
         _ => None,
     };
     stopped(&session, reason).await;
-    Ok(answer)
+    Ok(answer.map(|code| v5::codec::Packet::from(v5::codec::Disconnect::new(code)).into()))
 }
 
 // --- the server --------------------------------------------------------------------------------

@@ -219,6 +219,16 @@ async fn an_unsupported_authentication_method_gets_connack_0x8c() -> Result<()> 
         );
         raw.closed().await?;
     }
+    // AUTH after a CONNECT without a method is a protocol error (MQTT 5 §4.12).
+    let mut v5 = session(&engine, 5).await?;
+    v5.send(&[0xf0, 0x00]).await?;
+    let answer = v5.packet().await?;
+    assert_eq!(
+        answer.as_deref().and_then(raw::disconnect_reason),
+        Some(0x82),
+        "{answer:02x?}"
+    );
+    v5.closed().await?;
     let metrics = metrics(&engine).await?;
     let series = r#"engine_connections_refused_total{reason="bad_auth_method",transport="mqtt"}"#;
     assert!(
