@@ -166,8 +166,9 @@ pub struct MqttConfig {
     pub connect_timeout: Duration,
     /// MQTT connections open at once (TCP sockets, counted from accept, before and after
     /// CONNECT). Past it a connection's CONNECT is answered with CONNACK 0x03 (server
-    /// unavailable; MQTT 5: 0x97, quota exceeded) and closed. Always capped at the process's
-    /// open-files limit minus `open_files_reserve`; past that budget the listener stops
+    /// unavailable; MQTT 5: 0x97, quota exceeded) and closed. The descriptors MQTT may use
+    /// are the process's open-files limit minus `open_files_reserve`: this cap is lowered to
+    /// 15/16 of them (the rest answers refusals), and past all of them the listener stops
     /// accepting until connections close.
     pub max_connections: usize,
     /// Sessions one device (one access token) may hold at once. A connection past it takes

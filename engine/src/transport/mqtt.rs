@@ -319,6 +319,12 @@ fn socket_budget(open_files: u64, reserve: usize) -> usize {
     }
 }
 
+/// `mqtt.max_connections` within the socket budget, leaving a sixteenth of it to answer the
+/// connections refused past the cap.
+fn connection_cap(configured: usize, budget: usize) -> usize {
+    configured.min(budget - budget / 16).max(1)
+}
+
 /// Each device's sessions, oldest first; a session past `max` pushes the oldest out.
 struct Sessions<T> {
     max: usize,
@@ -1029,12 +1035,13 @@ impl MqttServer {
             u32::try_from(config.shutdown_grace.as_millis()).unwrap_or(u32::MAX),
         );
         // Every socket is a descriptor: past the budget the listener stops accepting (the
-        // kernel's backlog holds newcomers); below it, `max_connections` refuses with CONNACK.
+        // kernel's backlog holds newcomers); below it, `max_connections` refuses with CONNACK,
+        // and a sixteenth of the budget stays free to answer those refusals.
         let open_files = rlimit::Resource::NOFILE
             .get()
             .map_or(u64::MAX, |(soft, _)| soft);
         let budget = socket_budget(open_files, config.open_files_reserve);
-        let max_connections = config.max_connections.min(budget);
+        let max_connections = connection_cap(config.max_connections, budget);
         if max_connections < config.max_connections {
             warn!(
                 configured = config.max_connections,
@@ -1293,6 +1300,9 @@ mod tests {
         // Too small a limit for the whole reserve: half of it each.
         assert_eq!(socket_budget(1024, 1024), 512);
         assert_eq!(socket_budget(u64::MAX, 1024), usize::MAX - 1024);
+        assert_eq!(connection_cap(100_000, 1_047_552), 100_000);
+        assert_eq!(connection_cap(100_000, 18_976), 17_790);
+        assert_eq!(connection_cap(100_000, 0), 1);
     }
 
     #[test]
