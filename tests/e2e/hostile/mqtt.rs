@@ -161,6 +161,12 @@ async fn a_second_connect_closes_the_connection() -> Result<()> {
     );
     v5.closed().await?;
 
+    let metrics = metrics(&engine).await?;
+    let series = r#"engine_mqtt_protocol_errors_total{reason="second_connect"}"#;
+    assert!(
+        metric_at_least(&metrics, series, 2.0),
+        "{series} not counted"
+    );
     bystander.still_flows(&rest).await?;
     still_serving(&engine).await
 }
@@ -199,6 +205,18 @@ async fn a_publish_to_an_invalid_topic_closes_the_connection() -> Result<()> {
             );
             v5.closed().await?;
         }
+    }
+    let metrics = metrics(&engine).await?;
+    for (reason, count) in [
+        ("empty_topic", 4.0),
+        ("nul_in_topic", 8.0),
+        ("wildcard_in_topic", 8.0),
+    ] {
+        let series = format!(r#"engine_mqtt_protocol_errors_total{{reason="{reason}"}}"#);
+        assert!(
+            metric_at_least(&metrics, &series, count),
+            "{series} not counted"
+        );
     }
     bystander.still_flows(&rest).await?;
     still_serving(&engine).await
@@ -242,7 +260,8 @@ async fn an_unsupported_authentication_method_gets_connack_0x8c() -> Result<()> 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_device_connecting_again_takes_over_its_session() -> Result<()> {
     let (_dir, engine, rest, mut bystander) = arena(&[]).await?;
-    // ThingsBoard keeps one session per device (actors.max_concurrent_sessions_per_device = 1)
+    // ThingsBoard keeps one session per device (actors.session.max_concurrent_sessions_per_device
+    // = 1)
     // and closes the older one: MQTT 5 gets DISCONNECT 0x8E (session taken over).
     let mut old = session(&engine, 4).await?;
     let mut new = session(&engine, 4).await?;
