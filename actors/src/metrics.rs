@@ -77,9 +77,77 @@ pub const AUTH_LOGIN_OUTCOMES: &[&str] = &[
 pub const AUTH_TOKEN_REFUSALS: &[&str] =
     &["invalid", "expired", "other_user", "outdated", "revoked"];
 // --- end of REST API authentication ---
+// --- MQTT listener: connection limits, protocol errors, peer-triggered logs (issue 10) ---------
+
+/// MQTT connections open now: TCP sockets from accept to close, before and after CONNECT
+/// (capped by `mqtt.max_connections`).
+pub const MQTT_CONNECTIONS_OPEN: &str = "engine_mqtt_connections_open";
+/// Sessions closed because their device connected again past
+/// `mqtt.max_connections_per_device`.
+pub const MQTT_SESSIONS_TAKEN_OVER: &str = "engine_mqtt_sessions_taken_over_total";
+/// Connections closed for breaking the protocol, by reason.
+pub const MQTT_PROTOCOL_ERRORS: &str = "engine_mqtt_protocol_errors_total";
+/// Log lines a peer could trigger that the rate limit held back.
+pub const MQTT_LOG_LINES_SUPPRESSED: &str = "engine_mqtt_log_lines_suppressed_total";
+
+/// Every `reason` of `engine_connections_refused_total` only the MQTT listener gives.
+pub const MQTT_REFUSE_REASONS: &[&str] = &[
+    "max_connections",
+    "unsupported_protocol",
+    "bad_auth_method",
+    "unavailable",
+];
+
+/// Every `reason` of `engine_mqtt_protocol_errors_total`.
+pub const MQTT_PROTOCOL_ERROR_REASONS: &[&str] = &[
+    "not_mqtt",
+    "second_connect",
+    "empty_topic",
+    "nul_in_topic",
+    "wildcard_in_topic",
+    "unexpected_auth",
+    "malformed",
+    "violation",
+    "timeout",
+];
+
+fn describe_mqtt() {
+    describe_gauge!(
+        MQTT_CONNECTIONS_OPEN,
+        "MQTT connections open now (sockets, before and after CONNECT)"
+    );
+    describe_counter!(
+        MQTT_SESSIONS_TAKEN_OVER,
+        "MQTT sessions closed because their device connected again past its session limit"
+    );
+    describe_counter!(
+        MQTT_PROTOCOL_ERRORS,
+        "MQTT connections closed for breaking the protocol, by reason"
+    );
+    describe_counter!(
+        MQTT_LOG_LINES_SUPPRESSED,
+        "Log lines an MQTT peer triggered that the rate limit held back"
+    );
+}
+
+fn register_zero_mqtt() {
+    use metrics::counter;
+    for &reason in MQTT_REFUSE_REASONS {
+        counter!(CONNECTIONS_REFUSED, "transport" => "mqtt", "reason" => reason).increment(0);
+    }
+    for &reason in MQTT_PROTOCOL_ERROR_REASONS {
+        counter!(MQTT_PROTOCOL_ERRORS, "reason" => reason).increment(0);
+    }
+    counter!(MQTT_SESSIONS_TAKEN_OVER).increment(0);
+    counter!(MQTT_LOG_LINES_SUPPRESSED).increment(0);
+    metrics::gauge!(MQTT_CONNECTIONS_OPEN).increment(0.0);
+}
+
+// --- end of the MQTT listener's block ---------------------------------------------------------
 
 /// Registers help texts and units with whatever recorder is installed.
 pub fn describe() {
+    describe_mqtt();
     describe_counter!(MESSAGES_RECEIVED, "Uplink messages received, by transport");
     describe_counter!(
         MESSAGES_ACCEPTED,
@@ -263,6 +331,7 @@ pub const TRANSPORTS: &[&str] = &["mqtt", "http", "coap", "http_integration"];
 /// event instead of no series at all.
 pub fn register_zero() {
     use metrics::counter;
+    register_zero_mqtt();
     for &transport in TRANSPORTS {
         for &reason in REJECT_REASONS {
             counter!(MESSAGES_REJECTED, "transport" => transport, "reason" => reason).increment(0);

@@ -159,9 +159,26 @@ pub struct MqttConfig {
     pub receive_maximum: u16,
     /// Network worker threads; 0 means one per core.
     pub workers: usize,
-    /// Time a new connection has to send CONNECT.
+    /// Time a new connection has to send CONNECT: to start it (the first bytes, up to the
+    /// protocol level) and again to complete it. A client that sends nothing or dribbles is
+    /// closed without an answer.
     #[serde(with = "humantime_serde")]
     pub connect_timeout: Duration,
+    /// MQTT connections open at once (TCP sockets, counted from accept, before and after
+    /// CONNECT). Past it a connection's CONNECT is answered with CONNACK 0x03 (server
+    /// unavailable; MQTT 5: 0x97, quota exceeded) and closed. The descriptors MQTT may use
+    /// are the process's open-files limit minus `open_files_reserve`: this cap is lowered to
+    /// 15/16 of them (the rest answers refusals), and past all of them the listener stops
+    /// accepting until connections close.
+    pub max_connections: usize,
+    /// Sessions one device (one access token) may hold at once. A connection past it takes
+    /// over: the device's oldest session is closed (MQTT 5: DISCONNECT 0x8E, session taken
+    /// over), as ThingsBoard does with its default of 1
+    /// (`actors.session.max_concurrent_sessions_per_device`).
+    pub max_connections_per_device: usize,
+    /// Open files (descriptors) the MQTT listener leaves to everything else: HTTP
+    /// connections, the CoAP socket, SQLite files, Kafka and ClickHouse connections.
+    pub open_files_reserve: usize,
     /// At shutdown, time open connections get to finish in-flight publishes before they are
     /// closed.
     #[serde(with = "humantime_serde")]
@@ -424,6 +441,9 @@ impl Default for MqttConfig {
             receive_maximum: 16,
             workers: 0,
             connect_timeout: Duration::from_secs(10),
+            max_connections: 100_000,
+            max_connections_per_device: 1,
+            open_files_reserve: 1024,
             shutdown_grace: Duration::from_secs(1),
         }
     }
@@ -621,6 +641,14 @@ impl Config {
         ensure!(
             self.mqtt.max_payload_size.as_u64() <= 256 * 1024 * 1024,
             "mqtt.max_payload_size must be at most 256 MiB (the MQTT packet limit)"
+        );
+        ensure!(
+            self.mqtt.max_connections > 0 && self.mqtt.max_connections_per_device > 0,
+            "mqtt.max_connections and mqtt.max_connections_per_device must be at least 1"
+        );
+        ensure!(
+            !self.mqtt.connect_timeout.is_zero(),
+            "mqtt.connect_timeout must be more than zero"
         );
         ensure!(
             self.coap.max_in_flight > 0,

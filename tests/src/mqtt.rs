@@ -246,3 +246,181 @@ pub mod v5 {
         }
     }
 }
+
+pub mod raw {
+    //! Hand-built MQTT packets on a plain TCP socket: what well-behaved client libraries refuse
+    //! to send (unsupported protocol levels, a second CONNECT, topics with NUL), and exact
+    //! reading of what the server answers.
+
+    use std::net::SocketAddr;
+    use std::time::Duration;
+
+    use anyhow::{Context, Result, bail};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpStream;
+
+    use crate::Engine;
+
+    /// How long to wait for the server's next packet or for it to close.
+    const WAIT: Duration = Duration::from_secs(20);
+
+    /// One TCP connection to the engine's MQTT listener.
+    pub struct Raw {
+        stream: TcpStream,
+        buf: Vec<u8>,
+    }
+
+    impl Raw {
+        pub async fn open(engine: &Engine) -> Result<Raw> {
+            Raw::open_at(engine.mqtt).await
+        }
+
+        /// Connects to an MQTT listener at this address.
+        pub async fn open_at(mqtt: SocketAddr) -> Result<Raw> {
+            let stream = TcpStream::connect(mqtt)
+                .await
+                .context("connecting to the MQTT listener")?;
+            stream.set_nodelay(true)?;
+            Ok(Raw {
+                stream,
+                buf: Vec::new(),
+            })
+        }
+
+        /// Sends these bytes. `Err` when the server already closed the connection.
+        pub async fn send(&mut self, bytes: &[u8]) -> Result<()> {
+            self.stream.write_all(bytes).await?;
+            self.stream.flush().await?;
+            Ok(())
+        }
+
+        /// The next whole packet the server sends (fixed header included), or `None` when it
+        /// closed the connection first. Fails when neither happens within 20 s.
+        pub async fn packet(&mut self) -> Result<Option<Vec<u8>>> {
+            tokio::time::timeout(WAIT, self.read_packet())
+                .await
+                .context("neither a packet nor a close within 20 s")?
+        }
+
+        /// Waits for the server to close the connection; fails when it sends a packet first.
+        pub async fn closed(&mut self) -> Result<()> {
+            match self.packet().await? {
+                None => Ok(()),
+                Some(packet) => bail!("expected the connection closed, got packet {packet:02x?}"),
+            }
+        }
+
+        async fn read_packet(&mut self) -> Result<Option<Vec<u8>>> {
+            loop {
+                if let Some(len) = whole_packet(&self.buf) {
+                    return Ok(Some(self.buf.drain(..len).collect()));
+                }
+                let mut chunk = [0u8; 4096];
+                match self.stream.read(&mut chunk).await {
+                    Ok(0) => return Ok(None),
+                    Ok(n) => self.buf.extend_from_slice(&chunk[..n]),
+                    // A reset is the server closing too.
+                    Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => return Ok(None),
+                    Err(e) => return Err(e.into()),
+                }
+            }
+        }
+    }
+
+    /// The length of the first whole packet in `buf`, if it is all there.
+    fn whole_packet(buf: &[u8]) -> Option<usize> {
+        let mut remaining = 0usize;
+        for (i, byte) in buf.iter().skip(1).take(4).enumerate() {
+            remaining |= usize::from(byte & 0x7f) << (7 * i);
+            if byte & 0x80 == 0 {
+                let len = 1 + i + 1 + remaining;
+                return (buf.len() >= len).then_some(len);
+            }
+        }
+        None
+    }
+
+    /// `len` as MQTT's variable byte integer.
+    fn var_int(mut len: usize) -> Vec<u8> {
+        let mut out = Vec::new();
+        loop {
+            let mut byte = (len % 128) as u8;
+            len /= 128;
+            if len > 0 {
+                byte |= 0x80;
+            }
+            out.push(byte);
+            if len == 0 {
+                return out;
+            }
+        }
+    }
+
+    fn string(s: &[u8]) -> Vec<u8> {
+        let mut out = u16::try_from(s.len())
+            .expect("test strings are short")
+            .to_be_bytes()
+            .to_vec();
+        out.extend_from_slice(s);
+        out
+    }
+
+    fn packet(first: u8, body: &[u8]) -> Vec<u8> {
+        let mut out = vec![first];
+        out.extend(var_int(body.len()));
+        out.extend_from_slice(body);
+        out
+    }
+
+    /// CONNECT with this protocol name and level, the token as username, clean session, a
+    /// 60 s keep-alive; `properties` (already encoded) are written only for level 5.
+    pub fn connect_as(name: &str, level: u8, token: &str, properties: &[u8]) -> Vec<u8> {
+        let mut body = string(name.as_bytes());
+        body.push(level);
+        body.push(0x82); // username, clean session
+        body.extend_from_slice(&60u16.to_be_bytes());
+        if level == 5 {
+            body.extend(var_int(properties.len()));
+            body.extend_from_slice(properties);
+        }
+        body.extend(string(b"raw-client"));
+        body.extend(string(token.as_bytes()));
+        packet(0x10, &body)
+    }
+
+    /// An MQTT 3.1.1 (`level` 4) or 5 CONNECT.
+    pub fn connect(level: u8, token: &str) -> Vec<u8> {
+        connect_as("MQTT", level, token, &[])
+    }
+
+    /// MQTT 5's Authentication Method property (0x15).
+    pub fn auth_method(method: &str) -> Vec<u8> {
+        let mut out = vec![0x15];
+        out.extend(string(method.as_bytes()));
+        out
+    }
+
+    /// PUBLISH at QoS 1 with this packet id (QoS 0 when `None`); `v5` adds the empty property
+    /// list MQTT 5 requires.
+    pub fn publish(v5: bool, topic: &[u8], packet_id: Option<u16>, payload: &[u8]) -> Vec<u8> {
+        let mut body = string(topic);
+        if let Some(id) = packet_id {
+            body.extend_from_slice(&id.to_be_bytes());
+        }
+        if v5 {
+            body.push(0);
+        }
+        body.extend_from_slice(payload);
+        packet(if packet_id.is_some() { 0x32 } else { 0x30 }, &body)
+    }
+
+    /// CONNACK's return code (3.1.1) or reason code (5).
+    pub fn connack_code(packet: &[u8]) -> Option<u8> {
+        (packet.first() == Some(&0x20)).then(|| packet.get(3).copied())?
+    }
+
+    /// DISCONNECT's reason code (MQTT 5; a DISCONNECT without one means 0x00).
+    pub fn disconnect_reason(packet: &[u8]) -> Option<u8> {
+        (packet.first() == Some(&0xe0)).then(|| packet.get(2).copied().unwrap_or(0))
+    }
+}

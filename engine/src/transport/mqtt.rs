@@ -8,25 +8,43 @@
 //! socket is not read. A bad payload closes an MQTT 3.1.1 connection (ThingsBoard's behaviour)
 //! and gets an MQTT 5 PUBACK with reason 0x99 (0x97 when too large).
 //!
+//! Before ntex-mqtt reads a connection, the listener peeks at its first bytes: a CONNECT of a
+//! protocol level other than 4 or 5 gets CONNACK 0x01, one past `max_connections` gets 0x03
+//! (MQTT 5: 0x97). A device holds at most `max_connections_per_device` sessions; a new one
+//! closes the oldest (ThingsBoard's behaviour). A second CONNECT, a PUBLISH topic that is empty,
+//! holds U+0000 or a wildcard close the connection (MQTT 5 with the DISCONNECT reason the spec
+//! names). Log lines a peer can trigger go through one rate limit per process.
+//!
 //! ntex runs its own runtime, so the server lives on its own thread with an ntex `System`.
 
+use std::collections::{HashMap, VecDeque};
 use std::io;
 use std::net::TcpListener;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, LazyLock, Mutex, PoisonError};
 use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
 
 use actors::ingress::{Ingress, Rejection, Transport, Uplink};
-use actors::metrics::{CONNECTIONS_REFUSED, MESSAGES_REJECTED};
-use actors::model::Device;
+use actors::metrics::{
+    CONNECTIONS_REFUSED, MESSAGES_REJECTED, MQTT_CONNECTIONS_OPEN, MQTT_LOG_LINES_SUPPRESSED,
+    MQTT_PROTOCOL_ERRORS, MQTT_SESSIONS_TAKEN_OVER,
+};
+use actors::model::{Device, DeviceId};
 use actors::ports::DeviceRegistry;
 use actors::session::{SessionArgs, SessionError, SessionHandle};
-use metrics::counter;
+use metrics::{counter, gauge};
+use ntex::io::Io;
 use ntex::service::cfg::SharedCfg;
-use ntex::util::Bytes;
-use ntex_mqtt::v5::codec::PublishAckReason;
+use ntex::service::dev::ApplyCtx;
+use ntex::service::{Middleware, Service, ServiceCtx};
+use ntex::util::{Bytes, BytesMut};
+use ntex_mqtt::error::{DispatcherError, ProtocolError};
+use ntex_mqtt::v5::codec::{DisconnectReasonCode, PublishAckReason};
 use ntex_mqtt::{MqttServiceConfig, QoS, v3, v5};
 use ractor::ActorCell;
-use tracing::{debug, info, warn};
+use tokio::sync::oneshot;
+use tracing::{Level, info, warn};
 
 use crate::config::{MqttConfig, bytes};
 
@@ -49,6 +67,537 @@ fn uplink_of(topic: &str) -> Option<Uplink> {
     }
 }
 
+// --- logs a peer can trigger ---------------------------------------------------------------------
+
+/// Logs an event a peer can cause (one per packet or per connection) within the process's
+/// budget for such lines. Peer-controlled values are given as `?` fields (escaped).
+macro_rules! peer_event {
+    ($level:ident, $($field:tt)+) => {
+        if tracing::enabled!(Level::$level) && peer_log_admitted() {
+            tracing::event!(Level::$level, $($field)+);
+        }
+    };
+}
+
+/// A token bucket for the log lines peers can trigger: `BURST` lines at once, then one per
+/// `REFILL`. Lines held back are counted, and their number is logged in one line at most every
+/// `REPORT_EVERY`, at the next line a peer triggers.
+struct LogBudget {
+    tokens: u32,
+    refilled: Instant,
+    suppressed: u64,
+    reported: Option<Instant>,
+}
+
+impl LogBudget {
+    const BURST: u32 = 20;
+    const REFILL: Duration = Duration::from_secs(1);
+    const REPORT_EVERY: Duration = Duration::from_secs(10);
+
+    fn new(now: Instant) -> LogBudget {
+        LogBudget {
+            tokens: Self::BURST,
+            refilled: now,
+            suppressed: 0,
+            reported: None,
+        }
+    }
+
+    /// Whether a line may go out at `now`, and how many held-back lines to report first
+    /// (0: none).
+    fn admit(&mut self, now: Instant) -> (bool, u64) {
+        let periods =
+            now.saturating_duration_since(self.refilled).as_millis() / Self::REFILL.as_millis();
+        if periods > 0 {
+            let periods = u32::try_from(periods).unwrap_or(u32::MAX);
+            self.tokens = self.tokens.saturating_add(periods).min(Self::BURST);
+            self.refilled = if self.tokens == Self::BURST {
+                now
+            } else {
+                // Fewer than BURST periods passed: no overflow.
+                self.refilled + Self::REFILL * periods
+            };
+        }
+        let admitted = self.tokens > 0;
+        if admitted {
+            self.tokens -= 1;
+        } else {
+            self.suppressed += 1;
+        }
+        let due = self
+            .reported
+            .is_none_or(|at| now.saturating_duration_since(at) >= Self::REPORT_EVERY);
+        if self.suppressed > 0 && due {
+            self.reported = Some(now);
+            (admitted, std::mem::take(&mut self.suppressed))
+        } else {
+            (admitted, 0)
+        }
+    }
+}
+
+static PEER_LOGS: LazyLock<Mutex<LogBudget>> =
+    LazyLock::new(|| Mutex::new(LogBudget::new(Instant::now())));
+
+/// Takes one line from the process's budget of peer-triggered log lines.
+fn peer_log_admitted() -> bool {
+    let (admitted, report) = PEER_LOGS
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .admit(Instant::now());
+    if !admitted {
+        counter!(MQTT_LOG_LINES_SUPPRESSED).increment(1);
+    }
+    if report > 0 {
+        warn!(
+            suppressed = report,
+            "mqtt log lines triggered by peers were suppressed"
+        );
+    }
+    admitted
+}
+
+// --- the first bytes of a connection -------------------------------------------------------------
+
+/// The protocol versions served.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Version {
+    V3,
+    V5,
+}
+
+/// CONNACK 0x01, unacceptable protocol version, in the MQTT 3.1.1 form: MQTT 3.1 reads it too,
+/// and nothing is known of the form a client of a future level would read.
+const CONNACK_UNSUPPORTED_VERSION: [u8; 4] = [0x20, 0x02, 0x00, 0x01];
+/// CONNACK 0x03, server unavailable (MQTT 3.1.1).
+const CONNACK_UNAVAILABLE_V3: [u8; 4] = [0x20, 0x02, 0x00, 0x03];
+/// CONNACK 0x97, quota exceeded, without properties (MQTT 5).
+const CONNACK_QUOTA_EXCEEDED_V5: [u8; 5] = [0x20, 0x03, 0x00, 0x97, 0x00];
+
+/// What the start of a connection's first packet says. ntex-mqtt closes a connection whose
+/// CONNECT has a protocol level it does not speak, without the CONNACK 0x01 MQTT 3.1.1
+/// §3.1.2.2 requires: the listener reads this first.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Opening {
+    Mqtt(Version),
+    /// A CONNECT of another protocol level (MQTT 3.1's `MQIsdp` level 3 included).
+    UnsupportedLevel(u8),
+    /// Not an MQTT CONNECT: closed without an answer [MQTT-3.1.0-1], [MQTT-3.1.2-1].
+    NotMqtt,
+}
+
+/// The fixed header of the packet at the start of `buf`: (header length, remaining length);
+/// `None` while incomplete, `Some(Err)` when the length is malformed.
+fn fixed_header(buf: &[u8]) -> Option<Result<(usize, usize), ()>> {
+    let mut remaining = 0usize;
+    for (i, byte) in buf.iter().skip(1).take(4).enumerate() {
+        remaining |= usize::from(byte & 0x7f) << (7 * i);
+        if byte & 0x80 == 0 {
+            return Some(Ok((i + 2, remaining)));
+        }
+    }
+    (buf.len() >= 5).then_some(Err(()))
+}
+
+/// Reads `buf` as the start of a connection; `None` until enough of it arrived.
+fn opening(buf: &[u8]) -> Option<Opening> {
+    if *buf.first()? != 0x10 {
+        return Some(Opening::NotMqtt);
+    }
+    let Ok((header, remaining)) = fixed_header(buf)? else {
+        return Some(Opening::NotMqtt);
+    };
+    let body = &buf[header..];
+    let name_len = usize::from(u16::from_be_bytes([*body.first()?, *body.get(1)?]));
+    if name_len > 6 || remaining < 2 + name_len + 1 {
+        return Some(Opening::NotMqtt);
+    }
+    let name = body.get(2..2 + name_len)?;
+    let level = *body.get(2 + name_len)?;
+    Some(match (name, level) {
+        (b"MQTT", 4) => Opening::Mqtt(Version::V3),
+        (b"MQTT", 5) => Opening::Mqtt(Version::V5),
+        (b"MQTT" | b"MQIsdp", level) => Opening::UnsupportedLevel(level),
+        _ => Opening::NotMqtt,
+    })
+}
+
+/// Reads the [`Opening`] without consuming it: ntex-mqtt reads the same bytes next.
+struct PeekOpening;
+
+impl ntex::codec::Decoder for PeekOpening {
+    type Item = Opening;
+    type Error = std::convert::Infallible;
+
+    fn decode(&self, src: &mut BytesMut) -> Result<Option<Opening>, Self::Error> {
+        Ok(opening(src))
+    }
+}
+
+/// Consumes the first packet once it is all there, so that closing after the answer does not
+/// reset the connection over unread bytes (the peer could lose the answer).
+struct SkipPacket;
+
+impl ntex::codec::Decoder for SkipPacket {
+    type Item = ();
+    type Error = ();
+
+    fn decode(&self, src: &mut BytesMut) -> Result<Option<()>, ()> {
+        match fixed_header(src) {
+            None => Ok(None),
+            Some(Err(())) => Err(()),
+            Some(Ok((header, remaining))) => {
+                let len = header.saturating_add(remaining);
+                if src.len() < len {
+                    return Ok(None);
+                }
+                let _ = src.split_to(len);
+                Ok(Some(()))
+            }
+        }
+    }
+}
+
+/// Decides whether ntex-mqtt gets this new connection: `false` once it was answered here or
+/// closed. The CONNECT must start within `connect_timeout` (ntex-mqtt gives it as long again
+/// to complete).
+async fn first_bytes(io: &ntex::io::Io, socket: &Socket, connect_timeout: Duration) -> bool {
+    let verdict = ntex::time::timeout(connect_timeout, async {
+        let Ok(Some(opening)) = io.recv(&PeekOpening).await else {
+            return None;
+        };
+        let refusal: (&'static [u8], &'static str) = match opening {
+            Opening::Mqtt(_) if !socket.past_cap => return Some(None),
+            Opening::Mqtt(Version::V3) => (&CONNACK_UNAVAILABLE_V3, "max_connections"),
+            Opening::Mqtt(Version::V5) => (&CONNACK_QUOTA_EXCEEDED_V5, "max_connections"),
+            Opening::UnsupportedLevel(_) => (&CONNACK_UNSUPPORTED_VERSION, "unsupported_protocol"),
+            Opening::NotMqtt => {
+                counter!(MQTT_PROTOCOL_ERRORS, "reason" => "not_mqtt").increment(1);
+                peer_event!(
+                    DEBUG,
+                    ?opening,
+                    "mqtt connection not starting with a CONNECT closed"
+                );
+                return None;
+            }
+        };
+        // The whole CONNECT is read before answering, as a client expects.
+        io.recv(&SkipPacket).await.ok().flatten()?;
+        counter!(CONNECTIONS_REFUSED, "transport" => "mqtt", "reason" => refusal.1).increment(1);
+        peer_event!(
+            DEBUG,
+            ?opening,
+            reason = refusal.1,
+            "mqtt connection refused"
+        );
+        Some(Some(refusal.0))
+    })
+    .await;
+    match verdict {
+        Ok(Some(None)) => true,
+        Ok(Some(Some(answer))) => {
+            if io.encode_slice(answer).is_ok() {
+                let _ = ntex::time::timeout(Duration::from_secs(1), io.shutdown()).await;
+            }
+            false
+        }
+        // Timed out, closed, or not MQTT: nothing to answer.
+        Ok(None) | Err(()) => false,
+    }
+}
+
+// --- admission: the connection cap and each device's sessions ------------------------------------
+
+/// How many MQTT sockets the open-files limit leaves room for: the limit minus `reserve`, or
+/// half the limit when it is too small to keep the whole reserve.
+fn socket_budget(open_files: u64, reserve: usize) -> usize {
+    let open_files = usize::try_from(open_files).unwrap_or(usize::MAX);
+    if open_files / 2 > reserve {
+        open_files - reserve
+    } else {
+        open_files / 2
+    }
+}
+
+/// `mqtt.max_connections` within the socket budget, leaving a sixteenth of it to answer the
+/// connections refused past the cap.
+fn connection_cap(configured: usize, budget: usize) -> usize {
+    configured.min(budget - budget / 16).max(1)
+}
+
+/// Each device's sessions, oldest first; a session past `max` pushes the oldest out.
+struct Sessions<T> {
+    max: usize,
+    next: u64,
+    by_device: HashMap<DeviceId, VecDeque<(u64, T)>>,
+}
+
+impl<T> Sessions<T> {
+    fn new(max: usize) -> Sessions<T> {
+        Sessions {
+            max,
+            next: 0,
+            by_device: HashMap::new(),
+        }
+    }
+
+    /// Adds a session of `device`; returns its id and the sessions it pushed out.
+    fn join(&mut self, device: DeviceId, session: T) -> (u64, Vec<T>) {
+        let id = self.next;
+        self.next += 1;
+        let live = self.by_device.entry(device).or_default();
+        live.push_back((id, session));
+        let mut out = Vec::new();
+        while live.len() > self.max {
+            out.extend(live.pop_front().map(|(_, session)| session));
+        }
+        (id, out)
+    }
+
+    fn leave(&mut self, device: DeviceId, id: u64) {
+        if let Some(live) = self.by_device.get_mut(&device) {
+            // Ids only grow, so each device's sessions are sorted by id.
+            if let Ok(at) = live.binary_search_by_key(&id, |(i, _)| *i) {
+                live.remove(at);
+            }
+            if live.is_empty() {
+                self.by_device.remove(&device);
+            }
+        }
+    }
+}
+
+/// Who is connected: the sockets open (behind `mqtt.max_connections`) and each device's
+/// sessions (behind `mqtt.max_connections_per_device`). Shared by all network workers.
+struct Admission {
+    max_connections: usize,
+    open: AtomicUsize,
+    /// Each session's way to be told to close; the lock is held only to add or remove one.
+    sessions: Mutex<Sessions<oneshot::Sender<()>>>,
+}
+
+/// A socket being served; counted as open until dropped.
+struct Socket {
+    admission: Arc<Admission>,
+    /// It was accepted with `max_connections` sockets already open.
+    past_cap: bool,
+}
+
+/// A session's place among its device's; given up when dropped.
+struct Seat {
+    admission: Arc<Admission>,
+    device: DeviceId,
+    id: u64,
+}
+
+impl Admission {
+    fn new(max_connections: usize, max_per_device: usize) -> Admission {
+        Admission {
+            max_connections,
+            open: AtomicUsize::new(0),
+            sessions: Mutex::new(Sessions::new(max_per_device)),
+        }
+    }
+
+    fn accept(self: &Arc<Self>) -> Socket {
+        let before = self.open.fetch_add(1, Ordering::Relaxed);
+        gauge!(MQTT_CONNECTIONS_OPEN).increment(1.0);
+        Socket {
+            admission: self.clone(),
+            past_cap: before >= self.max_connections,
+        }
+    }
+
+    /// Seats a new session of `device`; the sessions it pushes out are told to close.
+    fn seat(self: &Arc<Self>, device: &Device, close: oneshot::Sender<()>) -> Seat {
+        let (id, out) = self
+            .sessions
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .join(device.id, close);
+        for old in out {
+            counter!(MQTT_SESSIONS_TAKEN_OVER).increment(1);
+            peer_event!(INFO, device = ?device.name, "mqtt session taken over by a new connection of its device");
+            let _ = old.send(());
+        }
+        Seat {
+            admission: self.clone(),
+            device: device.id,
+            id,
+        }
+    }
+}
+
+impl Drop for Socket {
+    fn drop(&mut self) {
+        self.admission.open.fetch_sub(1, Ordering::Relaxed);
+        gauge!(MQTT_CONNECTIONS_OPEN).decrement(1.0);
+    }
+}
+
+impl Drop for Seat {
+    fn drop(&mut self) {
+        self.admission
+            .sessions
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .leave(self.device, self.id);
+    }
+}
+
+/// Runs `close` on the connection's own worker (ntex's sink is not `Send`) when a newer session
+/// of its device takes over; returns the way to ask for it.
+fn on_takeover(close: impl FnOnce() + 'static) -> oneshot::Sender<()> {
+    let (tx, rx) = oneshot::channel();
+    ntex::rt::spawn(async move {
+        // An error: the session ended first and dropped its seat.
+        if rx.await.is_ok() {
+            close();
+        }
+    })
+    .detach();
+    tx
+}
+
+// --- protocol checks ntex-mqtt leaves to the server ----------------------------------------------
+
+/// A PUBLISH topic name no server may accept.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BadTopic {
+    /// MQTT 3.1.1 §4.7.3 [MQTT-4.7.3-1]; MQTT 5: a protocol error without a Topic Alias.
+    Empty,
+    /// U+0000 makes the packet malformed: MQTT 3.1.1 §1.5.3, MQTT 5 §1.5.4.
+    Nul,
+    /// Wildcards are for filters only [MQTT-3.3.2-2] (ntex-mqtt already refuses them).
+    Wildcard,
+}
+
+impl BadTopic {
+    fn of(topic: &str) -> Option<BadTopic> {
+        if topic.is_empty() {
+            Some(BadTopic::Empty)
+        } else if topic.contains('\0') {
+            Some(BadTopic::Nul)
+        } else if topic.contains(['+', '#']) {
+            Some(BadTopic::Wildcard)
+        } else {
+            None
+        }
+    }
+
+    fn label(self) -> &'static str {
+        match self {
+            BadTopic::Empty => "empty_topic",
+            BadTopic::Nul => "nul_in_topic",
+            BadTopic::Wildcard => "wildcard_in_topic",
+        }
+    }
+
+    /// The MQTT 5 DISCONNECT reason.
+    fn reason(self) -> DisconnectReasonCode {
+        match self {
+            BadTopic::Nul => DisconnectReasonCode::MalformedPacket,
+            BadTopic::Empty | BadTopic::Wildcard => DisconnectReasonCode::ProtocolError,
+        }
+    }
+}
+
+/// Refuses a topic name the protocol forbids; the connection is closed.
+fn check_topic(device: &Device, topic: &str) -> Result<(), Fault> {
+    match BadTopic::of(topic) {
+        None => Ok(()),
+        Some(bad) => {
+            counter!(MQTT_PROTOCOL_ERRORS, "reason" => bad.label()).increment(1);
+            peer_event!(DEBUG, device = ?device.name, ?topic, "mqtt publish to an invalid topic name, connection closed");
+            Err(Fault::BadTopic(bad))
+        }
+    }
+}
+
+/// Why [`OneConnect`] closed a connection.
+const SECOND_CONNECT: &str = "second CONNECT on a connection [MQTT-3.1.0-2]";
+
+/// Closes a connection that sends CONNECT again [MQTT-3.1.0-2]: ntex-mqtt's dispatchers ignore
+/// it. MQTT 5 gets DISCONNECT 0x82 (protocol error).
+struct OneConnect;
+
+struct OneConnectService<S> {
+    inner: S,
+}
+
+impl<S, C> Middleware<S, C> for OneConnect {
+    type Service = OneConnectService<S>;
+
+    fn create(&self, inner: S, _: C) -> OneConnectService<S> {
+        OneConnectService { inner }
+    }
+}
+
+impl<S, E> Service<v3::codec::Decoded> for OneConnectService<S>
+where
+    S: Service<v3::codec::Decoded, Error = DispatcherError<E>>,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+
+    ntex::forward_ready!(inner);
+    ntex::forward_poll!(inner);
+    ntex::forward_shutdown!(inner);
+
+    async fn call(
+        &self,
+        req: v3::codec::Decoded,
+        ctx: ServiceCtx<'_, Self>,
+    ) -> Result<S::Response, S::Error> {
+        if let v3::codec::Decoded::Packet(v3::codec::Packet::Connect(_), _) = req {
+            return Err(second_connect());
+        }
+        ctx.call(&self.inner, req).await
+    }
+}
+
+impl<S, E> Service<v5::codec::Decoded> for OneConnectService<S>
+where
+    S: Service<v5::codec::Decoded, Error = DispatcherError<E>>,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+
+    ntex::forward_ready!(inner);
+    ntex::forward_poll!(inner);
+    ntex::forward_shutdown!(inner);
+
+    async fn call(
+        &self,
+        req: v5::codec::Decoded,
+        ctx: ServiceCtx<'_, Self>,
+    ) -> Result<S::Response, S::Error> {
+        if let v5::codec::Decoded::Packet(v5::codec::Packet::Connect(_), _) = req {
+            return Err(second_connect());
+        }
+        ctx.call(&self.inner, req).await
+    }
+}
+
+fn second_connect<E>() -> DispatcherError<E> {
+    DispatcherError::Protocol(ProtocolError::generic_violation(SECOND_CONNECT))
+}
+
+/// The label of a protocol error ntex-mqtt (or [`OneConnect`]) closed a connection for.
+fn protocol_error_label(error: &ProtocolError) -> &'static str {
+    match error {
+        ProtocolError::ProtocolViolation(v) if v.message() == SECOND_CONNECT => "second_connect",
+        ProtocolError::ProtocolViolation(v) if v.message().starts_with("[MQTT-3.3.2-2]") => {
+            "wildcard_in_topic"
+        }
+        ProtocolError::ProtocolViolation(_) => "violation",
+        ProtocolError::Decode(_) | ProtocolError::Encode(_) => "malformed",
+        ProtocolError::KeepAliveTimeout | ProtocolError::ReadTimeout => "timeout",
+    }
+}
+
+// --- connections ---------------------------------------------------------------------------------
+
 /// What every connection handler needs; shared by all network workers.
 pub struct MqttContext {
     pub registry: Arc<dyn DeviceRegistry>,
@@ -65,6 +614,8 @@ pub struct Connection {
     /// unfinished publish handlers when the connection closes, and a QoS 0 message sent just
     /// before DISCONNECT (what `mosquitto_pub -m` does) must still be stored.
     in_flight: InFlight,
+    /// Its place among its device's sessions.
+    _seat: Seat,
 }
 
 #[derive(Default)]
@@ -105,6 +656,9 @@ pub enum Fault {
     Rejected(Rejection),
     SessionGone,
     Protocol(String),
+    BadTopic(BadTopic),
+    /// MQTT 5 AUTH without an Authentication Method in CONNECT (MQTT 5 §4.12).
+    UnexpectedAuth,
 }
 
 impl From<()> for Fault {
@@ -141,17 +695,19 @@ impl MqttContext {
             Ok(None) => {
                 counter!(CONNECTIONS_REFUSED, "transport" => "mqtt", "reason" => "bad_token")
                     .increment(1);
-                debug!("mqtt connect with an unknown access token refused");
+                peer_event!(DEBUG, "mqtt connect with an unknown access token refused");
                 Login::UnknownToken
             }
             Err(e) => {
-                warn!(error = %e, "device registry unavailable, connect refused");
+                counter!(CONNECTIONS_REFUSED, "transport" => "mqtt", "reason" => "unavailable")
+                    .increment(1);
+                peer_event!(WARN, error = %e, "device registry unavailable, connect refused");
                 Login::Unavailable
             }
         }
     }
 
-    fn open(&self, device: Arc<Device>) -> Connection {
+    fn open(&self, device: Arc<Device>, seat: Seat) -> Connection {
         let args = SessionArgs {
             device: device.clone(),
             ingress: self.ingress.clone(),
@@ -159,11 +715,12 @@ impl MqttContext {
         };
         let session =
             SessionHandle::open(self.supervisor.clone(), args, self.receive_maximum.into());
-        debug!(device = %device.name, "mqtt session opened");
+        peer_event!(DEBUG, device = ?device.name, "mqtt session opened");
         Connection {
             device,
             session,
             in_flight: InFlight::default(),
+            _seat: seat,
         }
     }
 }
@@ -173,14 +730,14 @@ impl Connection {
     /// is passivated unless a publish is still being handled.
     fn idle(&self) {
         if self.in_flight.count.get() == 0 && self.session.hibernate() {
-            debug!(device = %self.device.name, "mqtt session hibernates");
+            peer_event!(DEBUG, device = ?self.device.name, "mqtt session hibernates");
         }
     }
 }
 
 fn unknown_topic(device: &Device, topic: &str) {
     counter!(MESSAGES_REJECTED, "transport" => "mqtt", "reason" => "unknown_topic").increment(1);
-    warn!(device = %device.name, topic, "publish to an unsupported topic ignored");
+    peer_event!(WARN, device = ?device.name, ?topic, "publish to an unsupported topic ignored");
 }
 
 /// Runs one publish through the session; `Ok` once the queue holds it.
@@ -204,11 +761,16 @@ where
 
 async fn handshake_v3(
     ctx: Arc<MqttContext>,
+    admission: Arc<Admission>,
     hs: v3::Handshake,
 ) -> Result<v3::HandshakeAck<Connection>, Fault> {
     let username = hs.packet().username.as_ref().map(|u| u.as_str().to_owned());
     Ok(match ctx.login(username.as_deref()).await {
-        Login::Device(device) => hs.ack(ctx.open(device), false),
+        Login::Device(device) => {
+            let sink = hs.sink();
+            let seat = admission.seat(&device, on_takeover(move || sink.close()));
+            hs.ack(ctx.open(device, seat), false)
+        }
         Login::EmptyToken => hs.bad_username_or_pwd(),
         Login::UnknownToken => hs.not_authorized(),
         Login::Unavailable => hs.service_unavailable(),
@@ -218,6 +780,7 @@ async fn handshake_v3(
 async fn publish_v3(session: v3::Session<Connection>, publish: v3::Publish) -> Result<(), Fault> {
     let conn: &Connection = &session;
     let _in_flight = conn.in_flight.enter();
+    check_topic(&conn.device, publish.publish_topic())?;
     let Some(uplink) = uplink_of(publish.publish_topic()) else {
         // ThingsBoard acknowledges and drops publishes to topics it does not serve.
         unknown_topic(&conn.device, publish.publish_topic());
@@ -276,10 +839,12 @@ async fn stopped(conn: &Connection, reason: ntex_mqtt::Reason<Fault>) {
     match reason {
         ntex_mqtt::Reason::PeerGone(_) => conn.in_flight.settle(SETTLE_LIMIT).await,
         ntex_mqtt::Reason::Error(e) => {
-            debug!(device = %conn.device.name, error = ?e, "mqtt connection closed")
+            peer_event!(DEBUG, device = ?conn.device.name, error = ?e, "mqtt connection closed");
         }
         ntex_mqtt::Reason::Protocol(e) => {
-            debug!(device = %conn.device.name, error = ?e, "mqtt protocol error, connection closed");
+            let label = protocol_error_label(e.get_ref());
+            counter!(MQTT_PROTOCOL_ERRORS, "reason" => label).increment(1);
+            peer_event!(DEBUG, device = ?conn.device.name, error = ?e, "mqtt protocol error, connection closed");
         }
     }
 }
@@ -288,15 +853,37 @@ async fn stopped(conn: &Connection, reason: ntex_mqtt::Reason<Fault>) {
 
 async fn handshake_v5(
     ctx: Arc<MqttContext>,
+    admission: Arc<Admission>,
     hs: v5::Handshake,
 ) -> Result<v5::HandshakeAck<Connection>, Fault> {
     use v5::codec::ConnectAckReason as Reason;
+    // Enhanced authentication (MQTT 5 §4.12) is not offered: whatever the method, 0x8C.
+    if let Some(method) = &hs.packet().auth_method {
+        counter!(CONNECTIONS_REFUSED, "transport" => "mqtt", "reason" => "bad_auth_method")
+            .increment(1);
+        peer_event!(
+            DEBUG,
+            ?method,
+            "mqtt 5 connect with an authentication method refused"
+        );
+        return Ok(hs.failed(Reason::BadAuthenticationMethod));
+    }
     let username = hs.packet().username.as_ref().map(|u| u.as_str().to_owned());
     Ok(match ctx.login(username.as_deref()).await {
         // QoS 2 is granted as 1: MQTT 5 clients learn it from CONNACK's Maximum QoS.
-        Login::Device(device) => hs
-            .ack(ctx.open(device))
-            .with(|ack| ack.max_qos = QoS::AtLeastOnce),
+        Login::Device(device) => {
+            let sink = hs.sink();
+            let seat = admission.seat(
+                &device,
+                on_takeover(move || {
+                    sink.close_with_reason(v5::codec::Disconnect::new(
+                        DisconnectReasonCode::SessionTakenOver,
+                    ));
+                }),
+            );
+            hs.ack(ctx.open(device, seat))
+                .with(|ack| ack.max_qos = QoS::AtLeastOnce)
+        }
         Login::EmptyToken => hs.failed(Reason::BadUserNameOrPassword),
         Login::UnknownToken => hs.failed(Reason::NotAuthorized),
         Login::Unavailable => hs.failed(Reason::ServerUnavailable),
@@ -309,6 +896,7 @@ async fn publish_v5(
 ) -> Result<v5::PublishAck, Fault> {
     let conn: &Connection = &session;
     let _in_flight = conn.in_flight.enter();
+    check_topic(&conn.device, publish.publish_topic())?;
     let Some(uplink) = uplink_of(publish.publish_topic()) else {
         unknown_topic(&conn.device, publish.publish_topic());
         return Ok(publish
@@ -355,8 +943,13 @@ async fn protocol_v5(
             session.in_flight.settle(SETTLE_LIMIT).await;
             disconnect.ack()
         }
-        // Enhanced authentication is not offered; a client that tries it is disconnected.
-        msg @ v5::ProtocolMessage::Auth(_) => msg.disconnect(),
+        // Enhanced authentication is not offered (CONNECT with a method gets 0x8C), so AUTH is a
+        // protocol error. An error, not `disconnect_with`: ntex-mqtt closes the socket before
+        // writing a DISCONNECT given that way.
+        v5::ProtocolMessage::Auth(_) => {
+            counter!(MQTT_PROTOCOL_ERRORS, "reason" => "unexpected_auth").increment(1);
+            return Err(Fault::UnexpectedAuth);
+        }
     })
 }
 
@@ -364,10 +957,20 @@ async fn control_v5(
     session: v5::Session<Connection>,
     msg: ntex_mqtt::Control<Fault>,
 ) -> Result<Option<v5::codec::Encoded>, Fault> {
-    if let ntex_mqtt::Control::Stop(reason) = msg {
-        stopped(&session, reason).await;
-    }
-    Ok(None)
+    let ntex_mqtt::Control::Stop(reason) = msg else {
+        return Ok(None);
+    };
+    // ntex-mqtt answers an application error with DISCONNECT 0x83; these have their own.
+    let answer = match &reason {
+        ntex_mqtt::Reason::Error(e) => match e.get_ref() {
+            Fault::BadTopic(bad) => Some(bad.reason()),
+            Fault::UnexpectedAuth => Some(DisconnectReasonCode::ProtocolError),
+            _ => None,
+        },
+        _ => None,
+    };
+    stopped(&session, reason).await;
+    Ok(answer.map(|code| v5::codec::Packet::from(v5::codec::Disconnect::new(code)).into()))
 }
 
 // --- the server --------------------------------------------------------------------------------
@@ -431,6 +1034,29 @@ impl MqttServer {
         let grace = ntex::time::Millis(
             u32::try_from(config.shutdown_grace.as_millis()).unwrap_or(u32::MAX),
         );
+        // Every socket is a descriptor: past the budget the listener stops accepting (the
+        // kernel's backlog holds newcomers); below it, `max_connections` refuses with CONNACK,
+        // and a sixteenth of the budget stays free to answer those refusals.
+        let open_files = rlimit::Resource::NOFILE
+            .get()
+            .map_or(u64::MAX, |(soft, _)| soft);
+        let budget = socket_budget(open_files, config.open_files_reserve);
+        let max_connections = connection_cap(config.max_connections, budget);
+        if max_connections < config.max_connections {
+            warn!(
+                configured = config.max_connections,
+                open_files,
+                reserve = config.open_files_reserve,
+                max_connections,
+                "mqtt.max_connections lowered to fit the open-files limit"
+            );
+        }
+        let admission = Arc::new(Admission::new(
+            max_connections,
+            config.max_connections_per_device,
+        ));
+        let per_worker = budget.div_ceil(workers.max(1));
+        let connect_timeout = config.connect_timeout;
         let (tx, rx) = std::sync::mpsc::channel();
         let thread = std::thread::Builder::new()
             .name("mqtt".into())
@@ -442,20 +1068,39 @@ impl MqttServer {
                 system.block_on(async move {
                     let built = ntex::server::build()
                         .workers(workers)
+                        .maxconn(per_worker)
                         .disable_signals()
                         .shutdown_timeout(grace)
                         .listen("mqtt", listener, move |_| {
                             let (c3, c5) = (ctx.clone(), ctx.clone());
+                            let (a3, a5) = (admission.clone(), admission.clone());
+                            let gate = admission.clone();
                             async move {
-                                ntex_mqtt::MqttServer::new()
-                                    .v3(v3::MqttServer::new(move |hs| handshake_v3(c3.clone(), hs))
-                                        .protocol(per_session(protocol_v3))
-                                        .control(per_session(control_v3))
-                                        .publish(per_session(publish_v3)))
-                                    .v5(v5::MqttServer::new(move |hs| handshake_v5(c5.clone(), hs))
-                                        .protocol(per_session(protocol_v5))
-                                        .control(per_session(control_v5))
-                                        .publish(per_session(publish_v5)))
+                                let mqtt = ntex_mqtt::MqttServer::new()
+                                    .v3(v3::MqttServer::new(move |hs| {
+                                        handshake_v3(c3.clone(), a3.clone(), hs)
+                                    })
+                                    .middleware(OneConnect)
+                                    .protocol(per_session(protocol_v3))
+                                    .control(per_session(control_v3))
+                                    .publish(per_session(publish_v3)))
+                                    .v5(v5::MqttServer::new(move |hs| {
+                                        handshake_v5(c5.clone(), a5.clone(), hs)
+                                    })
+                                    .middleware(OneConnect)
+                                    .protocol(per_session(protocol_v5))
+                                    .control(per_session(control_v5))
+                                    .publish(per_session(publish_v5)));
+                                ntex::service::apply_fn_factory::<_, Io, _, _, _, _, _, _>(
+                                    mqtt,
+                                    async move |io: Io, mqtt: &ApplyCtx<'_, _>| {
+                                        let socket = gate.accept();
+                                        if !first_bytes(&io, &socket, connect_timeout).await {
+                                            return Ok(());
+                                        }
+                                        mqtt.call(io).await
+                                    },
+                                )
                             }
                         });
                     match built {
@@ -475,7 +1120,12 @@ impl MqttServer {
         let server = rx
             .recv()
             .map_err(|_| io::Error::other("mqtt server thread died at start"))??;
-        info!(workers, "mqtt server started");
+        info!(
+            workers,
+            max_connections,
+            per_device = config.max_connections_per_device,
+            "mqtt server started"
+        );
         Ok(MqttServer {
             server,
             thread: Some(thread),
@@ -513,5 +1163,166 @@ mod tests {
         assert_eq!(uplink_of("v1/devices/me/telemetry/"), None);
         assert_eq!(uplink_of("v1/devices/me/attributes/request/1"), None);
         assert_eq!(uplink_of("other"), None);
+    }
+
+    /// A CONNECT's first bytes with this protocol name and level.
+    fn connect(name: &[u8], level: u8) -> Vec<u8> {
+        let mut body = vec![0, u8::try_from(name.len()).unwrap_or(u8::MAX)];
+        body.extend_from_slice(name);
+        body.extend([level, 0x02, 0, 60, 0, 0]);
+        let mut packet = vec![0x10, u8::try_from(body.len()).unwrap_or(u8::MAX)];
+        packet.extend(body);
+        packet
+    }
+
+    #[test]
+    fn the_first_bytes_tell_the_protocol_level() {
+        use Opening::*;
+        let cases: &[(Vec<u8>, Option<Opening>)] = &[
+            (connect(b"MQTT", 4), Some(Mqtt(Version::V3))),
+            (connect(b"MQTT", 5), Some(Mqtt(Version::V5))),
+            (connect(b"MQTT", 3), Some(UnsupportedLevel(3))),
+            (connect(b"MQTT", 6), Some(UnsupportedLevel(6))),
+            (connect(b"MQTT", 0), Some(UnsupportedLevel(0))),
+            (connect(b"MQIsdp", 3), Some(UnsupportedLevel(3))),
+            (connect(b"MQTX", 4), Some(NotMqtt)),
+            (connect(b"MQTTMQTT", 4), Some(NotMqtt)),
+            (b"GET / HTTP/1.1\r\n".to_vec(), Some(NotMqtt)),
+            // PUBLISH first [MQTT-3.1.0-1].
+            (vec![0x30, 0x02, 0x00, 0x00], Some(NotMqtt)),
+            // A remaining length of five bytes.
+            (vec![0x10, 0xff, 0xff, 0xff, 0xff, 0x01], Some(NotMqtt)),
+            // Too short to hold the level it claims.
+            (
+                vec![0x10, 0x02, 0x00, 0x04, b'M', b'Q', b'T', b'T', 4],
+                Some(NotMqtt),
+            ),
+            // Not all there yet.
+            (vec![], None),
+            (vec![0x10], None),
+            (vec![0x10, 0x80], None),
+            (connect(b"MQTT", 4)[..8].to_vec(), None),
+        ];
+        for (bytes, want) in cases {
+            assert_eq!(opening(bytes), *want, "{bytes:02x?}");
+        }
+    }
+
+    #[test]
+    fn skip_packet_consumes_exactly_one_whole_packet() {
+        use ntex::codec::Decoder;
+        let mut two = BytesMut::from(&connect(b"MQTT", 4)[..]);
+        two.extend_from_slice(&[0xc0, 0x00]);
+        let whole = two.len() - 2;
+        let mut partial = BytesMut::from(&two[..whole - 1]);
+        assert_eq!(SkipPacket.decode(&mut partial), Ok(None));
+        assert_eq!(
+            partial.len(),
+            whole - 1,
+            "nothing consumed until it is all there"
+        );
+        assert_eq!(SkipPacket.decode(&mut two), Ok(Some(())));
+        assert_eq!(&two[..], &[0xc0, 0x00]);
+        let mut malformed = BytesMut::from(&[0x10, 0xff, 0xff, 0xff, 0xff][..]);
+        assert_eq!(SkipPacket.decode(&mut malformed), Err(()));
+    }
+
+    #[test]
+    fn a_device_past_its_sessions_pushes_out_the_oldest() {
+        let (a, b) = (
+            DeviceId(uuid::Uuid::from_u128(1)),
+            DeviceId(uuid::Uuid::from_u128(2)),
+        );
+        let mut one = Sessions::new(1);
+        let (a1, out) = one.join(a, "a1");
+        assert!(out.is_empty());
+        let (_, out) = one.join(b, "b1");
+        assert!(out.is_empty(), "another device has its own place");
+        let (a2, out) = one.join(a, "a2");
+        assert_eq!(out, ["a1"]);
+        one.leave(a, a1); // the pushed-out session ends later: nothing to do
+        let (_, out) = one.join(a, "a3");
+        assert_eq!(out, ["a2"]);
+        one.leave(a, a2);
+
+        let mut two = Sessions::new(2);
+        let (x1, _) = two.join(a, "x1");
+        two.join(a, "x2");
+        two.leave(a, x1);
+        let (_, out) = two.join(a, "x3");
+        assert!(out.is_empty(), "a session that ended frees its place");
+        let (_, out) = two.join(a, "x4");
+        assert_eq!(out, ["x2"]);
+        assert_eq!(two.by_device[&a].len(), 2);
+    }
+
+    #[test]
+    fn ended_sessions_leave_nothing_behind() {
+        let a = DeviceId(uuid::Uuid::from_u128(1));
+        let mut sessions = Sessions::new(1);
+        let ids: Vec<u64> = (0..100).map(|i| sessions.join(a, i).0).collect();
+        for id in ids {
+            sessions.leave(a, id);
+        }
+        assert!(sessions.by_device.is_empty());
+    }
+
+    #[test]
+    fn the_log_budget_lets_a_burst_through_then_one_per_period() {
+        let t0 = Instant::now();
+        let mut budget = LogBudget::new(t0);
+        for _ in 0..LogBudget::BURST {
+            assert_eq!(budget.admit(t0), (true, 0));
+        }
+        // The first line held back is reported at once (nothing was reported before).
+        assert_eq!(budget.admit(t0), (false, 1));
+        for _ in 0..5 {
+            assert_eq!(budget.admit(t0), (false, 0));
+        }
+        // One period later, one line; the count waits for the report period.
+        let t1 = t0 + LogBudget::REFILL;
+        assert_eq!(budget.admit(t1), (true, 0));
+        assert_eq!(budget.admit(t1), (false, 0));
+        let t2 = t0 + LogBudget::REPORT_EVERY;
+        assert_eq!(budget.admit(t2), (true, 6));
+        // A quiet spell refills the whole burst, no more.
+        let t3 = t2 + LogBudget::REFILL * 1000;
+        for _ in 0..LogBudget::BURST {
+            assert!(budget.admit(t3).0);
+        }
+        assert!(!budget.admit(t3).0);
+    }
+
+    #[test]
+    fn the_socket_budget_keeps_the_reserve_for_everything_else() {
+        assert_eq!(socket_budget(1_048_576, 1024), 1_047_552);
+        assert_eq!(socket_budget(20_000, 1024), 18_976);
+        // Too small a limit for the whole reserve: half of it each.
+        assert_eq!(socket_budget(1024, 1024), 512);
+        assert_eq!(socket_budget(u64::MAX, 1024), usize::MAX - 1024);
+        assert_eq!(connection_cap(100_000, 1_047_552), 100_000);
+        assert_eq!(connection_cap(100_000, 18_976), 17_790);
+        assert_eq!(connection_cap(100_000, 0), 1);
+    }
+
+    #[test]
+    fn topic_names_the_protocol_forbids() {
+        assert_eq!(BadTopic::of(""), Some(BadTopic::Empty));
+        assert_eq!(
+            BadTopic::of("v1/devices/me/telemetry\0"),
+            Some(BadTopic::Nul)
+        );
+        assert_eq!(BadTopic::of("a/+/b"), Some(BadTopic::Wildcard));
+        assert_eq!(BadTopic::of("#"), Some(BadTopic::Wildcard));
+        assert_eq!(BadTopic::of("v1/devices/me/telemetry"), None);
+        assert_eq!(BadTopic::of("/"), None);
+        assert_eq!(
+            BadTopic::Nul.reason(),
+            DisconnectReasonCode::MalformedPacket
+        );
+        assert_eq!(
+            BadTopic::Empty.reason(),
+            DisconnectReasonCode::ProtocolError
+        );
     }
 }
