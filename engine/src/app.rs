@@ -78,6 +78,7 @@ pub async fn start(config: Config, metrics: Option<PrometheusHandle>) -> anyhow:
     let (store, registry, catalog): Opened = match config.store.kind {
         StoreKind::Embedded => {
             let (store, registry) = EmbeddedStore::open(&config.data_dir)?;
+            let store = store.with_read_budget(config.api.query_timeout);
             let catalog = Arc::new(store.catalog());
             (Arc::new(store), Arc::new(registry), catalog)
         }
@@ -199,9 +200,11 @@ pub async fn start(config: Config, metrics: Option<PrometheusHandle>) -> anyhow:
         integrations,
         node_id: node_id(&config.data_dir)?,
     });
+    let limits = web::Data::new(config.api.clone());
     let mut server = HttpServer::new(move || {
         App::new()
             .app_data(state.clone())
+            .app_data(limits.clone())
             .app_data(web::PayloadConfig::new(
                 http_max.max(integration_max).saturating_add(64 * 1024),
             ))

@@ -28,6 +28,7 @@ pub struct Config {
     pub shutdown_timeout: Duration,
     pub mqtt: MqttConfig,
     pub http: HttpConfig,
+    pub api: ApiConfig,
     pub auth: AuthConfig,
     pub queue: QueueConfig,
     pub store: StoreConfig,
@@ -183,6 +184,31 @@ pub struct HttpConfig {
     pub queue_wait: Duration,
 }
 
+/// Limits of the REST API's reads, so that one request cannot take the storage from the
+/// others.
+#[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ApiConfig {
+    /// Distinct keys one telemetry or attribute read may name in `keys` (repeated keys count
+    /// once); more is a 400. A range read without `keys` reads every key of the device and is
+    /// refused the same way when the device has more.
+    pub max_keys_per_request: usize,
+    /// Points per key of a raw range read when `limit` is not given (ThingsBoard: 100).
+    pub default_limit: usize,
+    /// Points one range read may return: keys × `limit` for raw reads, keys × buckets for
+    /// aggregations (ThingsBoard's widgets stop at 50 000); more is a 400.
+    pub max_points_per_response: usize,
+    /// Buckets one aggregated key may have, (endTs - startTs) / interval (ThingsBoard's
+    /// `database.ts_max_intervals`: 700); more is a 400.
+    pub max_intervals: usize,
+    /// Longest one range read may take in storage; past it the read is stopped and answered
+    /// 400. Range reads also run at most three at a time on the embedded store (one of its
+    /// four readers stays free for latest values, attributes and devices); a read that waits
+    /// this long for its turn is answered 503.
+    #[serde(with = "humantime_serde")]
+    pub query_timeout: Duration,
+}
+
 #[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct AuthConfig {
@@ -314,6 +340,7 @@ impl Default for Config {
             shutdown_timeout: Duration::from_secs(60),
             mqtt: MqttConfig::default(),
             http: HttpConfig::default(),
+            api: ApiConfig::default(),
             auth: AuthConfig::default(),
             queue: QueueConfig::default(),
             store: StoreConfig::default(),
@@ -401,6 +428,18 @@ impl Default for HttpConfig {
             max_payload_size: ByteSize::kib(64),
             workers: 0,
             queue_wait: Duration::from_secs(5),
+        }
+    }
+}
+
+impl Default for ApiConfig {
+    fn default() -> Self {
+        ApiConfig {
+            max_keys_per_request: 100,
+            default_limit: 100,
+            max_points_per_response: 50_000,
+            max_intervals: 700,
+            query_timeout: Duration::from_secs(10),
         }
     }
 }
@@ -577,6 +616,18 @@ impl Config {
         ensure!(
             self.mqtt.max_payload_size.as_u64() <= 256 * 1024 * 1024,
             "mqtt.max_payload_size must be at most 256 MiB (the MQTT packet limit)"
+        );
+        ensure!(
+            self.api.max_keys_per_request > 0
+                && self.api.default_limit > 0
+                && self.api.max_intervals > 0
+                && self.api.default_limit <= self.api.max_points_per_response,
+            "api.max_keys_per_request, default_limit and max_intervals must be at least 1, \
+             and default_limit at most max_points_per_response"
+        );
+        ensure!(
+            !self.api.query_timeout.is_zero(),
+            "api.query_timeout must be longer than zero"
         );
         ensure!(
             self.coap.max_in_flight > 0,
