@@ -182,6 +182,27 @@ pub struct HttpConfig {
     /// 503 with `Retry-After`.
     #[serde(with = "humantime_serde")]
     pub queue_wait: Duration,
+    /// Time a client has to send a request's line and headers: from the connection's start for
+    /// its first request, from the first byte for the next ones on a kept-alive connection.
+    /// Past it the client gets 408 and the connection is closed.
+    #[serde(with = "humantime_serde")]
+    pub header_timeout: Duration,
+    /// Time a client has to send a request's whole body once its headers are in (every route:
+    /// device API, REST, integrations). Past it the client gets 408 and the connection is
+    /// closed. The device API checks the token before it reads any of the body.
+    #[serde(with = "humantime_serde")]
+    pub body_timeout: Duration,
+    /// How long an idle kept-alive connection stays open between requests.
+    #[serde(with = "humantime_serde")]
+    pub keep_alive: Duration,
+    /// Open connections at most, all clients together; a connection past it is closed at once
+    /// (counted in `engine_connections_refused_total{transport="http",
+    /// reason="too_many_connections"}`). Never more than a quarter of the process's open-file
+    /// limit, so storage, MQTT and CoAP keep their descriptors whatever HTTP clients do.
+    pub max_connections: usize,
+    /// Connections the kernel queues before the engine accepts them (the listen backlog;
+    /// the kernel caps it at `net.core.somaxconn`).
+    pub backlog: u32,
 }
 
 /// Limits of the REST API's reads, so that one request cannot take the storage from the
@@ -428,6 +449,11 @@ impl Default for HttpConfig {
             max_payload_size: ByteSize::kib(64),
             workers: 0,
             queue_wait: Duration::from_secs(5),
+            header_timeout: Duration::from_secs(10),
+            body_timeout: Duration::from_secs(10),
+            keep_alive: Duration::from_secs(5),
+            max_connections: 4096,
+            backlog: 1024,
         }
     }
 }
@@ -616,6 +642,14 @@ impl Config {
         ensure!(
             self.mqtt.max_payload_size.as_u64() <= 256 * 1024 * 1024,
             "mqtt.max_payload_size must be at most 256 MiB (the MQTT packet limit)"
+        );
+        ensure!(
+            self.http.max_connections > 0 && self.http.backlog > 0,
+            "http.max_connections and http.backlog must be at least 1"
+        );
+        ensure!(
+            !self.http.header_timeout.is_zero() && !self.http.body_timeout.is_zero(),
+            "http.header_timeout and http.body_timeout must be longer than zero"
         );
         ensure!(
             self.api.max_keys_per_request > 0
