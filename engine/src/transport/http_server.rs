@@ -2,7 +2,7 @@
 //! actix-server, with the limits a hostile client meets before any handler runs.
 //!
 //! - Connections: at most `http.max_connections` open (never more than a quarter of the
-//!   process's file limit); one past it is closed at once and counted.
+//!   process's file limit); one past it is answered 503 and closed at once, and counted.
 //! - Headers: a request's line and headers must arrive within `http.header_timeout` of the
 //!   connection's start (first request) or of their first byte (later requests on a kept-alive
 //!   connection); past it the client gets 408 and the connection is closed. actix-web bounds
@@ -118,6 +118,8 @@ pub fn serve(
                 let Some(pass) = gate.enter() else {
                     counter!(CONNECTIONS_REFUSED, "transport" => "http", "reason" => "too_many_connections")
                         .increment(1);
+                    // Best effort, never waited for: the connection is closed right after.
+                    let _ = io.try_write(SERVICE_UNAVAILABLE);
                     return Err(DispatchError::Io(io::Error::other("too many connections")));
                 };
                 let peer = io.peer_addr().ok();
@@ -234,6 +236,9 @@ enum Expiry {
     /// Nothing happened for too long with no request in progress.
     Idle,
 }
+
+const SERVICE_UNAVAILABLE: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\nretry-after: 1\r\n\
+connection: close\r\ncontent-length: 0\r\n\r\n";
 
 const REQUEST_TIMEOUT: &[u8] =
     b"HTTP/1.1 408 Request Timeout\r\nconnection: close\r\ncontent-length: 0\r\n\r\n";

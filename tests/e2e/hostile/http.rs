@@ -443,7 +443,8 @@ async fn content_types_do_not_matter_only_the_json_does() -> Result<()> {
     still_serving(&engine).await
 }
 
-/// Past `http.max_connections` open connections, new ones are closed at once and counted:
+/// Past `http.max_connections` open connections, new ones are answered 503 and closed at once,
+/// and counted:
 /// the engine keeps its file descriptors for storage and the other transports, and idle
 /// connections are let go after `http.header_timeout` (before: every connection was accepted,
 /// up to the process's file limit).
@@ -462,8 +463,8 @@ async fn connections_past_the_cap_are_refused_and_counted() -> Result<()> {
         .await
         .map_err(|e| anyhow::anyhow!("mqtt connect: {e:?}"))?;
 
-    // Idle connections: they send nothing. Each is either refused (closed with no answer) or
-    // held until its header deadline (then answered 408).
+    // Idle connections: they send nothing. Each is either refused (503, or closed when even that
+    // could not be written) or held until its header deadline (then answered 408).
     let mut sockets = Vec::new();
     for _ in 0..OPENED {
         sockets.push(TcpStream::connect(engine.http).await?);
@@ -479,6 +480,7 @@ async fn connections_past_the_cap_are_refused_and_counted() -> Result<()> {
     for outcome in futures_join_all(outcomes).await {
         match outcome? {
             None => refused += 1,
+            Some((answer, _)) if answer.status == 503 => refused += 1,
             Some((answer, _)) if answer.status == 408 => held += 1,
             Some((answer, _)) => bail!("an idle connection got {answer:?}"),
         }
