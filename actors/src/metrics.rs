@@ -144,6 +144,69 @@ fn register_zero_mqtt() {
 }
 
 // --- end of the MQTT listener's block ---------------------------------------------------------
+// --- HTTP listener and REST API limits (issue 10) --------------------------------------------
+/// Connections the HTTP listener holds open now.
+pub const HTTP_CONNECTIONS_OPEN: &str = "engine_http_connections_open";
+/// Requests cut off because the client sent too slowly, by `phase` (`header`, `body`).
+pub const HTTP_TIMEOUTS: &str = "engine_http_timeouts_total";
+/// REST requests refused by a limit or a validation, by `reason`.
+pub const API_REQUESTS_REFUSED: &str = "engine_api_requests_refused_total";
+/// Storage reads running now, by `kind` (`heavy`: range reads; `light`: everything else).
+pub const STORE_READS_RUNNING: &str = "engine_store_reads_running";
+/// Storage reads waiting for their turn, by `kind`.
+pub const STORE_READS_WAITING: &str = "engine_store_reads_waiting";
+/// Every `reason` of `engine_api_requests_refused_total`.
+pub const API_REFUSE_REASONS: &[&str] = &[
+    "too_many_keys",
+    "too_many_points",
+    "too_many_intervals",
+    "bad_range",
+    "time_budget",
+    "busy",
+    "invalid_name",
+    "invalid_token",
+];
+
+fn describe_http() {
+    describe_gauge!(
+        HTTP_CONNECTIONS_OPEN,
+        "Connections the HTTP listener holds open"
+    );
+    describe_counter!(
+        HTTP_TIMEOUTS,
+        "HTTP connections cut off because the client was too slow, by phase (header and body: answered 408; idle: nothing in progress for keep_alive + header_timeout)"
+    );
+    describe_counter!(
+        API_REQUESTS_REFUSED,
+        "REST requests refused by a limit or a validation, by reason"
+    );
+    describe_gauge!(
+        STORE_READS_RUNNING,
+        "Storage reads running, by kind (heavy: range reads; light: the others)"
+    );
+    describe_gauge!(
+        STORE_READS_WAITING,
+        "Storage reads waiting for their turn, by kind"
+    );
+}
+
+fn register_zero_http() {
+    use metrics::{counter, gauge};
+    counter!(CONNECTIONS_REFUSED, "transport" => "http", "reason" => "too_many_connections")
+        .increment(0);
+    gauge!(HTTP_CONNECTIONS_OPEN).increment(0.0);
+    for phase in ["header", "body", "idle"] {
+        counter!(HTTP_TIMEOUTS, "phase" => phase).increment(0);
+    }
+    for &reason in API_REFUSE_REASONS {
+        counter!(API_REQUESTS_REFUSED, "reason" => reason).increment(0);
+    }
+    for kind in ["heavy", "light"] {
+        gauge!(STORE_READS_RUNNING, "kind" => kind).increment(0.0);
+        gauge!(STORE_READS_WAITING, "kind" => kind).increment(0.0);
+    }
+}
+// --- end of HTTP listener and REST API limits -------------------------------------------------
 
 /// Registers help texts and units with whatever recorder is installed.
 pub fn describe() {
@@ -292,6 +355,7 @@ pub fn describe() {
         AUTH_REVOKED_SESSIONS,
         "Logged-out sessions remembered until their tokens expire"
     );
+    describe_http();
 }
 
 /// Every `reason` of `engine_integration_errors_total`.
@@ -387,6 +451,7 @@ pub fn register_zero() {
     // "time blocked" series exist (their `_sum`, the total wait, is unchanged).
     metrics::histogram!(MAILBOX_BLOCKED, "mailbox" => "session").record(0.0);
     metrics::histogram!(QUEUE_PRODUCE_BLOCKED).record(0.0);
+    register_zero_http();
 }
 
 #[cfg(test)]

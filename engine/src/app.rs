@@ -6,7 +6,7 @@ use std::net::{SocketAddr, TcpListener};
 use std::sync::Arc;
 use std::time::Duration;
 
-use actix_web::{App, HttpServer, web};
+use actix_web::web;
 use actors::converter::ConverterRuntime;
 use actors::ingress::Ingress;
 use actors::integration::events::DebugEvents;
@@ -25,7 +25,7 @@ use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tracing::{error, info};
 
-use crate::api::{self, ApiState};
+use crate::api::ApiState;
 use crate::auth::Auth;
 use crate::config::{Config, QueueKind, StoreKind, bytes};
 use crate::queue::kafka::{self, KafkaProducer, KafkaSource, SourceHandle};
@@ -78,6 +78,7 @@ pub async fn start(config: Config, metrics: Option<PrometheusHandle>) -> anyhow:
     let (store, registry, catalog): Opened = match config.store.kind {
         StoreKind::Embedded => {
             let (store, registry) = EmbeddedStore::open(&config.data_dir)?;
+            let store = store.with_read_budget(config.api.query_timeout);
             let catalog = Arc::new(store.catalog());
             (Arc::new(store), Arc::new(registry), catalog)
         }
@@ -162,7 +163,8 @@ pub async fn start(config: Config, metrics: Option<PrometheusHandle>) -> anyhow:
     let (supervisor, _) = Actor::spawn(Some("sessions".into()), SessionSupervisor, ()).await?;
 
     let mqtt_listener = bind(config.mqtt.bind, "MQTT")?;
-    let http_listener = bind(config.http.bind, "HTTP")?;
+    let http_listener = crate::transport::http_server::bind(config.http.bind, config.http.backlog)
+        .with_context(|| format!("cannot listen for HTTP on {}", config.http.bind))?;
     let mqtt_addr = mqtt_listener.local_addr()?;
     let http_addr = http_listener.local_addr()?;
 
@@ -194,25 +196,22 @@ pub async fn start(config: Config, metrics: Option<PrometheusHandle>) -> anyhow:
         metrics,
         device_api: DeviceApiConfig {
             queue_wait: config.http.queue_wait,
+            body_timeout: config.http.body_timeout,
+            max_payload: http_max,
         },
         converters: integrations.runtime().clone(),
         integrations,
         node_id: node_id(&config.data_dir)?,
     });
-    let mut server = HttpServer::new(move || {
-        App::new()
-            .app_data(state.clone())
-            .app_data(web::PayloadConfig::new(
-                http_max.max(integration_max).saturating_add(64 * 1024),
-            ))
-            .configure(api::routes)
-    })
-    .disable_signals()
-    .shutdown_timeout(5);
-    if config.http.workers > 0 {
-        server = server.workers(config.http.workers);
-    }
-    let server = server.listen(http_listener)?.run();
+    let server = crate::transport::http_server::serve(
+        http_listener,
+        &config.http,
+        crate::transport::http_server::AppParts {
+            state,
+            limits: web::Data::new(config.api.clone()),
+            payload_limit: http_max.max(integration_max).saturating_add(64 * 1024),
+        },
+    )?;
     let http = server.handle();
     let http_task = tokio::spawn(server);
 

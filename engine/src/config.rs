@@ -28,6 +28,7 @@ pub struct Config {
     pub shutdown_timeout: Duration,
     pub mqtt: MqttConfig,
     pub http: HttpConfig,
+    pub api: ApiConfig,
     pub auth: AuthConfig,
     pub queue: QueueConfig,
     pub store: StoreConfig,
@@ -198,6 +199,52 @@ pub struct HttpConfig {
     /// 503 with `Retry-After`.
     #[serde(with = "humantime_serde")]
     pub queue_wait: Duration,
+    /// Time a client has to send a request's line and headers: from the connection's start for
+    /// its first request, from the first byte for the next ones on a kept-alive connection.
+    /// Past it the client gets 408 and the connection is closed.
+    #[serde(with = "humantime_serde")]
+    pub header_timeout: Duration,
+    /// Time a client has to send a request's whole body once its headers are in (every route:
+    /// device API, REST, integrations). Past it the client gets 408 and the connection is
+    /// closed. The device API checks the token before it reads any of the body.
+    #[serde(with = "humantime_serde")]
+    pub body_timeout: Duration,
+    /// How long an idle kept-alive connection stays open between requests.
+    #[serde(with = "humantime_serde")]
+    pub keep_alive: Duration,
+    /// Open connections at most, all clients together; a connection past it is closed at once
+    /// (counted in `engine_connections_refused_total{transport="http",
+    /// reason="too_many_connections"}`). Never more than a quarter of the process's open-file
+    /// limit, so storage, MQTT and CoAP keep their descriptors whatever HTTP clients do.
+    pub max_connections: usize,
+    /// Connections the kernel queues before the engine accepts them (the listen backlog;
+    /// the kernel caps it at `net.core.somaxconn`).
+    pub backlog: u32,
+}
+
+/// Limits of the REST API's reads, so that one request cannot take the storage from the
+/// others.
+#[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ApiConfig {
+    /// Distinct keys one telemetry or attribute read may name in `keys` (repeated keys count
+    /// once); more is a 400. A range read without `keys` reads every key of the device and is
+    /// refused the same way when the device has more.
+    pub max_keys_per_request: usize,
+    /// Points per key of a raw range read when `limit` is not given (ThingsBoard: 100).
+    pub default_limit: usize,
+    /// Points one range read may return: keys × `limit` for raw reads, keys × buckets for
+    /// aggregations (ThingsBoard's widgets stop at 50 000); more is a 400.
+    pub max_points_per_response: usize,
+    /// Buckets one aggregated key may have, (endTs - startTs) / interval (ThingsBoard's
+    /// `database.ts_max_intervals`: 700); more is a 400.
+    pub max_intervals: usize,
+    /// Longest one range read may take in storage; past it the read is stopped and answered
+    /// 400. Range reads also run at most three at a time on the embedded store (one of its
+    /// four readers stays free for latest values, attributes and devices); a read that waits
+    /// this long for its turn is answered 503.
+    #[serde(with = "humantime_serde")]
+    pub query_timeout: Duration,
 }
 
 #[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
@@ -366,6 +413,7 @@ impl Default for Config {
             shutdown_timeout: Duration::from_secs(60),
             mqtt: MqttConfig::default(),
             http: HttpConfig::default(),
+            api: ApiConfig::default(),
             auth: AuthConfig::default(),
             queue: QueueConfig::default(),
             store: StoreConfig::default(),
@@ -456,6 +504,23 @@ impl Default for HttpConfig {
             max_payload_size: ByteSize::kib(64),
             workers: 0,
             queue_wait: Duration::from_secs(5),
+            header_timeout: Duration::from_secs(10),
+            body_timeout: Duration::from_secs(10),
+            keep_alive: Duration::from_secs(5),
+            max_connections: 4096,
+            backlog: 1024,
+        }
+    }
+}
+
+impl Default for ApiConfig {
+    fn default() -> Self {
+        ApiConfig {
+            max_keys_per_request: 100,
+            default_limit: 100,
+            max_points_per_response: 50_000,
+            max_intervals: 700,
+            query_timeout: Duration::from_secs(10),
         }
     }
 }
@@ -649,6 +714,26 @@ impl Config {
         ensure!(
             !self.mqtt.connect_timeout.is_zero(),
             "mqtt.connect_timeout must be more than zero"
+        );
+        ensure!(
+            self.http.max_connections > 0 && self.http.backlog > 0,
+            "http.max_connections and http.backlog must be at least 1"
+        );
+        ensure!(
+            !self.http.header_timeout.is_zero() && !self.http.body_timeout.is_zero(),
+            "http.header_timeout and http.body_timeout must be longer than zero"
+        );
+        ensure!(
+            self.api.max_keys_per_request > 0
+                && self.api.default_limit > 0
+                && self.api.max_intervals > 0
+                && self.api.default_limit <= self.api.max_points_per_response,
+            "api.max_keys_per_request, default_limit and max_intervals must be at least 1, \
+             and default_limit at most max_points_per_response"
+        );
+        ensure!(
+            !self.api.query_timeout.is_zero(),
+            "api.query_timeout must be longer than zero"
         );
         ensure!(
             self.coap.max_in_flight > 0,

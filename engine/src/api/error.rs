@@ -69,6 +69,15 @@ impl ApiError {
         }
     }
 
+    /// A request that did not arrive in time: 408.
+    pub fn request_timeout(message: impl Into<String>) -> ApiError {
+        ApiError {
+            status: StatusCode::REQUEST_TIMEOUT,
+            code: ErrorCode::General,
+            message: message.into(),
+        }
+    }
+
     pub fn internal(message: impl Into<String>) -> ApiError {
         ApiError {
             status: StatusCode::INTERNAL_SERVER_ERROR,

@@ -216,7 +216,7 @@ fn page_json(data: Vec<Value>, total: usize, request: &PageRequest) -> Value {
         "data": data,
         "totalPages": total_pages,
         "totalElements": total,
-        "hasNext": request.page + 1 < total_pages,
+        "hasNext": request.page.checked_add(1).is_some_and(|next| next < total_pages),
     })
 }
 

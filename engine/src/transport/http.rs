@@ -1,22 +1,34 @@
 //! ThingsBoard's HTTP device API: `POST /api/v1/{token}/telemetry` and `.../attributes`.
 //!
-//! 200 only once the queue has the message; 401 for an unknown token; 400 with the reason for a
-//! bad payload; 413 over the size limit; 503 with `Retry-After` when the queue stays full.
+//! The token is checked from the path before any of the body is read: 401 for an unknown one,
+//! whatever the body. Then 413 as soon as the body is known to be over the size limit (from
+//! `Content-Length`, or while reading), 408 when it does not arrive within `http.body_timeout`,
+//! 400 with the reason for a bad payload, 503 with `Retry-After` when the queue stays full, and
+//! 200 only once the queue has the message.
 
 use std::time::Duration;
 
 use actix_web::http::StatusCode;
-use actix_web::{HttpResponse, web};
+use actix_web::http::header::CONTENT_LENGTH;
+use actix_web::{HttpRequest, HttpResponse, web};
 use actors::ingress::{Rejection, Transport, Uplink};
+use actors::metrics::{CONNECTIONS_REFUSED, MESSAGES_REJECTED};
+use actors::model::{Device, validate_access_token};
+use bytes::BytesMut;
+use futures::StreamExt;
 use metrics::counter;
 
+use super::http_server::{body_timed_out, is_body_timeout};
 use crate::api::State;
-use actors::metrics::CONNECTIONS_REFUSED;
 
 #[derive(Clone, Debug)]
 pub struct DeviceApiConfig {
     /// Longest a request waits for room in the queue before it is answered 503.
     pub queue_wait: Duration,
+    /// How long a body may take to arrive (only named in the 408; the listener enforces it).
+    pub body_timeout: Duration,
+    /// Largest body, as the ingress checks it (`http.max_payload_size`).
+    pub max_payload: usize,
 }
 
 pub fn routes(cfg: &mut web::ServiceConfig) {
@@ -24,12 +36,22 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         .route("/api/v1/{token}/attributes", web::post().to(attributes));
 }
 
-async fn telemetry(state: State, token: web::Path<String>, body: web::Bytes) -> HttpResponse {
-    upload(state, &token, Uplink::Telemetry, body).await
+async fn telemetry(
+    state: State,
+    req: HttpRequest,
+    token: web::Path<String>,
+    body: web::Payload,
+) -> HttpResponse {
+    upload(state, &req, &token, Uplink::Telemetry, body).await
 }
 
-async fn attributes(state: State, token: web::Path<String>, body: web::Bytes) -> HttpResponse {
-    upload(state, &token, Uplink::Attributes, body).await
+async fn attributes(
+    state: State,
+    req: HttpRequest,
+    token: web::Path<String>,
+    body: web::Payload,
+) -> HttpResponse {
+    upload(state, &req, &token, Uplink::Attributes, body).await
 }
 
 fn text(status: StatusCode, message: impl Into<String>) -> HttpResponse {
@@ -45,18 +67,20 @@ fn busy(reason: &str) -> HttpResponse {
         .body(format!("Server is busy: {reason}"))
 }
 
-async fn upload(state: State, token: &str, uplink: Uplink, body: web::Bytes) -> HttpResponse {
-    let device = match state.registry.by_token(token).await {
-        Ok(Some(device)) => device,
-        Ok(None) => {
-            counter!(CONNECTIONS_REFUSED, "transport" => "http", "reason" => "bad_token")
-                .increment(1);
-            return text(
-                StatusCode::UNAUTHORIZED,
-                "Unauthorized: unknown access token",
-            );
-        }
-        Err(e) => return busy(&e.to_string()),
+async fn upload(
+    state: State,
+    req: &HttpRequest,
+    token: &str,
+    uplink: Uplink,
+    body: web::Payload,
+) -> HttpResponse {
+    let device = match authenticate(&state, token).await {
+        Ok(device) => device,
+        Err(answer) => return answer,
+    };
+    let body = match read_body(&state, req, body).await {
+        Ok(body) => body,
+        Err(answer) => return answer,
     };
     let publish = state
         .ingress
@@ -70,6 +94,70 @@ async fn upload(state: State, token: &str, uplink: Uplink, body: web::Bytes) -> 
         Ok(()) => HttpResponse::Ok().finish(),
         Err(rejection) => rejected(&rejection),
     }
+}
+
+/// The device whose token is in the path, or the 401 (a token that cannot exist is not even
+/// looked up).
+async fn authenticate(state: &State, token: &str) -> Result<std::sync::Arc<Device>, HttpResponse> {
+    let unknown = || {
+        counter!(CONNECTIONS_REFUSED, "transport" => "http", "reason" => "bad_token").increment(1);
+        text(
+            StatusCode::UNAUTHORIZED,
+            "Unauthorized: unknown access token",
+        )
+    };
+    if validate_access_token(token).is_err() {
+        return Err(unknown());
+    }
+    match state.registry.by_token(token).await {
+        Ok(Some(device)) => Ok(device),
+        Ok(None) => Err(unknown()),
+        Err(e) => Err(busy(&e.to_string())),
+    }
+}
+
+/// The whole body, at most the ingress's size limit: 413 at once when `Content-Length`
+/// announces more, or as soon as reading passes it; 408 when it stops arriving in time.
+async fn read_body(
+    state: &State,
+    req: &HttpRequest,
+    mut body: web::Payload,
+) -> Result<BytesMut, HttpResponse> {
+    let max = state.device_api.max_payload;
+    let too_large = |size: usize| {
+        counter!(MESSAGES_REJECTED, "transport" => "http", "reason" => "too_large").increment(1);
+        rejected(&Rejection::TooLarge { size, max })
+    };
+    let announced = req
+        .headers()
+        .get(CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok());
+    if let Some(length) = announced
+        && length > max as u64
+    {
+        return Err(too_large(usize::try_from(length).unwrap_or(usize::MAX)));
+    }
+    let mut out =
+        BytesMut::with_capacity(announced.map_or(0, |l| usize::try_from(l).unwrap_or(max)));
+    while let Some(chunk) = body.next().await {
+        let chunk = chunk.map_err(|e| {
+            if is_body_timeout(&e) {
+                body_timed_out(true, state.device_api.body_timeout)
+            } else {
+                text(
+                    StatusCode::BAD_REQUEST,
+                    format!("Invalid request body: {e}"),
+                )
+            }
+        })?;
+        let size = out.len().saturating_add(chunk.len());
+        if size > max {
+            return Err(too_large(size));
+        }
+        out.extend_from_slice(&chunk);
+    }
+    Ok(out)
 }
 
 fn rejected(rejection: &Rejection) -> HttpResponse {

@@ -4,4 +4,5 @@
 pub mod coap;
 pub mod http;
 pub mod http_integration;
+pub mod http_server;
 pub mod mqtt;

@@ -194,8 +194,7 @@ async fn aggregated_series(
     key: &str,
     q: &RangeQuery,
 ) -> Result<Vec<TsValue>, StoreError> {
-    let span = (q.end_ts - q.start_ts).max(1);
-    let interval = if q.interval <= 0 { span } else { q.interval };
+    let interval = bucket_width(q)?;
     let sql = format!(
         "SELECT toInt64(intDiv(ts - toInt64(?), toInt64(?))) AS bucket,
                 toUInt64(count()),
@@ -232,10 +231,8 @@ async fn aggregated_series(
         .map_err(ch_error)?;
     let mut out = Vec::with_capacity(rows.len());
     for r in rows {
-        let start = q.start_ts + r.bucket * interval;
-        let end = (start + interval).min(q.end_ts);
-        let ts = start + (end - start) / 2;
-        let longs = r.numbers - r.doubles;
+        let ts = bucket_middle(q, r.bucket, interval)?;
+        let longs = r.numbers.saturating_sub(r.doubles);
         #[allow(clippy::cast_precision_loss)]
         let pick = |long: i64, double: f64, better: fn(f64, f64) -> f64| -> KvValue {
             match (longs, r.doubles) {
@@ -260,6 +257,33 @@ async fn aggregated_series(
         out.push(TsValue { ts, value });
     }
     Ok(out)
+}
+
+/// The width of the buckets: `interval`, or the whole range when it is 0. The range's span must
+/// fit in an Int64, so that `ts - start_ts` never overflows in SQL either.
+fn bucket_width(q: &RangeQuery) -> Result<i64, StoreError> {
+    let span = q.end_ts.checked_sub(q.start_ts).ok_or_else(|| {
+        StoreError::InvalidQuery(format!(
+            "Invalid time range: endTs - startTs ({} - {}) does not fit in 64 bits",
+            q.end_ts, q.start_ts
+        ))
+    })?;
+    Ok(if q.interval <= 0 {
+        span.max(1)
+    } else {
+        q.interval
+    })
+}
+
+/// The middle of bucket `bucket`, its end cut at `end_ts`, as ThingsBoard reports it; without
+/// overflow at the ends of the i64 range.
+fn bucket_middle(q: &RangeQuery, bucket: i64, interval: i64) -> Result<i64, StoreError> {
+    let start = bucket
+        .checked_mul(interval)
+        .and_then(|offset| q.start_ts.checked_add(offset))
+        .ok_or_else(|| StoreError::Permanent(format!("bucket {bucket} is out of range")))?;
+    let end = start.saturating_add(interval).min(q.end_ts);
+    Ok(start + (end - start) / 2)
 }
 
 /// `AND toInt8(scope) = N` when one scope is asked for.

@@ -1,9 +1,13 @@
 //! The embedded store: SQLite (rusqlite, bundled) in `<data_dir>/engine.db`, holding the time
 //! series, the latest value per key, attributes by scope, and the device registry.
 //!
-//! One writer connection (SQLite has one writer anyway) and a few reader connections, all used
-//! from tokio's blocking pool, never on an async worker. WAL mode with `synchronous=NORMAL`: a
-//! committed batch survives a crash of the process.
+//! One writer connection (SQLite has one writer anyway) and a small pool of reader connections,
+//! all used from tokio's blocking pool, never on an async worker. WAL mode with
+//! `synchronous=NORMAL`: a committed batch survives a crash of the process.
+//!
+//! Range reads (scans that may take seconds) take one reader fewer than the pool holds, so
+//! latest values, attributes, keys and the registry always find a reader; each runs under a
+//! time budget, enforced by SQLite's progress handler, and stops when its caller gives up.
 
 mod query;
 mod registry;
@@ -11,29 +15,96 @@ mod schema;
 
 use std::path::Path;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
 
 use actors::batch::WriteBatch;
+use actors::metrics::{API_REQUESTS_REFUSED, STORE_READS_RUNNING, STORE_READS_WAITING};
 use actors::model::{AttributeScope, DeviceId, KvValue};
 use actors::ports::{AttributeValue, LatestValue, RangeQuery, RangeResult, Store, StoreError};
 use async_trait::async_trait;
+use metrics::{Gauge, counter, gauge};
 use parking_lot::Mutex;
 use rusqlite::types::{ToSqlOutput, Value, ValueRef};
 use rusqlite::{Connection, OpenFlags};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 pub use registry::EmbeddedRegistry;
 
+/// Reader connections. Four keep a two-core machine's reads parallel without starving the
+/// writer of I/O.
 const READERS: usize = 4;
+/// Range reads at once: one reader fewer than the pool, so the other reads never queue behind
+/// scans.
+const HEAVY_READERS: usize = READERS - 1;
+/// SQLite virtual-machine steps between two checks of a read's budget (a few microseconds).
+const BUDGET_CHECK_STEPS: i32 = 1000;
+/// Time budget of a range read unless [`EmbeddedStore::with_read_budget`] sets one.
+const DEFAULT_READ_BUDGET: Duration = Duration::from_secs(10);
 
 #[derive(Clone)]
 pub struct EmbeddedStore {
     db: Arc<Db>,
+    read_budget: Duration,
 }
 
 pub(crate) struct Db {
     writer: Mutex<Connection>,
-    readers: Vec<Mutex<Connection>>,
-    next_reader: AtomicUsize,
+    /// Reader connections not in use; a holder of a `free_readers` permit always finds one.
+    readers: Mutex<Vec<Connection>>,
+    free_readers: Arc<Semaphore>,
+    heavy_readers: Arc<Semaphore>,
+}
+
+/// A reader taken from the pool; it goes back when dropped, even when the read panicked.
+struct Lease {
+    db: Arc<Db>,
+    conn: Option<Connection>,
+    _permit: OwnedSemaphorePermit,
+}
+
+impl std::ops::Deref for Lease {
+    type Target = Connection;
+
+    fn deref(&self) -> &Connection {
+        self.conn
+            .as_ref()
+            .unwrap_or_else(|| unreachable!("a lease holds its connection until dropped"))
+    }
+}
+
+impl Drop for Lease {
+    fn drop(&mut self) {
+        if let Some(conn) = self.conn.take() {
+            self.db.readers.lock().push(conn);
+        }
+    }
+}
+
+/// One more in a gauge while alive.
+struct Counted(Gauge);
+
+impl Counted {
+    fn new(name: &'static str, kind: &'static str) -> Counted {
+        let g = gauge!(name, "kind" => kind);
+        g.increment(1.0);
+        Counted(g)
+    }
+}
+
+impl Drop for Counted {
+    fn drop(&mut self) {
+        self.0.decrement(1.0);
+    }
+}
+
+/// Sets its flag when dropped: tells a running read that its caller is gone.
+struct CancelOnDrop(Arc<AtomicBool>);
+
+impl Drop for CancelOnDrop {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::Relaxed);
+    }
 }
 
 impl Db {
@@ -49,15 +120,90 @@ impl Db {
             .map_err(|e| StoreError::Unavailable(format!("storage task failed: {e}")))?
     }
 
+    /// Takes a reader (waiting for one when all are in use).
+    async fn lease(self: &Arc<Self>, kind: &'static str) -> Result<Lease, StoreError> {
+        let waiting = Counted::new(STORE_READS_WAITING, kind);
+        let permit = self
+            .free_readers
+            .clone()
+            .acquire_owned()
+            .await
+            .map_err(|_| StoreError::Unavailable("storage is closing".into()))?;
+        drop(waiting);
+        let conn = self.readers.lock().pop().ok_or_else(|| {
+            StoreError::Permanent("reader pool is empty while a permit is held".into())
+        })?;
+        Ok(Lease {
+            db: self.clone(),
+            conn: Some(conn),
+            _permit: permit,
+        })
+    }
+
+    /// Runs a cheap read (one indexed look-up) with a reader on the blocking pool.
     pub(crate) async fn read<T, F>(self: &Arc<Self>, f: F) -> Result<T, StoreError>
     where
         T: Send + 'static,
         F: FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
     {
-        let db = self.clone();
+        let lease = self.lease("light").await?;
         tokio::task::spawn_blocking(move || {
-            let i = db.next_reader.fetch_add(1, Ordering::Relaxed) % db.readers.len();
-            f(&db.readers[i].lock())
+            let _running = Counted::new(STORE_READS_RUNNING, "light");
+            f(&lease)
+        })
+        .await
+        .map_err(|e| StoreError::Unavailable(format!("storage task failed: {e}")))?
+    }
+
+    /// Runs a scan that may take long: at most [`HEAVY_READERS`] at once, after waiting at most
+    /// `budget` for a turn (else `Unavailable`), and stopped once it has run for `budget` or
+    /// its caller has gone (then `InvalidQuery` naming the budget).
+    pub(crate) async fn read_heavy<T, F>(
+        self: &Arc<Self>,
+        budget: Duration,
+        f: F,
+    ) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
+    {
+        let waiting = Counted::new(STORE_READS_WAITING, "heavy");
+        let turn = tokio::time::timeout(budget, self.heavy_readers.clone().acquire_owned()).await;
+        drop(waiting);
+        let Ok(Ok(turn)) = turn else {
+            counter!(API_REQUESTS_REFUSED, "reason" => "busy").increment(1);
+            return Err(StoreError::Unavailable(format!(
+                "storage is busy: {HEAVY_READERS} range reads are running and this one waited \
+                 {budget:?} for its turn; try again"
+            )));
+        };
+        let lease = self.lease("heavy").await?;
+        let cancelled = Arc::new(AtomicBool::new(false));
+        let _cancel = CancelOnDrop(cancelled.clone());
+        tokio::task::spawn_blocking(move || {
+            let _turn = turn;
+            let _running = Counted::new(STORE_READS_RUNNING, "heavy");
+            let deadline = Instant::now() + budget;
+            let stopped = Arc::new(AtomicBool::new(false));
+            let stop = stopped.clone();
+            lease.progress_handler(
+                BUDGET_CHECK_STEPS,
+                Some(move || {
+                    let over = cancelled.load(Ordering::Relaxed) || Instant::now() >= deadline;
+                    stop.store(over, Ordering::Relaxed);
+                    over
+                }),
+            );
+            let result = f(&lease);
+            lease.progress_handler(0, None::<fn() -> bool>);
+            if stopped.load(Ordering::Relaxed) {
+                counter!(API_REQUESTS_REFUSED, "reason" => "time_budget").increment(1);
+                return Err(StoreError::InvalidQuery(format!(
+                    "the read was stopped at its time budget of {budget:?}: ask for fewer \
+                     keys, a shorter range or a larger interval"
+                )));
+            }
+            result
         })
         .await
         .map_err(|e| StoreError::Unavailable(format!("storage task failed: {e}")))?
@@ -90,17 +236,33 @@ impl EmbeddedStore {
                     &path,
                     OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
                 )?;
-                c.busy_timeout(std::time::Duration::from_secs(5))?;
-                Ok(Mutex::new(c))
+                c.busy_timeout(Duration::from_secs(5))?;
+                Ok(c)
             })
             .collect::<rusqlite::Result<Vec<_>>>()?;
         let db = Arc::new(Db {
             writer: Mutex::new(writer),
-            readers,
-            next_reader: AtomicUsize::new(0),
+            readers: Mutex::new(readers),
+            free_readers: Arc::new(Semaphore::new(READERS)),
+            heavy_readers: Arc::new(Semaphore::new(HEAVY_READERS)),
         });
         let registry = registry::load(db.clone())?;
-        Ok((EmbeddedStore { db }, registry))
+        Ok((
+            EmbeddedStore {
+                db,
+                read_budget: DEFAULT_READ_BUDGET,
+            },
+            registry,
+        ))
+    }
+
+    /// Sets how long one range read may wait for its turn and then run (`api.query_timeout`).
+    #[must_use]
+    pub fn with_read_budget(self, budget: Duration) -> EmbeddedStore {
+        EmbeddedStore {
+            read_budget: budget,
+            ..self
+        }
     }
 
     /// Converter and integration definitions, in the same database.
@@ -114,7 +276,7 @@ impl EmbeddedStore {
 fn configure(c: &Connection) -> rusqlite::Result<()> {
     c.pragma_update(None, "journal_mode", "WAL")?;
     c.pragma_update(None, "synchronous", "NORMAL")?;
-    c.busy_timeout(std::time::Duration::from_secs(5))?;
+    c.busy_timeout(Duration::from_secs(5))?;
     Ok(())
 }
 
@@ -189,7 +351,9 @@ impl Store for EmbeddedStore {
 
     async fn range(&self, device: DeviceId, query: &RangeQuery) -> Result<RangeResult, StoreError> {
         let query = query.clone();
-        self.db.read(move |c| query::range(c, device, &query)).await
+        self.db
+            .read_heavy(self.read_budget, move |c| query::range(c, device, &query))
+            .await
     }
 
     async fn attributes(

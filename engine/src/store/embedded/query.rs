@@ -119,22 +119,40 @@ fn raw_series(
 
 /// Buckets of `interval` ms from `start_ts`, each reported at the middle of its (possibly
 /// shortened) span, as ThingsBoard does. Numbers are LONG and DOUBLE points; COUNT counts every
-/// point; SUM, MIN and MAX stay LONG when no DOUBLE took part; AVG is always DOUBLE.
+/// point; SUM, MIN and MAX stay LONG when no DOUBLE took part; AVG is always DOUBLE. A SUM of
+/// LONGs past the i64 range (SQLite's `SUM` fails with "integer overflow") is read again as a
+/// DOUBLE total.
 fn aggregated_series(
     c: &Connection,
     device: DeviceId,
     key: &str,
     q: &RangeQuery,
 ) -> Result<Vec<TsValue>, StoreError> {
-    let span = (q.end_ts - q.start_ts).max(1);
-    let interval = if q.interval <= 0 { span } else { q.interval };
+    match aggregate(c, device, key, q, "SUM") {
+        Err(StoreError::Permanent(m))
+            if q.agg == Aggregation::Sum && m.contains("integer overflow") =>
+        {
+            aggregate(c, device, key, q, "TOTAL")
+        }
+        other => other,
+    }
+}
+
+fn aggregate(
+    c: &Connection,
+    device: DeviceId,
+    key: &str,
+    q: &RangeQuery,
+    sum: &str,
+) -> Result<Vec<TsValue>, StoreError> {
+    let interval = bucket_width(q)?;
     let sql = format!(
         "SELECT (ts - ?3) / ?5 AS bucket,
                 COUNT(*),
                 SUM(type IN ({long}, {double})),
                 SUM(type = {double}),
                 AVG(CASE WHEN type IN ({long}, {double}) THEN v END),
-                SUM(CASE WHEN type IN ({long}, {double}) THEN v END),
+                {sum}(CASE WHEN type IN ({long}, {double}) THEN v END),
                 MIN(CASE WHEN type IN ({long}, {double}) THEN v END),
                 MAX(CASE WHEN type IN ({long}, {double}) THEN v END)
          FROM ts_kv WHERE device_id = ?1 AND key = ?2 AND ts >= ?3 AND ts < ?4
@@ -159,16 +177,16 @@ fn aggregated_series(
         let count: i64 = row.get(1).map_err(sql_error)?;
         let numbers: i64 = row.get(2).map_err(sql_error)?;
         let doubles: i64 = row.get(3).map_err(sql_error)?;
-        let start = q.start_ts + bucket * interval;
-        let end = (start + interval).min(q.end_ts);
-        let ts = start + (end - start) / 2;
+        let ts = bucket_middle(q, bucket, interval)?;
         let number = |i: usize| -> Result<KvValue, StoreError> {
             let v: Value = row.get(i).map_err(sql_error)?;
             #[allow(clippy::cast_possible_truncation, clippy::cast_precision_loss)]
             Ok(match v {
                 Value::Integer(l) if doubles == 0 => KvValue::Long(l),
                 Value::Integer(l) => KvValue::Double(l as f64),
-                Value::Real(d) if doubles == 0 && d.fract() == 0.0 => KvValue::Long(d as i64),
+                Value::Real(d) if doubles == 0 && d.fract() == 0.0 && fits_i64(d) => {
+                    KvValue::Long(d as i64)
+                }
                 Value::Real(d) => KvValue::Double(d),
                 _ => KvValue::Long(0),
             })
@@ -185,6 +203,39 @@ fn aggregated_series(
         out.push(TsValue { ts, value });
     }
     Ok(out)
+}
+
+/// Whether a whole double converts to an i64 without saturating.
+#[allow(clippy::cast_precision_loss)]
+fn fits_i64(d: f64) -> bool {
+    (i64::MIN as f64..i64::MAX as f64).contains(&d)
+}
+
+/// The width of the buckets: `interval`, or the whole range when it is 0. The range's span must
+/// fit in an i64, so that `ts - start_ts` never overflows in SQL either.
+fn bucket_width(q: &RangeQuery) -> Result<i64, StoreError> {
+    let span = q.end_ts.checked_sub(q.start_ts).ok_or_else(|| {
+        StoreError::InvalidQuery(format!(
+            "Invalid time range: endTs - startTs ({} - {}) does not fit in 64 bits",
+            q.end_ts, q.start_ts
+        ))
+    })?;
+    Ok(if q.interval <= 0 {
+        span.max(1)
+    } else {
+        q.interval
+    })
+}
+
+/// The middle of bucket `bucket` (the `bucket`-th `interval` from `start_ts`), its end cut at
+/// `end_ts`, as ThingsBoard reports it; without overflow at the ends of the i64 range.
+fn bucket_middle(q: &RangeQuery, bucket: i64, interval: i64) -> Result<i64, StoreError> {
+    let start = bucket
+        .checked_mul(interval)
+        .and_then(|offset| q.start_ts.checked_add(offset))
+        .ok_or_else(|| StoreError::Permanent(format!("bucket {bucket} is out of range")))?;
+    let end = start.saturating_add(interval).min(q.end_ts);
+    Ok(start + (end - start) / 2)
 }
 
 pub(super) fn attributes(
