@@ -189,6 +189,29 @@ impl Raw {
         self
     }
 
+    /// Makes it non-confirmable.
+    pub fn non(self) -> Raw {
+        Raw { kind: NON, ..self }
+    }
+
+    /// Sets the code byte (class << 5 | detail).
+    pub fn code(self, code: u8) -> Raw {
+        Raw { code, ..self }
+    }
+
+    /// Sets the version bits.
+    pub fn version(self, version: u8) -> Raw {
+        Raw { version, ..self }
+    }
+
+    /// A payload marker with nothing after it (a format error).
+    pub fn marker_only(self) -> Raw {
+        Raw {
+            payload: Some(Vec::new()),
+            ..self
+        }
+    }
+
     pub fn encode(&self) -> Vec<u8> {
         let mut out = vec![
             (self.version << 6) | (self.kind << 4) | (self.token.len() as u8 & 0x0f),

@@ -189,10 +189,7 @@ async fn protocol_deviations_get_the_answers_rfc_7252_asks_for() -> Result<()> {
     for version in [0, 2, 3] {
         silent(
             &client,
-            &Raw {
-                version,
-                ..ok(0x0200 + u16::from(version) * 2)
-            },
+            &ok(0x0200 + u16::from(version) * 2).version(version),
         )
         .await?;
     }
@@ -201,52 +198,15 @@ async fn protocol_deviations_get_the_answers_rfc_7252_asks_for() -> Result<()> {
     silent(&client, &Raw::empty(ACK, 0x0302)).await?;
     silent(&client, &Raw::empty(RST, 0x0304)).await?;
 
-    // An unknown method code is 4.05 (§5.8), piggybacked or non-confirmable.
-    check(
-        &client,
-        &Raw {
-            code: 0x1f,
-            ..ok(0x0400)
-        },
-        ACK,
-        "4.05",
-    )
-    .await?;
-    check(
-        &client,
-        &Raw {
-            code: 0x08,
-            ..ok(0x0401)
-        },
-        ACK,
-        "4.05",
-    )
-    .await?;
-    check(
-        &client,
-        &Raw {
-            kind: NON,
-            code: 0x1f,
-            ..ok(0x0402)
-        },
-        NON,
-        "4.05",
-    )
-    .await?;
-    // GET is a known method the endpoint does not allow: 4.05 too.
-    check(
-        &client,
-        &Raw {
-            code: 0x01,
-            ..ok(0x0403)
-        },
-        ACK,
-        "4.05",
-    )
-    .await?;
+    // An unknown method code is 4.05 (§5.8), piggybacked or non-confirmable; so is GET, a
+    // known method the endpoint does not allow.
+    check(&client, &ok(0x0400).code(0x1f), ACK, "4.05").await?;
+    check(&client, &ok(0x0401).code(0x08), ACK, "4.05").await?;
+    check(&client, &ok(0x0402).code(0x1f).non(), NON, "4.05").await?;
+    check(&client, &ok(0x0403).code(0x01), ACK, "4.05").await?;
 
-    // A confirmable message carrying a response code, or a reserved class, is rejected with a
-    // Reset (§4.2); a non-confirmable one is ignored (§4.3).
+    // A confirmable message carrying a response code (2.05, 4.04, 5.00) or a reserved class
+    // (1.00, 7.00) is rejected with a Reset (§4.2); a non-confirmable one is ignored (§4.3).
     for (mid, code) in [
         (0x0500, 0x45),
         (0x0501, 0x84),
@@ -254,51 +214,35 @@ async fn protocol_deviations_get_the_answers_rfc_7252_asks_for() -> Result<()> {
         (0x0503, 0x20),
         (0x0504, 0xe0),
     ] {
-        check(&client, &Raw { code, ..ok(mid) }, RST, "0.00").await?;
+        check(&client, &ok(mid).code(code), RST, "0.00").await?;
     }
-    silent(
-        &client,
-        &Raw {
-            kind: NON,
-            code: 0x45,
-            ..ok(0x0510)
-        },
-    )
-    .await?;
+    silent(&client, &ok(0x0510).code(0x45).non()).await?;
 
     // Message format errors in a confirmable message: Reset (§4.2). A payload marker followed by
     // nothing (§3), an Empty message with a token or bytes after the header (§4.1), a token
     // length of 9, a reserved option delta of 15.
-    let marker_only = Raw {
-        payload: Some(Vec::new()),
-        ..ok(0x0600)
-    };
-    check(&client, &marker_only, RST, "0.00").await?;
+    check(&client, &ok(0x0600).marker_only(), RST, "0.00").await?;
     let ping_with_token = Raw {
         token: vec![1, 2],
         ..Raw::empty(CON, 0x0601)
     };
     check(&client, &ping_with_token, RST, "0.00").await?;
-    client.send(&[0x40, 0x00, 0x06, 0x02, 0xff, 0x01]).await?;
-    let reset = Head::of(&client.recv_raw(WAIT).await?.context("empty with payload")?)?;
-    ensure!(
-        reset.kind == RST && reset.code == "0.00" && reset.message_id == 0x0602,
-        "{reset:?}"
-    );
-    client
-        .send(&[0x49, 0x02, 0x06, 0x03, 1, 2, 3, 4, 5, 6, 7, 8, 9])
-        .await?;
-    let reset = Head::of(&client.recv_raw(WAIT).await?.context("token length 9")?)?;
-    ensure!(
-        reset.kind == RST && reset.code == "0.00" && reset.message_id == 0x0603,
-        "{reset:?}"
-    );
-    client.send(&[0x40, 0x02, 0x06, 0x04, 0xf1, 0x00]).await?;
-    let reset = Head::of(&client.recv_raw(WAIT).await?.context("option delta 15")?)?;
-    ensure!(
-        reset.kind == RST && reset.code == "0.00" && reset.message_id == 0x0604,
-        "{reset:?}"
-    );
+    for datagram in [
+        &[0x40, 0x00, 0x06, 0x02, 0xff, 0x01][..],
+        &[0x49, 0x02, 0x06, 0x03, 1, 2, 3, 4, 5, 6, 7, 8, 9],
+        &[0x40, 0x02, 0x06, 0x04, 0xf1, 0x00],
+    ] {
+        client.send(datagram).await?;
+        let answer = client.recv_raw(WAIT).await?;
+        let reset = Head::of(&answer.with_context(|| format!("no answer to {datagram:02x?}"))?)?;
+        let expected = Head {
+            kind: RST,
+            code: "0.00".into(),
+            message_id: u16::from_be_bytes([datagram[2], datagram[3]]),
+            token: Vec::new(),
+        };
+        ensure!(reset == expected, "{reset:?} to {datagram:02x?}");
+    }
     // Shorter than a header: nothing to answer to.
     client.send(&[0x40, 0x02, 0x06]).await?;
     silent(&client, &Raw::empty(NON, 0x0606)).await?;
@@ -323,14 +267,7 @@ async fn protocol_deviations_get_the_answers_rfc_7252_asks_for() -> Result<()> {
     let twice = ok(0x0720).with(URI_HOST, b"a").with(URI_HOST, b"b");
     check(&client, &twice, ACK, "4.02").await?;
     // In a non-confirmable request the message is rejected: no answer (§4.3).
-    silent(
-        &client,
-        &Raw {
-            kind: NON,
-            ..ok(0x0730).with(9, b"\x01")
-        },
-    )
-    .await?;
+    silent(&client, &ok(0x0730).with(9, b"\x01").non()).await?;
     // Proxy-Uri: this endpoint is no proxy (§5.7.2).
     check(
         &client,
@@ -351,11 +288,7 @@ async fn protocol_deviations_get_the_answers_rfc_7252_asks_for() -> Result<()> {
     )
     .await?;
     check(&client, &ok(0x0802).with(12, &[0, 0, 50]), ACK, "2.04").await?;
-    let non = Raw {
-        kind: NON,
-        ..ok(0x0803)
-    };
-    check(&client, &non, NON, "2.04").await?;
+    check(&client, &ok(0x0803).non(), NON, "2.04").await?;
 
     still_serving(&s.engine).await?;
     let device = s
@@ -397,10 +330,7 @@ async fn a_converter_error_too_long_for_a_datagram_is_answered_truncated() -> Re
     let again = answer_bytes(&client, &raw).await?;
     ensure!(again == answer, "the retransmission is answered alike");
     // Non-confirmable: the same answer as a non-confirmable response.
-    let non = Raw {
-        kind: NON,
-        ..Raw::post(&s.path, long.as_bytes(), 0x0901)
-    };
+    let non = Raw::post(&s.path, long.as_bytes(), 0x0901).non();
     let answer = check(&client, &non, NON, "4.00").await?;
     ensure!(answer.len() <= 1152);
     std::str::from_utf8(payload(&answer)?).context("the diagnostic is UTF-8")?;
@@ -518,16 +448,8 @@ impl Junk {
             )
             .with(BLOCK1, &block(0, true, 6))
             .encode(),
-            3 => Raw {
-                version: 2,
-                ..Raw::post("i/x", &self.bytes(n), mid)
-            }
-            .encode(),
-            4 => Raw {
-                code: 0x1f,
-                ..Raw::post("i/x", b"", mid)
-            }
-            .encode(),
+            3 => Raw::post("i/x", &self.bytes(n), mid).version(2).encode(),
+            4 => Raw::post("i/x", b"", mid).code(0x1f).encode(),
             _ => Raw::post("i/x", b"", mid)
                 .with(URI_HOST, &self.bytes(300))
                 .encode(),

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use actors::integration::UplinkError;
 use actors::metrics::{COAP_DROPPED, COAP_DUPLICATES, COAP_REFUSED};
-use coap_lite::{CoapOption, ContentFormat, Packet, ResponseType};
+use coap_lite::{CoapOption, Packet, ResponseType};
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 use metrics::counter;
 use tracing::{debug, warn};
@@ -21,6 +21,7 @@ use tracing::{debug, warn};
 use super::block::{Block, BlockError, Blocks, uint};
 use super::exchange::{ExchangeKey, Exchanges, Seen};
 use super::message::{self, Answer, Head, Incoming, OptionError};
+use super::metadata::metadata;
 use crate::config::{CoapConfig, IntegrationsConfig};
 
 /// The bounds the endpoint works within.
@@ -256,7 +257,7 @@ impl Core {
                 Err(answer) => return self.cached(key, &head, answer),
             },
         };
-        let metadata = self.metadata(&packet, &path);
+        let metadata = metadata(&packet, &path, self.local);
         Step::Uplink(Uplink {
             routing_key,
             payload,
@@ -328,38 +329,6 @@ impl Core {
                 Err(too_large(limit))
             }
         }
-    }
-
-    /// What the converter sees besides the integration's own metadata.
-    fn metadata(&self, packet: &Packet, path: &[String]) -> BTreeMap<String, String> {
-        let mut m = BTreeMap::new();
-        if let Some(format) = packet.get_first_option(CoapOption::ContentFormat) {
-            let number = format
-                .iter()
-                .fold(0usize, |v, b| (v << 8) | usize::from(*b));
-            m.insert("Option:content-format".into(), content_format_name(number));
-        }
-        let host = packet
-            .get_first_option(CoapOption::UriHost)
-            .map(|h| String::from_utf8_lossy(h).into_owned())
-            .unwrap_or_else(|| self.local.ip().to_string());
-        let port = packet
-            .get_first_option(CoapOption::UriPort)
-            .map(|p| p.iter().fold(0u32, |v, b| (v << 8) | u32::from(*b)))
-            .unwrap_or(u32::from(self.local.port()));
-        let mut uri = format!("coap://{host}:{port}/{}", path.join("/"));
-        if let Some(query) = joined(packet, CoapOption::UriQuery, "&") {
-            uri.push('?');
-            uri.push_str(&query);
-        }
-        m.insert("Option:uri".into(), uri);
-        if let Some(p) = joined(packet, CoapOption::LocationPath, "/") {
-            m.insert("Option:location-path".into(), p);
-        }
-        if let Some(q) = joined(packet, CoapOption::LocationQuery, "&") {
-            m.insert("Option:location-query".into(), q);
-        }
-        m
     }
 
     fn error_answer(&self, e: &UplinkError) -> Answer {
@@ -451,33 +420,6 @@ pub fn answer(datagram: &[u8]) -> Option<Vec<u8>> {
     }
 }
 
-fn joined(packet: &Packet, option: CoapOption, separator: &str) -> Option<String> {
-    let values = packet.get_option(option)?;
-    let parts: Vec<String> = values
-        .iter()
-        .map(|v| String::from_utf8_lossy(v).into_owned())
-        .collect();
-    (!parts.is_empty()).then(|| parts.join(separator))
-}
-
-/// The media type of a Content-Format number, as ThingsBoard shows it; the number itself when
-/// it is not a common one.
-fn content_format_name(number: usize) -> String {
-    let name = match ContentFormat::try_from(number) {
-        Ok(ContentFormat::TextPlain) => "text/plain",
-        Ok(ContentFormat::ApplicationLinkFormat) => "application/link-format",
-        Ok(ContentFormat::ApplicationXML) => "application/xml",
-        Ok(ContentFormat::ApplicationOctetStream) => "application/octet-stream",
-        Ok(ContentFormat::ApplicationEXI) => "application/exi",
-        Ok(ContentFormat::ApplicationJSON) => "application/json",
-        Ok(ContentFormat::ApplicationCBOR) => "application/cbor",
-        Ok(ContentFormat::ApplicationSenmlJSON) => "application/senml+json",
-        Ok(ContentFormat::ApplicationSenmlCBOR) => "application/senml+cbor",
-        _ => return number.to_string(),
-    };
-    name.to_owned()
-}
-
 #[cfg(test)]
 mod tests {
     use harness::coap::{ACK, BLOCK1, CON, NON, RST, Raw, SIZE1, URI_HOST, block};
@@ -533,100 +475,29 @@ mod tests {
         let mut c = core();
         let cases: Vec<(Raw, &str)> = vec![
             (post(1), "uplink key 1"),
-            (
-                Raw {
-                    kind: NON,
-                    ..post(2)
-                },
-                "uplink key 1",
-            ),
+            (post(2).non(), "uplink key 1"),
             (Raw::empty(CON, 3), "RST 0.00 #3 []"),
             (Raw::empty(NON, 4), "-"),
             (Raw::empty(ACK, 5), "-"),
             (Raw::empty(RST, 6), "-"),
-            (
-                Raw {
-                    version: 0,
-                    ..post(7)
-                },
-                "-",
-            ),
-            (
-                Raw {
-                    version: 2,
-                    ..post(8)
-                },
-                "-",
-            ),
-            (
-                Raw {
-                    code: 0x1f,
-                    ..post(9)
-                },
-                "ACK 4.05 #9 [00, 09]",
-            ),
-            (
-                Raw {
-                    code: 0x01,
-                    ..post(10)
-                },
-                "ACK 4.05 #10 [00, 0a]",
-            ),
-            (
-                Raw {
-                    kind: NON,
-                    code: 0x1f,
-                    ..post(11)
-                },
-                "NON 4.05 [00, 0b]",
-            ),
-            (
-                Raw {
-                    code: 0x45,
-                    ..post(12)
-                },
-                "RST 0.00 #12 []",
-            ),
-            (
-                Raw {
-                    code: 0xe0,
-                    ..post(13)
-                },
-                "RST 0.00 #13 []",
-            ),
-            (
-                Raw {
-                    kind: NON,
-                    code: 0x45,
-                    ..post(14)
-                },
-                "-",
-            ),
-            (
-                Raw {
-                    payload: Some(vec![]),
-                    ..post(15)
-                },
-                "RST 0.00 #15 []",
-            ),
+            (post(7).version(0), "-"),
+            (post(8).version(2), "-"),
+            (post(9).code(0x1f), "ACK 4.05 #9 [00, 09]"),
+            (post(10).code(0x01), "ACK 4.05 #10 [00, 0a]"),
+            (post(11).code(0x1f).non(), "NON 4.05 [00, 0b]"),
+            (post(12).code(0x45), "RST 0.00 #12 []"),
+            (post(13).code(0xe0), "RST 0.00 #13 []"),
+            (post(14).code(0x45).non(), "-"),
+            (post(15).marker_only(), "RST 0.00 #15 []"),
             (post(16).with(9, b"\x01"), "ACK 4.02 #16 [00, 10]"),
             (
                 post(17).with(URI_HOST, &[b'h'; 300]),
                 "ACK 4.02 #17 [00, 11]",
             ),
-            (
-                Raw {
-                    kind: NON,
-                    ..post(18).with(9, b"")
-                },
-                "-",
-            ),
+            (post(18).with(9, b"").non(), "-"),
             (post(19).with(35, b"coap://x/"), "ACK 5.05 #19 [00, 13]"),
             (Raw::post("no/key", b"x", 20), "ACK 4.04 #20 [00, 14]"),
-            (
-                Raw::post("i/key", b"x", 21).with(65_000, b""),
-                "uplink key 1",
-            ),
+            (post(21).with(65_000, b""), "uplink key 1"),
         ];
         for (raw, expected) in &cases {
             check(&mut c, raw, expected);
@@ -677,11 +548,7 @@ mod tests {
         let p = Packet::from_bytes(&bytes).expect("decodes");
         assert_eq!(p.header.get_code(), "5.03");
         assert_eq!(p.get_first_option(CoapOption::MaxAge), Some(&vec![2]));
-        let non = Raw {
-            kind: NON,
-            ..post(2)
-        }
-        .encode();
+        let non = post(2).non().encode();
         assert!(matches!(
             c.datagram(&non, peer(), Instant::now(), false),
             Step::Silent
@@ -718,14 +585,6 @@ mod tests {
             &up(6, true, 0, &[0; 16], 16),
             "ACK 4.13 #16 [00, 10]",
         );
-    }
-
-    #[test]
-    fn content_formats_have_their_media_type_names() {
-        assert_eq!(content_format_name(0), "text/plain");
-        assert_eq!(content_format_name(50), "application/json");
-        assert_eq!(content_format_name(42), "application/octet-stream");
-        assert_eq!(content_format_name(65_000), "65000");
     }
 
     /// Junk derived from well-formed requests by flipping, cutting and repeating bytes: no

@@ -17,14 +17,15 @@
 //!   bounded in number, per peer and in bytes.
 //! - Plain CoAP only: there is no DTLS endpoint.
 //!
-//! `message` reads and writes datagrams, `exchange` and `block` hold the endpoint's bounded
-//! state, `decide` makes every decision without a socket; this file only moves datagrams between
+//! `message` reads and writes datagrams, `metadata` names a request's options for its converter,
+//! `exchange` and `block` hold the endpoint's bounded state, `decide` makes every decision without a socket; this file only moves datagrams between
 //! the socket, the core and the integrations.
 
 mod block;
 pub mod decide;
 mod exchange;
 pub mod message;
+mod metadata;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
