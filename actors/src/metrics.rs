@@ -45,8 +45,99 @@ pub const INTEGRATION_CONVERSION_SECONDS: &str = "engine_integration_conversion_
 pub const INTEGRATION_UNKNOWN_KEY: &str = "engine_integration_unknown_key_total";
 pub const DEVICES_CREATED: &str = "engine_integration_devices_created_total";
 pub const CONVERTER_POOL_QUEUED: &str = "engine_converter_pool_queued_jobs";
+
+// ---- CoAP endpoint (engine/src/transport/coap) ------------------------------------------------
+// Every datagram a peer sends ends in one of: an uplink (the integration metrics), a duplicate,
+// dropped without an answer, or refused by the endpoint itself with an answer.
+
+/// Datagrams dropped without an answer, by reason (`COAP_DROP_REASONS`).
 pub const COAP_DROPPED: &str = "engine_coap_dropped_total";
+/// Retransmitted requests answered from the exchange cache (or ignored while running).
 pub const COAP_DUPLICATES: &str = "engine_coap_duplicates_total";
+/// Requests the endpoint answered with an error (or a Reset) before any integration, by reason
+/// (`COAP_REFUSE_REASONS`).
+pub const COAP_REFUSED: &str = "engine_coap_refused_total";
+/// State dropped before its time to stay within a bound, by `what` (`exchange`,
+/// `block_transfer`).
+pub const COAP_EVICTED: &str = "engine_coap_evicted_total";
+/// Exchanges kept for retransmissions now.
+pub const COAP_EXCHANGES: &str = "engine_coap_exchanges";
+/// Bytes charged to Block1 uploads being assembled now.
+pub const COAP_BLOCK_BYTES: &str = "engine_coap_block_bytes";
+
+/// Every `reason` of `engine_coap_dropped_total`: `malformed` (not CoAP, or a non-confirmable
+/// message with a format error), `version` (not version 1), `unexpected` (an acknowledgement,
+/// reset or non-confirmable Empty message), `response` and `reserved_code` (non-confirmable),
+/// `bad_option` (a non-confirmable request with a bad critical option), `overloaded`.
+pub const COAP_DROP_REASONS: &[&str] = &[
+    "malformed",
+    "version",
+    "unexpected",
+    "response",
+    "reserved_code",
+    "bad_option",
+    "overloaded",
+];
+
+/// Every `reason` of `engine_coap_refused_total`: a Reset for `malformed`, `response` and
+/// `reserved_code` confirmable messages; 4.02 `bad_option`, 5.05 `proxy`, 4.05 `method`, 4.04
+/// `path`, 4.00 `bad_block` (SZX 7), 4.08 `block_incomplete`, 4.13 `too_large`, 5.00
+/// `internal_error`.
+pub const COAP_REFUSE_REASONS: &[&str] = &[
+    "malformed",
+    "response",
+    "reserved_code",
+    "bad_option",
+    "proxy",
+    "method",
+    "path",
+    "bad_block",
+    "block_incomplete",
+    "too_large",
+    "internal_error",
+];
+
+fn describe_coap() {
+    describe_counter!(
+        COAP_DROPPED,
+        "CoAP datagrams dropped without an answer, by reason"
+    );
+    describe_counter!(
+        COAP_DUPLICATES,
+        "Retransmitted confirmable CoAP requests answered from the exchange cache"
+    );
+    describe_counter!(
+        COAP_REFUSED,
+        "CoAP requests refused by the endpoint before any integration, by reason"
+    );
+    describe_counter!(
+        COAP_EVICTED,
+        "CoAP exchanges and Block1 uploads dropped early to stay within their bounds, by what"
+    );
+    describe_gauge!(COAP_EXCHANGES, "CoAP exchanges kept for retransmissions");
+    describe_gauge!(
+        COAP_BLOCK_BYTES,
+        Unit::Bytes,
+        "Bytes of CoAP Block1 uploads being assembled"
+    );
+}
+
+fn register_zero_coap() {
+    use metrics::{counter, gauge};
+    for &reason in COAP_DROP_REASONS {
+        counter!(COAP_DROPPED, "reason" => reason).increment(0);
+    }
+    for &reason in COAP_REFUSE_REASONS {
+        counter!(COAP_REFUSED, "reason" => reason).increment(0);
+    }
+    for what in ["exchange", "block_transfer"] {
+        counter!(COAP_EVICTED, "what" => what).increment(0);
+    }
+    counter!(COAP_DUPLICATES).increment(0);
+    gauge!(COAP_EXCHANGES).increment(0.0);
+    gauge!(COAP_BLOCK_BYTES).increment(0.0);
+}
+// ---- end of CoAP endpoint ---------------------------------------------------------------------
 
 // --- REST API authentication (engine/src/auth.rs) ---
 /// Login attempts by `outcome` (`AUTH_LOGIN_OUTCOMES`): every refusal of a login limit is one.
@@ -324,14 +415,6 @@ pub fn describe() {
         CONVERTER_POOL_QUEUED,
         "Converter jobs waiting for a worker thread"
     );
-    describe_counter!(
-        COAP_DROPPED,
-        "CoAP datagrams dropped without an answer, by reason"
-    );
-    describe_counter!(
-        COAP_DUPLICATES,
-        "Retransmitted confirmable CoAP requests answered from the exchange cache"
-    );
     // REST API authentication
     describe_counter!(
         AUTH_LOGINS,
@@ -356,6 +439,7 @@ pub fn describe() {
         "Logged-out sessions remembered until their tokens expire"
     );
     describe_http();
+    describe_coap();
 }
 
 /// Every `reason` of `engine_integration_errors_total`.
@@ -425,10 +509,6 @@ pub fn register_zero() {
     for kind in ["COAP", "HTTP"] {
         counter!(INTEGRATION_UNKNOWN_KEY, "type" => kind).increment(0);
     }
-    for reason in ["malformed", "overloaded"] {
-        counter!(COAP_DROPPED, "reason" => reason).increment(0);
-    }
-    counter!(COAP_DUPLICATES).increment(0);
     // REST API authentication
     for &outcome in AUTH_LOGIN_OUTCOMES {
         counter!(AUTH_LOGINS, "outcome" => outcome).increment(0);
@@ -442,6 +522,7 @@ pub fn register_zero() {
     counter!(AUTH_LOGOUTS).increment(0);
     metrics::gauge!(AUTH_LOGIN_QUEUE).increment(0.0);
     metrics::gauge!(AUTH_REVOKED_SESSIONS).increment(0.0);
+    register_zero_coap();
     metrics::gauge!(CONVERTER_POOL_QUEUED).increment(0.0);
     metrics::gauge!(QUEUE_IN_FLIGHT).increment(0.0);
     metrics::histogram!(QUEUE_PRODUCE_LATENCY).record(0.0);

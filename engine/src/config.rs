@@ -52,10 +52,27 @@ pub struct CoapConfig {
     /// EXCHANGE_LIFETIME is 247 s).
     #[serde(with = "humantime_serde")]
     pub exchange_lifetime: Duration,
-    /// Answers kept for retransmissions at most; the oldest go first.
+    /// Answers kept for retransmissions at most; the oldest go first (counted in
+    /// `engine_coap_evicted_total{what="exchange"}`: a retransmission of a forgotten request is
+    /// processed again).
     pub max_exchanges: usize,
-    /// Block-wise (Block1) uploads being assembled at once at most; the oldest go first.
+    /// Memory the kept answers may take at most (answers of at most 1152 bytes plus about 200
+    /// bytes of bookkeeping each); the oldest go first, counted as above.
+    pub max_exchange_bytes: ByteSize,
+    /// Block-wise (Block1) uploads being assembled at once at most; the oldest go first
+    /// (counted in `engine_coap_evicted_total{what="block_transfer"}`; its next block is
+    /// answered 4.08).
     pub max_block_transfers: usize,
+    /// Block-wise uploads one peer (address and port) may have open at once; past it the
+    /// peer's own oldest goes first.
+    pub max_block_transfers_per_peer: usize,
+    /// Memory the uploads being assembled may take at most; past it the oldest go first. No
+    /// single upload may take more (4.13 with `Size1`).
+    pub max_block_bytes: ByteSize,
+    /// Log lines a second that CoAP peers may cause at most (malformed datagrams, refusals);
+    /// the rest are only counted in `engine_coap_dropped_total` and `engine_coap_refused_total`.
+    /// 0 writes none.
+    pub peer_log_lines_per_second: u32,
 }
 
 #[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
@@ -431,7 +448,11 @@ impl Default for CoapConfig {
             overload_max_age: Duration::from_secs(2),
             exchange_lifetime: Duration::from_secs(247),
             max_exchanges: 100_000,
+            max_exchange_bytes: ByteSize::mib(32),
             max_block_transfers: 1024,
+            max_block_transfers_per_peer: 8,
+            max_block_bytes: ByteSize::mib(16),
+            peer_log_lines_per_second: 10,
         }
     }
 }
@@ -738,6 +759,12 @@ impl Config {
         ensure!(
             self.coap.max_in_flight > 0,
             "coap.max_in_flight must be at least 1"
+        );
+        ensure!(
+            self.coap.max_exchanges > 0
+                && self.coap.max_block_transfers > 0
+                && self.coap.max_block_transfers_per_peer > 0,
+            "coap.max_exchanges, max_block_transfers and max_block_transfers_per_peer must be at least 1"
         );
         ensure!(
             self.integrations.queue_capacity > 0

@@ -122,3 +122,190 @@ impl RawClient {
 pub fn code(p: &Packet) -> String {
     p.header.get_code()
 }
+
+/// A CoAP message written byte by byte (RFC 7252 §3), so that a test can write what no codec
+/// would: another version, a reserved code, a payload marker with nothing after it, options of
+/// any number and length.
+#[derive(Clone)]
+pub struct Raw {
+    /// Version bits (1 is the only version there is).
+    pub version: u8,
+    /// 0 confirmable, 1 non-confirmable, 2 acknowledgement, 3 reset.
+    pub kind: u8,
+    /// Class and detail in one byte: `0x02` is 0.02 POST, `0x45` is 2.05.
+    pub code: u8,
+    pub message_id: u16,
+    pub token: Vec<u8>,
+    /// (number, value), written in this order (sort them for a well-formed message).
+    pub options: Vec<(u16, Vec<u8>)>,
+    /// `None`: no payload marker; `Some(empty)`: a marker with nothing after it.
+    pub payload: Option<Vec<u8>>,
+}
+
+pub const CON: u8 = 0;
+pub const NON: u8 = 1;
+pub const ACK: u8 = 2;
+pub const RST: u8 = 3;
+pub const URI_HOST: u16 = 3;
+pub const URI_PATH: u16 = 11;
+pub const BLOCK1: u16 = 27;
+pub const SIZE1: u16 = 60;
+
+impl Raw {
+    /// A confirmable POST of `payload` to `path`, token = the message id's bytes.
+    pub fn post(path: &str, payload: &[u8], message_id: u16) -> Raw {
+        Raw {
+            version: 1,
+            kind: CON,
+            code: 0x02,
+            message_id,
+            token: message_id.to_be_bytes().to_vec(),
+            options: path
+                .split('/')
+                .filter(|s| !s.is_empty())
+                .map(|s| (URI_PATH, s.as_bytes().to_vec()))
+                .collect(),
+            payload: (!payload.is_empty()).then(|| payload.to_vec()),
+        }
+    }
+
+    /// An empty message (code 0.00, no token): a confirmable one is a CoAP ping.
+    pub fn empty(kind: u8, message_id: u16) -> Raw {
+        Raw {
+            version: 1,
+            kind,
+            code: 0,
+            message_id,
+            token: Vec::new(),
+            options: Vec::new(),
+            payload: None,
+        }
+    }
+
+    /// Adds an option and keeps the options sorted by number (stable for repeats).
+    pub fn with(mut self, number: u16, value: &[u8]) -> Raw {
+        self.options.push((number, value.to_vec()));
+        self.options.sort_by_key(|(n, _)| *n);
+        self
+    }
+
+    /// Makes it non-confirmable.
+    pub fn non(self) -> Raw {
+        Raw { kind: NON, ..self }
+    }
+
+    /// Sets the code byte (class << 5 | detail).
+    pub fn code(self, code: u8) -> Raw {
+        Raw { code, ..self }
+    }
+
+    /// Sets the version bits.
+    pub fn version(self, version: u8) -> Raw {
+        Raw { version, ..self }
+    }
+
+    /// A payload marker with nothing after it (a format error).
+    pub fn marker_only(self) -> Raw {
+        Raw {
+            payload: Some(Vec::new()),
+            ..self
+        }
+    }
+
+    pub fn encode(&self) -> Vec<u8> {
+        let mut out = vec![
+            (self.version << 6) | (self.kind << 4) | (self.token.len() as u8 & 0x0f),
+            self.code,
+        ];
+        out.extend_from_slice(&self.message_id.to_be_bytes());
+        out.extend_from_slice(&self.token);
+        let mut last = 0u16;
+        for (number, value) in &self.options {
+            let delta = number.wrapping_sub(last);
+            last = *number;
+            let (d, d_ext) = nibble(usize::from(delta));
+            let (l, l_ext) = nibble(value.len());
+            out.push((d << 4) | l);
+            out.extend_from_slice(&d_ext);
+            out.extend_from_slice(&l_ext);
+            out.extend_from_slice(value);
+        }
+        if let Some(payload) = &self.payload {
+            out.push(0xff);
+            out.extend_from_slice(payload);
+        }
+        out
+    }
+}
+
+/// Short enough for a failure message: long option values and payloads by their length.
+impl std::fmt::Debug for Raw {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let short = |v: &[u8]| {
+            if v.len() <= 16 {
+                format!("{:02x?}", v)
+            } else {
+                format!("<{} bytes>", v.len())
+            }
+        };
+        let options: Vec<String> = self
+            .options
+            .iter()
+            .map(|(n, v)| format!("{n}={}", short(v)))
+            .collect();
+        write!(
+            f,
+            "v{} type {} code {}.{:02} #{} token {:02x?} options [{}] payload {}",
+            self.version,
+            self.kind,
+            self.code >> 5,
+            self.code & 0x1f,
+            self.message_id,
+            self.token,
+            options.join(", "),
+            self.payload.as_deref().map_or("none".into(), short)
+        )
+    }
+}
+
+/// An option delta or length as its 4-bit nibble and extension bytes.
+fn nibble(v: usize) -> (u8, Vec<u8>) {
+    match v {
+        0..=12 => (v as u8, Vec::new()),
+        13..=268 => (13, vec![(v - 13) as u8]),
+        _ => (14, ((v - 269) as u16).to_be_bytes().to_vec()),
+    }
+}
+
+/// A Block1 option value: block number, more flag, size exponent (RFC 7959 §2.2).
+pub fn block(num: u32, more: bool, szx: u8) -> Vec<u8> {
+    let v = (num << 4) | (u32::from(more) << 3) | u32::from(szx);
+    let bytes = v.to_be_bytes();
+    let skip = bytes.iter().take_while(|b| **b == 0).count();
+    bytes[skip..].to_vec()
+}
+
+/// The parts of an answer a test checks: type (0-3), code as "c.dd", message id, token.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Head {
+    pub kind: u8,
+    pub code: String,
+    pub message_id: u16,
+    pub token: Vec<u8>,
+}
+
+impl Head {
+    /// Reads the header and token of a datagram, failing on anything that is not CoAP.
+    pub fn of(datagram: &[u8]) -> Result<Head> {
+        anyhow::ensure!(datagram.len() >= 4, "short datagram {datagram:?}");
+        anyhow::ensure!(datagram[0] >> 6 == 1, "version {}", datagram[0] >> 6);
+        let tkl = usize::from(datagram[0] & 0x0f);
+        anyhow::ensure!(tkl <= 8 && datagram.len() >= 4 + tkl, "token length {tkl}");
+        Ok(Head {
+            kind: (datagram[0] >> 4) & 0x3,
+            code: format!("{}.{:02}", datagram[1] >> 5, datagram[1] & 0x1f),
+            message_id: u16::from_be_bytes([datagram[2], datagram[3]]),
+            token: datagram[4..4 + tkl].to_vec(),
+        })
+    }
+}
