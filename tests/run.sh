@@ -39,6 +39,16 @@ if [ ! -x "$TANSU_BIN" ]; then
     --version "$TANSU_VERSION" --features dynostore,libsql
 fi
 
+# cargo-fuzz runs the fuzz targets (tests/fuzz) for a short fixed time below; built once into
+# the same cache.
+CARGO_FUZZ_VERSION=0.13.2
+CARGO_FUZZ="$cache/cargo-fuzz-$CARGO_FUZZ_VERSION/bin/cargo-fuzz"
+if [ ! -x "$CARGO_FUZZ" ]; then
+  echo "== installing cargo-fuzz $CARGO_FUZZ_VERSION into $cache (once)"
+  cargo install --locked --quiet --root "$cache/cargo-fuzz-$CARGO_FUZZ_VERSION" cargo-fuzz \
+    --version "$CARGO_FUZZ_VERSION"
+fi
+
 echo "== format and lints"
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --locked -- -D warnings
@@ -54,4 +64,11 @@ echo "== tests"
 # member, which then holds partitions nobody reads).
 cargo test --workspace --locked -- --skip production::
 cargo test -p tests --test e2e --locked production:: -- --test-threads=1
+echo "== fuzz targets (${FUZZ_SECONDS:=20} s each; longer by hand: tests/fuzz/README.md)"
+# Stable toolchain: RUSTC_BOOTSTRAP lets cargo-fuzz pass its nightly-only flags. No sanitizer:
+# the code has no `unsafe`; what is looked for is panics, aborts and runaway allocations.
+for target in payload_json converter_helpers coap_datagram mqtt_publish; do
+  RUSTC_BOOTSTRAP=1 "$CARGO_FUZZ" run --fuzz-dir tests/fuzz --sanitizer none "$target" -- \
+    -max_total_time="$FUZZ_SECONDS" -malloc_limit_mb=1024 -rss_limit_mb=2048 -print_final_stats=1
+done
 echo "== all tests passed"

@@ -59,7 +59,8 @@ const SUBSCRIBABLE: &[&str] = &[
     "v1/devices/me/rpc/response/+",
 ];
 
-fn uplink_of(topic: &str) -> Option<Uplink> {
+/// The uplink a device PUBLISH topic carries; `None` for a topic the device API does not take.
+pub fn uplink_of(topic: &str) -> Option<Uplink> {
     match topic {
         TELEMETRY_TOPIC => Some(Uplink::Telemetry),
         ATTRIBUTES_TOPIC => Some(Uplink::Attributes),
@@ -161,7 +162,7 @@ fn peer_log_admitted() -> bool {
 
 /// The protocol versions served.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Version {
+pub enum Version {
     V3,
     V5,
 }
@@ -177,8 +178,9 @@ const CONNACK_QUOTA_EXCEEDED_V5: [u8; 5] = [0x20, 0x03, 0x00, 0x97, 0x00];
 /// What the start of a connection's first packet says. ntex-mqtt closes a connection whose
 /// CONNECT has a protocol level it does not speak, without the CONNACK 0x01 MQTT 3.1.1
 /// §3.1.2.2 requires: the listener reads this first.
+/// What the first bytes of a connection are, read before ntex-mqtt sees them.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Opening {
+pub enum Opening {
     Mqtt(Version),
     /// A CONNECT of another protocol level (MQTT 3.1's `MQIsdp` level 3 included).
     UnsupportedLevel(u8),
@@ -200,7 +202,7 @@ fn fixed_header(buf: &[u8]) -> Option<Result<(usize, usize), ()>> {
 }
 
 /// Reads `buf` as the start of a connection; `None` until enough of it arrived.
-fn opening(buf: &[u8]) -> Option<Opening> {
+pub fn opening(buf: &[u8]) -> Option<Opening> {
     if *buf.first()? != 0x10 {
         return Some(Opening::NotMqtt);
     }

@@ -1,0 +1,16 @@
+//! The CoAP endpoint's decision on one datagram from a fresh peer (the same code the socket loop
+//! runs, without the socket): it must never panic, and every answer must fit one datagram
+//! (RFC 7252 §4.6: 1152 bytes) and echo the request's message id.
+#![no_main]
+
+use libfuzzer_sys::fuzz_target;
+
+fuzz_target!(|data: &[u8]| {
+    if let Some(answer) = engine::transport::coap::decide::answer(data) {
+        assert!(answer.len() <= 1152, "answer of {} bytes", answer.len());
+        assert!(answer.len() >= 4, "an answer without a header");
+        if data.len() >= 4 {
+            assert_eq!(answer[2..4], data[2..4], "the answer's message id differs");
+        }
+    }
+});
