@@ -33,6 +33,49 @@ pub struct Config {
     pub store: StoreConfig,
     pub coap: CoapConfig,
     pub integrations: IntegrationsConfig,
+    pub limits: LimitsConfig,
+}
+
+/// What one device or one message may hold, whatever the transport (MQTT, HTTP, CoAP and HTTP
+/// integrations). A message past a limit is refused whole and counted in
+/// `engine_messages_rejected_total{reason}`: HTTP 400, MQTT 5 PUBACK 0x97 (keys, data points)
+/// or 0x99 (key length), MQTT 3.1.1 closes the connection, integrations answer 4.00 / 400.
+#[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LimitsConfig {
+    /// Distinct time-series keys, and distinct attribute keys, one device may have; a message
+    /// bringing a new key past it is refused (`too_many_keys`), keys the device has keep
+    /// flowing. 0: no limit. Counted from the start of the process, per node; tracking costs
+    /// about 16 bytes per (device, key).
+    pub max_keys_per_device: usize,
+    /// Longest key, in characters (`key_too_long`); ThingsBoard's key column is
+    /// `varchar(255)`.
+    pub max_key_length: usize,
+    /// Most key-value entries (data points) in one message (`too_many_data_points`). A 64 KiB
+    /// payload holds at most about 10 000; a converter can make more from a small one.
+    pub max_data_points_per_message: usize,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        use actors::ingress::Limits;
+        LimitsConfig {
+            max_keys_per_device: Limits::DEFAULT_MAX_KEYS_PER_DEVICE,
+            max_key_length: Limits::DEFAULT_MAX_KEY_CHARS,
+            max_data_points_per_message: Limits::DEFAULT_MAX_DATA_POINTS_PER_MESSAGE,
+        }
+    }
+}
+
+impl LimitsConfig {
+    /// The limits every ingress of the process shares (one key count per device).
+    pub fn ingress(&self) -> actors::ingress::Limits {
+        actors::ingress::Limits::new(
+            self.max_keys_per_device,
+            self.max_key_length,
+            self.max_data_points_per_message,
+        )
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
@@ -322,6 +365,7 @@ impl Default for Config {
             store: StoreConfig::default(),
             coap: CoapConfig::default(),
             integrations: IntegrationsConfig::default(),
+            limits: LimitsConfig::default(),
         }
     }
 }
@@ -580,6 +624,10 @@ impl Config {
         ensure!(
             self.mqtt.max_payload_size.as_u64() <= 256 * 1024 * 1024,
             "mqtt.max_payload_size must be at most 256 MiB (the MQTT packet limit)"
+        );
+        ensure!(
+            self.limits.max_key_length > 0 && self.limits.max_data_points_per_message > 0,
+            "limits.max_key_length and limits.max_data_points_per_message must be at least 1"
         );
         ensure!(
             self.coap.max_in_flight > 0,
