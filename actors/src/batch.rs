@@ -1,9 +1,41 @@
 //! The write batch a sink hands to storage: the rows of many messages, flattened and with the
 //! latest value per key already reduced, so a store only encodes and sends.
+//!
+//! The last line of defence for values: one storage cannot give back (a non-finite DOUBLE,
+//! which every store reads back as `null`) is left out, counted and logged (rate-limited). The
+//! ingress refuses such values; this catches a producer that did not (an older node's record
+//! on Kafka, a future code path).
 
 use std::collections::HashMap;
+use std::sync::LazyLock;
 
-use crate::model::{AttributeScope, DeviceId, KvValue, Message, MessageBody};
+use metrics::counter;
+use tracing::warn;
+
+use crate::log_limit::LogLimit;
+use crate::metrics::SINK_VALUES_DROPPED;
+use crate::model::{AttributeScope, DeviceId, KvEntry, KvValue, Message, MessageBody};
+
+static DROPPED_LOG: LazyLock<LogLimit> =
+    LazyLock::new(|| LogLimit::new("sink_value_dropped", 1, 10));
+
+/// Whether storage can take the entry; counts and logs one it cannot.
+fn storable(message: &Message, entry: &KvEntry) -> bool {
+    if entry.value.is_storable() {
+        return true;
+    }
+    counter!(SINK_VALUES_DROPPED, "reason" => "not_finite").increment(1);
+    if let Some(suppressed) = DROPPED_LOG.check() {
+        warn!(
+            device = %message.device_id,
+            key = ?entry.key,
+            value = ?entry.value,
+            suppressed,
+            "value storage cannot give back left out of the batch"
+        );
+    }
+    false
+}
 
 #[derive(Clone, Debug, PartialEq)]
 pub struct TsRow {
@@ -42,7 +74,7 @@ impl WriteBatch {
             match &message.body {
                 MessageBody::Telemetry(records) => {
                     for record in records {
-                        for entry in &record.entries {
+                        for entry in record.entries.iter().filter(|e| storable(message, e)) {
                             let index = batch.timeseries.len();
                             match latest.get(&(message.device_id, entry.key.as_str())) {
                                 Some(&i) if batch.timeseries[batch.latest[i]].ts > record.ts => {}
@@ -65,7 +97,7 @@ impl WriteBatch {
                     }
                 }
                 MessageBody::Attributes { scope, entries } => {
-                    for entry in entries {
+                    for entry in entries.iter().filter(|e| storable(message, e)) {
                         let row = AttributeRow {
                             device_id: message.device_id,
                             scope: *scope,
@@ -144,6 +176,43 @@ mod tests {
             [("a", 5, &KvValue::Long(9)), ("b", 4, &KvValue::Long(3))]
         );
         assert_eq!(batch.data_points(), 5);
+    }
+
+    #[test]
+    fn values_storage_cannot_give_back_are_left_out() {
+        let d = DeviceId::derive(TenantId::from_name("t"), "d");
+        let t = TenantId::from_name("t");
+        let telemetry = Message {
+            tenant_id: t,
+            device_id: d,
+            received_ts: 0,
+            body: MessageBody::Telemetry(vec![TsRecord {
+                ts: 1,
+                entries: vec![
+                    KvEntry::new("inf", KvValue::Double(f64::INFINITY)),
+                    KvEntry::new("ok", KvValue::Double(1.5)),
+                    KvEntry::new("nan", KvValue::Double(f64::NAN)),
+                ],
+            }]),
+        };
+        let attributes = Message {
+            tenant_id: t,
+            device_id: d,
+            received_ts: 0,
+            body: MessageBody::Attributes {
+                scope: AttributeScope::Client,
+                entries: vec![
+                    KvEntry::new("ninf", KvValue::Double(f64::NEG_INFINITY)),
+                    KvEntry::new("fw", KvValue::Long(2)),
+                ],
+            },
+        };
+        let batch = WriteBatch::from_messages([&telemetry, &attributes]);
+        let keys: Vec<&str> = batch.timeseries.iter().map(|r| r.key.as_str()).collect();
+        assert_eq!(keys, ["ok"]);
+        assert_eq!(batch.latest().count(), 1);
+        let keys: Vec<&str> = batch.attributes.iter().map(|r| r.key.as_str()).collect();
+        assert_eq!(keys, ["fw"]);
     }
 
     #[test]

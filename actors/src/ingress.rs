@@ -1,20 +1,29 @@
 //! What every transport does with an uplink, whatever its protocol: check the size, parse and
-//! normalise the payload, and hand the message to the queue. Pure apart from the producer call,
-//! so the MQTT session actor and the HTTP device API share one implementation.
+//! normalise the payload, check the message against the limits (key length, data points per
+//! message, distinct keys per device), and hand it to the queue. Pure apart from the producer
+//! call, so the MQTT session actor, the HTTP device API and the integrations share one
+//! implementation.
 
-use std::sync::Arc;
+use std::sync::{Arc, LazyLock};
 use std::time::Instant;
 
 use metrics::{Counter, Histogram, counter, histogram};
 use thiserror::Error;
 use tracing::warn;
 
+pub use crate::device_keys::KeyKind;
+use crate::device_keys::{DeviceKeys, TooManyKeys};
+use crate::log_limit::LogLimit;
 use crate::metrics::{
     ACK_LATENCY, DATA_POINTS_RECEIVED, MESSAGES_ACCEPTED, MESSAGES_RECEIVED, MESSAGES_REJECTED,
 };
 use crate::model::{AttributeScope, Device, Message, MessageBody, now_ms};
 use crate::payload::{PayloadError, parse_attributes, parse_telemetry};
 use crate::ports::{Delivery, Producer, QueueError};
+
+/// Rejected uplinks are logged at most 5 a second (bursts of 20), whatever the number of
+/// peers: a device resending a bad payload in a loop cannot write the log at its line rate.
+static REJECTED_LOG: LazyLock<LogLimit> = LazyLock::new(|| LogLimit::new("uplink_rejected", 5, 20));
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Transport {
@@ -52,6 +61,44 @@ pub enum Rejection {
     TooLarge { size: usize, max: usize },
     #[error(transparent)]
     Queue(#[from] QueueError),
+    /// A limit on what one device or one message may hold.
+    #[error(transparent)]
+    Quota(#[from] QuotaError),
+}
+
+/// A message that would break a limit on keys or data points.
+#[derive(Debug, Error, Clone, PartialEq, Eq)]
+pub enum QuotaError {
+    #[error(
+        "the device has {max} {kind} keys, the most it may have (limits.max_keys_per_device): new keys are refused"
+    )]
+    TooManyKeys { kind: KeyKind, max: usize },
+    #[error(
+        "a message of {count} data points is over the limit of {max} (limits.max_data_points_per_message)"
+    )]
+    TooManyDataPoints { count: usize, max: usize },
+}
+
+impl From<TooManyKeys> for QuotaError {
+    fn from(e: TooManyKeys) -> QuotaError {
+        QuotaError::TooManyKeys {
+            kind: e.kind,
+            max: e.max,
+        }
+    }
+}
+
+/// How a transport answers a rejection, whatever its exact cause.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RejectionKind {
+    /// The payload cannot be taken as it is: HTTP 400, MQTT 5 PUBACK 0x99.
+    BadPayload,
+    /// Over the payload size: HTTP 413, MQTT 5 PUBACK 0x97.
+    TooLarge,
+    /// Over a limit on keys or data points: HTTP 400, MQTT 5 PUBACK 0x97 (Quota exceeded).
+    Quota,
+    /// The queue cannot take it now: HTTP 503, CoAP 5.03; MQTT closes the connection.
+    Unavailable,
 }
 
 impl Rejection {
@@ -62,14 +109,102 @@ impl Rejection {
             Rejection::Queue(QueueError::Closed) => "queue_closed",
             Rejection::Queue(QueueError::Unavailable(_)) => "queue_unavailable",
             Rejection::Queue(QueueError::Rejected(_)) => "queue_rejected",
+            Rejection::Quota(QuotaError::TooManyKeys { .. }) => "too_many_keys",
+            Rejection::Quota(QuotaError::TooManyDataPoints { .. }) => "too_many_data_points",
+        }
+    }
+
+    pub fn kind(&self) -> RejectionKind {
+        match self {
+            Rejection::Payload(_) => RejectionKind::BadPayload,
+            Rejection::TooLarge { .. } => RejectionKind::TooLarge,
+            Rejection::Quota(_) => RejectionKind::Quota,
+            Rejection::Queue(_) => RejectionKind::Unavailable,
         }
     }
 }
 
-/// The shared uplink path. Cheap to clone behind an `Arc`; holds no per-device state.
+/// The limits every uplink is checked against, whatever its transport. Clones share the
+/// per-device key counts: give every ingress of a process the same one.
+#[derive(Clone)]
+pub struct Limits {
+    /// Longest key, in characters.
+    pub max_key_chars: usize,
+    /// Most key-value entries in one message.
+    pub max_data_points_per_message: usize,
+    /// Distinct keys per device and kind (`DeviceKeys::max`; 0: no limit).
+    pub keys: Arc<DeviceKeys>,
+}
+
+impl Limits {
+    /// ThingsBoard's key column is `varchar(255)`.
+    pub const DEFAULT_MAX_KEY_CHARS: usize = 255;
+    pub const DEFAULT_MAX_DATA_POINTS_PER_MESSAGE: usize = 10_000;
+    pub const DEFAULT_MAX_KEYS_PER_DEVICE: usize = 1_000;
+
+    pub fn new(
+        max_keys_per_device: usize,
+        max_key_chars: usize,
+        max_data_points_per_message: usize,
+    ) -> Limits {
+        Limits {
+            max_key_chars,
+            max_data_points_per_message,
+            keys: Arc::new(DeviceKeys::new(max_keys_per_device)),
+        }
+    }
+
+    /// Checks a message and admits its keys; nothing is recorded for a refused message.
+    fn check(&self, message: &Message) -> Result<(), Rejection> {
+        let points = message.data_points();
+        if points > self.max_data_points_per_message {
+            return Err(QuotaError::TooManyDataPoints {
+                count: points,
+                max: self.max_data_points_per_message,
+            }
+            .into());
+        }
+        if let Some(len) = message
+            .entries()
+            .map(|e| e.key.chars().count())
+            .find(|&len| len > self.max_key_chars)
+        {
+            return Err(PayloadError::KeyTooLong {
+                len,
+                max: self.max_key_chars,
+            }
+            .into());
+        }
+        let kind = match message.body {
+            MessageBody::Telemetry(_) => KeyKind::Telemetry,
+            MessageBody::Attributes { .. } => KeyKind::Attributes,
+        };
+        self.keys
+            .admit(
+                message.device_id,
+                kind,
+                message.entries().map(|e| e.key.as_str()),
+            )
+            .map_err(|e| QuotaError::from(e).into())
+    }
+}
+
+impl Default for Limits {
+    fn default() -> Limits {
+        Limits::new(
+            Limits::DEFAULT_MAX_KEYS_PER_DEVICE,
+            Limits::DEFAULT_MAX_KEY_CHARS,
+            Limits::DEFAULT_MAX_DATA_POINTS_PER_MESSAGE,
+        )
+    }
+}
+
+/// The shared uplink path. Cheap to clone behind an `Arc`; its only per-device state is the
+/// bounded key counts of its [`Limits`].
 pub struct Ingress {
     producer: Arc<dyn Producer>,
     max_payload: usize,
+    limits: Limits,
     /// Metric handles resolved once: a labelled lookup per message costs ~30 times an increment.
     metrics: [Arc<TransportMetrics>; 4],
 }
@@ -125,10 +260,12 @@ impl Accepted {
 }
 
 impl Ingress {
+    /// An ingress with the default [`Limits`]; see [`Ingress::with_limits`].
     pub fn new(producer: Arc<dyn Producer>, max_payload: usize) -> Ingress {
         Ingress {
             producer,
             max_payload,
+            limits: Limits::default(),
             metrics: [
                 TransportMetrics::new(Transport::Mqtt),
                 TransportMetrics::new(Transport::Http),
@@ -136,6 +273,13 @@ impl Ingress {
                 TransportMetrics::new(Transport::HttpIntegration),
             ],
         }
+    }
+
+    /// The limits to check uplinks against; share one [`Limits`] between the ingresses of a
+    /// process, so a device's keys are counted once whatever transport brings them.
+    pub fn with_limits(mut self, limits: Limits) -> Ingress {
+        self.limits = limits;
+        self
     }
 
     /// Checks, parses and enqueues one uplink. Waits while the queue is full.
@@ -149,18 +293,21 @@ impl Ingress {
         let received = Instant::now();
         let metrics = self.metrics[transport as usize].clone();
         metrics.received.increment(1);
-        let result = self.prepare(device, uplink, payload);
+        let result = self
+            .prepare(device, uplink, payload)
+            .and_then(|message| self.limits.check(&message).map(|()| message));
         let message = match result {
             Ok(message) => message,
-            Err(rejection) => return Err(self.rejected(device, transport, rejection)),
+            Err(rejection) => return Err(rejected(&device.name, transport, rejection)),
         };
         self.enqueue(transport, metrics, received, message)
             .await
-            .map_err(|e| self.rejected(device, transport, e.into()))
+            .map_err(|e| rejected(&device.name, transport, e.into()))
     }
 
     /// Enqueues a message made elsewhere (an integration's converter made it from a vendor
-    /// payload). Waits while the queue is full.
+    /// payload), checked like a device's: values storage can give back (a script can compute
+    /// an infinity), key length, data points, keys per device. Waits while the queue is full.
     pub async fn publish_message(
         &self,
         transport: Transport,
@@ -169,14 +316,17 @@ impl Ingress {
         let received = Instant::now();
         let metrics = self.metrics[transport as usize].clone();
         metrics.received.increment(1);
+        let device = message.device_id.to_string();
+        let checked = message
+            .validate_values()
+            .map_err(|e| Rejection::Payload(e.into()))
+            .and_then(|()| self.limits.check(&message));
+        if let Err(rejection) = checked {
+            return Err(rejected(&device, transport, rejection));
+        }
         self.enqueue(transport, metrics, received, message)
             .await
-            .map_err(|e| {
-                let rejection = Rejection::Queue(e);
-                counter!(MESSAGES_REJECTED, "transport" => transport.as_str(), "reason" => rejection.reason())
-                    .increment(1);
-                rejection
-            })
+            .map_err(|e| rejected(&device, transport, e.into()))
     }
 
     /// Hands a message to the queue; what the caller awaits before acknowledging.
@@ -230,18 +380,174 @@ impl Ingress {
             body,
         })
     }
+}
 
-    fn rejected(&self, device: &Device, transport: Transport, rejection: Rejection) -> Rejection {
-        let reason = rejection.reason();
-        counter!(MESSAGES_REJECTED, "transport" => transport.as_str(), "reason" => reason)
-            .increment(1);
+/// Counts a rejection and logs it, rate-limited, with the peer's strings escaped (`?`).
+fn rejected(device: &str, transport: Transport, rejection: Rejection) -> Rejection {
+    let reason = rejection.reason();
+    counter!(MESSAGES_REJECTED, "transport" => transport.as_str(), "reason" => reason).increment(1);
+    if let Some(suppressed) = REJECTED_LOG.check() {
         warn!(
-            device = %device.name,
+            device = ?device,
             transport = transport.as_str(),
             reason,
-            error = %rejection,
+            error = ?rejection.to_string(),
+            suppressed,
             "uplink rejected"
         );
-        rejection
+    }
+    rejection
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{AccessToken, DeviceId, KvEntry, KvValue, TenantId, TsRecord};
+    use crate::testing::MemProducer;
+
+    fn device(name: &str) -> Device {
+        let tenant_id = TenantId::from_name("t");
+        Device {
+            id: DeviceId::derive(tenant_id, name),
+            tenant_id,
+            name: name.into(),
+            device_type: "default".into(),
+            label: None,
+            token: AccessToken(format!("{name}-token")),
+            created_time: 0,
+        }
+    }
+
+    fn ingress(limits: Limits) -> (Ingress, Arc<MemProducer>) {
+        let producer = Arc::new(MemProducer::default());
+        (
+            Ingress::new(producer.clone(), 1024).with_limits(limits),
+            producer,
+        )
+    }
+
+    /// Publishes one telemetry payload; the rejection reason, or "ok".
+    async fn reason(ingress: &Ingress, device: &Device, uplink: Uplink, payload: &str) -> String {
+        match ingress
+            .publish(device, Transport::Http, uplink, payload.as_bytes())
+            .await
+        {
+            Ok(accepted) => match accepted.confirmed().await {
+                Ok(()) => "ok".into(),
+                Err(e) => e.reason().into(),
+            },
+            Err(e) => e.reason().into(),
+        }
+    }
+
+    #[tokio::test]
+    async fn limits_on_keys_and_points_hold_for_device_payloads() {
+        let (ingress, producer) = ingress(Limits::new(3, 8, 4));
+        let d = device("d");
+        let cases = [
+            (Uplink::Telemetry, r#"{"a":1,"b":2,"c":3}"#, "ok"),
+            (Uplink::Telemetry, r#"{"d":1}"#, "too_many_keys"),
+            (Uplink::Telemetry, r#"{"a":2}"#, "ok"),
+            (Uplink::Attributes, r#"{"x":1,"y":1,"z":1}"#, "ok"),
+            (Uplink::Attributes, r#"{"w":1}"#, "too_many_keys"),
+            (Uplink::Telemetry, r#"{"abcdefghi":1}"#, "key_too_long"),
+            (Uplink::Telemetry, r#"{"abcdefgh":1}"#, "too_many_keys"),
+            (
+                Uplink::Telemetry,
+                r#"[{"ts":1,"values":{"a":1,"b":1,"c":1}},{"ts":2,"values":{"a":1,"b":1}}]"#,
+                "too_many_data_points",
+            ),
+            (Uplink::Telemetry, r#"{"a":1e400}"#, "ok"),
+        ];
+        for (uplink, payload, want) in cases {
+            assert_eq!(
+                reason(&ingress, &d, uplink, payload).await,
+                want,
+                "{payload}"
+            );
+        }
+        // Another device has its own count.
+        assert_eq!(
+            reason(&ingress, &device("e"), Uplink::Telemetry, r#"{"d":1}"#).await,
+            "ok"
+        );
+        assert_eq!(producer.messages().len(), 5);
+    }
+
+    #[tokio::test]
+    async fn ingresses_sharing_limits_count_a_device_once() {
+        let limits = Limits::new(2, 255, 100);
+        let (mqtt, _) = ingress(limits.clone());
+        let (http, _) = ingress(limits);
+        let d = device("d");
+        assert_eq!(
+            reason(&mqtt, &d, Uplink::Telemetry, r#"{"a":1}"#).await,
+            "ok"
+        );
+        assert_eq!(
+            reason(&http, &d, Uplink::Telemetry, r#"{"b":1}"#).await,
+            "ok"
+        );
+        assert_eq!(
+            reason(&mqtt, &d, Uplink::Telemetry, r#"{"c":1}"#).await,
+            "too_many_keys"
+        );
+    }
+
+    #[tokio::test]
+    async fn converter_messages_are_checked_like_payloads() {
+        let (ingress, producer) = ingress(Limits::new(2, 255, 100));
+        let d = device("d");
+        let message = |entries: Vec<KvEntry>| Message {
+            tenant_id: d.tenant_id,
+            device_id: d.id,
+            received_ts: 0,
+            body: MessageBody::Telemetry(vec![TsRecord { ts: 1, entries }]),
+        };
+        let publish = |m: Message| {
+            let ingress = &ingress;
+            async move {
+                match ingress.publish_message(Transport::Coap, m).await {
+                    Ok(_) => "ok",
+                    Err(e) => e.reason(),
+                }
+            }
+        };
+        let inf = message(vec![KvEntry::new("t", KvValue::Double(f64::INFINITY))]);
+        assert_eq!(publish(inf).await, "not_finite");
+        let nan = message(vec![KvEntry::new("t", KvValue::Double(f64::NAN))]);
+        assert_eq!(publish(nan).await, "not_finite");
+        let three = (0..3)
+            .map(|i| KvEntry::new(format!("k{i}"), KvValue::Long(i)))
+            .collect();
+        assert_eq!(publish(message(three)).await, "too_many_keys");
+        let ok = message(vec![KvEntry::new("t", KvValue::Double(1.5))]);
+        assert_eq!(publish(ok).await, "ok");
+        assert_eq!(producer.messages().len(), 1);
+    }
+
+    #[test]
+    fn every_rejection_has_a_kind() {
+        let cases = [
+            (
+                Rejection::Payload(PayloadError::Empty),
+                RejectionKind::BadPayload,
+            ),
+            (
+                Rejection::TooLarge { size: 2, max: 1 },
+                RejectionKind::TooLarge,
+            ),
+            (
+                Rejection::Quota(QuotaError::TooManyDataPoints { count: 2, max: 1 }),
+                RejectionKind::Quota,
+            ),
+            (
+                Rejection::Queue(QueueError::Closed),
+                RejectionKind::Unavailable,
+            ),
+        ];
+        for (rejection, kind) in cases {
+            assert_eq!(rejection.kind(), kind, "{rejection}");
+        }
     }
 }

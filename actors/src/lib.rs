@@ -5,8 +5,10 @@
 
 pub mod batch;
 pub mod converter;
+pub mod device_keys;
 pub mod ingress;
 pub mod integration;
+pub mod log_limit;
 pub mod mailbox;
 pub mod metrics;
 pub mod model;

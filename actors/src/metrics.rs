@@ -299,6 +299,19 @@ fn register_zero_http() {
 }
 // --- end of HTTP listener and REST API limits -------------------------------------------------
 
+// --- Ingress limits (issue 10): keys per device, values storage cannot hold, peer-triggered
+// log lines. Refusals themselves are `engine_messages_rejected_total` reasons.
+/// Distinct (device, key) pairs the ingress tracks to enforce `limits.max_keys_per_device`.
+pub const INGRESS_TRACKED_KEYS: &str = "engine_ingress_tracked_keys";
+/// Values a sink left out of a batch because storage could not give them back (a non-finite
+/// DOUBLE that passed every earlier check), by reason.
+pub const SINK_VALUES_DROPPED: &str = "engine_sink_values_dropped_total";
+/// Log lines a peer triggered that a rate limit held back, by log site.
+pub const LOG_LINES_SUPPRESSED: &str = "engine_log_lines_suppressed_total";
+/// Every `site` of `engine_log_lines_suppressed_total`.
+pub const LOG_SITES: &[&str] = &["uplink_rejected", "sink_value_dropped"];
+// --- end of ingress limits
+
 /// Registers help texts and units with whatever recorder is installed.
 pub fn describe() {
     describe_mqtt();
@@ -440,6 +453,19 @@ pub fn describe() {
     );
     describe_http();
     describe_coap();
+    // Ingress limits (issue 10).
+    describe_gauge!(
+        INGRESS_TRACKED_KEYS,
+        "Distinct (device, key) pairs tracked for the keys-per-device limit"
+    );
+    describe_counter!(
+        SINK_VALUES_DROPPED,
+        "Values left out of a storage batch because storage could not give them back, by reason"
+    );
+    describe_counter!(
+        LOG_LINES_SUPPRESSED,
+        "Peer-triggered log lines held back by a rate limit, by site"
+    );
 }
 
 /// Every `reason` of `engine_integration_errors_total`.
@@ -459,10 +485,16 @@ pub const REJECT_REASONS: &[&str] = &[
     "invalid_json",
     "wrong_shape",
     "null_value",
-    "big_integer",
+    "number_out_of_range",
     "bad_timestamp",
     "bad_values",
     "empty_key",
+    // Ingress limits (issue 10).
+    "json_too_deep",
+    "key_too_long",
+    "not_finite",
+    "too_many_keys",
+    "too_many_data_points",
     "too_large",
     "unknown_topic",
     "queue_closed",
@@ -523,6 +555,12 @@ pub fn register_zero() {
     metrics::gauge!(AUTH_LOGIN_QUEUE).increment(0.0);
     metrics::gauge!(AUTH_REVOKED_SESSIONS).increment(0.0);
     register_zero_coap();
+    // Ingress limits (issue 10).
+    metrics::gauge!(INGRESS_TRACKED_KEYS).increment(0.0);
+    counter!(SINK_VALUES_DROPPED, "reason" => "not_finite").increment(0);
+    for &site in LOG_SITES {
+        counter!(LOG_LINES_SUPPRESSED, "site" => site).increment(0);
+    }
     metrics::gauge!(CONVERTER_POOL_QUEUED).increment(0.0);
     metrics::gauge!(QUEUE_IN_FLIGHT).increment(0.0);
     metrics::histogram!(QUEUE_PRODUCE_LATENCY).record(0.0);
@@ -538,7 +576,8 @@ pub fn register_zero() {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ingress::Rejection;
+    use crate::ingress::{KeyKind, QuotaError, Rejection};
+    use crate::model::ValueError;
     use crate::payload::PayloadError;
     use crate::ports::QueueError;
 
@@ -552,10 +591,28 @@ mod tests {
                 expected: "",
             }),
             Rejection::Payload(PayloadError::NullValue { key: String::new() }),
-            Rejection::Payload(PayloadError::BigInteger {
+            Rejection::Payload(PayloadError::NumberOutOfRange {
                 key: String::new(),
                 text: String::new(),
             }),
+            Rejection::Payload(PayloadError::KeyTooLong { len: 0, max: 0 }),
+            Rejection::Payload(PayloadError::TooDeep {
+                key: String::new(),
+                max: 0,
+            }),
+            Rejection::Payload(PayloadError::Value(ValueError::NotFinite {
+                key: String::new(),
+                value: String::new(),
+            })),
+            Rejection::Quota(QuotaError::TooManyKeys {
+                kind: KeyKind::Telemetry,
+                max: 0,
+            }),
+            Rejection::Quota(QuotaError::TooManyKeys {
+                kind: KeyKind::Attributes,
+                max: 0,
+            }),
+            Rejection::Quota(QuotaError::TooManyDataPoints { count: 0, max: 0 }),
             Rejection::Payload(PayloadError::BadTimestamp(String::new())),
             Rejection::Payload(PayloadError::BadValues),
             Rejection::Payload(PayloadError::EmptyKey),

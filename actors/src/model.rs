@@ -160,6 +160,52 @@ impl KvValue {
     }
 }
 
+/// Why a value cannot be stored as it is.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum ValueError {
+    #[error(
+        "value of key {key:?} is not a finite number ({value}): storage has no infinity or NaN"
+    )]
+    NotFinite { key: String, value: String },
+}
+
+impl KvValue {
+    /// Whether storage holds the value and gives it back: a DOUBLE must be finite (JSON, the
+    /// REST API and ThingsBoard have no infinity or NaN; they would read back as `null`).
+    pub fn is_storable(&self) -> bool {
+        match self {
+            KvValue::Double(d) => d.is_finite(),
+            _ => true,
+        }
+    }
+}
+
+/// The DOUBLE a computed number (a converter's float) is stored as: refused when it is not
+/// finite, -0.0 made 0.0 (ThingsBoard's `BigDecimal` has no negative zero). Call it wherever a
+/// float becomes a [`KvValue`].
+pub fn double_value(key: &str, d: f64) -> Result<KvValue, ValueError> {
+    if d.is_finite() {
+        Ok(KvValue::Double(if d == 0.0 { 0.0 } else { d }))
+    } else {
+        Err(ValueError::NotFinite {
+            key: key.to_owned(),
+            value: d.to_string(),
+        })
+    }
+}
+
+/// Checks entries made elsewhere than the payload parser (a converter, a decoded record): every
+/// value storable. The first one that is not is the error.
+pub fn validate_entries(entries: &[KvEntry]) -> Result<(), ValueError> {
+    match entries.iter().find(|e| !e.value.is_storable()) {
+        None => Ok(()),
+        Some(e) => Err(ValueError::NotFinite {
+            key: e.key.clone(),
+            value: e.value.to_tb_string(),
+        }),
+    }
+}
+
 /// Java's `Double.toString` for the values devices send: always with a fractional part.
 pub fn format_double(d: f64) -> String {
     if d.is_finite() && d.fract() == 0.0 && d.abs() < 1e16 {
@@ -259,6 +305,28 @@ pub struct Message {
 }
 
 impl Message {
+    /// Every entry, whatever the body.
+    pub fn entries(&self) -> impl Iterator<Item = &KvEntry> {
+        let (records, attributes): (&[TsRecord], &[KvEntry]) = match &self.body {
+            MessageBody::Telemetry(records) => (records, &[]),
+            MessageBody::Attributes { entries, .. } => (&[], entries),
+        };
+        records
+            .iter()
+            .flat_map(|r| r.entries.iter())
+            .chain(attributes)
+    }
+
+    /// [`validate_entries`] over the whole message.
+    pub fn validate_values(&self) -> Result<(), ValueError> {
+        match &self.body {
+            MessageBody::Telemetry(records) => records
+                .iter()
+                .try_for_each(|r| validate_entries(&r.entries)),
+            MessageBody::Attributes { entries, .. } => validate_entries(entries),
+        }
+    }
+
     /// Key-value entries carried: ThingsBoard's "data points".
     pub fn data_points(&self) -> usize {
         match &self.body {
@@ -333,6 +401,45 @@ mod tests {
             assert_eq!(validate_access_token(token).is_ok(), ok, "{token:?}");
         }
         assert!(validate_access_token(&"t".repeat(MAX_ACCESS_TOKEN_CHARS + 1)).is_err());
+    }
+
+    #[test]
+    fn only_finite_doubles_are_storable() {
+        for (d, ok) in [
+            (1.5, true),
+            (f64::INFINITY, false),
+            (f64::NEG_INFINITY, false),
+            (f64::NAN, false),
+        ] {
+            assert_eq!(KvValue::Double(d).is_storable(), ok, "{d}");
+            assert_eq!(double_value("k", d).is_ok(), ok, "{d}");
+        }
+        let Ok(KvValue::Double(zero)) = double_value("k", -0.0) else {
+            panic!("-0.0 is a value")
+        };
+        assert!(zero.is_sign_positive());
+        let entries = [
+            KvEntry::new("ok", KvValue::Long(1)),
+            KvEntry::new("bad", KvValue::Double(f64::NAN)),
+        ];
+        assert_eq!(
+            validate_entries(&entries),
+            Err(ValueError::NotFinite {
+                key: "bad".into(),
+                value: "NaN".into()
+            })
+        );
+        let message = Message {
+            tenant_id: TenantId::from_name("t"),
+            device_id: DeviceId::derive(TenantId::from_name("t"), "d"),
+            received_ts: 0,
+            body: MessageBody::Telemetry(vec![TsRecord {
+                ts: 1,
+                entries: entries.to_vec(),
+            }]),
+        };
+        assert!(message.validate_values().is_err());
+        assert_eq!(message.entries().count(), 2);
     }
 
     #[test]

@@ -3,8 +3,8 @@
 //! Telemetry is one of: an object of key-values; an array of such objects; `{"ts", "values"}`;
 //! or an array mixing the two. Attributes are an object of key-values. Values keep the type the
 //! device sent, by the rules of ThingsBoard's `JsonConverter`: a JSON string is a STRING, `true`
-//! and `false` a BOOLEAN, a number with a fraction or exponent a DOUBLE (an exponent form with an
-//! integral value a LONG), any other number a LONG, an object or array JSON. `null` is refused.
+//! and `false` a BOOLEAN, an object or array JSON, and a number a LONG, a DOUBLE or a STRING of
+//! its digits as [`parse_number`] tells. `null` is refused.
 
 use std::borrow::Cow;
 use std::fmt;
@@ -13,7 +13,7 @@ use serde::de::{self, Deserializer, MapAccess, SeqAccess, Visitor};
 use serde_json::value::RawValue;
 use thiserror::Error;
 
-use crate::model::{KvEntry, KvValue, TsRecord};
+use crate::model::{KvEntry, KvValue, TsRecord, ValueError};
 
 /// Why a payload was refused; the text is what the device or operator sees.
 #[derive(Debug, Error, Clone, PartialEq, Eq)]
@@ -29,14 +29,20 @@ pub enum PayloadError {
     },
     #[error("value of key {key:?} is null")]
     NullValue { key: String },
-    #[error("value of key {key:?} is an integer out of the 64-bit range: {text}")]
-    BigInteger { key: String, text: String },
+    #[error("value of key {key:?} is a number out of range: {text:?}")]
+    NumberOutOfRange { key: String, text: String },
     #[error("\"ts\" must be an integer number of milliseconds, got {0}")]
     BadTimestamp(String),
     #[error("\"values\" must be a JSON object")]
     BadValues,
     #[error("key must not be empty")]
     EmptyKey,
+    #[error("value of key {key:?} is JSON nested deeper than {max} levels")]
+    TooDeep { key: String, max: usize },
+    #[error("a key of {len} characters is over the maximum of {max}")]
+    KeyTooLong { len: usize, max: usize },
+    #[error(transparent)]
+    Value(#[from] ValueError),
 }
 
 impl PayloadError {
@@ -47,10 +53,13 @@ impl PayloadError {
             PayloadError::InvalidJson(_) => "invalid_json",
             PayloadError::WrongShape { .. } => "wrong_shape",
             PayloadError::NullValue { .. } => "null_value",
-            PayloadError::BigInteger { .. } => "big_integer",
+            PayloadError::NumberOutOfRange { .. } => "number_out_of_range",
             PayloadError::BadTimestamp(_) => "bad_timestamp",
             PayloadError::BadValues => "bad_values",
             PayloadError::EmptyKey => "empty_key",
+            PayloadError::TooDeep { .. } => "json_too_deep",
+            PayloadError::KeyTooLong { .. } => "key_too_long",
+            PayloadError::Value(ValueError::NotFinite { .. }) => "not_finite",
         }
     }
 }
@@ -262,7 +271,15 @@ fn parse_value(key: &str, raw: &RawValue) -> Result<KvValue, PayloadError> {
     Ok(match classify(raw) {
         Kind::String => KvValue::String(unquote(text)?),
         Kind::Bool => KvValue::Bool(text == "true"),
-        Kind::Object | Kind::Array => KvValue::Json(text.to_owned()),
+        Kind::Object | Kind::Array => {
+            if json_depth(text) > MAX_JSON_DEPTH {
+                return Err(PayloadError::TooDeep {
+                    key: key.to_owned(),
+                    max: MAX_JSON_DEPTH,
+                });
+            }
+            KvValue::Json(text.to_owned())
+        }
         Kind::Null => {
             return Err(PayloadError::NullValue {
                 key: key.to_owned(),
@@ -270,6 +287,37 @@ fn parse_value(key: &str, raw: &RawValue) -> Result<KvValue, PayloadError> {
         }
         Kind::Number => parse_number(key, text)?,
     })
+}
+
+/// Deepest nesting of a JSON value kept: serde_json's own default, so whatever is stored can be
+/// parsed back by a default parser (the raw-value scan that reads payloads has no such limit).
+const MAX_JSON_DEPTH: usize = 128;
+
+/// Nesting depth of valid JSON text.
+fn json_depth(text: &str) -> usize {
+    let (mut depth, mut deepest) = (0usize, 0usize);
+    let (mut in_string, mut escaped) = (false, false);
+    for b in text.bytes() {
+        if in_string {
+            match b {
+                _ if escaped => escaped = false,
+                b'\\' => escaped = true,
+                b'"' => in_string = false,
+                _ => {}
+            }
+            continue;
+        }
+        match b {
+            b'"' => in_string = true,
+            b'[' | b'{' => {
+                depth += 1;
+                deepest = deepest.max(depth);
+            }
+            b']' | b'}' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    deepest
 }
 
 fn unquote(text: &str) -> Result<String, PayloadError> {
@@ -281,32 +329,194 @@ fn unquote(text: &str) -> Result<String, PayloadError> {
     }
 }
 
+/// Longest plain-digit form a number kept as a STRING is written in; past it the text the
+/// device sent is kept instead, so `1e400` (401 digits) costs what its sender paid for it.
+const MAX_PLAIN_NUMBER_CHARS: usize = 64;
+/// ThingsBoard's `JsonConverter` keeps a DOUBLE only with at most this many decimals.
+const MAX_DOUBLE_SCALE: i64 = 16;
+
+/// Types a JSON number as ThingsBoard's `JsonConverter` does (with its default type cast): it
+/// reads the text as a `BigDecimal`. An integral value not written as a plain decimal fraction
+/// (`42`, `1e3`, `1.5e3`, not `42.0`) is a LONG if one holds it; any other value is a DOUBLE if
+/// it has at most 16 decimals; everything else is kept as a STRING of its digits. Where
+/// ThingsBoard would store an infinite DOUBLE (a fraction with over 308 integral digits), the
+/// STRING is kept too: nothing is stored that reads back as `null`. A scale past Java's `int`
+/// (`1e99999999999`) is refused, as `BigDecimal` refuses it.
 fn parse_number(key: &str, text: &str) -> Result<KvValue, PayloadError> {
-    let has_exponent = text.contains(['e', 'E']);
-    if text.contains('.') && !has_exponent {
-        return Ok(KvValue::Double(parse_f64(text)?));
+    if !text.contains(['e', 'E']) {
+        // The common forms, without building a decimal: `42`, `-7`, `21.5`.
+        match text.split_once('.') {
+            None => {
+                if let Ok(long) = text.parse::<i64>() {
+                    return Ok(KvValue::Long(long));
+                }
+            }
+            Some((_, frac)) if frac.len() <= MAX_DOUBLE_SCALE as usize => {
+                if let Some(double) = finite_double(text) {
+                    return Ok(double);
+                }
+            }
+            Some(_) => {}
+        }
     }
-    if has_exponent {
-        let d = parse_f64(text)?;
-        let integral = d.fract() == 0.0 && d.abs() < 9.2e18 && !text.contains('.');
-        #[allow(clippy::cast_possible_truncation)]
-        return Ok(if integral {
-            KvValue::Long(d as i64)
-        } else {
-            KvValue::Double(d)
-        });
+    let number = Decimal::parse(text).ok_or_else(|| PayloadError::NumberOutOfRange {
+        key: key.to_owned(),
+        text: text.to_owned(),
+    })?;
+    let simple_double = text.contains('.') && !text.contains(['e', 'E']);
+    if number.is_integral() && !simple_double {
+        if let Some(long) = number.to_i64() {
+            return Ok(KvValue::Long(long));
+        }
+    } else if number.scale <= MAX_DOUBLE_SCALE
+        && let Some(double) = finite_double(text)
+    {
+        return Ok(double);
     }
-    text.parse::<i64>()
-        .map(KvValue::Long)
-        .map_err(|_| PayloadError::BigInteger {
-            key: key.to_owned(),
-            text: text.to_owned(),
-        })
+    Ok(KvValue::String(number.plain_or(text)))
 }
 
-fn parse_f64(text: &str) -> Result<f64, PayloadError> {
-    text.parse::<f64>()
-        .map_err(|e| PayloadError::InvalidJson(format!("bad number {text}: {e}")))
+/// The DOUBLE of a JSON number's text, unless it is past f64's range; -0.0 is 0.0 (BigDecimal
+/// has no negative zero).
+fn finite_double(text: &str) -> Option<KvValue> {
+    let d = text.parse::<f64>().ok().filter(|d| d.is_finite())?;
+    Some(KvValue::Double(if d == 0.0 { 0.0 } else { d }))
+}
+
+/// A JSON number as `BigDecimal` sees it: its digits (the unscaled value) × 10^-`scale`.
+struct Decimal<'a> {
+    negative: bool,
+    /// The digits before and after the decimal point, as written.
+    int: &'a str,
+    frac: &'a str,
+    /// Decimals: fractional digits minus the exponent.
+    scale: i64,
+}
+
+impl<'a> Decimal<'a> {
+    /// `None` when the scale does not fit Java's `int`, as `new BigDecimal(text)` refuses it.
+    fn parse(text: &'a str) -> Option<Decimal<'a>> {
+        let (negative, rest) = match text.strip_prefix('-') {
+            Some(rest) => (true, rest),
+            None => (false, text),
+        };
+        let (mantissa, exponent) = match rest.find(['e', 'E']) {
+            Some(at) => (&rest[..at], Some(&rest[at + 1..])),
+            None => (rest, None),
+        };
+        let (int, frac) = mantissa.split_once('.').unwrap_or((mantissa, ""));
+        let exponent: i64 = match exponent {
+            None => 0,
+            // JSON grammar: digits only after an optional sign, so only overflow can fail.
+            Some(e) => e.parse().ok()?,
+        };
+        let frac_len = i64::try_from(frac.len()).ok()?;
+        let scale = frac_len.checked_sub(exponent)?;
+        i32::try_from(scale).ok()?;
+        Some(Decimal {
+            negative,
+            int: int.trim_start_matches('0'),
+            frac,
+            scale,
+        })
+    }
+
+    /// The significant digits: integral and fractional, leading zeros removed.
+    fn digits(&self) -> impl Iterator<Item = u8> + '_ {
+        let all = self.int.bytes().chain(self.frac.bytes());
+        let mut leading = true;
+        all.filter(move |&b| {
+            leading = leading && b == b'0';
+            !leading
+        })
+    }
+
+    fn digit_count(&self) -> usize {
+        self.digits().count()
+    }
+
+    /// Zeros ending the digits (for a non-zero value).
+    fn trailing_zeros(&self) -> usize {
+        let all = self.int.bytes().chain(self.frac.bytes());
+        all.rev().take_while(|&b| b == b'0').count()
+    }
+
+    fn is_zero(&self) -> bool {
+        self.digit_count() == 0
+    }
+
+    /// `stripTrailingZeros().scale() <= 0`.
+    fn is_integral(&self) -> bool {
+        self.is_zero() || self.scale <= self.trailing_zeros() as i64
+    }
+
+    /// `longValueExact()`, for an integral value.
+    fn to_i64(&self) -> Option<i64> {
+        if self.is_zero() {
+            return Some(0);
+        }
+        let zeros_after = -self.scale;
+        let digit_count = self.digit_count() as i64;
+        // Digits kept: all but the fractional trailing zeros the scale removes.
+        let kept = digit_count - self.scale.max(0);
+        if kept + zeros_after.max(0) > 19 {
+            return None;
+        }
+        let mut magnitude: u128 = 0;
+        for b in self.digits().take(usize::try_from(kept).ok()?) {
+            magnitude = magnitude * 10 + u128::from(b - b'0');
+        }
+        for _ in 0..zeros_after.max(0) {
+            magnitude *= 10;
+        }
+        let signed = if self.negative {
+            -i128::try_from(magnitude).ok()?
+        } else {
+            i128::try_from(magnitude).ok()?
+        };
+        i64::try_from(signed).ok()
+    }
+
+    /// `toPlainString()` when it is short, else the text as sent.
+    fn plain_or(&self, text: &str) -> String {
+        let digits: String = self.digits().map(char::from).collect();
+        let digits = if digits.is_empty() {
+            "0".to_owned()
+        } else {
+            digits
+        };
+        let scale = self.scale;
+        let len = digits.len() as i64;
+        let plain_len = i64::from(self.negative && !self.is_zero())
+            + if scale <= 0 {
+                len - scale
+            } else if len > scale {
+                len + 1
+            } else {
+                scale + 2
+            };
+        if plain_len > (MAX_PLAIN_NUMBER_CHARS.max(text.len())) as i64 {
+            return text.to_owned();
+        }
+        let mut plain = String::with_capacity(plain_len as usize);
+        if self.negative && !self.is_zero() {
+            plain.push('-');
+        }
+        if scale <= 0 {
+            plain.push_str(&digits);
+            plain.extend(std::iter::repeat_n('0', (-scale) as usize));
+        } else if len > scale {
+            let (int, frac) = digits.split_at((len - scale) as usize);
+            plain.push_str(int);
+            plain.push('.');
+            plain.push_str(frac);
+        } else {
+            plain.push_str("0.");
+            plain.extend(std::iter::repeat_n('0', (scale - len) as usize));
+            plain.push_str(&digits);
+        }
+        plain
+    }
 }
 
 /// Records without a client timestamp all got the same server timestamp: ThingsBoard stores an
@@ -429,18 +639,46 @@ mod tests {
 
     #[test]
     fn number_rules() {
+        // ThingsBoard's JsonConverter (type cast on, its default): an integral value not
+        // written as a plain decimal fraction is a LONG when one holds it, else a STRING; any
+        // other value is a DOUBLE with at most 16 decimals, else a STRING. A STRING holds the
+        // plain digits (BigDecimal.toPlainString) or, when those would be long, the text sent.
         let cases: &[(&str, KvValue)] = &[
             ("0", Long(0)),
+            ("-0", Long(0)),
             ("-5", Long(-5)),
             ("9223372036854775807", Long(i64::MAX)),
+            ("-9223372036854775808", Long(i64::MIN)),
+            ("9223372036854775808", s("9223372036854775808")),
+            ("-9223372036854775809", s("-9223372036854775809")),
+            (
+                "1000000000000000000000000000000",
+                s("1000000000000000000000000000000"),
+            ),
             ("1.5", Double(1.5)),
             ("-0.25", Double(-0.25)),
             ("42.0", Double(42.0)),
+            ("0.0", Double(0.0)),
             ("1e3", Long(1000)),
             ("1E2", Long(100)),
-            ("1.5e3", Double(1500.0)),
+            ("1E+2", Long(100)),
+            ("1.5e3", Long(1500)),
+            ("1.0e0", Long(1)),
+            ("0e5", Long(0)),
+            ("12e-1", Double(1.2)),
             ("2.5e-1", Double(0.25)),
             ("1e-3", Double(0.001)),
+            ("1e-16", Double(1e-16)),
+            ("1e-17", s("0.00000000000000001")),
+            ("0.1234567890123456", Double(0.123_456_789_012_345_6)),
+            ("0.30000000000000004", s("0.30000000000000004")),
+            ("9.2e18", Long(9_200_000_000_000_000_000)),
+            ("1e19", s("10000000000000000000")),
+            ("-1.5e20", s("-150000000000000000000")),
+            ("1e400", s("1e400")),
+            ("-1E+400", s("-1E+400")),
+            ("1e-400", s("1e-400")),
+            ("1.5e-400", s("1.5e-400")),
             ("[1,2]", Json("[1,2]".into())),
             (r#""a\"b""#, s("a\"b")),
             (r#""\u00e9""#, s("é")),
@@ -453,8 +691,36 @@ mod tests {
     }
 
     #[test]
+    fn negative_zero_is_stored_as_zero() {
+        // BigDecimal has no negative zero: ThingsBoard stores -0.0 as 0.0.
+        let got = parse_telemetry(br#"{"k":-0.0}"#, NOW).expect("parses");
+        let KvValue::Double(d) = got[0].entries[0].value else {
+            panic!("{got:?}")
+        };
+        assert!(d == 0.0 && d.is_sign_positive(), "{d}");
+    }
+
+    #[test]
+    fn no_number_reads_back_as_nothing() {
+        // A value past f64's range with a fraction would be +inf as a DOUBLE.
+        let wide = format!("{}.5", "9".repeat(400));
+        let got = parse_telemetry(format!(r#"{{"k":{wide}}}"#).as_bytes(), NOW).expect("parses");
+        assert_eq!(got[0].entries[0].value, s(&wide));
+        for payload in [r#"{"k":1e400}"#, r#"{"k":-1e400}"#, r#"{"k":1e-400}"#] {
+            let got = parse_telemetry(payload.as_bytes(), NOW).expect(payload);
+            assert!(
+                got[0].entries.iter().all(|e| e.value.is_storable()),
+                "{payload}: {got:?}"
+            );
+        }
+    }
+
+    #[test]
     fn rejections() {
-        let cases = [
+        // Deeper than serde_json's default of 128 levels: refused, so it never comes back to
+        // a parser that cannot read it.
+        let deep = format!(r#"{{"a":{}1{}}}"#, "[".repeat(200), "]".repeat(200));
+        let cases: [(&str, &str); 20] = [
             ("", "empty"),
             ("   ", "empty"),
             ("{", "invalid_json"),
@@ -466,7 +732,9 @@ mod tests {
             ("[1,2]", "wrong_shape"),
             ("[[{\"a\":1}]]", "wrong_shape"),
             (r#"{"a":null}"#, "null_value"),
-            (r#"{"a":92233720368547758070}"#, "big_integer"),
+            (r#"{"a":1e99999999999999999999}"#, "number_out_of_range"),
+            (r#"{"a":1e-3000000000}"#, "number_out_of_range"),
+            (&deep, "json_too_deep"),
             (r#"{"ts":"x","values":{"a":1}}"#, "bad_timestamp"),
             (r#"{"ts":1.5,"values":{"a":1}}"#, "bad_timestamp"),
             (r#"{"ts":1,"values":[1]}"#, "bad_values"),
@@ -477,6 +745,23 @@ mod tests {
         for (payload, reason) in cases {
             check_rejected(payload, reason);
         }
+    }
+
+    #[test]
+    fn json_values_up_to_128_levels_are_kept() {
+        let nested = |n: usize| format!("{}1{}", "[".repeat(n), "]".repeat(n));
+        let at_limit = nested(MAX_JSON_DEPTH);
+        check_telemetry(
+            &format!(r#"{{"k":{at_limit}}}"#),
+            &[(NOW, &[("k", Json(at_limit.clone()))])],
+        );
+        // Brackets inside strings do not count.
+        let text = format!(r#"{{"s":"{}\"[","n":[1]}}"#, "[".repeat(300));
+        assert_eq!(json_depth(&text), 2);
+        check_rejected(
+            &format!(r#"{{"k":{}}}"#, nested(MAX_JSON_DEPTH + 1)),
+            "json_too_deep",
+        );
     }
 
     #[test]

@@ -168,19 +168,21 @@ pub async fn start(config: Config, metrics: Option<PrometheusHandle>) -> anyhow:
     let mqtt_addr = mqtt_listener.local_addr()?;
     let http_addr = http_listener.local_addr()?;
 
+    // One key count per device, whatever transport brings its keys.
+    let limits = config.limits.ingress();
     let ctx = Arc::new(MqttContext {
         registry: registry.clone(),
-        ingress: Arc::new(Ingress::new(
-            producer.clone(),
-            bytes(config.mqtt.max_payload_size),
-        )),
+        ingress: Arc::new(
+            Ingress::new(producer.clone(), bytes(config.mqtt.max_payload_size))
+                .with_limits(limits.clone()),
+        ),
         supervisor: supervisor.get_cell(),
         receive_maximum: config.mqtt.receive_maximum,
     });
     let mqtt = MqttServer::start(mqtt_listener, &config.mqtt, ctx)?;
 
     let http_max = bytes(config.http.max_payload_size);
-    let ingress = Arc::new(Ingress::new(producer, http_max));
+    let ingress = Arc::new(Ingress::new(producer, http_max).with_limits(limits));
     let auth = Auth::new(&config.auth, &config.data_dir)?;
     let integrations = Arc::new(
         start_integrations(&config, &auth, registry.clone(), ingress.clone(), catalog).await?,

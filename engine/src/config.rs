@@ -34,6 +34,49 @@ pub struct Config {
     pub store: StoreConfig,
     pub coap: CoapConfig,
     pub integrations: IntegrationsConfig,
+    pub limits: LimitsConfig,
+}
+
+/// What one device or one message may hold, whatever the transport (MQTT, HTTP, CoAP and HTTP
+/// integrations). A message past a limit is refused whole and counted in
+/// `engine_messages_rejected_total{reason}`: HTTP 400, MQTT 5 PUBACK 0x97 (keys, data points)
+/// or 0x99 (key length), MQTT 3.1.1 closes the connection, integrations answer 4.00 / 400.
+#[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LimitsConfig {
+    /// Distinct time-series keys, and distinct attribute keys, one device may have; a message
+    /// bringing a new key past it is refused (`too_many_keys`), keys the device has keep
+    /// flowing. 0: no limit. Counted from the start of the process, per node; tracking costs
+    /// about 16 bytes per (device, key).
+    pub max_keys_per_device: usize,
+    /// Longest key, in characters (`key_too_long`); ThingsBoard's key column is
+    /// `varchar(255)`.
+    pub max_key_length: usize,
+    /// Most key-value entries (data points) in one message (`too_many_data_points`). A 64 KiB
+    /// payload holds at most about 10 000; a converter can make more from a small one.
+    pub max_data_points_per_message: usize,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        use actors::ingress::Limits;
+        LimitsConfig {
+            max_keys_per_device: Limits::DEFAULT_MAX_KEYS_PER_DEVICE,
+            max_key_length: Limits::DEFAULT_MAX_KEY_CHARS,
+            max_data_points_per_message: Limits::DEFAULT_MAX_DATA_POINTS_PER_MESSAGE,
+        }
+    }
+}
+
+impl LimitsConfig {
+    /// The limits every ingress of the process shares (one key count per device).
+    pub fn ingress(&self) -> actors::ingress::Limits {
+        actors::ingress::Limits::new(
+            self.max_keys_per_device,
+            self.max_key_length,
+            self.max_data_points_per_message,
+        )
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
@@ -58,6 +101,7 @@ pub struct CoapConfig {
     pub max_exchanges: usize,
     /// Memory the kept answers may take at most (answers of at most 1152 bytes plus about 200
     /// bytes of bookkeeping each); the oldest go first, counted as above.
+    #[serde(with = "byte_size")]
     pub max_exchange_bytes: ByteSize,
     /// Block-wise (Block1) uploads being assembled at once at most; the oldest go first
     /// (counted in `engine_coap_evicted_total{what="block_transfer"}`; its next block is
@@ -68,6 +112,7 @@ pub struct CoapConfig {
     pub max_block_transfers_per_peer: usize,
     /// Memory the uploads being assembled may take at most; past it the oldest go first. No
     /// single upload may take more (4.13 with `Size1`).
+    #[serde(with = "byte_size")]
     pub max_block_bytes: ByteSize,
     /// Log lines a second that CoAP peers may cause at most (malformed datagrams, refusals);
     /// the rest are only counted in `engine_coap_dropped_total` and `engine_coap_refused_total`.
@@ -92,6 +137,7 @@ pub struct IntegrationsConfig {
     #[serde(with = "humantime_serde")]
     pub queue_wait: Duration,
     /// Largest payload an integration accepts (CoAP: after Block1 assembly).
+    #[serde(with = "byte_size")]
     pub max_payload_size: ByteSize,
     /// Debug events kept per integration or converter.
     pub debug_events_per_entity: usize,
@@ -171,6 +217,7 @@ pub struct MqttConfig {
     pub bind: SocketAddr,
     /// Largest accepted PUBLISH payload; bigger ones are refused (MQTT 5: PUBACK 0x97; MQTT
     /// 3.1.1: disconnect).
+    #[serde(with = "byte_size")]
     pub max_payload_size: ByteSize,
     /// Unacknowledged QoS 1 publishes one connection may have in flight; past it the engine
     /// stops reading that socket. Also MQTT 5's Receive Maximum.
@@ -209,6 +256,7 @@ pub struct HttpConfig {
     /// Address of the HTTP listener: REST API, HTTP device API and `/metrics`.
     pub bind: SocketAddr,
     /// Largest accepted body of the HTTP device API (413 beyond).
+    #[serde(with = "byte_size")]
     pub max_payload_size: ByteSize,
     /// Worker threads; 0 means one per core.
     pub workers: usize,
@@ -436,6 +484,7 @@ impl Default for Config {
             store: StoreConfig::default(),
             coap: CoapConfig::default(),
             integrations: IntegrationsConfig::default(),
+            limits: LimitsConfig::default(),
         }
     }
 }
@@ -757,6 +806,10 @@ impl Config {
             "api.query_timeout must be longer than zero"
         );
         ensure!(
+            self.limits.max_key_length > 0 && self.limits.max_data_points_per_message > 0,
+            "limits.max_key_length and limits.max_data_points_per_message must be at least 1"
+        );
+        ensure!(
             self.coap.max_in_flight > 0,
             "coap.max_in_flight must be at least 1"
         );
@@ -814,6 +867,45 @@ impl Config {
     }
 }
 
+/// Sizes in the configuration: read from an integer of bytes or a string people write ("64KiB",
+/// "64 KiB", "1 MB"), written back exactly ("64 KiB", "1 MB", or an integer of bytes).
+/// `bytesize`'s own `Serialize` writes a rounded display string ("65.5 KB" for 64 KiB), and the
+/// defaults reach figment serialised, so every `ByteSize` field takes
+/// `#[serde(with = "byte_size")]` (a test checks every default survives the trip).
+pub mod byte_size {
+    use bytesize::ByteSize;
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    const UNITS: [(u64, &str); 6] = [
+        (1 << 30, "GiB"),
+        (1_000_000_000, "GB"),
+        (1 << 20, "MiB"),
+        (1_000_000, "MB"),
+        (1 << 10, "KiB"),
+        (1_000, "KB"),
+    ];
+
+    /// The exact text of a size: the largest unit it is a whole multiple of, else its bytes.
+    pub fn exact(size: ByteSize) -> Option<String> {
+        let bytes = size.as_u64();
+        UNITS
+            .iter()
+            .find(|(unit, _)| bytes != 0 && bytes.is_multiple_of(*unit))
+            .map(|(unit, name)| format!("{} {name}", bytes / unit))
+    }
+
+    pub fn serialize<S: Serializer>(size: &ByteSize, s: S) -> Result<S::Ok, S::Error> {
+        match exact(*size) {
+            Some(text) => s.serialize_str(&text),
+            None => s.serialize_u64(size.as_u64()),
+        }
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<ByteSize, D::Error> {
+        ByteSize::deserialize(d)
+    }
+}
+
 /// Payload limits as the transports use them.
 pub fn bytes(size: ByteSize) -> usize {
     usize::try_from(size.as_u64()).unwrap_or(usize::MAX)
@@ -828,6 +920,56 @@ mod tests {
         let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../engine.example.toml");
         let config = Config::load(Some(&path), &Overrides::default()).expect("example loads");
         assert_eq!(config, Config::default());
+    }
+
+    #[test]
+    fn every_default_survives_the_round_trip_exactly() {
+        // The defaults go through figment as serialised values: a lossy form (a size shown
+        // as "65.5 KB") would silently change them.
+        let loaded = Config::load(None, &Overrides::default()).expect("defaults load");
+        assert_eq!(loaded, Config::default());
+        assert_eq!(loaded.mqtt.max_payload_size.as_u64(), 65_536);
+        assert_eq!(loaded.http.max_payload_size.as_u64(), 65_536);
+        assert_eq!(loaded.integrations.max_payload_size.as_u64(), 65_536);
+    }
+
+    #[test]
+    fn the_printed_config_shows_exact_sizes_and_loads_back() {
+        let text = toml::to_string(&Config::default()).expect("serialises");
+        assert!(text.contains("max_payload_size = \"64 KiB\""), "{text}");
+        let dir = tempfile::tempdir().expect("tempdir");
+        let file = dir.path().join("printed.toml");
+        std::fs::write(&file, &text).expect("write");
+        let loaded = Config::load(Some(&file), &Overrides::default()).expect("printed loads");
+        assert_eq!(loaded, Config::default());
+    }
+
+    #[test]
+    fn sizes_read_as_people_write_them() {
+        let cases: &[(&str, u64)] = &[
+            ("\"64KiB\"", 65_536),
+            ("\"64 KiB\"", 65_536),
+            ("\"1 MB\"", 1_000_000),
+            ("\"1MiB\"", 1_048_576),
+            ("\"65537\"", 65_537),
+            ("65537", 65_537),
+            ("\"100 B\"", 100),
+        ];
+        let dir = tempfile::tempdir().expect("tempdir");
+        let file = dir.path().join("c.toml");
+        for (value, want) in cases {
+            std::fs::write(&file, format!("[http]\nmax_payload_size = {value}\n")).expect("write");
+            let config = Config::load(Some(&file), &Overrides::default()).expect(value);
+            assert_eq!(config.http.max_payload_size.as_u64(), *want, "{value}");
+            let text = toml::to_string(&config).expect("serialises");
+            std::fs::write(&file, &text).expect("write");
+            let again = Config::load(Some(&file), &Overrides::default()).expect("reloads");
+            assert_eq!(
+                again.http.max_payload_size.as_u64(),
+                *want,
+                "{value} printed as {text}"
+            );
+        }
     }
 
     #[test]

@@ -346,7 +346,7 @@ async fn a_malformed_payload_disconnects_only_its_own_session() -> Result<()> {
         assert!(metric_at_least(&metrics, &series, 1.0), "{series} missing");
     }
     assert!(
-        engine.log().contains("device=bad"),
+        engine.log().contains("device=\"bad\""),
         "rejections are logged with the device name"
     );
     Ok(())

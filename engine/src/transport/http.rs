@@ -165,5 +165,6 @@ fn rejected(rejection: &Rejection) -> HttpResponse {
         Rejection::TooLarge { .. } => text(StatusCode::PAYLOAD_TOO_LARGE, rejection.to_string()),
         Rejection::Payload(e) => text(StatusCode::BAD_REQUEST, format!("Invalid payload: {e}")),
         Rejection::Queue(e) => busy(&e.to_string()),
+        Rejection::Quota(_) => text(StatusCode::BAD_REQUEST, rejection.to_string()),
     }
 }

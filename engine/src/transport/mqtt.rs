@@ -908,7 +908,7 @@ async fn publish_v5(
     let payload = read_payload(publish.read_all()).await?;
     match deliver(conn, uplink, payload).await {
         Ok(()) => Ok(publish.ack()),
-        Err(Fault::Rejected(Rejection::TooLarge { .. })) => {
+        Err(Fault::Rejected(Rejection::TooLarge { .. } | Rejection::Quota(_))) => {
             Ok(publish.ack().reason_code(PublishAckReason::QuotaExceeded))
         }
         Err(Fault::Rejected(Rejection::Payload(_))) => Ok(publish

@@ -6,6 +6,7 @@ mod auth;
 mod coap;
 mod http;
 mod integrations;
+mod limits;
 mod mqtt;
 mod rest;
 
