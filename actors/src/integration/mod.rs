@@ -10,6 +10,7 @@
 //! take every place in the pool's queue from the others. A failing script fails its message
 //! only: there is no blacklisting of a script after some errors.
 
+mod devices;
 pub mod events;
 mod model;
 pub mod pool;
@@ -19,6 +20,7 @@ mod tests;
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::Arc;
+use std::sync::atomic::AtomicUsize;
 use std::time::{Duration, Instant};
 
 use metrics::{Counter, Histogram, counter, histogram};
@@ -35,13 +37,13 @@ pub use model::{ConverterDef, ConverterKind, IntegrationDef, IntegrationKind};
 use crate::converter::{ConvertError, ConverterRuntime, Downlink, Entity, UplinkRecord};
 use crate::ingress::{Ingress, Rejection, Transport};
 use crate::metrics::{
-    DEVICES_CREATED, INTEGRATION_CONVERSION_SECONDS, INTEGRATION_CONVERSIONS, INTEGRATION_ERRORS,
-    INTEGRATION_MESSAGES, INTEGRATION_UNKNOWN_KEY,
+    DEVICES_CREATED, DEVICES_REFUSED, DEVICES_REFUSED_REASONS, INTEGRATION_CONVERSION_SECONDS,
+    INTEGRATION_CONVERSIONS, INTEGRATION_ERRORS, INTEGRATION_MESSAGES, INTEGRATION_UNKNOWN_KEY,
 };
 use crate::model::{
-    AccessToken, AttributeScope, Device, DeviceId, Message, MessageBody, TenantId, TsRecord, now_ms,
+    AttributeScope, Device, DeviceId, Message, MessageBody, TenantId, TsRecord, now_ms,
 };
-use crate::ports::{Catalog, DeviceRegistry, Page, PageRequest, RegistryError, StoreError};
+use crate::ports::{Catalog, DeviceRegistry, Page, PageRequest, StoreError};
 use events::{DebugEvents, EntityKind, EventKind};
 use pool::{ConverterPool, PoolError};
 
@@ -56,6 +58,12 @@ pub struct Settings {
     pub max_in_flight: usize,
     /// Devices with a pending (HTTP) downlink at most; past it the oldest is dropped.
     pub max_pending_downlinks: usize,
+    /// Distinct devices (or assets) one uplink's converter output may name; past it the
+    /// message is a converter error. 0: no limit.
+    pub max_devices_per_uplink: usize,
+    /// Devices one integration may create while the engine runs; past it a message naming a
+    /// new device is refused. 0: no limit.
+    pub max_devices_per_integration: usize,
 }
 
 impl Default for Settings {
@@ -65,6 +73,8 @@ impl Default for Settings {
             queue_wait: Duration::from_secs(5),
             max_in_flight: 1024,
             max_pending_downlinks: 100_000,
+            max_devices_per_uplink: 100,
+            max_devices_per_integration: 10_000,
         }
     }
 }
@@ -124,6 +134,9 @@ pub enum CatalogError {
     Invalid(String),
     #[error("Requested item wasn't found!")]
     NotFound,
+    /// The converter pool, which compiles scripts too, is saturated: try again later.
+    #[error("the converter pool is busy; retry later")]
+    Busy,
     #[error(transparent)]
     Store(#[from] StoreError),
 }
@@ -148,6 +161,9 @@ struct LiveIntegration {
     uplink: Arc<LiveConverter>,
     downlink: Option<Arc<LiveConverter>>,
     in_flight: Arc<Semaphore>,
+    /// Devices this integration created since the engine started (or reserved while it
+    /// creates them), against `max_devices_per_integration`.
+    devices_created: Arc<AtomicUsize>,
     messages: Counter,
     conversions: Counter,
     conversion_time: Histogram,
@@ -226,7 +242,7 @@ impl Integrations {
                         state.by_key.insert(def.routing_key.clone(), live.clone());
                         state.integrations.insert(def.id, live);
                     }
-                    Err(e) => warn!(integration = %def.name, error = %e, "integration not started"),
+                    Err(e) => warn!(integration = ?def.name, error = %e, "integration not started"),
                 }
             }
         }
@@ -239,6 +255,17 @@ impl Integrations {
 
     pub fn runtime(&self) -> &Arc<ConverterRuntime> {
         &self.runtime
+    }
+
+    /// Runs `f` with the converter runtime on the converter pool (test runs of scripts over
+    /// REST): the threads sized for scripts, and the same bound on work waiting for them.
+    pub async fn run_script<T, F>(&self, f: F) -> Result<T, PoolError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&ConverterRuntime) -> T + Send + 'static,
+    {
+        let runtime = self.runtime.clone();
+        self.pool.run(move || f(&runtime)).await
     }
 
     fn compile(&self, def: ConverterDef) -> Arc<LiveConverter> {
@@ -284,8 +311,13 @@ impl Integrations {
             counter!(INTEGRATION_ERRORS, &l).increment(0);
         }
         counter!(DEVICES_CREATED, "integration" => def.name.clone()).increment(0);
+        for reason in DEVICES_REFUSED_REASONS {
+            counter!(DEVICES_REFUSED, "integration" => def.name.clone(), "reason" => *reason)
+                .increment(0);
+        }
         Ok(Arc::new(LiveIntegration {
             in_flight: Arc::new(Semaphore::new(self.settings.max_in_flight.max(1))),
+            devices_created: Arc::new(AtomicUsize::new(0)),
             messages: counter!(INTEGRATION_MESSAGES, &labels),
             conversions: counter!(INTEGRATION_CONVERSIONS, &labels),
             conversion_time: histogram!(INTEGRATION_CONVERSION_SECONDS, &labels),
@@ -306,8 +338,19 @@ impl Integrations {
                 "Converter name should be specified!".into(),
             ));
         }
-        self.runtime
-            .compile(&def.script)
+        // Compiling is script work: on the converter pool, never the caller's async worker.
+        let runtime = self.runtime.clone();
+        let script = def.script.clone();
+        let ast = self
+            .pool
+            .run(move || runtime.compile(&script))
+            .await
+            .map_err(|e| match e {
+                PoolError::Full | PoolError::Stopped => CatalogError::Busy,
+                PoolError::Panicked => {
+                    CatalogError::Invalid("Converter script is invalid: the compiler failed".into())
+                }
+            })?
             .map_err(|e| CatalogError::Invalid(format!("Converter script is invalid: {e}")))?;
         let _guard = self.changes.lock().await;
         {
@@ -324,7 +367,10 @@ impl Integrations {
             }
         }
         self.catalog.put_converter(&def).await?;
-        let live = self.compile(def.clone());
+        let live = Arc::new(LiveConverter {
+            def: def.clone(),
+            ast: Ok(ast),
+        });
         let mut state = self.state.write();
         state.converters.insert(def.id, live);
         // Relink every integration using it, so its next message runs the new script.
@@ -342,7 +388,7 @@ impl Integrations {
                 state.integrations.insert(live.def.id, live);
             }
         }
-        info!(converter = %def.name, "converter saved");
+        info!(converter = ?def.name, "converter saved");
         Ok(def)
     }
 
@@ -358,13 +404,24 @@ impl Integrations {
             return Ok(fresh);
         };
         if old.def.name != fresh.def.name || old.def.kind != fresh.def.kind {
-            return Ok(fresh);
+            // New metric labels; the devices it created are still its own.
+            return Ok(Arc::new(LiveIntegration {
+                def: fresh.def.clone(),
+                uplink: fresh.uplink.clone(),
+                downlink: fresh.downlink.clone(),
+                in_flight: fresh.in_flight.clone(),
+                devices_created: old.devices_created.clone(),
+                messages: fresh.messages.clone(),
+                conversions: fresh.conversions.clone(),
+                conversion_time: fresh.conversion_time.clone(),
+            }));
         }
         Ok(Arc::new(LiveIntegration {
             def: fresh.def.clone(),
             uplink: fresh.uplink.clone(),
             downlink: fresh.downlink.clone(),
             in_flight: old.in_flight.clone(),
+            devices_created: old.devices_created.clone(),
             messages: old.messages.clone(),
             conversions: old.conversions.clone(),
             conversion_time: old.conversion_time.clone(),
@@ -419,7 +476,7 @@ impl Integrations {
             state.by_key.remove(&old.def.routing_key);
         }
         state.by_key.insert(def.routing_key.clone(), live);
-        info!(integration = %def.name, kind = def.kind.as_str(), enabled = def.enabled, "integration saved");
+        info!(integration = ?def.name, kind = def.kind.as_str(), enabled = def.enabled, "integration saved");
         Ok(def)
     }
 
@@ -616,6 +673,7 @@ impl Integrations {
             })?;
         live.conversion_time.record(started.elapsed());
         live.conversions.increment(1);
+        let converted = converted.and_then(|records| self.devices_per_uplink(live, records));
         if converter.def.debug_mode || converted.is_err() {
             self.converter_event(&converter.def, &payload, &metadata, &converted);
         }
@@ -730,59 +788,6 @@ impl Integrations {
         Ok(outcome)
     }
 
-    /// The device a converter named, created when the integration may create devices.
-    async fn device(
-        &self,
-        live: &LiveIntegration,
-        name: &str,
-        device_type: &str,
-    ) -> Result<Arc<Device>, UplinkError> {
-        let def = &live.def;
-        let registry_error = |e: RegistryError| UplinkError::Registry(e.to_string());
-        if let Some(device) = self
-            .registry
-            .by_name(def.tenant_id, name)
-            .await
-            .map_err(registry_error)?
-        {
-            return Ok(device);
-        }
-        if !def.allow_create_devices {
-            return Err(UplinkError::Refused(format!(
-                "device '{name}' does not exist and integration '{}' may not create devices",
-                def.name
-            )));
-        }
-        let device = Device {
-            id: DeviceId::derive(def.tenant_id, name),
-            tenant_id: def.tenant_id,
-            name: name.to_owned(),
-            device_type: if device_type.is_empty() {
-                "default".into()
-            } else {
-                device_type.to_owned()
-            },
-            label: None,
-            token: AccessToken(Uuid::new_v4().simple().to_string()),
-            created_time: now_ms(),
-        };
-        match self.registry.save(device).await {
-            Ok(device) => {
-                counter!(DEVICES_CREATED, "integration" => def.name.clone()).increment(1);
-                info!(device = %device.name, integration = %def.name, "device created by integration");
-                Ok(device)
-            }
-            // Another message (or node) created it at the same moment: same id, same device.
-            Err(RegistryError::DuplicateName) => self
-                .registry
-                .by_name(def.tenant_id, name)
-                .await
-                .map_err(registry_error)?
-                .ok_or_else(|| UplinkError::Registry("device vanished while created".into())),
-            Err(e) => Err(registry_error(e)),
-        }
-    }
-
     fn integration_error(&self, live: &LiveIntegration, payload: &[u8], e: &UplinkError) {
         let def = &live.def;
         self.events.record(
@@ -838,7 +843,7 @@ impl Integrations {
                 "inMessageType": message_type(payload),
                 "in": show(payload),
                 "out": out,
-                "metadata": serde_json::to_string(metadata).unwrap_or_default(),
+                "metadata": events::shown_metadata(metadata),
                 "error": error,
             }),
         );
