@@ -223,13 +223,12 @@ fn cut(text: &mut String, max: usize) -> bool {
     if text.len() <= max {
         return false;
     }
-    let total = text.len();
     let mut end = max;
     while !text.is_char_boundary(end) {
         end -= 1;
     }
-    text.truncate(end);
-    text.push_str(&format!("… [truncated: {total} bytes in all]"));
+    // A new string: truncating in place would keep the whole text's allocation.
+    *text = format!("{}… [truncated: {} bytes in all]", &text[..end], text.len());
     true
 }
 
