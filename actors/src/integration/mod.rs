@@ -242,7 +242,7 @@ impl Integrations {
                         state.by_key.insert(def.routing_key.clone(), live.clone());
                         state.integrations.insert(def.id, live);
                     }
-                    Err(e) => warn!(integration = ?def.name, error = %e, "integration not started"),
+                    Err(e) => warn!(integration = ?def.name, error = ?e, "integration not started"),
                 }
             }
         }
@@ -338,6 +338,7 @@ impl Integrations {
                 "Converter name should be specified!".into(),
             ));
         }
+        checked_name("converter name", &def.name)?;
         // Compiling is script work: on the converter pool, never the caller's async worker.
         let runtime = self.runtime.clone();
         let script = def.script.clone();
@@ -438,6 +439,7 @@ impl Integrations {
                 "Integration name should be specified!".into(),
             ));
         }
+        checked_name("integration name", &def.name)?;
         if def.routing_key.is_empty()
             || def.routing_key.len() > 255
             || def
@@ -928,6 +930,13 @@ impl Integrations {
         }
         Ok(true)
     }
+}
+
+/// A converter or integration name: at most 255 characters (ThingsBoard's column) and no control
+/// characters, since names are logged and become metric labels.
+fn checked_name(what: &'static str, name: &str) -> Result<(), CatalogError> {
+    crate::model::validate_name(what, name, crate::model::MAX_DEVICE_NAME_CHARS)
+        .map_err(|e| CatalogError::Invalid(e.to_string()))
 }
 
 fn paged<T: Clone>(mut all: Vec<T>, page: &PageRequest, name: impl Fn(&T) -> &String) -> Page<T> {

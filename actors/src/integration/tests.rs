@@ -722,3 +722,24 @@ async fn saving_a_converter_compiles_it_on_the_converter_pool() {
     // With room again, it is saved.
     f.converter("c", ConverterKind::Uplink, CSV).await;
 }
+
+#[tokio::test]
+async fn converter_and_integration_names_are_checked() {
+    let f = fixture().await;
+    let csv = f.converter("csv", ConverterKind::Uplink, CSV).await;
+    let mut bad = csv.clone();
+    bad.id = Uuid::new_v4();
+    bad.name = "two\nlines".into();
+    let e = f.hub.save_converter(bad).await.expect_err("refused");
+    assert_eq!(
+        e,
+        CatalogError::Invalid("converter name must not contain control characters".into())
+    );
+    let mut long = f.integration(IntegrationKind::Http, "k", &csv, true).await;
+    long.name = "i".repeat(256);
+    let e = f.hub.save_integration(long).await.expect_err("refused");
+    assert_eq!(
+        e,
+        CatalogError::Invalid("integration name is longer than 255 characters".into())
+    );
+}
