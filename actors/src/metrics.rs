@@ -315,6 +315,7 @@ pub const LOG_SITES: &[&str] = &["uplink_rejected", "sink_value_dropped"];
 /// Registers help texts and units with whatever recorder is installed.
 pub fn describe() {
     describe_mqtt();
+    describe_integration_limits();
     describe_counter!(MESSAGES_RECEIVED, "Uplink messages received, by transport");
     describe_counter!(
         MESSAGES_ACCEPTED,
@@ -512,6 +513,7 @@ pub const TRANSPORTS: &[&str] = &["mqtt", "http", "coap", "http_integration"];
 pub fn register_zero() {
     use metrics::counter;
     register_zero_mqtt();
+    register_integration_limits();
     for &transport in TRANSPORTS {
         for &reason in REJECT_REASONS {
             counter!(MESSAGES_REJECTED, "transport" => transport, "reason" => reason).increment(0);
@@ -571,6 +573,43 @@ pub fn register_zero() {
     metrics::histogram!(MAILBOX_BLOCKED, "mailbox" => "session").record(0.0);
     metrics::histogram!(QUEUE_PRODUCE_BLOCKED).record(0.0);
     register_zero_http();
+}
+
+// ---------------------------------------------------------------------------------------------
+// Integrations: what their limits refuse or cut (devices per uplink and per integration, debug
+// events by size).
+
+/// Devices an integration did not resolve or create because of a limit, by integration and
+/// reason (`per_uplink`, `per_integration`).
+pub const DEVICES_REFUSED: &str = "engine_integration_devices_refused_total";
+/// Reasons of [`DEVICES_REFUSED`].
+pub const DEVICES_REFUSED_REASONS: &[&str] = &["per_uplink", "per_integration"];
+/// Debug events dropped to make room, by reason (`count`, `entity_bytes`, `total_bytes`).
+pub const DEBUG_EVENTS_DROPPED: &str = "engine_integration_debug_events_dropped_total";
+/// Debug events whose long texts were cut.
+pub const DEBUG_EVENTS_TRUNCATED: &str = "engine_integration_debug_events_truncated_total";
+
+fn describe_integration_limits() {
+    describe_counter!(
+        DEVICES_REFUSED,
+        "Devices named by integration uplinks and refused by a limit, by integration and reason"
+    );
+    describe_counter!(
+        DEBUG_EVENTS_DROPPED,
+        "Integration and converter debug events dropped to stay within their limits, by reason"
+    );
+    describe_counter!(
+        DEBUG_EVENTS_TRUNCATED,
+        "Integration and converter debug events whose long texts were cut"
+    );
+}
+
+fn register_integration_limits() {
+    use metrics::counter;
+    for reason in ["count", "entity_bytes", "total_bytes"] {
+        counter!(DEBUG_EVENTS_DROPPED, "reason" => reason).increment(0);
+    }
+    counter!(DEBUG_EVENTS_TRUNCATED).increment(0);
 }
 
 #[cfg(test)]

@@ -9,9 +9,8 @@ use std::time::Duration;
 use actix_web::web;
 use actors::converter::ConverterRuntime;
 use actors::ingress::Ingress;
-use actors::integration::events::DebugEvents;
+use actors::integration::Integrations;
 use actors::integration::pool::ConverterPool;
-use actors::integration::{Integrations, Settings as IntegrationSettings};
 use actors::ports::{Catalog, DeadLetters, DeviceRegistry, Producer, Store};
 use actors::rule_chain::{DefaultRuleChain, MakeRuleChain, RuleChain};
 use actors::sink::{SinkArgs, SinkConfig};
@@ -250,16 +249,8 @@ async fn start_integrations(
         registry,
         ingress,
         catalog,
-        Arc::new(DebugEvents::new(
-            c.debug_events_per_entity,
-            c.debug_event_ttl,
-        )),
-        IntegrationSettings {
-            max_payload: bytes(c.max_payload_size),
-            queue_wait: c.queue_wait,
-            max_in_flight: c.max_in_flight_per_integration,
-            max_pending_downlinks: c.max_pending_downlinks,
-        },
+        Arc::new(crate::integrations::debug_events(c)),
+        crate::integrations::settings(c),
     )
     .await
     .context("cannot load the integrations")?;

@@ -139,13 +139,34 @@ pub struct IntegrationsConfig {
     /// Largest payload an integration accepts (CoAP: after Block1 assembly).
     #[serde(with = "byte_size")]
     pub max_payload_size: ByteSize,
-    /// Debug events kept per integration or converter.
+    /// Debug events kept per integration or converter; the oldest go first.
     pub debug_events_per_entity: usize,
     /// Debug events older than this are dropped.
     #[serde(with = "humantime_serde")]
     pub debug_event_ttl: Duration,
+    /// Longest text of a debug event (the payload `in`, the converter's `out`, `metadata`,
+    /// `message`, `error`); a longer one is cut, ends with `… [truncated: N bytes in all]`, and
+    /// the event carries `"truncated": true`. Counted in
+    /// `engine_integration_debug_events_truncated_total`.
+    pub debug_event_max_text_size: ByteSize,
+    /// Bytes of debug events kept per integration or converter; past it the oldest go first
+    /// (counted in `engine_integration_debug_events_dropped_total{reason="entity_bytes"}`).
+    pub debug_events_max_bytes_per_entity: ByteSize,
+    /// Bytes of debug events kept in all; past it the oldest of any entity go first (counted
+    /// with `reason="total_bytes"`).
+    pub debug_events_max_bytes: ByteSize,
     /// Devices with a pending HTTP downlink at most.
     pub max_pending_downlinks: usize,
+    /// Distinct devices (or assets) the converter output of one uplink may name. Past it the
+    /// message is a converter error (CoAP 4.00, HTTP 400, an error event) and nothing of it is
+    /// stored; counted in `engine_integration_devices_refused_total{reason="per_uplink"}`.
+    /// 0: no limit.
+    pub max_devices_per_uplink: usize,
+    /// Devices one integration may create while the engine runs (devices it finds are not
+    /// counted; a restart starts the count over). Past it a message naming a new device is
+    /// refused (CoAP 4.00, HTTP 400, an error event); counted with `reason="per_integration"`.
+    /// 0: no limit.
+    pub max_devices_per_integration: usize,
     /// Limits of one converter run.
     pub script: ScriptLimits,
     /// Converters declared here are (re)created at every start, with ids derived from their
@@ -155,14 +176,24 @@ pub struct IntegrationsConfig {
     pub integration: Vec<IntegrationDecl>,
 }
 
+/// Limits of one converter run; breaking one fails that message only (a converter error).
+/// Helpers check their results against the size limits before they allocate.
 #[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ScriptLimits {
+    /// Rhai operations (statements, expressions, calls) one run may take.
     pub max_operations: u64,
+    /// Longest string, in bytes; also the sum of the strings an array or map holds, and the
+    /// keys `toFlatMap` makes.
     pub max_string_size: usize,
+    /// Most items of an array or blob, nested ones included.
     pub max_array_size: usize,
+    /// Most entries of a map, nested ones included.
     pub max_map_size: usize,
+    /// Deepest function call nesting.
     pub max_call_levels: usize,
+    /// Longest one run may take; checked at every operation (to within a few milliseconds)
+    /// and inside helpers.
     #[serde(with = "humantime_serde")]
     pub max_wall_time: Duration,
 }
@@ -516,7 +547,12 @@ impl Default for IntegrationsConfig {
             max_payload_size: ByteSize::kib(64),
             debug_events_per_entity: 1000,
             debug_event_ttl: Duration::from_secs(86_400),
+            debug_event_max_text_size: ByteSize::kib(16),
+            debug_events_max_bytes_per_entity: ByteSize::mib(4),
+            debug_events_max_bytes: ByteSize::mib(64),
             max_pending_downlinks: 100_000,
+            max_devices_per_uplink: 100,
+            max_devices_per_integration: 10_000,
             script: ScriptLimits::default(),
             converter: Vec::new(),
             integration: Vec::new(),
@@ -823,6 +859,17 @@ impl Config {
             self.integrations.queue_capacity > 0
                 && self.integrations.max_in_flight_per_integration > 0,
             "integrations.queue_capacity and max_in_flight_per_integration must be at least 1"
+        );
+        let script = &self.integrations.script;
+        // In Rhai 0 means no limit: a converter could then allocate without bound.
+        ensure!(
+            script.max_operations > 0
+                && script.max_string_size > 0
+                && script.max_array_size > 0
+                && script.max_map_size > 0
+                && script.max_call_levels > 0
+                && !script.max_wall_time.is_zero(),
+            "every integrations.script limit must be above 0"
         );
         for c in &self.integrations.converter {
             ensure!(

@@ -2,15 +2,39 @@
 //! declared form) at every start. Their ids derive from the tenant and their names, so a
 //! restart updates them in place instead of adding copies.
 
+use actors::integration::events::{DebugEvents, EventLimits};
 use actors::integration::{
-    ConverterDef, ConverterKind, IntegrationDef, IntegrationKind, Integrations,
+    ConverterDef, ConverterKind, IntegrationDef, IntegrationKind, Integrations, Settings,
 };
 use actors::model::{TenantId, now_ms};
 use anyhow::Context;
 use tracing::info;
 use uuid::Uuid;
 
-use crate::config::IntegrationsConfig;
+use crate::config::{IntegrationsConfig, bytes};
+
+/// How the integration hub runs, from its configuration.
+pub fn settings(c: &IntegrationsConfig) -> Settings {
+    Settings {
+        max_payload: bytes(c.max_payload_size),
+        queue_wait: c.queue_wait,
+        max_in_flight: c.max_in_flight_per_integration,
+        max_pending_downlinks: c.max_pending_downlinks,
+        max_devices_per_uplink: c.max_devices_per_uplink,
+        max_devices_per_integration: c.max_devices_per_integration,
+    }
+}
+
+/// The debug-event store, bounded as configured.
+pub fn debug_events(c: &IntegrationsConfig) -> DebugEvents {
+    DebugEvents::with_limits(EventLimits {
+        per_entity: c.debug_events_per_entity,
+        ttl: c.debug_event_ttl,
+        max_text_size: bytes(c.debug_event_max_text_size),
+        max_bytes_per_entity: bytes(c.debug_events_max_bytes_per_entity),
+        max_bytes: bytes(c.debug_events_max_bytes),
+    })
+}
 
 fn converter_id(tenant: TenantId, name: &str) -> Uuid {
     Uuid::new_v5(&tenant.0, format!("converter:{name}").as_bytes())

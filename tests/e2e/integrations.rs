@@ -13,14 +13,14 @@ use tests::{Engine, Rest};
 
 use crate::SETTLE;
 
-fn script(name: &str) -> Result<String> {
+pub(crate) fn script(name: &str) -> Result<String> {
     let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("../examples/converters")
         .join(name);
     std::fs::read_to_string(&path).with_context(|| path.display().to_string())
 }
 
-async fn post_json(rest: &Rest, path: &str, body: &Value) -> Result<Value> {
+pub(crate) async fn post_json(rest: &Rest, path: &str, body: &Value) -> Result<Value> {
     let resp = rest.post(path).json(body).send().await?;
     let status = resp.status();
     let answer: Value = resp.json().await?;
@@ -28,7 +28,7 @@ async fn post_json(rest: &Rest, path: &str, body: &Value) -> Result<Value> {
     Ok(answer)
 }
 
-async fn converter(rest: &Rest, name: &str, kind: &str, script: &str) -> Result<String> {
+pub(crate) async fn converter(rest: &Rest, name: &str, kind: &str, script: &str) -> Result<String> {
     let field = if kind == "UPLINK" {
         "tbelDecoder"
     } else {
@@ -45,7 +45,7 @@ async fn converter(rest: &Rest, name: &str, kind: &str, script: &str) -> Result<
 }
 
 /// Creates an integration; returns (id, routing key).
-async fn integration(rest: &Rest, body: &Value) -> Result<(String, String)> {
+pub(crate) async fn integration(rest: &Rest, body: &Value) -> Result<(String, String)> {
     let i = post_json(rest, "/api/integration", body).await?;
     Ok((
         i["id"]["id"].as_str().context("integration id")?.to_owned(),
@@ -54,7 +54,7 @@ async fn integration(rest: &Rest, body: &Value) -> Result<(String, String)> {
 }
 
 /// The device's id once it exists.
-async fn device_id(rest: &Rest, name: &str) -> Result<String> {
+pub(crate) async fn device_id(rest: &Rest, name: &str) -> Result<String> {
     let path = format!("/api/tenant/devices?deviceName={name}");
     rest.eventually(SETTLE, || async {
         let resp = rest.get(&path).send().await?;
@@ -68,7 +68,7 @@ async fn device_id(rest: &Rest, name: &str) -> Result<String> {
 }
 
 /// The latest value of `key` once it is stored.
-async fn latest(rest: &Rest, device: &str, key: &str) -> Result<Value> {
+pub(crate) async fn latest(rest: &Rest, device: &str, key: &str) -> Result<Value> {
     rest.eventually(SETTLE, || async {
         let v = rest.latest(device).await?;
         Ok(v[key][0].get("value").cloned())
@@ -86,7 +86,7 @@ async fn aggregate(rest: &Rest, device: &str, key: &str, agg: &str) -> Result<Va
     Ok(v[key][0]["value"].clone())
 }
 
-async fn events(rest: &Rest, entity: &str, id: &str, kind: &str) -> Result<Vec<Value>> {
+pub(crate) async fn events(rest: &Rest, entity: &str, id: &str, kind: &str) -> Result<Vec<Value>> {
     let page = rest
         .json(&format!(
             "/api/events/{entity}/{id}/{kind}?pageSize=100&page=0"

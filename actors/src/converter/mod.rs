@@ -6,14 +6,18 @@
 //! cache of compiled scripts keyed by their text, so a changed converter is compiled once on
 //! its first message and an unchanged one never again. Each run is limited in operations,
 //! string, array and map sizes, call depth and wall time; breaking a limit or raising an error
-//! fails that message only.
+//! fails that message only. Helpers check those limits before they allocate and look at the
+//! deadline while they work ([`guard`]), and the few functions of Rhai's standard library that
+//! did neither are replaced ([`builtins`]).
 
+mod builtins;
+pub mod guard;
 pub mod helpers;
 mod output;
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use rhai::{AST, Blob, Dynamic, Engine, EvalAltResult, Map, OptimizationLevel, Scope};
 use thiserror::Error;
@@ -82,12 +86,6 @@ impl ConvertError {
     }
 }
 
-thread_local! {
-    /// When the current run must end (the engine is shared; each thread runs one script at a
-    /// time).
-    static DEADLINE: std::cell::Cell<Option<Instant>> = const { std::cell::Cell::new(None) };
-}
-
 /// The engine and the compiled-script cache. Share one per process.
 pub struct ConverterRuntime {
     engine: Engine,
@@ -110,14 +108,18 @@ impl ConverterRuntime {
             .set_max_call_levels(limits.max_call_levels)
             .set_max_expr_depths(64, 32)
             .set_optimization_level(OptimizationLevel::Full);
-        // Checked every 1 024 operations: cheap, and a loop cannot outrun it by much.
+        // The coarse clock at every operation (one operation can be a helper working on a
+        // megabyte), the real one every 256 in case the clock thread is starved.
         engine.on_progress(|operations| {
-            if operations % 1024 != 0 {
-                return None;
-            }
-            let expired = DEADLINE.with(|d| d.get().is_some_and(|t| Instant::now() >= t));
+            let expired = if operations % 256 == 0 {
+                guard::expired()
+            } else {
+                guard::expired_coarse()
+            };
             expired.then_some(Dynamic::UNIT)
         });
+        // TBEL has no `eval`; a script compiling scripts is out of reach of every check here.
+        engine.disable_symbol("eval");
         engine.on_print(|_| {});
         engine.on_debug(|_, _, _| {});
         helpers::register(&mut engine);
@@ -153,10 +155,10 @@ impl ConverterRuntime {
     }
 
     fn run(&self, ast: &AST, scope: &mut Scope<'_>) -> Result<Dynamic, ConvertError> {
-        DEADLINE.with(|d| d.set(Some(Instant::now() + self.max_wall_time)));
-        let result = self.engine.eval_ast_with_scope::<Dynamic>(scope, ast);
-        DEADLINE.with(|d| d.set(None));
-        result.map_err(|e| ConvertError::from_eval(*e))
+        let _run = guard::start(self.max_wall_time);
+        self.engine
+            .eval_ast_with_scope::<Dynamic>(scope, ast)
+            .map_err(|e| ConvertError::from_eval(*e))
     }
 
     /// Runs an uplink converter: `payload` (bytes) and `metadata` in, records out.

@@ -7,7 +7,9 @@ use rhai::{Array, Blob, Dynamic, Map};
 
 use super::ConvertError;
 use super::helpers::dynamic_to_json;
-use crate::model::{KvEntry, KvValue};
+use crate::model::{
+    KvEntry, KvValue, MAX_DEVICE_NAME_CHARS, MAX_DEVICE_TYPE_CHARS, NameError, validate_name,
+};
 
 /// The entity an uplink record is about.
 #[derive(Clone, Debug, PartialEq)]
@@ -86,8 +88,12 @@ fn kv_value(key: &str, value: &Dynamic, field: &str) -> Result<Option<KvValue>, 
         return Ok(Some(KvValue::String(value.to_string())));
     }
     if value.is_map() || value.is_array() {
-        let json =
-            dynamic_to_json(value).map_err(|e| ConvertError::new(format!("{field}.{key}: {e}")))?;
+        let json = dynamic_to_json(value).map_err(|e| {
+            ConvertError::new(format!(
+                "{field}.{key}: {}",
+                ConvertError::from_eval(*e).message
+            ))
+        })?;
         return Ok(Some(KvValue::Json(json)));
     }
     err(format!(
@@ -145,6 +151,19 @@ fn telemetry(value: &Dynamic) -> Result<Vec<TelemetryRecord>, ConvertError> {
     }
 }
 
+/// A name the converter chose: it becomes a device (or asset) and is logged, so it must be what
+/// ThingsBoard accepts and nothing that could forge a log line.
+fn checked_name(
+    field: &str,
+    what: &'static str,
+    name: String,
+    max: usize,
+) -> Result<String, ConvertError> {
+    validate_name(what, &name, max)
+        .map(|()| name)
+        .map_err(|e: NameError| ConvertError::new(format!("{field}: {e}")))
+}
+
 fn record(value: &Dynamic) -> Result<UplinkRecord, ConvertError> {
     let Some(map) = value.read_lock::<Map>() else {
         return err(format!(
@@ -157,16 +176,26 @@ fn record(value: &Dynamic) -> Result<UplinkRecord, ConvertError> {
         optional_string(&map, "assetName")?,
     ) {
         (Some(name), _) if !name.is_empty() => Entity::Device {
-            name,
-            device_type: optional_string(&map, "deviceType")?
-                .filter(|t| !t.is_empty())
-                .unwrap_or_else(|| "default".into()),
+            name: checked_name("deviceName", "device name", name, MAX_DEVICE_NAME_CHARS)?,
+            device_type: checked_name(
+                "deviceType",
+                "device type",
+                optional_string(&map, "deviceType")?
+                    .filter(|t| !t.is_empty())
+                    .unwrap_or_else(|| "default".into()),
+                MAX_DEVICE_TYPE_CHARS,
+            )?,
         },
         (None, Some(name)) if !name.is_empty() => Entity::Asset {
-            name,
-            asset_type: optional_string(&map, "assetType")?
-                .filter(|t| !t.is_empty())
-                .unwrap_or_else(|| "default".into()),
+            name: checked_name("assetName", "asset name", name, MAX_DEVICE_NAME_CHARS)?,
+            asset_type: checked_name(
+                "assetType",
+                "asset type",
+                optional_string(&map, "assetType")?
+                    .filter(|t| !t.is_empty())
+                    .unwrap_or_else(|| "default".into()),
+                MAX_DEVICE_TYPE_CHARS,
+            )?,
         },
         _ => return err("deviceName (or assetName) must be a non-empty string"),
     };
@@ -226,9 +255,9 @@ pub(super) fn downlink(out: Dynamic) -> Result<Downlink, ConvertError> {
                 .map_err(|e| ConvertError::new(format!("data is not JSON: {e}")))?;
             DownlinkContent::Json(text)
         }
-        "JSON" => DownlinkContent::Json(
-            dynamic_to_json(data).map_err(|e| ConvertError::new(format!("data: {e}")))?,
-        ),
+        "JSON" => DownlinkContent::Json(dynamic_to_json(data).map_err(|e| {
+            ConvertError::new(format!("data: {}", ConvertError::from_eval(*e).message))
+        })?),
         "TEXT" if data.is_string() => DownlinkContent::Text(data.to_string()),
         "TEXT" => {
             return err(format!(

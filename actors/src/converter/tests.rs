@@ -110,7 +110,7 @@ fn helpers_fail_with_a_message_naming_them() {
     let cases: &[(&str, &str)] = &[
         (
             r#"parseInt("12x")"#,
-            "parseInt: not a number in base 10: 12x",
+            r#"parseInt: not a number in base 10: "12x""#,
         ),
         (r#"parseInt("1", 99)"#, "parseInt: radix must be 2 to 36"),
         (
@@ -344,7 +344,11 @@ fn limits_stop_a_runaway_script_for_that_message_only() {
     });
     let err = rt.uplink("loop {}", b"", &meta(&[])).expect_err("stopped");
     assert!(err.message.contains("time limit"), "{err}");
-    let rt = runtime();
+    // Time enough for the operations limit to come first, even unoptimised.
+    let rt = ConverterRuntime::new(&Limits {
+        max_wall_time: std::time::Duration::from_secs(120),
+        ..Limits::default()
+    });
     let err = rt
         .uplink("let x = 0; loop { x += 1; }", b"", &meta(&[]))
         .expect_err("stopped");
@@ -408,4 +412,260 @@ fn metadata_and_payload_reach_the_script() {
             KvEntry::new("size", KvValue::Long(3)),
         ]
     );
+}
+
+/// Limits small enough that every case below is quick: strings of 1 000 bytes, arrays of 100
+/// items, maps of 10 entries.
+fn small() -> ConverterRuntime {
+    ConverterRuntime::new(&Limits {
+        max_string_size: 1000,
+        max_array_size: 100,
+        max_map_size: 10,
+        ..Limits::default()
+    })
+}
+
+/// Runs `script` as an uplink converter on `payload` and returns its error.
+fn refused(rt: &ConverterRuntime, script: &str, payload: &[u8]) -> String {
+    match rt.uplink(script, payload, &meta(&[])) {
+        Ok(out) => panic!("{script}: not refused, made {out:?}"),
+        Err(e) => e.message,
+    }
+}
+
+#[test]
+fn helpers_check_the_size_of_what_they_make_before_they_make_it() {
+    // (script, payload, the start of the error)
+    let cases: &[(&str, &[u8], &str)] = &[
+        (
+            r#"padEnd("x", 1000000000000, "y")"#,
+            b"",
+            "padEnd: the result would be 1000000000000 bytes, over the string limit of 1000 bytes",
+        ),
+        (
+            r#"padStart("x", 9223372036854775807, "yz")"#,
+            b"",
+            "padStart: the result would be",
+        ),
+        (
+            r#"padEnd("x", 600, "é")"#,
+            b"",
+            "padEnd: the result would be 1199 bytes",
+        ),
+        (
+            r#"let s = "x"; s.pad(100000, "y"); s"#,
+            b"",
+            "pad: the result would be 100000 bytes",
+        ),
+        (
+            r#"let s = "a"; s.pad(1000, "a"); s.replace("a", "bb"); s"#,
+            b"",
+            "replace: the result would be 2000 bytes",
+        ),
+        (
+            r#"let s = "a"; s.pad(1000, "a"); s.replaceAll("a", "bb")"#,
+            b"",
+            "replaceAll: the result would be 2000 bytes",
+        ),
+        (
+            r#"let s = "a"; s.pad(200, "a"); stringToBytes(s)"#,
+            b"",
+            "stringToBytes: the result would have 200 items, over the array limit of 100",
+        ),
+        (
+            r#"let s = "0"; s.pad(400, "0"); hexToBytes(s)"#,
+            b"",
+            "hexToBytes: the result would have 200 items",
+        ),
+        (
+            r#"let s = "A"; s.pad(400, "A"); base64ToBytes(s)"#,
+            b"",
+            "base64ToBytes: the result would have 300 items",
+        ),
+        (
+            r#"let s = "a"; s.pad(900, "a"); btoa(s)"#,
+            b"",
+            "btoa: the result would be 1200 bytes",
+        ),
+        (
+            r#"let s = "a"; s.pad(900, "a"); bytesToBase64(s)"#,
+            b"",
+            "bytesToBase64: the result would be 1200 bytes",
+        ),
+        (
+            r#"let s = "a"; s.pad(600, "a"); bytesToHex(s)"#,
+            b"",
+            "bytesToHex: the result would be 1200 bytes",
+        ),
+        (
+            "decodeToString(payload)",
+            &[b'x'; 2000],
+            "decodeToString: the result would be 2000 bytes",
+        ),
+        (
+            "decodeToJson(payload)",
+            b"[0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0]",
+            "decodeToJson: the result would have 150 items",
+        ),
+        (
+            r#"let s = "[0"; s.pad(300, ",0"); JSON.parse(s + "]")"#,
+            b"",
+            "JSON.parse: the result would have 150 items",
+        ),
+        (
+            r#"let a = []; a.pad(100, "xxxxxxxxxx"); JSON.stringify(a)"#,
+            b"",
+            "JSON.stringify: the result would be over the string limit of 1000 bytes",
+        ),
+        (
+            r#"let k = "k"; k.pad(300, "k"); let m = #{}; m[k] = [1, 2, 3, 4, 5]; toFlatMap(m)"#,
+            b"",
+            "toFlatMap: the result would be 1208 bytes, over the string limit",
+        ),
+        (
+            "let m = #{a: []}; m.a.pad(20, 1); toFlatMap(m)",
+            b"",
+            "toFlatMap: the result would have 11 entries, over the map limit of 10",
+        ),
+        (
+            r#"parseHexToInt("00000000000000000000")"#,
+            b"",
+            "parseHexToInt: at most 4 bytes",
+        ),
+        (r#"hexToBytes("aé1")"#, b"", "hexToBytes: not a hex string"),
+    ];
+    let rt = small();
+    for (script, payload, want) in cases {
+        let got = refused(&rt, script, payload);
+        assert!(got.starts_with(want), "{script}: {got}");
+    }
+    // The runtime serves on.
+    assert!(rt.uplink(r#"#{deviceName: "ok"}"#, b"", &meta(&[])).is_ok());
+}
+
+#[test]
+fn sizes_past_any_memory_are_refused_under_the_default_limits_too() {
+    let cases: &[(&str, &str)] = &[
+        (
+            r#"padEnd("x", 1000000000000, "y")"#,
+            "padEnd: the result would be 1000000000000 bytes, over the string limit of 1048576 bytes",
+        ),
+        (
+            r#"let s = "a"; s.pad(1000000, "a"); let t = s; s.replace("a", t); s"#,
+            "replace: the result would be 1000000000000 bytes",
+        ),
+        (
+            // 2^48 copies of a 65 535-byte blob: Rhai's own check multiplies unchecked and
+            // wraps to zero.
+            "let a = []; a.pad(281474976710656, blob(65535)); a.len()",
+            "pad: the result would be over the array limit",
+        ),
+    ];
+    // Time enough for the sizes to be the limit that fails, even unoptimised.
+    let rt = ConverterRuntime::new(&Limits {
+        max_wall_time: std::time::Duration::from_secs(120),
+        ..Limits::default()
+    });
+    for (script, want) in cases {
+        let got = refused(&rt, script, b"");
+        assert!(got.starts_with(want), "{script}: {got}");
+    }
+}
+
+#[test]
+fn helpers_refuse_values_nested_past_their_depth() {
+    let deep = "let a = #{}; for i in 0..200 { a = #{x: a}; }";
+    let cases: &[(&str, &str)] = &[
+        ("toFlatMap(a)", "toFlatMap: nested deeper than 128 levels"),
+        (
+            "JSON.stringify(a)",
+            "JSON.stringify: nested deeper than 128 levels",
+        ),
+        ("a.to_json()", "to_json: nested deeper than 128 levels"),
+        (
+            r#"#{deviceName: "d", telemetry: #{v: a}}"#,
+            "telemetry.v: nested deeper than 128 levels",
+        ),
+    ];
+    let rt = runtime();
+    for (tail, want) in cases {
+        let script = format!("{deep} {tail}");
+        let got = refused(&rt, &script, b"");
+        assert!(got.starts_with(want), "{tail}: {got}");
+    }
+}
+
+#[test]
+fn padding_with_nothing_ends() {
+    // Rhai's own `pad` looped forever on an empty padding string, holding its thread.
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let out = runtime().uplink(
+            r#"let s = "x"; s.pad(10, ""); #{deviceName: s + padEnd("y", 5, "")}"#,
+            b"",
+            &meta(&[]),
+        );
+        let _ = tx.send(out);
+    });
+    let out = rx
+        .recv_timeout(std::time::Duration::from_secs(60))
+        .expect("the script ended")
+        .expect("converts");
+    assert_eq!(
+        out[0].entity,
+        Entity::Device {
+            name: "xy".into(),
+            device_type: "default".into()
+        }
+    );
+}
+
+#[test]
+fn the_deadline_holds_at_every_operation_not_every_thousand() {
+    // With no time at all, the first operation is already late: a handful of operations (a
+    // helper, a sort) used to run on until the 1 024th.
+    let rt = ConverterRuntime::new(&Limits {
+        max_wall_time: std::time::Duration::ZERO,
+        max_operations: u64::MAX,
+        ..Limits::default()
+    });
+    for script in [
+        r#"let s = padEnd("x", 1000, "y"); #{deviceName: s}"#,
+        r#"let a = []; a.pad(1000, "z"); a.sort(); #{deviceName: "d"}"#,
+    ] {
+        let err = rt.uplink(script, b"", &meta(&[])).expect_err(script);
+        assert!(err.message.contains("time limit"), "{script}: {err}");
+    }
+}
+
+#[test]
+fn converter_made_names_are_checked() {
+    let long = "n".repeat(crate::model::MAX_DEVICE_NAME_CHARS + 1);
+    let cases: Vec<(String, &str)> = vec![
+        (
+            r#"#{deviceName: "bad\nERROR forged"}"#.into(),
+            "deviceName: device name must not contain control characters",
+        ),
+        (
+            r#"#{deviceName: "\x1b[31mred"}"#.into(),
+            "deviceName: device name must not contain control characters",
+        ),
+        (
+            format!(r#"#{{deviceName: "{long}"}}"#),
+            "deviceName: device name is longer than 255 characters",
+        ),
+        (
+            r#"#{deviceName: "ok", deviceType: "t\r\nERROR x"}"#.into(),
+            "deviceType: device type must not contain control characters",
+        ),
+        (
+            r#"#{assetName: "a\nb"}"#.into(),
+            "assetName: asset name must not contain control characters",
+        ),
+    ];
+    let rt = runtime();
+    for (script, want) in cases {
+        let got = refused(&rt, &script, b"");
+        assert_eq!(got, want, "{script}");
+    }
 }

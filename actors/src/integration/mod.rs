@@ -10,6 +10,7 @@
 //! take every place in the pool's queue from the others. A failing script fails its message
 //! only: there is no blacklisting of a script after some errors.
 
+mod devices;
 pub mod events;
 mod model;
 pub mod pool;
@@ -19,6 +20,7 @@ mod tests;
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::Arc;
+use std::sync::atomic::AtomicUsize;
 use std::time::{Duration, Instant};
 
 use metrics::{Counter, Histogram, counter, histogram};
@@ -35,13 +37,13 @@ pub use model::{ConverterDef, ConverterKind, IntegrationDef, IntegrationKind};
 use crate::converter::{ConvertError, ConverterRuntime, Downlink, Entity, UplinkRecord};
 use crate::ingress::{Ingress, Rejection, Transport};
 use crate::metrics::{
-    DEVICES_CREATED, INTEGRATION_CONVERSION_SECONDS, INTEGRATION_CONVERSIONS, INTEGRATION_ERRORS,
-    INTEGRATION_MESSAGES, INTEGRATION_UNKNOWN_KEY,
+    DEVICES_CREATED, DEVICES_REFUSED, DEVICES_REFUSED_REASONS, INTEGRATION_CONVERSION_SECONDS,
+    INTEGRATION_CONVERSIONS, INTEGRATION_ERRORS, INTEGRATION_MESSAGES, INTEGRATION_UNKNOWN_KEY,
 };
 use crate::model::{
-    AccessToken, AttributeScope, Device, DeviceId, Message, MessageBody, TenantId, TsRecord, now_ms,
+    AttributeScope, Device, DeviceId, Message, MessageBody, TenantId, TsRecord, now_ms,
 };
-use crate::ports::{Catalog, DeviceRegistry, Page, PageRequest, RegistryError, StoreError};
+use crate::ports::{Catalog, DeviceRegistry, Page, PageRequest, StoreError};
 use events::{DebugEvents, EntityKind, EventKind};
 use pool::{ConverterPool, PoolError};
 
@@ -56,6 +58,12 @@ pub struct Settings {
     pub max_in_flight: usize,
     /// Devices with a pending (HTTP) downlink at most; past it the oldest is dropped.
     pub max_pending_downlinks: usize,
+    /// Distinct devices (or assets) one uplink's converter output may name; past it the
+    /// message is a converter error. 0: no limit.
+    pub max_devices_per_uplink: usize,
+    /// Devices one integration may create while the engine runs; past it a message naming a
+    /// new device is refused. 0: no limit.
+    pub max_devices_per_integration: usize,
 }
 
 impl Default for Settings {
@@ -65,6 +73,8 @@ impl Default for Settings {
             queue_wait: Duration::from_secs(5),
             max_in_flight: 1024,
             max_pending_downlinks: 100_000,
+            max_devices_per_uplink: 100,
+            max_devices_per_integration: 10_000,
         }
     }
 }
@@ -108,6 +118,16 @@ impl UplinkError {
         }
     }
 
+    /// An ingress refusal: only a queue that cannot take the message now is worth a retry
+    /// (5.03 / 503); a refused payload or a broken limit is the converter output's fault
+    /// (4.00 / 400).
+    fn from_rejection(rejection: Rejection) -> UplinkError {
+        match rejection.kind() {
+            crate::ingress::RejectionKind::Unavailable => UplinkError::Queue(rejection),
+            _ => UplinkError::Refused(rejection.to_string()),
+        }
+    }
+
     /// Whether the sender should try again later (CoAP 5.03, HTTP 503).
     pub fn is_overload(&self) -> bool {
         matches!(
@@ -124,6 +144,9 @@ pub enum CatalogError {
     Invalid(String),
     #[error("Requested item wasn't found!")]
     NotFound,
+    /// The converter pool, which compiles scripts too, is saturated: try again later.
+    #[error("the converter pool is busy; retry later")]
+    Busy,
     #[error(transparent)]
     Store(#[from] StoreError),
 }
@@ -148,6 +171,9 @@ struct LiveIntegration {
     uplink: Arc<LiveConverter>,
     downlink: Option<Arc<LiveConverter>>,
     in_flight: Arc<Semaphore>,
+    /// Devices this integration created since the engine started (or reserved while it
+    /// creates them), against `max_devices_per_integration`.
+    devices_created: Arc<AtomicUsize>,
     messages: Counter,
     conversions: Counter,
     conversion_time: Histogram,
@@ -226,7 +252,7 @@ impl Integrations {
                         state.by_key.insert(def.routing_key.clone(), live.clone());
                         state.integrations.insert(def.id, live);
                     }
-                    Err(e) => warn!(integration = %def.name, error = %e, "integration not started"),
+                    Err(e) => warn!(integration = ?def.name, error = ?e, "integration not started"),
                 }
             }
         }
@@ -239,6 +265,17 @@ impl Integrations {
 
     pub fn runtime(&self) -> &Arc<ConverterRuntime> {
         &self.runtime
+    }
+
+    /// Runs `f` with the converter runtime on the converter pool (test runs of scripts over
+    /// REST): the threads sized for scripts, and the same bound on work waiting for them.
+    pub async fn run_script<T, F>(&self, f: F) -> Result<T, PoolError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&ConverterRuntime) -> T + Send + 'static,
+    {
+        let runtime = self.runtime.clone();
+        self.pool.run(move || f(&runtime)).await
     }
 
     fn compile(&self, def: ConverterDef) -> Arc<LiveConverter> {
@@ -284,8 +321,13 @@ impl Integrations {
             counter!(INTEGRATION_ERRORS, &l).increment(0);
         }
         counter!(DEVICES_CREATED, "integration" => def.name.clone()).increment(0);
+        for reason in DEVICES_REFUSED_REASONS {
+            counter!(DEVICES_REFUSED, "integration" => def.name.clone(), "reason" => *reason)
+                .increment(0);
+        }
         Ok(Arc::new(LiveIntegration {
             in_flight: Arc::new(Semaphore::new(self.settings.max_in_flight.max(1))),
+            devices_created: Arc::new(AtomicUsize::new(0)),
             messages: counter!(INTEGRATION_MESSAGES, &labels),
             conversions: counter!(INTEGRATION_CONVERSIONS, &labels),
             conversion_time: histogram!(INTEGRATION_CONVERSION_SECONDS, &labels),
@@ -306,8 +348,20 @@ impl Integrations {
                 "Converter name should be specified!".into(),
             ));
         }
-        self.runtime
-            .compile(&def.script)
+        checked_name("converter name", &def.name)?;
+        // Compiling is script work: on the converter pool, never the caller's async worker.
+        let runtime = self.runtime.clone();
+        let script = def.script.clone();
+        let ast = self
+            .pool
+            .run(move || runtime.compile(&script))
+            .await
+            .map_err(|e| match e {
+                PoolError::Full | PoolError::Stopped => CatalogError::Busy,
+                PoolError::Panicked => {
+                    CatalogError::Invalid("Converter script is invalid: the compiler failed".into())
+                }
+            })?
             .map_err(|e| CatalogError::Invalid(format!("Converter script is invalid: {e}")))?;
         let _guard = self.changes.lock().await;
         {
@@ -324,7 +378,10 @@ impl Integrations {
             }
         }
         self.catalog.put_converter(&def).await?;
-        let live = self.compile(def.clone());
+        let live = Arc::new(LiveConverter {
+            def: def.clone(),
+            ast: Ok(ast),
+        });
         let mut state = self.state.write();
         state.converters.insert(def.id, live);
         // Relink every integration using it, so its next message runs the new script.
@@ -342,7 +399,7 @@ impl Integrations {
                 state.integrations.insert(live.def.id, live);
             }
         }
-        info!(converter = %def.name, "converter saved");
+        info!(converter = ?def.name, "converter saved");
         Ok(def)
     }
 
@@ -358,13 +415,24 @@ impl Integrations {
             return Ok(fresh);
         };
         if old.def.name != fresh.def.name || old.def.kind != fresh.def.kind {
-            return Ok(fresh);
+            // New metric labels; the devices it created are still its own.
+            return Ok(Arc::new(LiveIntegration {
+                def: fresh.def.clone(),
+                uplink: fresh.uplink.clone(),
+                downlink: fresh.downlink.clone(),
+                in_flight: fresh.in_flight.clone(),
+                devices_created: old.devices_created.clone(),
+                messages: fresh.messages.clone(),
+                conversions: fresh.conversions.clone(),
+                conversion_time: fresh.conversion_time.clone(),
+            }));
         }
         Ok(Arc::new(LiveIntegration {
             def: fresh.def.clone(),
             uplink: fresh.uplink.clone(),
             downlink: fresh.downlink.clone(),
             in_flight: old.in_flight.clone(),
+            devices_created: old.devices_created.clone(),
             messages: old.messages.clone(),
             conversions: old.conversions.clone(),
             conversion_time: old.conversion_time.clone(),
@@ -381,6 +449,7 @@ impl Integrations {
                 "Integration name should be specified!".into(),
             ));
         }
+        checked_name("integration name", &def.name)?;
         if def.routing_key.is_empty()
             || def.routing_key.len() > 255
             || def
@@ -419,7 +488,7 @@ impl Integrations {
             state.by_key.remove(&old.def.routing_key);
         }
         state.by_key.insert(def.routing_key.clone(), live);
-        info!(integration = %def.name, kind = def.kind.as_str(), enabled = def.enabled, "integration saved");
+        info!(integration = ?def.name, kind = def.kind.as_str(), enabled = def.enabled, "integration saved");
         Ok(def)
     }
 
@@ -616,6 +685,7 @@ impl Integrations {
             })?;
         live.conversion_time.record(started.elapsed());
         live.conversions.increment(1);
+        let converted = converted.and_then(|records| self.devices_per_uplink(live, records));
         if converter.def.debug_mode || converted.is_err() {
             self.converter_event(&converter.def, &payload, &metadata, &converted);
         }
@@ -713,8 +783,11 @@ impl Integrations {
                 let accepted = tokio::time::timeout(self.settings.queue_wait, publish)
                     .await
                     .map_err(|_| UplinkError::Overloaded)?
-                    .map_err(UplinkError::Queue)?;
-                accepted.confirmed().await.map_err(UplinkError::Queue)?;
+                    .map_err(UplinkError::from_rejection)?;
+                accepted
+                    .confirmed()
+                    .await
+                    .map_err(UplinkError::from_rejection)?;
             }
             outcome.devices.push(device);
         }
@@ -728,59 +801,6 @@ impl Integrations {
             }
         }
         Ok(outcome)
-    }
-
-    /// The device a converter named, created when the integration may create devices.
-    async fn device(
-        &self,
-        live: &LiveIntegration,
-        name: &str,
-        device_type: &str,
-    ) -> Result<Arc<Device>, UplinkError> {
-        let def = &live.def;
-        let registry_error = |e: RegistryError| UplinkError::Registry(e.to_string());
-        if let Some(device) = self
-            .registry
-            .by_name(def.tenant_id, name)
-            .await
-            .map_err(registry_error)?
-        {
-            return Ok(device);
-        }
-        if !def.allow_create_devices {
-            return Err(UplinkError::Refused(format!(
-                "device '{name}' does not exist and integration '{}' may not create devices",
-                def.name
-            )));
-        }
-        let device = Device {
-            id: DeviceId::derive(def.tenant_id, name),
-            tenant_id: def.tenant_id,
-            name: name.to_owned(),
-            device_type: if device_type.is_empty() {
-                "default".into()
-            } else {
-                device_type.to_owned()
-            },
-            label: None,
-            token: AccessToken(Uuid::new_v4().simple().to_string()),
-            created_time: now_ms(),
-        };
-        match self.registry.save(device).await {
-            Ok(device) => {
-                counter!(DEVICES_CREATED, "integration" => def.name.clone()).increment(1);
-                info!(device = %device.name, integration = %def.name, "device created by integration");
-                Ok(device)
-            }
-            // Another message (or node) created it at the same moment: same id, same device.
-            Err(RegistryError::DuplicateName) => self
-                .registry
-                .by_name(def.tenant_id, name)
-                .await
-                .map_err(registry_error)?
-                .ok_or_else(|| UplinkError::Registry("device vanished while created".into())),
-            Err(e) => Err(registry_error(e)),
-        }
     }
 
     fn integration_error(&self, live: &LiveIntegration, payload: &[u8], e: &UplinkError) {
@@ -838,7 +858,7 @@ impl Integrations {
                 "inMessageType": message_type(payload),
                 "in": show(payload),
                 "out": out,
-                "metadata": serde_json::to_string(metadata).unwrap_or_default(),
+                "metadata": events::shown_metadata(metadata),
                 "error": error,
             }),
         );
@@ -923,6 +943,13 @@ impl Integrations {
         }
         Ok(true)
     }
+}
+
+/// A converter or integration name: at most 255 characters (ThingsBoard's column) and no control
+/// characters, since names are logged and become metric labels.
+fn checked_name(what: &'static str, name: &str) -> Result<(), CatalogError> {
+    crate::model::validate_name(what, name, crate::model::MAX_DEVICE_NAME_CHARS)
+        .map_err(|e| CatalogError::Invalid(e.to_string()))
 }
 
 fn paged<T: Clone>(mut all: Vec<T>, page: &PageRequest, name: impl Fn(&T) -> &String) -> Page<T> {

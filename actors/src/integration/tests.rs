@@ -23,6 +23,10 @@ struct Fixture {
 }
 
 async fn fixture() -> Fixture {
+    fixture_with(Settings::default(), ConverterPool::new(2, 64)).await
+}
+
+async fn fixture_with(settings: Settings, pool: ConverterPool) -> Fixture {
     let producer = Arc::new(MemProducer::default());
     let registry = Arc::new(MemRegistry::default());
     let hub = Integrations::start(
@@ -30,12 +34,12 @@ async fn fixture() -> Fixture {
             max_wall_time: Duration::from_millis(200),
             ..Limits::default()
         })),
-        ConverterPool::new(2, 64),
+        pool,
         registry.clone(),
         Arc::new(Ingress::new(producer.clone(), 64 * 1024)),
         Arc::new(MemCatalog::default()),
         Arc::new(DebugEvents::new(100, Duration::from_secs(60))),
-        Settings::default(),
+        settings,
     )
     .await
     .expect("started");
@@ -512,5 +516,230 @@ async fn definitions_survive_a_restart_through_the_catalog() {
             .converters(tenant, Some(ConverterKind::Downlink), &page)
             .total_elements,
         0
+    );
+}
+
+#[tokio::test]
+async fn one_message_cannot_name_more_devices_than_the_limit() {
+    let f = fixture_with(
+        Settings {
+            max_devices_per_uplink: 10,
+            ..Settings::default()
+        },
+        ConverterPool::new(2, 64),
+    )
+    .await;
+    // The issue's case: a ten-byte datagram, a converter that makes a name per iteration.
+    let conv = f
+        .converter(
+            "fan-out",
+            ConverterKind::Uplink,
+            r#"let out = []; for i in 0..30 { out.push(#{deviceName: "d" + i, telemetry: #{t: 1}}); } out"#,
+        )
+        .await;
+    let coap = f.integration(IntegrationKind::Coap, "k", &conv, true).await;
+    let e = f
+        .send(IntegrationKind::Coap, "k", "0123456789")
+        .await
+        .expect_err("refused");
+    assert!(
+        matches!(&e, UplinkError::Convert(c) if c.message.contains("named 30 devices") && c.message.contains("at most 10 ")),
+        "{e}"
+    );
+    assert!(f.registry.devices().is_empty(), "no device created");
+    assert!(f.producer.messages().is_empty());
+    let (events, _) = f.hub.events().query(conv.id, &query(None));
+    assert!(
+        events[0].body["error"]
+            .as_str()
+            .is_some_and(|m| m.contains("max_devices_per_uplink")),
+        "a converter error event"
+    );
+    let (events, _) = f.hub.events().query(coap.id, &query(None));
+    assert_eq!(events[0].body["status"], "ERROR");
+    // Many records of a few devices are fine.
+    let few = f
+        .converter(
+            "readings",
+            ConverterKind::Uplink,
+            r#"let out = []; for i in 0..30 { out.push(#{deviceName: "d" + (i % 3), telemetry: #{ts: i, values: #{t: i}}}); } out"#,
+        )
+        .await;
+    f.integration(IntegrationKind::Coap, "few", &few, true)
+        .await;
+    f.send(IntegrationKind::Coap, "few", "x")
+        .await
+        .expect("three devices");
+    assert_eq!(f.registry.devices().len(), 3);
+}
+
+#[tokio::test]
+async fn an_integration_creates_at_most_its_limit_of_devices() {
+    let f = fixture_with(
+        Settings {
+            max_devices_per_integration: 3,
+            ..Settings::default()
+        },
+        ConverterPool::new(2, 64),
+    )
+    .await;
+    let csv = f.converter("csv", ConverterKind::Uplink, CSV).await;
+    let coap = f.integration(IntegrationKind::Coap, "a", &csv, true).await;
+    for n in 0..3 {
+        f.send(IntegrationKind::Coap, "a", &format!("D{n},default,t,1"))
+            .await
+            .expect("created");
+    }
+    let e = f
+        .send(IntegrationKind::Coap, "a", "D3,default,t,1")
+        .await
+        .expect_err("past the limit");
+    assert!(
+        matches!(&e, UplinkError::Refused(m) if m.contains("\"D3\"") && m.contains("limit of 3")),
+        "{e}"
+    );
+    assert_eq!(f.registry.devices().len(), 3);
+    let (events, _) = f
+        .hub
+        .events()
+        .query(coap.id, &query(Some(EventKind::DebugIntegration)));
+    assert!(
+        events[0].body["error"]
+            .as_str()
+            .is_some_and(|m| m.contains("max_devices_per_integration"))
+    );
+    // Devices it created still send; another integration has its own count; a converter
+    // edit does not start the count over.
+    f.send(IntegrationKind::Coap, "a", "D1,default,t,2")
+        .await
+        .expect("known device");
+    f.integration(IntegrationKind::Coap, "b", &csv, true).await;
+    f.send(IntegrationKind::Coap, "b", "E0,default,t,1")
+        .await
+        .expect("own count");
+    f.hub.save_converter(csv.clone()).await.expect("saved");
+    f.send(IntegrationKind::Coap, "a", "D4,default,t,1")
+        .await
+        .expect_err("still at its limit");
+}
+
+#[tokio::test]
+async fn a_converter_made_name_that_could_forge_a_log_line_is_a_converter_error() {
+    let f = fixture().await;
+    let conv = f
+        .converter(
+            "forger",
+            ConverterKind::Uplink,
+            r#"#{deviceName: "bad\nERROR forged", telemetry: #{t: 1}}"#,
+        )
+        .await;
+    f.integration(IntegrationKind::Http, "k", &conv, true).await;
+    let e = f
+        .send(IntegrationKind::Http, "k", "x")
+        .await
+        .expect_err("refused");
+    assert!(
+        matches!(&e, UplinkError::Convert(c) if c.message == "deviceName: device name must not contain control characters"),
+        "{e}"
+    );
+    assert!(f.registry.devices().is_empty());
+}
+
+#[tokio::test]
+async fn converter_events_do_not_show_credentials_the_converter_still_gets() {
+    let f = fixture().await;
+    let conv = f
+        .converter(
+            "auth",
+            ConverterKind::Uplink,
+            r#"#{deviceName: "A", attributes: #{auth: metadata.authorization}}"#,
+        )
+        .await;
+    f.integration(IntegrationKind::Http, "k", &conv, true).await;
+    f.hub
+        .uplink(
+            IntegrationKind::Http,
+            "k",
+            b"x".to_vec(),
+            BTreeMap::from([
+                ("authorization".into(), "Bearer s3cret".into()),
+                ("cookie".into(), "session=abc".into()),
+                ("x-site".into(), "plant-7".into()),
+            ]),
+        )
+        .await
+        .expect("taken");
+    let messages = f.producer.messages();
+    assert!(
+        matches!(&messages[0].body, MessageBody::Attributes { entries, .. } if entries[0].value == KvValue::String("Bearer s3cret".into())),
+        "the converter gets the header"
+    );
+    let (events, _) = f.hub.events().query(conv.id, &query(None));
+    let metadata = events[0].body["metadata"].as_str().expect("metadata");
+    assert!(
+        !metadata.contains("s3cret") && !metadata.contains("session=abc"),
+        "{metadata}"
+    );
+    assert!(metadata.contains("plant-7"), "{metadata}");
+}
+
+#[tokio::test]
+async fn saving_a_converter_compiles_it_on_the_converter_pool() {
+    // One worker held by a job and one waiting: the pool has no room.
+    let f = fixture_with(Settings::default(), ConverterPool::new(1, 1)).await;
+    let (release, held) = std::sync::mpsc::channel::<()>();
+    let (started_tx, started) = tokio::sync::oneshot::channel();
+    let pool = &f.hub.pool;
+    let holder = pool.run(move || {
+        let _ = started_tx.send(());
+        let _ = held.recv();
+    });
+    let rest = async {
+        // The worker holds the first job: the next one waits in the queue's only place.
+        let _ = started.await;
+        let queued = pool.run(|| ());
+        let save = async {
+            let e = f
+                .hub
+                .save_converter(ConverterDef {
+                    id: Uuid::new_v4(),
+                    tenant_id: f.tenant,
+                    name: "c".into(),
+                    kind: ConverterKind::Uplink,
+                    script: CSV.into(),
+                    debug_mode: false,
+                    created_time: 0,
+                })
+                .await;
+            let _ = release.send(());
+            e
+        };
+        tokio::join!(queued, save)
+    };
+    let (busy, (queued, saved)) = tokio::join!(holder, rest);
+    assert_eq!(saved.expect_err("the pool is full"), CatalogError::Busy);
+    assert!(busy.is_ok() && queued.is_ok());
+    // With room again, it is saved.
+    f.converter("c", ConverterKind::Uplink, CSV).await;
+}
+
+#[tokio::test]
+async fn converter_and_integration_names_are_checked() {
+    let f = fixture().await;
+    let csv = f.converter("csv", ConverterKind::Uplink, CSV).await;
+    let mut bad = csv.clone();
+    bad.id = Uuid::new_v4();
+    bad.name = "two\nlines".into();
+    let e = f.hub.save_converter(bad).await.expect_err("refused");
+    assert_eq!(
+        e,
+        CatalogError::Invalid("converter name must not contain control characters".into())
+    );
+    let mut long = f.integration(IntegrationKind::Http, "k", &csv, true).await;
+    long.name = "i".repeat(256);
+    let e = f.hub.save_integration(long).await.expect_err("refused");
+    assert_eq!(
+        e,
+        CatalogError::Invalid("integration name is longer than 255 characters".into())
     );
 }

@@ -1,6 +1,7 @@
 //! Converters over REST: `testUpLink` and `testDownLink` run a script on a sample, in
-//! ThingsBoard's shapes, without touching any data. The script runs on the blocking pool,
-//! never on an HTTP worker.
+//! ThingsBoard's shapes, without touching any data. The script runs on the converter pool (the
+//! threads sized for scripts, behind the same bounded queue as integrations' conversions),
+//! never on an HTTP worker; a saturated pool answers 503.
 
 use std::collections::BTreeMap;
 
@@ -10,8 +11,19 @@ use base64::engine::general_purpose::STANDARD as BASE64;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
+use actors::integration::pool::PoolError;
+
 use super::error::ApiError;
 use super::{Caller, State};
+
+fn pool_error(e: PoolError) -> ApiError {
+    match e {
+        PoolError::Full | PoolError::Stopped => {
+            ApiError::unavailable("the converter pool is busy; retry later")
+        }
+        PoolError::Panicked => ApiError::internal("the converter host failed"),
+    }
+}
 
 pub fn routes(cfg: &mut web::ServiceConfig) {
     cfg.route("/api/converter/testUpLink", web::post().to(test_uplink))
@@ -76,18 +88,19 @@ async fn test_uplink(
         .decode(body.payload.trim())
         .map_err(|e| ApiError::invalid(format!("payload must be Base64: {e}")))?;
     let metadata = strings(body.metadata);
-    let runtime = state.converters.clone();
-    let result = web::block(move || {
-        runtime
-            .uplink(&body.decoder, &payload, &metadata)
-            .map(|records| match records.as_slice() {
-                [one] => one.to_json(),
-                many => Value::Array(many.iter().map(|r| r.to_json()).collect()),
-            })
-            .map_err(|e| e.to_string())
-    })
-    .await
-    .map_err(|e| ApiError::internal(format!("converter task failed: {e}")))?;
+    let result = state
+        .integrations
+        .run_script(move |runtime| {
+            runtime
+                .uplink(&body.decoder, &payload, &metadata)
+                .map(|records| match records.as_slice() {
+                    [one] => one.to_json(),
+                    many => Value::Array(many.iter().map(|r| r.to_json()).collect()),
+                })
+                .map_err(|e| e.to_string())
+        })
+        .await
+        .map_err(pool_error)?;
     Ok(answer(result))
 }
 
@@ -104,14 +117,15 @@ async fn test_downlink(
     let msg = actors::converter::helpers::json_to_dynamic(&msg_text, "msg")
         .map_err(|e| ApiError::invalid(format!("msg must be JSON: {e}")))?;
     let (metadata, integration) = (strings(body.metadata), strings(body.integration_metadata));
-    let runtime = state.converters.clone();
-    let result = web::block(move || {
-        runtime
-            .downlink(&body.encoder, msg, &body.msg_type, &metadata, &integration)
-            .map(|d| d.to_json())
-            .map_err(|e| e.to_string())
-    })
-    .await
-    .map_err(|e| ApiError::internal(format!("converter task failed: {e}")))?;
+    let result = state
+        .integrations
+        .run_script(move |runtime| {
+            runtime
+                .downlink(&body.encoder, msg, &body.msg_type, &metadata, &integration)
+                .map(|d| d.to_json())
+                .map_err(|e| e.to_string())
+        })
+        .await
+        .map_err(pool_error)?;
     Ok(answer(result))
 }

@@ -47,6 +47,7 @@ impl From<CatalogError> for ApiError {
         match e {
             CatalogError::Invalid(m) => ApiError::invalid(m),
             CatalogError::NotFound => ApiError::not_found(),
+            CatalogError::Busy => ApiError::unavailable("the converter pool is busy; retry later"),
             CatalogError::Store(e) => e.into(),
         }
     }

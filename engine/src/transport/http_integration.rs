@@ -1,6 +1,7 @@
 //! The HTTP integration endpoint: `POST /api/v1/integrations/http/{routingKey}` with a JSON,
 //! text or binary body. The request headers (lower-case names) and query parameters go into
-//! the converter's metadata. Answers: 200 (with the device's pending downlink as the body, if
+//! the converter's metadata, as ThingsBoard passes them; debug events show credentials among
+//! them (`authorization`, `cookie`, ...) redacted. Answers: 200 (with the device's pending downlink as the body, if
 //! there is one), 404 unknown or disabled integration, 400 empty payload, converter error or
 //! refused device (with the reason), 413 too large, 503 with `Retry-After` when overloaded.
 
