@@ -148,12 +148,15 @@ pub struct IntegrationsConfig {
     /// `message`, `error`); a longer one is cut, ends with `… [truncated: N bytes in all]`, and
     /// the event carries `"truncated": true`. Counted in
     /// `engine_integration_debug_events_truncated_total`.
+    #[serde(with = "byte_size")]
     pub debug_event_max_text_size: ByteSize,
     /// Bytes of debug events kept per integration or converter; past it the oldest go first
     /// (counted in `engine_integration_debug_events_dropped_total{reason="entity_bytes"}`).
+    #[serde(with = "byte_size")]
     pub debug_events_max_bytes_per_entity: ByteSize,
     /// Bytes of debug events kept in all; past it the oldest of any entity go first (counted
     /// with `reason="total_bytes"`).
+    #[serde(with = "byte_size")]
     pub debug_events_max_bytes: ByteSize,
     /// Devices with a pending HTTP downlink at most.
     pub max_pending_downlinks: usize,
