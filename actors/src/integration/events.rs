@@ -172,6 +172,9 @@ impl Default for EventLimits {
 struct Kept {
     event: Arc<Event>,
     bytes: usize,
+    /// Order of recording across all entities: events of the same millisecond still have an
+    /// oldest, so eviction is deterministic.
+    seq: u64,
 }
 
 #[derive(Default)]
@@ -184,6 +187,7 @@ struct Entity {
 struct Store {
     by_entity: HashMap<Uuid, Entity>,
     bytes: usize,
+    next_seq: u64,
 }
 
 impl Store {
@@ -207,7 +211,7 @@ impl Store {
     fn oldest_entity(&self) -> Option<Uuid> {
         self.by_entity
             .iter()
-            .filter_map(|(id, e)| e.events.front().map(|k| (k.event.created_time, *id)))
+            .filter_map(|(id, e)| e.events.front().map(|k| (k.seq, *id)))
             .min()
             .map(|(_, id)| id)
     }
@@ -334,9 +338,11 @@ impl DebugEvents {
             store.pop_front(id, Some("total_bytes"));
         }
         store.bytes += bytes;
+        let seq = store.next_seq;
+        store.next_seq += 1;
         let e = store.by_entity.entry(entity_id).or_default();
         e.bytes += bytes;
-        e.events.push_back(Kept { event, bytes });
+        e.events.push_back(Kept { event, bytes, seq });
     }
 
     /// Bytes of the events kept, by their count: of one entity, and in all.
