@@ -52,6 +52,9 @@ impl Stack {
                 ("ENGINE_STORE__URL", &url),
                 ("ENGINE_STORE__DATABASE", "engine"),
                 ("ENGINE_STORE__BATCH_INTERVAL", "200ms"),
+                // Every acknowledged point is read back in one answer, as an operator
+                // auditing a device would configure it.
+                ("ENGINE_API__MAX_POINTS_PER_RESPONSE", "1000000"),
             ],
         )
     }

@@ -15,7 +15,7 @@ fn check(value: &KvValue) {
 fuzz_target!(|data: &[u8]| {
     if let Ok(records) = actors::payload::parse_telemetry(data, 1) {
         for record in &records {
-            record.values.iter().for_each(|kv| check(&kv.value));
+            record.entries.iter().for_each(|kv| check(&kv.value));
         }
     }
     if let Ok(entries) = actors::payload::parse_attributes(data) {
