@@ -276,6 +276,25 @@ impl crate::ports::DeviceRegistry for MemRegistry {
         Ok(device)
     }
 
+    async fn create(
+        &self,
+        device: crate::model::Device,
+    ) -> Result<Arc<crate::model::Device>, crate::ports::RegistryError> {
+        let mut all = lock(&self.0);
+        if all
+            .iter()
+            .any(|d| d.tenant_id == device.tenant_id && d.name == device.name)
+        {
+            return Err(crate::ports::RegistryError::DuplicateName);
+        }
+        let id = crate::ports::device_id_candidates(device.tenant_id, &device.name)
+            .find(|id| all.iter().all(|d| d.id != *id))
+            .unwrap_or(device.id);
+        let device = Arc::new(crate::model::Device { id, ..device });
+        all.push(device.clone());
+        Ok(device)
+    }
+
     async fn delete(&self, id: DeviceId) -> Result<bool, crate::ports::RegistryError> {
         let mut all = lock(&self.0);
         let before = all.len();

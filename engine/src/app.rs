@@ -32,6 +32,7 @@ use crate::queue::kafka::{self, KafkaProducer, KafkaSource, SourceHandle};
 use crate::queue::memory::MemoryQueue;
 use crate::store::clickhouse::ClickHouseStore;
 use crate::store::embedded::EmbeddedStore;
+use crate::store::registry::RegistryLimits;
 use crate::transport::coap::CoapServer;
 use crate::transport::http::DeviceApiConfig;
 use crate::transport::mqtt::{MqttContext, MqttServer};
@@ -69,6 +70,15 @@ fn node_id(data_dir: &std::path::Path) -> anyhow::Result<String> {
     Ok(id)
 }
 
+fn registry_limits(config: &Config) -> RegistryLimits {
+    RegistryLimits {
+        max_per_tenant: config.devices.max_per_tenant,
+        unknown_cache_size: config.devices.unknown_cache_size,
+        unknown_cache_ttl: config.devices.unknown_cache_ttl,
+        max_concurrent_lookups: config.devices.max_concurrent_lookups,
+    }
+}
+
 fn bind(addr: SocketAddr, what: &str) -> anyhow::Result<TcpListener> {
     TcpListener::bind(addr).with_context(|| format!("cannot listen for {what} on {addr}"))
 }
@@ -79,12 +89,14 @@ pub async fn start(config: Config, metrics: Option<PrometheusHandle>) -> anyhow:
         StoreKind::Embedded => {
             let (store, registry) = EmbeddedStore::open(&config.data_dir)?;
             let catalog = Arc::new(store.catalog());
+            let registry = registry.limited(&registry_limits(&config));
             (Arc::new(store), Arc::new(registry), catalog)
         }
         StoreKind::Clickhouse => {
             let (store, registry) = ClickHouseStore::open(&config.store).await?;
             info!(url = %config.store.url, database = %config.store.database, "clickhouse store ready");
             let catalog = Arc::new(store.catalog());
+            let registry = registry.limited(&registry_limits(&config));
             (Arc::new(store), Arc::new(registry), catalog)
         }
     };

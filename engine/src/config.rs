@@ -33,6 +33,7 @@ pub struct Config {
     pub store: StoreConfig,
     pub coap: CoapConfig,
     pub integrations: IntegrationsConfig,
+    pub devices: DevicesConfig,
 }
 
 #[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
@@ -290,6 +291,32 @@ pub struct StoreConfig {
     pub password: String,
 }
 
+/// The device registry: its limits, and how a node looks up devices it does not hold when
+/// nodes share a ClickHouse store.
+#[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DevicesConfig {
+    /// Most devices one tenant may have (every node holds all of them in memory, a few hundred
+    /// bytes each). Creating more is refused: REST answers 403 with ThingsBoard's
+    /// "Devices limit reached" (error code 41), an integration's uplink fails with that
+    /// reason. Counted in `engine_registry_devices_refused_total{reason="tenant_limit"}`.
+    /// 0: no limit.
+    pub max_per_tenant: u64,
+    /// With a shared (ClickHouse) store, an access token or device name this node does not
+    /// hold is looked up in the store; one found unknown is remembered for
+    /// `unknown_cache_ttl`, so a device retrying a deleted token costs one query, not one per
+    /// attempt. At most this many are remembered (the oldest go first).
+    pub unknown_cache_size: usize,
+    /// How long an unknown token or name is remembered. A device created with that token on
+    /// *another* node is refused here for at most this long (one created through this node
+    /// connects at once).
+    #[serde(with = "humantime_serde")]
+    pub unknown_cache_ttl: Duration,
+    /// Lookups in the shared store at once; more wait, so a flood of unknown tokens cannot take
+    /// the store's query slots from the storage writes.
+    pub max_concurrent_lookups: usize,
+}
+
 impl StoreConfig {
     pub fn batch_size(&self) -> usize {
         self.batch_size.unwrap_or(match self.kind {
@@ -319,6 +346,18 @@ impl Default for Config {
             store: StoreConfig::default(),
             coap: CoapConfig::default(),
             integrations: IntegrationsConfig::default(),
+            devices: DevicesConfig::default(),
+        }
+    }
+}
+
+impl Default for DevicesConfig {
+    fn default() -> Self {
+        DevicesConfig {
+            max_per_tenant: 1_000_000,
+            unknown_cache_size: 10_000,
+            unknown_cache_ttl: Duration::from_secs(10),
+            max_concurrent_lookups: 8,
         }
     }
 }
@@ -577,6 +616,10 @@ impl Config {
         ensure!(
             self.mqtt.max_payload_size.as_u64() <= 256 * 1024 * 1024,
             "mqtt.max_payload_size must be at most 256 MiB (the MQTT packet limit)"
+        );
+        ensure!(
+            self.devices.max_concurrent_lookups > 0,
+            "devices.max_concurrent_lookups must be at least 1"
         );
         ensure!(
             self.coap.max_in_flight > 0,

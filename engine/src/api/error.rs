@@ -17,6 +17,7 @@ pub enum ErrorCode {
     InvalidArguments = 30,
     BadRequestParams = 31,
     ItemNotFound = 32,
+    EntitiesLimitExceeded = 41,
 }
 
 #[derive(Debug)]
@@ -134,6 +135,11 @@ impl From<RegistryError> for ApiError {
             }
             RegistryError::NotFound => ApiError::not_found(),
             RegistryError::Store(e) => e.into(),
+            RegistryError::TooManyDevices { .. } => ApiError {
+                status: StatusCode::FORBIDDEN,
+                code: ErrorCode::EntitiesLimitExceeded,
+                message: e.to_string(),
+            },
         }
     }
 }
