@@ -200,6 +200,27 @@ impl Store for MemStore {
     }
 }
 
+/// The default rule chain, except that it panics on the messages `fails_on` picks (a bug in
+/// a rule, as its supervisor sees it).
+pub struct FaultyChain {
+    fails_on: Box<dyn Fn(&Message) -> bool + Send>,
+}
+
+impl FaultyChain {
+    pub fn new(fails_on: impl Fn(&Message) -> bool + Send + 'static) -> FaultyChain {
+        FaultyChain {
+            fails_on: Box::new(fails_on),
+        }
+    }
+}
+
+impl crate::rule_chain::RuleChain for FaultyChain {
+    fn process(&mut self, message: &SharedMessage) -> crate::rule_chain::Outcome {
+        assert!(!(self.fails_on)(message), "test rule chain told to fail");
+        crate::rule_chain::DefaultRuleChain.process(message)
+    }
+}
+
 /// Keeps dead-lettered messages with their reasons.
 #[derive(Default)]
 pub struct MemDeadLetters(Mutex<Vec<(SharedMessage, String)>>);

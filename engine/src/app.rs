@@ -141,7 +141,7 @@ pub async fn start(config: Config, metrics: Option<PrometheusHandle>) -> anyhow:
                     None => node_id(&config.data_dir)?,
                 };
                 let (source, committer) =
-                    KafkaSource::start(&config.queue, &instance_id, make_chain, to_sink)?;
+                    KafkaSource::start(&config.queue, &instance_id, make_chain, to_sink).await?;
                 let feed = SharedFeed::new(from_chains);
                 let dead_letters: Arc<dyn DeadLetters> = Arc::new(producer.clone());
                 let make: MakeSink = Arc::new(move |_| SinkArgs {
@@ -319,7 +319,7 @@ impl Running {
         };
         let result = tokio::time::timeout(self.shutdown_timeout, drain).await;
         if let Some(source) = source {
-            source.finish();
+            source.finish().await;
         }
         self.supervisor.stop(None);
         match result {
