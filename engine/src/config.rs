@@ -296,8 +296,8 @@ pub struct StoreConfig {
 #[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct DevicesConfig {
-    /// Most devices one tenant may have (every node holds all of them in memory, a few hundred
-    /// bytes each). Creating more is refused: REST answers 403 with ThingsBoard's
+    /// Most devices one tenant may have (every node holds all of them in memory, about half a
+    /// KiB each: the default bounds that at about 0.5 GB). Creating more is refused: REST answers 403 with ThingsBoard's
     /// "Devices limit reached" (error code 41), an integration's uplink fails with that
     /// reason. Counted in `engine_registry_devices_refused_total{reason="tenant_limit"}`.
     /// 0: no limit.
