@@ -15,6 +15,7 @@ pub mod model;
 pub mod payload;
 pub mod ports;
 pub mod rule_chain;
+pub mod rule_chain_supervisor;
 pub mod session;
 pub mod sink;
 pub mod sink_feed;

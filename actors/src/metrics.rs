@@ -312,6 +312,21 @@ pub const LOG_LINES_SUPPRESSED: &str = "engine_log_lines_suppressed_total";
 pub const LOG_SITES: &[&str] = &["uplink_rejected", "sink_value_dropped"];
 // --- end of ingress limits
 
+// --- Cluster: the device registry over a shared store, rule-chain supervision, rebalances ---
+/// Lookups of a token or device name the node does not hold, by `result`: `hit` (answered
+/// "unknown" from the negative cache) or `miss` (looked up in the shared device table).
+pub const REGISTRY_NEGATIVE_CACHE: &str = "engine_registry_negative_cache_total";
+/// Reads of the shared device table (ClickHouse), by `by` (`token`, `name`, `id`, `check`).
+pub const REGISTRY_TABLE_LOOKUPS: &str = "engine_registry_table_lookups_total";
+/// Device creations refused, by `reason` (`tenant_limit`).
+pub const REGISTRY_DEVICES_REFUSED: &str = "engine_registry_devices_refused_total";
+/// Creations that lost to another node's creation of the same device at the same moment.
+pub const REGISTRY_CREATION_CONFLICTS: &str = "engine_registry_creation_conflicts_total";
+/// Rule chains restarted after they failed.
+pub const RULE_CHAIN_RESTARTS: &str = "engine_rule_chain_restarts_total";
+/// Consumer-group rebalance events of this node, by `kind` (`assign`, `revoke`).
+pub const QUEUE_REBALANCES: &str = "engine_queue_rebalances_total";
+
 /// Registers help texts and units with whatever recorder is installed.
 pub fn describe() {
     describe_mqtt();
@@ -466,6 +481,31 @@ pub fn describe() {
     describe_counter!(
         LOG_LINES_SUPPRESSED,
         "Peer-triggered log lines held back by a rate limit, by site"
+    );
+    describe_cluster();
+}
+
+fn describe_cluster() {
+    describe_counter!(
+        REGISTRY_NEGATIVE_CACHE,
+        "Lookups of unknown tokens and device names, by result (hit: answered from the negative cache, miss: looked up in the shared device table)"
+    );
+    describe_counter!(
+        REGISTRY_TABLE_LOOKUPS,
+        "Reads of the shared device table, by what was looked up"
+    );
+    describe_counter!(
+        REGISTRY_DEVICES_REFUSED,
+        "Device creations refused, by reason (tenant_limit)"
+    );
+    describe_counter!(
+        REGISTRY_CREATION_CONFLICTS,
+        "Device creations that lost to another node creating the same device at the same moment"
+    );
+    describe_counter!(RULE_CHAIN_RESTARTS, "Rule chains restarted after a failure");
+    describe_counter!(
+        QUEUE_REBALANCES,
+        "Consumer-group rebalance events of this node, by kind (assign, revoke)"
     );
 }
 

@@ -241,6 +241,10 @@ pub enum RegistryError {
     NotFound,
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// The tenant already has as many devices as it may have; nothing was created.
+    /// ThingsBoard's `EntitiesLimitException` (REST: 403, error code 41).
+    #[error("Devices limit reached")]
+    TooManyDevices { limit: u64 },
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -271,7 +275,18 @@ pub trait DeviceRegistry: Send + Sync + 'static {
     ) -> Result<Option<Arc<Device>>, RegistryError>;
 
     /// Inserts or replaces the device with this id; refuses a token or name another device has.
+    /// An id nobody holds is a creation, with [`DeviceRegistry::create`]'s checks.
     async fn save(&self, device: Device) -> Result<Arc<Device>, RegistryError>;
+
+    /// Creates a new device, refusing a name or token another device has
+    /// ([`RegistryError::DuplicateName`] also when another node created the same device at the
+    /// same moment and won) and a tenant at its device limit. The registry picks the id:
+    /// `DeviceId::derive(tenant, name)`, or, when a device renamed since holds that one, the
+    /// next free id derived from the name and a counter (the same on every node), so the renamed
+    /// device is never replaced. `device.id` is ignored.
+    async fn create(&self, device: Device) -> Result<Arc<Device>, RegistryError> {
+        self.save(device).await
+    }
 
     /// Returns whether the device existed.
     async fn delete(&self, id: DeviceId) -> Result<bool, RegistryError>;
@@ -282,6 +297,15 @@ pub trait DeviceRegistry: Send + Sync + 'static {
         tenant: TenantId,
         page: &PageRequest,
     ) -> Result<Page<Arc<Device>>, RegistryError>;
+}
+
+/// The ids a new device named `name` may get, in the order they are tried: the name's own
+/// (`DeviceId::derive`), then ids derived from the name and a counter, for when devices renamed
+/// since hold the first ones. Derived, so every node tries the same ids in the same order. The
+/// counter is joined with a NUL, which no device name contains.
+pub fn device_id_candidates(tenant: TenantId, name: &str) -> impl Iterator<Item = DeviceId> + '_ {
+    std::iter::once(DeviceId::derive(tenant, name))
+        .chain((1u32..).map(move |n| DeviceId::derive(tenant, &format!("{name}\u{0}{n}"))))
 }
 
 /// How long to wait before retry `attempt` (0-based): doubling from `base`, capped at `max`.

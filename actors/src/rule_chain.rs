@@ -1,21 +1,32 @@
 //! Rule chains: what happens to a message between the queue and storage.
 //!
-//! One [`RuleChainActor`] runs per queue partition a node owns (spawned when the partition is
-//! assigned, stopped when it is revoked), so a partition's messages are handled in order and
-//! partitions in parallel. It receives `Deliver` from the partition's consumer, which takes a
-//! [`Ticket`] first (the mailbox is bounded), runs the message through its [`RuleChain`], and
-//! hands what the chain saves to the sink through a bounded channel, waiting when the sink is
-//! behind. The sink writes in batches and commits the offsets it stored.
+//! One [`RuleChainActor`] runs per queue partition a node owns (started when the partition's
+//! first record arrives, stopped when it is revoked), so a partition's messages are handled in
+//! order and partitions in parallel. The partition's consumer puts each message, with a
+//! [`Ticket`] (the hand-off is bounded), into the partition's [`Lane`] and nudges the actor
+//! (`Work`); the actor runs the messages through its [`RuleChain`] in order and hands them to
+//! the sink through a bounded channel, waiting when the sink is behind: what the chain saves
+//! as [`Routed::Save`], what it drops as [`Routed::Skip`] (only the offset, so the sink commits
+//! past it). The sink writes in batches and commits the offsets it stored.
+//!
+//! A message leaves the lane only once the sink's channel has it. A chain that fails (a panic
+//! in a rule) is restarted by the [`crate::rule_chain_supervisor::RuleChainSupervisor`] over
+//! the same lane, so it starts again at the message it failed on: nothing read from the queue
+//! is dropped. A message the chain fails on `MAX_ATTEMPTS` times is skipped (counted as
+//! `failed`), so one poisonous message cannot stop its partition.
 //!
 //! [`DefaultRuleChain`] is ThingsBoard's root rule chain reduced to what storage needs: a
 //! message-type switch, then "save time series" (time series and latest values) for
 //! telemetry and "save attributes" for attributes. Configurable chains plug in here.
 
+use std::collections::VecDeque;
 use std::sync::Arc;
 
 use metrics::counter;
+use parking_lot::Mutex;
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 use tokio::sync::mpsc;
+use tracing::error;
 
 use crate::mailbox::{Bound, Ticket};
 use crate::metrics::RULE_CHAIN_MESSAGES;
@@ -31,6 +42,8 @@ pub enum Outcome {
     SaveAttributes,
     /// Not stored; the label says which node dropped it.
     Dropped(&'static str),
+    /// Not stored: the chain failed on it `MAX_ATTEMPTS` times.
+    Failed,
 }
 
 impl Outcome {
@@ -39,6 +52,7 @@ impl Outcome {
             Outcome::SaveTimeseries => "save_timeseries",
             Outcome::SaveAttributes => "save_attributes",
             Outcome::Dropped(_) => "dropped",
+            Outcome::Failed => "failed",
         }
     }
 }
@@ -66,25 +80,114 @@ impl RuleChain for DefaultRuleChain {
     }
 }
 
+/// What a rule chain hands the sink, in partition order.
+#[derive(Clone, Debug)]
+pub enum Routed {
+    /// To be stored.
+    Save(Delivered),
+    /// Not stored (a rule dropped it, or the chain failed on it every time): only its offset
+    /// is committed, once everything before it is stored.
+    Skip { partition: u32, offset: u64 },
+}
+
+impl Routed {
+    pub fn partition(&self) -> u32 {
+        match self {
+            Routed::Save(d) => d.partition,
+            Routed::Skip { partition, .. } => *partition,
+        }
+    }
+
+    pub fn offset(&self) -> u64 {
+        match self {
+            Routed::Save(d) => d.offset,
+            Routed::Skip { offset, .. } => *offset,
+        }
+    }
+}
+
+/// Times the chain may fail on one message before the message is skipped.
+pub const MAX_ATTEMPTS: u32 = 3;
+
+/// One partition's messages between its consumer and its rule chain. It outlives the chain's
+/// actor: a restarted chain finds the message it failed on at the front.
+#[derive(Default)]
+pub struct Lane {
+    state: Mutex<LaneState>,
+}
+
+#[derive(Default)]
+struct LaneState {
+    /// The running actor; `None` while it is being restarted.
+    actor: Option<ActorRef<RuleChainMsg>>,
+    /// Handed over and not yet passed to the sink, each with its ticket.
+    queue: VecDeque<(Delivered, Ticket)>,
+    /// Failures of the chain on the message at the front.
+    failures: u32,
+    /// The partition was revoked or the node stops: finish the queue, take nothing more.
+    closed: bool,
+}
+
+impl Lane {
+    pub(crate) fn set_actor(&self, actor: Option<ActorRef<RuleChainMsg>>) {
+        self.state.lock().actor = actor;
+    }
+
+    /// Counts a failure of the chain on the front message.
+    pub(crate) fn failed(&self) {
+        self.state.lock().failures += 1;
+    }
+
+    pub(crate) fn is_closed(&self) -> bool {
+        self.state.lock().closed
+    }
+
+    /// Closes the lane; the running actor finishes the queue, then stops.
+    pub(crate) fn close(&self) {
+        let actor = {
+            let mut state = self.state.lock();
+            state.closed = true;
+            state.actor.clone()
+        };
+        if let Some(actor) = actor {
+            let _ = actor.drain();
+        }
+    }
+
+    fn front(&self) -> Option<(Delivered, u32)> {
+        let state = self.state.lock();
+        state
+            .queue
+            .front()
+            .map(|(d, _)| (d.clone(), state.failures))
+    }
+
+    fn pop(&self) {
+        let mut state = self.state.lock();
+        state.queue.pop_front();
+        state.failures = 0;
+    }
+}
+
 pub struct RuleChainActor;
 
 pub struct RuleChainArgs {
     pub partition: u32,
     pub chain: Box<dyn RuleChain>,
-    /// To the sink: what the chain saves, in partition order.
-    pub sink: mpsc::Sender<Delivered>,
+    /// To the sink, in partition order.
+    pub sink: mpsc::Sender<Routed>,
+    pub lane: Arc<Lane>,
 }
 
 pub struct RuleChainState {
     chain: Box<dyn RuleChain>,
-    sink: mpsc::Sender<Delivered>,
+    sink: mpsc::Sender<Routed>,
+    lane: Arc<Lane>,
 }
 
 pub enum RuleChainMsg {
-    Deliver {
-        delivered: Delivered,
-        ticket: Ticket,
-    },
+    /// The lane has messages.
+    Work,
 }
 
 impl Actor for RuleChainActor {
@@ -101,6 +204,7 @@ impl Actor for RuleChainActor {
         Ok(RuleChainState {
             chain: args.chain,
             sink: args.sink,
+            lane: args.lane,
         })
     }
 
@@ -111,63 +215,98 @@ impl Actor for RuleChainActor {
         state: &mut RuleChainState,
     ) -> Result<(), ActorProcessingErr> {
         match message {
-            RuleChainMsg::Deliver { delivered, ticket } => {
-                let outcome = state.chain.process(&delivered.message);
-                counter!(RULE_CHAIN_MESSAGES, "outcome" => outcome.as_str()).increment(1);
-                if !matches!(outcome, Outcome::Dropped(_)) {
-                    // Waits while the sink is behind; the ticket is held meanwhile, so the
-                    // partition's consumer waits too.
+            RuleChainMsg::Work => {
+                // Everything in the lane, in order; nudges that find it empty do nothing.
+                while let Some((delivered, failures)) = state.lane.front() {
+                    let routed = state.route(delivered, failures);
+                    // Waits while the sink is behind; the message stays in the lane (its
+                    // ticket held) meanwhile, so the partition's consumer waits too.
                     state
                         .sink
-                        .send(delivered)
+                        .send(routed)
                         .await
                         .map_err(|_| "the sink is gone")?;
+                    state.lane.pop();
                 }
-                drop(ticket);
             }
         }
         Ok(())
     }
 }
 
-/// The rule chain actor stopped; it takes no more messages.
+impl RuleChainState {
+    /// Runs one message through the chain (a panic here fails the actor, and its supervisor
+    /// restarts it on the same message), or skips it when the chain failed on it too often.
+    fn route(&mut self, delivered: Delivered, failures: u32) -> Routed {
+        let outcome = if failures >= MAX_ATTEMPTS {
+            error!(
+                partition = delivered.partition,
+                offset = delivered.offset,
+                failures,
+                "the rule chain failed on this message every time; skipped"
+            );
+            Outcome::Failed
+        } else {
+            self.chain.process(&delivered.message)
+        };
+        counter!(RULE_CHAIN_MESSAGES, "outcome" => outcome.as_str()).increment(1);
+        match outcome {
+            Outcome::SaveTimeseries | Outcome::SaveAttributes => Routed::Save(delivered),
+            Outcome::Dropped(_) | Outcome::Failed => Routed::Skip {
+                partition: delivered.partition,
+                offset: delivered.offset,
+            },
+        }
+    }
+}
+
+/// The rule chain of the partition stopped; it takes no more messages.
 #[derive(Debug, PartialEq, Eq)]
 pub struct RuleChainGone;
 
-/// The consumer's handle on one partition's rule chain.
+/// The consumer's handle on one partition's rule chain, whichever instance of it runs.
+#[derive(Clone)]
 pub struct RuleChainHandle {
-    actor: ActorRef<RuleChainMsg>,
+    lane: Arc<Lane>,
     bound: Bound,
 }
 
 impl RuleChainHandle {
-    pub async fn spawn(
-        args: RuleChainArgs,
-        mailbox_capacity: usize,
-    ) -> Result<RuleChainHandle, ractor::SpawnErr> {
-        let (actor, _join) = Actor::spawn(None, RuleChainActor, args).await?;
-        Ok(RuleChainHandle {
-            actor,
+    pub(crate) fn new(lane: Arc<Lane>, mailbox_capacity: usize) -> RuleChainHandle {
+        RuleChainHandle {
+            lane,
             bound: Bound::new("rule_chain", mailbox_capacity),
-        })
+        }
     }
 
-    /// Hands one message over; waits while the mailbox is full. `Err` when the actor is gone
-    /// (the message was not taken; the partition is read again after a restart).
+    /// Hands one message over; waits while the lane is full. `Err` when the partition's
+    /// chain was stopped (the message was not taken).
     pub async fn deliver(&self, delivered: Delivered) -> Result<(), RuleChainGone> {
         let ticket = self.bound.ticket().await.ok_or(RuleChainGone)?;
-        self.actor
-            .send_message(RuleChainMsg::Deliver { delivered, ticket })
-            .map_err(|_| RuleChainGone)
+        let actor = {
+            let mut state = self.lane.state.lock();
+            if state.closed {
+                return Err(RuleChainGone);
+            }
+            state.queue.push_back((delivered, ticket));
+            state.actor.clone()
+        };
+        // Without an actor (being restarted), the restarted one is nudged by its supervisor.
+        if let Some(actor) = actor {
+            let _ = actor.send_message(RuleChainMsg::Work);
+        }
+        Ok(())
     }
 
-    /// Works through the mailbox, then stops (the partition was revoked or the node stops).
+    /// Works through what the lane holds, then stops (the partition was revoked or the node
+    /// stops). Every clone of the handle is stopped with it.
     pub fn stop(self) {
-        let _ = self.actor.drain();
+        self.lane.close();
     }
 }
 
-/// Shares one chain type among partitions: each partition gets its own instance.
+/// Shares one chain type among partitions: each partition gets its own instance (and a new
+/// one when its chain is restarted).
 pub type MakeRuleChain = Arc<dyn Fn(u32) -> Box<dyn RuleChain> + Send + Sync>;
 
 #[cfg(test)]
@@ -224,18 +363,19 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn messages_reach_the_sink_in_partition_order_and_drops_do_not() {
+    async fn messages_reach_the_sink_in_partition_order_and_drops_only_as_offsets() {
+        use crate::rule_chain_supervisor::{RuleChainSupervisorArgs, RuleChains};
+
         let (tx, mut rx) = mpsc::channel(4);
-        let chain = RuleChainHandle::spawn(
-            RuleChainArgs {
-                partition: 3,
-                chain: Box::new(DefaultRuleChain),
-                sink: tx,
-            },
-            2,
-        )
+        let (chains, _) = RuleChains::start(RuleChainSupervisorArgs {
+            make_chain: Arc::new(|_| Box::new(DefaultRuleChain)),
+            sink: tx,
+            lane_capacity: 2,
+        })
         .await
-        .expect("spawns");
+        .expect("starts");
+        let chain = chains.chain(3).await.expect("started");
+        let mut got = Vec::new();
         for offset in 0..6u64 {
             let entries = if offset == 2 {
                 vec![]
@@ -247,22 +387,39 @@ mod tests {
                 offset,
                 message: message(MessageBody::Telemetry(vec![TsRecord { ts: 1, entries }])),
             };
-            // More than the channel and the mailbox hold: the reader below makes room.
+            // More than the channel and the lane hold: the reader below makes room.
             if offset == 4 {
                 let first = rx.recv().await.expect("delivered");
-                assert_eq!(first.offset, 0);
+                got.push(first);
             }
-            chain
-                .deliver(delivered)
-                .await
-                .map_err(|_| ())
-                .expect("alive");
+            chain.deliver(delivered).await.expect("alive");
         }
-        chain.stop();
-        let mut offsets = vec![0];
-        while let Some(d) = rx.recv().await {
-            offsets.push(d.offset);
+        // The chains finish what they hold while the sink (this test) reads.
+        let drained = tokio::spawn(async move { chains.drain().await });
+        while let Some(routed) = rx.recv().await {
+            got.push(routed);
         }
-        assert_eq!(offsets, [0, 1, 3, 4, 5]);
+        drained.await.expect("drained");
+        let seen: Vec<(bool, u32, u64)> = got
+            .iter()
+            .map(|r| (matches!(r, Routed::Save(_)), r.partition(), r.offset()))
+            .collect();
+        assert_eq!(
+            seen,
+            [
+                (true, 3, 0),
+                (true, 3, 1),
+                (false, 3, 2),
+                (true, 3, 3),
+                (true, 3, 4),
+                (true, 3, 5)
+            ]
+        );
+        let late = Delivered {
+            partition: 3,
+            offset: 6,
+            message: message(MessageBody::Telemetry(vec![])),
+        };
+        assert_eq!(chain.deliver(late).await, Err(RuleChainGone), "stopped");
     }
 }

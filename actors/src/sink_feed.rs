@@ -1,11 +1,17 @@
 //! The sink's [`Consumer`] when rule chains stand between the queue and the sink: it reads
-//! what the rule chains save from a bounded channel, and commits through the queue's
+//! what the rule chains route from a bounded channel, and commits through the queue's
 //! [`OffsetCommitter`].
 //!
 //! A batch the sink polled is kept until the sink commits it. A sink that crashes in between
 //! is restarted by its supervisor with a new `FeedConsumer` over the same feed, whose first
 //! poll hands out that batch again: nothing read from the queue is skipped.
+//!
+//! Messages a chain did not save ([`Routed::Skip`]) are not handed to the sink, but their
+//! offsets are committed with the batch read alongside them (everything before them in their
+//! partition is then stored), or at once when nothing to store came with them: a partition
+//! whose last messages were dropped is not left uncommitted.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -13,11 +19,14 @@ use async_trait::async_trait;
 use tokio::sync::{Mutex, mpsc};
 
 use crate::ports::{Consumer, Delivered, OffsetCommitter, QueueError};
+use crate::rule_chain::Routed;
 
 pub struct Feed {
-    rx: mpsc::Receiver<Delivered>,
+    rx: mpsc::Receiver<Routed>,
     /// Polled and not yet committed.
     pending: Vec<Delivered>,
+    /// Skipped offsets read with `pending` (or alone), the last per partition.
+    skipped: BTreeMap<u32, u64>,
 }
 
 /// One feed, shared by a sink and the sinks that replace it.
@@ -25,11 +34,24 @@ pub struct Feed {
 pub struct SharedFeed(Arc<Mutex<Feed>>);
 
 impl SharedFeed {
-    pub fn new(rx: mpsc::Receiver<Delivered>) -> SharedFeed {
+    pub fn new(rx: mpsc::Receiver<Routed>) -> SharedFeed {
         SharedFeed(Arc::new(Mutex::new(Feed {
             rx,
             pending: Vec::new(),
+            skipped: BTreeMap::new(),
         })))
+    }
+}
+
+impl Feed {
+    fn take(&mut self, routed: Routed, out: &mut Vec<Delivered>) {
+        match routed {
+            Routed::Save(d) => out.push(d),
+            Routed::Skip { partition, offset } => {
+                let last = self.skipped.entry(partition).or_insert(offset);
+                *last = (*last).max(offset);
+            }
+        }
     }
 }
 
@@ -55,25 +77,46 @@ impl Consumer for FeedConsumer {
         let deadline = tokio::time::Instant::now() + max_wait;
         while out.len() < max {
             match tokio::time::timeout_at(deadline, feed.rx.recv()).await {
-                Ok(Some(d)) => out.push(d),
+                Ok(Some(routed)) => feed.take(routed, &mut out),
                 // Every rule chain is gone (the node stops): what was sent is all there is.
                 Ok(None) | Err(_) => break,
             }
             // Take what is already there without waiting for each.
             while out.len() < max {
                 match feed.rx.try_recv() {
-                    Ok(d) => out.push(d),
+                    Ok(routed) => feed.take(routed, &mut out),
                     Err(_) => break,
                 }
             }
+        }
+        if out.is_empty() && !feed.skipped.is_empty() {
+            // Only skipped messages, and everything read before them is committed already.
+            let offsets: Vec<(u32, u64)> = feed.skipped.iter().map(|(p, o)| (*p, *o)).collect();
+            self.committer.commit(&offsets).await?;
+            feed.skipped.clear();
         }
         feed.pending.clone_from(&out);
         Ok(out)
     }
 
     async fn commit(&mut self, offsets: &[(u32, u64)]) -> Result<(), QueueError> {
-        self.committer.commit(offsets).await?;
-        self.feed.0.lock().await.pending.clear();
+        let mut feed = self.feed.0.lock().await;
+        let mut all: BTreeMap<u32, u64> = std::mem::take(&mut feed.skipped);
+        for &(partition, offset) in offsets {
+            let last = all.entry(partition).or_insert(offset);
+            *last = (*last).max(offset);
+        }
+        let all: Vec<(u32, u64)> = all.into_iter().collect();
+        if let Err(e) = self.committer.commit(&all).await {
+            // Keep the skipped offsets for the next commit.
+            for (p, o) in all {
+                if !offsets.iter().any(|(q, _)| *q == p) {
+                    feed.skipped.insert(p, o);
+                }
+            }
+            return Err(e);
+        }
+        feed.pending.clear();
         Ok(())
     }
 
@@ -118,7 +161,7 @@ mod tests {
         let feed = SharedFeed::new(rx);
         let commits = Arc::new(Commits::default());
         for i in 0..3 {
-            tx.send(delivered(i)).await.expect("open");
+            tx.send(Routed::Save(delivered(i))).await.expect("open");
         }
         let wait = Duration::from_millis(20);
         let mut crashed = FeedConsumer::new(feed.clone(), commits.clone());
@@ -151,5 +194,36 @@ mod tests {
             .collect();
         assert_eq!(rest, [2]);
         assert_eq!(*commits.0.lock().expect("lock"), [(0, 1)]);
+    }
+
+    /// Offsets of messages a chain dropped are committed with the batch read alongside them,
+    /// or on their own when nothing else came: a partition ending in dropped messages is
+    /// committed to its end.
+    #[tokio::test]
+    async fn skipped_offsets_are_committed_too() {
+        let (tx, rx) = mpsc::channel(10);
+        let commits = Arc::new(Commits::default());
+        let mut consumer = FeedConsumer::new(SharedFeed::new(rx), commits.clone());
+        let wait = Duration::from_millis(20);
+        tx.send(Routed::Save(delivered(0))).await.expect("open");
+        tx.send(Routed::Skip {
+            partition: 0,
+            offset: 1,
+        })
+        .await
+        .expect("open");
+        let batch = consumer.poll(10, wait).await.expect("poll");
+        assert_eq!(batch.len(), 1, "only what is to be stored");
+        consumer.commit(&[(0, 0)]).await.expect("commit");
+        assert_eq!(*commits.0.lock().expect("lock"), [(0, 1)]);
+
+        tx.send(Routed::Skip {
+            partition: 0,
+            offset: 2,
+        })
+        .await
+        .expect("open");
+        assert!(consumer.poll(10, wait).await.expect("poll").is_empty());
+        assert_eq!(*commits.0.lock().expect("lock"), [(0, 1), (0, 2)]);
     }
 }

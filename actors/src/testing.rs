@@ -200,6 +200,27 @@ impl Store for MemStore {
     }
 }
 
+/// The default rule chain, except that it panics on the messages `fails_on` picks (a bug in
+/// a rule, as its supervisor sees it).
+pub struct FaultyChain {
+    fails_on: Box<dyn Fn(&Message) -> bool + Send>,
+}
+
+impl FaultyChain {
+    pub fn new(fails_on: impl Fn(&Message) -> bool + Send + 'static) -> FaultyChain {
+        FaultyChain {
+            fails_on: Box::new(fails_on),
+        }
+    }
+}
+
+impl crate::rule_chain::RuleChain for FaultyChain {
+    fn process(&mut self, message: &SharedMessage) -> crate::rule_chain::Outcome {
+        assert!(!(self.fails_on)(message), "test rule chain told to fail");
+        crate::rule_chain::DefaultRuleChain.process(message)
+    }
+}
+
 /// Keeps dead-lettered messages with their reasons.
 #[derive(Default)]
 pub struct MemDeadLetters(Mutex<Vec<(SharedMessage, String)>>);
@@ -272,6 +293,25 @@ impl crate::ports::DeviceRegistry for MemRegistry {
         }
         all.retain(|d| d.id != device.id);
         let device = Arc::new(device);
+        all.push(device.clone());
+        Ok(device)
+    }
+
+    async fn create(
+        &self,
+        device: crate::model::Device,
+    ) -> Result<Arc<crate::model::Device>, crate::ports::RegistryError> {
+        let mut all = lock(&self.0);
+        if all
+            .iter()
+            .any(|d| d.tenant_id == device.tenant_id && d.name == device.name)
+        {
+            return Err(crate::ports::RegistryError::DuplicateName);
+        }
+        let id = crate::ports::device_id_candidates(device.tenant_id, &device.name)
+            .find(|id| all.iter().all(|d| d.id != *id))
+            .unwrap_or(device.id);
+        let device = Arc::new(crate::model::Device { id, ..device });
         all.push(device.clone());
         Ok(device)
     }

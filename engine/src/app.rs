@@ -31,6 +31,7 @@ use crate::queue::kafka::{self, KafkaProducer, KafkaSource, SourceHandle};
 use crate::queue::memory::MemoryQueue;
 use crate::store::clickhouse::ClickHouseStore;
 use crate::store::embedded::EmbeddedStore;
+use crate::store::registry::RegistryLimits;
 use crate::transport::coap::CoapServer;
 use crate::transport::http::DeviceApiConfig;
 use crate::transport::mqtt::{MqttContext, MqttServer};
@@ -68,6 +69,15 @@ fn node_id(data_dir: &std::path::Path) -> anyhow::Result<String> {
     Ok(id)
 }
 
+fn registry_limits(config: &Config) -> RegistryLimits {
+    RegistryLimits {
+        max_per_tenant: config.devices.max_per_tenant,
+        unknown_cache_size: config.devices.unknown_cache_size,
+        unknown_cache_ttl: config.devices.unknown_cache_ttl,
+        max_concurrent_lookups: config.devices.max_concurrent_lookups,
+    }
+}
+
 fn bind(addr: SocketAddr, what: &str) -> anyhow::Result<TcpListener> {
     TcpListener::bind(addr).with_context(|| format!("cannot listen for {what} on {addr}"))
 }
@@ -79,12 +89,14 @@ pub async fn start(config: Config, metrics: Option<PrometheusHandle>) -> anyhow:
             let (store, registry) = EmbeddedStore::open(&config.data_dir)?;
             let store = store.with_read_budget(config.api.query_timeout);
             let catalog = Arc::new(store.catalog());
+            let registry = registry.limited(&registry_limits(&config));
             (Arc::new(store), Arc::new(registry), catalog)
         }
         StoreKind::Clickhouse => {
             let (store, registry) = ClickHouseStore::open(&config.store).await?;
             info!(url = %config.store.url, database = %config.store.database, "clickhouse store ready");
             let catalog = Arc::new(store.catalog());
+            let registry = registry.limited(&registry_limits(&config));
             (Arc::new(store), Arc::new(registry), catalog)
         }
     };
@@ -129,7 +141,7 @@ pub async fn start(config: Config, metrics: Option<PrometheusHandle>) -> anyhow:
                     None => node_id(&config.data_dir)?,
                 };
                 let (source, committer) =
-                    KafkaSource::start(&config.queue, &instance_id, make_chain, to_sink)?;
+                    KafkaSource::start(&config.queue, &instance_id, make_chain, to_sink).await?;
                 let feed = SharedFeed::new(from_chains);
                 let dead_letters: Arc<dyn DeadLetters> = Arc::new(producer.clone());
                 let make: MakeSink = Arc::new(move |_| SinkArgs {
@@ -299,7 +311,7 @@ impl Running {
         };
         let result = tokio::time::timeout(self.shutdown_timeout, drain).await;
         if let Some(source) = source {
-            source.finish();
+            source.finish().await;
         }
         self.supervisor.stop(None);
         match result {

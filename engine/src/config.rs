@@ -35,6 +35,7 @@ pub struct Config {
     pub coap: CoapConfig,
     pub integrations: IntegrationsConfig,
     pub limits: LimitsConfig,
+    pub devices: DevicesConfig,
 }
 
 /// What one device or one message may hold, whatever the transport (MQTT, HTTP, CoAP and HTTP
@@ -488,6 +489,32 @@ pub struct StoreConfig {
     pub password: String,
 }
 
+/// The device registry: its limits, and how a node looks up devices it does not hold when
+/// nodes share a ClickHouse store.
+#[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DevicesConfig {
+    /// Most devices one tenant may have (every node holds all of them in memory, about half a
+    /// KiB each: the default bounds that at about 0.5 GB). Creating more is refused: REST answers 403 with ThingsBoard's
+    /// "Devices limit reached" (error code 41), an integration's uplink fails with that
+    /// reason. Counted in `engine_registry_devices_refused_total{reason="tenant_limit"}`.
+    /// 0: no limit.
+    pub max_per_tenant: u64,
+    /// With a shared (ClickHouse) store, an access token or device name this node does not
+    /// hold is looked up in the store; one found unknown is remembered for
+    /// `unknown_cache_ttl`, so a device retrying a deleted token costs one query, not one per
+    /// attempt. At most this many are remembered (the oldest go first).
+    pub unknown_cache_size: usize,
+    /// How long an unknown token or name is remembered. A device created with that token on
+    /// *another* node is refused here for at most this long (one created through this node
+    /// connects at once).
+    #[serde(with = "humantime_serde")]
+    pub unknown_cache_ttl: Duration,
+    /// Lookups in the shared store at once; more wait, so a flood of unknown tokens cannot take
+    /// the store's query slots from the storage writes.
+    pub max_concurrent_lookups: usize,
+}
+
 impl StoreConfig {
     pub fn batch_size(&self) -> usize {
         self.batch_size.unwrap_or(match self.kind {
@@ -519,6 +546,18 @@ impl Default for Config {
             coap: CoapConfig::default(),
             integrations: IntegrationsConfig::default(),
             limits: LimitsConfig::default(),
+            devices: DevicesConfig::default(),
+        }
+    }
+}
+
+impl Default for DevicesConfig {
+    fn default() -> Self {
+        DevicesConfig {
+            max_per_tenant: 1_000_000,
+            unknown_cache_size: 10_000,
+            unknown_cache_ttl: Duration::from_secs(10),
+            max_concurrent_lookups: 8,
         }
     }
 }
@@ -847,6 +886,10 @@ impl Config {
         ensure!(
             self.limits.max_key_length > 0 && self.limits.max_data_points_per_message > 0,
             "limits.max_key_length and limits.max_data_points_per_message must be at least 1"
+        );
+        ensure!(
+            self.devices.max_concurrent_lookups > 0,
+            "devices.max_concurrent_lookups must be at least 1"
         );
         ensure!(
             self.coap.max_in_flight > 0,

@@ -100,7 +100,7 @@ impl Integrations {
             token: AccessToken(Uuid::new_v4().simple().to_string()),
             created_time: now_ms(),
         };
-        match self.registry.save(device).await {
+        match self.registry.create(device).await {
             Ok(device) => {
                 counter!(DEVICES_CREATED, "integration" => def.name.clone()).increment(1);
                 // Names are checked (no control characters) and still shown escaped.

@@ -175,20 +175,19 @@ async fn save(
                 ..(*existing).clone()
             }
         }
+        // Create: the registry picks the id (the name's own unless a renamed device holds it).
         None => {
-            let id = DeviceId::derive(tenant, &name);
-            if state.registry.get(id).await?.is_some() {
-                return Err(ApiError::invalid("Device with such name already exists!"));
-            }
-            Device {
-                id,
+            let device = Device {
+                id: DeviceId::derive(tenant, &name),
                 tenant_id: tenant,
                 name,
                 device_type,
                 label: body.label,
                 token: AccessToken(query.access_token.clone().unwrap_or_else(new_token)),
                 created_time: now_ms(),
-            }
+            };
+            let saved = state.registry.create(device).await?;
+            return Ok(HttpResponse::Ok().json(device_json(&saved)));
         }
     };
     let saved = state.registry.save(device).await?;

@@ -18,6 +18,7 @@ pub enum ErrorCode {
     BadRequestParams = 31,
     ItemNotFound = 32,
     TooManyRequests = 33,
+    EntitiesLimitExceeded = 41,
 }
 
 #[derive(Debug)]
@@ -144,6 +145,11 @@ impl From<RegistryError> for ApiError {
             }
             RegistryError::NotFound => ApiError::not_found(),
             RegistryError::Store(e) => e.into(),
+            RegistryError::TooManyDevices { .. } => ApiError {
+                status: StatusCode::FORBIDDEN,
+                code: ErrorCode::EntitiesLimitExceeded,
+                message: e.to_string(),
+            },
         }
     }
 }

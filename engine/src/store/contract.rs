@@ -380,6 +380,90 @@ pub async fn registry_suite(registry: &dyn DeviceRegistry) {
     assert!(registry.delete(a.id).await.expect("delete"));
     assert!(!registry.delete(a.id).await.expect("delete again"));
     assert!(registry.by_token("tok-a2").await.expect("lookup").is_none());
+
+    renamed_devices_keep_their_id(registry).await;
+}
+
+/// A renamed device keeps its id (derived from its first name); a device created later under
+/// the old name is a new device with an id of its own, and the renamed one is untouched.
+async fn renamed_devices_keep_their_id(registry: &dyn DeviceRegistry) {
+    let first = registry
+        .save(device("old-name", "tok-old"))
+        .await
+        .expect("save");
+    let renamed = Device {
+        name: "new-name".into(),
+        ..(*first).clone()
+    };
+    registry.save(renamed).await.expect("rename");
+    assert!(
+        registry
+            .by_name(tenant(), "old-name")
+            .await
+            .expect("lookup")
+            .is_none()
+    );
+
+    let again = registry
+        .create(device("old-name", "tok-again"))
+        .await
+        .expect("a new device under the old name");
+    assert_ne!(again.id, first.id, "a new device, not the renamed one");
+    let kept = registry
+        .by_name(tenant(), "new-name")
+        .await
+        .expect("lookup")
+        .expect("the renamed device is still there");
+    assert_eq!((kept.id, kept.token.0.as_str()), (first.id, "tok-old"));
+    assert_eq!(
+        registry
+            .by_token("tok-old")
+            .await
+            .expect("lookup")
+            .map(|d| d.name.clone()),
+        Some("new-name".into())
+    );
+    assert_eq!(
+        registry
+            .by_token("tok-again")
+            .await
+            .expect("lookup")
+            .map(|d| d.id),
+        Some(again.id)
+    );
+    assert_eq!(
+        registry
+            .get(first.id)
+            .await
+            .expect("get")
+            .map(|d| d.name.clone()),
+        Some("new-name".into())
+    );
+    assert_eq!(
+        registry.create(device("old-name", "tok-third")).await.err(),
+        Some(RegistryError::DuplicateName),
+        "names are unique per tenant"
+    );
+    assert_eq!(
+        registry.create(device("third", "tok-old")).await.err(),
+        Some(RegistryError::DuplicateToken)
+    );
+
+    // Deleted, then created again under the same name: the same id, a new device.
+    assert!(registry.delete(again.id).await.expect("delete"));
+    let reborn = registry
+        .create(device("old-name", "tok-reborn"))
+        .await
+        .expect("created again");
+    assert_eq!(reborn.id, again.id);
+    assert_eq!(
+        registry
+            .by_name(tenant(), "old-name")
+            .await
+            .expect("lookup")
+            .map(|d| d.token.0.clone()),
+        Some("tok-reborn".into())
+    );
 }
 
 /// Writes a device and some data; `check_sample` reads them back (e.g. after a reopen).

@@ -46,21 +46,24 @@ fn with_user_properties(mut c: ClientConfig, config: &QueueConfig) -> ClientConf
 /// Creates the ingest and dead-letter topics when missing. Fails with a clear message when no
 /// broker answers within `connect_timeout`.
 pub async fn ensure_topics(config: &QueueConfig) -> anyhow::Result<()> {
-    let admin: AdminClient<DefaultClientContext> =
+    let admin: Arc<AdminClient<DefaultClientContext>> = Arc::new(
         with_user_properties(client_config(config), config)
             .create()
-            .context("cannot create the Kafka admin client")?;
+            .context("cannot create the Kafka admin client")?,
+    );
     let timeout = config.connect_timeout;
-    let metadata = {
-        let admin_inner = admin.inner();
-        tokio::task::block_in_place(|| admin_inner.fetch_metadata(None, timeout))
-    }
-    .with_context(|| {
-        format!(
-            "cannot reach the Kafka brokers at {} within {:?}",
-            config.brokers, timeout
-        )
-    })?;
+    // librdkafka's metadata call blocks: on the blocking pool, not on an async worker.
+    let asking = admin.clone();
+    let metadata =
+        tokio::task::spawn_blocking(move || asking.inner().fetch_metadata(None, timeout))
+            .await
+            .context("the Kafka metadata request failed")?
+            .with_context(|| {
+                format!(
+                    "cannot reach the Kafka brokers at {} within {:?}",
+                    config.brokers, timeout
+                )
+            })?;
     let existing: Vec<&str> = metadata.topics().iter().map(|t| t.name()).collect();
     let wanted = [config.topic.as_str(), config.dead_letter_topic.as_str()];
     let missing: Vec<NewTopic<'_>> = wanted

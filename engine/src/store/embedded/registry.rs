@@ -49,9 +49,28 @@ pub(super) fn load(db: Arc<Db>) -> anyhow::Result<EmbeddedRegistry> {
     Ok(CachedRegistry::new(DeviceRows { db }, devices))
 }
 
-fn upsert(c: &Connection, d: &Device) -> rusqlite::Result<()> {
+fn insert(c: &Connection, d: &Device) -> rusqlite::Result<()> {
+    // Not `OR REPLACE`: that would delete whatever row holds the same token or name.
     c.execute(
-        &format!("INSERT OR REPLACE INTO device ({COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)"),
+        &format!("INSERT INTO device ({COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)"),
+        params![
+            d.id.0.as_bytes(),
+            d.tenant_id.0.as_bytes(),
+            d.name,
+            d.device_type,
+            d.label,
+            d.token.0,
+            d.created_time
+        ],
+    )?;
+    Ok(())
+}
+
+fn update(c: &Connection, d: &Device) -> rusqlite::Result<()> {
+    c.execute(
+        "UPDATE device SET tenant_id = ?2, name = ?3, type = ?4, label = ?5, token = ?6,
+                created_time = ?7
+         WHERE id = ?1",
         params![
             d.id.0.as_bytes(),
             d.tenant_id.0.as_bytes(),
@@ -67,8 +86,14 @@ fn upsert(c: &Connection, d: &Device) -> rusqlite::Result<()> {
 
 #[async_trait]
 impl DeviceTable for DeviceRows {
-    async fn upsert(&self, device: Arc<Device>) -> Result<(), StoreError> {
-        self.db.write(move |c| upsert(c, &device)).await
+    async fn create(&self, device: Arc<Device>) -> Result<Device, StoreError> {
+        let row = device.clone();
+        self.db.write(move |c| insert(c, &row)).await?;
+        Ok((*device).clone())
+    }
+
+    async fn update(&self, device: Arc<Device>) -> Result<(), StoreError> {
+        self.db.write(move |c| update(c, &device)).await
     }
 
     async fn delete(&self, id: DeviceId) -> Result<(), StoreError> {
