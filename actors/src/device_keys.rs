@@ -96,11 +96,6 @@ impl DeviceKeys {
         }
     }
 
-    /// The limit per device and kind (0: none).
-    pub fn max(&self) -> usize {
-        self.max
-    }
-
     /// Admits one message's keys: records those the device did not have, or, when they would
     /// take it past the limit, records none and says so. Keys it has always pass.
     pub fn admit<'a>(
@@ -178,6 +173,36 @@ mod tests {
             keys.admit(d, t, ["d"]),
             Err(TooManyKeys { kind: t, max: 3 })
         );
+    }
+
+    #[test]
+    fn new_keys_move_the_tracked_keys_gauge_and_refused_ones_do_not() {
+        let recorded = crate::test_metrics::Recorded::start();
+        let keys = DeviceKeys::new(3);
+        let d = device("d");
+        let t = KeyKind::Telemetry;
+        assert_eq!(keys.admit(d, t, ["a", "b"]), Ok(()));
+        assert_eq!(keys.admit(d, t, ["a", "b"]), Ok(()));
+        assert!(keys.admit(d, t, ["c", "e"]).is_err());
+        assert_eq!(recorded.gauge(INGRESS_TRACKED_KEYS, &[]), 2.0);
+        assert_eq!(keys.admit(d, t, ["c"]), Ok(()));
+        assert_eq!(recorded.gauge(INGRESS_TRACKED_KEYS, &[]), 3.0);
+    }
+
+    #[test]
+    fn the_refusal_names_the_kind_of_key() {
+        use crate::ingress::QuotaError;
+        let keys = DeviceKeys::new(1);
+        let d = device("d");
+        for (kind, words) in [
+            (KeyKind::Telemetry, "has 1 time-series keys"),
+            (KeyKind::Attributes, "has 1 attribute keys"),
+        ] {
+            assert_eq!(keys.admit(d, kind, ["a"]), Ok(()));
+            let refusal = keys.admit(d, kind, ["b"]).expect_err("over the limit");
+            let text = QuotaError::from(refusal).to_string();
+            assert!(text.contains(words), "{text}");
+        }
     }
 
     #[test]

@@ -402,7 +402,13 @@ fn rejected(device: &str, transport: Transport, rejection: Rejection) -> Rejecti
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::metrics::{
+        ACK_LATENCY, DATA_POINTS_RECEIVED, MESSAGES_ACCEPTED, MESSAGES_RECEIVED, MESSAGES_REJECTED,
+    };
+    use crate::model::SharedMessage;
     use crate::model::{AccessToken, DeviceId, KvEntry, KvValue, TenantId, TsRecord};
+    use crate::ports::{Delivery, Producer, QueueError};
+    use crate::test_metrics::Recorded;
     use crate::testing::MemProducer;
 
     fn device(name: &str) -> Device {
@@ -472,6 +478,130 @@ mod tests {
             "ok"
         );
         assert_eq!(producer.messages().len(), 5);
+    }
+
+    /// A producer whose deliveries resolve when the test says so.
+    #[derive(Default)]
+    struct HeldProducer {
+        deliveries: parking_lot::Mutex<Vec<tokio::sync::oneshot::Sender<Result<(), QueueError>>>>,
+    }
+
+    #[async_trait::async_trait]
+    impl Producer for HeldProducer {
+        async fn send(&self, _message: SharedMessage) -> Result<Delivery, QueueError> {
+            let (tx, rx) = tokio::sync::oneshot::channel();
+            self.deliveries.lock().push(tx);
+            Ok(Delivery::Pending(Box::pin(async move {
+                rx.await.unwrap_or(Err(QueueError::Closed))
+            })))
+        }
+    }
+
+    #[tokio::test]
+    async fn the_acknowledgement_waits_for_the_queue_and_is_counted_only_then() {
+        let recorded = Recorded::start();
+        let producer = Arc::new(HeldProducer::default());
+        let ingress = Ingress::new(producer.clone(), 1024);
+        let d = device("d");
+        let mqtt = [("transport", "mqtt")];
+        let mut confirmed = Vec::new();
+        for _ in 0..2 {
+            let accepted = ingress
+                .publish(&d, Transport::Mqtt, Uplink::Telemetry, br#"{"a":1,"b":2}"#)
+                .await
+                .expect("accepted");
+            confirmed.push(tokio::spawn(accepted.confirmed()));
+        }
+        tokio::task::yield_now().await;
+        assert!(
+            confirmed.iter().all(|c| !c.is_finished()),
+            "no acknowledgement before the queue holds the message"
+        );
+        assert_eq!(recorded.counter(MESSAGES_RECEIVED, &mqtt), 2);
+        assert_eq!(recorded.counter(MESSAGES_ACCEPTED, &mqtt), 0);
+
+        let mut deliveries = std::mem::take(&mut *producer.deliveries.lock()).into_iter();
+        let (first, second) = (
+            deliveries.next().expect("one"),
+            deliveries.next().expect("two"),
+        );
+        first.send(Ok(())).expect("delivered");
+        second
+            .send(Err(QueueError::Unavailable("broker down".into())))
+            .expect("delivered");
+        let mut results = Vec::new();
+        for c in confirmed {
+            results.push(c.await.expect("joined").map_err(|e| e.reason()));
+        }
+        assert_eq!(results, [Ok(()), Err("queue_unavailable")]);
+        assert_eq!(recorded.counter(MESSAGES_ACCEPTED, &mqtt), 1);
+        assert_eq!(recorded.counter(DATA_POINTS_RECEIVED, &mqtt), 2);
+        assert_eq!(recorded.samples(ACK_LATENCY, &mqtt), 1);
+        assert_eq!(
+            recorded.counter(
+                MESSAGES_REJECTED,
+                &[("transport", "mqtt"), ("reason", "queue_unavailable")]
+            ),
+            1
+        );
+    }
+
+    #[tokio::test]
+    async fn limits_are_inclusive_and_refusals_counted_by_transport_and_reason() {
+        let recorded = Recorded::start();
+        // Payloads of exactly 64 bytes pass, and messages of exactly 4 data points.
+        let producer = Arc::new(MemProducer::default());
+        let ingress = Ingress::new(producer.clone(), 64).with_limits(Limits::new(0, 255, 4));
+        let d = device("d");
+        let fill = |n: usize| format!(r#"{{"k":"{}"}}"#, "x".repeat(n - 8));
+        let cases = [
+            (Transport::Mqtt, fill(64), "ok"),
+            (Transport::Mqtt, fill(65), "too_large"),
+            (
+                Transport::Http,
+                r#"{"a":1,"b":2,"c":3,"d":4}"#.to_owned(),
+                "ok",
+            ),
+            (
+                Transport::Coap,
+                r#"{"a":1,"b":2,"c":3,"d":4,"e":5}"#.to_owned(),
+                "too_many_data_points",
+            ),
+            (Transport::HttpIntegration, "{".to_owned(), "invalid_json"),
+        ];
+        for (transport, payload, want) in &cases {
+            let got = match ingress
+                .publish(&d, *transport, Uplink::Telemetry, payload.as_bytes())
+                .await
+            {
+                Ok(accepted) => accepted
+                    .confirmed()
+                    .await
+                    .map(|()| "ok")
+                    .map_err(|e| e.reason()),
+                Err(e) => Err(e.reason()),
+            };
+            assert_eq!(got.unwrap_or_else(|e| e), *want, "{payload}");
+        }
+        assert_eq!(producer.messages().len(), 2);
+        for (transport, reason) in [
+            ("mqtt", "too_large"),
+            ("coap", "too_many_data_points"),
+            ("http_integration", "invalid_json"),
+        ] {
+            assert_eq!(
+                recorded.counter(
+                    MESSAGES_REJECTED,
+                    &[("transport", transport), ("reason", reason)]
+                ),
+                1,
+                "{transport} {reason}"
+            );
+        }
+        assert_eq!(
+            recorded.counter(MESSAGES_ACCEPTED, &[("transport", "http")]),
+            1
+        );
     }
 
     #[tokio::test]

@@ -21,5 +21,7 @@ pub mod sink;
 pub mod sink_feed;
 pub mod sink_supervisor;
 pub mod supervisor;
+#[cfg(test)]
+mod test_metrics;
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;
