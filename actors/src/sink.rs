@@ -298,6 +298,7 @@ mod tests {
         let stats = ractor::call!(sink, SinkMsg::Drain).expect("drained");
         handle.await.expect("sink stops");
         assert_eq!(stats.messages, 7);
+        assert_eq!(stats.data_points, 7);
         assert_eq!(stats.batches, 3, "7 messages in batches of at most 3");
         assert_eq!(store.points(), 7);
         assert_eq!(queue.committed(), Some(6));
@@ -310,11 +311,13 @@ mod tests {
         queue.push(message("d", 2));
         let store = Arc::new(MemStore::default());
         store.set_down(true);
+        // A store that is down is waited for, never a reason to dead-letter.
+        let dead = Arc::new(crate::testing::MemDeadLetters::default());
         let args = SinkArgs {
             consumer: Box::new(queue.clone()),
             store: store.clone(),
             config: config(),
-            dead_letters: None,
+            dead_letters: Some(dead.clone()),
         };
         let (sink, handle) = Actor::spawn(None, Sink, args).await.expect("sink starts");
         tokio::time::sleep(Duration::from_millis(150)).await;
@@ -329,6 +332,7 @@ mod tests {
         handle.await.expect("sink stops");
         assert!(stats.failed_writes >= 2, "{stats:?}");
         assert_eq!(store.points(), 2);
+        assert!(dead.letters().is_empty(), "nothing dead-lettered");
         assert_eq!(queue.committed(), Some(1));
     }
 

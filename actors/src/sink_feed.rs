@@ -131,13 +131,30 @@ mod tests {
     use crate::model::{DeviceId, Message, MessageBody, TenantId};
 
     #[derive(Default)]
-    struct Commits(std::sync::Mutex<Vec<(u32, u64)>>);
+    struct Commits(
+        std::sync::Mutex<Vec<(u32, u64)>>,
+        std::sync::atomic::AtomicBool,
+    );
+
+    impl Commits {
+        /// Makes the next commits fail (the broker is away) or succeed again.
+        fn fail(&self, fail: bool) {
+            self.1.store(fail, std::sync::atomic::Ordering::SeqCst);
+        }
+    }
 
     #[async_trait]
     impl OffsetCommitter for Commits {
         async fn commit(&self, offsets: &[(u32, u64)]) -> Result<(), QueueError> {
+            if self.1.load(std::sync::atomic::Ordering::SeqCst) {
+                return Err(QueueError::Unavailable("broker away".into()));
+            }
             self.0.lock().expect("lock").extend_from_slice(offsets);
             Ok(())
+        }
+
+        fn lag(&self) -> Option<u64> {
+            Some(self.0.lock().expect("lock").len() as u64 + 40)
         }
     }
 
@@ -225,5 +242,57 @@ mod tests {
         .expect("open");
         assert!(consumer.poll(10, wait).await.expect("poll").is_empty());
         assert_eq!(*commits.0.lock().expect("lock"), [(0, 1), (0, 2)]);
+    }
+
+    /// A poll waits up to its `max_wait` for the first message.
+    #[tokio::test(start_paused = true)]
+    async fn a_poll_waits_for_a_message_that_comes_within_its_wait() {
+        let (tx, rx) = mpsc::channel(10);
+        let mut consumer = FeedConsumer::new(SharedFeed::new(rx), Arc::new(Commits::default()));
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_secs(5)).await;
+            tx.send(Routed::Save(delivered(7))).await.expect("open");
+            // Keep the channel open past the poll's wait.
+            tokio::time::sleep(Duration::from_secs(60)).await;
+        });
+        let started = tokio::time::Instant::now();
+        let batch = consumer
+            .poll(10, Duration::from_secs(30))
+            .await
+            .expect("poll");
+        assert_eq!(batch.iter().map(|d| d.offset).collect::<Vec<_>>(), [7]);
+        assert!(started.elapsed() >= Duration::from_secs(5));
+    }
+
+    /// Skipped offsets whose commit failed are committed with the next batch; those of the
+    /// failed batch's own partitions come back with that batch, which is handed out again.
+    #[tokio::test]
+    async fn skipped_offsets_survive_a_failed_commit() {
+        let (tx, rx) = mpsc::channel(10);
+        let commits = Arc::new(Commits::default());
+        let mut consumer = FeedConsumer::new(SharedFeed::new(rx), commits.clone());
+        let wait = Duration::from_millis(20);
+        tx.send(Routed::Skip {
+            partition: 3,
+            offset: 9,
+        })
+        .await
+        .expect("open");
+        tx.send(Routed::Save(delivered(0))).await.expect("open");
+        assert_eq!(consumer.poll(10, wait).await.expect("poll").len(), 1);
+        commits.fail(true);
+        assert!(consumer.commit(&[(0, 0)]).await.is_err());
+        commits.fail(false);
+        let again = consumer.poll(10, wait).await.expect("poll");
+        assert_eq!(again.len(), 1, "the uncommitted batch comes back");
+        consumer.commit(&[(0, 0)]).await.expect("commit");
+        assert_eq!(*commits.0.lock().expect("lock"), [(0, 0), (3, 9)]);
+    }
+
+    #[tokio::test]
+    async fn the_lag_is_the_queues() {
+        let (_tx, rx) = mpsc::channel(1);
+        let consumer = FeedConsumer::new(SharedFeed::new(rx), Arc::new(Commits::default()));
+        assert_eq!(consumer.lag(), Some(40));
     }
 }
