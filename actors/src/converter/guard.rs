@@ -235,3 +235,29 @@ pub fn depth_within(value: &Dynamic, max: usize) -> bool {
     }
     true
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Helpers call `check_deadline` before and during long work: it fails once the run's time
+    /// is up, and only while a run is on.
+    #[test]
+    fn the_deadline_holds_while_a_run_is_on() {
+        assert!(check_deadline().is_ok(), "no run, no deadline");
+        {
+            let _run = start(Duration::from_secs(3600));
+            assert!(check_deadline().is_ok(), "within its time");
+        }
+        {
+            let _run = start(Duration::ZERO);
+            assert!(expired());
+            assert!(matches!(
+                *check_deadline().expect_err("past its deadline"),
+                EvalAltResult::ErrorTerminated(..)
+            ));
+        }
+        assert!(!expired(), "the end of the run lifts its deadline");
+        assert!(check_deadline().is_ok());
+    }
+}
