@@ -260,4 +260,50 @@ mod tests {
         assert!(!expired(), "the end of the run lifts its deadline");
         assert!(check_deadline().is_ok());
     }
+
+    /// Scripts are checked against the coarse clock at every operation: it must tick while a
+    /// run is on (the real clock is read only every 256 operations).
+    #[test]
+    fn the_coarse_clock_ticks_while_a_run_is_on() {
+        let _run = start(Duration::from_millis(5));
+        let waited = Instant::now();
+        while !expired_coarse() {
+            // Only bounds a hang: the clock ticks every 2 ms.
+            assert!(
+                waited.elapsed() < Duration::from_secs(60),
+                "the coarse clock never passed the deadline"
+            );
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
+
+    /// `array.pad` counts what the array holds already against the limit before it grows.
+    #[test]
+    fn pad_counts_the_items_an_array_has() {
+        use std::collections::BTreeMap;
+        let rt = crate::converter::ConverterRuntime::new(&crate::converter::Limits {
+            max_array_size: 10,
+            ..crate::converter::Limits::default()
+        });
+        let err = rt
+            .uplink(
+                "let a = [1, 2, 3, 4, 5, 6]; a.pad(11, 0); #{deviceName: \"d\"}",
+                b"",
+                &BTreeMap::new(),
+            )
+            .expect_err("over the array limit");
+        assert!(
+            err.message
+                .contains("pad: the result would be over the array limit"),
+            "{err}"
+        );
+        assert!(
+            rt.uplink(
+                "let a = [1, 2, 3, 4, 5, 6]; a.pad(10, 0); #{deviceName: \"d\"}",
+                b"",
+                &BTreeMap::new()
+            )
+            .is_ok()
+        );
+    }
 }
