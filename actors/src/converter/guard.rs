@@ -293,8 +293,7 @@ mod tests {
             )
             .expect_err("over the array limit");
         assert!(
-            err.message
-                .contains("pad: the result would be over the array limit"),
+            err.message.contains("pad: the result would have 11 items"),
             "{err}"
         );
         assert!(
