@@ -1,8 +1,9 @@
 //! Claims of the README and ARCHITECTURE.md that no other test checked, one module per area;
-//! `production_acks` needs tansu and ClickHouse and runs with the other production tests.
+//! `production` needs tansu and ClickHouse and runs with the other production tests.
 
 mod config;
 mod converters;
+mod production;
 mod rest;
 mod transport;
 
