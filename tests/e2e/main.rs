@@ -2,6 +2,7 @@
 //! One test binary, one module per area.
 
 mod backpressure;
+mod claims;
 mod converters;
 mod dashboards;
 mod durability;

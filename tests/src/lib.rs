@@ -15,6 +15,7 @@ use serde_json::{Value, json};
 pub mod coap;
 pub mod mqtt;
 pub mod servers;
+pub mod store_lock;
 
 /// The engine binary: `E2E_ENGINE_BIN`, else `engine` beside the test executable's profile dir.
 pub fn engine_binary() -> PathBuf {

@@ -669,3 +669,61 @@ fn converter_made_names_are_checked() {
         assert_eq!(got, want, "{script}");
     }
 }
+
+/// The array, map and call-depth limits each stop a script with an error that names that
+/// limit, and only past the configured size: under it the same script runs.
+#[test]
+fn array_map_and_call_depth_limits_are_each_told_apart() {
+    // Deep calls in an unoptimised build need more than a test thread's stack, as they get
+    // on the converter pool's threads.
+    std::thread::Builder::new()
+        .stack_size(64 * 1024 * 1024)
+        .spawn(limits_told_apart)
+        .expect("thread")
+        .join()
+        .expect("passed");
+}
+
+fn limits_told_apart() {
+    let rt = ConverterRuntime::new(&Limits {
+        max_array_size: 100,
+        max_map_size: 10,
+        // 16: neither Rhai's default of 8 (debug builds) nor of 64 (release builds).
+        max_call_levels: 16,
+        // Time enough for the limit under test to be the one that fails, even unoptimised.
+        max_wall_time: std::time::Duration::from_secs(120),
+        ..Limits::default()
+    });
+    let array = |n: usize| {
+        format!(
+            "let a = []; for i in 0..{n} {{ a.push(i); }} #{{deviceName: \"d\", telemetry: #{{n: a.len()}}}}"
+        )
+    };
+    let map = |n: usize| {
+        format!(
+            "let m = #{{}}; for i in 0..{n} {{ m[`k${{i}}`] = i; }} #{{deviceName: \"d\", telemetry: #{{n: m.len()}}}}"
+        )
+    };
+    let depth = |n: usize| {
+        format!(
+            "fn f(n) {{ if n == 0 {{ 0 }} else {{ 1 + f(n - 1) }} }} #{{deviceName: \"d\", telemetry: #{{n: f({n})}}}}"
+        )
+    };
+    for script in [array(100), map(10), depth(12)] {
+        rt.uplink(&script, b"", &meta(&[]))
+            .unwrap_or_else(|e| panic!("{script}: within the limits, but {e}"));
+    }
+    let cases = [
+        (array(101), "size of array"),
+        (map(11), "size of object map"),
+        (depth(30), "stack overflow"),
+    ];
+    for (script, want) in &cases {
+        let error = refused(&rt, script, b"").to_lowercase();
+        assert!(error.contains(want), "{script}: {error}");
+        for (_, other) in cases.iter().filter(|(_, w)| w != want) {
+            assert!(!error.contains(other), "{script}: {error}");
+        }
+        assert!(!error.contains("operations") && !error.contains("time limit"));
+    }
+}

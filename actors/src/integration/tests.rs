@@ -743,3 +743,175 @@ async fn converter_and_integration_names_are_checked() {
         CatalogError::Invalid("integration name is longer than 255 characters".into())
     );
 }
+
+/// Polls `f` once: an uplink polled once has taken its in-flight permit and handed its
+/// conversion to the pool (the pool's queue takes a job without waiting), and then waits.
+fn poll_once<F: std::future::Future + Unpin>(f: &mut F) -> std::task::Poll<F::Output> {
+    let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+    std::pin::Pin::new(f).poll(&mut cx)
+}
+
+#[tokio::test]
+async fn one_integration_holds_no_more_than_its_share_of_the_converter_pool() {
+    // One pool thread, kept busy until released, so uplinks wait in the pool's queue holding
+    // their integration's permits.
+    let f = fixture_with(
+        Settings {
+            max_in_flight: 2,
+            ..Settings::default()
+        },
+        ConverterPool::new(1, 64),
+    )
+    .await;
+    let up = f
+        .converter(
+            "up",
+            ConverterKind::Uplink,
+            r#"#{deviceName: decodeToString(payload), telemetry: #{t: 1}}"#,
+        )
+        .await;
+    f.integration(IntegrationKind::Http, "greedy", &up, true)
+        .await;
+    f.integration(IntegrationKind::Http, "other", &up, true)
+        .await;
+    let (started_tx, started_rx) = tokio::sync::oneshot::channel();
+    let (release_tx, release_rx) = std::sync::mpsc::channel::<()>();
+    let hub = &f.hub;
+    let mut busy = Box::pin(hub.run_script(move |_: &ConverterRuntime| {
+        let _ = started_tx.send(());
+        let _ = release_rx.recv();
+    }));
+    assert!(poll_once(&mut busy).is_pending());
+    started_rx.await.expect("the pool thread is busy");
+
+    let uplink = |key: &'static str, device: &'static str| {
+        Box::pin(hub.uplink(
+            IntegrationKind::Http,
+            key,
+            device.as_bytes().to_vec(),
+            BTreeMap::new(),
+        ))
+    };
+    let mut first = uplink("greedy", "g1");
+    let mut second = uplink("greedy", "g2");
+    assert!(poll_once(&mut first).is_pending());
+    assert!(poll_once(&mut second).is_pending());
+    // The greedy integration's share is taken: its third message is refused at once, not
+    // queued behind the other two...
+    let mut third = uplink("greedy", "g3");
+    match poll_once(&mut third) {
+        std::task::Poll::Ready(Err(UplinkError::Overloaded)) => {}
+        std::task::Poll::Ready(other) => panic!("{:?}", other.map(|o| o.devices.len())),
+        std::task::Poll::Pending => panic!("a third message of the greedy integration waits"),
+    }
+    // ...while another integration's message still gets a place in the pool.
+    let mut other = uplink("other", "o1");
+    assert!(poll_once(&mut other).is_pending());
+
+    release_tx.send(()).expect("pool thread waiting");
+    busy.await.expect("ran");
+    for (uplink, device) in [(first, "g1"), (second, "g2"), (other, "o1")] {
+        let outcome = uplink.await.expect("converted and enqueued");
+        assert_eq!(outcome.devices[0].name, device);
+    }
+    let mut stored: Vec<String> = f
+        .registry
+        .devices()
+        .iter()
+        .map(|d| d.name.clone())
+        .collect();
+    stored.sort();
+    assert_eq!(stored, ["g1", "g2", "o1"]);
+    // With its messages done, the greedy integration has its share back.
+    let again = uplink("greedy", "g3").await.expect("room again");
+    assert_eq!(again.devices[0].name, "g3");
+}
+
+#[tokio::test]
+async fn pending_downlinks_are_bounded_and_the_oldest_is_dropped() {
+    let f = fixture_with(
+        Settings {
+            max_pending_downlinks: 2,
+            ..Settings::default()
+        },
+        ConverterPool::new(2, 64),
+    )
+    .await;
+    let up = f
+        .converter(
+            "up",
+            ConverterKind::Uplink,
+            r#"#{deviceName: decodeToString(payload), telemetry: #{t: 1}}"#,
+        )
+        .await;
+    let down = f.converter("down", ConverterKind::Downlink, DOWNLINK).await;
+    let mut http = f.integration(IntegrationKind::Http, "k", &up, true).await;
+    http.downlink_converter_id = Some(down.id);
+    f.hub.save_integration(http).await.expect("saved");
+    let mut devices = Vec::new();
+    for name in ["a", "b", "c"] {
+        let first = f
+            .send(IntegrationKind::Http, "k", name)
+            .await
+            .expect("taken");
+        devices.push(first.devices[0].clone());
+    }
+    // Downlinks for a, b, then c: one more than the bound, so a's is dropped.
+    for device in &devices {
+        let queued = f
+            .hub
+            .downlink(
+                device,
+                "ATTRIBUTES_UPDATED",
+                json!({"uploadFrequency": 30}),
+                BTreeMap::from([("firmwareVersion".into(), "1".into())]),
+            )
+            .await
+            .expect("converted");
+        assert!(queued, "{}", device.name);
+    }
+    let mut got = Vec::new();
+    for name in ["a", "b", "c"] {
+        let next = f
+            .send(IntegrationKind::Http, "k", name)
+            .await
+            .expect("taken");
+        got.push((name, next.downlink.is_some()));
+    }
+    assert_eq!(got, [("a", false), ("b", true), ("c", true)]);
+}
+
+#[tokio::test]
+async fn an_asset_is_refused_and_nothing_of_its_message_is_enqueued() {
+    let f = fixture().await;
+    let up = f
+        .converter(
+            "up",
+            ConverterKind::Uplink,
+            r#"[#{deviceName: "meter", telemetry: #{t: 1}}, #{assetName: "building", assetType: "site", attributes: #{floors: 3}}]"#,
+        )
+        .await;
+    let coap = f
+        .integration(IntegrationKind::Coap, "assets", &up, true)
+        .await;
+    let e = f
+        .send(IntegrationKind::Coap, "assets", "x")
+        .await
+        .expect_err("refused");
+    assert!(
+        matches!(&e, UplinkError::Refused(m)
+            if m == "asset 'building': this engine stores devices only; return deviceName"),
+        "{e}"
+    );
+    // The device named beside the asset is resolved first but nothing reaches the queue.
+    assert!(f.producer.messages().is_empty());
+    let (events, _) = f.hub.events().query(coap.id, &query(None));
+    assert_eq!(events[0].body["status"], "ERROR");
+    assert!(
+        events[0].body["error"]
+            .as_str()
+            .is_some_and(|m| m.contains("asset 'building'")),
+        "{}",
+        events[0].body
+    );
+}
