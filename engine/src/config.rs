@@ -792,9 +792,21 @@ pub struct BindOverride {
 
 impl Config {
     /// Loads and validates the configuration from every source.
+    /// The log filter: `RUST_LOG` when set, as tracing's convention has it, else `log`.
+    pub fn log_filter(&self) -> String {
+        std::env::var("RUST_LOG")
+            .ok()
+            .filter(|f| !f.trim().is_empty())
+            .unwrap_or_else(|| self.log.clone())
+    }
+
     pub fn load(file: Option<&Path>, overrides: &Overrides) -> anyhow::Result<Config> {
         let mut figment = Figment::from(Serialized::defaults(Config::default()));
-        if let Some(file) = file {
+        // `--config`, else the file `ENGINE_CONFIG` names.
+        let from_env = std::env::var_os("ENGINE_CONFIG")
+            .filter(|p| !p.is_empty())
+            .map(PathBuf::from);
+        if let Some(file) = file.or(from_env.as_deref()) {
             anyhow::ensure!(
                 file.is_file(),
                 "config file {} does not exist",

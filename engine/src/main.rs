@@ -46,8 +46,8 @@ acknowledged, and exits 0.";
 /// Options of `engine serve`.
 #[derive(clap::Args)]
 struct ServeArgs {
-    /// TOML configuration file; every option has a default
-    #[arg(long, env = "ENGINE_CONFIG", value_name = "FILE")]
+    /// TOML configuration file (else the file ENGINE_CONFIG names); every option has a default
+    #[arg(long, value_name = "FILE")]
     config: Option<PathBuf>,
     /// MQTT listener address [default: 0.0.0.0:1883]
     #[arg(long, value_name = "ADDR")]
@@ -126,7 +126,8 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         print!("{}", toml::to_string(&config)?);
         return Ok(());
     }
-    let filter = EnvFilter::try_from_default_env().or_else(|_| EnvFilter::try_new(&config.log))?;
+    let filter =
+        EnvFilter::try_new(config.log_filter()).or_else(|_| EnvFilter::try_new(&config.log))?;
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
     tracing_subscriber::fmt()
         .with_env_filter(filter)
