@@ -37,8 +37,12 @@ for g in "${groups[@]}"; do
   [ -n "${ITERATE:-}" ] && iterate=(--iterate)
   echo "== $name: ${fs[*]}"
   # shellcheck disable=SC2086
-  "$MUTANTS" mutants --in-place --no-shuffle -j 1 "${iterate[@]}" "${file_args[@]}" \
-    --output "$out" -- $args || true
+  "$MUTANTS" mutants --in-place --no-shuffle "${iterate[@]}" "${file_args[@]}" \
+    --output "$out" -- $args || {
+    rc=$?
+    # 2: some mutants missed, 3: some timed out; anything else is a failure of the run itself.
+    if [ $rc -ne 2 ] && [ $rc -ne 3 ]; then echo "cargo-mutants failed ($rc)" >&2; exit $rc; fi
+  }
   for f in caught missed timeout unviable; do
     cp "$out/mutants.out/$f.txt" "$out/$f.txt" 2>/dev/null || : >"$out/$f.txt"
   done
