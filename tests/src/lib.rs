@@ -37,13 +37,52 @@ fn workspace_binary(name: &str, env: &str) -> PathBuf {
         .parent()
         .and_then(Path::parent)
         .expect("target profile dir");
+    build_workspace_binaries(profile_dir);
     let bin = profile_dir.join(name);
     assert!(
         bin.exists(),
-        "{name} binary not found at {}: build it first (`cargo build --workspace --bins`) or set {env}",
+        "{name} binary not found at {} after building it",
         bin.display()
     );
     bin
+}
+
+/// Builds the workspace's binaries once per test process, in the profile the tests were built
+/// with, so that a test never runs an `engine` or `loadgen` older than the sources (`cargo test
+/// -p tests` alone builds only the test crate). Cargo's own up-to-date check makes this a
+/// fraction of a second when nothing changed.
+fn build_workspace_binaries(profile_dir: &Path) {
+    static BUILT: std::sync::OnceLock<()> = std::sync::OnceLock::new();
+    BUILT.get_or_init(|| {
+        let profile = profile_dir
+            .file_name()
+            .and_then(|n| n.to_str())
+            .expect("profile directory name");
+        let target_dir = profile_dir.parent().expect("target directory");
+        let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+        let mut cmd = Command::new(cargo);
+        cmd.current_dir(env!("CARGO_MANIFEST_DIR"))
+            .args(["build", "--quiet", "--workspace", "--bins"])
+            .arg("--target-dir")
+            .arg(target_dir);
+        match profile {
+            "debug" => {}
+            "release" => {
+                cmd.arg("--release");
+            }
+            other => {
+                cmd.args(["--profile", other]);
+            }
+        }
+        let status = cmd
+            .status()
+            .expect("cargo runs (set E2E_ENGINE_BIN and E2E_LOADGEN_BIN to skip the build)");
+        assert!(
+            status.success(),
+            "building the workspace binaries failed ({status}); \
+             set E2E_ENGINE_BIN and E2E_LOADGEN_BIN to run prebuilt ones"
+        );
+    });
 }
 
 pub struct Engine {
