@@ -305,4 +305,52 @@ mod tests {
             .is_ok()
         );
     }
+
+    /// Sizes are counted as Rhai counts them: array and blob items, nested ones included, map
+    /// entries, and bytes of strings.
+    #[test]
+    fn sizes_count_items_entries_and_bytes_at_every_level() {
+        let mut map = rhai::Map::new();
+        map.insert("a".into(), Dynamic::from("xyz"));
+        map.insert(
+            "b".into(),
+            Dynamic::from(vec![Dynamic::from(1_i64), Dynamic::from(2_i64)]),
+        );
+        let array: rhai::Array = vec![
+            Dynamic::from_blob(vec![1, 2, 3]),
+            Dynamic::from_map(map),
+            Dynamic::from("hello"),
+        ];
+        let want = Sizes {
+            items: 3 + 3 + 2,
+            entries: 2,
+            bytes: 3 + 5,
+        };
+        assert_eq!(Sizes::of(&Dynamic::from_array(array.clone())), want);
+        assert_eq!(Sizes::of_array(&array), want);
+    }
+
+    #[test]
+    fn depth_counts_arrays_and_maps_alike() {
+        let nest = |depth: usize, map: bool| {
+            let mut value = Dynamic::from(1_i64);
+            for _ in 0..depth {
+                value = if map {
+                    let mut m = rhai::Map::new();
+                    m.insert("k".into(), value);
+                    Dynamic::from_map(m)
+                } else {
+                    Dynamic::from_array(vec![value])
+                };
+            }
+            value
+        };
+        for map in [false, true] {
+            assert!(depth_within(&nest(0, map), 0));
+            assert!(!depth_within(&nest(1, map), 0), "map: {map}");
+            assert!(depth_within(&nest(3, map), 3), "map: {map}");
+            assert!(!depth_within(&nest(3, map), 2), "map: {map}");
+        }
+        assert!(!depth_within(&Dynamic::from_array(vec![]), 0));
+    }
 }
