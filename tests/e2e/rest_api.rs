@@ -1,9 +1,9 @@
 //! The REST API: authentication, devices, and telemetry queries, in ThingsBoard's shapes.
 
 use anyhow::Result;
+use rumqttc::ConnectReturnCode;
 use serde_json::{Value, json};
 use tests::Engine;
-use rumqttc::ConnectReturnCode;
 use tests::mqtt::connect_v3;
 
 use crate::SETTLE;
