@@ -279,14 +279,17 @@ async fn the_reference_coap_client_command_reaches_a_rest_made_integration() -> 
 #[tokio::test(flavor = "multi_thread")]
 async fn retransmissions_overload_and_http_integration_errors() -> Result<()> {
     let dir = tempfile::tempdir()?;
-    // A queue of one place that is written every 8 s: after one message it is full.
+    // A queue of one place, and storage held still (`store.test_pause_file`) until the test
+    // lets it go: after one message the queue is full, whatever the machine's speed.
+    let pause = dir.path().join("store-paused");
+    std::fs::write(&pause, b"")?;
+    let pause_file = pause.to_string_lossy().into_owned();
     let engine = Engine::start_with(
-        dir.path(),
+        &dir.path().join("data"),
         &[
             ("ENGINE_QUEUE__PARTITIONS", "1"),
             ("ENGINE_QUEUE__PARTITION_CAPACITY", "1"),
-            ("ENGINE_STORE__BATCH_SIZE", "1000"),
-            ("ENGINE_STORE__BATCH_INTERVAL", "8s"),
+            ("ENGINE_STORE__TEST_PAUSE_FILE", &pause_file),
             ("ENGINE_INTEGRATIONS__QUEUE_WAIT", "200ms"),
         ],
     )?;
@@ -373,8 +376,12 @@ async fn retransmissions_overload_and_http_integration_errors() -> Result<()> {
     assert_eq!(resp.status().as_u16(), 400);
     assert!(resp.text().await?.contains("converter error"));
 
-    // After the write, exactly the one acknowledged message is stored.
+    // Nothing is stored while storage is held; once it goes on, exactly the one acknowledged
+    // message is.
     let dup = device_id(&rest, "DUP").await?;
+    let held = aggregate(&rest, &dup, "n", "COUNT").await?;
+    assert!(held.as_i64().unwrap_or(0) == 0, "stored while held: {held}");
+    std::fs::remove_file(&pause)?;
     let count = rest
         .eventually(SETTLE, || async {
             let c = aggregate(&rest, &dup, "n", "COUNT").await?;
