@@ -3,6 +3,8 @@
 //! their downlinks, every error path, debug events, metrics, a restart, and hot reload of a
 //! converter under load. Data is checked through the REST read API.
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use anyhow::{Context, Result};
@@ -525,34 +527,61 @@ async fn a_converter_changed_under_load_loses_nothing_and_integrations_survive_a
         &json!({"name": "reload", "type": "COAP", "defaultConverterId": {"id": conv}}),
     )
     .await?;
-    // Four senders, 150 confirmable requests each, while the converter changes twice. Each
-    // message has its own timestamp (points of a key with the same time overwrite each other).
+    // Four senders of confirmable requests while the converter changes twice. Each message
+    // has its own timestamp (points of a key with the same time overwrite each other). Each
+    // change waits until the senders had more messages acknowledged since the last one, and the
+    // senders stop only once messages were acknowledged after the last change: every version
+    // runs, however slow the machine.
     const SENDERS: u16 = 4;
-    const EACH: u16 = 150;
+    /// Message ids per sender (each its own socket, so ids only need to differ per sender).
+    const EACH: u32 = 10_000;
+    let acked = Arc::new(AtomicU64::new(0));
+    let stop = Arc::new(AtomicBool::new(false));
     let mut senders = Vec::new();
     for s in 0..SENDERS {
         let (addr, path) = (engine.coap, format!("i/{key}"));
+        let (acked, stop) = (acked.clone(), stop.clone());
         senders.push(tokio::spawn(async move {
             let client = RawClient::connect(addr).await?;
+            let mut sent = 0u64;
             for i in 0..EACH {
-                let n = s * EACH + i;
+                if stop.load(Ordering::SeqCst) {
+                    return anyhow::Ok(sent);
+                }
+                let n = u32::from(s) * EACH + i;
+                let id = u16::try_from(i)?;
                 let answer = client
                     .call(&request(
                         true,
                         RequestType::Post,
                         &path,
                         n.to_string().as_bytes(),
-                        n,
+                        id,
                     )?)
                     .await?;
                 anyhow::ensure!(code(&answer) == "2.04", "message {n}: {}", code(&answer));
-                tokio::time::sleep(Duration::from_millis(5)).await;
+                sent += 1;
+                acked.fetch_add(1, Ordering::SeqCst);
             }
-            anyhow::Ok(())
+            anyhow::bail!("sender {s} ran out of message ids before it was stopped")
         }));
     }
+    let more_acked = |from: u64, by: u64| {
+        let acked = acked.clone();
+        async move {
+            let deadline = std::time::Instant::now() + SETTLE;
+            while acked.load(Ordering::SeqCst) < from + by {
+                anyhow::ensure!(
+                    std::time::Instant::now() < deadline,
+                    "the senders got no {by} acknowledgements within {SETTLE:?}"
+                );
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            anyhow::Ok(())
+        }
+    };
+    more_acked(0, 50).await?;
     for v in [2, 3] {
-        tokio::time::sleep(Duration::from_millis(200)).await;
         post_json(
             &rest,
             "/api/converter",
@@ -560,12 +589,14 @@ async fn a_converter_changed_under_load_loses_nothing_and_integrations_survive_a
                     "type": "UPLINK", "configuration": {"tbelDecoder": version(v)}}),
         )
         .await?;
+        more_acked(acked.load(Ordering::SeqCst), 50).await?;
     }
+    stop.store(true, Ordering::SeqCst);
+    let mut total = 0;
     for s in senders {
-        s.await??;
+        total += s.await??;
     }
     let id = device_id(&rest, "reloaded").await?;
-    let total = u64::from(SENDERS * EACH);
     rest.eventually(SETTLE, || async {
         let c = aggregate(&rest, &id, "n", "COUNT").await?;
         Ok((c == json!(total)).then_some(c))
@@ -592,14 +623,15 @@ async fn a_converter_changed_under_load_loses_nothing_and_integrations_survive_a
             true,
             RequestType::Post,
             &format!("i/{key}"),
-            b"9999",
+            // Later than every message above (n < SENDERS * EACH), so the latest value.
+            b"99999",
             1,
         )?)
         .await?;
     assert_eq!(code(&answer), "2.04");
     rest.eventually(SETTLE, || async {
         let v = rest.latest(&id).await?;
-        Ok((v["n"][0]["value"] == json!(9999)).then_some(v))
+        Ok((v["n"][0]["value"] == json!(99999)).then_some(v))
     })
     .await?;
     assert_eq!(latest(&rest, &id, "version").await?, json!(3));
