@@ -348,11 +348,19 @@ mod tests {
             err,
             Some(SessionError::Rejected(Rejection::TooLarge { .. }))
         ));
-        let ok = s
-            .publish(Uplink::Attributes, br#"{"fw":"1.0"}"#.to_vec())
-            .await;
-        assert!(ok.is_ok());
-        assert_eq!(producer.messages().len(), 1);
+        s.publish(Uplink::Attributes, br#"{"fw":"1.0"}"#.to_vec())
+            .await
+            .expect("the session lives on")
+            .confirmed()
+            .await
+            .expect("confirmed");
+        let sent = producer.messages();
+        assert_eq!(sent.len(), 1, "only the good message reached the queue");
+        let MessageBody::Attributes { entries, .. } = &sent[0].body else {
+            panic!("not attributes: {:?}", sent[0].body)
+        };
+        assert_eq!(entries[0].key, "fw");
+        assert_eq!(entries[0].value, KvValue::String("1.0".into()));
     }
 
     #[tokio::test]

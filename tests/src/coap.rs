@@ -70,8 +70,8 @@ pub fn coap_client(args: &[&str], stdin: &[u8]) -> Result<Reply> {
     );
     let code = output
         .lines()
-        .filter_map(answer_code)
-        .last()
+        .rev()
+        .find_map(answer_code)
         .with_context(|| format!("coap-client {args:?} got no answer: {output}"))?;
     Ok(Reply { code, output })
 }
