@@ -326,6 +326,8 @@ pub const REGISTRY_CREATION_CONFLICTS: &str = "engine_registry_creation_conflict
 pub const RULE_CHAIN_RESTARTS: &str = "engine_rule_chain_restarts_total";
 /// Consumer-group rebalance events of this node, by `kind` (`assign`, `revoke`).
 pub const QUEUE_REBALANCES: &str = "engine_queue_rebalances_total";
+/// Queue partitions this node reads now (a Kafka consumer-group member's assignment).
+pub const QUEUE_PARTITIONS_ASSIGNED: &str = "engine_queue_partitions_assigned";
 
 /// Registers help texts and units with whatever recorder is installed.
 pub fn describe() {
@@ -506,6 +508,10 @@ fn describe_cluster() {
     describe_counter!(
         QUEUE_REBALANCES,
         "Consumer-group rebalance events of this node, by kind (assign, revoke)"
+    );
+    describe_gauge!(
+        QUEUE_PARTITIONS_ASSIGNED,
+        "Queue partitions this node reads now (its share of the Kafka consumer group)"
     );
 }
 

@@ -271,24 +271,65 @@ mod tests {
         SessionHandle::open(supervisor.get_cell(), args, 4)
     }
 
+    /// A queue that records what it is sent at once and reports delivery only when the test
+    /// releases it, as Kafka reports a record's delivery some time after taking it.
+    struct HeldProducer {
+        sent: std::sync::Mutex<Vec<crate::model::SharedMessage>>,
+        delivered: Arc<tokio::sync::Semaphore>,
+    }
+
+    #[async_trait::async_trait]
+    impl crate::ports::Producer for HeldProducer {
+        async fn send(
+            &self,
+            message: crate::model::SharedMessage,
+        ) -> Result<crate::ports::Delivery, crate::ports::QueueError> {
+            self.sent.lock().expect("not poisoned").push(message);
+            let delivered = self.delivered.clone();
+            Ok(crate::ports::Delivery::Pending(Box::pin(async move {
+                let permit = delivered
+                    .acquire()
+                    .await
+                    .map_err(|_| crate::ports::QueueError::Closed)?;
+                permit.forget();
+                Ok(())
+            })))
+        }
+    }
+
     #[tokio::test]
     async fn telemetry_reaches_the_queue_before_the_reply() {
-        let producer = Arc::new(MemProducer::default());
-        let (supervisor, ingress) = setup(producer.clone()).await;
-        let s = session(&supervisor, &ingress, "d1").await;
-        let accepted = s.publish(Uplink::Telemetry, br#"{"t":1}"#.to_vec()).await;
-        accepted
-            .expect("accepted")
-            .confirmed()
+        use futures::FutureExt;
+
+        let producer = Arc::new(HeldProducer {
+            sent: std::sync::Mutex::default(),
+            delivered: Arc::new(tokio::sync::Semaphore::new(0)),
+        });
+        let (supervisor, _) = Actor::spawn(None, SessionSupervisor, ())
             .await
-            .expect("confirmed");
-        let sent = producer.messages();
-        assert_eq!(sent.len(), 1);
+            .expect("supervisor starts");
+        let ingress = Arc::new(Ingress::new(producer.clone(), 1024));
+        let s = session(&supervisor, &ingress, "d1").await;
+        let accepted = s
+            .publish(Uplink::Telemetry, br#"{"t":1}"#.to_vec())
+            .await
+            .expect("accepted");
+        // The reply came: the queue already holds the message...
+        let sent = producer.sent.lock().expect("not poisoned").clone();
+        assert_eq!(sent.len(), 1, "the session replied before enqueueing");
         assert_eq!(sent[0].device_id, device("d1").id);
         let MessageBody::Telemetry(records) = &sent[0].body else {
             panic!("not telemetry")
         };
         assert_eq!(records[0].entries[0].value, KvValue::Long(1));
+        // ...and the acknowledgement still waits for the queue's delivery report.
+        let mut confirmed = Box::pin(accepted.confirmed());
+        assert!(
+            (&mut confirmed).now_or_never().is_none(),
+            "confirmed before the queue reported delivery"
+        );
+        producer.delivered.add_permits(1);
+        confirmed.await.expect("confirmed once delivered");
     }
 
     #[tokio::test]
@@ -307,11 +348,19 @@ mod tests {
             err,
             Some(SessionError::Rejected(Rejection::TooLarge { .. }))
         ));
-        let ok = s
-            .publish(Uplink::Attributes, br#"{"fw":"1.0"}"#.to_vec())
-            .await;
-        assert!(ok.is_ok());
-        assert_eq!(producer.messages().len(), 1);
+        s.publish(Uplink::Attributes, br#"{"fw":"1.0"}"#.to_vec())
+            .await
+            .expect("the session lives on")
+            .confirmed()
+            .await
+            .expect("confirmed");
+        let sent = producer.messages();
+        assert_eq!(sent.len(), 1, "only the good message reached the queue");
+        let MessageBody::Attributes { entries, .. } = &sent[0].body else {
+            panic!("not attributes: {:?}", sent[0].body)
+        };
+        assert_eq!(entries[0].key, "fw");
+        assert_eq!(entries[0].value, KvValue::String("1.0".into()));
     }
 
     #[tokio::test]

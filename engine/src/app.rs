@@ -22,7 +22,7 @@ use metrics_exporter_prometheus::PrometheusHandle;
 use ractor::{Actor, ActorRef};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
-use tracing::{error, info};
+use tracing::{error, info, warn};
 
 use crate::api::ApiState;
 use crate::auth::Auth;
@@ -31,6 +31,7 @@ use crate::queue::kafka::{self, KafkaProducer, KafkaSource, SourceHandle};
 use crate::queue::memory::MemoryQueue;
 use crate::store::clickhouse::ClickHouseStore;
 use crate::store::embedded::EmbeddedStore;
+use crate::store::paused::PausableStore;
 use crate::store::registry::RegistryLimits;
 use crate::transport::coap::CoapServer;
 use crate::transport::http::DeviceApiConfig;
@@ -106,7 +107,13 @@ pub async fn start(config: Config, metrics: Option<PrometheusHandle>) -> anyhow:
         retry_base: config.store.retry_base,
         retry_max: config.store.retry_max,
     };
-    let sink_store = store.clone();
+    let sink_store: Arc<dyn Store> = match &config.store.test_pause_file {
+        Some(file) => {
+            warn!(file = %file.display(), "store.test_pause_file is set: storage writes wait while that file exists (a test knob)");
+            Arc::new(PausableStore::new(store.clone(), file.clone()))
+        }
+        None => store.clone(),
+    };
     let (queue, producer, sink_count, make): (Queue, Arc<dyn Producer>, usize, MakeSink) =
         match config.queue.kind {
             QueueKind::Memory => {

@@ -487,6 +487,12 @@ pub struct StoreConfig {
     pub database: String,
     pub user: String,
     pub password: String,
+    /// A knob for tests, never for a deployment: while this file exists, storage writes wait
+    /// (the sink keeps its batch and commits nothing, so the queue fills and acknowledgements
+    /// wait), and deleting the file lets them go. A test holds the engine in "storage is slow"
+    /// with it instead of racing a timer. A shutdown waits for it too. Unset: no effect.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub test_pause_file: Option<PathBuf>,
 }
 
 /// The device registry: its limits, and how a node looks up devices it does not hold when
@@ -732,6 +738,7 @@ impl Default for StoreConfig {
             database: "engine".into(),
             user: "default".into(),
             password: String::new(),
+            test_pause_file: None,
         }
     }
 }

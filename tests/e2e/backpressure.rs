@@ -1,7 +1,7 @@
 //! A full queue slows senders down instead of growing or dropping: HTTP gets 503 with
 //! Retry-After, MQTT's PUBACK is held back until storage has taken the queue.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::Result;
 use serde_json::json;
@@ -13,15 +13,17 @@ use crate::SETTLE;
 #[tokio::test(flavor = "multi_thread")]
 async fn a_full_queue_holds_back_acknowledgements() -> Result<()> {
     let dir = tempfile::tempdir()?;
-    // One partition of two places, and a sink that writes only every 8 s (or 1000 messages):
-    // after two messages the queue is full until the next write.
+    // One partition of two places, and storage held still (`store.test_pause_file`) until the
+    // test lets it go: after two messages the queue is full, whatever the machine's speed.
+    let pause = dir.path().join("store-paused");
+    std::fs::write(&pause, b"")?;
+    let pause_file = pause.to_string_lossy().into_owned();
     let engine = Engine::start_with(
-        dir.path(),
+        &dir.path().join("data"),
         &[
             ("ENGINE_QUEUE__PARTITIONS", "1"),
             ("ENGINE_QUEUE__PARTITION_CAPACITY", "2"),
-            ("ENGINE_STORE__BATCH_SIZE", "1000"),
-            ("ENGINE_STORE__BATCH_INTERVAL", "8s"),
+            ("ENGINE_STORE__TEST_PAUSE_FILE", &pause_file),
             ("ENGINE_HTTP__QUEUE_WAIT", "200ms"),
         ],
     )?;
@@ -49,43 +51,48 @@ async fn a_full_queue_holds_back_acknowledgements() -> Result<()> {
         .await
         .map_err(|c| anyhow::anyhow!("{c:?}"))?;
     device.send("v1/devices/me/telemetry", r#"{"n":4}"#).await?;
-    let early = device.outcome(Duration::from_millis(500)).await?;
+    engine
+        .wait_for_sample(
+            r#"engine_messages_received_total{transport="mqtt"}"#,
+            SETTLE,
+            |v| v >= 1.0,
+        )
+        .await?;
+    // Storage is held, so nothing can free the queue: a PUBACK now would be a wrong one.
+    let early = device.outcome(Duration::from_millis(200)).await?;
     assert_eq!(early, None, "no PUBACK while the queue is full");
-    // The sink's next write frees the queue; then the PUBACK comes.
-    let started = Instant::now();
-    let late = device.outcome(SETTLE).await?;
     assert_eq!(
-        late,
-        Some(Outcome::Acked(0)),
-        "PUBACK after {:?}",
-        started.elapsed()
+        engine
+            .sample(r#"engine_messages_accepted_total{transport="mqtt"}"#)
+            .await?,
+        Some(0.0),
+        "the held publish is not counted as accepted"
     );
-
-    // Everything acknowledged is stored; the refused message is not. The last message waits
-    // for the sink's next write (up to 8 s after the PUBACK); a loaded CI machine may stretch
-    // that, so the poll is generous and says what it saw when it gives up.
-    let url = format!(
+    let count_url = format!(
         "/api/plugins/telemetry/DEVICE/{id}/values/timeseries?keys=n&startTs=0&endTs=9999999999999&agg=COUNT&interval=9999999999999&useStrictDataTypes=true"
     );
-    let deadline = Instant::now() + 2 * SETTLE;
-    loop {
-        let v = rest.json(&url).await?;
-        if v["n"][0]["value"] == json!(3) {
-            break;
-        }
-        anyhow::ensure!(
-            Instant::now() < deadline,
-            "stored count is {} {:?} after the PUBACK, not 3",
-            v["n"][0]["value"],
-            started.elapsed()
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    let max = rest
+    let stored = rest.json(&count_url).await?;
+    assert!(
+        stored["n"][0]["value"].as_i64().unwrap_or(0) == 0,
+        "nothing is stored while storage is held: {stored}"
+    );
+
+    // Storage goes on: the queue drains, and then the PUBACK comes.
+    std::fs::remove_file(&pause)?;
+    let late = device.outcome(SETTLE).await?;
+    assert_eq!(late, Some(Outcome::Acked(0)), "PUBACK once storage went on");
+
+    // Everything acknowledged is stored; the refused message is not.
+    rest.eventually(SETTLE, || async {
+        let v = rest.json(&count_url).await?;
+        Ok((v["n"][0]["value"] == json!(3)).then_some(()))
+    })
+    .await?;
+    let sum = rest
         .json(&format!(
             "/api/plugins/telemetry/DEVICE/{id}/values/timeseries?keys=n&startTs=0&endTs=9999999999999&agg=SUM&interval=9999999999999&useStrictDataTypes=true"
         ))
         .await?;
-    assert_eq!(max["n"][0]["value"], json!(1 + 2 + 4));
+    assert_eq!(sum["n"][0]["value"], json!(1 + 2 + 4));
     Ok(())
 }

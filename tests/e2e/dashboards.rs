@@ -1,6 +1,8 @@
 //! The Grafana dashboards against a real Prometheus (Debian's `prometheus`) scraping a running
 //! engine under load from `loadgen`: every PromQL expression of every dashboard must evaluate
-//! without error, return series, and name only metrics the engine exports.
+//! without error, return series, and name only metrics the engine exports; and the counters of
+//! accepted messages and the acknowledgement-latency histogram must have moved by at least what
+//! the load generator had acknowledged.
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
@@ -117,6 +119,14 @@ fn substitute(expr: &str) -> String {
         .replace("$integration", ".*")
 }
 
+/// The value of one series of a Prometheus exposition (`name{labels}` exactly as written).
+fn sample(exposition: &str, series: &str) -> Option<f64> {
+    exposition.lines().find_map(|line| {
+        let (key, value) = line.rsplit_once(' ')?;
+        (key == series).then(|| value.parse().ok())?
+    })
+}
+
 fn metric_names(expr: &str) -> BTreeSet<String> {
     expr.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_' || c == ':'))
         .filter(|w| w.starts_with("engine_") || w.starts_with("process_"))
@@ -132,9 +142,12 @@ async fn every_dashboard_query_returns_series() -> Result<()> {
 
     // Load for a few seconds while Prometheus scrapes every second: MQTT devices, and devices
     // sending to a CoAP integration (created by loadgen) so the integration panels have series.
+    // Each run writes its report, whose acknowledged count the counters are checked against.
     let http = engine.url("");
     let target = engine.mqtt.to_string();
     let (coap_http, coap_target) = (http.clone(), engine.coap.to_string());
+    let (mqtt_report, coap_report) = (dir.path().join("mqtt.json"), dir.path().join("coap.json"));
+    let coap_json = coap_report.to_string_lossy().into_owned();
     let coap = tokio::task::spawn_blocking(move || {
         Command::new(loadgen_binary())
             .args([
@@ -152,9 +165,12 @@ async fn every_dashboard_query_returns_series() -> Result<()> {
                 "--duration",
                 "6s",
                 "--quiet",
+                "--json",
+                &coap_json,
             ])
             .output()
     });
+    let mqtt_json = mqtt_report.to_string_lossy().into_owned();
     let load = tokio::task::spawn_blocking(move || {
         Command::new(loadgen_binary())
             .args([
@@ -170,6 +186,8 @@ async fn every_dashboard_query_returns_series() -> Result<()> {
                 "--duration",
                 "6s",
                 "--quiet",
+                "--json",
+                &mqtt_json,
             ])
             .output()
     });
@@ -188,7 +206,82 @@ async fn every_dashboard_query_returns_series() -> Result<()> {
         .send()
         .await?;
     ensure!(bad.status().as_u16() == 400);
-    tokio::time::sleep(Duration::from_secs(3)).await;
+
+    // Every acknowledged message moved the accepted counter and the acknowledgement-latency
+    // histogram of its transport: an acknowledgement that did not wait for the queue, or a
+    // counter that does not count, is caught here.
+    let exposition = reqwest::get(engine.url("/metrics")).await?.text().await?;
+    for (transport, report) in [("mqtt", &mqtt_report), ("coap", &coap_report)] {
+        let report: Value = serde_json::from_str(&std::fs::read_to_string(report)?)?;
+        let acked = report["acked"]
+            .as_f64()
+            .context("acked in the loadgen report")?;
+        ensure!(
+            acked > 0.0,
+            "loadgen got nothing acknowledged over {transport}"
+        );
+        let label = format!("{{transport=\"{transport}\"}}");
+        for series in [
+            format!("engine_messages_accepted_total{label}"),
+            format!("engine_ack_latency_seconds_count{label}"),
+        ] {
+            let value =
+                sample(&exposition, &series).with_context(|| format!("{series} not exported"))?;
+            ensure!(
+                value >= acked,
+                "{series} is {value}, but loadgen had {acked} messages acknowledged"
+            );
+        }
+    }
+    let rejected = exposition
+        .lines()
+        .filter(|l| {
+            l.starts_with("engine_messages_rejected_total{") && l.contains("transport=\"http\"")
+        })
+        .filter_map(|l| l.rsplit_once(' ')?.1.parse::<f64>().ok())
+        .sum::<f64>();
+    ensure!(rejected >= 1.0, "the bad payload is counted as rejected");
+    // Prometheus has scraped all of it: the same counters, as the panels read them.
+    let client = reqwest::Client::new();
+    let scraped = |query: String| {
+        let (client, url) = (client.clone(), prom.url.clone());
+        async move {
+            let resp: Value = client
+                .get(format!("{url}/api/v1/query"))
+                .query(&[("query", query.as_str())])
+                .send()
+                .await?
+                .json()
+                .await?;
+            anyhow::Ok(
+                resp["data"]["result"][0]["value"][1]
+                    .as_str()
+                    .and_then(|v| v.parse::<f64>().ok()),
+            )
+        }
+    };
+    let deadline = Instant::now() + Duration::from_secs(60);
+    for series in [
+        "engine_messages_accepted_total{transport=\"mqtt\"}",
+        "engine_messages_accepted_total{transport=\"coap\"}",
+        "sum(engine_messages_rejected_total{transport=\"http\"})",
+    ] {
+        let want = if series.starts_with("sum(") {
+            1.0
+        } else {
+            sample(&exposition, series).unwrap_or(f64::MAX)
+        };
+        loop {
+            if scraped(series.to_owned()).await?.is_some_and(|v| v >= want) {
+                break;
+            }
+            ensure!(
+                Instant::now() < deadline,
+                "Prometheus never scraped {series} at {want}"
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
 
     let exposition = reqwest::get(engine.url("/metrics")).await?.text().await?;
     let exported: BTreeSet<String> = exposition
@@ -200,6 +293,7 @@ async fn every_dashboard_query_returns_series() -> Result<()> {
 
     let mut failures = Vec::new();
     let mut checked = 0;
+    let series_deadline = Instant::now() + Duration::from_secs(60);
     for (file, dashboard) in dashboards()? {
         let mut list = Vec::new();
         exprs(&dashboard["panels"], &mut list);
@@ -214,17 +308,26 @@ async fn every_dashboard_query_returns_series() -> Result<()> {
                 }
             }
             let query = substitute(&expr);
-            let resp: Value = reqwest::Client::new()
-                .get(format!("{}/api/v1/query", prom.url))
-                .query(&[("query", query.as_str())])
-                .send()
-                .await?
-                .json()
-                .await?;
-            if resp["status"] != "success" {
-                failures.push(format!("{file}: {query}\n  error: {}", resp["error"]));
-            } else if resp["data"]["result"].as_array().is_none_or(Vec::is_empty) {
-                failures.push(format!("{file}: {query}\n  returned no series"));
+            // A series can need another scrape or two (a rate needs two samples of a counter
+            // that appeared at the end of the load): asked again until the shared deadline.
+            loop {
+                let resp: Value = reqwest::Client::new()
+                    .get(format!("{}/api/v1/query", prom.url))
+                    .query(&[("query", query.as_str())])
+                    .send()
+                    .await?
+                    .json()
+                    .await?;
+                if resp["status"] != "success" {
+                    failures.push(format!("{file}: {query}\n  error: {}", resp["error"]));
+                } else if resp["data"]["result"].as_array().is_none_or(Vec::is_empty) {
+                    if Instant::now() < series_deadline {
+                        tokio::time::sleep(Duration::from_millis(250)).await;
+                        continue;
+                    }
+                    failures.push(format!("{file}: {query}\n  returned no series"));
+                }
+                break;
             }
         }
     }

@@ -6,6 +6,7 @@
 //! direct ClickHouse count.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -14,8 +15,11 @@ use serde_json::{Value, json};
 use tests::mqtt::{Outcome, connect_v3};
 use tests::servers::{ClickHouse, Tansu};
 use tests::{Engine, Rest};
+use tokio::task::JoinHandle;
 
 const TELEMETRY: &str = "v1/devices/me/telemetry";
+/// Partitions a node reads now.
+const PARTITIONS: &str = "engine_queue_partitions_assigned";
 /// Data point times: one per message, far from now so they never clash with other data.
 const BASE_TS: i64 = 1_600_000_000_000;
 
@@ -73,8 +77,75 @@ impl Stack {
 /// Acknowledged sequence numbers per device token.
 type Acked = Arc<Mutex<BTreeMap<String, BTreeSet<i64>>>>;
 
+/// When the devices of [`publish`] stop.
+#[derive(Clone)]
+enum Until {
+    /// After this long.
+    Elapsed(Duration),
+    /// Once this is set.
+    Stopped(Arc<AtomicBool>),
+    /// When the engine is killed, which the test marks here first: a publish that fails after
+    /// the mark ends that device's run.
+    Killed(Arc<AtomicBool>),
+}
+
 /// Each device publishes `{"ts": BASE_TS + seq, "values": {"seq": seq}}` at QoS 1, one at a
-/// time, for `run` or until the connection fails; returns the next sequence number per device.
+/// time, until `until`, each publish waiting for its PUBACK. Connects every device first; the
+/// returned tasks end with an error at the first publish that is not acknowledged (a refusal,
+/// a disconnect, no answer within the client's 20 s) unless the engine was killed on purpose.
+async fn publish(
+    engine: &Engine,
+    tokens: &[String],
+    first_seq: i64,
+    until: &Until,
+    acked: &Acked,
+) -> Result<Vec<JoinHandle<Result<()>>>> {
+    let mut tasks = Vec::new();
+    for token in tokens {
+        let mut device = connect_v3(engine, token, token)
+            .await
+            .map_err(|code| anyhow::anyhow!("{token} refused: {code:?}"))?;
+        let (token, acked, until) = (token.clone(), acked.clone(), until.clone());
+        tasks.push(tokio::spawn(async move {
+            let started = tokio::time::Instant::now();
+            let mut seq = first_seq;
+            loop {
+                match &until {
+                    Until::Elapsed(run) if started.elapsed() >= *run => return Ok(()),
+                    Until::Stopped(stop) if stop.load(Ordering::SeqCst) => return Ok(()),
+                    _ => {}
+                }
+                let payload = json!({"ts": BASE_TS + seq, "values": {"seq": seq}}).to_string();
+                match device.publish(TELEMETRY, payload).await {
+                    Ok(Outcome::Acked(0)) => {
+                        acked
+                            .lock()
+                            .map_err(|_| anyhow::anyhow!("poisoned"))?
+                            .entry(token.clone())
+                            .or_default()
+                            .insert(seq);
+                        seq += 1;
+                    }
+                    _ if matches!(&until, Until::Killed(k) if k.load(Ordering::SeqCst)) => {
+                        return Ok(());
+                    }
+                    other => bail!("{token}: message {seq} got {other:?}, not a PUBACK"),
+                }
+            }
+        }));
+    }
+    Ok(tasks)
+}
+
+/// Waits for the devices' runs to end; fails with the first device that failed.
+async fn finish(tasks: Vec<JoinHandle<Result<()>>>) -> Result<()> {
+    for task in tasks {
+        task.await??;
+    }
+    Ok(())
+}
+
+/// [`publish`] for `run`, and wait for the end.
 async fn publish_for(
     engine: &Engine,
     tokens: &[String],
@@ -82,33 +153,47 @@ async fn publish_for(
     run: Duration,
     acked: &Acked,
 ) -> Result<()> {
-    let mut tasks = Vec::new();
+    finish(publish(engine, tokens, first_seq, &Until::Elapsed(run), acked).await?).await
+}
+
+/// How many messages of `token` were acknowledged.
+fn acked_of(acked: &Acked, token: &str) -> usize {
+    acked
+        .lock()
+        .map(|a| a.get(token).map_or(0, BTreeSet::len))
+        .unwrap_or(0)
+}
+
+/// Waits until each device had `more` messages acknowledged beyond `from` (its count in
+/// `from`, 0 when missing). `timeout` only bounds a hang.
+async fn more_acked(
+    acked: &Acked,
+    from: &BTreeMap<String, usize>,
+    tokens: &[String],
+    more: usize,
+    timeout: Duration,
+) -> Result<()> {
+    let deadline = tokio::time::Instant::now() + timeout;
     for token in tokens {
-        let mut device = connect_v3(engine, token, token)
-            .await
-            .map_err(|code| anyhow::anyhow!("{token} refused: {code:?}"))?;
-        let (token, acked) = (token.clone(), acked.clone());
-        tasks.push(tokio::spawn(async move {
-            let deadline = tokio::time::Instant::now() + run;
-            let mut seq = first_seq;
-            while tokio::time::Instant::now() < deadline {
-                let payload = json!({"ts": BASE_TS + seq, "values": {"seq": seq}}).to_string();
-                match device.publish(TELEMETRY, payload).await {
-                    Ok(Outcome::Acked(0)) => {
-                        if let Ok(mut a) = acked.lock() {
-                            a.entry(token.clone()).or_default().insert(seq);
-                        }
-                        seq += 1;
-                    }
-                    _ => break,
-                }
-            }
-        }));
-    }
-    for task in tasks {
-        task.await?;
+        let want = from.get(token).copied().unwrap_or(0) + more;
+        while acked_of(acked, token) < want {
+            anyhow::ensure!(
+                tokio::time::Instant::now() < deadline,
+                "{token} had {} messages acknowledged, not {want}, after {timeout:?}",
+                acked_of(acked, token)
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
     }
     Ok(())
+}
+
+/// Acknowledged messages per device now.
+fn acked_counts(acked: &Acked) -> BTreeMap<String, usize> {
+    acked
+        .lock()
+        .map(|a| a.iter().map(|(k, v)| (k.clone(), v.len())).collect())
+        .unwrap_or_default()
 }
 
 async fn devices(rest: &Rest, count: usize, prefix: &str) -> Result<Vec<(String, String)>> {
@@ -243,20 +328,28 @@ async fn sigkill_during_ingest_loses_nothing_acknowledged() -> Result<()> {
     let devices = devices(&rest, 8, "kill").await?;
     let acked: Acked = Arc::default();
 
-    let publishing = {
-        let (tokens, acked) = (tokens(&devices), acked.clone());
-        let engine_ref = &engine;
-        async move { publish_for(engine_ref, &tokens, 0, Duration::from_secs(60), &acked).await }
-    };
-    let killer = async {
-        tokio::time::sleep(Duration::from_secs(3)).await;
-    };
-    // Publish until the engine is killed under the devices' feet.
-    tokio::select! {
-        r = publishing => r?,
-        () = killer => {}
-    }
+    // Kill once every device has had messages acknowledged, whatever the machine's speed, while
+    // they go on publishing.
+    let killed = Arc::new(AtomicBool::new(false));
+    let publishing = publish(
+        &engine,
+        &tokens(&devices),
+        0,
+        &Until::Killed(killed.clone()),
+        &acked,
+    )
+    .await?;
+    more_acked(
+        &acked,
+        &BTreeMap::new(),
+        &tokens(&devices),
+        20,
+        Duration::from_secs(120),
+    )
+    .await?;
+    killed.store(true, Ordering::SeqCst);
     engine.kill()?;
+    finish(publishing).await?;
     let before = acked
         .lock()
         .map(|a| a.values().map(BTreeSet::len).sum::<usize>())
@@ -422,57 +515,60 @@ async fn a_flooding_device_is_slowed_and_others_keep_flowing() -> Result<()> {
     let flooder = connect_v3(&engine, "FLOOD", "flood")
         .await
         .map_err(|code| anyhow::anyhow!("refused: {code:?}"))?;
-    let flooding = tokio::spawn(async move {
-        // Small and short: enough to fill its window and leave bytes unread, not so much that
-        // the broker's SQLite log takes minutes to read back.
-        let filler = "x".repeat(500);
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(3);
-        let mut seq = 0i64;
-        while tokio::time::Instant::now() < deadline {
-            let payload = json!({"ts": BASE_TS + seq, "values": {"flood": seq, "pad": filler}});
-            // Returns once the client could queue it; the client's queue is bounded, so this
-            // waits when the socket does.
-            if tokio::time::timeout(
-                Duration::from_secs(1),
-                flooder.send(TELEMETRY, payload.to_string()),
-            )
-            .await
-            .is_err()
-            {
-                continue;
+    // The flood goes on until the test has seen what it checks: the flooder's socket left
+    // unread, and after that the calm devices acknowledged while the flood goes on.
+    let stop = Arc::new(AtomicBool::new(false));
+    let flooding = tokio::spawn({
+        let stop = stop.clone();
+        async move {
+            // Small messages: enough to fill its window and leave bytes unread, not so many that
+            // the broker's SQLite log takes minutes to read back.
+            let filler = "x".repeat(500);
+            let mut seq = 0i64;
+            while !stop.load(Ordering::SeqCst) {
+                let payload = json!({"ts": BASE_TS + seq, "values": {"flood": seq, "pad": filler}});
+                // Returns once the client could queue it; the client's queue is bounded, so this
+                // waits when the socket does (and looks at `stop` again every second).
+                if tokio::time::timeout(
+                    Duration::from_secs(1),
+                    flooder.send(TELEMETRY, payload.to_string()),
+                )
+                .await
+                .is_err()
+                {
+                    continue;
+                }
+                seq += 1;
             }
-            seq += 1;
+            flooder
         }
-        flooder
     });
 
     let acked: Acked = Arc::default();
-    let port = engine.mqtt.port();
-    let watch_backlog = async {
-        let mut most = 0u64;
-        for _ in 0..15 {
-            tokio::time::sleep(Duration::from_millis(200)).await;
-            most = most.max(unread_bytes(port)?);
-        }
-        anyhow::Ok(most)
-    };
     let calm = tokens(&normal);
-    let (published, backlog) = tokio::join!(
-        publish_for(&engine, &calm, 0, Duration::from_secs(3), &acked),
-        watch_backlog
-    );
-    published?;
-    let backlog = backlog?;
-    assert!(backlog > 0, "the flooder's socket was never left unread");
+    let publishing = publish(&engine, &calm, 0, &Until::Stopped(stop.clone()), &acked).await?;
+    let port = engine.mqtt.port();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
+    let backlog = loop {
+        let unread = unread_bytes(port)?;
+        if unread > 0 {
+            break unread;
+        }
+        anyhow::ensure!(
+            tokio::time::Instant::now() < deadline,
+            "the flooder's socket was never left unread"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    println!("{backlog} bytes left unread in the flooder's socket");
+    let seen = acked_counts(&acked);
+    more_acked(&acked, &seen, &calm, 5, Duration::from_secs(120))
+        .await
+        .context("the calm devices were not acknowledged during the flood")?;
+    stop.store(true, Ordering::SeqCst);
+    finish(publishing).await?;
     let rss = engine.rss_kib()?;
     assert!(rss < 512 * 1024, "memory stays bounded: {rss} KiB");
-    for (token, _) in &normal {
-        let count = acked
-            .lock()
-            .map(|a| a.get(token).map_or(0, BTreeSet::len))
-            .unwrap_or(0);
-        assert!(count > 0, "{token} was not acknowledged during the flood");
-    }
     let _flooder = flooding.await?;
     let checked = check_stored_once(&stack, &rest, &normal, &acked).await;
     if checked.is_err() {
@@ -540,14 +636,10 @@ async fn a_second_node_takes_over_partitions_cleanly() -> Result<()> {
     let (to_first, to_second) = all.split_at(4);
     let acked: Acked = Arc::default();
     // The first node owns every partition before the second arrives.
-    rest.eventually(Duration::from_secs(30), || async {
-        Ok(first
-            .log()
-            .contains("kafka partitions assigned partitions=[0, 1, 2, 3]")
-            .then_some(()))
-    })
-    .await
-    .context("the first node never got the partitions")?;
+    first
+        .wait_for_sample(PARTITIONS, Duration::from_secs(60), |n| n == 4.0)
+        .await
+        .context("the first node never got the partitions")?;
     publish_for(&first, &all, 0, Duration::from_secs(2), &acked).await?;
 
     let second_dir = tempfile::tempdir()?;
@@ -559,19 +651,23 @@ async fn a_second_node_takes_over_partitions_cleanly() -> Result<()> {
     a?;
     b?;
     check_stored_once(&stack, &rest, &devices, &acked).await?;
-    let log = second.log();
-    let assigned = log
-        .lines()
-        .rfind(|l| l.contains("kafka partitions assigned"))
-        .unwrap_or_default()
-        .to_owned();
+    // The partitions are shared out: the second node reads some, the first gave them up.
+    let second_has = second
+        .wait_for_sample(PARTITIONS, Duration::from_secs(60), |n| n > 0.0)
+        .await
+        .context("the second node got no partitions")?;
+    first
+        .wait_for_sample(PARTITIONS, Duration::from_secs(60), |n| {
+            n + second_has == 4.0
+        })
+        .await
+        .context("the first node did not give up what the second took")?;
+    let revoked = first
+        .sample(r#"engine_queue_rebalances_total{kind="revoke"}"#)
+        .await?;
     assert!(
-        !assigned.is_empty() && !assigned.contains("partitions=[]"),
-        "the second node got partitions: {assigned}\n{log}"
-    );
-    assert!(
-        first.log().contains("kafka partitions revoked"),
-        "the first node gave some up"
+        revoked.is_some_and(|n| n >= 1.0),
+        "the first node gave some partitions up: {revoked:?}"
     );
     Ok(())
 }

@@ -1,6 +1,7 @@
 //! The REST API: authentication, devices, and telemetry queries, in ThingsBoard's shapes.
 
 use anyhow::Result;
+use rumqttc::ConnectReturnCode;
 use serde_json::{Value, json};
 use tests::Engine;
 use tests::mqtt::connect_v3;
@@ -272,7 +273,13 @@ async fn devices() -> Result<()> {
         .send()
         .await?;
     assert_eq!(changed.status().as_u16(), 200);
-    assert!(connect_v3(&engine, "TOKEN_ONE", "one").await.is_err());
+    // Refused with CONNACK 5 (not authorized), as an unknown token is; not a timeout or a
+    // dropped connection.
+    assert_eq!(
+        connect_v3(&engine, "TOKEN_ONE", "one").await.err(),
+        Some(ConnectReturnCode::NotAuthorized),
+        "the old token"
+    );
     assert!(connect_v3(&engine, "TOKEN_NEW", "one").await.is_ok());
 
     // Delete: gone for REST and for MQTT.
@@ -292,7 +299,11 @@ async fn devices() -> Result<()> {
             .as_u16(),
         404
     );
-    assert!(connect_v3(&engine, "TOKEN_NEW", "one").await.is_err());
+    assert_eq!(
+        connect_v3(&engine, "TOKEN_NEW", "one").await.err(),
+        Some(ConnectReturnCode::NotAuthorized),
+        "the deleted device's token"
+    );
     Ok(())
 }
 

@@ -27,10 +27,25 @@ pub fn coap_client_binary() -> Result<&'static str> {
     bail!("coap-client not found: install Debian's libcoap3-bin (tests/run.sh does)")
 }
 
-/// Runs `coap-client` with these arguments and `stdin`; returns what it printed (stdout and
-/// stderr: it prints error responses as `4.04 <diagnostic>`).
-pub fn coap_client(args: &[&str], stdin: &[u8]) -> Result<String> {
+/// What `coap-client` got back.
+#[derive(Clone, Debug)]
+pub struct Reply {
+    /// The code of the last answer it received, e.g. `"2.04"` (a block-wise upload gets 2.31
+    /// for each block but the last).
+    pub code: String,
+    /// Everything it printed (stdout and stderr): the messages it sent and received, and the
+    /// diagnostic payload of an error answer.
+    pub output: String,
+}
+
+/// Runs `coap-client` with these arguments and `stdin`, and returns the answer it received.
+/// Fails when the tool fails or when no answer came: the tool itself prints nothing and exits
+/// 0 then, so it is run at verbosity 6, where it prints every message it sends and receives
+/// (`v:1 t:ACK c:2.04 i:3da8 {01} [ ]`), and the answer is read from that. `-B 30` bounds its
+/// wait.
+pub fn coap_client(args: &[&str], stdin: &[u8]) -> Result<Reply> {
     let mut child = Command::new(coap_client_binary()?)
+        .args(["-v", "6", "-B", "30"])
         .args(args)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
@@ -43,11 +58,34 @@ pub fn coap_client(args: &[&str], stdin: &[u8]) -> Result<String> {
         .context("coap-client stdin")?
         .write_all(stdin)?;
     let out = child.wait_with_output()?;
-    Ok(format!(
+    let output = format!(
         "{}{}",
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
-    ))
+    );
+    anyhow::ensure!(
+        out.status.success(),
+        "coap-client {args:?} failed ({}): {output}",
+        out.status
+    );
+    let code = output
+        .lines()
+        .rev()
+        .find_map(answer_code)
+        .with_context(|| format!("coap-client {args:?} got no answer: {output}"))?;
+    Ok(Reply { code, output })
+}
+
+/// The code of a message `coap-client -v 6` printed, when it is an answer: requests print
+/// their method (`c:POST`), answers their class and detail (`c:2.04`).
+fn answer_code(line: &str) -> Option<String> {
+    let fields = line.strip_prefix("v:1 t:")?;
+    let code = fields
+        .split_whitespace()
+        .find_map(|f| f.strip_prefix("c:"))?;
+    let (class, detail) = code.split_once('.')?;
+    let digits = |s: &str, n: usize| s.len() == n && s.bytes().all(|b| b.is_ascii_digit());
+    (digits(class, 1) && digits(detail, 2)).then(|| code.to_owned())
 }
 
 /// A CoAP request as bytes.

@@ -245,6 +245,39 @@ impl Engine {
         }
     }
 
+    /// The value of one series of the engine's `/metrics` (`name` or `name{labels}`, exactly
+    /// as the exposition writes it); `None` when it is not exported.
+    pub async fn sample(&self, series: &str) -> Result<Option<f64>> {
+        let text = reqwest::get(self.url("/metrics")).await?.text().await?;
+        Ok(text.lines().find_map(|line| {
+            let (key, value) = line.rsplit_once(' ')?;
+            (key == series).then(|| value.parse().ok())?
+        }))
+    }
+
+    /// Waits until the series' value satisfies `until` (polling `/metrics`); fails after
+    /// `timeout`, which only bounds a hang, with the last value seen.
+    pub async fn wait_for_sample(
+        &self,
+        series: &str,
+        timeout: Duration,
+        until: impl Fn(f64) -> bool,
+    ) -> Result<f64> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let value = self.sample(series).await?;
+            if let Some(v) = value
+                && until(v)
+            {
+                return Ok(v);
+            }
+            if Instant::now() > deadline {
+                bail!("{series} is {value:?} after {timeout:?}");
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
     /// A REST client logged in as the demo tenant administrator.
     pub async fn rest(&self) -> Result<Rest> {
         let http = reqwest::Client::new();

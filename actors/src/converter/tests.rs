@@ -357,10 +357,21 @@ fn limits_stop_a_runaway_script_for_that_message_only() {
         .uplink(r#"let s = "x"; loop { s += s; }"#, b"", &meta(&[]))
         .expect_err("stopped");
     assert!(err.message.to_lowercase().contains("string"), "{err}");
+    // Recursion stops at the call-depth limit (32 calls), long before the operations limit:
+    // the same script 40 calls deep runs when the depth limit is higher.
+    let deep = r#"fn f(n) { if n < 40 { f(n + 1) } else { n } } #{deviceName: "d" + f(0)}"#;
+    let err = rt.uplink(deep, b"", &meta(&[])).expect_err("stopped");
+    assert!(err.message.contains("Stack overflow"), "{err}");
+    assert!(!err.message.contains("operations limit"), "{err}");
+    let deeper = ConverterRuntime::new(&Limits {
+        max_call_levels: 64,
+        ..Limits::default()
+    });
+    assert!(deeper.uplink(deep, b"", &meta(&[])).is_ok());
     let err = rt
         .uplink("fn f(n) { f(n + 1) } f(0)", b"", &meta(&[]))
         .expect_err("stopped");
-    assert!(!err.message.is_empty());
+    assert!(err.message.contains("Stack overflow"), "{err}");
     // The runtime is fine afterwards.
     assert!(rt.uplink(r#"#{deviceName: "ok"}"#, b"", &meta(&[])).is_ok());
 }

@@ -319,20 +319,26 @@ mod tests {
         assert_eq!(second.lag(), Some(3));
     }
 
-    #[tokio::test]
+    /// Time is paused: it only moves when every task waits, straight to the next timer. A poll
+    /// woken by the send returns at the send's time; one that is not woken returns only at its
+    /// deadline (fetching once more then), an hour later on the paused clock.
+    #[tokio::test(start_paused = true)]
     async fn poll_wakes_when_a_message_arrives() {
         let queue = MemoryQueue::new(2, 10, 1);
         let mut consumer = queue.consumer(0);
         let q = queue.clone();
+        let started = tokio::time::Instant::now();
         tokio::spawn(async move {
             tokio::time::sleep(Duration::from_millis(20)).await;
             q.send(message("late")).await.expect("send");
         });
-        let got = consumer
-            .poll(1, Duration::from_secs(10))
-            .await
-            .expect("poll");
+        let max_wait = Duration::from_secs(3600);
+        let got = consumer.poll(1, max_wait).await.expect("poll");
         assert_eq!(got.len(), 1);
+        assert!(
+            started.elapsed() < max_wait,
+            "the poll returned at its deadline, not when the message came"
+        );
     }
 
     #[tokio::test]

@@ -4,6 +4,7 @@
 pub mod catalog;
 pub mod clickhouse;
 pub mod embedded;
+pub mod paused;
 pub mod registry;
 
 #[cfg(test)]

@@ -31,7 +31,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::time::{Duration, Instant};
 
-use actors::metrics::{DEAD_LETTERS, QUEUE_LAG, QUEUE_REBALANCES};
+use actors::metrics::{DEAD_LETTERS, QUEUE_LAG, QUEUE_PARTITIONS_ASSIGNED, QUEUE_REBALANCES};
 use actors::model::Message;
 use actors::ports::{Delivered, OffsetCommitter, QueueError};
 use actors::rule_chain::{MakeRuleChain, Routed, RuleChainHandle};
@@ -144,6 +144,7 @@ impl ConsumerContext for SourceContext {
             }
             other => {
                 error!(error = ?other, "kafka rebalance failed");
+                gauge!(QUEUE_PARTITIONS_ASSIGNED).set(0.0);
                 if let Err(e) = consumer.unassign() {
                     error!(error = %e, "kafka unassign failed");
                 }
@@ -162,6 +163,8 @@ impl SourceContext {
 
     fn revoke(&self, consumer: &KafkaConsumer, tpl: &TopicPartitionList) {
         counter!(QUEUE_REBALANCES, "kind" => "revoke").increment(1);
+        // The eager protocol revokes the whole assignment.
+        gauge!(QUEUE_PARTITIONS_ASSIGNED).set(0.0);
         let partitions = self.partitions(tpl);
         if consumer.assignment_lost() {
             // Another member may own these now: commit nothing, and read them from the
@@ -200,6 +203,8 @@ impl SourceContext {
     fn assign(&self, tpl: &mut TopicPartitionList) {
         counter!(QUEUE_REBALANCES, "kind" => "assign").increment(1);
         let partitions = self.partitions(tpl);
+        #[allow(clippy::cast_precision_loss)]
+        gauge!(QUEUE_PARTITIONS_ASSIGNED).set(partitions.len() as f64);
         let kept = std::mem::take(&mut *self.kept.lock());
         let mut chains = self.chains.lock();
         let mut resumed = Vec::new();
