@@ -439,4 +439,39 @@ mod tests {
         drop(waiting);
         assert!(s.hibernate());
     }
+
+    /// A session counts as active from its connection's open to its close, and a closed
+    /// connection's actor works through its mailbox and stops: nothing of it stays behind.
+    #[tokio::test]
+    async fn a_closed_session_is_counted_and_its_actor_stops() {
+        use crate::metrics::{SESSIONS_ACTIVE, SESSIONS_CLOSED, SESSIONS_OPENED};
+        let recorded = crate::test_metrics::Recorded::start();
+        let mqtt = [("transport", "mqtt")];
+        let producer = Arc::new(MemProducer::default());
+        let (supervisor, ingress) = setup(producer.clone()).await;
+        let s = session(&supervisor, &ingress, "d1").await;
+        assert_eq!(recorded.gauge(SESSIONS_ACTIVE, &mqtt), 1.0);
+        s.publish(Uplink::Telemetry, br#"{"t":1}"#.to_vec())
+            .await
+            .expect("accepted")
+            .confirmed()
+            .await
+            .expect("stored");
+        let actor = s.actor.lock().await.clone().expect("awake");
+        drop(s);
+        assert_eq!(recorded.gauge(SESSIONS_ACTIVE, &mqtt), 0.0);
+        assert_eq!(recorded.counter(SESSIONS_OPENED, &mqtt), 1);
+        assert_eq!(recorded.counter(SESSIONS_CLOSED, &mqtt), 1);
+        let waited = std::time::Instant::now();
+        while actor.get_status() != ractor::ActorStatus::Stopped {
+            // Only bounds a hang: the actor stops as soon as its mailbox is empty.
+            assert!(
+                waited.elapsed() < std::time::Duration::from_secs(60),
+                "the closed session's actor is still {:?}",
+                actor.get_status()
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+        assert_eq!(producer.messages().len(), 1);
+    }
 }
