@@ -272,6 +272,47 @@ mod tests {
         assert_eq!(offsets, (0..10).collect::<Vec<_>>());
     }
 
+    /// Devices spread over the partitions, each consumer reads its own share, and together they
+    /// read every message exactly once; a poll never hands out more than asked.
+    #[tokio::test]
+    async fn consumers_share_the_partitions_and_read_each_message_once() {
+        let queue = MemoryQueue::new(4, 100, 2);
+        assert_eq!(queue.consumers(), 2);
+        let mut consumers = [queue.consumer(0), queue.consumer(1)];
+        for d in 0..40 {
+            queue
+                .send(message(&format!("d{d}")))
+                .await
+                .expect("send")
+                .await
+                .expect("delivered");
+        }
+        let mut seen = std::collections::BTreeSet::new();
+        let mut partitions_of = [
+            std::collections::BTreeSet::new(),
+            std::collections::BTreeSet::new(),
+        ];
+        for (i, consumer) in consumers.iter_mut().enumerate() {
+            loop {
+                let got = consumer
+                    .poll(3, Duration::from_millis(10))
+                    .await
+                    .expect("poll");
+                if got.is_empty() {
+                    break;
+                }
+                assert!(got.len() <= 3, "a poll of 3 handed out {}", got.len());
+                for d in got {
+                    partitions_of[i].insert(d.partition);
+                    assert!(seen.insert((d.partition, d.offset)), "read twice: {d:?}");
+                }
+            }
+        }
+        assert_eq!(seen.len(), 40, "every message read once");
+        assert_eq!(partitions_of[0], [0, 2].into());
+        assert_eq!(partitions_of[1], [1, 3].into());
+    }
+
     #[tokio::test]
     async fn a_full_partition_makes_senders_wait_until_a_commit() {
         let queue = MemoryQueue::new(1, 2, 1);
