@@ -187,4 +187,61 @@ mod tests {
             Some(Seen::Answered(_))
         ));
     }
+
+    #[test]
+    fn an_exchange_is_forgotten_exactly_at_its_lifetime() {
+        let mut ex = Exchanges::new(Duration::from_secs(10), 100, usize::MAX);
+        let t0 = Instant::now();
+        assert_eq!(ex.begin((peer(), 1), t0), None);
+        let just_before = t0 + Duration::from_secs(10) - Duration::from_millis(1);
+        assert_eq!(ex.begin((peer(), 1), just_before), Some(Seen::Running));
+        assert_eq!(ex.begin((peer(), 1), t0 + Duration::from_secs(10)), None);
+    }
+
+    #[test]
+    fn the_byte_bound_is_inclusive_and_holds_for_every_answer() {
+        let now = Instant::now();
+        // Exactly three exchanges fit.
+        let mut ex = Exchanges::new(Duration::from_secs(100), 100, 3 * EXCHANGE_OVERHEAD);
+        for id in 0..3 {
+            assert_eq!(ex.begin((peer(), id), now), None);
+        }
+        assert_eq!(ex.len(), 3);
+        assert_eq!(ex.begin((peer(), 0), now), Some(Seen::Running));
+
+        // A second answer to one exchange replaces the first in the charge.
+        let max_bytes = 10 * (EXCHANGE_OVERHEAD + 1000);
+        let mut ex = Exchanges::new(Duration::from_secs(100), 100, max_bytes);
+        for id in 0..10 {
+            ex.begin((peer(), id), now);
+            ex.answer((peer(), id), Arc::from(vec![0u8; 1000]));
+        }
+        ex.answer((peer(), 9), Arc::from(vec![0u8; 10]));
+        ex.check_invariants();
+        assert_eq!(ex.len(), 10);
+        // One answer worth five exchanges makes room by forgetting as many as it takes.
+        ex.begin((peer(), 10), now);
+        ex.answer(
+            (peer(), 10),
+            Arc::from(vec![0u8; 5 * (EXCHANGE_OVERHEAD + 1000)]),
+        );
+        ex.check_invariants();
+        assert!(ex.bytes <= max_bytes, "{} > {max_bytes}", ex.bytes);
+        assert!(matches!(
+            ex.begin((peer(), 10), now),
+            Some(Seen::Answered(_))
+        ));
+    }
+
+    /// A byte bound smaller than one exchange still lets each request through, one at a time.
+    #[test]
+    fn a_bound_below_one_exchange_keeps_just_the_newest() {
+        let now = Instant::now();
+        let mut ex = Exchanges::new(Duration::from_secs(100), 100, 1);
+        for id in 0..3 {
+            assert_eq!(ex.begin((peer(), id), now), None);
+            assert_eq!(ex.len(), 1);
+        }
+        ex.check_invariants();
+    }
 }
