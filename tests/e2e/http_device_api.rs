@@ -86,17 +86,30 @@ async fn uploads_answers_and_errors() -> Result<()> {
         .await?;
     assert_eq!(latest["temperature"][0]["value"], json!(21.5));
     assert_eq!(latest["count"][0]["value"], json!(3));
+    // Each upload was acknowledged once queued; each may be stored in a later batch than the
+    // one before it, so each is waited for.
     let series = rest
-        .json(&format!("/api/plugins/telemetry/DEVICE/{id}/values/timeseries?keys=series&startTs=0&endTs=10000&orderBy=ASC&useStrictDataTypes=true"))
+        .eventually(SETTLE, || async {
+            let series = rest
+                .json(&format!("/api/plugins/telemetry/DEVICE/{id}/values/timeseries?keys=series&startTs=0&endTs=10000&orderBy=ASC&useStrictDataTypes=true"))
+                .await?;
+            let points = series["series"].as_array().map_or(0, Vec::len);
+            Ok((points >= 2).then_some(series))
+        })
         .await?;
     assert_eq!(
         series,
         json!({"series": [{"ts": 1000, "value": 1}, {"ts": 2000, "value": 2}]})
     );
     let attrs = rest
-        .json(&format!(
-            "/api/plugins/telemetry/DEVICE/{id}/values/attributes/CLIENT_SCOPE?keys=firmware"
-        ))
+        .eventually(SETTLE, || async {
+            let attrs = rest
+                .json(&format!(
+                    "/api/plugins/telemetry/DEVICE/{id}/values/attributes/CLIENT_SCOPE?keys=firmware"
+                ))
+                .await?;
+            Ok(attrs.as_array().is_some_and(|a| !a.is_empty()).then_some(attrs))
+        })
         .await?;
     assert_eq!(attrs[0]["value"], json!("1.2.3"));
     Ok(())
