@@ -266,6 +266,9 @@ mod tests {
     #[test]
     fn the_coarse_clock_ticks_while_a_run_is_on() {
         let _run = start(Duration::from_millis(5));
+        // Other tests' runs move the coarse time too (`start` does), so the clock thread is
+        // also asked for directly.
+        assert!(clock().is_some(), "the clock thread runs");
         let waited = Instant::now();
         while !expired_coarse() {
             // Only bounds a hang: the clock ticks every 2 ms.
