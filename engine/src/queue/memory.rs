@@ -382,6 +382,36 @@ mod tests {
         );
     }
 
+    /// The same for every consumer of several: each is woken by sends to its own partitions.
+    #[tokio::test(start_paused = true)]
+    async fn every_consumer_is_woken_by_its_own_partitions() {
+        let queue = MemoryQueue::new(4, 10, 2);
+        for index in 0..2 {
+            // A device whose partition belongs to consumer `index`.
+            let device = (0..)
+                .map(|n| format!("d{n}"))
+                .find(|d| {
+                    let tenant = TenantId::from_name("t");
+                    queue.partition_of(DeviceId::derive(tenant, d)) % 2 == index
+                })
+                .expect("some device");
+            let mut consumer = queue.consumer(index);
+            let q = queue.clone();
+            let started = tokio::time::Instant::now();
+            tokio::spawn(async move {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+                q.send(message(&device)).await.expect("send");
+            });
+            let max_wait = Duration::from_secs(3600);
+            let got = consumer.poll(1, max_wait).await.expect("poll");
+            assert_eq!(got.len(), 1);
+            assert!(
+                started.elapsed() < max_wait,
+                "consumer {index} was not woken by a send to its partition"
+            );
+        }
+    }
+
     #[tokio::test]
     async fn close_refuses_senders() {
         let queue = MemoryQueue::new(1, 1, 1);
