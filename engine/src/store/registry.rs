@@ -260,23 +260,34 @@ impl<T: DeviceTable> CachedRegistry<T> {
         if !self.table.shared() || self.unknown.remembers(&key) {
             return Ok(None);
         }
+        let by = match key {
+            Key::Token(_) => "token",
+            Key::Name(..) => "name",
+        };
+        let found = self.query_table(by, find).await?;
+        if found.is_none() {
+            self.unknown.insert(key);
+        }
+        Ok(found)
+    }
+
+    /// Asks the shared table through `find`, within the bound on lookups at once, and caches
+    /// what it finds.
+    async fn query_table<F>(
+        &self,
+        by: &'static str,
+        find: F,
+    ) -> Result<Option<Arc<Device>>, RegistryError>
+    where
+        F: std::future::Future<Output = Result<Option<Device>, StoreError>>,
+    {
         let writes = self.cache.read().writes;
         let found = {
             let _permit = self.lookups.acquire().await;
-            let by = match key {
-                Key::Token(_) => "token",
-                Key::Name(..) => "name",
-            };
             counter!(REGISTRY_TABLE_LOOKUPS, "by" => by).increment(1);
             find.await?
         };
-        match found {
-            Some(device) => Ok(Some(self.remember(device, writes))),
-            None => {
-                self.unknown.insert(key);
-                Ok(None)
-            }
-        }
+        Ok(found.map(|d| self.remember(d, writes)))
     }
 
     /// Caches a device read from the table, unless this node wrote it since the read began
@@ -430,13 +441,7 @@ impl<T: DeviceTable> DeviceRegistry for CachedRegistry<T> {
         if !self.table.shared() {
             return Ok(None);
         }
-        let writes = self.cache.read().writes;
-        let found = {
-            let _permit = self.lookups.acquire().await;
-            counter!(REGISTRY_TABLE_LOOKUPS, "by" => "id").increment(1);
-            self.table.find_by_id(id).await?
-        };
-        Ok(found.map(|d| self.remember(d, writes)))
+        self.query_table("id", self.table.find_by_id(id)).await
     }
 
     async fn by_name(
