@@ -450,23 +450,21 @@ impl Run {
                 return;
             }
         };
-        let context = self.consumer.context().clone();
+        let context = self.consumer.context();
+        let partition_index = u32::try_from(partition).unwrap_or_default();
         let existing = context.chains.lock().get(&partition).cloned();
         let chain = match existing {
             Some(chain) => chain,
-            None => {
-                let p = u32::try_from(partition).unwrap_or_default();
-                match self.runtime.block_on(self.chains.chain(p)) {
-                    Ok(chain) => {
-                        context.chains.lock().insert(partition, chain.clone());
-                        chain
-                    }
-                    Err(_) => {
-                        error!(partition, "cannot start the rule chain");
-                        return;
-                    }
+            None => match self.runtime.block_on(self.chains.chain(partition_index)) {
+                Ok(chain) => {
+                    context.chains.lock().insert(partition, chain.clone());
+                    chain
                 }
-            }
+                Err(_) => {
+                    error!(partition, "cannot start the rule chain");
+                    return;
+                }
+            },
         };
         context
             .progress
@@ -475,7 +473,7 @@ impl Run {
             .dispatched
             .insert(partition, offset);
         let delivered = Delivered {
-            partition: u32::try_from(partition).unwrap_or_default(),
+            partition: partition_index,
             offset: u64::try_from(offset).unwrap_or_default(),
             message,
         };
