@@ -297,7 +297,8 @@ pub async fn store_suite(store: &dyn Store) {
     assert_eq!(picked.len(), 1);
 }
 
-fn device(name: &str, token: &str) -> Device {
+/// A device of [`tenant`] named `name`, logging in with `token`.
+pub(crate) fn device(name: &str, token: &str) -> Device {
     Device {
         id: DeviceId::derive(tenant(), name),
         tenant_id: tenant(),

@@ -543,9 +543,8 @@ impl<T: DeviceTable> DeviceRegistry for CachedRegistry<T> {
 mod tests {
     use std::sync::atomic::{AtomicUsize, Ordering};
 
-    use actors::model::AccessToken;
-
     use super::*;
+    use crate::store::contract::device;
 
     /// A shared table (as ClickHouse's is) that holds nothing and counts the lookups it gets.
     #[derive(Default)]
@@ -574,22 +573,6 @@ mod tests {
         async fn find_by_token(&self, _: &str) -> Result<Option<Device>, StoreError> {
             self.lookups.fetch_add(1, Ordering::SeqCst);
             Ok(None)
-        }
-    }
-
-    fn tenant() -> TenantId {
-        TenantId::from_name("t")
-    }
-
-    fn device(name: &str, token: &str) -> Device {
-        Device {
-            id: DeviceId::derive(tenant(), name),
-            tenant_id: tenant(),
-            name: name.into(),
-            device_type: "default".into(),
-            label: None,
-            token: AccessToken(token.into()),
-            created_time: 1,
         }
     }
 
