@@ -11,6 +11,7 @@ mod payload;
 mod report;
 mod rest;
 mod schedule;
+mod workers;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -125,6 +126,16 @@ pub struct MqttArgs {
     /// MQTT keep-alive
     #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
     pub keep_alive: Duration,
+    /// Spread the devices over this many loadgen processes, each with its own open-file limit,
+    /// and merge their reports into one
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=512))]
+    pub processes: u16,
+    /// Internal (set by the parent with --processes): this process is worker <N>
+    #[arg(long, hide = true, requires = "start_ms")]
+    pub worker: Option<u16>,
+    /// Internal: wall-clock milliseconds at which every worker starts publishing
+    #[arg(long, hide = true)]
+    pub start_ms: Option<i64>,
 }
 
 #[derive(Args, Debug)]
@@ -233,7 +244,9 @@ fn now_ms() -> i64 {
         .unwrap_or(0)
 }
 
-fn build_run(common: &CommonArgs, ramp: Duration) -> Result<Run> {
+/// The run's shared state. Publishing starts after `ramp`, or, in a `--processes` worker, at
+/// the parent's wall-clock instant `start_at_ms`.
+fn build_run(common: &CommonArgs, ramp: Duration, start_at_ms: Option<i64>) -> Result<Run> {
     if common.devices == 0 {
         bail!("--devices must be at least 1");
     }
@@ -256,9 +269,14 @@ fn build_run(common: &CommonArgs, ramp: Duration) -> Result<Run> {
             }
         })
         .collect();
-    let start = Instant::now() + ramp;
     #[allow(clippy::cast_possible_truncation)]
-    let start_ms = now_ms() + ramp.as_millis() as i64;
+    let (start, start_ms) = match start_at_ms {
+        Some(ms) => {
+            let wait = u64::try_from(ms.saturating_sub(now_ms())).unwrap_or(0);
+            (Instant::now() + Duration::from_millis(wait), ms)
+        }
+        None => (Instant::now() + ramp, now_ms() + ramp.as_millis() as i64),
+    };
     Ok(Run {
         devices,
         template,
@@ -325,7 +343,7 @@ async fn execute(
             return Ok(true);
         }
     }
-    let run = Arc::new(build_run(&common, ramp)?);
+    let run = Arc::new(build_run(&common, ramp, None)?);
     let (done_tx, done_rx) = tokio::sync::oneshot::channel();
     let bar = tokio::spawn(progress(run.clone(), common.quiet, done_rx));
     let started = Instant::now();
@@ -377,13 +395,31 @@ fn main() -> Result<()> {
     let ok = runtime.block_on(async move {
         match cli.command {
             Command::Mqtt(args) => {
+                if let Some(index) = args.worker {
+                    raise_open_files_limit();
+                    let run = Arc::new(build_run(&args.common, Duration::ZERO, args.start_ms)?);
+                    let lanes =
+                        workers::lanes(run.devices.len(), args.processes.into(), index.into());
+                    let drive = mqtt::run(run.clone(), &args, lanes.clone());
+                    workers::worker(run.clone(), lanes, drive).await?;
+                    return Ok(true);
+                }
                 #[allow(clippy::cast_precision_loss)]
-                let ramp = Duration::from_secs_f64(
+                let mut ramp = Duration::from_secs_f64(
                     args.common.devices as f64 / args.connect_rate.max(1.0),
                 );
+                if args.processes > 1 {
+                    // Time for the workers to start before their connection ramp.
+                    ramp += Duration::from_millis(500);
+                }
                 let common = args.common.clone();
                 execute(common, ramp, "mqtt", async move |run| {
-                    mqtt::run(run, &args).await
+                    if args.processes > 1 {
+                        workers::parent(run, args.processes.into()).await
+                    } else {
+                        let lanes = 0..run.devices.len();
+                        mqtt::run(run, &args, lanes).await
+                    }
                 })
                 .await
             }

@@ -92,23 +92,18 @@ impl Template {
         Ok(template)
     }
 
-    /// Renders message `seq` of `device`, stamped `ts`, into `out` (cleared first).
+    /// Renders message `seq` of `device`, stamped `ts`, into `out` (cleared first). Called once
+    /// per message on the hot path: integers go through `itoa`, not `fmt`.
     pub fn render_into(&self, seq: u64, ts: i64, device: &str, out: &mut String) {
-        use std::fmt::Write;
+        let mut digits = itoa::Buffer::new();
         out.clear();
         for part in &self.parts {
-            let _ = match part {
-                Part::Text(t) => {
-                    out.push_str(t);
-                    Ok(())
-                }
-                Part::Seq => write!(out, "{seq}"),
-                Part::Ts => write!(out, "{ts}"),
-                Part::Device => {
-                    out.push_str(device);
-                    Ok(())
-                }
-            };
+            out.push_str(match part {
+                Part::Text(t) => t,
+                Part::Seq => digits.format(seq),
+                Part::Ts => digits.format(ts),
+                Part::Device => device,
+            });
         }
     }
 

@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use hdrhistogram::Histogram;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 const SHARDS: usize = 64;
 /// Latencies are recorded in microseconds, from 1 µs to 10 minutes, 3 significant digits.
@@ -54,17 +54,41 @@ impl Default for Stats {
 
 impl Stats {
     pub fn sent(&self) {
-        self.sent.fetch_add(1, Ordering::Relaxed);
+        self.sent_n(1);
+    }
+
+    pub fn sent_n(&self, n: u64) {
+        self.sent.fetch_add(n, Ordering::Relaxed);
     }
 
     pub fn acked(&self, lane: usize, latency: Duration) {
-        self.acked.fetch_add(1, Ordering::Relaxed);
-        let _ = lock(&self.latency[lane % SHARDS]).record(micros(latency));
+        self.acked_n(lane, &[latency], 0);
+    }
+
+    /// Acknowledgements taken together: `latencies` of those that have one, plus `unmeasured`
+    /// that do not (QoS 0 publishes confirmed by a PINGRESP). One lock for the lot.
+    pub fn acked_n(&self, lane: usize, latencies: &[Duration], unmeasured: u64) {
+        self.acked
+            .fetch_add(latencies.len() as u64 + unmeasured, Ordering::Relaxed);
+        if latencies.is_empty() {
+            return;
+        }
+        let mut h = lock(&self.latency[lane % SHARDS]);
+        for l in latencies {
+            let _ = h.record(micros(*l));
+        }
     }
 
     /// How late an open-loop message left; recorded for every message, zero when on time.
     pub fn lag(&self, lane: usize, lag: Duration) {
-        let _ = lock(&self.lag[lane % SHARDS]).record(micros(lag));
+        self.lags(lane, &[lag]);
+    }
+
+    pub fn lags(&self, lane: usize, lags: &[Duration]) {
+        let mut h = lock(&self.lag[lane % SHARDS]);
+        for l in lags {
+            let _ = h.record(micros(*l));
+        }
     }
 
     pub fn failed(&self, reason: &str, count: u64) {
@@ -75,6 +99,54 @@ impl Stats {
         *lock(&self.connect_failures)
             .entry(reason.to_owned())
             .or_default() += 1;
+    }
+
+    /// What a worker process (`--processes`) hands its parent: its counters, and its
+    /// histograms as (value, count) pairs.
+    pub fn worker_report(&self, devices: Vec<DeviceCount>) -> WorkerReport {
+        let pairs = |shards: &[Mutex<Histogram<u64>>]| {
+            let mut all = histogram();
+            for shard in shards {
+                let _ = all.add(&*lock(shard));
+            }
+            all.iter_recorded()
+                .map(|v| (v.value_iterated_to(), v.count_at_value()))
+                .collect()
+        };
+        WorkerReport {
+            sent: self.sent.load(Ordering::Relaxed),
+            acked: self.acked.load(Ordering::Relaxed),
+            connected: self.connected.load(Ordering::Relaxed),
+            failures: lock(&self.failures).clone(),
+            connect_failures: lock(&self.connect_failures).clone(),
+            latency: pairs(&self.latency),
+            lag: pairs(&self.lag),
+            devices,
+        }
+    }
+
+    /// Adds a worker's report to these statistics.
+    pub fn absorb(&self, w: &WorkerReport) {
+        self.sent.fetch_add(w.sent, Ordering::Relaxed);
+        self.acked.fetch_add(w.acked, Ordering::Relaxed);
+        self.connected.fetch_add(w.connected, Ordering::Relaxed);
+        for (reason, n) in &w.failures {
+            *lock(&self.failures).entry(reason.clone()).or_default() += n;
+        }
+        for (reason, n) in &w.connect_failures {
+            *lock(&self.connect_failures)
+                .entry(reason.clone())
+                .or_default() += n;
+        }
+        let mut latency = lock(&self.latency[0]);
+        for &(value, count) in &w.latency {
+            let _ = latency.record_n(value.clamp(1, MAX_MICROS), count);
+        }
+        drop(latency);
+        let mut lag = lock(&self.lag[0]);
+        for &(value, count) in &w.lag {
+            let _ = lag.record_n(value.clamp(1, MAX_MICROS), count);
+        }
     }
 
     pub fn report(&self, transport: &str, elapsed: Duration) -> Report {
@@ -110,6 +182,28 @@ impl Stats {
             verify: None,
         }
     }
+}
+
+/// One device's counts, as a worker process reports them.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct DeviceCount {
+    pub lane: usize,
+    pub sent: u64,
+    pub acked: u64,
+}
+
+/// A worker process's statistics, merged by its parent into one report.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct WorkerReport {
+    pub sent: u64,
+    pub acked: u64,
+    pub connected: u64,
+    pub failures: BTreeMap<String, u64>,
+    pub connect_failures: BTreeMap<String, u64>,
+    /// Latency histogram (microseconds) as (value, count) pairs.
+    pub latency: Vec<(u64, u64)>,
+    pub lag: Vec<(u64, u64)>,
+    pub devices: Vec<DeviceCount>,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize)]
@@ -255,6 +349,42 @@ mod tests {
         let json = serde_json::to_value(&r).expect("json");
         assert_eq!(json["acked"], 1000);
         assert_eq!(json["failures"]["disconnected"], 1);
+    }
+
+    #[test]
+    fn worker_reports_merge_into_the_same_percentiles() {
+        // One process recording everything, and the same latencies split over three workers,
+        // must report the same counts and percentiles.
+        let single = Stats::default();
+        let workers: Vec<Stats> = (0..3).map(|_| Stats::default()).collect();
+        for i in 1..=3000u64 {
+            let latency = Duration::from_micros(i * i % 50_000 + 1);
+            single.sent();
+            single.acked(0, latency);
+            let w = &workers[usize::try_from(i % 3).unwrap_or(0)];
+            w.sent();
+            w.acked(usize::try_from(i).unwrap_or(0), latency);
+        }
+        workers[1].failed("disconnected by the server", 4);
+        workers[2].connect_failed("refused: unknown access token (0x05)");
+        let merged = Stats::default();
+        for w in &workers {
+            let report = w.worker_report(vec![DeviceCount {
+                lane: 0,
+                sent: 1,
+                acked: 1,
+            }]);
+            let line = serde_json::to_string(&report).expect("json");
+            merged.absorb(&serde_json::from_str(&line).expect("parses"));
+        }
+        let (a, b) = (
+            single.report("mqtt", Duration::from_secs(1)),
+            merged.report("mqtt", Duration::from_secs(1)),
+        );
+        assert_eq!((b.sent, b.acked), (3000, 3000));
+        assert_eq!(a.latency_ms, b.latency_ms);
+        assert_eq!(b.failures.get("disconnected by the server"), Some(&4));
+        assert_eq!(b.connections_failed, 1);
     }
 
     #[test]

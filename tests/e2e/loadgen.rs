@@ -99,6 +99,61 @@ async fn mqtt_load_is_stored_in_full() -> Result<()> {
     Ok(())
 }
 
+/// `--processes`: the devices spread over worker processes, one merged report, every device's
+/// acknowledged points verified; and QoS 0, whose messages count once a PINGRESP shows the
+/// server read them.
+#[tokio::test(flavor = "multi_thread")]
+async fn mqtt_load_over_several_processes_and_qos0_is_stored_in_full() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let engine = Engine::start(dir.path())?;
+    let http = engine.url("");
+    let target = engine.mqtt.to_string();
+    let (ok, text, report) = loadgen(&[
+        "mqtt",
+        "--target",
+        &target,
+        "--devices",
+        "30",
+        "--processes",
+        "3",
+        "--provision",
+        &http,
+        "--verify",
+        &http,
+        "--messages",
+        "3001",
+    ])?;
+    check_verified(ok, &text, &report);
+    assert_eq!(report["connections_ok"], 30, "{text}");
+    assert_eq!(report["acked"], 3001, "{text}");
+    assert_eq!(report["verify"]["devices"], 30, "{text}");
+    assert_eq!(
+        report["latency_ms"]["count"], 3001,
+        "every worker's latencies are merged:\n{text}"
+    );
+
+    let (ok, text, report) = loadgen(&[
+        "mqtt",
+        "--target",
+        &target,
+        "--devices",
+        "10",
+        "--qos",
+        "0",
+        "--provision",
+        &http,
+        "--verify",
+        &http,
+        "--messages",
+        "2000",
+    ])?;
+    assert!(ok, "loadgen failed:\n{text}");
+    assert_eq!(report["acked"], 2000, "{text}");
+    assert_eq!(report["verify"]["missing_devices"], 0, "{text}");
+    assert_eq!(report["verify"]["stored"], 2000, "{text}");
+    Ok(())
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn http_load_is_stored_in_full() -> Result<()> {
     let dir = tempfile::tempdir()?;
