@@ -83,6 +83,18 @@ fn request(
         .map_err(|e| anyhow::anyhow!("encoding a CoAP request: {e:?}"))
 }
 
+/// The code of `answer` if it is the answer to the request with `token` (4 bytes): its header
+/// says a 4-byte token and the token matches. Parsed in place, no packet is built.
+fn answer_code(answer: &[u8], token: u32) -> Option<u8> {
+    (answer.len() >= 8 && answer[0] & 0x0F == 4 && answer[4..8] == token.to_be_bytes())
+        .then(|| answer[1])
+}
+
+/// A CoAP code as text, "2.04".
+fn code_text(code: u8) -> String {
+    format!("{}.{:02}", code >> 5, code & 0x1F)
+}
+
 /// Sends one request and waits for its answer; the answer's code, or `None` when none came.
 async fn exchange(
     socket: &UdpSocket,
@@ -90,7 +102,7 @@ async fn exchange(
     token: u32,
     confirmable: bool,
     buf: &mut [u8],
-) -> Result<Option<String>> {
+) -> Result<Option<u8>> {
     let mut wait = ACK_TIMEOUT;
     let tries = if confirmable { MAX_RETRANSMIT + 1 } else { 1 };
     for _ in 0..tries {
@@ -100,12 +112,9 @@ async fn exchange(
             let Ok(n) = tokio::time::timeout_at(deadline, socket.recv(buf)).await else {
                 break;
             };
-            let Ok(answer) = Packet::from_bytes(&buf[..n?]) else {
-                continue;
-            };
             // Late answers to earlier requests are skipped by their token.
-            if answer.get_token() == token.to_be_bytes() {
-                return Ok(Some(answer.header.get_code()));
+            if let Some(code) = answer_code(&buf[..n?], token) {
+                return Ok(Some(code));
             }
         }
         wait *= 2;
@@ -113,6 +122,12 @@ async fn exchange(
     Ok(None)
 }
 
+/// Counters and latencies are handed to the shared statistics in batches of this many.
+const FLUSH_EVERY: usize = 64;
+
+/// One socket with one request outstanding. With at least as many devices as workers, worker
+/// `w` sends for devices w, w + workers, ...; with more workers than devices, several workers
+/// share a device (its sequence numbers are taken atomically, so every message stays unique).
 async fn worker(
     run: &Run,
     socket: &UdpSocket,
@@ -123,17 +138,36 @@ async fn worker(
 ) -> Result<()> {
     let stats = &run.stats;
     let schedule = run.schedule(workers, w);
-    let mine: Vec<usize> = (w..run.devices.len()).step_by(workers).collect();
+    let devices = run.devices.len();
+    let mine: Vec<usize> = if workers <= devices {
+        (w..devices).step_by(workers).collect()
+    } else {
+        vec![w % devices]
+    };
     if mine.is_empty() {
         return Ok(());
     }
     let quota: u64 = mine.iter().map(|&d| run.quota(d)).sum();
-    let mut k: u64 = 0;
-    let (mut telemetry, mut payload) = (String::with_capacity(256), String::with_capacity(320));
+    // Each device's `"deviceName":"..."` prefix, built once.
+    let prefixes: Vec<String> = mine
+        .iter()
+        .map(|&d| {
+            let name = serde_json::to_string(&run.devices[d].name)?;
+            Ok(format!("{{\"deviceName\":{name},\"telemetry\":"))
+        })
+        .collect::<Result<_>>()?;
+    // The header, token and options are encoded once; per request the message id and token
+    // are patched in and the payload appended.
+    let head = request(confirmable, path, 0, 0, b"")?;
+    let mut datagram = Vec::with_capacity(head.len() + 512);
+    let mut telemetry = String::with_capacity(256);
     let mut buf = vec![0u8; 2048];
+    let mut latencies: Vec<Duration> = Vec::with_capacity(FLUSH_EVERY);
+    let mut sent: u64 = 0;
     // Message ids and tokens are per socket; start each worker somewhere else.
     #[allow(clippy::cast_possible_truncation)]
     let mut id = (w as u32).wrapping_mul(7919);
+    let mut k: u64 = 0;
     tokio::time::sleep_until(run.start.into()).await;
     while k < quota && !run.sending_over(Instant::now()) {
         if let Some(s) = &schedule {
@@ -141,36 +175,50 @@ async fn worker(
             stats.lag(w, s.lag(k, Instant::now()));
         }
         #[allow(clippy::cast_possible_truncation)]
-        let lane = mine[(k % mine.len() as u64) as usize];
+        let which = (k % mine.len() as u64) as usize;
+        let lane = mine[which];
         let dev = &run.devices[lane];
         k += 1;
         if dev.sent.load(Ordering::Relaxed) >= run.quota(lane) {
             continue;
         }
         let seq = dev.sent.fetch_add(1, Ordering::Relaxed);
+        if seq >= run.quota(lane) {
+            // Another worker sharing this device took its last message.
+            dev.sent.fetch_sub(1, Ordering::Relaxed);
+            continue;
+        }
         #[allow(clippy::cast_possible_wrap)]
         run.template
             .render_into(seq, run.start_ms + seq as i64, &dev.name, &mut telemetry);
-        payload.clear();
-        payload.push_str("{\"deviceName\":");
-        payload.push_str(&serde_json::to_string(&dev.name)?);
-        payload.push_str(",\"telemetry\":");
-        payload.push_str(&telemetry);
-        payload.push('}');
         id = id.wrapping_add(1);
+        datagram.clear();
+        datagram.extend_from_slice(&head);
         #[allow(clippy::cast_possible_truncation)]
-        let datagram = request(confirmable, path, id as u16, id, payload.as_bytes())?;
-        stats.sent();
+        datagram[2..4].copy_from_slice(&(id as u16).to_be_bytes());
+        datagram[4..8].copy_from_slice(&id.to_be_bytes());
+        datagram.push(0xFF);
+        datagram.extend_from_slice(prefixes[which].as_bytes());
+        datagram.extend_from_slice(telemetry.as_bytes());
+        datagram.push(b'}');
+        sent += 1;
         let started = Instant::now();
         match exchange(socket, &datagram, id, confirmable, &mut buf).await? {
-            Some(code) if code.starts_with("2.") => {
-                stats.acked(w, started.elapsed());
+            Some(code) if code >> 5 == 2 => {
+                latencies.push(started.elapsed());
                 dev.acked.fetch_add(1, Ordering::Relaxed);
             }
-            Some(code) => stats.failed(&format!("CoAP {code}"), 1),
+            Some(code) => stats.failed(&format!("CoAP {}", code_text(code)), 1),
             None => stats.failed("no answer", 1),
         }
+        if latencies.len() >= FLUSH_EVERY || sent >= FLUSH_EVERY as u64 {
+            stats.sent_n(std::mem::take(&mut sent));
+            stats.acked_n(w, &latencies, 0);
+            latencies.clear();
+        }
     }
+    stats.sent_n(sent);
+    stats.acked_n(w, &latencies, 0);
     Ok(())
 }
 
@@ -198,6 +246,28 @@ mod tests {
         );
         assert_eq!(p.payload, b"{}");
 
+        // The hot path's form: the head encoded once, id and token patched, payload appended.
+        let mut patched = request(true, &path, 0, 0, b"").expect("encodes");
+        patched[2..4].copy_from_slice(&9u16.to_be_bytes());
+        patched[4..8].copy_from_slice(&0x0A0B_0C0Du32.to_be_bytes());
+        patched.push(0xFF);
+        patched.extend_from_slice(b"{\"a\":1}");
+        assert_eq!(
+            Packet::from_bytes(&patched).expect("decodes"),
+            Packet::from_bytes(
+                &request(true, &path, 9, 0x0A0B_0C0D, b"{\"a\":1}").expect("encodes")
+            )
+            .expect("decodes")
+        );
+        let mut answer = Packet::new();
+        answer.header.set_type(MessageType::Acknowledgement);
+        answer.header.code = MessageClass::Response(coap_lite::ResponseType::NotFound);
+        answer.set_token(0x0A0B_0C0Du32.to_be_bytes().to_vec());
+        let answer = answer.to_bytes().expect("encodes");
+        let code = answer_code(&answer, 0x0A0B_0C0D).expect("its answer");
+        assert_eq!(code_text(code), "4.04");
+        assert_eq!(answer_code(&answer, 1), None, "another request's answer");
+        assert_eq!(answer_code(&answer[..5], 0x0A0B_0C0D), None, "truncated");
         let non = request(false, &path, 8, 1, b"x").expect("encodes");
         let p = Packet::from_bytes(&non).expect("decodes");
         assert_eq!(p.header.get_type(), MessageType::NonConfirmable);
