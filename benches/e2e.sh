@@ -1,29 +1,35 @@
 #!/usr/bin/env bash
-# End-to-end benchmark, one command, all on loopback in one run:
-#  1. the same loadgen workload (MQTT QoS 1, closed loop) against the engine (embedded defaults,
-#     every message stored and verified), Mosquitto and rumqttd: acknowledged messages/s and
-#     p99 acknowledgement latency, and the engine's rate as a ratio to each broker's;
-#  2. idle memory: IDLE_CONNECTIONS (15 000) connected devices held by the engine and by
-#     Mosquitto, resident memory per connection;
+# End-to-end benchmark, one command, all on loopback in one run, one workload throughout:
+# DEVICES (100) MQTT connections, INFLIGHT (16) publishes unacknowledged on each, MESSAGES
+# (1 000 000: sustained, more than any queue absorbs) with a small JSON payload (PROFILE).
+#  0. the instrument: the minimal raw publisher (benches/src/bin/rawpub.rs) and loadgen against
+#     rumqttd, QoS 1 and QoS 0, and loadgen's rate as a ratio of the raw publisher's: the load
+#     generator is not the limit when this ratio is near 1 and rumqttd outruns every other row;
+#  1. the servers, with loadgen: the engine (embedded defaults, every message stored and
+#     verified), Mosquitto and rumqttd, QoS 1 and QoS 0: acknowledged messages/s, p99
+#     acknowledgement latency, the engine's rate as a ratio to each broker's; and the raw
+#     publisher against the engine, showing loadgen is not what limits the engine's row;
+#  2. idle memory: IDLE_CONNECTIONS (15 000) connected devices held by the engine, Mosquitto and
+#     rumqttd, resident memory per connection;
 #  3. the production path: the same workload through engine -> Kafka-protocol broker (tansu,
 #     in-memory storage) -> ClickHouse, all on this machine: acknowledged messages/s, data
 #     points/s written, ingest-to-queryable latency (PUBACK until a query sees the row), the
 #     rate storage catches up a backlog at, and a plain bulk insert of the same rows straight
 #     into ClickHouse from Rust as the ceiling;
-#  4. the CoAP integration path: loadgen coap (confirmable, then non-confirmable requests,
+#  4. CoAP: the minimal raw CoAP client (rawcoap) and loadgen coap against a CoAP server that
+#     answers at once (coapsink), then loadgen coap (confirmable, then non-confirmable requests,
 #     COAP_CONCURRENCY outstanding) against the engine's CoAP integration with a Rhai uplink
-#     converter, every message stored and verified: acknowledged messages/s, p99 latency, and
-#     the rate as a ratio to the engine's MQTT rate measured in part 1.
+#     converter, every message stored and verified.
 # Prints a table and writes it to benches/results/<date>-<commit>.md with the machine's cores.
-# Tunables: DEVICES (100), DURATION (20s), INFLIGHT (16), PROFILE (smart-meter),
-# IDLE_CONNECTIONS (15000; 0 skips part 2), PRODUCTION (1; 0 skips part 3), COAP (1; 0 skips
-# part 4), COAP_CONCURRENCY (128).
+# Tunables: DEVICES, INFLIGHT, MESSAGES, PROFILE, IDLE_CONNECTIONS (0 skips part 2), PRODUCTION
+# (1; 0 skips part 3), COAP (1; 0 skips part 4), COAP_CONCURRENCY (128), COAP_MESSAGES (200 000).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 DEVICES=${DEVICES:-100}
-DURATION=${DURATION:-20s}
 INFLIGHT=${INFLIGHT:-16}
+MESSAGES=${MESSAGES:-1000000}
+COAP_MESSAGES=${COAP_MESSAGES:-200000}
 PROFILE=${PROFILE:-smart-meter}
 IDLE=${IDLE_CONNECTIONS:-15000}
 PRODUCTION=${PRODUCTION:-1}
@@ -38,6 +44,7 @@ ENGINE_HTTP=127.0.0.1:28080
 ENGINE_COAP=127.0.0.1:25683
 MOSQUITTO_PORT=21884
 RUMQTTD_PORT=21885
+COAPSINK=127.0.0.1:25699
 
 as_root() { if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi; }
 command -v mosquitto >/dev/null || { as_root apt-get update -qq; as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq mosquitto; }
@@ -103,25 +110,61 @@ TOML
   wait_port "127.0.0.1:$RUMQTTD_PORT"
 }
 
-load() { # name target [extra loadgen args]
-  local name=$1 target=$2; shift 2
-  echo "== $name: $DEVICES devices, QoS 1, inflight $INFLIGHT, $DURATION, $PROFILE" >&2
-  "$LOADGEN" mqtt --target "$target" --devices "$DEVICES" --duration "$DURATION" --qos 1 \
+load() { # name target qos [extra loadgen args]
+  local name=$1 target=$2 qos=$3; shift 3
+  echo "== $name: loadgen, $DEVICES connections, QoS $qos, inflight $INFLIGHT, $MESSAGES messages, $PROFILE" >&2
+  "$LOADGEN" mqtt --target "$target" --devices "$DEVICES" --messages "$MESSAGES" --qos "$qos" \
     --inflight "$INFLIGHT" --profile "$PROFILE" --quiet --json "$work/$name.json" "$@" >&2
 }
-
-# --- 1. throughput --------------------------------------------------------------------------
-start_engine load
-load engine "$ENGINE_MQTT" --provision "http://$ENGINE_HTTP" --verify "http://$ENGINE_HTTP"
-stop "$engine_pid"
-start_mosquitto; load mosquitto "127.0.0.1:$MOSQUITTO_PORT"; stop "$mosquitto_pid"
-start_rumqttd; load rumqttd "127.0.0.1:$RUMQTTD_PORT"; stop "$rumqttd_pid"
+# The raw publisher sends a payload of the profile's size as loadgen renders it.
+case "$PROFILE" in
+  smart-meter) SAMPLE='{"ts":1764654000000,"values":{"pulseCounter":123456,"leakage":false,"batteryLevel":87.5}}' ;;
+  *) SAMPLE=$(python3 -c 'import sys; print("{\"ts\":1764654000000,\"values\":{\"pad\":\"" + "x" * 200 + "\"}}")') ;;
+esac
+raw() { # name target qos [extra rawpub args]
+  local name=$1 target=$2 qos=$3; shift 3
+  echo "== $name: rawpub, $DEVICES connections, QoS $qos, inflight $INFLIGHT, $MESSAGES messages" >&2
+  target/release/rawpub --target "$target" --connections "$DEVICES" --inflight "$INFLIGHT" \
+    --messages "$MESSAGES" --qos "$qos" --payload "$SAMPLE" "$@" > "$work/$name.json"
+  cat "$work/$name.json" >&2
+}
 
 rate() { field "$work/$1.json" acked_per_second; }
+rawrate() { field "$work/$1.json" rate; }
 p99() { field "$work/$1.json" latency_ms.p99; }
 ratio() { python3 -c "import sys; print('%.2f' % (float(sys.argv[1]) / max(float(sys.argv[2]), 1e-9)))" "$1" "$2"; }
-e=$(rate engine); m=$(rate mosquitto); r=$(rate rumqttd)
+num() { printf '%.0f' "$1"; }
+
+# --- 0. the instrument, and 1. the servers ----------------------------------------------------
+start_rumqttd
+raw raw-rumqttd "127.0.0.1:$RUMQTTD_PORT" 1
+load rumqttd "127.0.0.1:$RUMQTTD_PORT" 1
+raw raw-rumqttd-q0 "127.0.0.1:$RUMQTTD_PORT" 0
+load rumqttd-q0 "127.0.0.1:$RUMQTTD_PORT" 0
+stop "$rumqttd_pid"
+start_mosquitto
+load mosquitto "127.0.0.1:$MOSQUITTO_PORT" 1
+load mosquitto-q0 "127.0.0.1:$MOSQUITTO_PORT" 0
+stop "$mosquitto_pid"
+start_engine load
+load engine "$ENGINE_MQTT" 1 --provision "http://$ENGINE_HTTP" --verify "http://$ENGINE_HTTP"
+# QoS 0 may be shed under overload (counted by the engine); its row reports what was stored.
+load engine-q0 "$ENGINE_MQTT" 0 --verify "http://$ENGINE_HTTP" || true
+raw raw-engine "$ENGINE_MQTT" 1 --token-prefix loadgen-
+stop "$engine_pid"
+
+r=$(rate rumqttd); r0=$(rate rumqttd-q0); m=$(rate mosquitto); m0=$(rate mosquitto-q0)
+e=$(rate engine); e0=$(rate engine-q0); re=$(rawrate raw-engine)
 stored="$(field "$work/engine.json" verify.stored) of $(field "$work/engine.json" verify.expected)"
+stored0="$(field "$work/engine-q0.json" verify.stored) of $(field "$work/engine-q0.json" verify.expected)"
+instrument_table=$(cat <<MD
+| client -> rumqttd | QoS 1 msg/s | QoS 0 msg/s |
+| --- | ---: | ---: |
+| rawpub (minimal raw publisher) | $(num "$(rawrate raw-rumqttd)") | $(num "$(rawrate raw-rumqttd-q0)") |
+| loadgen (report and HDR latencies on) | $(num "$r") | $(num "$r0") |
+| loadgen as a ratio of rawpub | $(ratio "$r" "$(rawrate raw-rumqttd)") | $(ratio "$r0" "$(rawrate raw-rumqttd-q0)") |
+MD
+)
 
 # --- 2. idle memory per connection ------------------------------------------------------------
 idle_row() { # name pid port
@@ -149,6 +192,9 @@ if [ "$IDLE" -gt 0 ]; then
   start_mosquitto
   idle_table+="$(idle_row mosquitto "$mosquitto_pid" "$MOSQUITTO_PORT")"$'\n'
   stop "$mosquitto_pid"
+  start_rumqttd
+  idle_table+="$(idle_row rumqttd "$rumqttd_pid" "$RUMQTTD_PORT")"$'\n'
+  stop "$rumqttd_pid"
 fi
 
 # --- 3. the production path -------------------------------------------------------------------
@@ -202,7 +248,7 @@ XML
     > "$work/freshness.json") &
   probe=$!
   t0=$(date +%s.%N)
-  load production "$ENGINE_MQTT" --provision "http://$ENGINE_HTTP" --verify "http://$ENGINE_HTTP"
+  load production "$ENGINE_MQTT" 1 --provision "http://$ENGINE_HTTP" --verify "http://$ENGINE_HTTP"
   t1=$(date +%s.%N)
   wait "$probe"
   written=$(ch_count)
@@ -255,18 +301,39 @@ MD
 )
 fi
 
-# --- 4. the CoAP integration path --------------------------------------------------------------
+# --- 4. CoAP: the instrument, then the engine's CoAP integration ------------------------------
 coap_table=""
+coap_instrument=""
 if [ "$COAP" = 1 ]; then
+  target/release/coapsink --bind "$COAPSINK" --threads 2 &
+  sink_pid=$!; pids+=("$sink_pid")
+  for _ in $(seq 100); do
+    target/release/rawcoap --target "$COAPSINK" --concurrency 1 --messages 1 --timeout 100ms 2>/dev/null | grep -q '"ok":1' && break
+    sleep 0.1
+  done
+  coap_yardstick() { # name [--non]
+    echo "== $1: rawcoap and loadgen coap against coapsink" >&2
+    target/release/rawcoap --target "$COAPSINK" --path i/bench --concurrency "$COAP_CONCURRENCY" \
+      --messages "$COAP_MESSAGES" "${@:2}" > "$work/raw-$1.json"
+    "$LOADGEN" coap --target "$COAPSINK" --routing-key bench --devices "$DEVICES" \
+      --messages "$COAP_MESSAGES" --concurrency "$COAP_CONCURRENCY" --profile "$PROFILE" --quiet \
+      --json "$work/sink-$1.json" "${@:2}" >&2
+    local a b; a=$(rawrate "raw-$1"); b=$(rate "sink-$1")
+    echo "| $1 | $(num "$a") | $(num "$b") | $(ratio "$b" "$a") |"
+  }
+  coap_instrument="| requests | rawcoap msg/s | loadgen coap msg/s | ratio |"$'\n'"| --- | ---: | ---: | ---: |"$'\n'
+  coap_instrument+="$(coap_yardstick confirmable)"$'\n'
+  coap_instrument+="$(coap_yardstick non-confirmable --non)"
+  stop "$sink_pid"
   start_engine coap
   coap_row() { # name label [extra loadgen args]
     local name=$1 label=$2; shift 2
-    echo "== $name: $DEVICES devices, $COAP_CONCURRENCY outstanding, $DURATION, $PROFILE" >&2
-    "$LOADGEN" coap --target "$ENGINE_COAP" --devices "$DEVICES" --duration "$DURATION" \
+    echo "== $name: $DEVICES devices, $COAP_CONCURRENCY outstanding, $COAP_MESSAGES requests, $PROFILE" >&2
+    "$LOADGEN" coap --target "$ENGINE_COAP" --devices "$DEVICES" --messages "$COAP_MESSAGES" \
       --concurrency "$COAP_CONCURRENCY" --profile "$PROFILE" --provision "http://$ENGINE_HTTP" \
       --verify "http://$ENGINE_HTTP" --quiet --json "$work/$name.json" "$@" >&2
     local c; c=$(rate "$name")
-    echo "| $label | $(printf '%.0f' "$c") | $(printf '%.2f' "$(p99 "$name")") ms | $(field "$work/$name.json" verify.stored) of $(field "$work/$name.json" verify.expected) | $(ratio "$c" "$e") |"
+    echo "| $label | $(num "$c") | $(printf '%.2f' "$(p99 "$name")") ms | $(field "$work/$name.json" verify.stored) of $(field "$work/$name.json" verify.expected) | $(ratio "$c" "$e") |"
   }
   coap_table+="$(coap_row coap-con confirmable --token-prefix coap-con-)"$'\n'
   coap_table+="$(coap_row coap-non non-confirmable --token-prefix coap-non- --non)"$'\n'
@@ -278,22 +345,31 @@ date=$(date -u +%Y-%m-%d)
 report=$(cat <<MD
 ### End-to-end benchmark, $date, commit $commit, $(nproc) cores
 
-Workload: $DEVICES MQTT devices, QoS 1, closed loop, $INFLIGHT in flight per connection,
-$DURATION, payload \`$PROFILE\`, loadgen on the same machine. The engine stores every message
-(embedded SQLite, verified: $stored data points); the brokers store nothing.
+Workload: $DEVICES MQTT connections, $INFLIGHT publishes in flight on each (closed loop),
+$MESSAGES messages, payload \`$PROFILE\`, every client on the same machine over loopback.
 
-| server | acked msg/s | p99 ack latency | engine rate as ratio |
-| --- | ---: | ---: | ---: |
-| engine (embedded) | $(printf '%.0f' "$e") | $(printf '%.2f' "$(p99 engine)") ms | 1.00 |
-| mosquitto $(mosquitto -h 2>/dev/null | head -1 | awk '{print $3}') | $(printf '%.0f' "$m") | $(printf '%.2f' "$(p99 mosquitto)") ms | $(ratio "$e" "$m") |
-| rumqttd $(rumqttd --version 2>/dev/null | awk '{print $2}') | $(printf '%.0f' "$r") | $(printf '%.2f' "$(p99 rumqttd)") ms | $(ratio "$e" "$r") |
+The instrument (the load generator must not be the limit):
+
+$instrument_table
+
+The servers, with loadgen. The engine stores every message (embedded store; QoS 1 verified:
+$stored data points; QoS 0 stored: $stored0); the brokers store nothing.
+
+| server | QoS 1 acked msg/s | p99 ack latency | engine as ratio | QoS 0 msg/s | engine as ratio |
+| --- | ---: | ---: | ---: | ---: | ---: |
+| engine (embedded) | $(num "$e") | $(printf '%.2f' "$(p99 engine)") ms | 1.00 | $(num "$e0") | 1.00 |
+| mosquitto $(mosquitto -h 2>/dev/null | head -1 | awk '{print $3}') | $(num "$m") | $(printf '%.2f' "$(p99 mosquitto)") ms | $(ratio "$e" "$m") | $(num "$m0") | $(ratio "$e0" "$m0") |
+| rumqttd $(rumqttd --version 2>/dev/null | awk '{print $2}') | $(num "$r") | $(printf '%.2f' "$(p99 rumqttd)") ms | $(ratio "$e" "$r") | $(num "$r0") | $(ratio "$e0" "$r0") |
+
+The raw publisher against the engine, same workload: $(num "$re") acked msg/s
+(loadgen reached $(ratio "$e" "$re") of it, so loadgen is not what limits the engine's row).
 MD
 )
 if [ -n "$production_table" ]; then
   report+=$'\n\n'"The production path (same workload; the engine stores every message in ClickHouse through Kafka, $(field "$work/production.json" verify.stored) of $(field "$work/production.json" verify.expected) verified):"$'\n\n'"$production_table"
 fi
 if [ -n "$coap_table" ]; then
-  report+=$'\n\n'"The CoAP integration path (same device count and payload; each request decoded by a Rhai uplink converter and stored, embedded store):"$'\n\n'"| requests | acked msg/s | p99 ack latency | stored (verified) | ratio to engine MQTT |"$'\n'"| --- | ---: | ---: | ---: | ---: |"$'\n'"$coap_table"
+  report+=$'\n\n'"CoAP, $COAP_MESSAGES requests, $COAP_CONCURRENCY outstanding (one per UDP socket). The instrument, against coapsink (a server that answers 2.04 at once):"$'\n\n'"$coap_instrument"$'\n\n'"The engine's CoAP integration (each request decoded by a Rhai uplink converter and stored, embedded store):"$'\n\n'"| requests | acked msg/s | p99 ack latency | stored (verified) | ratio to engine MQTT |"$'\n'"| --- | ---: | ---: | ---: | ---: |"$'\n'"$coap_table"
 fi
 if [ -n "$idle_table" ]; then
   report+=$'\n\n'"Idle connections (connected, not publishing):"$'\n\n'"| server | connections | RSS before | RSS connected | per connection |"$'\n'"| --- | ---: | ---: | ---: | ---: |"$'\n'"$idle_table"
