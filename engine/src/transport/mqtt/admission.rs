@@ -171,8 +171,6 @@ impl Drop for Seat {
     }
 }
 
-/// Runs `close` on the connection's own worker (ntex's sink is not `Send`) when a newer session
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -194,6 +192,13 @@ mod tests {
         let (_, out) = one.join(a, "a3");
         assert_eq!(out, ["a2"]);
         one.leave(a, a2);
+        assert_eq!(
+            one.newest(a),
+            Some(&"a3"),
+            "the way back is the newest session's"
+        );
+        assert_eq!(one.newest(b), Some(&"b1"));
+        assert_eq!(one.newest(DeviceId(uuid::Uuid::from_u128(3))), None);
 
         let mut two = Sessions::new(2);
         let (x1, _) = two.join(a, "x1");

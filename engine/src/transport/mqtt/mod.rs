@@ -228,8 +228,14 @@ impl MqttServer {
                                     mqtt,
                                     async move |io: Io, mqtt: &ApplyCtx<'_, _>| {
                                         let socket = gate.accept();
-                                        if !first_bytes(&io, socket.past_cap, connect_timeout).await
-                                        {
+                                        // Boxed: this future lives as long as the connection,
+                                        // and would otherwise keep room for the peek's state.
+                                        let admitted = Box::pin(first_bytes(
+                                            &io,
+                                            socket.past_cap,
+                                            connect_timeout,
+                                        ));
+                                        if !admitted.await {
                                             return Ok(());
                                         }
                                         mqtt.call(io).await
