@@ -9,9 +9,10 @@
 //! message, a oneshot channel and two task wake-ups (see ARCHITECTURE.md for the measurements).
 //!
 //! The actor holds the session's state and handles its control messages (server-to-device
-//! messages today). It is spawned when the first control message comes and passivated
-//! ([`SessionHandle::hibernate`]) when the device goes quiet, so an idle connected device costs
-//! no actor: ractor's task, mailbox and channels would be most of a connection's memory.
+//! messages today). It runs while the device is active: spawned on its first publish or control
+//! message, passivated ([`SessionHandle::hibernate`]) when the device goes quiet, so an idle
+//! connected device costs no actor (ractor's task, mailbox and channels would be most of a
+//! connection's memory).
 
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
@@ -92,13 +93,15 @@ pub struct SessionHandle {
     turn: Mutex<()>,
     /// The uplink path panicked once: the session is gone.
     failed: AtomicBool,
+    /// Whether `actor` holds one (read without the lock on every publish).
+    awake: AtomicBool,
     _active: ActiveGuard,
 }
 
 impl SessionHandle {
     /// Opens the session of one connection; its actor, linked to `supervisor`, is spawned on
-    /// the runtime of the first control message, so a session lives on the same thread as its
-    /// connection.
+    /// the runtime of the first publish or control message, so a session lives on the same
+    /// thread as its connection.
     pub fn open(supervisor: ActorCell, args: SessionArgs, mailbox_capacity: usize) -> Self {
         SessionHandle {
             supervisor,
@@ -108,6 +111,7 @@ impl SessionHandle {
             uplinks: Bound::new("session", mailbox_capacity),
             turn: Mutex::new(()),
             failed: AtomicBool::new(false),
+            awake: AtomicBool::new(false),
         }
     }
 
@@ -120,6 +124,10 @@ impl SessionHandle {
     ) -> Result<Accepted, SessionError> {
         if self.failed.load(Ordering::Relaxed) {
             return Err(SessionError::Gone);
+        }
+        if !self.awake.load(Ordering::Relaxed) {
+            // A device that publishes is active: its actor is up for what the server sends back.
+            self.actor().await?;
         }
         let ticket = self.uplinks.ticket().await.ok_or(SessionError::Gone)?;
         let turn = self.turn.lock().await;
@@ -198,11 +206,12 @@ impl SessionHandle {
             actor: actor.clone(),
             control: control.clone(),
         });
+        self.awake.store(true, Ordering::Relaxed);
         Ok((actor, control))
     }
 
-    /// Passivates the session actor if nothing waits in its mailbox; the next control message
-    /// spawns a new one. The transport calls this when the device shows it is idle (an MQTT
+    /// Passivates the session actor if nothing waits in its mailbox; the next publish or control
+    /// message spawns a new one. The transport calls this when the device shows it is idle (an MQTT
     /// PINGREQ, which clients send only after a keep-alive period without other packets).
     /// Returns whether an actor was stopped.
     pub fn hibernate(&self) -> bool {
@@ -214,6 +223,7 @@ impl SessionHandle {
         }
         match slot.take() {
             Some(awake) => {
+                self.awake.store(false, Ordering::Relaxed);
                 let _ = awake.actor.drain();
                 counter!(SESSIONS_HIBERNATED, "transport" => self.args.transport.as_str())
                     .increment(1);
@@ -441,7 +451,7 @@ mod tests {
             .collect();
         assert_eq!(values, (1..=5).map(KvValue::Long).collect::<Vec<_>>());
         assert!(s.uplinks.is_idle());
-        assert!(!s.is_awake(), "uplinks never need the actor");
+        assert!(s.is_awake(), "a publishing device's actor is up");
     }
 
     #[tokio::test]
@@ -517,6 +527,28 @@ mod tests {
         assert_eq!(s.writer.wait().await, Pending::Message);
         assert_eq!(s.writer.take(), Some(rpc(1)));
         assert!(s.is_awake());
+    }
+
+    #[tokio::test]
+    async fn an_idle_session_hibernates_and_wakes_on_the_next_publish() {
+        let producer = Arc::new(MemProducer::default());
+        let (supervisor, ingress) = setup(producer.clone()).await;
+        let s = session(&supervisor, &ingress, "d1").await;
+        assert!(!s.is_awake(), "no actor before the first publish");
+
+        for t in 1..=2 {
+            let payload = format!(r#"{{"t":{t}}}"#).into_bytes();
+            let accepted = s.publish(Uplink::Telemetry, payload).await;
+            accepted.expect("accepted").confirmed().await.expect("ok");
+            assert!(s.is_awake());
+            assert!(s.hibernate(), "an idle session hibernates");
+            assert!(!s.is_awake());
+            assert!(!s.hibernate(), "nothing left to passivate");
+        }
+        let values: Vec<KvValue> = producer.messages().iter().map(telemetry_value).collect();
+        assert_eq!(values, [KvValue::Long(1), KvValue::Long(2)]);
+        let stats = ractor::call!(supervisor, SupervisorMsg::Stats).expect("supervisor alive");
+        assert_eq!(stats.failed, 0, "passivation is not a failure");
     }
 
     #[tokio::test]
