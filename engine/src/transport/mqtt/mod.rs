@@ -87,9 +87,9 @@ fn second_connect<E>() -> DispatcherError<E> {
 /// up to `mqtt.io_buffer_size` each; the write buffer's high-water mark is also where a
 /// connection whose peer does not read stops taking server-to-device messages (its writer
 /// waits, its outbound channel fills). An idle connection returns its empty read buffer to a
-/// per-thread cache, but keeps its write buffer's last page with its spare room for the next
-/// write: pages of 4 KiB (ntex's default is 16) keep that to one memory page per idle
-/// connection; a busy one chains pages, so throughput does not depend on their size.
+/// per-thread cache and keeps at most its write buffer's last page, with its spare room for
+/// the next write: pages of 4 KiB (ntex's default is 16) bound that; a busy connection chains
+/// pages into one vectored write, so throughput does not depend on their size.
 fn io_config(config: &MqttConfig) -> ntex::io::IoConfig {
     let high = usize::try_from(config.io_buffer_size.as_u64()).unwrap_or(usize::MAX);
     let low = (high / 32).max(64);
