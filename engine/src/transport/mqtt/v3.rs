@@ -18,10 +18,10 @@ pub(super) async fn handshake(
     let username = hs.packet().username.as_ref().map(|u| u.as_str().to_owned());
     Ok(match node.login(username.as_deref()).await {
         Login::Device(device) => {
-            let sink = hs.sink();
+            let (sink, io) = (hs.sink(), hs.io().get_ref());
             let connection = node.open(device, move |outbound| {
                 writer::v3_acks(&sink);
-                writer::spawn(sink, outbound);
+                writer::spawn(writer::Sink::new(sink, io), outbound);
             });
             hs.ack(connection, false)
         }

@@ -114,10 +114,10 @@ pub(super) async fn handshake(
     let Login::Device(device) = login else {
         return Ok(hs.failed(ConnectAckReason::UnspecifiedError));
     };
-    let sink = hs.sink();
+    let (sink, io) = (hs.sink(), hs.io().get_ref());
     let connection = node.open(device, move |outbound| {
         writer::v5_acks(&sink);
-        writer::spawn(sink, outbound);
+        writer::spawn(writer::Sink::new(sink, io), outbound);
     });
     // QoS 2 is granted as 1: MQTT 5 clients learn it from CONNACK's Maximum QoS.
     Ok(hs

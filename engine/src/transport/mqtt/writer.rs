@@ -14,58 +14,97 @@
 //! [`Outbound`]: actors::session::Outbound
 
 use actors::session::outbound::{CloseReason, Downlink, DownlinkQos, OutboundReceiver, Pending};
+use ntex::io::IoRef;
 use ntex::util::Bytes;
 use ntex_mqtt::{v3, v5};
 
 /// What the writer needs from a connection's sink, one implementation per protocol version.
 pub(super) trait Wire: 'static {
-    /// Whether the peer can take a packet now (QoS 1 credit, no write backpressure).
+    /// Whether the peer can take a packet now (QoS 1 credit, the write buffer under its
+    /// high-water mark).
     fn is_ready(&self) -> bool;
-    /// Waits until the peer may take a packet; `false` once the connection is gone. ntex wakes
-    /// this when either condition clears, so check [`Wire::is_ready`] again.
+    /// Waits until the peer may take a packet; `false` once the connection is gone. Either
+    /// condition clearing wakes this, so check [`Wire::is_ready`] again.
     fn ready(&self) -> impl Future<Output = bool>;
     /// Writes one PUBLISH; `false` if the connection could not take it.
     fn publish(&self, downlink: Downlink) -> bool;
     fn close(&self, reason: CloseReason);
 }
 
-impl Wire for v3::MqttSink {
+/// A connection's sink, with its I/O handle: ntex flags the write buffer's high-water mark on
+/// the I/O at once, and tells the sink only when the connection's dispatcher next runs.
+pub(super) struct Sink<S> {
+    sink: S,
+    io: IoRef,
+}
+
+impl<S> Sink<S> {
+    pub(super) fn new(sink: S, io: IoRef) -> Self {
+        Sink { sink, io }
+    }
+}
+
+/// Gives the other tasks of this thread (the connection's dispatcher) one turn.
+async fn yield_once() {
+    let mut yielded = false;
+    std::future::poll_fn(|cx| {
+        if yielded {
+            std::task::Poll::Ready(())
+        } else {
+            yielded = true;
+            cx.waker().wake_by_ref();
+            std::task::Poll::Pending
+        }
+    })
+    .await;
+}
+
+impl Wire for Sink<v3::MqttSink> {
     fn is_ready(&self) -> bool {
-        v3::MqttSink::is_ready(self)
+        self.sink.is_ready() && !self.io.is_wr_backpressure()
     }
 
-    fn ready(&self) -> impl Future<Output = bool> {
-        v3::MqttSink::ready(self)
+    async fn ready(&self) -> bool {
+        if self.sink.is_ready() {
+            // Only the I/O knows yet: let the dispatcher pass it on to the sink.
+            yield_once().await;
+            return self.sink.is_open();
+        }
+        self.sink.ready().await
     }
 
     fn publish(&self, downlink: Downlink) -> bool {
         let payload = Bytes::from(downlink.payload);
-        let publish = v3::MqttSink::publish(self, downlink.topic);
+        let publish = self.sink.publish(downlink.topic);
         match downlink.qos {
             DownlinkQos::AtMostOnce => publish.send_at_most_once(payload).is_ok(),
-            // `ready` made sure there is credit; the device's PUBACK frees it.
+            // `is_ready` made sure there is credit; the device's PUBACK frees it.
             DownlinkQos::AtLeastOnce => publish.send_at_least_once_no_block(payload).is_ok(),
         }
     }
 
     /// MQTT 3.1.1 has no way to say why: the connection is closed.
     fn close(&self, _reason: CloseReason) {
-        v3::MqttSink::close(self);
+        self.sink.close();
     }
 }
 
-impl Wire for v5::MqttSink {
+impl Wire for Sink<v5::MqttSink> {
     fn is_ready(&self) -> bool {
-        v5::MqttSink::is_ready(self)
+        self.sink.is_ready() && !self.io.is_wr_backpressure()
     }
 
-    fn ready(&self) -> impl Future<Output = bool> {
-        v5::MqttSink::ready(self)
+    async fn ready(&self) -> bool {
+        if self.sink.is_ready() {
+            yield_once().await;
+            return self.sink.is_open();
+        }
+        self.sink.ready().await
     }
 
     fn publish(&self, downlink: Downlink) -> bool {
         let payload = Bytes::from(downlink.payload);
-        let publish = v5::MqttSink::publish(self, downlink.topic);
+        let publish = self.sink.publish(downlink.topic);
         match downlink.qos {
             DownlinkQos::AtMostOnce => publish.send_at_most_once(payload).is_ok(),
             DownlinkQos::AtLeastOnce => publish.send_at_least_once_no_block(payload).is_ok(),
@@ -73,7 +112,8 @@ impl Wire for v5::MqttSink {
     }
 
     fn close(&self, reason: CloseReason) {
-        self.close_with_reason(v5::codec::Disconnect::new(super::v5::close_reason(reason)));
+        self.sink
+            .close_with_reason(v5::codec::Disconnect::new(super::v5::close_reason(reason)));
     }
 }
 
