@@ -20,7 +20,6 @@ pub mod session;
 pub mod sink;
 pub mod sink_feed;
 pub mod sink_supervisor;
-pub mod supervisor;
 #[cfg(test)]
 mod test_metrics;
 #[cfg(any(test, feature = "testing"))]

@@ -180,6 +180,18 @@ pub const MQTT_SESSIONS_TAKEN_OVER: &str = "engine_mqtt_sessions_taken_over_tota
 pub const MQTT_PROTOCOL_ERRORS: &str = "engine_mqtt_protocol_errors_total";
 /// Log lines a peer could trigger that the rate limit held back.
 pub const MQTT_LOG_LINES_SUPPRESSED: &str = "engine_mqtt_log_lines_suppressed_total";
+/// Server-to-device messages waiting in the connections' outbound channels (all connections;
+/// each channel holds at most `mqtt.outbound_capacity`).
+pub const MQTT_OUTBOUND_DEPTH: &str = "engine_mqtt_outbound_depth_messages";
+/// Waits of producers on a full outbound channel (a device not reading fast enough); the
+/// histogram's `_sum` is the total time producers were held back.
+pub const MQTT_OUTBOUND_BLOCKED: &str = "engine_mqtt_outbound_blocked_seconds";
+/// Server-to-device messages by `outcome`: `written` to the connection, or `dropped` because
+/// the connection closed first.
+pub const MQTT_OUTBOUND_MESSAGES: &str = "engine_mqtt_outbound_messages_total";
+/// Connections whose writer waits for the peer to take a packet (its socket is full, or its
+/// QoS 1 in flight is at its Receive Maximum): devices not reading what the server sends.
+pub const MQTT_OUTBOUND_STALLED: &str = "engine_mqtt_outbound_stalled_connections";
 
 /// Every `reason` of `engine_connections_refused_total` only the MQTT listener gives.
 pub const MQTT_REFUSE_REASONS: &[&str] = &[
@@ -219,6 +231,23 @@ fn describe_mqtt() {
         MQTT_LOG_LINES_SUPPRESSED,
         "Log lines an MQTT peer triggered that the rate limit held back"
     );
+    describe_gauge!(
+        MQTT_OUTBOUND_DEPTH,
+        "Server-to-device MQTT messages waiting in connections' outbound channels"
+    );
+    describe_histogram!(
+        MQTT_OUTBOUND_BLOCKED,
+        Unit::Seconds,
+        "Waits of producers on a connection's full outbound channel"
+    );
+    describe_counter!(
+        MQTT_OUTBOUND_MESSAGES,
+        "Server-to-device MQTT messages, by outcome (written, dropped)"
+    );
+    describe_gauge!(
+        MQTT_OUTBOUND_STALLED,
+        "MQTT connections whose writer waits for the device to take a packet"
+    );
 }
 
 fn register_zero_mqtt() {
@@ -232,6 +261,13 @@ fn register_zero_mqtt() {
     counter!(MQTT_SESSIONS_TAKEN_OVER).increment(0);
     counter!(MQTT_LOG_LINES_SUPPRESSED).increment(0);
     metrics::gauge!(MQTT_CONNECTIONS_OPEN).increment(0.0);
+    metrics::gauge!(MQTT_OUTBOUND_DEPTH).increment(0.0);
+    metrics::gauge!(MQTT_OUTBOUND_STALLED).increment(0.0);
+    // One zero wait makes the series exist before the first real one (its `_sum` is unchanged).
+    metrics::histogram!(MQTT_OUTBOUND_BLOCKED).record(0.0);
+    for outcome in ["written", "dropped"] {
+        counter!(MQTT_OUTBOUND_MESSAGES, "outcome" => outcome).increment(0);
+    }
 }
 
 // --- end of the MQTT listener's block ---------------------------------------------------------

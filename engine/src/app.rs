@@ -13,10 +13,10 @@ use actors::integration::Integrations;
 use actors::integration::pool::ConverterPool;
 use actors::ports::{Catalog, DeadLetters, DeviceRegistry, Producer, Store};
 use actors::rule_chain::{DefaultRuleChain, MakeRuleChain, RuleChain};
+use actors::session::supervisor::{SessionSupervisor, SupervisorMsg};
 use actors::sink::{SinkArgs, SinkConfig};
 use actors::sink_feed::{FeedConsumer, SharedFeed};
 use actors::sink_supervisor::{MakeSink, SinkSupervisor, SinkSupervisorArgs, SinkSupervisorMsg};
-use actors::supervisor::{SessionSupervisor, SupervisorMsg};
 use anyhow::Context;
 use metrics_exporter_prometheus::PrometheusHandle;
 use ractor::{Actor, ActorRef};
@@ -196,6 +196,7 @@ pub async fn start(config: Config, metrics: Option<PrometheusHandle>) -> anyhow:
         ),
         supervisor: supervisor.get_cell(),
         receive_maximum: config.mqtt.receive_maximum,
+        outbound_capacity: config.mqtt.outbound_capacity,
     });
     let mqtt = MqttServer::start(mqtt_listener, &config.mqtt, ctx)?;
 

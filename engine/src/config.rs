@@ -283,6 +283,15 @@ pub struct MqttConfig {
     /// closed.
     #[serde(with = "humantime_serde")]
     pub shutdown_grace: Duration,
+    /// Server-to-device messages (attribute updates, RPC requests, responses) one connection's
+    /// outbound channel holds. A device that does not read fills its socket, then this channel;
+    /// past it whatever sends to the device waits (`engine_mqtt_outbound_blocked_seconds`).
+    pub outbound_capacity: usize,
+    /// Largest read and write buffer of one busy connection; a PUBLISH bigger than this is
+    /// read into a buffer grown for it. The write buffer's size is also where the server stops
+    /// writing to a device that does not read. An idle connection holds no buffer.
+    #[serde(with = "byte_size")]
+    pub io_buffer_size: ByteSize,
 }
 
 #[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
@@ -647,6 +656,8 @@ impl Default for MqttConfig {
             max_connections_per_device: 1,
             open_files_reserve: 1024,
             shutdown_grace: Duration::from_secs(1),
+            outbound_capacity: 64,
+            io_buffer_size: ByteSize::kib(16),
         }
     }
 }
@@ -881,6 +892,14 @@ impl Config {
         ensure!(
             !self.mqtt.connect_timeout.is_zero(),
             "mqtt.connect_timeout must be more than zero"
+        );
+        ensure!(
+            self.mqtt.outbound_capacity > 0,
+            "mqtt.outbound_capacity must be at least 1"
+        );
+        ensure!(
+            (1024..=16 * 1024 * 1024).contains(&self.mqtt.io_buffer_size.as_u64()),
+            "mqtt.io_buffer_size must be between 1 KiB and 16 MiB"
         );
         ensure!(
             self.http.max_connections > 0 && self.http.backlog > 0,

@@ -1,6 +1,9 @@
-//! The parent of every device session. Receives supervision events from the sessions linked to
-//! it and `Stats` queries; sends nothing. A crashed session is logged and counted, and stays
-//! down: its connection closes and the device reconnects, as a device would after any fault.
+//! The parent of every device session. Receives supervision events from the session actors
+//! linked to it, `Failed` from session handles whose uplink path panicked (uplinks do not run in
+//! the actor), and `Stats` queries; sends nothing. A crashed session is logged and counted, and
+//! stays down: its connection closes and the device reconnects, as a device would after any
+//! fault. Each session reports at most one failure, so its mailbox holds at most one message per
+//! session.
 
 use metrics::counter;
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent};
@@ -17,6 +20,11 @@ pub struct SupervisorStats {
 
 pub enum SupervisorMsg {
     Stats(RpcReplyPort<SupervisorStats>),
+    /// A session's uplink path panicked (`device` is the device's name).
+    Failed {
+        device: String,
+        error: String,
+    },
 }
 
 impl Actor for SessionSupervisor {
@@ -41,6 +49,11 @@ impl Actor for SessionSupervisor {
         match message {
             SupervisorMsg::Stats(reply) => {
                 let _ = reply.send(*state);
+            }
+            SupervisorMsg::Failed { device, error } => {
+                state.failed += 1;
+                counter!(SESSIONS_FAILED).increment(1);
+                error!(device = ?device, error = ?error, "device session crashed");
             }
         }
         Ok(())

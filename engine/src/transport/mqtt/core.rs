@@ -1,0 +1,297 @@
+//! The version-neutral connection core: everything a connection does whatever its protocol
+//! version. Login, opening the session (its outbound channel, writer and seat), publish,
+//! subscribe and unsubscribe with the granted filters kept per connection, ping, disconnect, and
+//! the accounting of publishes in flight. The v3.1.1 and v5 adapters (`v3.rs`, `v5.rs`) only
+//! translate packets to these calls and outcomes to reason codes.
+
+use std::cell::Cell;
+use std::sync::Arc;
+use std::time::Duration;
+
+use actors::ingress::{Ingress, Rejection, Transport};
+use actors::metrics::{CONNECTIONS_REFUSED, MESSAGES_REJECTED, MQTT_PROTOCOL_ERRORS};
+use actors::model::Device;
+use actors::ports::DeviceRegistry;
+use actors::session::outbound::{self, OutboundMeters, OutboundReceiver};
+use actors::session::{SessionArgs, SessionError, SessionHandle};
+use metrics::counter;
+use ntex::util::Bytes;
+use ntex_mqtt::QoS;
+use ntex_mqtt::error::{PayloadError, ProtocolError};
+use ractor::ActorCell;
+
+use super::admission::{Admission, Seat};
+use super::peer_log::peer_event;
+use super::topics::{BadTopic, FilterRefusal, Subscriptions, uplink_of};
+use super::writer::WriterGuard;
+
+/// What every connection handler needs; shared by all network workers.
+pub struct MqttContext {
+    pub registry: Arc<dyn DeviceRegistry>,
+    pub ingress: Arc<Ingress>,
+    pub supervisor: ActorCell,
+    /// `mqtt.receive_maximum`: publishes of one connection in flight at most.
+    pub receive_maximum: u16,
+    /// `mqtt.outbound_capacity`: server-to-device messages one connection's channel holds.
+    pub outbound_capacity: usize,
+}
+
+/// The listener's shared state: the context, who is connected, the outbound channels' metrics.
+pub(super) struct Node {
+    pub(super) ctx: Arc<MqttContext>,
+    pub(super) admission: Arc<Admission>,
+    pub(super) meters: Arc<OutboundMeters>,
+}
+
+/// How a CONNECT's credentials came out.
+pub(super) enum Login {
+    Device(Arc<Device>),
+    EmptyToken,
+    UnknownToken,
+    Unavailable,
+}
+
+impl Node {
+    /// Finds the device whose access token is the CONNECT's username.
+    pub(super) async fn login(&self, username: Option<&str>) -> Login {
+        let token = username.unwrap_or_default();
+        if token.is_empty() {
+            counter!(CONNECTIONS_REFUSED, "transport" => "mqtt", "reason" => "empty_token")
+                .increment(1);
+            return Login::EmptyToken;
+        }
+        match self.ctx.registry.by_token(token).await {
+            Ok(Some(device)) => Login::Device(device),
+            Ok(None) => {
+                counter!(CONNECTIONS_REFUSED, "transport" => "mqtt", "reason" => "bad_token")
+                    .increment(1);
+                peer_event!(DEBUG, "mqtt connect with an unknown access token refused");
+                Login::UnknownToken
+            }
+            Err(e) => {
+                counter!(CONNECTIONS_REFUSED, "transport" => "mqtt", "reason" => "unavailable")
+                    .increment(1);
+                peer_event!(WARN, error = %e, "device registry unavailable, connect refused");
+                Login::Unavailable
+            }
+        }
+    }
+
+    /// Opens the connection of a logged-in device: its outbound channel, whose receiving end
+    /// `start_writer` hands to the connection's writer (on this thread), its session, and its
+    /// seat among the device's sessions (which may push out an older one).
+    pub(super) fn open(
+        &self,
+        device: Arc<Device>,
+        start_writer: impl FnOnce(OutboundReceiver),
+    ) -> Connection {
+        let (outbound, receiver) =
+            outbound::channel(self.ctx.outbound_capacity, self.meters.clone());
+        start_writer(receiver);
+        let seat = self.admission.seat(&device, outbound.clone());
+        let args = SessionArgs {
+            device: device.clone(),
+            ingress: self.ctx.ingress.clone(),
+            transport: Transport::Mqtt,
+            outbound: outbound.clone(),
+        };
+        let session = SessionHandle::open(
+            self.ctx.supervisor.clone(),
+            args,
+            self.ctx.receive_maximum.into(),
+        );
+        peer_event!(DEBUG, device = ?device.name, "mqtt session opened");
+        Connection {
+            device,
+            session,
+            in_flight: InFlight::default(),
+            subscriptions: Cell::new(Subscriptions::default()),
+            _writer: WriterGuard(outbound),
+            _seat: seat,
+        }
+    }
+}
+
+/// The state ntex keeps per connection.
+pub struct Connection {
+    device: Arc<Device>,
+    session: SessionHandle,
+    /// Publishes received and not yet answered. A DISCONNECT waits for them: ntex drops
+    /// unfinished publish handlers when the connection closes, and a QoS 0 message sent just
+    /// before DISCONNECT (what `mosquitto_pub -m` does) must still be stored.
+    in_flight: InFlight,
+    /// The filters granted on this connection.
+    subscriptions: Cell<Subscriptions>,
+    /// Ends the writer with the connection.
+    _writer: WriterGuard,
+    /// Its place among its device's sessions.
+    _seat: Seat,
+}
+
+/// What became of a PUBLISH (the adapters answer it each in their protocol's way).
+#[derive(Debug, PartialEq)]
+pub(super) enum Published {
+    /// The queue holds it.
+    Queued,
+    /// Not a topic of the device API: dropped, as ThingsBoard does.
+    UnknownTopic,
+    /// Refused by the uplink path.
+    Refused(Rejection),
+}
+
+/// Why a connection is closed; ntex logs it, we count it where it happens.
+#[derive(Debug)]
+pub enum Fault {
+    Rejected(Rejection),
+    SessionGone,
+    Protocol(String),
+    BadTopic(BadTopic),
+    /// MQTT 5 AUTH without an Authentication Method in CONNECT (MQTT 5 §4.12).
+    UnexpectedAuth,
+}
+
+impl From<()> for Fault {
+    fn from((): ()) -> Self {
+        Fault::Protocol("connection failed".into())
+    }
+}
+
+/// How long a DISCONNECT, or a peer gone, waits for the connection's publishes to be handed
+/// over.
+const SETTLE_LIMIT: Duration = Duration::from_secs(5);
+
+impl Connection {
+    /// Handles one PUBLISH: checks its topic, reads its payload (`read`), hands it to the
+    /// session and waits until the queue holds it.
+    pub(super) async fn publish<F>(&self, topic: &str, read: F) -> Result<Published, Fault>
+    where
+        F: Future<Output = Result<Bytes, PayloadError>>,
+    {
+        let _in_flight = self.in_flight.enter();
+        if let Some(bad) = BadTopic::of(topic) {
+            counter!(MQTT_PROTOCOL_ERRORS, "reason" => bad.label()).increment(1);
+            peer_event!(DEBUG, device = ?self.device.name, ?topic, "mqtt publish to an invalid topic name, connection closed");
+            return Err(Fault::BadTopic(bad));
+        }
+        let Some(uplink) = uplink_of(topic) else {
+            counter!(MESSAGES_REJECTED, "transport" => "mqtt", "reason" => "unknown_topic")
+                .increment(1);
+            peer_event!(WARN, device = ?self.device.name, ?topic, "publish to an unsupported topic ignored");
+            return Ok(Published::UnknownTopic);
+        };
+        let payload = read
+            .await
+            .map_err(|e| Fault::Protocol(format!("payload: {e}")))?;
+        match self.session.publish(uplink, payload).await {
+            Ok(accepted) => Ok(match accepted.confirmed().await {
+                Ok(()) => Published::Queued,
+                Err(rejection) => Published::Refused(rejection),
+            }),
+            Err(SessionError::Rejected(rejection)) => Ok(Published::Refused(rejection)),
+            Err(SessionError::Gone) => Err(Fault::SessionGone),
+        }
+    }
+
+    /// Grants `filter` (at most QoS 1) if the device API serves it, and keeps it.
+    pub(super) fn subscribe(&self, filter: &str, qos: QoS) -> Result<QoS, FilterRefusal> {
+        let mut subscriptions = self.subscriptions.get();
+        let granted = subscriptions.subscribe(filter, qos);
+        self.subscriptions.set(subscriptions);
+        if granted.is_err() {
+            peer_event!(DEBUG, device = ?self.device.name, ?filter, "mqtt subscription refused");
+        }
+        granted
+    }
+
+    /// Drops the subscription to `filter`; whether there was one.
+    pub(super) fn unsubscribe(&self, filter: &str) -> bool {
+        let mut subscriptions = self.subscriptions.get();
+        let had = subscriptions.unsubscribe(filter);
+        self.subscriptions.set(subscriptions);
+        had
+    }
+
+    /// The filters granted on this connection (which QoS a downlink to a topic gets:
+    /// [`Subscriptions::qos_for`]).
+    pub fn subscriptions(&self) -> Subscriptions {
+        self.subscriptions.get()
+    }
+
+    /// The device sent PINGREQ: a keep-alive period passed without a publish. Its session actor
+    /// is passivated unless a publish is still being handled.
+    pub(super) fn ping(&self) {
+        if self.in_flight.count.get() == 0 && self.session.hibernate() {
+            peer_event!(DEBUG, device = ?self.device.name, "mqtt session hibernates");
+        }
+    }
+
+    /// The device sent DISCONNECT: what it published before is handed over first.
+    pub(super) async fn disconnect(&self) {
+        self.in_flight.settle(SETTLE_LIMIT).await;
+    }
+
+    /// The connection stopped: publishes the peer sent before going are still handed over
+    /// before ntex drops them.
+    pub(super) async fn stopped(&self, reason: &ntex_mqtt::Reason<Fault>) {
+        match reason {
+            ntex_mqtt::Reason::PeerGone(_) => self.in_flight.settle(SETTLE_LIMIT).await,
+            ntex_mqtt::Reason::Error(e) => {
+                peer_event!(DEBUG, device = ?self.device.name, error = ?e, "mqtt connection closed");
+            }
+            ntex_mqtt::Reason::Protocol(e) => {
+                let label = protocol_error_label(e.get_ref());
+                counter!(MQTT_PROTOCOL_ERRORS, "reason" => label).increment(1);
+                peer_event!(DEBUG, device = ?self.device.name, error = ?e, "mqtt protocol error, connection closed");
+            }
+        }
+    }
+}
+
+/// Publishes of one connection received and not yet answered.
+#[derive(Default)]
+struct InFlight {
+    count: Cell<usize>,
+}
+
+struct InFlightGuard<'a>(&'a InFlight);
+
+impl InFlight {
+    fn enter(&self) -> InFlightGuard<'_> {
+        self.count.set(self.count.get() + 1);
+        InFlightGuard(self)
+    }
+
+    /// Waits until no publish is in flight, or `limit` passed. A publish ntex has received may
+    /// not have started yet: ntex polls it when the connection's dispatcher wakes, so wait in
+    /// short timer ticks (each wakes the dispatcher) and stop after two quiet ones.
+    async fn settle(&self, limit: Duration) {
+        let deadline = std::time::Instant::now() + limit;
+        let mut quiet = 0;
+        while quiet < 2 && std::time::Instant::now() < deadline {
+            quiet = if self.count.get() == 0 { quiet + 1 } else { 0 };
+            ntex::time::sleep(ntex::time::Millis(1)).await;
+        }
+    }
+}
+
+impl Drop for InFlightGuard<'_> {
+    fn drop(&mut self) {
+        self.0.count.set(self.0.count.get().saturating_sub(1));
+    }
+}
+
+/// Why [`OneConnect`](super::OneConnect) closed a connection.
+pub(super) const SECOND_CONNECT: &str = "second CONNECT on a connection [MQTT-3.1.0-2]";
+
+/// The label of a protocol error ntex-mqtt (or `OneConnect`) closed a connection for.
+pub(super) fn protocol_error_label(error: &ProtocolError) -> &'static str {
+    match error {
+        ProtocolError::ProtocolViolation(v) if v.message() == SECOND_CONNECT => "second_connect",
+        ProtocolError::ProtocolViolation(v) if v.message().starts_with("[MQTT-3.3.2-2]") => {
+            "wildcard_in_topic"
+        }
+        ProtocolError::ProtocolViolation(_) => "violation",
+        ProtocolError::Decode(_) | ProtocolError::Encode(_) => "malformed",
+        ProtocolError::KeepAliveTimeout | ProtocolError::ReadTimeout => "timeout",
+    }
+}
