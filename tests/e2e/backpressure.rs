@@ -30,9 +30,14 @@ async fn a_full_queue_holds_back_acknowledgements() -> Result<()> {
     let rest = engine.rest().await?;
     let id = rest.create_device("pressed", "PRESSED").await?;
     let http = reqwest::Client::new();
+    // Each message carries its own time: two posts in the same millisecond with the server's
+    // time would be one data point (same device, key and ts), as in ThingsBoard.
+    let base = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)?
+        .as_millis();
     let post = |n: i64| {
         http.post(engine.url("/api/v1/PRESSED/telemetry"))
-            .json(&json!({"n": n}))
+            .json(&json!({"ts": base + n.unsigned_abs() as u128, "values": {"n": n}}))
             .send()
     };
     assert_eq!(post(1).await?.status().as_u16(), 200);
