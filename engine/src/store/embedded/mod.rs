@@ -455,7 +455,7 @@ mod tests {
             let q = RangeQuery {
                 keys: Some(vec!["n".into()]),
                 start_ts: 0,
-                end_ts: 1_000_000,
+                end_ts: i64::MAX,
                 interval: 0,
                 limit,
                 agg: Aggregation::None,
@@ -501,6 +501,26 @@ mod tests {
             let mut desc = want.clone();
             desc.reverse();
             assert_eq!(read(&again, Order::Desc, 50_000).await, desc);
+        }
+
+        /// Batches cut anywhere around the same three points store all three.
+        #[tokio::test]
+        async fn consecutive_batches_keep_every_point() {
+            let t = 1_796_195_288_338;
+            let cases: &[&[&[(i64, i64)]]] = &[
+                &[&[(t - 3, 1), (t, 2)], &[(t + 204, 4)]],
+                &[&[(t - 3, 1)], &[(t, 2), (t + 204, 4)]],
+                &[&[(t - 3, 1), (t, 2)], &[(t, 2), (t + 204, 4)]],
+                &[&[(t - 3, 1)], &[(t, 2)], &[(t + 204, 4)]],
+            ];
+            for batches in cases {
+                let (_dir, store) = open();
+                for batch in *batches {
+                    write(&store, batch).await;
+                }
+                let got = read(&store, Order::Desc, 100).await;
+                assert_eq!(got, [(t + 204, 4), (t, 2), (t - 3, 1)], "{batches:?}");
+            }
         }
 
         /// Old points arriving after new ones land in blocks that overlap in time; reads still
