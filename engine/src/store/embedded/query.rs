@@ -6,10 +6,10 @@ use actors::model::{AttributeScope, DeviceId, KvValue};
 use actors::ports::{
     Aggregation, AttributeValue, LatestValue, Order, RangeQuery, RangeResult, StoreError, TsValue,
 };
-use rusqlite::types::Value;
-use rusqlite::{Connection, params, params_from_iter};
+use rusqlite::{Connection, OptionalExtension, params};
 
-use super::{decode, kind, sql_error};
+use super::block::{self, MAX_SPAN};
+use super::{decode, sql_error};
 
 fn id(device: DeviceId) -> Vec<u8> {
     device.0.as_bytes().to_vec()
@@ -70,10 +70,13 @@ pub(super) fn range(
     };
     let mut result = RangeResult::new();
     for key in keys {
+        let Some(id) = series_id(c, device, &key)? else {
+            continue;
+        };
         let series = if query.agg == Aggregation::None {
-            raw_series(c, device, &key, query)?
+            raw_series(c, id, query)?
         } else {
-            aggregated_series(c, device, &key, query)?
+            aggregated_series(c, id, query)?
         };
         if !series.is_empty() {
             result.insert(key, series);
@@ -82,133 +85,233 @@ pub(super) fn range(
     Ok(result)
 }
 
-fn order_sql(order: Order) -> &'static str {
-    match order {
-        Order::Asc => "ASC",
-        Order::Desc => "DESC",
+/// The id of the series (device, key), if it was ever written.
+fn series_id(c: &Connection, device: DeviceId, key: &str) -> Result<Option<i64>, StoreError> {
+    c.prepare_cached("SELECT id FROM ts_series WHERE device_id = ?1 AND key = ?2")
+        .map_err(sql_error)?
+        .query_row(params![id(device), key], |r| r.get(0))
+        .optional()
+        .map_err(sql_error)
+}
+
+/// Calls `f` with every point of `series` in `[start, end)`, in `order`, until it returns
+/// false. Blocks are read in start order; a point is handed on once no block still to come can
+/// hold an earlier one (ascending: none starts before it; descending: none reaches past it, as
+/// a block spans at most [`MAX_SPAN`]). No time is in two blocks (see `write.rs`).
+fn each_point(
+    c: &Connection,
+    series: i64,
+    start: i64,
+    end: i64,
+    order: Order,
+    mut f: impl FnMut(i64, KvValue) -> bool,
+) -> Result<(), StoreError> {
+    let sql = match order {
+        Order::Asc => {
+            "SELECT start_ts, data FROM ts_block WHERE series = ?1 AND start_ts >= ?2
+             AND start_ts < ?3 AND end_ts >= ?4 ORDER BY start_ts ASC"
+        }
+        Order::Desc => {
+            "SELECT start_ts, data FROM ts_block WHERE series = ?1 AND start_ts >= ?2
+             AND start_ts < ?3 AND end_ts >= ?4 ORDER BY start_ts DESC"
+        }
+    };
+    let mut stmt = c.prepare_cached(sql).map_err(sql_error)?;
+    let mut rows = stmt
+        .query(params![series, start.saturating_sub(MAX_SPAN), end, start])
+        .map_err(sql_error)?;
+    let mut pending: BTreeMap<i64, KvValue> = BTreeMap::new();
+    // Hands on the pending points the next blocks cannot precede; false when `f` is done.
+    let mut release = |pending: &mut BTreeMap<i64, KvValue>, bound: Option<i64>| -> bool {
+        loop {
+            let next = match order {
+                Order::Asc => pending.first_entry(),
+                Order::Desc => pending.last_entry(),
+            };
+            let Some(next) = next else { return true };
+            let ready = match (order, bound) {
+                (_, None) => true,
+                (Order::Asc, Some(block_start)) => *next.key() < block_start,
+                (Order::Desc, Some(block_start)) => {
+                    *next.key() > block_start.saturating_add(MAX_SPAN)
+                }
+            };
+            if !ready {
+                return true;
+            }
+            let (ts, value) = next.remove_entry();
+            if !f(ts, value) {
+                return false;
+            }
+        }
+    };
+    while let Some(row) = rows.next().map_err(sql_error)? {
+        let block_start: i64 = row.get(0).map_err(sql_error)?;
+        if !release(&mut pending, Some(block_start)) {
+            return Ok(());
+        }
+        let data = row.get_ref(1).map_err(sql_error)?;
+        let data = data.as_blob().map_err(|e| sql_error(e.into()))?;
+        block::decode(block_start, data, |ts, value| {
+            if ts >= start && ts < end {
+                pending.insert(ts, value);
+            }
+        })?;
+    }
+    release(&mut pending, None);
+    Ok(())
+}
+
+fn raw_series(c: &Connection, series: i64, q: &RangeQuery) -> Result<Vec<TsValue>, StoreError> {
+    let mut out = Vec::new();
+    if q.limit == 0 {
+        return Ok(out);
+    }
+    each_point(c, series, q.start_ts, q.end_ts, q.order, |ts, value| {
+        out.push(TsValue { ts, value });
+        out.len() < q.limit
+    })?;
+    Ok(out)
+}
+
+/// One bucket's numbers, as SQLite's aggregates kept them on a row per point: LONG and DOUBLE
+/// points are numbers; COUNT counts every point.
+struct Bucket {
+    index: i64,
+    count: i64,
+    numbers: i64,
+    doubles: i64,
+    /// The LONGs' exact sum (no i64 overflow to fall back from).
+    longs: i128,
+    /// Every number's sum as a double, compensated (Kahan-Babuska-Neumaier, as SQLite's SUM).
+    sum: f64,
+    error: f64,
+    min: Option<KvValue>,
+    max: Option<KvValue>,
+}
+
+impl Bucket {
+    fn new(index: i64) -> Bucket {
+        Bucket {
+            index,
+            count: 0,
+            numbers: 0,
+            doubles: 0,
+            longs: 0,
+            sum: 0.0,
+            error: 0.0,
+            min: None,
+            max: None,
+        }
+    }
+
+    #[allow(clippy::cast_precision_loss)]
+    fn add(&mut self, value: KvValue) {
+        self.count += 1;
+        let x = match value {
+            KvValue::Long(l) => {
+                self.longs += i128::from(l);
+                l as f64
+            }
+            KvValue::Double(d) => {
+                self.doubles += 1;
+                d
+            }
+            _ => return,
+        };
+        self.numbers += 1;
+        let t = self.sum + x;
+        self.error += if self.sum.abs() >= x.abs() {
+            (self.sum - t) + x
+        } else {
+            (x - t) + self.sum
+        };
+        self.sum = t;
+        // Ties keep the first, as SQLite's MIN and MAX do.
+        if self.min.as_ref().is_none_or(|m| less(&value, m)) {
+            self.min = Some(value.clone());
+        }
+        if self.max.as_ref().is_none_or(|m| less(m, &value)) {
+            self.max = Some(value);
+        }
+    }
+
+    /// The bucket's value; `None` when it has no numbers and a number was asked for.
+    #[allow(clippy::cast_precision_loss)]
+    fn value(&self, agg: Aggregation) -> Option<KvValue> {
+        // A number keeps the LONG type only when no DOUBLE took part.
+        let typed = |v: &KvValue| match v {
+            KvValue::Long(l) if self.doubles > 0 => KvValue::Double(*l as f64),
+            other => other.clone(),
+        };
+        match agg {
+            Aggregation::Count => Some(KvValue::Long(self.count)),
+            _ if self.numbers == 0 => None,
+            Aggregation::Avg if self.doubles == 0 => {
+                Some(KvValue::Double(self.longs as f64 / self.numbers as f64))
+            }
+            Aggregation::Avg => Some(KvValue::Double(
+                (self.sum + self.error) / self.numbers as f64,
+            )),
+            Aggregation::Sum if self.doubles == 0 => Some(match i64::try_from(self.longs) {
+                Ok(l) => KvValue::Long(l),
+                Err(_) => KvValue::Double(self.longs as f64),
+            }),
+            Aggregation::Sum => Some(KvValue::Double(self.sum + self.error)),
+            Aggregation::Min => self.min.as_ref().map(typed),
+            Aggregation::Max => self.max.as_ref().map(typed),
+            Aggregation::None => unreachable!("raw series are not aggregated"),
+        }
     }
 }
 
-fn raw_series(
-    c: &Connection,
-    device: DeviceId,
-    key: &str,
-    q: &RangeQuery,
-) -> Result<Vec<TsValue>, StoreError> {
-    let sql = format!(
-        "SELECT ts, type, v FROM ts_kv WHERE device_id = ?1 AND key = ?2 AND ts >= ?3 AND ts < ?4
-         ORDER BY ts {} LIMIT ?5",
-        order_sql(q.order)
-    );
-    let mut stmt = c.prepare_cached(&sql).map_err(sql_error)?;
-    let limit = i64::try_from(q.limit).unwrap_or(i64::MAX);
-    let mut rows = stmt
-        .query(params![id(device), key, q.start_ts, q.end_ts, limit])
-        .map_err(sql_error)?;
-    let mut out = Vec::new();
-    while let Some(row) = rows.next().map_err(sql_error)? {
-        let ts = row.get(0).map_err(sql_error)?;
-        let value = decode(
-            row.get(1).map_err(sql_error)?,
-            row.get_ref(2).map_err(sql_error)?,
-        )?;
-        out.push(TsValue { ts, value });
+/// Numeric order of two numbers, LONG against DOUBLE by value.
+#[allow(clippy::cast_precision_loss)]
+fn less(a: &KvValue, b: &KvValue) -> bool {
+    match (a, b) {
+        (KvValue::Long(a), KvValue::Long(b)) => a < b,
+        (KvValue::Long(a), KvValue::Double(b)) => (*a as f64) < *b,
+        (KvValue::Double(a), KvValue::Long(b)) => *a < (*b as f64),
+        (KvValue::Double(a), KvValue::Double(b)) => a < b,
+        _ => false,
     }
-    Ok(out)
 }
 
 /// Buckets of `interval` ms from `start_ts`, each reported at the middle of its (possibly
 /// shortened) span, as ThingsBoard does. Numbers are LONG and DOUBLE points; COUNT counts every
-/// point; SUM, MIN and MAX stay LONG when no DOUBLE took part; AVG is always DOUBLE. A SUM of
-/// LONGs past the i64 range (SQLite's `SUM` fails with "integer overflow") is read again as a
-/// DOUBLE total.
+/// point; SUM, MIN and MAX stay LONG when no DOUBLE took part (a SUM past the i64 range becomes
+/// a DOUBLE); AVG is always DOUBLE.
 fn aggregated_series(
     c: &Connection,
-    device: DeviceId,
-    key: &str,
+    series: i64,
     q: &RangeQuery,
-) -> Result<Vec<TsValue>, StoreError> {
-    match aggregate(c, device, key, q, "SUM") {
-        Err(StoreError::Permanent(m))
-            if q.agg == Aggregation::Sum && m.contains("integer overflow") =>
-        {
-            aggregate(c, device, key, q, "TOTAL")
-        }
-        other => other,
-    }
-}
-
-fn aggregate(
-    c: &Connection,
-    device: DeviceId,
-    key: &str,
-    q: &RangeQuery,
-    sum: &str,
 ) -> Result<Vec<TsValue>, StoreError> {
     let interval = bucket_width(q)?;
-    let sql = format!(
-        "SELECT (ts - ?3) / ?5 AS bucket,
-                COUNT(*),
-                SUM(type IN ({long}, {double})),
-                SUM(type = {double}),
-                AVG(CASE WHEN type IN ({long}, {double}) THEN v END),
-                {sum}(CASE WHEN type IN ({long}, {double}) THEN v END),
-                MIN(CASE WHEN type IN ({long}, {double}) THEN v END),
-                MAX(CASE WHEN type IN ({long}, {double}) THEN v END)
-         FROM ts_kv WHERE device_id = ?1 AND key = ?2 AND ts >= ?3 AND ts < ?4
-         GROUP BY bucket ORDER BY bucket {order}",
-        long = kind::LONG,
-        double = kind::DOUBLE,
-        order = order_sql(q.order)
-    );
-    let mut stmt = c.prepare_cached(&sql).map_err(sql_error)?;
-    let mut rows = stmt
-        .query(params_from_iter([
-            Value::Blob(id(device)),
-            Value::Text(key.to_owned()),
-            Value::Integer(q.start_ts),
-            Value::Integer(q.end_ts),
-            Value::Integer(interval),
-        ]))
-        .map_err(sql_error)?;
-    let mut out = Vec::new();
-    while let Some(row) = rows.next().map_err(sql_error)? {
-        let bucket: i64 = row.get(0).map_err(sql_error)?;
-        let count: i64 = row.get(1).map_err(sql_error)?;
-        let numbers: i64 = row.get(2).map_err(sql_error)?;
-        let doubles: i64 = row.get(3).map_err(sql_error)?;
-        let ts = bucket_middle(q, bucket, interval)?;
-        let number = |i: usize| -> Result<KvValue, StoreError> {
-            let v: Value = row.get(i).map_err(sql_error)?;
-            #[allow(clippy::cast_possible_truncation, clippy::cast_precision_loss)]
-            Ok(match v {
-                Value::Integer(l) if doubles == 0 => KvValue::Long(l),
-                Value::Integer(l) => KvValue::Double(l as f64),
-                Value::Real(d) if doubles == 0 && d.fract() == 0.0 && fits_i64(d) => {
-                    KvValue::Long(d as i64)
-                }
-                Value::Real(d) => KvValue::Double(d),
-                _ => KvValue::Long(0),
-            })
-        };
-        let value = match q.agg {
-            Aggregation::Count => KvValue::Long(count),
-            _ if numbers == 0 => continue,
-            Aggregation::Avg => KvValue::Double(row.get(4).map_err(sql_error)?),
-            Aggregation::Sum => number(5)?,
-            Aggregation::Min => number(6)?,
-            Aggregation::Max => number(7)?,
-            Aggregation::None => unreachable!("raw series are read by raw_series"),
-        };
-        out.push(TsValue { ts, value });
+    let mut buckets: Vec<Bucket> = Vec::new();
+    each_point(c, series, q.start_ts, q.end_ts, Order::Asc, |ts, value| {
+        // ts is in [start_ts, end_ts), whose span fits in an i64.
+        let index = (ts - q.start_ts) / interval;
+        if buckets.last().is_none_or(|b| b.index != index) {
+            buckets.push(Bucket::new(index));
+        }
+        if let Some(bucket) = buckets.last_mut() {
+            bucket.add(value);
+        }
+        true
+    })?;
+    if q.order == Order::Desc {
+        buckets.reverse();
+    }
+    let mut out = Vec::with_capacity(buckets.len());
+    for bucket in &buckets {
+        if let Some(value) = bucket.value(q.agg) {
+            out.push(TsValue {
+                ts: bucket_middle(q, bucket.index, interval)?,
+                value,
+            });
+        }
     }
     Ok(out)
-}
-
-/// Whether a whole double converts to an i64 without saturating.
-#[allow(clippy::cast_precision_loss)]
-fn fits_i64(d: f64) -> bool {
-    (i64::MIN as f64..i64::MAX as f64).contains(&d)
 }
 
 /// The width of the buckets: `interval`, or the whole range when it is 0. The range's span must

@@ -1,15 +1,23 @@
-//! The embedded schema, its migrations (tracked in SQLite's `user_version`) and the batch write.
+//! The embedded schema and its migrations (tracked in SQLite's `user_version`).
 
-use actors::batch::{TsRow, WriteBatch};
-use rusqlite::{Connection, params};
+use actors::model::KvValue;
+use rusqlite::{Connection, Transaction, params};
 
-use super::encode;
+use super::block;
+use super::write::insert_block;
+
+/// A migration's SQL, then, when the data changes shape, the code that moves it.
+type Migration = (
+    &'static str,
+    Option<fn(&Transaction<'_>) -> rusqlite::Result<()>>,
+);
 
 /// Migration `i` brings the schema from version `i` to `i + 1`. Append only.
-const MIGRATIONS: &[&str] = &[
+const MIGRATIONS: &[Migration] = &[
     // v1. Keys are (device, key, ts) so a replayed batch overwrites instead of duplicating;
     // WITHOUT ROWID clusters a device's series by key and time, which is what range reads scan.
-    "CREATE TABLE device (
+    (
+        "CREATE TABLE device (
         id BLOB PRIMARY KEY,
         tenant_id BLOB NOT NULL,
         name TEXT NOT NULL,
@@ -44,11 +52,37 @@ const MIGRATIONS: &[&str] = &[
         v,
         PRIMARY KEY (device_id, scope, key)
     ) WITHOUT ROWID;",
+        None,
+    ),
     // v2. Converter and integration definitions, as JSON documents.
-    "CREATE TABLE catalog (
+    (
+        "CREATE TABLE catalog (
         id BLOB PRIMARY KEY,
         body TEXT NOT NULL
     );",
+        None,
+    ),
+    // v3. Time series as blocks of points (see `block.rs`) instead of a row per point: one
+    // B-tree insert per series and batch instead of one per point, which is what the writer
+    // spent its time on. A series id stands for (device, key) in every block's key.
+    // `ts_block` is WITHOUT ROWID because a block of a batch is a few hundred bytes and reads
+    // scan a series' blocks in time order; `ts_kv`'s rows are moved into blocks.
+    (
+        "CREATE TABLE ts_series (
+        id INTEGER PRIMARY KEY,
+        device_id BLOB NOT NULL,
+        key TEXT NOT NULL,
+        UNIQUE (device_id, key)
+    );
+    CREATE TABLE ts_block (
+        series INTEGER NOT NULL,
+        start_ts INTEGER NOT NULL,
+        end_ts INTEGER NOT NULL,
+        data BLOB NOT NULL,
+        PRIMARY KEY (series, start_ts)
+    ) WITHOUT ROWID;",
+        Some(rows_into_blocks),
+    ),
 ];
 
 pub(super) fn migrate(c: &mut Connection) -> anyhow::Result<()> {
@@ -59,69 +93,70 @@ pub(super) fn migrate(c: &mut Connection) -> anyhow::Result<()> {
          refusing to touch it",
         MIGRATIONS.len()
     );
-    for (i, sql) in MIGRATIONS.iter().enumerate().skip(version) {
+    for (i, (sql, data)) in MIGRATIONS.iter().enumerate().skip(version) {
         let tx = c.transaction()?;
         tx.execute_batch(sql)?;
+        if let Some(data) = data {
+            data(&tx)?;
+        }
         tx.pragma_update(None, "user_version", i + 1)?;
         tx.commit()?;
     }
     Ok(())
 }
 
-/// Runs `stmt` (columns device_id, key, ts, type, v) once per row.
-fn insert_ts_rows<'a>(
-    stmt: &mut rusqlite::CachedStatement<'_>,
-    rows: impl IntoIterator<Item = &'a TsRow>,
-) -> rusqlite::Result<()> {
-    for row in rows {
-        let (kind, value) = encode(&row.value);
-        stmt.execute(params![
-            row.device_id.0.as_bytes(),
-            row.key,
-            row.ts,
-            kind,
-            value
-        ])?;
-    }
-    Ok(())
-}
+/// Points of one series held at once while converting: a series of any length is moved in
+/// slices of this many.
+const CONVERT_SLICE: usize = 16 * block::MAX_POINTS;
 
-pub(super) fn write_batch(c: &mut Connection, batch: &WriteBatch) -> rusqlite::Result<()> {
-    let tx = c.transaction()?;
-    {
-        let mut ts = tx.prepare_cached(
-            "INSERT OR REPLACE INTO ts_kv (device_id, key, ts, type, v) VALUES (?1, ?2, ?3, ?4, ?5)",
-        )?;
-        insert_ts_rows(&mut ts, &batch.timeseries)?;
-        // Only a newer point replaces the latest value: batches of one device arrive in order,
-        // but a device may send an old timestamp after a new one.
-        let mut latest = tx.prepare_cached(
-            "INSERT INTO ts_kv_latest (device_id, key, ts, type, v) VALUES (?1, ?2, ?3, ?4, ?5)
-             ON CONFLICT (device_id, key) DO UPDATE
-             SET ts = excluded.ts, type = excluded.type, v = excluded.v
-             WHERE excluded.ts >= ts_kv_latest.ts",
-        )?;
-        insert_ts_rows(&mut latest, batch.latest())?;
-        let mut attrs = tx.prepare_cached(
-            "INSERT INTO attribute_kv (device_id, scope, key, last_update_ts, type, v)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6)
-             ON CONFLICT (device_id, scope, key) DO UPDATE
-             SET last_update_ts = excluded.last_update_ts, type = excluded.type, v = excluded.v
-             WHERE excluded.last_update_ts >= attribute_kv.last_update_ts",
-        )?;
-        for row in &batch.attributes {
-            let (kind, value) = encode(&row.value);
-            attrs.execute(params![
-                row.device_id.0.as_bytes(),
-                row.scope.code(),
-                row.key,
-                row.last_update_ts,
-                kind,
-                value
-            ])?;
+/// v3: every `ts_kv` row into blocks, series by series, then `ts_kv` goes.
+fn rows_into_blocks(tx: &Transaction<'_>) -> rusqlite::Result<()> {
+    let mut rows =
+        tx.prepare("SELECT device_id, key, ts, type, v FROM ts_kv ORDER BY device_id, key, ts")?;
+    let mut rows = rows.query([])?;
+    let mut series: Option<(Vec<u8>, String, i64)> = None;
+    let mut points: Vec<(i64, KvValue)> = Vec::new();
+    let mut data = Vec::new();
+    let flush = |series: i64,
+                 points: &mut Vec<(i64, KvValue)>,
+                 data: &mut Vec<u8>|
+     -> rusqlite::Result<()> {
+        for run in block::runs(points) {
+            insert_block(tx, series, run.iter().map(|(ts, v)| (*ts, v)), data)?;
+        }
+        points.clear();
+        Ok(())
+    };
+    while let Some(row) = rows.next()? {
+        let device: Vec<u8> = row.get(0)?;
+        let key: String = row.get(1)?;
+        if series
+            .as_ref()
+            .is_none_or(|(d, k, _)| *d != device || *k != key)
+        {
+            if let Some((_, _, id)) = series {
+                flush(id, &mut points, &mut data)?;
+            }
+            tx.execute(
+                "INSERT INTO ts_series (device_id, key) VALUES (?1, ?2)",
+                params![device, key],
+            )?;
+            series = Some((device, key, tx.last_insert_rowid()));
+        }
+        let value = super::decode(row.get(3)?, row.get_ref(4)?)
+            .map_err(|e| rusqlite::Error::ToSqlConversionFailure(Box::new(e)))?;
+        points.push((row.get(2)?, value));
+        if points.len() >= CONVERT_SLICE
+            && let Some((_, _, id)) = series
+        {
+            flush(id, &mut points, &mut data)?;
         }
     }
-    tx.commit()
+    if let Some((_, _, id)) = series {
+        flush(id, &mut points, &mut data)?;
+    }
+    drop(rows);
+    tx.execute_batch("DROP TABLE ts_kv")
 }
 
 #[cfg(test)]
@@ -136,5 +171,65 @@ mod tests {
         c.pragma_update(None, "user_version", 99).expect("set");
         let err = migrate(&mut c).expect_err("newer schema");
         assert!(err.to_string().contains("newer"), "{err}");
+    }
+
+    /// A database of schema v2 (a row per point in `ts_kv`) opens with every point readable.
+    #[test]
+    fn points_of_a_v2_database_move_into_blocks() {
+        use actors::model::{DeviceId, TenantId};
+        use actors::ports::{Aggregation, Order, RangeQuery};
+
+        let mut c = Connection::open_in_memory().expect("open");
+        for (sql, _) in &MIGRATIONS[..2] {
+            c.execute_batch(sql).expect("old schema");
+        }
+        c.pragma_update(None, "user_version", 2).expect("set");
+        let d = DeviceId::derive(TenantId::from_name("t"), "old");
+        let other = DeviceId::derive(TenantId::from_name("t"), "other");
+        let insert = |device: DeviceId, key: &str, ts: i64, value: KvValue| {
+            let (kind, v) = super::super::encode(&value);
+            c.execute(
+                "INSERT INTO ts_kv (device_id, key, ts, type, v) VALUES (?1, ?2, ?3, ?4, ?5)",
+                params![device.0.as_bytes(), key, ts, kind, v],
+            )
+            .expect("insert");
+        };
+        // More points than a block holds, and times further apart than a block spans.
+        for ts in 0..3_000 {
+            insert(d, "n", ts * 100, KvValue::Long(ts));
+        }
+        insert(d, "s", 5, KvValue::String("five".into()));
+        insert(other, "n", 5, KvValue::Double(0.5));
+        migrate(&mut c).expect("migrates");
+
+        let query = |key: &str, agg| RangeQuery {
+            keys: Some(vec![key.to_owned()]),
+            start_ts: 0,
+            end_ts: i64::MAX,
+            interval: 0,
+            limit: 50_000,
+            agg,
+            order: Order::Asc,
+        };
+        let got = super::super::query::range(&c, d, &query("n", Aggregation::None)).expect("range");
+        let points: Vec<(i64, KvValue)> =
+            got["n"].iter().map(|p| (p.ts, p.value.clone())).collect();
+        let want: Vec<(i64, KvValue)> =
+            (0..3_000).map(|ts| (ts * 100, KvValue::Long(ts))).collect();
+        assert_eq!(points, want);
+        let sum = super::super::query::range(&c, d, &query("n", Aggregation::Sum)).expect("sum");
+        assert_eq!(sum["n"][0].value, KvValue::Long((0..3_000).sum()));
+        let s = super::super::query::range(&c, d, &query("s", Aggregation::None)).expect("s");
+        assert_eq!(s["s"][0].value, KvValue::String("five".into()));
+        let o = super::super::query::range(&c, other, &query("n", Aggregation::None)).expect("o");
+        assert_eq!(o["n"][0].value, KvValue::Double(0.5));
+        let left: i64 = c
+            .query_row(
+                "SELECT COUNT(*) FROM sqlite_master WHERE name = 'ts_kv'",
+                [],
+                |r| r.get(0),
+            )
+            .expect("count");
+        assert_eq!(left, 0, "ts_kv is gone");
     }
 }
