@@ -6,8 +6,9 @@
 //! ingress refuses such values; this catches a producer that did not (an older node's record
 //! on Kafka, a future code path).
 
-use std::collections::HashMap;
 use std::sync::LazyLock;
+
+use foldhash::{HashMap, HashMapExt};
 
 use metrics::counter;
 use tracing::warn;

@@ -6,6 +6,7 @@
 pub mod batch;
 pub mod converter;
 pub mod device_keys;
+pub mod downlink;
 pub mod ingress;
 pub mod integration;
 pub mod log_limit;
@@ -14,6 +15,7 @@ pub mod metrics;
 pub mod model;
 pub mod payload;
 pub mod ports;
+pub mod protocol;
 pub mod rule_chain;
 pub mod rule_chain_supervisor;
 pub mod session;

@@ -9,7 +9,7 @@
 //! the new point replaces the old as `INSERT OR REPLACE` did on a row per point. The newest
 //! time per series is remembered, so the usual batch (every point newer) reads nothing.
 
-use std::collections::HashMap;
+use foldhash::{HashMap, HashMapExt};
 
 use actors::batch::WriteBatch;
 use actors::model::{DeviceId, KvValue};
