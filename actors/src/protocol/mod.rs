@@ -2,3 +2,6 @@
 //! what the server answers, independent of the transport that carries them.
 
 pub mod attributes;
+pub mod claim;
+pub mod provision;
+pub mod rpc;
