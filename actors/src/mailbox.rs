@@ -56,6 +56,15 @@ impl Bound {
         self.inner.permits.available_permits() == self.inner.capacity
     }
 
+    /// A ticket if there is room now.
+    pub fn try_ticket(&self) -> Option<Ticket> {
+        self.inner.permits.try_acquire().ok()?.forget();
+        self.inner.depth.increment(1.0);
+        Some(Ticket {
+            inner: self.inner.clone(),
+        })
+    }
+
     /// Waits for room; `None` if the semaphore was closed (it never is while a `Bound` lives).
     pub async fn ticket(&self) -> Option<Ticket> {
         let inner = &self.inner;

@@ -22,7 +22,7 @@
 use std::collections::VecDeque;
 use std::sync::Arc;
 
-use metrics::counter;
+use metrics::{Counter, counter};
 use parking_lot::Mutex;
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 use tokio::sync::mpsc;
@@ -183,6 +183,35 @@ pub struct RuleChainState {
     chain: Box<dyn RuleChain>,
     sink: mpsc::Sender<Routed>,
     lane: Arc<Lane>,
+    /// `engine_rule_chain_messages_total` per outcome, resolved once, not per message.
+    counted: OutcomeCounters,
+}
+
+struct OutcomeCounters([Counter; 4]);
+
+impl OutcomeCounters {
+    const OUTCOMES: [Outcome; 4] = [
+        Outcome::SaveTimeseries,
+        Outcome::SaveAttributes,
+        Outcome::Dropped(""),
+        Outcome::Failed,
+    ];
+
+    fn new() -> OutcomeCounters {
+        OutcomeCounters(
+            Self::OUTCOMES.map(|o| counter!(RULE_CHAIN_MESSAGES, "outcome" => o.as_str())),
+        )
+    }
+
+    fn count(&self, outcome: Outcome) {
+        let i = match outcome {
+            Outcome::SaveTimeseries => 0,
+            Outcome::SaveAttributes => 1,
+            Outcome::Dropped(_) => 2,
+            Outcome::Failed => 3,
+        };
+        self.0[i].increment(1);
+    }
 }
 
 pub enum RuleChainMsg {
@@ -205,6 +234,7 @@ impl Actor for RuleChainActor {
             chain: args.chain,
             sink: args.sink,
             lane: args.lane,
+            counted: OutcomeCounters::new(),
         })
     }
 
@@ -249,7 +279,7 @@ impl RuleChainState {
         } else {
             self.chain.process(&delivered.message)
         };
-        counter!(RULE_CHAIN_MESSAGES, "outcome" => outcome.as_str()).increment(1);
+        self.counted.count(outcome);
         match outcome {
             Outcome::SaveTimeseries | Outcome::SaveAttributes => Routed::Save(delivered),
             Outcome::Dropped(_) | Outcome::Failed => Routed::Skip {
@@ -283,12 +313,46 @@ impl RuleChainHandle {
     /// chain was stopped (the message was not taken).
     pub async fn deliver(&self, delivered: Delivered) -> Result<(), RuleChainGone> {
         let ticket = self.bound.ticket().await.ok_or(RuleChainGone)?;
+        self.push([(delivered, ticket)])
+    }
+
+    /// Hands over several messages of the partition, in order: those that find room at once
+    /// are pushed together (one lock, one nudge), the rest wait for room as [`Self::deliver`]
+    /// does.
+    pub async fn deliver_all(
+        &self,
+        messages: impl IntoIterator<Item = Delivered>,
+    ) -> Result<(), RuleChainGone> {
+        let mut ready = Vec::new();
+        for delivered in messages {
+            match self.bound.try_ticket() {
+                Some(ticket) => ready.push((delivered, ticket)),
+                None => {
+                    self.push(ready.drain(..))?;
+                    let ticket = self.bound.ticket().await.ok_or(RuleChainGone)?;
+                    ready.push((delivered, ticket));
+                }
+            }
+        }
+        self.push(ready)
+    }
+
+    fn push(
+        &self,
+        messages: impl IntoIterator<Item = (Delivered, Ticket)>,
+    ) -> Result<(), RuleChainGone> {
         let actor = {
             let mut state = self.lane.state.lock();
             if state.closed {
                 return Err(RuleChainGone);
             }
-            state.queue.push_back((delivered, ticket));
+            let was_empty = state.queue.is_empty();
+            state.queue.extend(messages);
+            // The actor works until it finds the lane empty, so only messages that find the
+            // lane empty need to wake it (one nudge per burst, not one per message).
+            if !was_empty || state.queue.is_empty() {
+                return Ok(());
+            }
             state.actor.clone()
         };
         // Without an actor (being restarted), the restarted one is nudged by its supervisor.

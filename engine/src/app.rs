@@ -28,7 +28,7 @@ use crate::api::ApiState;
 use crate::auth::Auth;
 use crate::config::{Config, QueueKind, StoreKind, bytes};
 use crate::queue::kafka::{self, KafkaProducer, KafkaSource, SourceHandle};
-use crate::queue::memory::MemoryQueue;
+use crate::queue::memory::{MemoryQueue, MemorySource};
 use crate::store::clickhouse::ClickHouseStore;
 use crate::store::embedded::EmbeddedStore;
 use crate::store::paused::PausableStore;
@@ -50,7 +50,10 @@ pub struct Running {
 
 /// The queue backend, as shutdown needs it.
 enum Queue {
-    Memory(MemoryQueue),
+    Memory {
+        queue: MemoryQueue,
+        source: MemorySource,
+    },
     Kafka {
         producer: KafkaProducer,
         source: SourceHandle,
@@ -119,18 +122,32 @@ pub async fn start(config: Config, metrics: Option<PrometheusHandle>) -> anyhow:
             QueueKind::Memory => {
                 let queue =
                     MemoryQueue::new(config.queue.partitions, config.queue.partition_capacity, 1);
-                let sink_queue = queue.clone();
-                let make: MakeSink = Arc::new(move |i| SinkArgs {
-                    consumer: Box::new(sink_queue.consumer(i)),
+                // The same topology as Kafka's: partitions -> rule chains -> sink.
+                let (to_sink, from_chains) =
+                    mpsc::channel(sink_config.batch_size.saturating_mul(2).max(1024));
+                let make_chain: MakeRuleChain =
+                    Arc::new(|_| Box::new(DefaultRuleChain) as Box<dyn RuleChain>);
+                let (source, committer) = MemorySource::start(
+                    &queue,
+                    make_chain,
+                    to_sink,
+                    config.queue.partition_capacity,
+                )
+                .await?;
+                let feed = SharedFeed::new(from_chains);
+                let make: MakeSink = Arc::new(move |_| SinkArgs {
+                    consumer: Box::new(FeedConsumer::new(feed.clone(), committer.clone())),
                     store: sink_store.clone(),
                     config: sink_config.clone(),
                     dead_letters: None,
                 });
-                let consumers = queue.consumers();
                 (
-                    Queue::Memory(queue.clone()),
+                    Queue::Memory {
+                        queue: queue.clone(),
+                        source,
+                    },
                     Arc::new(queue),
-                    consumers,
+                    1,
                     make,
                 )
             }
@@ -287,14 +304,14 @@ impl Running {
         tokio::join!(mqtt, http, coap);
         let _ = self.http_task.await;
         // Nothing can send any more; a sender still waiting for room is told the queue closed.
-        let source = match self.queue {
-            Queue::Memory(queue) => {
+        let (source, mut memory) = match self.queue {
+            Queue::Memory { queue, source } => {
                 queue.close();
                 info!(
                     messages = queue.depth(),
                     "listeners closed, draining the queue into storage"
                 );
-                None
+                (None, Some(source))
             }
             Queue::Kafka {
                 producer,
@@ -308,10 +325,14 @@ impl Running {
                 // Kafka for the next start.
                 source.stop().await;
                 info!("listeners closed, storing what was read from kafka");
-                Some(source)
+                (Some(source), None)
             }
         };
         let drain = async {
+            // Everything the memory queue holds goes through the rule chains to the sink.
+            if let Some(source) = memory.as_mut() {
+                source.stop().await;
+            }
             let (sinks, join) = self.sinks;
             let stats = ractor::call!(sinks, SinkSupervisorMsg::Drain).context("sinks died")?;
             let _ = join.await;

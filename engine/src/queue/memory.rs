@@ -5,6 +5,11 @@
 //! (`send` blocks on the partition's free places, fairly, in arrival order). Nothing is ever
 //! dropped. The queue lives in the process, so a crash loses what was not stored yet; a
 //! graceful shutdown drains it.
+//!
+//! The engine reads it as it reads Kafka ([`MemorySource`]): each partition's messages go to
+//! that partition's rule chain, the chains hand what they route to the sink, and the sink
+//! commits through [`MemoryCommitter`] once storage has a batch. Tests and benches may also
+//! read it directly with a [`MemoryConsumer`].
 
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -12,11 +17,15 @@ use std::time::{Duration, Instant};
 
 use actors::metrics::{QUEUE_DEPTH, QUEUE_PRODUCE_BLOCKED};
 use actors::model::{DeviceId, SharedMessage};
-use actors::ports::{Consumer, Delivered, Delivery, Producer, QueueError};
+use actors::ports::{Consumer, Delivered, Delivery, OffsetCommitter, Producer, QueueError};
+use actors::rule_chain::{MakeRuleChain, Routed, RuleChainHandle};
+use actors::rule_chain_supervisor::{RuleChainSupervisorArgs, RuleChains};
+use anyhow::Context;
 use async_trait::async_trait;
 use metrics::{Gauge, Histogram, gauge, histogram};
 use parking_lot::Mutex;
-use tokio::sync::{Notify, Semaphore, TryAcquireError};
+use tokio::sync::{Notify, Semaphore, TryAcquireError, mpsc, watch};
+use tracing::{debug, error};
 
 #[derive(Clone)]
 pub struct MemoryQueue {
@@ -108,11 +117,7 @@ impl MemoryQueue {
 
     /// Messages held (not yet committed) over all partitions.
     pub fn depth(&self) -> u64 {
-        self.shared
-            .partitions
-            .iter()
-            .map(|p| p.log.lock().messages.len() as u64)
-            .sum()
+        self.shared.depth()
     }
 
     fn partition_of(&self, device: DeviceId) -> usize {
@@ -202,9 +207,24 @@ impl Consumer for MemoryConsumer {
     }
 
     async fn commit(&mut self, offsets: &[(u32, u64)]) -> Result<(), QueueError> {
+        self.shared.commit(offsets)
+    }
+
+    fn lag(&self) -> Option<u64> {
+        Some(
+            self.partitions
+                .iter()
+                .map(|&p| self.shared.partitions[p as usize].log.lock().messages.len() as u64)
+                .sum(),
+        )
+    }
+}
+
+impl Shared {
+    /// Forgets every message up to each offset and gives its place back to senders.
+    fn commit(&self, offsets: &[(u32, u64)]) -> Result<(), QueueError> {
         for &(p, offset) in offsets {
             let partition = self
-                .shared
                 .partitions
                 .get(p as usize)
                 .ok_or_else(|| QueueError::Rejected(format!("no partition {p}")))?;
@@ -220,18 +240,154 @@ impl Consumer for MemoryConsumer {
             #[allow(clippy::cast_possible_truncation)]
             partition.room.add_permits(freed as usize);
             #[allow(clippy::cast_precision_loss)]
-            self.shared.depth.decrement(freed as f64);
+            self.depth.decrement(freed as f64);
         }
         Ok(())
     }
 
+    /// Messages held (not yet committed) over all partitions.
+    fn depth(&self) -> u64 {
+        self.partitions
+            .iter()
+            .map(|p| p.log.lock().messages.len() as u64)
+            .sum()
+    }
+}
+
+/// The sink's commits, when rule chains read the queue.
+pub struct MemoryCommitter {
+    shared: Arc<Shared>,
+}
+
+#[async_trait]
+impl OffsetCommitter for MemoryCommitter {
+    async fn commit(&self, offsets: &[(u32, u64)]) -> Result<(), QueueError> {
+        self.shared.commit(offsets)
+    }
+
     fn lag(&self) -> Option<u64> {
-        Some(
-            self.partitions
-                .iter()
-                .map(|&p| self.shared.partitions[p as usize].log.lock().messages.len() as u64)
-                .sum(),
-        )
+        Some(self.shared.depth())
+    }
+}
+
+/// Messages one read hands to the rule chains at most.
+const READ_BATCH: usize = 1024;
+/// How long one read waits for messages; also how soon a stop is noticed.
+const READ_WAIT: Duration = Duration::from_millis(100);
+
+/// Reads every partition of the queue, in order, and hands each message to its partition's
+/// rule chain (started on the partition's first message); a full chain makes the reader wait.
+pub struct MemorySource {
+    stop: watch::Sender<bool>,
+    task: Option<tokio::task::JoinHandle<()>>,
+    chains: RuleChains,
+}
+
+impl MemorySource {
+    /// Starts reading `queue` (made for one consumer: this reader takes every partition);
+    /// what the chains route goes to `sink`.
+    pub async fn start(
+        queue: &MemoryQueue,
+        make_chain: MakeRuleChain,
+        sink: mpsc::Sender<Routed>,
+        lane_capacity: usize,
+    ) -> anyhow::Result<(MemorySource, Arc<dyn OffsetCommitter>)> {
+        let (chains, _) = RuleChains::start(RuleChainSupervisorArgs {
+            make_chain,
+            sink,
+            lane_capacity,
+        })
+        .await
+        .context("cannot start the rule chains")?;
+        let (stop, stopped) = watch::channel(false);
+        let mut reader = Reader {
+            consumer: queue.consumer(0),
+            chains: chains.clone(),
+            handles: Vec::new(),
+            stopped,
+        };
+        let task = tokio::spawn(async move { reader.run().await });
+        let committer = Arc::new(MemoryCommitter {
+            shared: queue.shared.clone(),
+        });
+        Ok((
+            MemorySource {
+                stop,
+                task: Some(task),
+                chains,
+            },
+            committer,
+        ))
+    }
+
+    /// Reads what the queue still holds (it is closed: nothing more comes), hands it to the
+    /// rule chains, and returns once they have handed it all to the sink.
+    pub async fn stop(&mut self) {
+        let _ = self.stop.send(true);
+        if let Some(task) = self.task.take() {
+            let _ = task.await;
+        }
+        let restarts = self.chains.drain().await;
+        debug!(restarts, "rule chains stopped");
+    }
+}
+
+struct Reader {
+    consumer: MemoryConsumer,
+    chains: RuleChains,
+    /// Each partition's chain, once started.
+    handles: Vec<Option<RuleChainHandle>>,
+    stopped: watch::Receiver<bool>,
+}
+
+impl Reader {
+    /// Hands over whatever the partitions hold as soon as it is there (no batching delay:
+    /// the sink batches), and sleeps only when they are empty, so a busy queue does not wake
+    /// the reader for every message.
+    async fn run(&mut self) {
+        self.handles = vec![None; self.consumer.shared.partitions.len()];
+        let waker = self.consumer.waker.clone();
+        let mut batch = Vec::with_capacity(READ_BATCH);
+        loop {
+            let stopping = *self.stopped.borrow();
+            // Registered before looking, so a send in between is not missed.
+            let notified = waker.notified();
+            self.consumer.fetch(READ_BATCH, &mut batch);
+            if batch.is_empty() {
+                // Stopping: the queue is closed, so an empty read means it is all read.
+                if stopping {
+                    return;
+                }
+                let _ = tokio::time::timeout(READ_WAIT, notified).await;
+                continue;
+            }
+            // `fetch` reads partition after partition: each run goes to its chain at once.
+            while let Some(first) = batch.first() {
+                let partition = first.partition;
+                let run = batch
+                    .iter()
+                    .take_while(|d| d.partition == partition)
+                    .count();
+                let Some(chain) = self.chain(partition).await else {
+                    error!(partition, "cannot start the rule chain; the node stops");
+                    return;
+                };
+                if chain.deliver_all(batch.drain(..run)).await.is_err() {
+                    error!(partition, "rule chain is gone; the node stops");
+                    return;
+                }
+            }
+        }
+    }
+
+    /// The chain of `partition`, started on first use.
+    async fn chain(&mut self, partition: u32) -> Option<&RuleChainHandle> {
+        let slot = partition as usize;
+        if self.handles.get(slot)?.is_none() {
+            let chain = self.chains.chain(partition).await.ok()?;
+            self.handles[slot] = Some(chain);
+        }
+        self.handles.get(slot)?.as_ref()
     }
 }
 
