@@ -278,17 +278,15 @@ impl MqttServer {
                             let (n3, n5) = (node.clone(), node.clone());
                             let gate = node.admission.clone();
                             async move {
-                                // The handshakes are boxed: they live only until CONNACK, and
-                                // inline they would set the size of every connection's future.
                                 let v3 = ntex_mqtt::v3::MqttServer::new(move |hs| {
-                                    Box::pin(v3::handshake(n3.clone(), hs))
+                                    v3::handshake(n3.clone(), hs)
                                 })
                                 .middleware(OneConnect)
                                 .protocol(per_session(v3::protocol))
                                 .control(per_session(v3::control))
                                 .publish(per_session(v3::publish));
                                 let v5 = ntex_mqtt::v5::MqttServer::new(move |hs| {
-                                    Box::pin(v5::handshake(n5.clone(), hs))
+                                    v5::handshake(n5.clone(), hs)
                                 })
                                 .middleware(OneConnect)
                                 .protocol(per_session(v5::protocol))
