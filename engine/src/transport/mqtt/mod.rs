@@ -2,7 +2,7 @@
 //!
 //! - `opening.rs`: before ntex-mqtt reads a connection, a peek at its first bytes: a CONNECT of
 //!   a protocol level other than 4 or 5 gets CONNACK 0x01, one past `max_connections` 0x03
-//!   (MQTT 5: 0x97).
+//!   (MQTT 5: 0x97); levels 4 and 5 go to that version's ntex-mqtt server.
 //! - `admission.rs`: the sockets open and each device's sessions; a session past
 //!   `max_connections_per_device` takes over from the device's oldest (ThingsBoard's
 //!   behaviour).
@@ -167,6 +167,11 @@ where
     async fn ready(&self, ctx: ServiceCtx<'_, Self>) -> Result<(), Self::Error> {
         ctx.ready(&self.v3).await?;
         ctx.ready(&self.v5).await
+    }
+
+    fn poll(&self, cx: &mut std::task::Context<'_>) -> Result<(), Self::Error> {
+        self.v3.poll(cx)?;
+        self.v5.poll(cx)
     }
 
     async fn shutdown(&self) {
