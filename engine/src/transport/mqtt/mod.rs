@@ -2,7 +2,7 @@
 //!
 //! - `opening.rs`: before ntex-mqtt reads a connection, a peek at its first bytes: a CONNECT of
 //!   a protocol level other than 4 or 5 gets CONNACK 0x01, one past `max_connections` 0x03
-//!   (MQTT 5: 0x97).
+//!   (MQTT 5: 0x97); levels 4 and 5 go to that version's ntex-mqtt server.
 //! - `admission.rs`: the sockets open and each device's sessions; a session past
 //!   `max_connections_per_device` takes over from the device's oldest (ThingsBoard's
 //!   behaviour).
@@ -47,9 +47,8 @@ use actors::model::DeviceId;
 use actors::session::Outbound;
 use actors::session::outbound::OutboundMeters;
 use ntex::io::Io;
-use ntex::service::Middleware;
 use ntex::service::cfg::SharedCfg;
-use ntex::service::dev::ApplyCtx;
+use ntex::service::{Middleware, Service, ServiceCtx, ServiceFactory};
 use ntex_mqtt::error::{DispatcherError, ProtocolError};
 use ntex_mqtt::{MqttServiceConfig, QoS};
 use tracing::{info, warn};
@@ -117,6 +116,81 @@ where
             handler(session.clone(), req)
         }))
     })
+}
+
+/// Each connection: its first bytes ([`first_bytes`]), then ntex-mqtt's server of the version
+/// they name. Not ntex-mqtt's own selector: the version is already known, and each version's
+/// connection future is boxed on its own, so an MQTT 3.1.1 connection does not keep room for
+/// MQTT 5's larger one.
+struct Listener<V3, V5> {
+    v3: V3,
+    v5: V5,
+    gate: Arc<Admission>,
+    connect_timeout: std::time::Duration,
+}
+
+struct ListenerService<V3, V5> {
+    v3: V3,
+    v5: V5,
+    gate: Arc<Admission>,
+    connect_timeout: std::time::Duration,
+}
+
+impl<V3, V5> ServiceFactory<Io, SharedCfg> for Listener<V3, V5>
+where
+    V3: ServiceFactory<Io, SharedCfg, Response = ()>,
+    V5: ServiceFactory<Io, SharedCfg, Response = (), Error = V3::Error, InitError = V3::InitError>,
+{
+    type Response = ();
+    type Error = V3::Error;
+    type Service = ListenerService<V3::Service, V5::Service>;
+    type InitError = V3::InitError;
+
+    async fn create(&self, cfg: SharedCfg) -> Result<Self::Service, Self::InitError> {
+        Ok(ListenerService {
+            v3: self.v3.create(cfg.clone()).await?,
+            v5: self.v5.create(cfg).await?,
+            gate: self.gate.clone(),
+            connect_timeout: self.connect_timeout,
+        })
+    }
+}
+
+impl<V3, V5> Service<Io> for ListenerService<V3, V5>
+where
+    V3: Service<Io, Response = ()>,
+    V5: Service<Io, Response = (), Error = V3::Error>,
+{
+    type Response = ();
+    type Error = V3::Error;
+
+    async fn ready(&self, ctx: ServiceCtx<'_, Self>) -> Result<(), Self::Error> {
+        ctx.ready(&self.v3).await?;
+        ctx.ready(&self.v5).await
+    }
+
+    fn poll(&self, cx: &mut std::task::Context<'_>) -> Result<(), Self::Error> {
+        self.v3.poll(cx)?;
+        self.v5.poll(cx)
+    }
+
+    async fn shutdown(&self) {
+        self.v3.shutdown().await;
+        self.v5.shutdown().await;
+    }
+
+    async fn call(&self, io: Io, ctx: ServiceCtx<'_, Self>) -> Result<(), Self::Error> {
+        let socket = self.gate.accept();
+        // Boxed: it lives only until the first packet.
+        let version = Box::pin(first_bytes(&io, socket.past_cap, self.connect_timeout)).await;
+        let served = match version {
+            None => Ok(()),
+            Some(Version::V3) => Box::pin(ctx.call(&self.v3, io)).await,
+            Some(Version::V5) => Box::pin(ctx.call(&self.v5, io)).await,
+        };
+        drop(socket);
+        served
+    }
 }
 
 pub struct MqttServer {
@@ -209,38 +283,26 @@ impl MqttServer {
                             let (n3, n5) = (node.clone(), node.clone());
                             let gate = node.admission.clone();
                             async move {
-                                let mqtt = ntex_mqtt::MqttServer::new()
-                                    .v3(ntex_mqtt::v3::MqttServer::new(move |hs| {
-                                        v3::handshake(n3.clone(), hs)
-                                    })
-                                    .middleware(OneConnect)
-                                    .protocol(per_session(v3::protocol))
-                                    .control(per_session(v3::control))
-                                    .publish(per_session(v3::publish)))
-                                    .v5(ntex_mqtt::v5::MqttServer::new(move |hs| {
-                                        v5::handshake(n5.clone(), hs)
-                                    })
-                                    .middleware(OneConnect)
-                                    .protocol(per_session(v5::protocol))
-                                    .control(per_session(v5::control))
-                                    .publish(per_session(v5::publish)));
-                                ntex::service::apply_fn_factory::<_, Io, _, _, _, _, _, _>(
-                                    mqtt,
-                                    async move |io: Io, mqtt: &ApplyCtx<'_, _>| {
-                                        let socket = gate.accept();
-                                        // Boxed: this future lives as long as the connection,
-                                        // and would otherwise keep room for the peek's state.
-                                        let admitted = Box::pin(first_bytes(
-                                            &io,
-                                            socket.past_cap,
-                                            connect_timeout,
-                                        ));
-                                        if !admitted.await {
-                                            return Ok(());
-                                        }
-                                        mqtt.call(io).await
-                                    },
-                                )
+                                let v3 = ntex_mqtt::v3::MqttServer::new(move |hs| {
+                                    v3::handshake(n3.clone(), hs)
+                                })
+                                .middleware(OneConnect)
+                                .protocol(per_session(v3::protocol))
+                                .control(per_session(v3::control))
+                                .publish(per_session(v3::publish));
+                                let v5 = ntex_mqtt::v5::MqttServer::new(move |hs| {
+                                    v5::handshake(n5.clone(), hs)
+                                })
+                                .middleware(OneConnect)
+                                .protocol(per_session(v5::protocol))
+                                .control(per_session(v5::control))
+                                .publish(per_session(v5::publish));
+                                Listener {
+                                    v3,
+                                    v5,
+                                    gate,
+                                    connect_timeout,
+                                }
                             }
                         });
                     match built {

@@ -109,20 +109,20 @@ impl ntex::codec::Decoder for SkipPacket {
     }
 }
 
-/// Decides whether ntex-mqtt gets this new connection: `false` once it was answered here or
-/// closed. The CONNECT must start within `connect_timeout` (ntex-mqtt gives it as long again
-/// to complete).
+/// Decides whether ntex-mqtt gets this new connection, and which version's server: `None`
+/// once it was answered here or closed. The CONNECT must start within `connect_timeout`
+/// (ntex-mqtt gives it as long again to complete).
 pub(super) async fn first_bytes(
     io: &ntex::io::Io,
     past_cap: bool,
     connect_timeout: Duration,
-) -> bool {
+) -> Option<Version> {
     let verdict = ntex::time::timeout(connect_timeout, async {
         let Ok(Some(opening)) = io.recv(&PeekOpening).await else {
             return None;
         };
         let refusal: (&'static [u8], &'static str) = match opening {
-            Opening::Mqtt(_) if !past_cap => return Some(None),
+            Opening::Mqtt(version) if !past_cap => return Some(Ok(version)),
             Opening::Mqtt(Version::V3) => (&CONNACK_UNAVAILABLE_V3, "max_connections"),
             Opening::Mqtt(Version::V5) => (&CONNACK_QUOTA_EXCEEDED_V5, "max_connections"),
             Opening::UnsupportedLevel(_) => (&CONNACK_UNSUPPORTED_VERSION, "unsupported_protocol"),
@@ -145,19 +145,19 @@ pub(super) async fn first_bytes(
             reason = refusal.1,
             "mqtt connection refused"
         );
-        Some(Some(refusal.0))
+        Some(Err(refusal.0))
     })
     .await;
     match verdict {
-        Ok(Some(None)) => true,
-        Ok(Some(Some(answer))) => {
+        Ok(Some(Ok(version))) => Some(version),
+        Ok(Some(Err(answer))) => {
             if io.encode_slice(answer).is_ok() {
                 let _ = ntex::time::timeout(Duration::from_secs(1), io.shutdown()).await;
             }
-            false
+            None
         }
         // Timed out, closed, or not MQTT: nothing to answer.
-        Ok(None) | Err(()) => false,
+        Ok(None) | Err(()) => None,
     }
 }
 #[cfg(test)]

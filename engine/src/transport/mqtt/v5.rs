@@ -207,7 +207,11 @@ where
     type Response = S::Response;
     type Error = S::Error;
 
-    ntex::forward_ready!(inner);
+    /// Boxed while it runs: ntex keeps a box the size of this future for the connection's
+    /// life, and inline it would hold the whole pipeline's readiness (2.2 KiB per connection).
+    async fn ready(&self, ctx: ServiceCtx<'_, Self>) -> Result<(), Self::Error> {
+        Box::pin(ctx.ready(&self.inner)).await
+    }
     ntex::forward_poll!(inner);
     ntex::forward_shutdown!(inner);
 
