@@ -9,7 +9,10 @@ use actors::model::{
     TenantId, TsRecord,
 };
 use actors::ports::{
-    Aggregation, DeviceRegistry, Order, PageRequest, RangeQuery, RegistryError, Store, TsValue,
+    Aggregation, ClaimRequest, DeviceRecords, DeviceRegistry, MAX_CLAIM_SECRET_BYTES,
+    MAX_QUEUED_RPCS, MAX_RPC_PAGE_SIZE, MAX_RPC_REQUEST_BYTES, MAX_RPC_RESPONSE_BYTES, Order, Page,
+    PageRequest, RangeQuery, RecordError, RegistryError, RpcPageRequest, RpcRecord, RpcStatus,
+    Store, TsValue,
 };
 
 fn tenant() -> TenantId {
@@ -554,4 +557,269 @@ pub async fn catalog_suite(catalog: &dyn actors::ports::Catalog) {
     let (converters, integrations) = catalog.load().await.expect("load");
     assert_eq!(converters.len(), 1);
     assert!(integrations.is_empty(), "deleted");
+}
+
+fn rpc(device: DeviceId, created_time: i64, status: actors::ports::RpcStatus) -> RpcRecord {
+    RpcRecord {
+        id: uuid::Uuid::new_v4(),
+        tenant_id: tenant(),
+        device_id: device,
+        created_time,
+        expiration_time: created_time + 60_000,
+        request: format!(r#"{{"method":"m{created_time}","params":{{"a":[1,2]}},"oneway":false}}"#),
+        response: None,
+        status,
+        additional_info: Some(r#"{"note":"é"}"#.into()),
+    }
+}
+
+fn rpc_page(page_size: usize, page: usize, status: Option<RpcStatus>) -> RpcPageRequest {
+    RpcPageRequest {
+        page_size,
+        page,
+        status,
+    }
+}
+
+/// What a page holds: the created times, in order.
+fn created(page: &Page<RpcRecord>) -> Vec<i64> {
+    page.data.iter().map(|r| r.created_time).collect()
+}
+
+/// The records contract: persistent RPCs and claim requests.
+pub async fn records_suite(records: &dyn DeviceRecords) {
+    rpc_records(records).await;
+    claim_requests(records).await;
+}
+
+async fn rpc_records(records: &dyn DeviceRecords) {
+    use RpcStatus::{Delivered, Queued, Successful};
+    let d = DeviceId::derive(tenant(), "rpc-device");
+    let other = DeviceId::derive(tenant(), "rpc-other");
+    let mut saved = Vec::new();
+    for (t, status) in [
+        (10, Queued),
+        (20, Delivered),
+        (30, Queued),
+        (40, Successful),
+        (50, Queued),
+    ] {
+        let r = rpc(d, t, status);
+        records.save_rpc(&r).await.expect("save");
+        saved.push(r);
+    }
+    records
+        .save_rpc(&rpc(other, 35, Queued))
+        .await
+        .expect("save");
+
+    // Read back whole, by id.
+    let first = &saved[0];
+    assert_eq!(
+        records.rpc(first.id).await.expect("get").as_ref(),
+        Some(first)
+    );
+    assert_eq!(records.rpc(uuid::Uuid::new_v4()).await.expect("get"), None);
+
+    // Pages: newest first, the total counted over all pages, the filter applied before both.
+    let cases: &[(RpcPageRequest, &[i64], usize)] = &[
+        (rpc_page(2, 0, None), &[50, 40], 5),
+        (rpc_page(2, 1, None), &[30, 20], 5),
+        (rpc_page(2, 2, None), &[10], 5),
+        (rpc_page(2, 3, None), &[], 5),
+        (rpc_page(10, 0, Some(Queued)), &[50, 30, 10], 3),
+        (rpc_page(1, 1, Some(Queued)), &[30], 3),
+        (rpc_page(10, 0, Some(RpcStatus::Failed)), &[], 0),
+    ];
+    for (request, want, total) in cases {
+        let got = records.device_rpcs(d, request).await.expect("page");
+        assert_eq!(
+            (created(&got).as_slice(), got.total_elements),
+            (*want, *total),
+            "{request:?}"
+        );
+    }
+
+    // A save with a known id replaces the record: status and response change, it moves
+    // between the filters.
+    let mut answered = saved[2].clone();
+    answered.status = Successful;
+    answered.response = Some(r#"{"ok":true}"#.into());
+    records.save_rpc(&answered).await.expect("replace");
+    assert_eq!(
+        records.rpc(answered.id).await.expect("get"),
+        Some(answered.clone())
+    );
+    let all = records
+        .device_rpcs(d, &rpc_page(10, 0, None))
+        .await
+        .expect("page");
+    assert_eq!(all.total_elements, 5, "replaced, not added");
+    let queued = records.queued_rpcs(d, 10).await.expect("queued");
+    let queued: Vec<i64> = queued.iter().map(|r| r.created_time).collect();
+    assert_eq!(queued, [10, 50], "oldest first, the answered one gone");
+    let one = records.queued_rpcs(d, 1).await.expect("queued");
+    assert_eq!(one.len(), 1);
+
+    // Deleted: gone from every read.
+    assert!(records.delete_rpc(saved[0].id).await.expect("delete"));
+    assert!(!records.delete_rpc(saved[0].id).await.expect("delete again"));
+    assert_eq!(records.rpc(saved[0].id).await.expect("get"), None);
+    let queued = records.queued_rpcs(d, 10).await.expect("queued");
+    assert_eq!(queued.len(), 1);
+    let all = records
+        .device_rpcs(d, &rpc_page(10, 0, None))
+        .await
+        .expect("page");
+    assert_eq!(created(&all), [50, 40, 30, 20]);
+    assert_eq!(all.total_elements, 4);
+    let others = records.queued_rpcs(other, 10).await.expect("queued");
+    assert_eq!(others.len(), 1, "other devices stay apart");
+
+    // Bounds: too long, not JSON, pages too large or empty; nothing is written.
+    let mut long = rpc(d, 60, Queued);
+    long.request = format!("\"{}\"", "x".repeat(MAX_RPC_REQUEST_BYTES));
+    assert!(matches!(
+        records.save_rpc(&long).await,
+        Err(RecordError::TooLong {
+            field: "request",
+            ..
+        })
+    ));
+    let mut long = rpc(d, 60, Queued);
+    long.response = Some(format!("\"{}\"", "x".repeat(MAX_RPC_RESPONSE_BYTES)));
+    assert!(matches!(
+        records.save_rpc(&long).await,
+        Err(RecordError::TooLong {
+            field: "response",
+            ..
+        })
+    ));
+    let mut not_json = rpc(d, 60, Queued);
+    not_json.additional_info = Some("{".into());
+    assert_eq!(
+        records.save_rpc(&not_json).await,
+        Err(RecordError::NotJson {
+            field: "additionalInfo"
+        })
+    );
+    assert_eq!(records.rpc(long.id).await.expect("get"), None);
+    for size in [0, MAX_RPC_PAGE_SIZE + 1] {
+        assert!(matches!(
+            records.device_rpcs(d, &rpc_page(size, 0, None)).await,
+            Err(RecordError::PageSize { .. })
+        ));
+    }
+    assert!(matches!(
+        records
+            .device_rpcs(d, &rpc_page(MAX_RPC_PAGE_SIZE, usize::MAX, None))
+            .await,
+        Err(RecordError::PageSize { .. })
+    ));
+    assert!(matches!(
+        records.queued_rpcs(d, MAX_QUEUED_RPCS + 1).await,
+        Err(RecordError::PageSize { .. })
+    ));
+    // The largest record allowed is stored whole.
+    let mut largest = rpc(d, 70, Queued);
+    largest.request = format!("\"{}\"", "y".repeat(MAX_RPC_REQUEST_BYTES - 2));
+    largest.response = Some(format!("\"{}\"", "z".repeat(MAX_RPC_RESPONSE_BYTES - 2)));
+    records.save_rpc(&largest).await.expect("at the bound");
+    assert_eq!(records.rpc(largest.id).await.expect("get"), Some(largest));
+}
+
+async fn claim_requests(records: &dyn DeviceRecords) {
+    let d = DeviceId::derive(tenant(), "claimed");
+    let claim = |secret: &str, expiration_time| ClaimRequest {
+        device_id: d,
+        secret_key: secret.into(),
+        expiration_time,
+    };
+    assert_eq!(records.claim(d).await.expect("get"), None);
+    let first = claim("s1", 1_000);
+    assert_eq!(
+        records.put_claim_if_absent(&first, 0).await.expect("put"),
+        first
+    );
+    // While it stands, a second request changes nothing.
+    assert_eq!(
+        records
+            .put_claim_if_absent(&claim("s2", 5_000), 999)
+            .await
+            .expect("put"),
+        first
+    );
+    assert_eq!(records.claim(d).await.expect("get"), Some(first.clone()));
+    // Expired: replaced.
+    let second = claim("", 9_000);
+    assert_eq!(
+        records
+            .put_claim_if_absent(&second, 1_000)
+            .await
+            .expect("put"),
+        second,
+        "an empty secret is a secret too"
+    );
+    assert_eq!(records.claim(d).await.expect("get"), Some(second));
+    let other = DeviceId::derive(tenant(), "unclaimed");
+    assert_eq!(records.claim(other).await.expect("get"), None);
+
+    assert!(records.delete_claim(d).await.expect("delete"));
+    assert!(!records.delete_claim(d).await.expect("delete again"));
+    assert_eq!(records.claim(d).await.expect("get"), None);
+    // Deleted, then asked again: a new one stands.
+    let third = claim("s3", 20_000);
+    assert_eq!(
+        records
+            .put_claim_if_absent(&third, 2_000)
+            .await
+            .expect("put"),
+        third
+    );
+    assert_eq!(records.claim(d).await.expect("get"), Some(third));
+
+    let long = claim(&"k".repeat(MAX_CLAIM_SECRET_BYTES + 1), 50_000);
+    assert!(matches!(
+        records.put_claim_if_absent(&long, 100_000).await,
+        Err(RecordError::TooLong {
+            field: "secretKey",
+            ..
+        })
+    ));
+    assert_eq!(
+        records.claim(d).await.expect("get").map(|c| c.secret_key),
+        Some("s3".into())
+    );
+}
+
+/// Writes an RPC and a claim request; `check_records_sample` reads them back (after a reopen).
+pub async fn write_records_sample(records: &dyn DeviceRecords) -> RpcRecord {
+    let d = DeviceId::derive(tenant(), "durable-records");
+    let r = rpc(d, 77, RpcStatus::Queued);
+    records.save_rpc(&r).await.expect("save");
+    let claim = ClaimRequest {
+        device_id: d,
+        secret_key: "kept".into(),
+        expiration_time: i64::MAX,
+    };
+    records.put_claim_if_absent(&claim, 0).await.expect("claim");
+    r
+}
+
+pub async fn check_records_sample(records: &dyn DeviceRecords, rpc: &RpcRecord) {
+    assert_eq!(
+        records
+            .queued_rpcs(rpc.device_id, 10)
+            .await
+            .expect("queued"),
+        std::slice::from_ref(rpc)
+    );
+    assert_eq!(
+        records
+            .claim(rpc.device_id)
+            .await
+            .expect("claim")
+            .map(|c| c.secret_key),
+        Some("kept".into())
+    );
 }
