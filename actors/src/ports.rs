@@ -375,6 +375,9 @@ pub enum RecordError {
     /// A field that must hold JSON does not; nothing was written.
     #[error("{field} is not valid JSON")]
     NotJson { field: &'static str },
+    /// A field that must not be empty is.
+    #[error("{field} should be specified")]
+    Missing { field: &'static str },
     /// A page size of 0 or above the maximum of its kind.
     #[error("page size {size} is outside 1..={max}")]
     PageSize { size: usize, max: usize },
@@ -591,6 +594,146 @@ pub trait DeviceRecords: Send + Sync + 'static {
     async fn delete_claim(&self, device: DeviceId) -> Result<bool, RecordError>;
 }
 
+// ---------------------------------------------------------------------------------------------
+// Device profiles: what provisioning needs of them (issue 13)
+
+/// Most bytes of a device profile's name (ThingsBoard's column is 255 characters).
+pub const MAX_PROFILE_NAME_BYTES: usize = 255;
+/// Most bytes of a device profile's description.
+pub const MAX_PROFILE_DESCRIPTION_BYTES: usize = 1024;
+/// Most bytes of a provision device key, and of a provision device secret.
+pub const MAX_PROVISION_CREDENTIAL_BYTES: usize = 255;
+/// Most profiles in one page of a tenant's (with the bounds above, at most about 1.8 MB).
+pub const MAX_PROFILE_PAGE_SIZE: usize = 1_000;
+
+/// ThingsBoard's `DeviceProfileProvisionType`, without the X.509 chain.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum ProvisionType {
+    Disabled,
+    AllowCreateNewDevices,
+    CheckPreProvisionedDevices,
+}
+
+impl ProvisionType {
+    pub const ALL: [ProvisionType; 3] = [
+        ProvisionType::Disabled,
+        ProvisionType::AllowCreateNewDevices,
+        ProvisionType::CheckPreProvisionedDevices,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ProvisionType::Disabled => "DISABLED",
+            ProvisionType::AllowCreateNewDevices => "ALLOW_CREATE_NEW_DEVICES",
+            ProvisionType::CheckPreProvisionedDevices => "CHECK_PRE_PROVISIONED_DEVICES",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<ProvisionType> {
+        ProvisionType::ALL.into_iter().find(|t| t.as_str() == s)
+    }
+
+    /// 1-based, in the order of [`ProvisionType::ALL`]: how the stores keep it.
+    pub fn code(self) -> i8 {
+        match self {
+            ProvisionType::Disabled => 1,
+            ProvisionType::AllowCreateNewDevices => 2,
+            ProvisionType::CheckPreProvisionedDevices => 3,
+        }
+    }
+
+    pub fn from_code(code: i8) -> Option<ProvisionType> {
+        ProvisionType::ALL.into_iter().find(|t| t.code() == code)
+    }
+}
+
+/// A device profile, ThingsBoard's `DeviceProfile`: the fields provisioning needs.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DeviceProfile {
+    pub id: uuid::Uuid,
+    pub tenant_id: TenantId,
+    /// Milliseconds since the epoch.
+    pub created_time: i64,
+    /// Unique in the tenant; 1..=[`MAX_PROFILE_NAME_BYTES`] bytes.
+    pub name: String,
+    /// The tenant's default profile; a tenant has at most one.
+    pub default: bool,
+    /// At most [`MAX_PROFILE_DESCRIPTION_BYTES`].
+    pub description: Option<String>,
+    pub provision_type: ProvisionType,
+    /// Unique among all profiles; at most [`MAX_PROVISION_CREDENTIAL_BYTES`].
+    pub provision_device_key: Option<String>,
+    /// At most [`MAX_PROVISION_CREDENTIAL_BYTES`].
+    pub provision_device_secret: Option<String>,
+}
+
+impl DeviceProfile {
+    /// Checks the bounds of the fields a peer controls; every store calls it before writing.
+    pub fn validate(&self) -> Result<(), RecordError> {
+        if self.name.is_empty() {
+            return Err(RecordError::Missing { field: "name" });
+        }
+        check_len("name", &self.name, MAX_PROFILE_NAME_BYTES)?;
+        if let Some(d) = &self.description {
+            check_len("description", d, MAX_PROFILE_DESCRIPTION_BYTES)?;
+        }
+        if let Some(k) = &self.provision_device_key {
+            check_len("provisionDeviceKey", k, MAX_PROVISION_CREDENTIAL_BYTES)?;
+        }
+        if let Some(s) = &self.provision_device_secret {
+            check_len("provisionDeviceSecret", s, MAX_PROVISION_CREDENTIAL_BYTES)?;
+        }
+        Ok(())
+    }
+}
+
+/// Checks a page request of profiles: its size, and a text search no longer than a name.
+pub fn check_profile_page(page: &PageRequest) -> Result<(), RecordError> {
+    check_page_size(page.page_size, MAX_PROFILE_PAGE_SIZE)?;
+    if let Some(text) = &page.text_search {
+        check_len("textSearch", text, MAX_PROFILE_NAME_BYTES)?;
+    }
+    Ok(())
+}
+
+/// The tenants' device profiles; small and rarely written (by tenant administrators), read by
+/// provisioning and device creation.
+#[async_trait]
+pub trait DeviceProfiles: Send + Sync + 'static {
+    /// Inserts the profile, or replaces the one with its id. Refuses a name another profile of
+    /// the tenant has ([`RecordError::DuplicateName`]) and a provision key another profile has
+    /// ([`RecordError::DuplicateProvisionKey`]); a default profile clears the tenant's old one.
+    async fn save_profile(&self, profile: &DeviceProfile) -> Result<(), RecordError>;
+
+    async fn profile(&self, id: uuid::Uuid) -> Result<Option<DeviceProfile>, RecordError>;
+
+    async fn profile_by_name(
+        &self,
+        tenant: TenantId,
+        name: &str,
+    ) -> Result<Option<DeviceProfile>, RecordError>;
+
+    async fn default_profile(&self, tenant: TenantId)
+    -> Result<Option<DeviceProfile>, RecordError>;
+
+    /// The profile whose provision device key this is (provisioning's first look-up).
+    async fn profile_by_provision_key(
+        &self,
+        key: &str,
+    ) -> Result<Option<DeviceProfile>, RecordError>;
+
+    /// The tenant's profiles by name (then id), a page at a time; `text_search` is a
+    /// case-insensitive name prefix. Page sizes: 1..=[`MAX_PROFILE_PAGE_SIZE`].
+    async fn profiles(
+        &self,
+        tenant: TenantId,
+        page: &PageRequest,
+    ) -> Result<Page<DeviceProfile>, RecordError>;
+
+    /// Returns whether the profile existed.
+    async fn delete_profile(&self, id: uuid::Uuid) -> Result<bool, RecordError>;
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -602,6 +745,15 @@ mod tests {
         let got: Vec<u128> = (0..8).map(|a| backoff(a, base, max).as_millis()).collect();
         assert_eq!(got, [100, 200, 400, 800, 1600, 3200, 5000, 5000]);
         assert_eq!(backoff(100, base, max), max);
+    }
+
+    #[test]
+    fn provision_types_round_trip() {
+        for t in ProvisionType::ALL {
+            assert_eq!(ProvisionType::parse(t.as_str()), Some(t));
+            assert_eq!(ProvisionType::from_code(t.code()), Some(t));
+        }
+        assert_eq!(ProvisionType::parse("X509_CERTIFICATE_CHAIN"), None);
     }
 
     #[test]

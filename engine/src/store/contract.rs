@@ -9,10 +9,11 @@ use actors::model::{
     TenantId, TsRecord,
 };
 use actors::ports::{
-    Aggregation, ClaimRequest, DeviceRecords, DeviceRegistry, MAX_CLAIM_SECRET_BYTES,
-    MAX_QUEUED_RPCS, MAX_RPC_PAGE_SIZE, MAX_RPC_REQUEST_BYTES, MAX_RPC_RESPONSE_BYTES, Order, Page,
-    PageRequest, RangeQuery, RecordError, RegistryError, RpcPageRequest, RpcRecord, RpcStatus,
-    Store, TsValue,
+    Aggregation, ClaimRequest, DeviceProfile, DeviceProfiles, DeviceRecords, DeviceRegistry,
+    MAX_CLAIM_SECRET_BYTES, MAX_PROFILE_DESCRIPTION_BYTES, MAX_PROFILE_NAME_BYTES,
+    MAX_PROFILE_PAGE_SIZE, MAX_PROVISION_CREDENTIAL_BYTES, MAX_QUEUED_RPCS, MAX_RPC_PAGE_SIZE,
+    MAX_RPC_REQUEST_BYTES, MAX_RPC_RESPONSE_BYTES, Order, Page, PageRequest, ProvisionType,
+    RangeQuery, RecordError, RegistryError, RpcPageRequest, RpcRecord, RpcStatus, Store, TsValue,
 };
 
 fn tenant() -> TenantId {
@@ -822,4 +823,240 @@ pub async fn check_records_sample(records: &dyn DeviceRecords, rpc: &RpcRecord) 
             .map(|c| c.secret_key),
         Some("kept".into())
     );
+}
+
+fn profile(tenant: TenantId, name: &str, default: bool, key: Option<&str>) -> DeviceProfile {
+    DeviceProfile {
+        id: uuid::Uuid::new_v4(),
+        tenant_id: tenant,
+        created_time: 5,
+        name: name.into(),
+        default,
+        description: Some(format!("the {name} profile")),
+        provision_type: if key.is_some() {
+            ProvisionType::AllowCreateNewDevices
+        } else {
+            ProvisionType::Disabled
+        },
+        provision_device_key: key.map(str::to_owned),
+        provision_device_secret: key.map(|k| format!("{k}-secret")),
+    }
+}
+
+/// The device profiles contract: lookups, names unique per tenant, provision keys unique, one
+/// default per tenant, pages, bounds.
+pub async fn profiles_suite(profiles: &dyn DeviceProfiles) {
+    let t = TenantId::from_name("profiles");
+    let elsewhere = TenantId::from_name("profiles-elsewhere");
+    let a = profile(t, "alpha", true, Some("key-a"));
+    let b = profile(t, "Beta", false, None);
+    let c = profile(t, "gamma", false, Some("key-c"));
+    let other = profile(elsewhere, "alpha", true, None);
+    for p in [&a, &b, &c, &other] {
+        profiles.save_profile(p).await.expect("save");
+    }
+
+    assert_eq!(profiles.profile(a.id).await.expect("get"), Some(a.clone()));
+    assert_eq!(
+        profiles.profile(uuid::Uuid::new_v4()).await.expect("get"),
+        None
+    );
+    let by_name = profiles.profile_by_name(t, "Beta").await.expect("by name");
+    assert_eq!(by_name, Some(b.clone()));
+    assert_eq!(
+        profiles.profile_by_name(t, "beta").await.expect("by name"),
+        None
+    );
+    let by_name = profiles
+        .profile_by_name(elsewhere, "alpha")
+        .await
+        .expect("by name");
+    assert_eq!(
+        by_name.map(|p| p.id),
+        Some(other.id),
+        "names are per tenant"
+    );
+    assert_eq!(
+        profiles.default_profile(t).await.expect("default"),
+        Some(a.clone())
+    );
+    let by_key = profiles
+        .profile_by_provision_key("key-c")
+        .await
+        .expect("by key");
+    assert_eq!(by_key, Some(c.clone()));
+    assert_eq!(
+        profiles
+            .profile_by_provision_key("nope")
+            .await
+            .expect("by key"),
+        None
+    );
+
+    // A new default clears the old one.
+    let b = DeviceProfile { default: true, ..b };
+    profiles.save_profile(&b).await.expect("new default");
+    assert_eq!(
+        profiles.default_profile(t).await.expect("default"),
+        Some(b.clone())
+    );
+    let old = profiles.profile(a.id).await.expect("get").expect("kept");
+    assert!(!old.default, "no longer the default");
+    let theirs = profiles.default_profile(elsewhere).await.expect("default");
+    assert_eq!(
+        theirs.map(|p| p.id),
+        Some(other.id),
+        "other tenants keep theirs"
+    );
+
+    // Names unique per tenant, provision keys unique; nothing written when refused.
+    let clash = profile(t, "gamma", false, None);
+    assert_eq!(
+        profiles.save_profile(&clash).await,
+        Err(RecordError::DuplicateName)
+    );
+    let renamed = DeviceProfile {
+        name: "Beta".into(),
+        ..a.clone()
+    };
+    assert_eq!(
+        profiles.save_profile(&renamed).await,
+        Err(RecordError::DuplicateName)
+    );
+    let key_clash = profile(elsewhere, "delta", false, Some("key-a"));
+    assert_eq!(
+        profiles.save_profile(&key_clash).await,
+        Err(RecordError::DuplicateProvisionKey)
+    );
+    assert_eq!(profiles.profile(key_clash.id).await.expect("get"), None);
+
+    // A replace by id: renamed, with a new key; the old name and key find nothing.
+    let c = DeviceProfile {
+        name: "gamma-2".into(),
+        provision_device_key: Some("key-c2".into()),
+        ..c
+    };
+    profiles.save_profile(&c).await.expect("replace");
+    assert_eq!(
+        profiles.profile_by_name(t, "gamma").await.expect("by name"),
+        None
+    );
+    assert_eq!(
+        profiles
+            .profile_by_provision_key("key-c")
+            .await
+            .expect("by key"),
+        None
+    );
+    assert_eq!(
+        profiles
+            .profile_by_name(t, "gamma-2")
+            .await
+            .expect("by name"),
+        Some(c.clone())
+    );
+    let freed = profile(t, "gamma", false, Some("key-c"));
+    profiles
+        .save_profile(&freed)
+        .await
+        .expect("the old name and key are free");
+
+    // Pages by name; a case-insensitive prefix.
+    let page = |page_size, page, text: Option<&str>| PageRequest {
+        page_size,
+        page,
+        text_search: text.map(str::to_owned),
+    };
+    let cases: &[(PageRequest, &[&str], usize)] = &[
+        (page(2, 0, None), &["Beta", "alpha"], 4),
+        (page(2, 1, None), &["gamma", "gamma-2"], 4),
+        (page(2, 2, None), &[], 4),
+        (page(10, 0, Some("GAM")), &["gamma", "gamma-2"], 2),
+        (page(10, 0, Some("beta")), &["Beta"], 1),
+        (page(10, 0, Some("zeta")), &[], 0),
+    ];
+    for (request, want, total) in cases {
+        let got = profiles.profiles(t, request).await.expect("page");
+        let names: Vec<&str> = got.data.iter().map(|p| p.name.as_str()).collect();
+        assert_eq!(
+            (names.as_slice(), got.total_elements),
+            (*want, *total),
+            "{request:?}"
+        );
+    }
+
+    // Bounds.
+    type Case = (fn(&mut DeviceProfile), &'static str);
+    let too_long: &[Case] = &[
+        (|p| p.name = "n".repeat(MAX_PROFILE_NAME_BYTES + 1), "name"),
+        (
+            |p| p.description = Some("d".repeat(MAX_PROFILE_DESCRIPTION_BYTES + 1)),
+            "description",
+        ),
+        (
+            |p| p.provision_device_key = Some("k".repeat(MAX_PROVISION_CREDENTIAL_BYTES + 1)),
+            "provisionDeviceKey",
+        ),
+        (
+            |p| p.provision_device_secret = Some("s".repeat(MAX_PROVISION_CREDENTIAL_BYTES + 1)),
+            "provisionDeviceSecret",
+        ),
+    ];
+    for (change, field) in too_long {
+        let mut p = profile(t, "bounded", false, None);
+        change(&mut p);
+        assert!(
+            matches!(profiles.save_profile(&p).await, Err(RecordError::TooLong { field: f, .. }) if f == *field),
+            "{field}"
+        );
+        assert_eq!(profiles.profile(p.id).await.expect("get"), None);
+    }
+    let unnamed = profile(t, "", false, None);
+    assert_eq!(
+        profiles.save_profile(&unnamed).await,
+        Err(RecordError::Missing { field: "name" })
+    );
+    let longest = profile(t, &"n".repeat(MAX_PROFILE_NAME_BYTES), false, None);
+    profiles.save_profile(&longest).await.expect("at the bound");
+    for request in [
+        page(0, 0, None),
+        page(MAX_PROFILE_PAGE_SIZE + 1, 0, None),
+        page(MAX_PROFILE_PAGE_SIZE, usize::MAX, None),
+    ] {
+        assert!(matches!(
+            profiles.profiles(t, &request).await,
+            Err(RecordError::PageSize { .. })
+        ));
+    }
+    let long_search = "x".repeat(MAX_PROFILE_NAME_BYTES + 1);
+    assert!(matches!(
+        profiles.profiles(t, &page(10, 0, Some(&long_search))).await,
+        Err(RecordError::TooLong {
+            field: "textSearch",
+            ..
+        })
+    ));
+
+    // Deleted: gone from every lookup.
+    assert!(profiles.delete_profile(b.id).await.expect("delete"));
+    assert!(!profiles.delete_profile(b.id).await.expect("delete again"));
+    assert_eq!(profiles.profile(b.id).await.expect("get"), None);
+    assert_eq!(profiles.default_profile(t).await.expect("default"), None);
+    assert_eq!(
+        profiles.profile_by_name(t, "Beta").await.expect("by name"),
+        None
+    );
+    assert!(profiles.delete_profile(a.id).await.expect("delete"));
+    assert_eq!(
+        profiles
+            .profile_by_provision_key("key-a")
+            .await
+            .expect("by key"),
+        None
+    );
+    let left = profiles
+        .profiles(t, &page(10, 0, None))
+        .await
+        .expect("page");
+    assert_eq!(left.total_elements, 3);
 }

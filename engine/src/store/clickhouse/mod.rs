@@ -5,6 +5,7 @@
 //! ClickHouse 18.16 cannot answer. The row structs below therefore follow the column order of
 //! `schema.rs` exactly, and reads name their columns in the order of the struct they fill.
 
+mod profiles;
 mod query;
 mod records;
 mod registry;
@@ -88,7 +89,8 @@ impl ClickHouseStore {
         Ok((ClickHouseStore { client, versions }, registry))
     }
 
-    /// Persistent RPCs and claim requests, in the same database (shared by the nodes).
+    /// Persistent RPCs, claim requests and device profiles, in the same database (shared by
+    /// the nodes).
     pub fn records(&self) -> ClickHouseRecords {
         ClickHouseRecords {
             client: self.client.clone(),
@@ -387,6 +389,7 @@ mod tests {
         crate::store::contract::registry_suite(&registry).await;
         crate::store::contract::catalog_suite(&store.catalog()).await;
         crate::store::contract::records_suite(&store.records()).await;
+        crate::store::contract::profiles_suite(&store.records()).await;
     }
 
     #[tokio::test(flavor = "multi_thread")]
@@ -413,8 +416,9 @@ mod tests {
             .expect("query");
         assert_eq!(
             versions.trim(),
-            "3\t3",
-            "three migrations (tables, the catalog, the device records), each recorded once"
+            "4\t4",
+            "four migrations (tables, the catalog, the device records, the device profiles), \
+             each recorded once"
         );
     }
 

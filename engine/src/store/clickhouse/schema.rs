@@ -124,6 +124,28 @@ const MIGRATIONS: &[&[&str]] = &[
     ) ENGINE = ReplacingMergeTree(ver)
     ORDER BY device_id",
     ],
+    &[
+        // Device profiles (`profiles.rs`): a tenant's in one slice of the index. Mutable rows
+        // as above; uniqueness of names and keys and the single default are kept by the writer.
+        "CREATE TABLE IF NOT EXISTS device_profile (
+        tenant_id UUID,
+        id UUID,
+        created_time Int64,
+        name String,
+        is_default UInt8,
+        description String,
+        has_description UInt8,
+        provision_type Enum8('DISABLED' = 1, 'ALLOW_CREATE_NEW_DEVICES' = 2,
+                             'CHECK_PRE_PROVISIONED_DEVICES' = 3),
+        provision_device_key String,
+        has_provision_device_key UInt8,
+        provision_device_secret String,
+        has_provision_device_secret UInt8,
+        deleted UInt8,
+        ver UInt64
+    ) ENGINE = ReplacingMergeTree(ver)
+    ORDER BY (tenant_id, id)",
+    ],
 ];
 
 #[derive(clickhouse::Row, Deserialize)]

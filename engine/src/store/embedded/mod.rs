@@ -11,6 +11,7 @@
 //! time budget, enforced by SQLite's progress handler, and stops when its caller gives up.
 
 mod block;
+mod profiles;
 mod query;
 mod records;
 mod registry;
@@ -273,7 +274,7 @@ impl EmbeddedStore {
         }
     }
 
-    /// Persistent RPCs and claim requests, in the same database.
+    /// Persistent RPCs, claim requests and device profiles, in the same database.
     pub fn records(&self) -> EmbeddedRecords {
         EmbeddedRecords {
             db: self.db.clone(),
@@ -421,6 +422,7 @@ mod tests {
         crate::store::contract::registry_suite(&registry).await;
         crate::store::contract::catalog_suite(&store.catalog()).await;
         crate::store::contract::records_suite(&store.records()).await;
+        crate::store::contract::profiles_suite(&store.records()).await;
     }
 
     #[tokio::test]

@@ -21,7 +21,7 @@ pub struct EmbeddedRecords {
 const RPC_COLUMNS: &str = "id, tenant_id, device_id, created_time, expiration_time, request, \
                            response, status, additional_info";
 
-fn uuid(row: &Row<'_>, i: usize) -> rusqlite::Result<Uuid> {
+pub(super) fn uuid(row: &Row<'_>, i: usize) -> rusqlite::Result<Uuid> {
     let bytes: Vec<u8> = row.get(i)?;
     Uuid::from_slice(&bytes).map_err(|e| {
         rusqlite::Error::FromSqlConversionFailure(i, rusqlite::types::Type::Blob, Box::new(e))

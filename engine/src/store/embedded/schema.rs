@@ -107,6 +107,25 @@ const MIGRATIONS: &[Migration] = &[
     ) WITHOUT ROWID;",
         None,
     ),
+    // v5. Device profiles (`profiles.rs`). SQLite itself keeps names unique per tenant,
+    // provision keys unique (NULLs apart) and one default per tenant (a partial index).
+    (
+        "CREATE TABLE device_profile (
+        id BLOB PRIMARY KEY,
+        tenant_id BLOB NOT NULL,
+        created_time INTEGER NOT NULL,
+        name TEXT NOT NULL,
+        is_default INTEGER NOT NULL,
+        description TEXT,
+        provision_type INTEGER NOT NULL,
+        provision_device_key TEXT UNIQUE,
+        provision_device_secret TEXT,
+        UNIQUE (tenant_id, name)
+    );
+    CREATE UNIQUE INDEX device_profile_default ON device_profile (tenant_id)
+        WHERE is_default = 1;",
+        None,
+    ),
 ];
 
 pub(super) fn migrate(c: &mut Connection) -> anyhow::Result<()> {
@@ -197,16 +216,23 @@ mod tests {
         assert!(err.to_string().contains("newer"), "{err}");
     }
 
-    /// A database of schema v3 opens: its devices and data are kept, and the records of the
-    /// two-way device API (v4) can be written and read.
+    /// A database of schema v3 (the last before the device records) and one of v4 (before
+    /// the device profiles) open: their devices and data are kept, and every record of the
+    /// two-way device API can be written and read.
     #[tokio::test]
-    async fn a_v3_database_opens_with_its_data_and_takes_records() {
-        use actors::ports::{DeviceRecords, DeviceRegistry};
+    async fn older_databases_open_with_their_data_and_take_records() {
+        for version in [3, 4] {
+            opens_from(version).await;
+        }
+    }
+
+    async fn opens_from(version: usize) {
+        use actors::ports::{DeviceProfiles, DeviceRecords, DeviceRegistry, ProvisionType};
 
         let dir = tempfile::tempdir().expect("tempdir");
         {
             let mut c = Connection::open(dir.path().join("engine.db")).expect("open");
-            for (sql, data) in &MIGRATIONS[..3] {
+            for (sql, data) in &MIGRATIONS[..version] {
                 let tx = c.transaction().expect("tx");
                 tx.execute_batch(sql).expect("old schema");
                 if let Some(data) = data {
@@ -214,7 +240,7 @@ mod tests {
                 }
                 tx.commit().expect("commit");
             }
-            c.pragma_update(None, "user_version", 3).expect("set");
+            c.pragma_update(None, "user_version", version).expect("set");
             let d = crate::store::contract::device("old", "tok-old");
             c.execute(
                 "INSERT INTO device (id, tenant_id, name, type, label, token, created_time)
@@ -231,11 +257,30 @@ mod tests {
         }
         let (store, registry) = super::super::EmbeddedStore::open(dir.path()).expect("migrates");
         let kept = registry.by_token("tok-old").await.expect("lookup");
-        assert_eq!(kept.map(|d| d.name.clone()), Some("old".into()));
+        assert_eq!(
+            kept.map(|d| d.name.clone()),
+            Some("old".into()),
+            "v{version}"
+        );
         let rpc = crate::store::contract::write_records_sample(&store.records()).await;
         crate::store::contract::check_records_sample(&store.records(), &rpc).await;
         let records: &dyn DeviceRecords = &store.records();
         assert!(records.delete_rpc(rpc.id).await.expect("delete"));
+        let profile = actors::ports::DeviceProfile {
+            id: uuid::Uuid::new_v4(),
+            tenant_id: actors::model::TenantId::from_name("t"),
+            created_time: 1,
+            name: "default".into(),
+            default: true,
+            description: None,
+            provision_type: ProvisionType::Disabled,
+            provision_device_key: None,
+            provision_device_secret: None,
+        };
+        let profiles: &dyn DeviceProfiles = &store.records();
+        profiles.save_profile(&profile).await.expect("profile");
+        let got = profiles.default_profile(profile.tenant_id).await;
+        assert_eq!(got.expect("default"), Some(profile), "v{version}");
     }
 
     /// A database of schema v2 (a row per point in `ts_kv`) opens with every point readable.
