@@ -1,6 +1,9 @@
 //! The ports the actors talk through: a queue (producer and consumer), a store and a device
 //! registry. `engine` implements them (memory and Kafka queues, embedded and ClickHouse stores);
 //! unit tests use the in-memory doubles of `crate::testing`.
+//!
+//! The stored records of the two-way device API (persistent RPCs, claim requests, device
+//! profiles) are behind `DeviceRecords` and `DeviceProfiles`, with the bounds of their fields.
 
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -381,6 +384,9 @@ pub enum RecordError {
     /// A page size of 0 or above the maximum of its kind.
     #[error("page size {size} is outside 1..={max}")]
     PageSize { size: usize, max: usize },
+    /// A page so far on that its first row's offset does not fit a 64-bit integer.
+    #[error("page {page} of {size} is out of range")]
+    PageOutOfRange { page: usize, size: usize },
     /// Another device profile of the tenant has this name.
     #[error("Device profile with such name already exists!")]
     DuplicateName,
@@ -423,6 +429,14 @@ pub fn check_page_size(size: usize, max: usize) -> Result<(), RecordError> {
         return Err(RecordError::PageSize { size, max });
     }
     Ok(())
+}
+
+/// The offset of a page's first row, refused when it does not fit a signed 64-bit integer
+/// (what SQLite and ClickHouse count rows in).
+pub fn page_offset(page: usize, size: usize) -> Result<i64, RecordError> {
+    page.checked_mul(size)
+        .and_then(|o| i64::try_from(o).ok())
+        .ok_or(RecordError::PageOutOfRange { page, size })
 }
 
 /// ThingsBoard's `RpcStatus`.
@@ -821,5 +835,7 @@ mod tests {
         assert!(claim.is_expired(5) && !claim.is_expired(4));
         assert!(check_page_size(0, 10).is_err() && check_page_size(11, 10).is_err());
         assert_eq!(check_page_size(10, 10), Ok(()));
+        assert_eq!(page_offset(3, 10), Ok(30));
+        assert!(page_offset(usize::MAX, 2).is_err());
     }
 }

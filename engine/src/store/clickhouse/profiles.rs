@@ -9,8 +9,8 @@
 
 use actors::model::TenantId;
 use actors::ports::{
-    DeviceProfile, DeviceProfiles, MAX_PROFILE_PAGE_SIZE, Page, PageRequest, ProvisionType,
-    RecordError, StoreError, check_profile_page,
+    DeviceProfile, DeviceProfiles, Page, PageRequest, ProvisionType, RecordError, StoreError,
+    check_profile_page, page_offset,
 };
 use async_trait::async_trait;
 use clickhouse::Row;
@@ -236,14 +236,7 @@ impl DeviceProfiles for ClickHouseRecords {
         page: &PageRequest,
     ) -> Result<Page<DeviceProfile>, RecordError> {
         check_profile_page(page)?;
-        let skip = page
-            .page
-            .checked_mul(page.page_size)
-            .filter(|s| u64::try_from(*s).is_ok())
-            .ok_or(RecordError::PageSize {
-                size: page.page_size,
-                max: MAX_PROFILE_PAGE_SIZE,
-            })?;
+        let skip = page_offset(page.page, page.page_size)?;
         let tenant = tenant.0.to_string();
         let prefix = page.text_search.as_deref().filter(|t| !t.is_empty());
         let mut bind = vec![tenant.as_str()];

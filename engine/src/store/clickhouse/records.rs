@@ -17,7 +17,7 @@ use std::sync::Arc;
 use actors::model::{DeviceId, TenantId};
 use actors::ports::{
     ClaimRequest, DeviceRecords, MAX_QUEUED_RPCS, MAX_RPC_PAGE_SIZE, Page, RecordError,
-    RpcPageRequest, RpcRecord, RpcStatus, StoreError, check_page_size,
+    RpcPageRequest, RpcRecord, RpcStatus, StoreError, check_page_size, page_offset,
 };
 use async_trait::async_trait;
 use clickhouse::{Client, Row};
@@ -261,14 +261,7 @@ impl DeviceRecords for ClickHouseRecords {
         page: &RpcPageRequest,
     ) -> Result<Page<RpcRecord>, RecordError> {
         check_page_size(page.page_size, MAX_RPC_PAGE_SIZE)?;
-        let skip = page
-            .page
-            .checked_mul(page.page_size)
-            .filter(|s| u64::try_from(*s).is_ok())
-            .ok_or(RecordError::PageSize {
-                size: page.page_size,
-                max: MAX_RPC_PAGE_SIZE,
-            })?;
+        let skip = page_offset(page.page, page.page_size)?;
         let current = format!(
             "{RPC_NEWEST} WHERE device_id = toUUID(?) {RPC_GROUP}{}",
             status_term(page.status)

@@ -4,8 +4,8 @@
 
 use actors::model::TenantId;
 use actors::ports::{
-    DeviceProfile, DeviceProfiles, MAX_PROFILE_PAGE_SIZE, Page, PageRequest, ProvisionType,
-    RecordError, StoreError, check_profile_page,
+    DeviceProfile, DeviceProfiles, Page, PageRequest, ProvisionType, RecordError, StoreError,
+    check_profile_page, page_offset,
 };
 use async_trait::async_trait;
 use rusqlite::types::Value;
@@ -188,34 +188,30 @@ impl DeviceProfiles for EmbeddedRecords {
         page: &PageRequest,
     ) -> Result<Page<DeviceProfile>, RecordError> {
         check_profile_page(page)?;
-        let skip = page
-            .page
-            .checked_mul(page.page_size)
-            .and_then(|s| i64::try_from(s).ok())
-            .ok_or(RecordError::PageSize {
-                size: page.page_size,
-                max: MAX_PROFILE_PAGE_SIZE,
-            })?;
+        let skip = page_offset(page.page, page.page_size)?;
         let size = i64::try_from(page.page_size).unwrap_or(i64::MAX);
         // A case-insensitive prefix (ASCII case, as SQLite's `lower`); empty matches all.
         let prefix = page.text_search.clone().unwrap_or_default();
         let (data, total) = self
             .db
             .read(move |c| {
+                // One snapshot for the page and its count.
+                let tx = c.unchecked_transaction().map_err(sql_error)?;
                 let tenant = tenant.0.as_bytes().as_slice();
                 let filter = "tenant_id = ?1 AND substr(lower(name), 1, length(?2)) = lower(?2)";
                 let data = select(
-                    c,
+                    &tx,
                     &format!("{filter} ORDER BY name, id LIMIT ?3 OFFSET ?4"),
                     &[&tenant, &prefix, &size, &skip],
                 )?;
-                let total: i64 = c
+                let total: i64 = tx
                     .query_row(
                         &format!("SELECT COUNT(*) FROM device_profile WHERE {filter}"),
                         params![tenant, prefix],
                         |r| r.get(0),
                     )
                     .map_err(sql_error)?;
+                tx.commit().map_err(sql_error)?;
                 Ok((data, total))
             })
             .await?;

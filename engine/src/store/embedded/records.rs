@@ -6,7 +6,7 @@ use std::sync::Arc;
 use actors::model::{DeviceId, TenantId};
 use actors::ports::{
     ClaimRequest, DeviceRecords, MAX_QUEUED_RPCS, MAX_RPC_PAGE_SIZE, Page, RecordError,
-    RpcPageRequest, RpcRecord, RpcStatus, StoreError, check_page_size,
+    RpcPageRequest, RpcRecord, RpcStatus, StoreError, check_page_size, page_offset,
 };
 use async_trait::async_trait;
 use rusqlite::{Connection, OptionalExtension, Row, params};
@@ -78,16 +78,6 @@ fn get_claim(c: &Connection, device: DeviceId) -> rusqlite::Result<Option<ClaimR
     .optional()
 }
 
-/// A page's row offset, refused when it does not fit SQLite's integers.
-fn offset(page: usize, size: usize) -> Result<i64, RecordError> {
-    page.checked_mul(size)
-        .and_then(|o| i64::try_from(o).ok())
-        .ok_or(RecordError::PageSize {
-            size,
-            max: MAX_RPC_PAGE_SIZE,
-        })
-}
-
 #[async_trait]
 impl DeviceRecords for EmbeddedRecords {
     async fn save_rpc(&self, rpc: &RpcRecord) -> Result<(), RecordError> {
@@ -137,30 +127,33 @@ impl DeviceRecords for EmbeddedRecords {
         page: &RpcPageRequest,
     ) -> Result<Page<RpcRecord>, RecordError> {
         check_page_size(page.page_size, MAX_RPC_PAGE_SIZE)?;
-        let skip = offset(page.page, page.page_size)?;
+        let skip = page_offset(page.page, page.page_size)?;
         let size = i64::try_from(page.page_size).unwrap_or(i64::MAX);
         // -1 matches no status: the filter is off.
         let status = page.status.map_or(-1, RpcStatus::code);
         let (data, total) = self
             .db
             .read(move |c| {
+                // One snapshot for the page and its count.
+                let tx = c.unchecked_transaction().map_err(sql_error)?;
                 let id = device.0.as_bytes().as_slice();
                 let filter = "device_id = ?1 AND (?2 = -1 OR status = ?2)";
                 let data = query_rpcs(
-                    c,
+                    &tx,
                     &format!(
                         "SELECT {RPC_COLUMNS} FROM rpc WHERE {filter}
                          ORDER BY created_time DESC, id DESC LIMIT ?3 OFFSET ?4"
                     ),
                     &[&id, &status, &size, &skip],
                 )?;
-                let total: i64 = c
+                let total: i64 = tx
                     .query_row(
                         &format!("SELECT COUNT(*) FROM rpc WHERE {filter}"),
                         params![id, status],
                         |r| r.get(0),
                     )
                     .map_err(sql_error)?;
+                tx.commit().map_err(sql_error)?;
                 Ok((data, total))
             })
             .await?;
