@@ -368,3 +368,71 @@ impl DeviceRecords for ClickHouseRecords {
         Ok(true)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use actors::ports::{DeviceRecords, RpcStatus};
+    use harness::servers::ClickHouse;
+
+    use super::*;
+    use crate::config::{StoreConfig, StoreKind};
+    use crate::store::clickhouse::ClickHouseStore;
+
+    const NOW: i64 = 1_800_000_000_000;
+
+    /// Two nodes read the same empty state and both put a claim: the one that wrote later (by
+    /// its clock) does not replace the earlier one, neither in reads nor after a merge; and a
+    /// deleted RPC stays deleted after a merge.
+    #[tokio::test(flavor = "multi_thread")]
+    async fn racing_claims_settle_on_the_earlier_one_and_merges_keep_deletions() {
+        let server = ClickHouse::start().expect("clickhouse starts");
+        let config = StoreConfig {
+            kind: StoreKind::Clickhouse,
+            url: server.url(),
+            database: "race".into(),
+            ..StoreConfig::default()
+        };
+        let (store, _) = ClickHouseStore::open(&config).await.expect("opens");
+        let records = store.records();
+        let d = DeviceId::derive(TenantId::from_name("race"), "claimed");
+        let x = ClaimRequest {
+            device_id: d,
+            secret_key: "x".into(),
+            expiration_time: NOW + 60_000,
+        };
+        assert_eq!(records.put_claim_if_absent(&x, NOW).await.expect("put"), x);
+        // The other node's write, from the state it read before `x` was there.
+        let y = ClaimRow {
+            device_id: d.0,
+            secret_key: "y".into(),
+            expiration_time: NOW + 60_000,
+            deleted: 0,
+            ver: claim_version::put(None, NOW + 5, "y", NOW + 60_000),
+        };
+        records.insert("claim_request", &y).await.expect("insert");
+        assert_eq!(records.claim(d).await.expect("claim"), Some(x.clone()));
+
+        let rpc = RpcRecord {
+            id: Uuid::new_v4(),
+            tenant_id: TenantId::from_name("race"),
+            device_id: d,
+            created_time: NOW,
+            expiration_time: NOW + 1,
+            request: "{}".into(),
+            response: None,
+            status: RpcStatus::Queued,
+            additional_info: None,
+        };
+        records.save_rpc(&rpc).await.expect("save");
+        assert!(records.delete_rpc(rpc.id).await.expect("delete"));
+        for table in ["claim_request", "rpc"] {
+            server
+                .query(&format!("OPTIMIZE TABLE race.{table} FINAL"))
+                .await
+                .expect("merge");
+        }
+        assert_eq!(records.claim(d).await.expect("claim"), Some(x));
+        assert_eq!(records.rpc(rpc.id).await.expect("get"), None);
+        assert!(records.queued_rpcs(d, 10).await.expect("queued").is_empty());
+    }
+}
