@@ -1,6 +1,9 @@
 //! The ports the actors talk through: a queue (producer and consumer), a store and a device
 //! registry. `engine` implements them (memory and Kafka queues, embedded and ClickHouse stores);
 //! unit tests use the in-memory doubles of `crate::testing`.
+//!
+//! The stored records of the two-way device API (persistent RPCs, claim requests, device
+//! profiles) are behind `DeviceRecords` and `DeviceProfiles`, with the bounds of their fields.
 
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -344,6 +347,407 @@ pub trait Catalog: Send + Sync + 'static {
     async fn delete(&self, id: uuid::Uuid) -> Result<(), StoreError>;
 }
 
+// ---------------------------------------------------------------------------------------------
+// Device records: persistent RPCs and claim requests (issue 13)
+
+/// Most bytes of a persistent RPC's `request` (the serialised request: method, params, oneway,
+/// retries, ...). The app chooses it.
+pub const MAX_RPC_REQUEST_BYTES: usize = 32 * 1024;
+/// Most bytes of a persistent RPC's `response`. The device chooses it.
+pub const MAX_RPC_RESPONSE_BYTES: usize = 32 * 1024;
+/// Most bytes of a persistent RPC's `additionalInfo`. The app chooses it.
+pub const MAX_RPC_ADDITIONAL_INFO_BYTES: usize = 4 * 1024;
+/// Most records in one page of a device's RPCs: with the bounds above, at most about 6.8 MB
+/// of text per page.
+pub const MAX_RPC_PAGE_SIZE: usize = 100;
+/// Most QUEUED records [`DeviceRecords::queued_rpcs`] returns at once.
+pub const MAX_QUEUED_RPCS: usize = 1_000;
+/// Most bytes of a claim request's secret key. The device chooses it.
+pub const MAX_CLAIM_SECRET_BYTES: usize = 256;
+
+/// Why a record was refused or could not be read.
+#[derive(Debug, Error, Clone, PartialEq, Eq)]
+pub enum RecordError {
+    /// A text field is longer than its documented maximum; nothing was written.
+    #[error("{field} is {len} bytes long, longer than the {max} allowed")]
+    TooLong {
+        field: &'static str,
+        len: usize,
+        max: usize,
+    },
+    /// A field that must hold JSON does not; nothing was written.
+    #[error("{field} is not valid JSON")]
+    NotJson { field: &'static str },
+    /// A field that must not be empty is.
+    #[error("{field} should be specified")]
+    Missing { field: &'static str },
+    /// A page size of 0 or above the maximum of its kind.
+    #[error("page size {size} is outside 1..={max}")]
+    PageSize { size: usize, max: usize },
+    /// A page so far on that its first row's offset does not fit a 64-bit integer.
+    #[error("page {page} of {size} is out of range")]
+    PageOutOfRange { page: usize, size: usize },
+    /// Another device profile of the tenant has this name.
+    #[error("Device profile with such name already exists!")]
+    DuplicateName,
+    /// Another device profile has this provision device key.
+    #[error("Device profile with such provision device key already exists!")]
+    DuplicateProvisionKey,
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+impl RecordError {
+    pub fn is_retryable(&self) -> bool {
+        matches!(self, RecordError::Store(e) if e.is_retryable())
+    }
+}
+
+/// Refuses `value` when it is longer than `max` bytes.
+pub fn check_len(field: &'static str, value: &str, max: usize) -> Result<(), RecordError> {
+    if value.len() > max {
+        return Err(RecordError::TooLong {
+            field,
+            len: value.len(),
+            max,
+        });
+    }
+    Ok(())
+}
+
+/// Refuses `value` when it is longer than `max` bytes or not one JSON value.
+fn check_json(field: &'static str, value: &str, max: usize) -> Result<(), RecordError> {
+    check_len(field, value, max)?;
+    serde_json::from_str::<serde::de::IgnoredAny>(value)
+        .map(|_| ())
+        .map_err(|_| RecordError::NotJson { field })
+}
+
+/// Refuses a page size of 0 or above `max`.
+pub fn check_page_size(size: usize, max: usize) -> Result<(), RecordError> {
+    if size == 0 || size > max {
+        return Err(RecordError::PageSize { size, max });
+    }
+    Ok(())
+}
+
+/// The offset of a page's first row, refused when it does not fit a signed 64-bit integer
+/// (what SQLite and ClickHouse count rows in).
+pub fn page_offset(page: usize, size: usize) -> Result<i64, RecordError> {
+    page.checked_mul(size)
+        .and_then(|o| i64::try_from(o).ok())
+        .ok_or(RecordError::PageOutOfRange { page, size })
+}
+
+/// ThingsBoard's `RpcStatus`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum RpcStatus {
+    Queued,
+    Sent,
+    Delivered,
+    Successful,
+    Timeout,
+    Expired,
+    Failed,
+    Deleted,
+}
+
+impl RpcStatus {
+    pub const ALL: [RpcStatus; 8] = [
+        RpcStatus::Queued,
+        RpcStatus::Sent,
+        RpcStatus::Delivered,
+        RpcStatus::Successful,
+        RpcStatus::Timeout,
+        RpcStatus::Expired,
+        RpcStatus::Failed,
+        RpcStatus::Deleted,
+    ];
+
+    /// The name ThingsBoard gives it (`"QUEUED"`, ...).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RpcStatus::Queued => "QUEUED",
+            RpcStatus::Sent => "SENT",
+            RpcStatus::Delivered => "DELIVERED",
+            RpcStatus::Successful => "SUCCESSFUL",
+            RpcStatus::Timeout => "TIMEOUT",
+            RpcStatus::Expired => "EXPIRED",
+            RpcStatus::Failed => "FAILED",
+            RpcStatus::Deleted => "DELETED",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<RpcStatus> {
+        RpcStatus::ALL.into_iter().find(|st| st.as_str() == s)
+    }
+
+    /// 1-based, in the order of [`RpcStatus::ALL`]: how the stores keep it.
+    pub fn code(self) -> i8 {
+        match self {
+            RpcStatus::Queued => 1,
+            RpcStatus::Sent => 2,
+            RpcStatus::Delivered => 3,
+            RpcStatus::Successful => 4,
+            RpcStatus::Timeout => 5,
+            RpcStatus::Expired => 6,
+            RpcStatus::Failed => 7,
+            RpcStatus::Deleted => 8,
+        }
+    }
+
+    pub fn from_code(code: i8) -> Option<RpcStatus> {
+        RpcStatus::ALL.into_iter().find(|st| st.code() == code)
+    }
+}
+
+/// A persistent RPC, ThingsBoard's `Rpc`. The JSON fields are kept as text, verbatim.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RpcRecord {
+    pub id: uuid::Uuid,
+    pub tenant_id: TenantId,
+    pub device_id: DeviceId,
+    /// Milliseconds since the epoch.
+    pub created_time: i64,
+    /// Milliseconds since the epoch.
+    pub expiration_time: i64,
+    /// JSON, at most [`MAX_RPC_REQUEST_BYTES`].
+    pub request: String,
+    /// JSON, at most [`MAX_RPC_RESPONSE_BYTES`]; `None` until the device answered.
+    pub response: Option<String>,
+    pub status: RpcStatus,
+    /// JSON, at most [`MAX_RPC_ADDITIONAL_INFO_BYTES`].
+    pub additional_info: Option<String>,
+}
+
+impl RpcRecord {
+    /// Checks the bounds of the fields a peer controls; every store calls it before writing.
+    pub fn validate(&self) -> Result<(), RecordError> {
+        check_json("request", &self.request, MAX_RPC_REQUEST_BYTES)?;
+        if let Some(response) = &self.response {
+            check_json("response", response, MAX_RPC_RESPONSE_BYTES)?;
+        }
+        if let Some(info) = &self.additional_info {
+            check_json("additionalInfo", info, MAX_RPC_ADDITIONAL_INFO_BYTES)?;
+        }
+        Ok(())
+    }
+}
+
+/// A page of a device's RPCs, newest first (by created time, then id).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RpcPageRequest {
+    /// 1..=[`MAX_RPC_PAGE_SIZE`].
+    pub page_size: usize,
+    /// 0-based.
+    pub page: usize,
+    /// Only records of this status.
+    pub status: Option<RpcStatus>,
+}
+
+/// A pending device-side claim (§1.8): the secret the claiming user must give, until when.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ClaimRequest {
+    pub device_id: DeviceId,
+    /// At most [`MAX_CLAIM_SECRET_BYTES`]; empty is a valid secret.
+    pub secret_key: String,
+    /// Milliseconds since the epoch.
+    pub expiration_time: i64,
+}
+
+impl ClaimRequest {
+    pub fn validate(&self) -> Result<(), RecordError> {
+        check_len("secretKey", &self.secret_key, MAX_CLAIM_SECRET_BYTES)
+    }
+
+    pub fn is_expired(&self, now_ms: i64) -> bool {
+        self.expiration_time <= now_ms
+    }
+}
+
+/// The stored records of the two-way device API that must survive a restart: persistent RPCs
+/// and claim requests. Written by the device's owner (one node at a time), read by the REST API.
+#[async_trait]
+pub trait DeviceRecords: Send + Sync + 'static {
+    /// Inserts the RPC, or replaces the one with its id.
+    async fn save_rpc(&self, rpc: &RpcRecord) -> Result<(), RecordError>;
+
+    async fn rpc(&self, id: uuid::Uuid) -> Result<Option<RpcRecord>, RecordError>;
+
+    /// One page of the device's RPCs, newest first, and how many there are in all (with the
+    /// status filter applied).
+    async fn device_rpcs(
+        &self,
+        device: DeviceId,
+        page: &RpcPageRequest,
+    ) -> Result<Page<RpcRecord>, RecordError>;
+
+    /// Returns whether the RPC existed.
+    async fn delete_rpc(&self, id: uuid::Uuid) -> Result<bool, RecordError>;
+
+    /// The device's QUEUED RPCs, oldest first, at most `limit` (1..=[`MAX_QUEUED_RPCS`]): what
+    /// the device's owner reloads on start.
+    async fn queued_rpcs(
+        &self,
+        device: DeviceId,
+        limit: usize,
+    ) -> Result<Vec<RpcRecord>, RecordError>;
+
+    /// ThingsBoard's put-if-absent: stores `claim` unless the device has a claim request that
+    /// has not expired at `now_ms`. Returns the request that stands afterwards.
+    async fn put_claim_if_absent(
+        &self,
+        claim: &ClaimRequest,
+        now_ms: i64,
+    ) -> Result<ClaimRequest, RecordError>;
+
+    /// The device's claim request as stored, expired or not.
+    async fn claim(&self, device: DeviceId) -> Result<Option<ClaimRequest>, RecordError>;
+
+    /// Returns whether there was one.
+    async fn delete_claim(&self, device: DeviceId) -> Result<bool, RecordError>;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Device profiles: what provisioning needs of them (issue 13)
+
+/// Most bytes of a device profile's name (ThingsBoard's column is 255 characters).
+pub const MAX_PROFILE_NAME_BYTES: usize = 255;
+/// Most bytes of a device profile's description.
+pub const MAX_PROFILE_DESCRIPTION_BYTES: usize = 1024;
+/// Most bytes of a provision device key, and of a provision device secret.
+pub const MAX_PROVISION_CREDENTIAL_BYTES: usize = 255;
+/// Most profiles in one page of a tenant's (with the bounds above, at most about 1.8 MB).
+pub const MAX_PROFILE_PAGE_SIZE: usize = 1_000;
+
+/// ThingsBoard's `DeviceProfileProvisionType`, without the X.509 chain.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum ProvisionType {
+    Disabled,
+    AllowCreateNewDevices,
+    CheckPreProvisionedDevices,
+}
+
+impl ProvisionType {
+    pub const ALL: [ProvisionType; 3] = [
+        ProvisionType::Disabled,
+        ProvisionType::AllowCreateNewDevices,
+        ProvisionType::CheckPreProvisionedDevices,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ProvisionType::Disabled => "DISABLED",
+            ProvisionType::AllowCreateNewDevices => "ALLOW_CREATE_NEW_DEVICES",
+            ProvisionType::CheckPreProvisionedDevices => "CHECK_PRE_PROVISIONED_DEVICES",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<ProvisionType> {
+        ProvisionType::ALL.into_iter().find(|t| t.as_str() == s)
+    }
+
+    /// 1-based, in the order of [`ProvisionType::ALL`]: how the stores keep it.
+    pub fn code(self) -> i8 {
+        match self {
+            ProvisionType::Disabled => 1,
+            ProvisionType::AllowCreateNewDevices => 2,
+            ProvisionType::CheckPreProvisionedDevices => 3,
+        }
+    }
+
+    pub fn from_code(code: i8) -> Option<ProvisionType> {
+        ProvisionType::ALL.into_iter().find(|t| t.code() == code)
+    }
+}
+
+/// A device profile, ThingsBoard's `DeviceProfile`: the fields provisioning needs.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DeviceProfile {
+    pub id: uuid::Uuid,
+    pub tenant_id: TenantId,
+    /// Milliseconds since the epoch.
+    pub created_time: i64,
+    /// Unique in the tenant; 1..=[`MAX_PROFILE_NAME_BYTES`] bytes.
+    pub name: String,
+    /// The tenant's default profile; a tenant has at most one.
+    pub default: bool,
+    /// At most [`MAX_PROFILE_DESCRIPTION_BYTES`].
+    pub description: Option<String>,
+    pub provision_type: ProvisionType,
+    /// Unique among all profiles; at most [`MAX_PROVISION_CREDENTIAL_BYTES`].
+    pub provision_device_key: Option<String>,
+    /// At most [`MAX_PROVISION_CREDENTIAL_BYTES`].
+    pub provision_device_secret: Option<String>,
+}
+
+impl DeviceProfile {
+    /// Checks the bounds of the fields a peer controls; every store calls it before writing.
+    pub fn validate(&self) -> Result<(), RecordError> {
+        if self.name.is_empty() {
+            return Err(RecordError::Missing { field: "name" });
+        }
+        check_len("name", &self.name, MAX_PROFILE_NAME_BYTES)?;
+        if let Some(d) = &self.description {
+            check_len("description", d, MAX_PROFILE_DESCRIPTION_BYTES)?;
+        }
+        if let Some(k) = &self.provision_device_key {
+            check_len("provisionDeviceKey", k, MAX_PROVISION_CREDENTIAL_BYTES)?;
+        }
+        if let Some(s) = &self.provision_device_secret {
+            check_len("provisionDeviceSecret", s, MAX_PROVISION_CREDENTIAL_BYTES)?;
+        }
+        Ok(())
+    }
+}
+
+/// Checks a page request of profiles: its size, and a text search no longer than a name.
+pub fn check_profile_page(page: &PageRequest) -> Result<(), RecordError> {
+    check_page_size(page.page_size, MAX_PROFILE_PAGE_SIZE)?;
+    if let Some(text) = &page.text_search {
+        check_len("textSearch", text, MAX_PROFILE_NAME_BYTES)?;
+    }
+    Ok(())
+}
+
+/// The tenants' device profiles; small and rarely written (by tenant administrators), read by
+/// provisioning and device creation.
+#[async_trait]
+pub trait DeviceProfiles: Send + Sync + 'static {
+    /// Inserts the profile, or replaces the one with its id. Refuses a name another profile of
+    /// the tenant has ([`RecordError::DuplicateName`]) and a provision key another profile has
+    /// ([`RecordError::DuplicateProvisionKey`]); a default profile clears the tenant's old one.
+    async fn save_profile(&self, profile: &DeviceProfile) -> Result<(), RecordError>;
+
+    async fn profile(&self, id: uuid::Uuid) -> Result<Option<DeviceProfile>, RecordError>;
+
+    async fn profile_by_name(
+        &self,
+        tenant: TenantId,
+        name: &str,
+    ) -> Result<Option<DeviceProfile>, RecordError>;
+
+    async fn default_profile(&self, tenant: TenantId)
+    -> Result<Option<DeviceProfile>, RecordError>;
+
+    /// The profile whose provision device key this is (provisioning's first look-up).
+    async fn profile_by_provision_key(
+        &self,
+        key: &str,
+    ) -> Result<Option<DeviceProfile>, RecordError>;
+
+    /// The tenant's profiles by name (then id), a page at a time; `text_search` is a
+    /// case-insensitive name prefix. Page sizes: 1..=[`MAX_PROFILE_PAGE_SIZE`].
+    async fn profiles(
+        &self,
+        tenant: TenantId,
+        page: &PageRequest,
+    ) -> Result<Page<DeviceProfile>, RecordError>;
+
+    /// Returns whether the profile existed.
+    async fn delete_profile(&self, id: uuid::Uuid) -> Result<bool, RecordError>;
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -355,5 +759,83 @@ mod tests {
         let got: Vec<u128> = (0..8).map(|a| backoff(a, base, max).as_millis()).collect();
         assert_eq!(got, [100, 200, 400, 800, 1600, 3200, 5000, 5000]);
         assert_eq!(backoff(100, base, max), max);
+    }
+
+    #[test]
+    fn provision_types_round_trip() {
+        for t in ProvisionType::ALL {
+            assert_eq!(ProvisionType::parse(t.as_str()), Some(t));
+            assert_eq!(ProvisionType::from_code(t.code()), Some(t));
+        }
+        assert_eq!(ProvisionType::parse("X509_CERTIFICATE_CHAIN"), None);
+    }
+
+    #[test]
+    fn rpc_statuses_round_trip() {
+        for status in RpcStatus::ALL {
+            assert_eq!(RpcStatus::parse(status.as_str()), Some(status));
+            assert_eq!(RpcStatus::from_code(status.code()), Some(status));
+        }
+        assert_eq!(RpcStatus::parse("queued"), None);
+        assert_eq!(RpcStatus::from_code(0), None);
+    }
+
+    #[test]
+    fn record_bounds_are_checked() {
+        let rpc = RpcRecord {
+            id: uuid::Uuid::nil(),
+            tenant_id: TenantId::from_name("t"),
+            device_id: DeviceId::derive(TenantId::from_name("t"), "d"),
+            created_time: 1,
+            expiration_time: 2,
+            request: r#"{"method":"m"}"#.into(),
+            response: None,
+            status: RpcStatus::Queued,
+            additional_info: None,
+        };
+        assert_eq!(rpc.validate(), Ok(()));
+        type Case = (fn(&mut RpcRecord), RecordError);
+        let cases: &[Case] = &[
+            (
+                |r| r.request = format!("\"{}\"", "x".repeat(MAX_RPC_REQUEST_BYTES)),
+                RecordError::TooLong {
+                    field: "request",
+                    len: MAX_RPC_REQUEST_BYTES + 2,
+                    max: MAX_RPC_REQUEST_BYTES,
+                },
+            ),
+            (
+                |r| r.response = Some("ok".into()),
+                RecordError::NotJson { field: "response" },
+            ),
+            (
+                |r| r.additional_info = Some("{".into()),
+                RecordError::NotJson {
+                    field: "additionalInfo",
+                },
+            ),
+        ];
+        for (change, want) in cases {
+            let mut bad = rpc.clone();
+            change(&mut bad);
+            assert_eq!(bad.validate().as_ref(), Err(want));
+        }
+        let claim = ClaimRequest {
+            device_id: rpc.device_id,
+            secret_key: "s".repeat(MAX_CLAIM_SECRET_BYTES + 1),
+            expiration_time: 5,
+        };
+        assert!(matches!(
+            claim.validate(),
+            Err(RecordError::TooLong {
+                field: "secretKey",
+                ..
+            })
+        ));
+        assert!(claim.is_expired(5) && !claim.is_expired(4));
+        assert!(check_page_size(0, 10).is_err() && check_page_size(11, 10).is_err());
+        assert_eq!(check_page_size(10, 10), Ok(()));
+        assert_eq!(page_offset(3, 10), Ok(30));
+        assert!(page_offset(usize::MAX, 2).is_err());
     }
 }

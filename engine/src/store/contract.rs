@@ -9,7 +9,11 @@ use actors::model::{
     TenantId, TsRecord,
 };
 use actors::ports::{
-    Aggregation, DeviceRegistry, Order, PageRequest, RangeQuery, RegistryError, Store, TsValue,
+    Aggregation, ClaimRequest, DeviceProfile, DeviceProfiles, DeviceRecords, DeviceRegistry,
+    MAX_CLAIM_SECRET_BYTES, MAX_PROFILE_DESCRIPTION_BYTES, MAX_PROFILE_NAME_BYTES,
+    MAX_PROFILE_PAGE_SIZE, MAX_PROVISION_CREDENTIAL_BYTES, MAX_QUEUED_RPCS, MAX_RPC_PAGE_SIZE,
+    MAX_RPC_REQUEST_BYTES, MAX_RPC_RESPONSE_BYTES, Order, Page, PageRequest, ProvisionType,
+    RangeQuery, RecordError, RegistryError, RpcPageRequest, RpcRecord, RpcStatus, Store, TsValue,
 };
 
 fn tenant() -> TenantId {
@@ -554,4 +558,507 @@ pub async fn catalog_suite(catalog: &dyn actors::ports::Catalog) {
     let (converters, integrations) = catalog.load().await.expect("load");
     assert_eq!(converters.len(), 1);
     assert!(integrations.is_empty(), "deleted");
+}
+
+fn rpc(device: DeviceId, created_time: i64, status: actors::ports::RpcStatus) -> RpcRecord {
+    RpcRecord {
+        id: uuid::Uuid::new_v4(),
+        tenant_id: tenant(),
+        device_id: device,
+        created_time,
+        expiration_time: created_time + 60_000,
+        request: format!(r#"{{"method":"m{created_time}","params":{{"a":[1,2]}},"oneway":false}}"#),
+        response: None,
+        status,
+        additional_info: Some(r#"{"note":"é"}"#.into()),
+    }
+}
+
+fn rpc_page(page_size: usize, page: usize, status: Option<RpcStatus>) -> RpcPageRequest {
+    RpcPageRequest {
+        page_size,
+        page,
+        status,
+    }
+}
+
+/// What a page holds: the created times, in order.
+fn created(page: &Page<RpcRecord>) -> Vec<i64> {
+    page.data.iter().map(|r| r.created_time).collect()
+}
+
+/// The records contract: persistent RPCs and claim requests.
+pub async fn records_suite(records: &dyn DeviceRecords) {
+    rpc_records(records).await;
+    claim_requests(records).await;
+}
+
+async fn rpc_records(records: &dyn DeviceRecords) {
+    use RpcStatus::{Delivered, Queued, Successful};
+    let d = DeviceId::derive(tenant(), "rpc-device");
+    let other = DeviceId::derive(tenant(), "rpc-other");
+    let mut saved = Vec::new();
+    for (t, status) in [
+        (10, Queued),
+        (20, Delivered),
+        (30, Queued),
+        (40, Successful),
+        (50, Queued),
+    ] {
+        let r = rpc(d, t, status);
+        records.save_rpc(&r).await.expect("save");
+        saved.push(r);
+    }
+    records
+        .save_rpc(&rpc(other, 35, Queued))
+        .await
+        .expect("save");
+
+    // Read back whole, by id.
+    let first = &saved[0];
+    assert_eq!(
+        records.rpc(first.id).await.expect("get").as_ref(),
+        Some(first)
+    );
+    assert_eq!(records.rpc(uuid::Uuid::new_v4()).await.expect("get"), None);
+
+    // Pages: newest first, the total counted over all pages, the filter applied before both.
+    let cases: &[(RpcPageRequest, &[i64], usize)] = &[
+        (rpc_page(2, 0, None), &[50, 40], 5),
+        (rpc_page(2, 1, None), &[30, 20], 5),
+        (rpc_page(2, 2, None), &[10], 5),
+        (rpc_page(2, 3, None), &[], 5),
+        (rpc_page(10, 0, Some(Queued)), &[50, 30, 10], 3),
+        (rpc_page(1, 1, Some(Queued)), &[30], 3),
+        (rpc_page(10, 0, Some(RpcStatus::Failed)), &[], 0),
+    ];
+    for (request, want, total) in cases {
+        let got = records.device_rpcs(d, request).await.expect("page");
+        assert_eq!(
+            (created(&got).as_slice(), got.total_elements),
+            (*want, *total),
+            "{request:?}"
+        );
+    }
+
+    // A save with a known id replaces the record: status and response change, it moves
+    // between the filters.
+    let mut answered = saved[2].clone();
+    answered.status = Successful;
+    answered.response = Some(r#"{"ok":true}"#.into());
+    records.save_rpc(&answered).await.expect("replace");
+    assert_eq!(
+        records.rpc(answered.id).await.expect("get"),
+        Some(answered.clone())
+    );
+    let all = records
+        .device_rpcs(d, &rpc_page(10, 0, None))
+        .await
+        .expect("page");
+    assert_eq!(all.total_elements, 5, "replaced, not added");
+    let queued = records.queued_rpcs(d, 10).await.expect("queued");
+    let queued: Vec<i64> = queued.iter().map(|r| r.created_time).collect();
+    assert_eq!(queued, [10, 50], "oldest first, the answered one gone");
+    let one = records.queued_rpcs(d, 1).await.expect("queued");
+    assert_eq!(one.len(), 1);
+
+    // Deleted: gone from every read.
+    assert!(records.delete_rpc(saved[0].id).await.expect("delete"));
+    assert!(!records.delete_rpc(saved[0].id).await.expect("delete again"));
+    assert_eq!(records.rpc(saved[0].id).await.expect("get"), None);
+    let queued = records.queued_rpcs(d, 10).await.expect("queued");
+    assert_eq!(queued.len(), 1);
+    let all = records
+        .device_rpcs(d, &rpc_page(10, 0, None))
+        .await
+        .expect("page");
+    assert_eq!(created(&all), [50, 40, 30, 20]);
+    assert_eq!(all.total_elements, 4);
+    let others = records.queued_rpcs(other, 10).await.expect("queued");
+    assert_eq!(others.len(), 1, "other devices stay apart");
+
+    // Bounds: too long, not JSON, pages too large or empty; nothing is written.
+    let mut long = rpc(d, 60, Queued);
+    long.request = format!("\"{}\"", "x".repeat(MAX_RPC_REQUEST_BYTES));
+    assert!(matches!(
+        records.save_rpc(&long).await,
+        Err(RecordError::TooLong {
+            field: "request",
+            ..
+        })
+    ));
+    let mut long = rpc(d, 60, Queued);
+    long.response = Some(format!("\"{}\"", "x".repeat(MAX_RPC_RESPONSE_BYTES)));
+    assert!(matches!(
+        records.save_rpc(&long).await,
+        Err(RecordError::TooLong {
+            field: "response",
+            ..
+        })
+    ));
+    let mut not_json = rpc(d, 60, Queued);
+    not_json.additional_info = Some("{".into());
+    assert_eq!(
+        records.save_rpc(&not_json).await,
+        Err(RecordError::NotJson {
+            field: "additionalInfo"
+        })
+    );
+    assert_eq!(records.rpc(long.id).await.expect("get"), None);
+    for size in [0, MAX_RPC_PAGE_SIZE + 1] {
+        assert!(matches!(
+            records.device_rpcs(d, &rpc_page(size, 0, None)).await,
+            Err(RecordError::PageSize { .. })
+        ));
+    }
+    assert!(matches!(
+        records
+            .device_rpcs(d, &rpc_page(MAX_RPC_PAGE_SIZE, usize::MAX, None))
+            .await,
+        Err(RecordError::PageOutOfRange { .. })
+    ));
+    assert!(matches!(
+        records.queued_rpcs(d, MAX_QUEUED_RPCS + 1).await,
+        Err(RecordError::PageSize { .. })
+    ));
+    // The largest record allowed is stored whole.
+    let mut largest = rpc(d, 70, Queued);
+    largest.request = format!("\"{}\"", "y".repeat(MAX_RPC_REQUEST_BYTES - 2));
+    largest.response = Some(format!("\"{}\"", "z".repeat(MAX_RPC_RESPONSE_BYTES - 2)));
+    records.save_rpc(&largest).await.expect("at the bound");
+    assert_eq!(records.rpc(largest.id).await.expect("get"), Some(largest));
+}
+
+async fn claim_requests(records: &dyn DeviceRecords) {
+    let d = DeviceId::derive(tenant(), "claimed");
+    let claim = |secret: &str, expiration_time| ClaimRequest {
+        device_id: d,
+        secret_key: secret.into(),
+        expiration_time,
+    };
+    assert_eq!(records.claim(d).await.expect("get"), None);
+    let first = claim("s1", 1_000);
+    assert_eq!(
+        records.put_claim_if_absent(&first, 0).await.expect("put"),
+        first
+    );
+    // While it stands, a second request changes nothing.
+    assert_eq!(
+        records
+            .put_claim_if_absent(&claim("s2", 5_000), 999)
+            .await
+            .expect("put"),
+        first
+    );
+    assert_eq!(records.claim(d).await.expect("get"), Some(first.clone()));
+    // Expired: replaced.
+    let second = claim("", 9_000);
+    assert_eq!(
+        records
+            .put_claim_if_absent(&second, 1_000)
+            .await
+            .expect("put"),
+        second,
+        "an empty secret is a secret too"
+    );
+    assert_eq!(records.claim(d).await.expect("get"), Some(second));
+    let other = DeviceId::derive(tenant(), "unclaimed");
+    assert_eq!(records.claim(other).await.expect("get"), None);
+
+    assert!(records.delete_claim(d).await.expect("delete"));
+    assert!(!records.delete_claim(d).await.expect("delete again"));
+    assert_eq!(records.claim(d).await.expect("get"), None);
+    // Deleted, then asked again: a new one stands.
+    let third = claim("s3", 20_000);
+    assert_eq!(
+        records
+            .put_claim_if_absent(&third, 2_000)
+            .await
+            .expect("put"),
+        third
+    );
+    assert_eq!(records.claim(d).await.expect("get"), Some(third));
+
+    let long = claim(&"k".repeat(MAX_CLAIM_SECRET_BYTES + 1), 50_000);
+    assert!(matches!(
+        records.put_claim_if_absent(&long, 100_000).await,
+        Err(RecordError::TooLong {
+            field: "secretKey",
+            ..
+        })
+    ));
+    assert_eq!(
+        records.claim(d).await.expect("get").map(|c| c.secret_key),
+        Some("s3".into())
+    );
+}
+
+/// Writes an RPC and a claim request; `check_records_sample` reads them back (after a reopen).
+pub async fn write_records_sample(records: &dyn DeviceRecords) -> RpcRecord {
+    let d = DeviceId::derive(tenant(), "durable-records");
+    let r = rpc(d, 77, RpcStatus::Queued);
+    records.save_rpc(&r).await.expect("save");
+    let claim = ClaimRequest {
+        device_id: d,
+        secret_key: "kept".into(),
+        expiration_time: i64::MAX,
+    };
+    records.put_claim_if_absent(&claim, 0).await.expect("claim");
+    r
+}
+
+pub async fn check_records_sample(records: &dyn DeviceRecords, rpc: &RpcRecord) {
+    assert_eq!(
+        records
+            .queued_rpcs(rpc.device_id, 10)
+            .await
+            .expect("queued"),
+        std::slice::from_ref(rpc)
+    );
+    assert_eq!(
+        records
+            .claim(rpc.device_id)
+            .await
+            .expect("claim")
+            .map(|c| c.secret_key),
+        Some("kept".into())
+    );
+}
+
+fn profile(tenant: TenantId, name: &str, default: bool, key: Option<&str>) -> DeviceProfile {
+    DeviceProfile {
+        id: uuid::Uuid::new_v4(),
+        tenant_id: tenant,
+        created_time: 5,
+        name: name.into(),
+        default,
+        description: Some(format!("the {name} profile")),
+        provision_type: if key.is_some() {
+            ProvisionType::AllowCreateNewDevices
+        } else {
+            ProvisionType::Disabled
+        },
+        provision_device_key: key.map(str::to_owned),
+        provision_device_secret: key.map(|k| format!("{k}-secret")),
+    }
+}
+
+/// The device profiles contract: lookups, names unique per tenant, provision keys unique, one
+/// default per tenant, pages, bounds.
+pub async fn profiles_suite(profiles: &dyn DeviceProfiles) {
+    let t = TenantId::from_name("profiles");
+    let elsewhere = TenantId::from_name("profiles-elsewhere");
+    let a = profile(t, "alpha", true, Some("key-a"));
+    let b = profile(t, "Beta", false, None);
+    let c = profile(t, "gamma", false, Some("key-c"));
+    let other = profile(elsewhere, "alpha", true, None);
+    for p in [&a, &b, &c, &other] {
+        profiles.save_profile(p).await.expect("save");
+    }
+
+    assert_eq!(profiles.profile(a.id).await.expect("get"), Some(a.clone()));
+    assert_eq!(
+        profiles.profile(uuid::Uuid::new_v4()).await.expect("get"),
+        None
+    );
+    let by_name = profiles.profile_by_name(t, "Beta").await.expect("by name");
+    assert_eq!(by_name, Some(b.clone()));
+    assert_eq!(
+        profiles.profile_by_name(t, "beta").await.expect("by name"),
+        None
+    );
+    let by_name = profiles
+        .profile_by_name(elsewhere, "alpha")
+        .await
+        .expect("by name");
+    assert_eq!(
+        by_name.map(|p| p.id),
+        Some(other.id),
+        "names are per tenant"
+    );
+    assert_eq!(
+        profiles.default_profile(t).await.expect("default"),
+        Some(a.clone())
+    );
+    let by_key = profiles
+        .profile_by_provision_key("key-c")
+        .await
+        .expect("by key");
+    assert_eq!(by_key, Some(c.clone()));
+    assert_eq!(
+        profiles
+            .profile_by_provision_key("nope")
+            .await
+            .expect("by key"),
+        None
+    );
+
+    // A new default clears the old one.
+    let b = DeviceProfile { default: true, ..b };
+    profiles.save_profile(&b).await.expect("new default");
+    assert_eq!(
+        profiles.default_profile(t).await.expect("default"),
+        Some(b.clone())
+    );
+    let old = profiles.profile(a.id).await.expect("get").expect("kept");
+    assert!(!old.default, "no longer the default");
+    let theirs = profiles.default_profile(elsewhere).await.expect("default");
+    assert_eq!(
+        theirs.map(|p| p.id),
+        Some(other.id),
+        "other tenants keep theirs"
+    );
+
+    // Names unique per tenant, provision keys unique; nothing written when refused.
+    let clash = profile(t, "gamma", false, None);
+    assert_eq!(
+        profiles.save_profile(&clash).await,
+        Err(RecordError::DuplicateName)
+    );
+    let renamed = DeviceProfile {
+        name: "Beta".into(),
+        ..a.clone()
+    };
+    assert_eq!(
+        profiles.save_profile(&renamed).await,
+        Err(RecordError::DuplicateName)
+    );
+    let key_clash = profile(elsewhere, "delta", false, Some("key-a"));
+    assert_eq!(
+        profiles.save_profile(&key_clash).await,
+        Err(RecordError::DuplicateProvisionKey)
+    );
+    assert_eq!(profiles.profile(key_clash.id).await.expect("get"), None);
+
+    // A replace by id: renamed, with a new key; the old name and key find nothing.
+    let c = DeviceProfile {
+        name: "gamma-2".into(),
+        provision_device_key: Some("key-c2".into()),
+        ..c
+    };
+    profiles.save_profile(&c).await.expect("replace");
+    assert_eq!(
+        profiles.profile_by_name(t, "gamma").await.expect("by name"),
+        None
+    );
+    assert_eq!(
+        profiles
+            .profile_by_provision_key("key-c")
+            .await
+            .expect("by key"),
+        None
+    );
+    assert_eq!(
+        profiles
+            .profile_by_name(t, "gamma-2")
+            .await
+            .expect("by name"),
+        Some(c.clone())
+    );
+    let freed = profile(t, "gamma", false, Some("key-c"));
+    profiles
+        .save_profile(&freed)
+        .await
+        .expect("the old name and key are free");
+
+    // Pages by name; a case-insensitive prefix.
+    let page = |page_size, page, text: Option<&str>| PageRequest {
+        page_size,
+        page,
+        text_search: text.map(str::to_owned),
+    };
+    let cases: &[(PageRequest, &[&str], usize)] = &[
+        (page(2, 0, None), &["Beta", "alpha"], 4),
+        (page(2, 1, None), &["gamma", "gamma-2"], 4),
+        (page(2, 2, None), &[], 4),
+        (page(10, 0, Some("GAM")), &["gamma", "gamma-2"], 2),
+        (page(10, 0, Some("beta")), &["Beta"], 1),
+        (page(10, 0, Some("zeta")), &[], 0),
+    ];
+    for (request, want, total) in cases {
+        let got = profiles.profiles(t, request).await.expect("page");
+        let names: Vec<&str> = got.data.iter().map(|p| p.name.as_str()).collect();
+        assert_eq!(
+            (names.as_slice(), got.total_elements),
+            (*want, *total),
+            "{request:?}"
+        );
+    }
+
+    // Bounds.
+    type Case = (fn(&mut DeviceProfile), &'static str);
+    let too_long: &[Case] = &[
+        (|p| p.name = "n".repeat(MAX_PROFILE_NAME_BYTES + 1), "name"),
+        (
+            |p| p.description = Some("d".repeat(MAX_PROFILE_DESCRIPTION_BYTES + 1)),
+            "description",
+        ),
+        (
+            |p| p.provision_device_key = Some("k".repeat(MAX_PROVISION_CREDENTIAL_BYTES + 1)),
+            "provisionDeviceKey",
+        ),
+        (
+            |p| p.provision_device_secret = Some("s".repeat(MAX_PROVISION_CREDENTIAL_BYTES + 1)),
+            "provisionDeviceSecret",
+        ),
+    ];
+    for (change, field) in too_long {
+        let mut p = profile(t, "bounded", false, None);
+        change(&mut p);
+        assert!(
+            matches!(profiles.save_profile(&p).await, Err(RecordError::TooLong { field: f, .. }) if f == *field),
+            "{field}"
+        );
+        assert_eq!(profiles.profile(p.id).await.expect("get"), None);
+    }
+    let unnamed = profile(t, "", false, None);
+    assert_eq!(
+        profiles.save_profile(&unnamed).await,
+        Err(RecordError::Missing { field: "name" })
+    );
+    let longest = profile(t, &"n".repeat(MAX_PROFILE_NAME_BYTES), false, None);
+    profiles.save_profile(&longest).await.expect("at the bound");
+    for request in [page(0, 0, None), page(MAX_PROFILE_PAGE_SIZE + 1, 0, None)] {
+        assert!(matches!(
+            profiles.profiles(t, &request).await,
+            Err(RecordError::PageSize { .. })
+        ));
+    }
+    assert!(matches!(
+        profiles
+            .profiles(t, &page(MAX_PROFILE_PAGE_SIZE, usize::MAX, None))
+            .await,
+        Err(RecordError::PageOutOfRange { .. })
+    ));
+    let long_search = "x".repeat(MAX_PROFILE_NAME_BYTES + 1);
+    assert!(matches!(
+        profiles.profiles(t, &page(10, 0, Some(&long_search))).await,
+        Err(RecordError::TooLong {
+            field: "textSearch",
+            ..
+        })
+    ));
+
+    // Deleted: gone from every lookup.
+    assert!(profiles.delete_profile(b.id).await.expect("delete"));
+    assert!(!profiles.delete_profile(b.id).await.expect("delete again"));
+    assert_eq!(profiles.profile(b.id).await.expect("get"), None);
+    assert_eq!(profiles.default_profile(t).await.expect("default"), None);
+    assert_eq!(
+        profiles.profile_by_name(t, "Beta").await.expect("by name"),
+        None
+    );
+    assert!(profiles.delete_profile(a.id).await.expect("delete"));
+    assert_eq!(
+        profiles
+            .profile_by_provision_key("key-a")
+            .await
+            .expect("by key"),
+        None
+    );
+    let left = profiles
+        .profiles(t, &page(10, 0, None))
+        .await
+        .expect("page");
+    assert_eq!(left.total_elements, 3);
 }

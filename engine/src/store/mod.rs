@@ -1,5 +1,5 @@
-//! Storage backends behind the `Store` and `DeviceRegistry` ports. Every backend passes the
-//! shared contract suite in `contract`.
+//! Storage backends behind the `Store`, `DeviceRegistry` and `DeviceRecords` ports. Every
+//! backend passes the shared contract suite in `contract`.
 
 pub mod catalog;
 pub mod clickhouse;

@@ -5,7 +5,9 @@
 //! ClickHouse 18.16 cannot answer. The row structs below therefore follow the column order of
 //! `schema.rs` exactly, and reads name their columns in the order of the struct they fill.
 
+mod profiles;
 mod query;
+mod records;
 mod registry;
 mod schema;
 
@@ -21,6 +23,7 @@ use clickhouse::{Client, Row};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
+pub use records::ClickHouseRecords;
 pub use registry::ClickHouseRegistry;
 
 use crate::config::StoreConfig;
@@ -84,6 +87,15 @@ impl ClickHouseStore {
             .await
             .context("cannot load the devices from ClickHouse")?;
         Ok((ClickHouseStore { client, versions }, registry))
+    }
+
+    /// Persistent RPCs, claim requests and device profiles, in the same database (shared by
+    /// the nodes).
+    pub fn records(&self) -> ClickHouseRecords {
+        ClickHouseRecords {
+            client: self.client.clone(),
+            versions: self.versions.clone(),
+        }
     }
 
     /// Converter and integration definitions, in the same database (shared by the nodes).
@@ -376,29 +388,37 @@ mod tests {
         crate::store::contract::store_suite(&store).await;
         crate::store::contract::registry_suite(&registry).await;
         crate::store::contract::catalog_suite(&store.catalog()).await;
+        crate::store::contract::records_suite(&store.records()).await;
+        crate::store::contract::profiles_suite(&store.records()).await;
     }
 
     #[tokio::test(flavor = "multi_thread")]
     async fn data_survives_a_reopen_and_migrations_run_once() {
         let server = ClickHouse::start().expect("clickhouse starts");
-        let device = {
+        let (device, rpc) = {
             let (store, registry) = ClickHouseStore::open(&config(&server, "durable"))
                 .await
                 .expect("opens");
-            crate::store::contract::write_sample(&store, &registry).await
+            let rpc = crate::store::contract::write_records_sample(&store.records()).await;
+            (
+                crate::store::contract::write_sample(&store, &registry).await,
+                rpc,
+            )
         };
         let (store, registry) = ClickHouseStore::open(&config(&server, "durable"))
             .await
             .expect("reopens");
         crate::store::contract::check_sample(&store, &registry, device).await;
+        crate::store::contract::check_records_sample(&store.records(), &rpc).await;
         let versions = server
             .query("SELECT count(), max(version) FROM durable.schema_version")
             .await
             .expect("query");
         assert_eq!(
             versions.trim(),
-            "2\t2",
-            "two migrations (tables, then the catalog), each recorded once"
+            "4\t4",
+            "four migrations (tables, the catalog, the device records, the device profiles), \
+             each recorded once"
         );
     }
 

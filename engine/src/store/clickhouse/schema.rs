@@ -94,6 +94,58 @@ const MIGRATIONS: &[&[&str]] = &[
     ) ENGINE = ReplacingMergeTree(ver)
     ORDER BY id",
     ],
+    &[
+        // The records of the two-way device API (`records.rs`): persistent RPCs, a device's in
+        // one slice of the index; claim requests, one per device. Mutable rows: a change or a
+        // deletion is a newer row (`deleted = 1`), read back with `argMax` by `ver`.
+        "CREATE TABLE IF NOT EXISTS rpc (
+        device_id UUID,
+        id UUID,
+        tenant_id UUID,
+        created_time Int64,
+        expiration_time Int64,
+        request String,
+        response String,
+        has_response UInt8,
+        status Enum8('QUEUED' = 1, 'SENT' = 2, 'DELIVERED' = 3, 'SUCCESSFUL' = 4,
+                     'TIMEOUT' = 5, 'EXPIRED' = 6, 'FAILED' = 7, 'DELETED' = 8),
+        additional_info String,
+        has_additional_info UInt8,
+        deleted UInt8,
+        ver UInt64
+    ) ENGINE = ReplacingMergeTree(ver)
+    ORDER BY (device_id, id)",
+        "CREATE TABLE IF NOT EXISTS claim_request (
+        device_id UUID,
+        secret_key String,
+        expiration_time Int64,
+        deleted UInt8,
+        ver UInt64
+    ) ENGINE = ReplacingMergeTree(ver)
+    ORDER BY device_id",
+    ],
+    &[
+        // Device profiles (`profiles.rs`): a tenant's in one slice of the index. Mutable rows
+        // as above; uniqueness of names and keys and the single default are kept by the writer.
+        "CREATE TABLE IF NOT EXISTS device_profile (
+        tenant_id UUID,
+        id UUID,
+        created_time Int64,
+        name String,
+        is_default UInt8,
+        description String,
+        has_description UInt8,
+        provision_type Enum8('DISABLED' = 1, 'ALLOW_CREATE_NEW_DEVICES' = 2,
+                             'CHECK_PRE_PROVISIONED_DEVICES' = 3),
+        provision_device_key String,
+        has_provision_device_key UInt8,
+        provision_device_secret String,
+        has_provision_device_secret UInt8,
+        deleted UInt8,
+        ver UInt64
+    ) ENGINE = ReplacingMergeTree(ver)
+    ORDER BY (tenant_id, id)",
+    ],
 ];
 
 #[derive(clickhouse::Row, Deserialize)]

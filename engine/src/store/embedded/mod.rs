@@ -11,7 +11,9 @@
 //! time budget, enforced by SQLite's progress handler, and stops when its caller gives up.
 
 mod block;
+mod profiles;
 mod query;
+mod records;
 mod registry;
 mod schema;
 mod write;
@@ -32,6 +34,7 @@ use rusqlite::types::{ToSqlOutput, Value, ValueRef};
 use rusqlite::{Connection, OpenFlags};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
+pub use records::EmbeddedRecords;
 pub use registry::EmbeddedRegistry;
 
 /// Reader connections. Four keep a two-core machine's reads parallel without starving the
@@ -271,6 +274,13 @@ impl EmbeddedStore {
         }
     }
 
+    /// Persistent RPCs, claim requests and device profiles, in the same database.
+    pub fn records(&self) -> EmbeddedRecords {
+        EmbeddedRecords {
+            db: self.db.clone(),
+        }
+    }
+
     /// Converter and integration definitions, in the same database.
     pub fn catalog(&self) -> crate::store::catalog::embedded::EmbeddedCatalog {
         crate::store::catalog::embedded::EmbeddedCatalog {
@@ -411,6 +421,8 @@ mod tests {
         crate::store::contract::store_suite(&store).await;
         crate::store::contract::registry_suite(&registry).await;
         crate::store::contract::catalog_suite(&store.catalog()).await;
+        crate::store::contract::records_suite(&store.records()).await;
+        crate::store::contract::profiles_suite(&store.records()).await;
     }
 
     #[tokio::test]
@@ -422,6 +434,17 @@ mod tests {
         };
         let (store, registry) = EmbeddedStore::open(dir.path()).expect("reopens");
         crate::store::contract::check_sample(&store, &registry, device).await;
+    }
+
+    #[tokio::test]
+    async fn records_survive_a_reopen() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let rpc = {
+            let (store, _) = EmbeddedStore::open(dir.path()).expect("opens");
+            crate::store::contract::write_records_sample(&store.records()).await
+        };
+        let (store, _) = EmbeddedStore::open(dir.path()).expect("reopens");
+        crate::store::contract::check_records_sample(&store.records(), &rpc).await;
     }
 
     mod blocks {

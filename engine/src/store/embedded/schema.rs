@@ -83,6 +83,49 @@ const MIGRATIONS: &[Migration] = &[
     ) WITHOUT ROWID;",
         Some(rows_into_blocks),
     ),
+    // v4. The stored records of the two-way device API (`records.rs`): persistent RPCs, read
+    // by id and by device newest first (the index also serves the QUEUED reload, filtered), and
+    // claim requests, one per device.
+    (
+        "CREATE TABLE rpc (
+        id BLOB PRIMARY KEY,
+        tenant_id BLOB NOT NULL,
+        device_id BLOB NOT NULL,
+        created_time INTEGER NOT NULL,
+        expiration_time INTEGER NOT NULL,
+        request TEXT NOT NULL,
+        response TEXT,
+        status INTEGER NOT NULL,
+        additional_info TEXT
+    );
+    CREATE INDEX rpc_by_device ON rpc (device_id, created_time, id);
+    CREATE INDEX rpc_by_device_status ON rpc (device_id, status, created_time, id);
+    CREATE TABLE claim_request (
+        device_id BLOB PRIMARY KEY,
+        secret_key TEXT NOT NULL,
+        expiration_time INTEGER NOT NULL
+    ) WITHOUT ROWID;",
+        None,
+    ),
+    // v5. Device profiles (`profiles.rs`). SQLite itself keeps names unique per tenant,
+    // provision keys unique (NULLs apart) and one default per tenant (a partial index).
+    (
+        "CREATE TABLE device_profile (
+        id BLOB PRIMARY KEY,
+        tenant_id BLOB NOT NULL,
+        created_time INTEGER NOT NULL,
+        name TEXT NOT NULL,
+        is_default INTEGER NOT NULL,
+        description TEXT,
+        provision_type INTEGER NOT NULL,
+        provision_device_key TEXT UNIQUE,
+        provision_device_secret TEXT,
+        UNIQUE (tenant_id, name)
+    );
+    CREATE UNIQUE INDEX device_profile_default ON device_profile (tenant_id)
+        WHERE is_default = 1;",
+        None,
+    ),
 ];
 
 pub(super) fn migrate(c: &mut Connection) -> anyhow::Result<()> {
@@ -171,6 +214,73 @@ mod tests {
         c.pragma_update(None, "user_version", 99).expect("set");
         let err = migrate(&mut c).expect_err("newer schema");
         assert!(err.to_string().contains("newer"), "{err}");
+    }
+
+    /// A database of schema v3 (the last before the device records) and one of v4 (before
+    /// the device profiles) open: their devices and data are kept, and every record of the
+    /// two-way device API can be written and read.
+    #[tokio::test]
+    async fn older_databases_open_with_their_data_and_take_records() {
+        for version in [3, 4] {
+            opens_from(version).await;
+        }
+    }
+
+    async fn opens_from(version: usize) {
+        use actors::ports::{DeviceProfiles, DeviceRecords, DeviceRegistry, ProvisionType};
+
+        let dir = tempfile::tempdir().expect("tempdir");
+        {
+            let mut c = Connection::open(dir.path().join("engine.db")).expect("open");
+            for (sql, data) in &MIGRATIONS[..version] {
+                let tx = c.transaction().expect("tx");
+                tx.execute_batch(sql).expect("old schema");
+                if let Some(data) = data {
+                    data(&tx).expect("old data");
+                }
+                tx.commit().expect("commit");
+            }
+            c.pragma_update(None, "user_version", version).expect("set");
+            let d = crate::store::contract::device("old", "tok-old");
+            c.execute(
+                "INSERT INTO device (id, tenant_id, name, type, label, token, created_time)
+                 VALUES (?1, ?2, ?3, ?4, NULL, ?5, 1)",
+                params![
+                    d.id.0.as_bytes(),
+                    d.tenant_id.0.as_bytes(),
+                    d.name,
+                    d.device_type,
+                    d.token.0
+                ],
+            )
+            .expect("device");
+        }
+        let (store, registry) = super::super::EmbeddedStore::open(dir.path()).expect("migrates");
+        let kept = registry.by_token("tok-old").await.expect("lookup");
+        assert_eq!(
+            kept.map(|d| d.name.clone()),
+            Some("old".into()),
+            "v{version}"
+        );
+        let rpc = crate::store::contract::write_records_sample(&store.records()).await;
+        crate::store::contract::check_records_sample(&store.records(), &rpc).await;
+        let records: &dyn DeviceRecords = &store.records();
+        assert!(records.delete_rpc(rpc.id).await.expect("delete"));
+        let profile = actors::ports::DeviceProfile {
+            id: uuid::Uuid::new_v4(),
+            tenant_id: actors::model::TenantId::from_name("t"),
+            created_time: 1,
+            name: "default".into(),
+            default: true,
+            description: None,
+            provision_type: ProvisionType::Disabled,
+            provision_device_key: None,
+            provision_device_secret: None,
+        };
+        let profiles: &dyn DeviceProfiles = &store.records();
+        profiles.save_profile(&profile).await.expect("profile");
+        let got = profiles.default_profile(profile.tenant_id).await;
+        assert_eq!(got.expect("default"), Some(profile), "v{version}");
     }
 
     /// A database of schema v2 (a row per point in `ts_kv`) opens with every point readable.
