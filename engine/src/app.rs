@@ -11,7 +11,7 @@ use actors::converter::ConverterRuntime;
 use actors::ingress::Ingress;
 use actors::integration::Integrations;
 use actors::integration::pool::ConverterPool;
-use actors::ports::{Catalog, DeadLetters, DeviceRegistry, Producer, Store};
+use actors::ports::{Catalog, DeadLetters, DeviceProfiles, DeviceRegistry, Producer, Store};
 use actors::rule_chain::{DefaultRuleChain, MakeRuleChain, RuleChain};
 use actors::session::supervisor::{SessionSupervisor, SupervisorMsg};
 use actors::sink::{SinkArgs, SinkConfig};
@@ -87,21 +87,28 @@ fn bind(addr: SocketAddr, what: &str) -> anyhow::Result<TcpListener> {
 }
 
 pub async fn start(config: Config, metrics: Option<PrometheusHandle>) -> anyhow::Result<Running> {
-    type Opened = (Arc<dyn Store>, Arc<dyn DeviceRegistry>, Arc<dyn Catalog>);
-    let (store, registry, catalog): Opened = match config.store.kind {
+    type Opened = (
+        Arc<dyn Store>,
+        Arc<dyn DeviceRegistry>,
+        Arc<dyn Catalog>,
+        Arc<dyn DeviceProfiles>,
+    );
+    let (store, registry, catalog, profiles): Opened = match config.store.kind {
         StoreKind::Embedded => {
             let (store, registry) = EmbeddedStore::open(&config.data_dir)?;
             let store = store.with_read_budget(config.api.query_timeout);
             let catalog = Arc::new(store.catalog());
+            let profiles = Arc::new(store.records());
             let registry = registry.limited(&registry_limits(&config));
-            (Arc::new(store), Arc::new(registry), catalog)
+            (Arc::new(store), Arc::new(registry), catalog, profiles)
         }
         StoreKind::Clickhouse => {
             let (store, registry) = ClickHouseStore::open(&config.store).await?;
             info!(url = %config.store.url, database = %config.store.database, "clickhouse store ready");
             let catalog = Arc::new(store.catalog());
+            let profiles = Arc::new(store.records());
             let registry = registry.limited(&registry_limits(&config));
-            (Arc::new(store), Arc::new(registry), catalog)
+            (Arc::new(store), Arc::new(registry), catalog, profiles)
         }
     };
     let sink_config = SinkConfig {
@@ -230,6 +237,7 @@ pub async fn start(config: Config, metrics: Option<PrometheusHandle>) -> anyhow:
         auth,
         registry,
         store,
+        profiles,
         ingress,
         metrics,
         device_api: DeviceApiConfig {

@@ -7,6 +7,7 @@ pub mod auth;
 pub mod config;
 pub mod exporter;
 pub mod integrations;
+pub mod provision;
 pub mod queue;
 pub mod store;
 pub mod transport;

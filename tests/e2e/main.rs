@@ -12,6 +12,7 @@ mod integrations;
 mod loadgen;
 mod mqtt_device_api;
 mod production;
+mod provisioning;
 mod rest_api;
 
 use std::path::PathBuf;

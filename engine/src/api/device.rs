@@ -6,8 +6,8 @@ use std::sync::Arc;
 use actix_web::{HttpResponse, web};
 use actors::metrics::API_REQUESTS_REFUSED;
 use actors::model::{
-    AccessToken, Device, DeviceId, MAX_DEVICE_NAME_CHARS, MAX_DEVICE_TYPE_CHARS, NameError,
-    TenantId, now_ms, validate_access_token, validate_device_name, validate_name,
+    AccessToken, Device, DeviceId, MAX_DEVICE_NAME_CHARS, MAX_DEVICE_TYPE_CHARS, NameError, now_ms,
+    validate_access_token, validate_device_name, validate_name,
 };
 use actors::ports::PageRequest;
 use metrics::counter;
@@ -39,13 +39,9 @@ pub fn device_json(d: &Device) -> Value {
         "name": d.name,
         "type": d.device_type,
         "label": d.label,
-        "deviceProfileId": {"entityType": "DEVICE_PROFILE", "id": profile_id(d.tenant_id, &d.device_type)},
+        "deviceProfileId": {"entityType": "DEVICE_PROFILE", "id": super::profile::profile_id(d.tenant_id, &d.device_type)},
         "additionalInfo": null,
     })
-}
-
-fn profile_id(tenant: TenantId, device_type: &str) -> Uuid {
-    Uuid::new_v5(&tenant.0, format!("profile:{device_type}").as_bytes())
 }
 
 fn credentials_json(d: &Device) -> Value {
@@ -125,6 +121,9 @@ struct DeviceBody {
     name: Option<String>,
     #[serde(rename = "type")]
     device_type: Option<String>,
+    /// ThingsBoard 3.2+ clients name the profile instead of the type.
+    #[serde(rename = "deviceProfileId")]
+    device_profile_id: Option<EntityIdJson>,
     label: Option<String>,
 }
 
@@ -146,12 +145,29 @@ async fn save(
         .ok_or_else(|| ApiError::bad_request("Device name should be specified!"))?;
     validate_device_name(&name).map_err(bad_name)?;
     let name = name.trim().to_owned();
-    let device_type = match body.device_type.filter(|t| !t.is_empty()) {
-        Some(t) => {
+    let device_type = match (
+        body.device_type.filter(|t| !t.is_empty()),
+        body.device_profile_id,
+    ) {
+        (Some(t), _) => {
             validate_name("device type", &t, MAX_DEVICE_TYPE_CHARS).map_err(bad_name)?;
             t
         }
-        None => "default".into(),
+        // The profile's name is the device's type.
+        (None, Some(profile)) => {
+            let id = Uuid::parse_str(&profile.id).map_err(|_| {
+                ApiError::bad_request(format!("Invalid UUID string: {}", profile.id))
+            })?;
+            match state.profiles.profile(id).await? {
+                Some(p) if p.tenant_id == caller.0.tenant_id => p.name,
+                _ => {
+                    return Err(ApiError::bad_request(
+                        "Device profile is referencing to non-existent device profile!",
+                    ));
+                }
+            }
+        }
+        (None, None) => "default".into(),
     };
     if let Some(label) = body.label.as_deref().filter(|l| !l.trim().is_empty()) {
         validate_name("device label", label, MAX_DEVICE_NAME_CHARS).map_err(bad_name)?;

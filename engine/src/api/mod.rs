@@ -6,6 +6,7 @@ mod converter;
 mod device;
 pub mod error;
 mod integration;
+pub mod profile;
 mod telemetry;
 
 use std::future::{Ready, ready};
@@ -13,7 +14,7 @@ use std::sync::Arc;
 
 use actix_web::{FromRequest, HttpRequest, HttpResponse, dev::Payload, web};
 use actors::ingress::Ingress;
-use actors::ports::{DeviceRegistry, Store};
+use actors::ports::{DeviceProfiles, DeviceRegistry, Store};
 use metrics_exporter_prometheus::PrometheusHandle;
 
 use crate::auth::{Auth, AuthError, Principal};
@@ -24,6 +25,8 @@ pub struct ApiState {
     pub auth: Auth,
     pub registry: Arc<dyn DeviceRegistry>,
     pub store: Arc<dyn Store>,
+    /// Device profiles (provisioning settings); devices name theirs by `type`.
+    pub profiles: Arc<dyn DeviceProfiles>,
     pub ingress: Arc<Ingress>,
     pub metrics: Option<PrometheusHandle>,
     pub device_api: crate::transport::http::DeviceApiConfig,
@@ -47,6 +50,7 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
     .configure(converter::routes)
     .configure(integration::routes)
     .configure(device::routes)
+    .configure(profile::routes)
     .configure(telemetry::routes)
     .configure(crate::transport::http::routes)
     .configure(crate::transport::http_integration::routes)

@@ -1,4 +1,5 @@
-//! ThingsBoard's HTTP device API: `POST /api/v1/{token}/telemetry` and `.../attributes`.
+//! ThingsBoard's HTTP device API: `POST /api/v1/{token}/telemetry` and `.../attributes`, and
+//! `POST /api/v1/provision` (see `crate::provision`).
 //!
 //! The token is checked from the path before any of the body is read: 401 for an unknown one,
 //! whatever the body. Then 413 as soon as the body is known to be over the size limit (from
@@ -20,6 +21,8 @@ use metrics::counter;
 
 use super::http_server::{body_timed_out, is_body_timeout};
 use crate::api::State;
+use crate::provision::Provisioning;
+use actors::protocol::provision::ProvisionRequest;
 
 #[derive(Clone, Debug)]
 pub struct DeviceApiConfig {
@@ -32,8 +35,40 @@ pub struct DeviceApiConfig {
 }
 
 pub fn routes(cfg: &mut web::ServiceConfig) {
-    cfg.route("/api/v1/{token}/telemetry", web::post().to(telemetry))
+    cfg.route("/api/v1/provision", web::post().to(provision))
+        .route("/api/v1/{token}/telemetry", web::post().to(telemetry))
         .route("/api/v1/{token}/attributes", web::post().to(attributes));
+}
+
+/// `POST /api/v1/provision`: 200 with ThingsBoard's answer whatever the outcome (the `status`
+/// says SUCCESS, NOT_FOUND or FAILURE); 400 for a body that is not a provisioning request,
+/// 413 past the size limit, 500 when storage fails.
+async fn provision(state: State, req: HttpRequest, body: web::Payload) -> HttpResponse {
+    let body = match read_body(&state, &req, body).await {
+        Ok(body) => body,
+        Err(answer) => return answer,
+    };
+    let request = match ProvisionRequest::parse(&body) {
+        Ok(request) => request,
+        Err(e) => {
+            return text(
+                StatusCode::BAD_REQUEST,
+                format!("Invalid provision request: {e}"),
+            );
+        }
+    };
+    let provisioning = Provisioning {
+        registry: &state.registry,
+        profiles: &state.profiles,
+        store: &state.store,
+        ingress: &state.ingress,
+    };
+    match provisioning.provision(&request).await {
+        Ok(outcome) => HttpResponse::Ok()
+            .content_type("application/json")
+            .body(outcome.render()),
+        Err(e) => text(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    }
 }
 
 async fn telemetry(

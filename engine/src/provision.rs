@@ -1,0 +1,176 @@
+//! Device provisioning, as ThingsBoard's `DeviceProvisionServiceImpl` decides it, for every
+//! transport that carries a request (HTTP `POST /api/v1/provision` today).
+//!
+//! - an empty key or secret, an unknown key, a wrong secret or a profile that does not
+//!   provision: `NOT_FOUND`;
+//! - "allow create new devices": a new device (named as asked, or a random 20-character name)
+//!   of the profile's type with the token asked for (or a new one): `SUCCESS`; a name that
+//!   exists already: `FAILURE`;
+//! - "check pre-provisioned devices": the profile's device of that name, not provisioned yet,
+//!   answers with its existing token: `SUCCESS`; unknown, of another profile or provisioned
+//!   already: `FAILURE`.
+//!
+//! A provisioned device gets the server attribute `provisionState = "provisioned"` (through
+//! the queue, as every attribute write). Credentials other than an access token are answered
+//! `FAILURE`: this engine's devices authenticate by access token only (so far).
+
+use std::sync::Arc;
+
+use actors::ingress::{Ingress, Transport};
+use actors::model::{
+    AccessToken, AttributeScope, Device, DeviceId, KvEntry, KvValue, Message, MessageBody, now_ms,
+    validate_access_token, validate_device_name,
+};
+use actors::ports::{DeviceProfiles, DeviceRegistry, ProvisionType, RegistryError, Store};
+use actors::protocol::provision::{Credentials, ProvisionOutcome, ProvisionRequest};
+use rand::Rng;
+use rand::distributions::Alphanumeric;
+
+/// The server attribute that marks a provisioned device.
+pub const PROVISION_STATE: &str = "provisionState";
+const PROVISIONED: &str = "provisioned";
+
+/// What provisioning reads and writes.
+pub struct Provisioning<'a> {
+    pub registry: &'a Arc<dyn DeviceRegistry>,
+    pub profiles: &'a Arc<dyn DeviceProfiles>,
+    pub store: &'a Arc<dyn Store>,
+    pub ingress: &'a Arc<Ingress>,
+}
+
+/// Why a request could not be decided (the storage or the queue failed): the transport's
+/// internal error.
+#[derive(Debug, thiserror::Error)]
+#[error("provisioning failed: {0}")]
+pub struct ProvisionError(String);
+
+fn failed(e: impl std::fmt::Display) -> ProvisionError {
+    ProvisionError(e.to_string())
+}
+
+fn random_name() -> String {
+    rand::thread_rng()
+        .sample_iter(&Alphanumeric)
+        .take(20)
+        .map(char::from)
+        .collect()
+}
+
+impl Provisioning<'_> {
+    pub async fn provision(
+        &self,
+        request: &ProvisionRequest,
+    ) -> Result<ProvisionOutcome, ProvisionError> {
+        if request.key.is_empty() || request.secret.is_empty() {
+            return Ok(ProvisionOutcome::NotFound);
+        }
+        let Some(profile) = self
+            .profiles
+            .profile_by_provision_key(&request.key)
+            .await
+            .map_err(failed)?
+        else {
+            return Ok(ProvisionOutcome::NotFound);
+        };
+        if profile.provision_device_secret.as_deref() != Some(request.secret.as_str()) {
+            return Ok(ProvisionOutcome::NotFound);
+        }
+        let token = match &request.credentials {
+            Credentials::AccessToken(token) => token.clone(),
+            Credentials::MqttBasic { .. } | Credentials::X509(_) => {
+                return Ok(ProvisionOutcome::Failure);
+            }
+        };
+        let tenant = profile.tenant_id;
+        let device = match profile.provision_type {
+            ProvisionType::Disabled => return Ok(ProvisionOutcome::NotFound),
+            ProvisionType::AllowCreateNewDevices => {
+                let name = request.device_name.clone().unwrap_or_else(random_name);
+                if validate_device_name(&name).is_err()
+                    || token
+                        .as_deref()
+                        .is_some_and(|t| validate_access_token(t).is_err() || t.contains('/'))
+                {
+                    return Ok(ProvisionOutcome::Failure);
+                }
+                if self
+                    .registry
+                    .by_name(tenant, &name)
+                    .await
+                    .map_err(failed)?
+                    .is_some()
+                {
+                    return Ok(ProvisionOutcome::Failure);
+                }
+                let device = Device {
+                    id: DeviceId::derive(tenant, &name),
+                    tenant_id: tenant,
+                    name,
+                    device_type: profile.name.clone(),
+                    label: None,
+                    token: AccessToken(token.unwrap_or_else(random_name)),
+                    created_time: now_ms(),
+                };
+                match self.registry.create(device).await {
+                    Ok(device) => device,
+                    Err(
+                        RegistryError::DuplicateName
+                        | RegistryError::DuplicateToken
+                        | RegistryError::TooManyDevices { .. },
+                    ) => return Ok(ProvisionOutcome::Failure),
+                    Err(e) => return Err(failed(e)),
+                }
+            }
+            ProvisionType::CheckPreProvisionedDevices => {
+                let Some(name) = &request.device_name else {
+                    return Ok(ProvisionOutcome::Failure);
+                };
+                let device = match self.registry.by_name(tenant, name).await.map_err(failed)? {
+                    Some(d) if d.device_type == profile.name => d,
+                    _ => return Ok(ProvisionOutcome::Failure),
+                };
+                let state = self
+                    .store
+                    .attributes(
+                        device.id,
+                        Some(AttributeScope::Server),
+                        Some(&[PROVISION_STATE.to_owned()]),
+                    )
+                    .await
+                    .map_err(failed)?;
+                if state
+                    .iter()
+                    .any(|a| a.value == KvValue::String(PROVISIONED.into()))
+                {
+                    return Ok(ProvisionOutcome::Failure);
+                }
+                device
+            }
+        };
+        self.mark_provisioned(&device).await?;
+        Ok(ProvisionOutcome::Success(Credentials::AccessToken(Some(
+            device.token.0.clone(),
+        ))))
+    }
+
+    async fn mark_provisioned(&self, device: &Device) -> Result<(), ProvisionError> {
+        let message = Message {
+            tenant_id: device.tenant_id,
+            device_id: device.id,
+            received_ts: now_ms(),
+            body: MessageBody::Attributes {
+                scope: AttributeScope::Server,
+                entries: vec![KvEntry::new(
+                    PROVISION_STATE,
+                    KvValue::String(PROVISIONED.into()),
+                )],
+            },
+        };
+        let accepted = self
+            .ingress
+            .publish_message(Transport::Http, message)
+            .await
+            .map_err(failed)?;
+        accepted.confirmed().await.map_err(failed)
+    }
+}
