@@ -11,7 +11,9 @@ use actors::converter::ConverterRuntime;
 use actors::ingress::Ingress;
 use actors::integration::Integrations;
 use actors::integration::pool::ConverterPool;
-use actors::ports::{Catalog, DeadLetters, DeviceProfiles, DeviceRegistry, Producer, Store};
+use actors::ports::{
+    Catalog, DeadLetters, DeviceProfiles, DeviceRecords, DeviceRegistry, Producer, Store,
+};
 use actors::rule_chain::{DefaultRuleChain, MakeRuleChain, RuleChain};
 use actors::session::supervisor::{SessionSupervisor, SupervisorMsg};
 use actors::sink::{SinkArgs, SinkConfig};
@@ -92,23 +94,36 @@ pub async fn start(config: Config, metrics: Option<PrometheusHandle>) -> anyhow:
         Arc<dyn DeviceRegistry>,
         Arc<dyn Catalog>,
         Arc<dyn DeviceProfiles>,
+        Arc<dyn DeviceRecords>,
     );
-    let (store, registry, catalog, profiles): Opened = match config.store.kind {
+    let (store, registry, catalog, profiles, records): Opened = match config.store.kind {
         StoreKind::Embedded => {
             let (store, registry) = EmbeddedStore::open(&config.data_dir)?;
             let store = store.with_read_budget(config.api.query_timeout);
             let catalog = Arc::new(store.catalog());
-            let profiles = Arc::new(store.records());
+            let records = Arc::new(store.records());
             let registry = registry.limited(&registry_limits(&config));
-            (Arc::new(store), Arc::new(registry), catalog, profiles)
+            (
+                Arc::new(store),
+                Arc::new(registry),
+                catalog,
+                records.clone(),
+                records,
+            )
         }
         StoreKind::Clickhouse => {
             let (store, registry) = ClickHouseStore::open(&config.store).await?;
             info!(url = %config.store.url, database = %config.store.database, "clickhouse store ready");
             let catalog = Arc::new(store.catalog());
-            let profiles = Arc::new(store.records());
+            let records = Arc::new(store.records());
             let registry = registry.limited(&registry_limits(&config));
-            (Arc::new(store), Arc::new(registry), catalog, profiles)
+            (
+                Arc::new(store),
+                Arc::new(registry),
+                catalog,
+                records.clone(),
+                records,
+            )
         }
     };
     let sink_config = SinkConfig {
@@ -238,6 +253,7 @@ pub async fn start(config: Config, metrics: Option<PrometheusHandle>) -> anyhow:
         registry,
         store,
         profiles,
+        records,
         ingress,
         metrics,
         device_api: DeviceApiConfig {

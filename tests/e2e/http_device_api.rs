@@ -114,3 +114,65 @@ async fn uploads_answers_and_errors() -> Result<()> {
     assert_eq!(attrs[0]["value"], json!("1.2.3"));
     Ok(())
 }
+
+/// `POST /api/v1/{token}/claim`: a device asks to be claimed (the app side of claiming comes
+/// later); every refusal is a clear 4xx and the node keeps serving.
+#[tokio::test(flavor = "multi_thread")]
+async fn claim_requests_are_taken_and_bad_ones_refused() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let engine = Engine::start(dir.path())?;
+    let rest = engine.rest().await?;
+    rest.create_device("claimable", "CLAIM_TOKEN").await?;
+    let http = reqwest::Client::new();
+    let long_secret = format!(r#"{{"secretKey":"{}"}}"#, "s".repeat(300));
+    let too_big = format!(r#"{{"secretKey":"{}"}}"#, "s".repeat(70 * 1024));
+    let cases: Vec<(&str, String, u16)> = vec![
+        (
+            "/api/v1/CLAIM_TOKEN/claim",
+            r#"{"secretKey":"abc","durationMs":60000}"#.into(),
+            200,
+        ),
+        // A second request while the first stands: still 200 (ThingsBoard tells the device
+        // nothing), the first one is kept.
+        (
+            "/api/v1/CLAIM_TOKEN/claim",
+            r#"{"secretKey":"other"}"#.into(),
+            200,
+        ),
+        ("/api/v1/CLAIM_TOKEN/claim", String::new(), 200),
+        ("/api/v1/CLAIM_TOKEN/claim", "{}".into(), 200),
+        ("/api/v1/NOPE/claim", r#"{"secretKey":"abc"}"#.into(), 401),
+        ("/api/v1/CLAIM_TOKEN/claim", "{broken".into(), 400),
+        ("/api/v1/CLAIM_TOKEN/claim", r#""abc""#.into(), 400),
+        (
+            "/api/v1/CLAIM_TOKEN/claim",
+            r#"{"secretKey":5}"#.into(),
+            400,
+        ),
+        ("/api/v1/CLAIM_TOKEN/claim", long_secret, 400),
+        ("/api/v1/CLAIM_TOKEN/claim", too_big, 413),
+    ];
+    for (path, body, status) in cases {
+        let resp = http
+            .post(engine.url(path))
+            .body(body.clone())
+            .send()
+            .await?;
+        let got = resp.status().as_u16();
+        let text = resp.text().await?;
+        assert_eq!(
+            got,
+            status,
+            "{path} {}: {text}",
+            &body[..body.len().min(60)]
+        );
+    }
+    // The node still takes data.
+    let resp = http
+        .post(engine.url("/api/v1/CLAIM_TOKEN/telemetry"))
+        .body(r#"{"t":1}"#)
+        .send()
+        .await?;
+    assert_eq!(resp.status().as_u16(), 200);
+    Ok(())
+}

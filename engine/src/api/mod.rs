@@ -14,7 +14,7 @@ use std::sync::Arc;
 
 use actix_web::{FromRequest, HttpRequest, HttpResponse, dev::Payload, web};
 use actors::ingress::Ingress;
-use actors::ports::{DeviceProfiles, DeviceRegistry, Store};
+use actors::ports::{DeviceProfiles, DeviceRecords, DeviceRegistry, Store};
 use metrics_exporter_prometheus::PrometheusHandle;
 
 use crate::auth::{Auth, AuthError, Principal};
@@ -27,6 +27,8 @@ pub struct ApiState {
     pub store: Arc<dyn Store>,
     /// Device profiles (provisioning settings); devices name theirs by `type`.
     pub profiles: Arc<dyn DeviceProfiles>,
+    /// Persistent RPCs and claim requests.
+    pub records: Arc<dyn DeviceRecords>,
     pub ingress: Arc<Ingress>,
     pub metrics: Option<PrometheusHandle>,
     pub device_api: crate::transport::http::DeviceApiConfig,

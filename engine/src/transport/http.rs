@@ -22,6 +22,9 @@ use metrics::counter;
 use super::http_server::{body_timed_out, is_body_timeout};
 use crate::api::State;
 use crate::provision::Provisioning;
+use actors::model::now_ms;
+use actors::ports::{ClaimRequest as StoredClaim, RecordError};
+use actors::protocol::claim::ClaimRequest;
 use actors::protocol::provision::ProvisionRequest;
 
 #[derive(Clone, Debug)]
@@ -37,7 +40,47 @@ pub struct DeviceApiConfig {
 pub fn routes(cfg: &mut web::ServiceConfig) {
     cfg.route("/api/v1/provision", web::post().to(provision))
         .route("/api/v1/{token}/telemetry", web::post().to(telemetry))
-        .route("/api/v1/{token}/attributes", web::post().to(attributes));
+        .route("/api/v1/{token}/attributes", web::post().to(attributes))
+        .route("/api/v1/{token}/claim", web::post().to(claim));
+}
+
+/// `POST /api/v1/{token}/claim`: records the device's claim request (an optional
+/// `{"secretKey":..,"durationMs":..}`; an empty body claims with no secret for 24 hours) with
+/// ThingsBoard's put-if-absent rule: a request that stands and has not expired is kept. 200
+/// with an empty body; the device is not told whether a request stood already.
+async fn claim(
+    state: State,
+    req: HttpRequest,
+    token: web::Path<String>,
+    body: web::Payload,
+) -> HttpResponse {
+    let device = match authenticate(&state, &token).await {
+        Ok(device) => device,
+        Err(answer) => return answer,
+    };
+    let body = match read_body(&state, &req, body).await {
+        Ok(body) => body,
+        Err(answer) => return answer,
+    };
+    let request = match ClaimRequest::parse(&body) {
+        Ok(request) => request,
+        Err(e) => return rejected(&Rejection::Payload(e)),
+    };
+    let now = now_ms();
+    let claim = StoredClaim {
+        device_id: device.id,
+        secret_key: request.secret_key,
+        expiration_time: now.saturating_add(request.duration_ms),
+    };
+    match state.records.put_claim_if_absent(&claim, now).await {
+        Ok(_) => HttpResponse::Ok().finish(),
+        Err(e) if e.is_retryable() => busy(&e.to_string()),
+        Err(RecordError::Store(e)) => text(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+        Err(e) => text(
+            StatusCode::BAD_REQUEST,
+            format!("Invalid claim request: {e}"),
+        ),
+    }
 }
 
 /// `POST /api/v1/provision`: 200 with ThingsBoard's answer whatever the outcome (the `status`
