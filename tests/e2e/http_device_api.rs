@@ -176,3 +176,70 @@ async fn claim_requests_are_taken_and_bad_ones_refused() -> Result<()> {
     assert_eq!(resp.status().as_u16(), 200);
     Ok(())
 }
+
+/// `GET /api/v1/{token}/attributes`: ThingsBoard's answer shape and key selection.
+#[tokio::test(flavor = "multi_thread")]
+async fn attribute_requests_answer_as_thingsboard() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let engine = Engine::start(dir.path())?;
+    let rest = engine.rest().await?;
+    let id = rest.create_device("attr-device", "ATTR_TOKEN").await?;
+    let http = reqwest::Client::new();
+    let resp = http
+        .post(engine.url("/api/v1/ATTR_TOKEN/attributes"))
+        .body(r#"{"fw":"v1.2","battery":80,"ratio":0.5}"#)
+        .send()
+        .await?;
+    assert_eq!(resp.status().as_u16(), 200);
+    let resp = rest
+        .post(&format!(
+            "/api/plugins/telemetry/DEVICE/{id}/attributes/SHARED_SCOPE"
+        ))
+        .json(&json!({"interval": 30, "mode": "eco", "cfg": {"a": [1, 2]}}))
+        .send()
+        .await?;
+    assert_eq!(resp.status().as_u16(), 200);
+    let get = |query: &str| {
+        let url = engine.url(&format!("/api/v1/ATTR_TOKEN/attributes{query}"));
+        let http = http.clone();
+        async move {
+            let resp = http.get(url).send().await?;
+            let status = resp.status().as_u16();
+            let body: serde_json::Value = resp.json().await?;
+            anyhow::Ok((status, body))
+        }
+    };
+    let everything = json!({
+        "client": {"fw": "v1.2", "battery": 80, "ratio": 0.5},
+        "shared": {"interval": 30, "mode": "eco", "cfg": {"a": [1, 2]}},
+    });
+    // Both writes are stored in batches: wait until the full answer shows.
+    rest.eventually(std::time::Duration::from_secs(20), || async {
+        let (_, body) = get("").await?;
+        Ok((body == everything).then_some(()))
+    })
+    .await?;
+    let cases = [
+        (
+            "?sharedKeys=interval,nope",
+            json!({"shared": {"interval": 30}}),
+        ),
+        ("?clientKeys=fw", json!({"client": {"fw": "v1.2"}})),
+        (
+            "?clientKeys=battery&sharedKeys=mode",
+            json!({"client": {"battery": 80}, "shared": {"mode": "eco"}}),
+        ),
+        ("?sharedKeys=nope", json!({})),
+        // Unknown parameters (the Python SDK's snake case) are ignored: everything.
+        ("?client_keys=fw", everything.clone()),
+    ];
+    for (query, expected) in cases {
+        assert_eq!(get(query).await?, (200, expected), "{query}");
+    }
+    let unknown = http
+        .get(engine.url("/api/v1/NOPE/attributes"))
+        .send()
+        .await?;
+    assert_eq!(unknown.status().as_u16(), 401);
+    Ok(())
+}

@@ -1,4 +1,5 @@
-//! ThingsBoard's HTTP device API: `POST /api/v1/{token}/telemetry` and `.../attributes`, and
+//! ThingsBoard's HTTP device API: `POST /api/v1/{token}/telemetry` and `.../attributes`,
+//! `GET .../attributes` (attribute requests), `POST .../claim` (claim requests), and
 //! `POST /api/v1/provision` (see `crate::provision`).
 //!
 //! The token is checked from the path before any of the body is read: 401 for an unknown one,
@@ -22,8 +23,9 @@ use metrics::counter;
 use super::http_server::{body_timed_out, is_body_timeout};
 use crate::api::State;
 use crate::provision::Provisioning;
-use actors::model::now_ms;
-use actors::ports::{ClaimRequest as StoredClaim, RecordError};
+use actors::model::{AttributeScope, KvEntry, now_ms};
+use actors::ports::{ClaimRequest as StoredClaim, RecordError, StoreError};
+use actors::protocol::attributes::{self, AttributeRequest, Keys};
 use actors::protocol::claim::ClaimRequest;
 use actors::protocol::provision::ProvisionRequest;
 
@@ -41,7 +43,63 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
     cfg.route("/api/v1/provision", web::post().to(provision))
         .route("/api/v1/{token}/telemetry", web::post().to(telemetry))
         .route("/api/v1/{token}/attributes", web::post().to(attributes))
+        .route(
+            "/api/v1/{token}/attributes",
+            web::get().to(attribute_request),
+        )
         .route("/api/v1/{token}/claim", web::post().to(claim));
+}
+
+#[derive(serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct AttributeLists {
+    client_keys: Option<String>,
+    shared_keys: Option<String>,
+}
+
+/// `GET /api/v1/{token}/attributes?clientKeys=a,b&sharedKeys=c`: the device's client and
+/// shared attributes as ThingsBoard answers them (`{"client":{..},"shared":{..}}`, an empty
+/// scope left out; no list at all asks for everything). Other parameters are ignored (the
+/// Python SDK sends `client_keys`, and so gets every attribute, as from ThingsBoard).
+async fn attribute_request(
+    state: State,
+    token: web::Path<String>,
+    lists: web::Query<AttributeLists>,
+) -> HttpResponse {
+    let device = match authenticate(&state, &token).await {
+        Ok(device) => device,
+        Err(answer) => return answer,
+    };
+    let request =
+        AttributeRequest::from_lists(lists.client_keys.as_deref(), lists.shared_keys.as_deref());
+    let client = read_scope(&state, &device, AttributeScope::Client, &request.client).await;
+    let shared = read_scope(&state, &device, AttributeScope::Shared, &request.shared).await;
+    match (client, shared) {
+        (Ok(client), Ok(shared)) => HttpResponse::Ok()
+            .content_type("application/json")
+            .body(attributes::response(&client, &shared)),
+        (Err(e), _) | (_, Err(e)) if e.is_retryable() => busy(&e.to_string()),
+        (Err(e), _) | (_, Err(e)) => text(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    }
+}
+
+/// The attributes of one scope a request asks for, in the store's order.
+async fn read_scope(
+    state: &State,
+    device: &Device,
+    scope: AttributeScope,
+    keys: &Keys,
+) -> Result<Vec<KvEntry>, StoreError> {
+    let keys = match keys {
+        Keys::All => None,
+        Keys::Only(keys) if keys.is_empty() => return Ok(Vec::new()),
+        Keys::Only(keys) => Some(keys.as_slice()),
+    };
+    let values = state.store.attributes(device.id, Some(scope), keys).await?;
+    Ok(values
+        .into_iter()
+        .map(|a| KvEntry::new(a.key, a.value))
+        .collect())
 }
 
 /// `POST /api/v1/{token}/claim`: records the device's claim request (an optional
