@@ -1,7 +1,7 @@
 //! ThingsBoard's MQTT device API, driven by `mosquitto_pub` exactly as the reference shows and
 //! by MQTT 3.1.1 and 5 client libraries.
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 use rumqttc::{ConnectReturnCode, QoS};
 use serde_json::{Value, json};
 use tests::mqtt::{Outcome, connect_v3, connect_v3_keep_alive, v5};
@@ -535,6 +535,141 @@ async fn a_quiet_session_hibernates_and_wakes_on_its_next_publish() -> Result<()
     assert!(
         metric_at_least(&metrics, r#"engine_sessions_active{transport="mqtt"}"#, 1.0),
         "a hibernating session is still an open session: {metrics}"
+    );
+    Ok(())
+}
+
+/// `v1/devices/me/attributes/request/{id}`: ThingsBoard answers on
+/// `v1/devices/me/attributes/response/{id}` whether or not the device subscribed, with typed
+/// values and its key selection; a negative id gets no answer; a bad request closes an MQTT
+/// 3.1.1 connection and gets PUBACK 0x99 on MQTT 5.
+#[tokio::test(flavor = "multi_thread")]
+async fn attribute_requests_are_answered() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let engine = Engine::start(dir.path())?;
+    let rest = engine.rest().await?;
+    let id = rest.create_device("asker", "ASKER").await?;
+    rest.create_device("asker5", "ASKER5").await?;
+    let resp = rest
+        .post(&format!(
+            "/api/plugins/telemetry/DEVICE/{id}/attributes/SHARED_SCOPE"
+        ))
+        .json(&json!({"interval": 30, "ratio": 2.0}))
+        .send()
+        .await?;
+    assert_eq!(resp.status().as_u16(), 200);
+    let mut device = connect_v3(&engine, "ASKER", "asker")
+        .await
+        .map_err(|c| anyhow::anyhow!("{c:?}"))?;
+    assert_eq!(
+        device
+            .publish(ATTRIBUTES, r#"{"fw":"v2","battery":80}"#)
+            .await?,
+        Outcome::Acked(0)
+    );
+    let wait = std::time::Duration::from_secs(20);
+    let everything =
+        json!({"client": {"fw": "v2", "battery": 80}, "shared": {"interval": 30, "ratio": 2.0}});
+    // Storage is written in batches: ask until everything shows (ids count up).
+    let deadline = std::time::Instant::now() + wait;
+    for request in 100.. {
+        let topic = format!("v1/devices/me/attributes/request/{request}");
+        assert_eq!(device.publish(&topic, "{}").await?, Outcome::Acked(0));
+        let (topic, payload) = device.next_publish(wait).await?.context("no answer")?;
+        assert_eq!(
+            topic,
+            format!("v1/devices/me/attributes/response/{request}")
+        );
+        if serde_json::from_slice::<Value>(&payload)? == everything {
+            break;
+        }
+        anyhow::ensure!(
+            std::time::Instant::now() < deadline,
+            "never stored: {everything}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    let cases = [
+        (
+            7,
+            r#"{"clientKeys":"fw","sharedKeys":"interval"}"#,
+            json!({"client": {"fw": "v2"}, "shared": {"interval": 30}}),
+        ),
+        (8, r#"{"sharedKeys":"nope"}"#, json!({})),
+        (
+            9,
+            r#"{"sharedKeys":"ratio,interval,ratio"}"#,
+            json!({"shared": {"ratio": 2.0, "interval": 30}}),
+        ),
+        (
+            10,
+            r#"{"clientKeys":"battery"}"#,
+            json!({"client": {"battery": 80}}),
+        ),
+    ];
+    for (request, payload, expected) in cases {
+        let topic = format!("v1/devices/me/attributes/request/{request}");
+        assert_eq!(device.publish(&topic, payload).await?, Outcome::Acked(0));
+        let (topic, body) = device.next_publish(wait).await?.context("no answer")?;
+        assert_eq!(
+            topic,
+            format!("v1/devices/me/attributes/response/{request}")
+        );
+        let body: Value = serde_json::from_slice(&body)?;
+        assert_eq!(body, expected, "{payload}");
+        // 2.0 stays a double on the wire.
+        if request == 9 {
+            assert!(String::from_utf8_lossy(&serde_json::to_vec(&body)?).contains("2.0"));
+        }
+    }
+    // A negative id: acknowledged, no answer; the next answer is the next request's.
+    assert_eq!(
+        device
+            .publish("v1/devices/me/attributes/request/-1", "{}")
+            .await?,
+        Outcome::Acked(0)
+    );
+    assert_eq!(
+        device
+            .publish(
+                "v1/devices/me/attributes/request/11",
+                r#"{"clientKeys":"fw"}"#
+            )
+            .await?,
+        Outcome::Acked(0)
+    );
+    let (topic, _) = device.next_publish(wait).await?.context("no answer")?;
+    assert_eq!(topic, "v1/devices/me/attributes/response/11");
+    // MQTT 5: a bad request is PUBACK 0x99 and the session lives on.
+    let mut five = v5::connect(&engine, "ASKER5", "asker5")
+        .await
+        .map_err(|c| anyhow::anyhow!("{c:?}"))?;
+    for (topic, payload) in [
+        ("v1/devices/me/attributes/request/1", ""),
+        ("v1/devices/me/attributes/request/1", "[1]"),
+        (
+            "v1/devices/me/attributes/request/1",
+            r#"{"sharedKeys":["a","b"]}"#,
+        ),
+        ("v1/devices/me/attributes/request/x", "{}"),
+        ("v1/devices/me/attributes/request/99999999999", "{}"),
+    ] {
+        assert_eq!(
+            five.publish(topic, payload).await?,
+            Outcome::Acked(0x99),
+            "{topic} {payload}"
+        );
+    }
+    assert_eq!(
+        five.publish(TELEMETRY, r#"{"still":1}"#).await?,
+        Outcome::Acked(0)
+    );
+    // MQTT 3.1.1: an empty request closes the connection (ThingsBoard's behaviour).
+    assert_eq!(
+        device
+            .publish("v1/devices/me/attributes/request/12", "")
+            .await?,
+        Outcome::Disconnected
     );
     Ok(())
 }

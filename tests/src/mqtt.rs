@@ -23,6 +23,8 @@ pub enum Outcome {
 pub struct Device3 {
     client: AsyncClient,
     events: mpsc::UnboundedReceiver<Result<Event, String>>,
+    /// Server-to-device publishes seen while waiting for something else, oldest first.
+    received: std::collections::VecDeque<(String, Vec<u8>)>,
 }
 
 /// Connects with the access token as username. `Err` carries the refusal.
@@ -63,7 +65,11 @@ pub async fn connect_v3_keep_alive(
     loop {
         match tokio::time::timeout(WAIT, events.recv()).await {
             Ok(Some(Ok(Event::Incoming(Packet::ConnAck(_))))) => {
-                return Ok(Device3 { client, events });
+                return Ok(Device3 {
+                    client,
+                    events,
+                    received: std::collections::VecDeque::new(),
+                });
             }
             Ok(Some(Ok(_))) => {}
             Ok(Some(Err(e))) => {
@@ -111,6 +117,27 @@ impl Device3 {
                 }
                 Ok(Some(Ok(Event::Incoming(Packet::Disconnect)))) => {
                     return Ok(Some(Outcome::Disconnected));
+                }
+                Ok(Some(Ok(Event::Incoming(Packet::Publish(p))))) => {
+                    self.received.push_back((p.topic, p.payload.to_vec()));
+                }
+                Ok(Some(Ok(_))) => {}
+            }
+        }
+    }
+
+    /// The next publish the server sent (topic, payload), or `None` when none came within
+    /// `wait` or the connection closed.
+    pub async fn next_publish(&mut self, wait: Duration) -> Result<Option<(String, Vec<u8>)>> {
+        if let Some(p) = self.received.pop_front() {
+            return Ok(Some(p));
+        }
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            match tokio::time::timeout_at(deadline, self.events.recv()).await {
+                Err(_) | Ok(None | Some(Err(_))) => return Ok(None),
+                Ok(Some(Ok(Event::Incoming(Packet::Publish(p))))) => {
+                    return Ok(Some((p.topic, p.payload.to_vec())));
                 }
                 Ok(Some(Ok(_))) => {}
             }

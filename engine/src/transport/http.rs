@@ -23,9 +23,9 @@ use metrics::counter;
 use super::http_server::{body_timed_out, is_body_timeout};
 use crate::api::State;
 use crate::provision::Provisioning;
-use actors::model::{AttributeScope, KvEntry, now_ms};
-use actors::ports::{ClaimRequest as StoredClaim, RecordError, StoreError};
-use actors::protocol::attributes::{self, AttributeRequest, Keys};
+use actors::model::now_ms;
+use actors::ports::{ClaimRequest as StoredClaim, RecordError};
+use actors::protocol::attributes::{self, AttributeRequest};
 use actors::protocol::claim::ClaimRequest;
 use actors::protocol::provision::ProvisionRequest;
 
@@ -72,34 +72,13 @@ async fn attribute_request(
     };
     let request =
         AttributeRequest::from_lists(lists.client_keys.as_deref(), lists.shared_keys.as_deref());
-    let client = read_scope(&state, &device, AttributeScope::Client, &request.client).await;
-    let shared = read_scope(&state, &device, AttributeScope::Shared, &request.shared).await;
-    match (client, shared) {
-        (Ok(client), Ok(shared)) => HttpResponse::Ok()
+    match super::requested_attributes(&*state.store, device.id, &request).await {
+        Ok((client, shared)) => HttpResponse::Ok()
             .content_type("application/json")
             .body(attributes::response(&client, &shared)),
-        (Err(e), _) | (_, Err(e)) if e.is_retryable() => busy(&e.to_string()),
-        (Err(e), _) | (_, Err(e)) => text(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+        Err(e) if e.is_retryable() => busy(&e.to_string()),
+        Err(e) => text(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
     }
-}
-
-/// The attributes of one scope a request asks for, in the store's order.
-async fn read_scope(
-    state: &State,
-    device: &Device,
-    scope: AttributeScope,
-    keys: &Keys,
-) -> Result<Vec<KvEntry>, StoreError> {
-    let keys = match keys {
-        Keys::All => None,
-        Keys::Only(keys) if keys.is_empty() => return Ok(Vec::new()),
-        Keys::Only(keys) => Some(keys.as_slice()),
-    };
-    let values = state.store.attributes(device.id, Some(scope), keys).await?;
-    Ok(values
-        .into_iter()
-        .map(|a| KvEntry::new(a.key, a.value))
-        .collect())
 }
 
 /// `POST /api/v1/{token}/claim`: records the device's claim request (an optional

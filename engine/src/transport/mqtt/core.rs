@@ -11,8 +11,11 @@ use std::time::Duration;
 use actors::ingress::{Ingress, Rejection, Transport};
 use actors::metrics::{CONNECTIONS_REFUSED, MESSAGES_REJECTED, MQTT_PROTOCOL_ERRORS};
 use actors::model::Device;
-use actors::ports::DeviceRegistry;
+use actors::payload::PayloadError as BadPayload;
+use actors::ports::{DeviceRegistry, Store};
+use actors::protocol::attributes::{self, AttributeRequest};
 use actors::session::outbound::{self, OutboundMeters, OutboundReceiver};
+use actors::session::outbound::{Downlink, DownlinkQos};
 use actors::session::{SessionArgs, SessionError, SessionHandle};
 use metrics::counter;
 use ntex::util::Bytes;
@@ -22,12 +25,16 @@ use ractor::ActorCell;
 
 use super::admission::{Admission, Seat};
 use super::peer_log::peer_event;
-use super::topics::{BadTopic, FilterRefusal, Subscriptions, uplink_of};
+use super::topics::{
+    BadTopic, DownlinkTopic, FilterRefusal, Subscriptions, attribute_request_id, uplink_of,
+};
 use super::writer::WriterGuard;
 
 /// What every connection handler needs; shared by all network workers.
 pub struct MqttContext {
     pub registry: Arc<dyn DeviceRegistry>,
+    /// Where attribute requests are answered from.
+    pub store: Arc<dyn Store>,
     pub ingress: Arc<Ingress>,
     pub supervisor: ActorCell,
     /// `mqtt.receive_maximum`: publishes of one connection in flight at most.
@@ -104,9 +111,10 @@ impl Node {
         Connection {
             device,
             session,
+            store: self.ctx.store.clone(),
             in_flight: InFlight::default(),
             subscriptions: Cell::new(Subscriptions::default()),
-            _writer: WriterGuard(outbound),
+            writer: WriterGuard(outbound),
             _seat: seat,
         }
     }
@@ -116,6 +124,7 @@ impl Node {
 pub struct Connection {
     device: Arc<Device>,
     session: SessionHandle,
+    store: Arc<dyn Store>,
     /// Publishes received and not yet answered. A DISCONNECT waits for them: ntex drops
     /// unfinished publish handlers when the connection closes, and a QoS 0 message sent just
     /// before DISCONNECT (what `mosquitto_pub -m` does) must still be stored.
@@ -123,7 +132,7 @@ pub struct Connection {
     /// The filters granted on this connection.
     subscriptions: Cell<Subscriptions>,
     /// Ends the writer with the connection.
-    _writer: WriterGuard,
+    writer: WriterGuard,
     /// Its place among its device's sessions.
     _seat: Seat,
 }
@@ -173,6 +182,12 @@ impl Connection {
             peer_event!(DEBUG, device = ?self.device.name, ?topic, "mqtt publish to an invalid topic name, connection closed");
             return Err(Fault::BadTopic(bad));
         }
+        if let Some(id) = attribute_request_id(topic) {
+            let payload = read
+                .await
+                .map_err(|e| Fault::Protocol(format!("payload: {e}")))?;
+            return Ok(self.attribute_request(id, &payload).await);
+        }
         let Some(uplink) = uplink_of(topic) else {
             counter!(MESSAGES_REJECTED, "transport" => "mqtt", "reason" => "unknown_topic")
                 .increment(1);
@@ -190,6 +205,52 @@ impl Connection {
             Err(SessionError::Rejected(rejection)) => Ok(Published::Refused(rejection)),
             Err(SessionError::Gone) => Err(Fault::SessionGone),
         }
+    }
+
+    /// An attribute request (`v1/devices/me/attributes/request/{id}`): the answer goes to
+    /// `.../attributes/response/{id}` at the QoS of the device's matching subscription, QoS 1
+    /// without one (ThingsBoard answers whether or not the device subscribed). An id that is
+    /// not an integer or a payload that is not a request is refused like a bad payload; a
+    /// negative id gets no answer, and neither does a request storage cannot read (the device
+    /// times out, as with ThingsBoard).
+    async fn attribute_request(&self, id: Result<i32, ()>, payload: &[u8]) -> Published {
+        let request = match id.map(|id| (id, AttributeRequest::parse(payload))) {
+            Ok((id, Ok(request))) => (id, request),
+            Ok((_, Err(e))) => return Published::Refused(Rejection::Payload(e)),
+            Err(()) => {
+                return Published::Refused(Rejection::Payload(BadPayload::WrongShape {
+                    found: "request id that is not a 32-bit integer",
+                    expected: "v1/devices/me/attributes/request/{id}",
+                }));
+            }
+        };
+        let (id, request) = request;
+        let Ok(id) = u32::try_from(id) else {
+            return Published::Queued;
+        };
+        let read =
+            crate::transport::requested_attributes(&*self.store, self.device.id, &request).await;
+        let (client, shared) = match read {
+            Ok(found) => found,
+            Err(e) => {
+                peer_event!(WARN, device = ?self.device.name, error = %e, "attribute request not answered: storage failed");
+                return Published::Queued;
+            }
+        };
+        let topic = DownlinkTopic::AttributeResponse(id).name();
+        let qos = match self.subscriptions.get().qos_for(&topic) {
+            Some(QoS::AtMostOnce) => DownlinkQos::AtMostOnce,
+            _ => DownlinkQos::AtLeastOnce,
+        };
+        let downlink = Downlink {
+            topic,
+            payload: attributes::response(&client, &shared).into_bytes(),
+            qos,
+        };
+        // A full channel (a device that does not read) makes this publish wait, as any
+        // downlink producer does; a closed one means the connection is gone.
+        let _ = self.writer.0.send(downlink).await;
+        Published::Queued
     }
 
     /// Grants `filter` (at most QoS 1) if the device API serves it, and keeps it.

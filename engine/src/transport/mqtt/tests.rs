@@ -44,6 +44,7 @@ async fn start(config: MqttConfig) -> Running {
         .expect("supervisor starts");
     let ctx = Arc::new(MqttContext {
         registry,
+        store: Arc::new(actors::testing::MemStore::default()),
         ingress: Arc::new(Ingress::new(Arc::new(MemProducer::default()), 65_536)),
         supervisor: supervisor.get_cell(),
         receive_maximum: config.receive_maximum,

@@ -19,6 +19,17 @@ pub fn uplink_of(topic: &str) -> Option<Uplink> {
     }
 }
 
+const ATTRIBUTE_REQUEST_PREFIX: &str = "v1/devices/me/attributes/request/";
+
+/// The request id of an attribute request topic (`v1/devices/me/attributes/request/{id}`):
+/// `None` for another topic, `Some(Err(()))` when the id is not a 32-bit integer (ThingsBoard
+/// then treats the message as invalid). Negative ids are ids: ThingsBoard takes them and
+/// answers nothing.
+pub fn attribute_request_id(topic: &str) -> Option<Result<i32, ()>> {
+    let id = topic.strip_prefix(ATTRIBUTE_REQUEST_PREFIX)?;
+    Some(id.parse::<i32>().map_err(|_| ()))
+}
+
 /// A server-to-device topic: where attribute updates, responses and RPC requests go.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum DownlinkTopic {
@@ -225,6 +236,26 @@ impl Subscriptions {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn attribute_request_ids() {
+        let cases = [
+            ("v1/devices/me/attributes/request/7", Some(Ok(7))),
+            ("v1/devices/me/attributes/request/-3", Some(Ok(-3))),
+            (
+                "v1/devices/me/attributes/request/2147483647",
+                Some(Ok(i32::MAX)),
+            ),
+            ("v1/devices/me/attributes/request/2147483648", Some(Err(()))),
+            ("v1/devices/me/attributes/request/x", Some(Err(()))),
+            ("v1/devices/me/attributes/request/", Some(Err(()))),
+            ("v1/devices/me/attributes/request", None),
+            ("v1/devices/me/attributes", None),
+        ];
+        for (topic, id) in cases {
+            assert_eq!(attribute_request_id(topic), id, "{topic}");
+        }
+    }
 
     #[test]
     fn only_the_device_api_topics_are_uplinks() {
