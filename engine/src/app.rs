@@ -237,6 +237,12 @@ pub async fn start(config: Config, metrics: Option<PrometheusHandle>) -> anyhow:
         supervisor: supervisor.get_cell(),
         receive_maximum: config.mqtt.receive_maximum,
         outbound_capacity: config.mqtt.outbound_capacity,
+        session_limits: actors::protocol::rpc::SessionLimits {
+            max_payload_size: config.mqtt.max_payload_size.as_u64(),
+            max_inflight_messages: config.mqtt.receive_maximum.into(),
+            ..Default::default()
+        },
+        client_rpc_timeout: config.mqtt.client_rpc_timeout,
     });
     let mqtt = MqttServer::start(mqtt_listener, &config.mqtt, ctx)?;
 

@@ -287,6 +287,11 @@ pub struct MqttConfig {
     /// outbound channel holds. A device that does not read fills its socket, then this channel;
     /// past it whatever sends to the device waits (`engine_mqtt_outbound_blocked_seconds`).
     pub outbound_capacity: usize,
+    /// A device's own RPC request (`v1/devices/me/rpc/request/{id}`) that nothing answers gets
+    /// `{"error":"timeout"}` after this long (ThingsBoard's `transport.client_side_rpc.timeout`).
+    /// `getSessionLimits` is answered at once.
+    #[serde(with = "humantime_serde")]
+    pub client_rpc_timeout: Duration,
     /// Largest read and write buffer of one busy connection; a PUBLISH bigger than this is
     /// read into a buffer grown for it. The write buffer's size is also where the server stops
     /// writing to a device that does not read. An idle connection holds no buffer.
@@ -657,6 +662,7 @@ impl Default for MqttConfig {
             open_files_reserve: 1024,
             shutdown_grace: Duration::from_secs(1),
             outbound_capacity: 64,
+            client_rpc_timeout: Duration::from_secs(60),
             io_buffer_size: ByteSize::kib(16),
         }
     }

@@ -673,3 +673,107 @@ async fn attribute_requests_are_answered() -> Result<()> {
     );
     Ok(())
 }
+
+/// A device's own RPC requests: `getSessionLimits` is answered at once with the engine's
+/// limits (what ThingsBoard's SDK sizes its window from); another method, which nothing
+/// answers, gets `{"error":"timeout"}` after `mqtt.client_rpc_timeout`, and past 16 waiting on
+/// one connection at once; a request without a method is a bad payload.
+#[tokio::test(flavor = "multi_thread")]
+async fn device_rpc_requests_get_session_limits_or_a_timeout() -> Result<()> {
+    let wait = std::time::Duration::from_secs(20);
+    let dir = tempfile::tempdir()?;
+    let engine = Engine::start_with(dir.path(), &[("ENGINE_MQTT__CLIENT_RPC_TIMEOUT", "1h")])?;
+    let rest = engine.rest().await?;
+    rest.create_device("rpc-asker", "RPC_ASKER").await?;
+    rest.create_device("rpc-asker5", "RPC_ASKER5").await?;
+    let mut device = connect_v3(&engine, "RPC_ASKER", "rpc-asker")
+        .await
+        .map_err(|c| anyhow::anyhow!("{c:?}"))?;
+    assert_eq!(
+        device
+            .publish(
+                "v1/devices/me/rpc/request/1",
+                r#"{"method":"getSessionLimits","params":{"timeout":5000}}"#
+            )
+            .await?,
+        Outcome::Acked(0)
+    );
+    let (topic, body) = device.next_publish(wait).await?.context("no answer")?;
+    assert_eq!(topic, "v1/devices/me/rpc/response/1");
+    let limits: Value = serde_json::from_slice(&body)?;
+    assert_eq!(
+        limits,
+        json!({"maxPayloadSize": 65536, "maxInflightMessages": 16,
+            "rateLimits": {"messages": null, "telemetryMessages": null, "telemetryDataPoints": null}})
+    );
+    // 16 unanswered requests wait (an hour here); the 17th is answered at once.
+    for id in 2..=18 {
+        let topic = format!("v1/devices/me/rpc/request/{id}");
+        assert_eq!(
+            device
+                .publish(&topic, r#"{"method":"noSuchMethod","params":{}}"#)
+                .await?,
+            Outcome::Acked(0)
+        );
+    }
+    let (topic, body) = device.next_publish(wait).await?.context("no answer")?;
+    assert_eq!(
+        (topic.as_str(), body.as_slice()),
+        (
+            "v1/devices/me/rpc/response/18",
+            br#"{"error":"timeout"}"#.as_slice()
+        )
+    );
+    // MQTT 5: requests that are not requests get PUBACK 0x99; the session lives on.
+    let mut five = v5::connect(&engine, "RPC_ASKER5", "rpc-asker5")
+        .await
+        .map_err(|c| anyhow::anyhow!("{c:?}"))?;
+    for (topic, payload) in [
+        ("v1/devices/me/rpc/request/1", r#"{"params":{}}"#),
+        ("v1/devices/me/rpc/request/1", "not json"),
+        ("v1/devices/me/rpc/request/one", r#"{"method":"m"}"#),
+    ] {
+        assert_eq!(
+            five.publish(topic, payload).await?,
+            Outcome::Acked(0x99),
+            "{topic} {payload}"
+        );
+    }
+    assert_eq!(
+        five.publish(TELEMETRY, r#"{"still":1}"#).await?,
+        Outcome::Acked(0)
+    );
+    // MQTT 3.1.1: the same closes the connection.
+    assert_eq!(
+        device
+            .publish("v1/devices/me/rpc/request/19", r#"{"params":{}}"#)
+            .await?,
+        Outcome::Disconnected
+    );
+    drop(engine);
+
+    // The timeout answer itself.
+    let dir = tempfile::tempdir()?;
+    let engine = Engine::start_with(dir.path(), &[("ENGINE_MQTT__CLIENT_RPC_TIMEOUT", "1s")])?;
+    engine
+        .rest()
+        .await?
+        .create_device("rpc-waiter", "RPC_WAITER")
+        .await?;
+    let mut device = connect_v3(&engine, "RPC_WAITER", "rpc-waiter")
+        .await
+        .map_err(|c| anyhow::anyhow!("{c:?}"))?;
+    assert_eq!(
+        device
+            .publish("v1/devices/me/rpc/request/7", r#"{"method":"getTime"}"#)
+            .await?,
+        Outcome::Acked(0)
+    );
+    let (topic, body) = device
+        .next_publish(wait)
+        .await?
+        .context("no timeout answer")?;
+    assert_eq!(topic, "v1/devices/me/rpc/response/7");
+    assert_eq!(body, br#"{"error":"timeout"}"#);
+    Ok(())
+}

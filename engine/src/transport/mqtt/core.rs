@@ -14,6 +14,7 @@ use actors::model::Device;
 use actors::payload::PayloadError as BadPayload;
 use actors::ports::{DeviceRegistry, Store};
 use actors::protocol::attributes::{self, AttributeRequest};
+use actors::protocol::rpc::{DeviceRpc, SESSION_LIMITS, SessionLimits};
 use actors::session::outbound::{self, OutboundMeters, OutboundReceiver};
 use actors::session::outbound::{Downlink, DownlinkQos};
 use actors::session::{SessionArgs, SessionError, SessionHandle};
@@ -26,7 +27,8 @@ use ractor::ActorCell;
 use super::admission::{Admission, Seat};
 use super::peer_log::peer_event;
 use super::topics::{
-    BadTopic, DownlinkTopic, FilterRefusal, Subscriptions, attribute_request_id, uplink_of,
+    BadTopic, DownlinkTopic, FilterRefusal, Subscriptions, attribute_request_id, rpc_request_id,
+    uplink_of,
 };
 use super::writer::WriterGuard;
 
@@ -41,6 +43,10 @@ pub struct MqttContext {
     pub receive_maximum: u16,
     /// `mqtt.outbound_capacity`: server-to-device messages one connection's channel holds.
     pub outbound_capacity: usize,
+    /// What `getSessionLimits` reports.
+    pub session_limits: SessionLimits,
+    /// `mqtt.client_rpc_timeout`: when a device's unanswered RPC request gets its timeout.
+    pub client_rpc_timeout: Duration,
 }
 
 /// The listener's shared state: the context, who is connected, the outbound channels' metrics.
@@ -112,6 +118,8 @@ impl Node {
             device,
             session,
             store: self.ctx.store.clone(),
+            ctx: self.ctx.clone(),
+            rpc_waiting: std::rc::Rc::new(Cell::new(0)),
             in_flight: InFlight::default(),
             subscriptions: Cell::new(Subscriptions::default()),
             writer: WriterGuard(outbound),
@@ -125,6 +133,10 @@ pub struct Connection {
     device: Arc<Device>,
     session: SessionHandle,
     store: Arc<dyn Store>,
+    ctx: Arc<MqttContext>,
+    /// The device's own RPC requests waiting for their timeout answer (at most
+    /// `CLIENT_RPC_WAITING`).
+    rpc_waiting: std::rc::Rc<Cell<usize>>,
     /// Publishes received and not yet answered. A DISCONNECT waits for them: ntex drops
     /// unfinished publish handlers when the connection closes, and a QoS 0 message sent just
     /// before DISCONNECT (what `mosquitto_pub -m` does) must still be stored.
@@ -165,6 +177,9 @@ impl From<()> for Fault {
     }
 }
 
+/// A connection's own RPC requests that may wait for their timeout answer at once.
+const CLIENT_RPC_WAITING: usize = 16;
+
 /// How long a DISCONNECT, or a peer gone, waits for the connection's publishes to be handed
 /// over.
 const SETTLE_LIMIT: Duration = Duration::from_secs(5);
@@ -187,6 +202,12 @@ impl Connection {
                 .await
                 .map_err(|e| Fault::Protocol(format!("payload: {e}")))?;
             return Ok(self.attribute_request(id, &payload).await);
+        }
+        if let Some(id) = rpc_request_id(topic) {
+            let payload = read
+                .await
+                .map_err(|e| Fault::Protocol(format!("payload: {e}")))?;
+            return Ok(self.device_rpc(id, &payload).await);
         }
         let Some(uplink) = uplink_of(topic) else {
             counter!(MESSAGES_REJECTED, "transport" => "mqtt", "reason" => "unknown_topic")
@@ -250,6 +271,64 @@ impl Connection {
         // A full channel (a device that does not read) makes this publish wait, as any
         // downlink producer does; a closed one means the connection is gone.
         let _ = self.writer.0.send(downlink).await;
+        Published::Queued
+    }
+
+    /// A device's own RPC request (`v1/devices/me/rpc/request/{id}`,
+    /// `{"method":..,"params":..}`): `getSessionLimits` is answered at once on
+    /// `v1/devices/me/rpc/response/{id}` with the engine's limits; any other method, which no
+    /// rule answers yet, gets ThingsBoard's `{"error":"timeout"}` after `mqtt.client_rpc_timeout`.
+    /// At most `CLIENT_RPC_WAITING` wait per connection; past that a request is answered
+    /// `{"error":"timeout"}` at once, so a device cannot make the engine hold timers without
+    /// bound.
+    async fn device_rpc(&self, id: Result<i32, ()>, payload: &[u8]) -> Published {
+        let bad = |found| {
+            Published::Refused(Rejection::Payload(BadPayload::WrongShape {
+                found,
+                expected: "{\"method\":..,\"params\":..} on v1/devices/me/rpc/request/{id}",
+            }))
+        };
+        let Ok(id) = id else {
+            return bad("request id that is not a 32-bit integer");
+        };
+        let Ok(request) = DeviceRpc::parse(payload, false) else {
+            return bad("RPC request without a method");
+        };
+        let Ok(id) = u32::try_from(id) else {
+            return Published::Queued;
+        };
+        let topic = DownlinkTopic::RpcResponse(id).name();
+        let qos = match self.subscriptions.get().qos_for(&topic) {
+            Some(QoS::AtMostOnce) => DownlinkQos::AtMostOnce,
+            _ => DownlinkQos::AtLeastOnce,
+        };
+        if request.method == SESSION_LIMITS {
+            let downlink = Downlink {
+                topic,
+                payload: self.ctx.session_limits.render(None).into_bytes(),
+                qos,
+            };
+            let _ = self.writer.0.send(downlink).await;
+            return Published::Queued;
+        }
+        let timeout = Downlink {
+            topic,
+            payload: br#"{"error":"timeout"}"#.to_vec(),
+            qos,
+        };
+        if self.rpc_waiting.get() >= CLIENT_RPC_WAITING {
+            let _ = self.writer.0.send(timeout).await;
+            return Published::Queued;
+        }
+        self.rpc_waiting.set(self.rpc_waiting.get() + 1);
+        let waiting = self.rpc_waiting.clone();
+        let outbound = self.writer.0.clone();
+        let after = self.ctx.client_rpc_timeout;
+        ntex::rt::spawn(async move {
+            ntex::time::sleep(after).await;
+            waiting.set(waiting.get().saturating_sub(1));
+            let _ = outbound.send(timeout).await;
+        });
         Published::Queued
     }
 

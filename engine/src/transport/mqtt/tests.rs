@@ -49,6 +49,8 @@ async fn start(config: MqttConfig) -> Running {
         supervisor: supervisor.get_cell(),
         receive_maximum: config.receive_maximum,
         outbound_capacity: config.outbound_capacity,
+        session_limits: actors::protocol::rpc::SessionLimits::default(),
+        client_rpc_timeout: config.client_rpc_timeout,
     });
     let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
     let addr = listener.local_addr().expect("bound");

@@ -30,6 +30,13 @@ pub fn attribute_request_id(topic: &str) -> Option<Result<i32, ()>> {
     Some(id.parse::<i32>().map_err(|_| ()))
 }
 
+/// The request id of a device's own RPC request (`v1/devices/me/rpc/request/{id}`), with
+/// [`attribute_request_id`]'s rules.
+pub fn rpc_request_id(topic: &str) -> Option<Result<i32, ()>> {
+    let id = topic.strip_prefix(RPC_REQUEST_PREFIX)?;
+    Some(id.parse::<i32>().map_err(|_| ()))
+}
+
 /// A server-to-device topic: where attribute updates, responses and RPC requests go.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum DownlinkTopic {
@@ -255,6 +262,9 @@ mod tests {
         for (topic, id) in cases {
             assert_eq!(attribute_request_id(topic), id, "{topic}");
         }
+        assert_eq!(rpc_request_id("v1/devices/me/rpc/request/4"), Some(Ok(4)));
+        assert_eq!(rpc_request_id("v1/devices/me/rpc/request/+"), Some(Err(())));
+        assert_eq!(rpc_request_id("v1/devices/me/rpc/response/4"), None);
     }
 
     #[test]
