@@ -394,3 +394,71 @@ impl crate::ports::Catalog for MemCatalog {
         Ok(())
     }
 }
+
+/// Claim requests in memory (ThingsBoard's put-if-absent); persistent RPCs are not kept (every
+/// RPC call fails, as [`MemStore`]'s queries do).
+#[derive(Default)]
+pub struct MemRecords {
+    claims: Mutex<std::collections::HashMap<DeviceId, crate::ports::ClaimRequest>>,
+}
+
+#[async_trait]
+impl crate::ports::DeviceRecords for MemRecords {
+    async fn save_rpc(&self, _: &crate::ports::RpcRecord) -> Result<(), crate::ports::RecordError> {
+        Err(unsupported().into())
+    }
+
+    async fn rpc(
+        &self,
+        _: uuid::Uuid,
+    ) -> Result<Option<crate::ports::RpcRecord>, crate::ports::RecordError> {
+        Err(unsupported().into())
+    }
+
+    async fn device_rpcs(
+        &self,
+        _: DeviceId,
+        _: &crate::ports::RpcPageRequest,
+    ) -> Result<crate::ports::Page<crate::ports::RpcRecord>, crate::ports::RecordError> {
+        Err(unsupported().into())
+    }
+
+    async fn delete_rpc(&self, _: uuid::Uuid) -> Result<bool, crate::ports::RecordError> {
+        Err(unsupported().into())
+    }
+
+    async fn queued_rpcs(
+        &self,
+        _: DeviceId,
+        _: usize,
+    ) -> Result<Vec<crate::ports::RpcRecord>, crate::ports::RecordError> {
+        Err(unsupported().into())
+    }
+
+    async fn put_claim_if_absent(
+        &self,
+        claim: &crate::ports::ClaimRequest,
+        now_ms: i64,
+    ) -> Result<crate::ports::ClaimRequest, crate::ports::RecordError> {
+        claim.validate()?;
+        let mut claims = lock(&self.claims);
+        match claims.get(&claim.device_id) {
+            Some(standing) if standing.expiration_time > now_ms => Ok(standing.clone()),
+            _ => {
+                claims.insert(claim.device_id, claim.clone());
+                Ok(claim.clone())
+            }
+        }
+    }
+
+    async fn claim(
+        &self,
+        device: DeviceId,
+    ) -> Result<Option<crate::ports::ClaimRequest>, crate::ports::RecordError> {
+        Ok(lock(&self.claims).get(&device).cloned())
+    }
+
+    async fn delete_claim(&self, device: DeviceId) -> Result<bool, crate::ports::RecordError> {
+        Ok(lock(&self.claims).remove(&device).is_some())
+    }
+}

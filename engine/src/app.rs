@@ -229,6 +229,7 @@ pub async fn start(config: Config, metrics: Option<PrometheusHandle>) -> anyhow:
     let limits = config.limits.ingress();
     let ctx = Arc::new(MqttContext {
         registry: registry.clone(),
+        records: records.clone(),
         store: store.clone(),
         ingress: Arc::new(
             Ingress::new(producer.clone(), bytes(config.mqtt.max_payload_size))

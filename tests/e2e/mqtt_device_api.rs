@@ -777,3 +777,50 @@ async fn device_rpc_requests_get_session_limits_or_a_timeout() -> Result<()> {
     assert_eq!(body, br#"{"error":"timeout"}"#);
     Ok(())
 }
+
+/// `v1/devices/me/claim`: a claim request is acknowledged (ThingsBoard tells the device
+/// nothing more); one that is not a claim request is a bad payload.
+#[tokio::test(flavor = "multi_thread")]
+async fn claim_requests_over_mqtt() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let engine = Engine::start(dir.path())?;
+    let rest = engine.rest().await?;
+    rest.create_device("claimer", "CLAIMER").await?;
+    rest.create_device("claimer5", "CLAIMER5").await?;
+    let mut five = v5::connect(&engine, "CLAIMER5", "claimer5")
+        .await
+        .map_err(|c| anyhow::anyhow!("{c:?}"))?;
+    let long = format!(r#"{{"secretKey":"{}"}}"#, "s".repeat(300));
+    let cases = [
+        (r#"{"secretKey":"abc","durationMs":60000}"#, 0x00),
+        (r#"{"secretKey":"again"}"#, 0x00),
+        ("", 0x00),
+        ("{}", 0x00),
+        ("[1]", 0x99),
+        ("{oops", 0x99),
+        (r#"{"secretKey":7}"#, 0x99),
+        (long.as_str(), 0x99),
+    ];
+    for (payload, code) in cases {
+        assert_eq!(
+            five.publish("v1/devices/me/claim", payload).await?,
+            Outcome::Acked(code),
+            "{}",
+            &payload[..payload.len().min(40)]
+        );
+    }
+    let mut device = connect_v3(&engine, "CLAIMER", "claimer")
+        .await
+        .map_err(|c| anyhow::anyhow!("{c:?}"))?;
+    assert_eq!(
+        device
+            .publish("v1/devices/me/claim", r#"{"secretKey":"abc"}"#)
+            .await?,
+        Outcome::Acked(0)
+    );
+    assert_eq!(
+        device.publish("v1/devices/me/claim", "[1]").await?,
+        Outcome::Disconnected
+    );
+    Ok(())
+}

@@ -12,8 +12,9 @@ use actors::ingress::{Ingress, Rejection, Transport};
 use actors::metrics::{CONNECTIONS_REFUSED, MESSAGES_REJECTED, MQTT_PROTOCOL_ERRORS};
 use actors::model::Device;
 use actors::payload::PayloadError as BadPayload;
-use actors::ports::{DeviceRegistry, Store};
+use actors::ports::{ClaimRequest as StoredClaim, DeviceRecords, DeviceRegistry, Store};
 use actors::protocol::attributes::{self, AttributeRequest};
+use actors::protocol::claim::ClaimRequest;
 use actors::protocol::rpc::{DeviceRpc, SESSION_LIMITS, SessionLimits};
 use actors::session::outbound::{self, OutboundMeters, OutboundReceiver};
 use actors::session::outbound::{Downlink, DownlinkQos};
@@ -27,14 +28,16 @@ use ractor::ActorCell;
 use super::admission::{Admission, Seat};
 use super::peer_log::peer_event;
 use super::topics::{
-    BadTopic, DownlinkTopic, FilterRefusal, Subscriptions, attribute_request_id, rpc_request_id,
-    uplink_of,
+    BadTopic, CLAIM_TOPIC, DownlinkTopic, FilterRefusal, Subscriptions, attribute_request_id,
+    rpc_request_id, uplink_of,
 };
 use super::writer::WriterGuard;
 
 /// What every connection handler needs; shared by all network workers.
 pub struct MqttContext {
     pub registry: Arc<dyn DeviceRegistry>,
+    /// Where claim requests are kept.
+    pub records: Arc<dyn DeviceRecords>,
     /// Where attribute requests are answered from.
     pub store: Arc<dyn Store>,
     pub ingress: Arc<Ingress>,
@@ -203,6 +206,12 @@ impl Connection {
                 .map_err(|e| Fault::Protocol(format!("payload: {e}")))?;
             return Ok(self.attribute_request(id, &payload).await);
         }
+        if topic == CLAIM_TOPIC {
+            let payload = read
+                .await
+                .map_err(|e| Fault::Protocol(format!("payload: {e}")))?;
+            return Ok(self.claim(&payload).await);
+        }
         if let Some(id) = rpc_request_id(topic) {
             let payload = read
                 .await
@@ -272,6 +281,37 @@ impl Connection {
         // downlink producer does; a closed one means the connection is gone.
         let _ = self.writer.0.send(downlink).await;
         Published::Queued
+    }
+
+    /// A claim request (`v1/devices/me/claim`, an optional `{"secretKey":..,"durationMs":..}`):
+    /// kept with ThingsBoard's put-if-absent rule (one that stands and has not expired is
+    /// kept); the device is not told which. A payload that is not a claim request is a bad
+    /// payload; a store that cannot keep it is answered like a queue that cannot (retry).
+    async fn claim(&self, payload: &[u8]) -> Published {
+        let request = match ClaimRequest::parse(payload) {
+            Ok(request) => request,
+            Err(e) => return Published::Refused(Rejection::Payload(e)),
+        };
+        let now = actors::model::now_ms();
+        let claim = StoredClaim {
+            device_id: self.device.id,
+            secret_key: request.secret_key,
+            expiration_time: now.saturating_add(request.duration_ms),
+        };
+        match self.ctx.records.put_claim_if_absent(&claim, now).await {
+            Ok(_) => Published::Queued,
+            Err(actors::ports::RecordError::Store(e)) => Published::Refused(Rejection::Queue(
+                actors::ports::QueueError::Unavailable(e.to_string()),
+            )),
+            Err(e) => Published::Refused(Rejection::Payload(BadPayload::WrongShape {
+                found: "claim request over its bounds",
+                expected: if matches!(e, actors::ports::RecordError::TooLong { .. }) {
+                    "a secretKey of at most 256 bytes"
+                } else {
+                    "a claim request"
+                },
+            })),
+        }
     }
 
     /// A device's own RPC request (`v1/devices/me/rpc/request/{id}`,

@@ -44,6 +44,7 @@ async fn start(config: MqttConfig) -> Running {
         .expect("supervisor starts");
     let ctx = Arc::new(MqttContext {
         registry,
+        records: Arc::new(actors::testing::MemRecords::default()),
         store: Arc::new(actors::testing::MemStore::default()),
         ingress: Arc::new(Ingress::new(Arc::new(MemProducer::default()), 65_536)),
         supervisor: supervisor.get_cell(),

@@ -9,6 +9,8 @@ use ntex_mqtt::v5::codec::DisconnectReasonCode;
 
 pub const TELEMETRY_TOPIC: &str = "v1/devices/me/telemetry";
 pub const ATTRIBUTES_TOPIC: &str = "v1/devices/me/attributes";
+/// A device's claim request.
+pub const CLAIM_TOPIC: &str = "v1/devices/me/claim";
 
 /// The uplink a device PUBLISH topic carries; `None` for a topic the device API does not take.
 pub fn uplink_of(topic: &str) -> Option<Uplink> {
