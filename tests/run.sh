@@ -21,6 +21,8 @@ command -v ss >/dev/null || packages+=(iproute2)
 # libcoap's coap-client, the CoAP integration guide's own client (Debian names it
 # coap-client-notls).
 command -v coap-client >/dev/null || command -v coap-client-notls >/dev/null || packages+=(libcoap3-bin)
+# Python for ThingsBoard's official clients (below).
+command -v python3 >/dev/null || packages+=(python3 python3-venv)
 if [ ${#packages[@]} -gt 0 ]; then
   echo "== installing ${packages[*]}"
   as_root apt-get update -qq
@@ -48,6 +50,23 @@ if [ ! -x "$CARGO_FUZZ" ]; then
   cargo install --locked --quiet --root "$cache/cargo-fuzz-$CARGO_FUZZ_VERSION" cargo-fuzz \
     --version "$CARGO_FUZZ_VERSION"
 fi
+
+# ThingsBoard's official Python device SDK from PyPI (tb-mqtt-client), which tests/e2e/sdk.rs
+# drives against the engine unchanged; a virtual environment in the same cache.
+TB_MQTT_CLIENT_VERSION=1.13.14
+venv="$cache/tb-clients-$TB_MQTT_CLIENT_VERSION"
+if ! "$venv/bin/python" -c "import tb_device_mqtt, mmh3" >/dev/null 2>&1; then
+  echo "== installing tb-mqtt-client $TB_MQTT_CLIENT_VERSION into $venv"
+  rm -rf "$venv"
+  if ! python3 -m venv "$venv"; then
+    as_root apt-get update -qq
+    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-venv
+    python3 -m venv "$venv"
+  fi
+  # mmh3: the SDK would otherwise pip-install it on first import.
+  "$venv/bin/pip" install --quiet "tb-mqtt-client==$TB_MQTT_CLIENT_VERSION" mmh3
+fi
+export TB_SDK_PYTHON="$venv/bin/python"
 
 echo "== format and lints"
 cargo fmt --all -- --check

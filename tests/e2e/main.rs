@@ -14,6 +14,7 @@ mod mqtt_device_api;
 mod production;
 mod provisioning;
 mod rest_api;
+mod sdk;
 
 use std::path::PathBuf;
 use std::time::Duration;

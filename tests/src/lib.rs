@@ -401,3 +401,26 @@ pub fn mosquitto_pub(engine: &Engine, args: &[&str]) -> Result<(i32, String)> {
     );
     Ok((out.status.code().unwrap_or(-1), text))
 }
+
+/// The Python interpreter of the virtual environment holding ThingsBoard's official clients
+/// (`tb-mqtt-client`, installed by `tests/run.sh`): `TB_SDK_PYTHON`. Fails loudly, with the
+/// way to get it, when it is missing.
+pub fn sdk_python() -> Result<PathBuf> {
+    let python = std::env::var_os("TB_SDK_PYTHON")
+        .map(PathBuf::from)
+        .context(
+            "TB_SDK_PYTHON is not set: run tests/run.sh, which makes a virtual environment \
+         with tb-mqtt-client and sets it",
+        )?;
+    anyhow::ensure!(
+        python.exists(),
+        "TB_SDK_PYTHON={} does not exist: run tests/run.sh",
+        python.display()
+    );
+    Ok(python)
+}
+
+/// A script of `tests/sdk/`.
+pub fn sdk_script(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("sdk").join(name)
+}

@@ -1,0 +1,56 @@
+"""ThingsBoard's official Python device SDK (tb-mqtt-client) against the engine, unchanged.
+
+Usage: device_client.py HOST PORT TOKEN
+Connects with the access token, waits for the SDK to apply the server's session limits
+(getSessionLimits), sends telemetry and client attributes, asks for a client and a shared
+attribute until both come back, and prints what it saw as one JSON object. Exits non-zero
+when a step times out.
+"""
+import json
+import sys
+import threading
+import time
+
+from tb_device_mqtt import TBDeviceMqttClient
+
+WAIT = 30
+
+
+def main():
+    host, port, token = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+    client = TBDeviceMqttClient(host, port, username=token)
+    client.connect()
+    deadline = time.time() + WAIT
+    while not client.rate_limits_received and time.time() < deadline:
+        time.sleep(0.05)
+    seen = {
+        "limits_received": client.rate_limits_received,
+        "max_payload_size": client.max_payload_size,
+        "telemetry_rc": client.send_telemetry({"sdk_temp": 21.5}).get(),
+        "attributes_rc": client.send_attributes({"sdk_fw": "1.0"}).get(),
+    }
+    answer = {}
+    deadline = time.time() + WAIT
+    while time.time() < deadline:
+        done = threading.Event()
+
+        def on_attributes(content, exception, *_):
+            answer["content"] = content
+            answer["exception"] = None if exception is None else str(exception)
+            done.set()
+
+        client.request_attributes(client_keys=["sdk_fw"], shared_keys=["interval"],
+                                  callback=on_attributes)
+        if not done.wait(WAIT):
+            break
+        content = answer.get("content") or {}
+        if "client" in content and "shared" in content:
+            break
+        time.sleep(0.1)
+    seen["attributes"] = answer.get("content")
+    client.disconnect()
+    print(json.dumps(seen))
+
+
+if __name__ == "__main__":
+    main()
