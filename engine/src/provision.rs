@@ -23,8 +23,6 @@ use actors::model::{
 };
 use actors::ports::{DeviceProfiles, DeviceRegistry, ProvisionType, RegistryError, Store};
 use actors::protocol::provision::{Credentials, ProvisionOutcome, ProvisionRequest};
-use rand::Rng;
-use rand::distributions::Alphanumeric;
 
 /// The server attribute that marks a provisioned device.
 pub const PROVISION_STATE: &str = "provisionState";
@@ -46,14 +44,6 @@ pub struct ProvisionError(String);
 
 fn failed(e: impl std::fmt::Display) -> ProvisionError {
     ProvisionError(e.to_string())
-}
-
-fn random_name() -> String {
-    rand::thread_rng()
-        .sample_iter(&Alphanumeric)
-        .take(20)
-        .map(char::from)
-        .collect()
 }
 
 impl Provisioning<'_> {
@@ -85,7 +75,10 @@ impl Provisioning<'_> {
         let device = match profile.provision_type {
             ProvisionType::Disabled => return Ok(ProvisionOutcome::NotFound),
             ProvisionType::AllowCreateNewDevices => {
-                let name = request.device_name.clone().unwrap_or_else(random_name);
+                let name = request
+                    .device_name
+                    .clone()
+                    .unwrap_or_else(crate::api::device::new_token);
                 if validate_device_name(&name).is_err()
                     || token
                         .as_deref()
@@ -108,7 +101,7 @@ impl Provisioning<'_> {
                     name,
                     device_type: profile.name.clone(),
                     label: None,
-                    token: AccessToken(token.unwrap_or_else(random_name)),
+                    token: AccessToken(token.unwrap_or_else(crate::api::device::new_token)),
                     created_time: now_ms(),
                 };
                 match self.registry.create(device).await {

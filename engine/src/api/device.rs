@@ -9,7 +9,6 @@ use actors::model::{
     AccessToken, Device, DeviceId, MAX_DEVICE_NAME_CHARS, MAX_DEVICE_TYPE_CHARS, NameError, now_ms,
     validate_access_token, validate_device_name, validate_name,
 };
-use actors::ports::PageRequest;
 use metrics::counter;
 use rand::Rng;
 use rand::distributions::Alphanumeric;
@@ -55,8 +54,8 @@ fn credentials_json(d: &Device) -> Value {
     })
 }
 
-/// A 20-character alphanumeric token, as ThingsBoard generates.
-fn new_token() -> String {
+/// A 20-character alphanumeric token (or device name), as ThingsBoard generates.
+pub fn new_token() -> String {
     rand::thread_rng()
         .sample_iter(&Alphanumeric)
         .take(20)
@@ -274,6 +273,7 @@ async fn save_credentials(
 #[serde(rename_all = "camelCase")]
 struct ListQuery {
     device_name: Option<String>,
+    // Not `#[serde(flatten)]`: query strings hold only text, which flattening cannot type.
     page_size: Option<usize>,
     page: Option<usize>,
     text_search: Option<String>,
@@ -291,21 +291,13 @@ async fn list(
             None => Err(ApiError::not_found()),
         };
     }
-    let page_size = query.page_size.filter(|s| *s > 0).ok_or_else(|| {
-        ApiError::bad_request("Parameter 'pageSize' is required and must be positive")
-    })?;
-    let request = PageRequest {
-        page_size: page_size.min(10_000),
-        page: query.page.unwrap_or(0),
-        text_search: query.text_search.clone().filter(|t| !t.is_empty()),
-    };
+    let request = super::PageQuery {
+        page_size: query.page_size,
+        page: query.page,
+        text_search: query.text_search.clone(),
+    }
+    .request(10_000)?;
     let page = state.registry.list(tenant, &request).await?;
-    let total_pages = page.total_elements.div_ceil(request.page_size);
     let data: Vec<Value> = page.data.iter().map(|d| device_json(d)).collect();
-    Ok(HttpResponse::Ok().json(json!({
-        "data": data,
-        "totalPages": total_pages,
-        "totalElements": page.total_elements,
-        "hasNext": request.page.checked_add(1).is_some_and(|next| next < total_pages),
-    })))
+    Ok(HttpResponse::Ok().json(super::page_json(&request, page.total_elements, data)))
 }

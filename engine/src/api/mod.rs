@@ -3,7 +3,7 @@
 
 mod auth;
 mod converter;
-mod device;
+pub mod device;
 pub mod error;
 mod integration;
 pub mod profile;
@@ -101,4 +101,43 @@ fn authenticate(req: &HttpRequest) -> Result<Caller, ApiError> {
         .ok_or(AuthError::Missing)?
         .trim();
     Ok(Caller(state.auth.verify_access(token)?))
+}
+
+/// ThingsBoard's page parameters: `pageSize` (required, positive), `page` (from 0),
+/// `textSearch`.
+#[derive(serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PageQuery {
+    pub page_size: Option<usize>,
+    pub page: Option<usize>,
+    pub text_search: Option<String>,
+}
+
+impl PageQuery {
+    /// The page asked for, its size capped at `max`.
+    pub fn request(&self, max: usize) -> Result<actors::ports::PageRequest, ApiError> {
+        let page_size = self.page_size.filter(|s| *s > 0).ok_or_else(|| {
+            ApiError::bad_request("Parameter 'pageSize' is required and must be positive")
+        })?;
+        Ok(actors::ports::PageRequest {
+            page_size: page_size.min(max),
+            page: self.page.unwrap_or(0),
+            text_search: self.text_search.clone().filter(|t| !t.is_empty()),
+        })
+    }
+}
+
+/// ThingsBoard's page: `data`, `totalPages`, `totalElements`, `hasNext`.
+pub fn page_json(
+    request: &actors::ports::PageRequest,
+    total_elements: usize,
+    data: Vec<serde_json::Value>,
+) -> serde_json::Value {
+    let total_pages = total_elements.div_ceil(request.page_size.max(1));
+    serde_json::json!({
+        "data": data,
+        "totalPages": total_pages,
+        "totalElements": total_elements,
+        "hasNext": request.page.checked_add(1).is_some_and(|next| next < total_pages),
+    })
 }

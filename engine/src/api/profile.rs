@@ -11,7 +11,7 @@
 
 use actix_web::{HttpResponse, web};
 use actors::model::{TenantId, now_ms};
-use actors::ports::{DeviceProfile, PageRequest, ProvisionType, RecordError};
+use actors::ports::{DeviceProfile, ProvisionType, RecordError};
 use serde::Deserialize;
 use serde_json::{Value, json};
 use uuid::Uuid;
@@ -275,37 +275,16 @@ async fn default_info(state: State, caller: Caller) -> Result<HttpResponse, ApiE
     })))
 }
 
-#[derive(Deserialize)]
-#[serde(rename_all = "camelCase")]
-struct ListQuery {
-    page_size: Option<usize>,
-    page: Option<usize>,
-    text_search: Option<String>,
-}
-
 async fn list(
     state: State,
     caller: Caller,
-    query: web::Query<ListQuery>,
+    query: web::Query<super::PageQuery>,
 ) -> Result<HttpResponse, ApiError> {
     let tenant = caller.0.tenant_id;
     // The tenant's default profile exists before anyone lists them.
     default_profile(&state, tenant).await?;
-    let page_size = query.page_size.filter(|s| *s > 0).ok_or_else(|| {
-        ApiError::bad_request("Parameter 'pageSize' is required and must be positive")
-    })?;
-    let request = PageRequest {
-        page_size: page_size.min(actors::ports::MAX_PROFILE_PAGE_SIZE),
-        page: query.page.unwrap_or(0),
-        text_search: query.text_search.clone().filter(|t| !t.is_empty()),
-    };
+    let request = query.request(actors::ports::MAX_PROFILE_PAGE_SIZE)?;
     let page = state.profiles.profiles(tenant, &request).await?;
-    let total_pages = page.total_elements.div_ceil(request.page_size);
     let data: Vec<Value> = page.data.iter().map(profile_json).collect();
-    Ok(HttpResponse::Ok().json(json!({
-        "data": data,
-        "totalPages": total_pages,
-        "totalElements": page.total_elements,
-        "hasNext": request.page.checked_add(1).is_some_and(|next| next < total_pages),
-    })))
+    Ok(HttpResponse::Ok().json(super::page_json(&request, page.total_elements, data)))
 }
