@@ -9,6 +9,7 @@ pub mod device_keys;
 pub mod downlink;
 pub mod ingress;
 pub mod integration;
+pub mod lenient;
 pub mod log_limit;
 pub mod mailbox;
 pub mod metrics;

@@ -64,8 +64,31 @@ impl PayloadError {
     }
 }
 
-/// Parses a telemetry payload; `server_ts` stamps records that carry no `ts`.
+/// Runs `parse` on `bytes`; when they are not JSON, on their strict form if Gson's lenient
+/// reader would have taken them (see [`crate::lenient`]), keeping the first error otherwise.
+fn strict_or_lenient<T>(
+    bytes: &[u8],
+    parse: impl Fn(&[u8]) -> Result<T, PayloadError>,
+) -> Result<T, PayloadError> {
+    match parse(bytes) {
+        Err(PayloadError::InvalidJson(e)) => match crate::lenient::to_strict(bytes) {
+            Some(strict) => parse(strict.as_bytes()).map_err(|second| match second {
+                PayloadError::InvalidJson(_) => PayloadError::InvalidJson(e),
+                other => other,
+            }),
+            None => Err(PayloadError::InvalidJson(e)),
+        },
+        other => other,
+    }
+}
+
+/// Parses a telemetry payload; `server_ts` stamps records that carry no `ts`. Payloads
+/// ThingsBoard's lenient JSON reader takes (`{temperature:42}`) are taken too.
 pub fn parse_telemetry(bytes: &[u8], server_ts: i64) -> Result<Vec<TsRecord>, PayloadError> {
+    strict_or_lenient(bytes, |bytes| parse_telemetry_strict(bytes, server_ts))
+}
+
+fn parse_telemetry_strict(bytes: &[u8], server_ts: i64) -> Result<Vec<TsRecord>, PayloadError> {
     match parse_top(bytes)? {
         Top::Object(fields) => Ok(vec![object_to_record(fields, server_ts)?]),
         Top::Array(items) => {
@@ -89,8 +112,13 @@ pub fn parse_telemetry(bytes: &[u8], server_ts: i64) -> Result<Vec<TsRecord>, Pa
     }
 }
 
-/// Parses an attributes payload: one object of key-values.
+/// Parses an attributes payload: one object of key-values (lenient JSON taken as for
+/// telemetry).
 pub fn parse_attributes(bytes: &[u8]) -> Result<Vec<KvEntry>, PayloadError> {
+    strict_or_lenient(bytes, parse_attributes_strict)
+}
+
+fn parse_attributes_strict(bytes: &[u8]) -> Result<Vec<KvEntry>, PayloadError> {
     match parse_top(bytes)? {
         Top::Object(fields) => fields_to_entries(fields),
         Top::Array(_) => Err(PayloadError::WrongShape {

@@ -824,3 +824,52 @@ async fn claim_requests_over_mqtt() -> Result<()> {
     );
     Ok(())
 }
+
+/// The reference's command line exactly as printed, through a shell:
+/// `-m "{"temperature":42}"` reaches the server as `{temperature:42}` (the shell ate the inner
+/// quotes). ThingsBoard's lenient JSON reader stores it, and so does the engine; over HTTP too.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_reference_command_line_with_its_shell_quoting_is_stored() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let engine = Engine::start(dir.path())?;
+    let rest = engine.rest().await?;
+    let id = rest.create_device("quoted", "QUOTED_TOKEN").await?;
+    let line = format!(
+        r#"mosquitto_pub -d -q 1 -h "127.0.0.1" -p {} -t "v1/devices/me/telemetry" -u "QUOTED_TOKEN" -m "{{"temperature":42}}""#,
+        engine.mqtt.port()
+    );
+    let out = std::process::Command::new("sh")
+        .args(["-c", &line])
+        .output()
+        .context("sh")?;
+    let text =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{line}: {text}");
+    assert!(text.contains("received PUBACK"), "{text}");
+    let latest = latest_with(&rest, &id, "temperature").await?;
+    assert_eq!(value(&latest, "temperature"), json!(42));
+
+    // The same over HTTP, and the other lenient forms ThingsBoard takes.
+    let http = reqwest::Client::new();
+    for body in ["{humidity:40.5}", "{mode:eco}", "{'door':'open'}"] {
+        let resp = http
+            .post(engine.url("/api/v1/QUOTED_TOKEN/telemetry"))
+            .body(body)
+            .send()
+            .await?;
+        assert_eq!(resp.status().as_u16(), 200, "{body}");
+    }
+    let latest = latest_with(&rest, &id, "door").await?;
+    assert_eq!(value(&latest, "door"), json!("open"));
+    let latest = latest_with(&rest, &id, "mode").await?;
+    assert_eq!(value(&latest, "mode"), json!("eco"));
+    assert_eq!(value(&latest, "humidity"), json!(40.5));
+    // Still refused: what no JSON reader takes.
+    let resp = http
+        .post(engine.url("/api/v1/QUOTED_TOKEN/telemetry"))
+        .body("{broken")
+        .send()
+        .await?;
+    assert_eq!(resp.status().as_u16(), 400);
+    Ok(())
+}
