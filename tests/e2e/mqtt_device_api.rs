@@ -873,3 +873,38 @@ async fn the_reference_command_line_with_its_shell_quoting_is_stored() -> Result
     assert_eq!(resp.status().as_u16(), 400);
     Ok(())
 }
+
+/// CONNACK's Session Present as ThingsBoard sets it: on whenever the client asked to keep its
+/// session (3.1.1 clean session off, MQTT 5 clean start off), though no session is kept.
+#[tokio::test(flavor = "multi_thread")]
+async fn session_present_follows_thingsboard() -> Result<()> {
+    use tests::mqtt::raw::{self, Raw};
+    let dir = tempfile::tempdir()?;
+    let engine = Engine::start(dir.path())?;
+    engine
+        .rest()
+        .await?
+        .create_device("present", "PRESENT")
+        .await?;
+    for level in [4u8, 5] {
+        for clean in [true, false] {
+            let mut connect = raw::connect(level, "PRESENT");
+            // The flags byte: fixed header (2), protocol name (6), level (1).
+            connect[9] = if clean { 0x82 } else { 0x80 };
+            let mut raw = Raw::open(&engine).await?;
+            raw.send(&connect).await?;
+            let connack = raw.packet().await?.context("no CONNACK")?;
+            assert_eq!(
+                raw::connack_code(&connack),
+                Some(0),
+                "level {level} clean {clean}"
+            );
+            assert_eq!(
+                connack.get(2).copied(),
+                Some(u8::from(!clean)),
+                "level {level} clean {clean}: {connack:?}"
+            );
+        }
+    }
+    Ok(())
+}

@@ -16,6 +16,9 @@ pub(super) async fn handshake(
     hs: v3::Handshake,
 ) -> Result<v3::HandshakeAck<Connection>, Fault> {
     let username = hs.packet().username.as_ref().map(|u| u.as_str().to_owned());
+    // ThingsBoard's CONNACK claims a session whenever the client asked to keep one
+    // (`!cleanSession`), though it keeps none; clients are used to it.
+    let session_present = !hs.packet().clean_session;
     Ok(match node.login(username.as_deref()).await {
         Login::Device(device) => {
             let (sink, io) = (hs.sink(), hs.io().get_ref());
@@ -23,7 +26,7 @@ pub(super) async fn handshake(
                 writer::v3_acks(&sink);
                 writer::spawn(writer::Sink::new(sink, io), outbound);
             });
-            hs.ack(connection, false)
+            hs.ack(connection, session_present)
         }
         Login::EmptyToken => hs.bad_username_or_pwd(),
         Login::UnknownToken => hs.not_authorized(),

@@ -107,6 +107,8 @@ pub(super) async fn handshake(
         return Ok(hs.failed(ConnectAckReason::BadAuthenticationMethod));
     }
     let username = hs.packet().username.as_ref().map(|u| u.as_str().to_owned());
+    // As ThingsBoard: Session Present whenever the client did not ask for a clean start.
+    let session_present = !hs.packet().clean_start;
     let login = node.login(username.as_deref()).await;
     if let Some(reason) = connack_reason(&login) {
         return Ok(hs.failed(reason));
@@ -120,9 +122,10 @@ pub(super) async fn handshake(
         writer::spawn(writer::Sink::new(sink, io), outbound);
     });
     // QoS 2 is granted as 1: MQTT 5 clients learn it from CONNACK's Maximum QoS.
-    Ok(hs
-        .ack(connection)
-        .with(|ack| ack.max_qos = QoS::AtLeastOnce))
+    Ok(hs.ack(connection).with(|ack| {
+        ack.max_qos = QoS::AtLeastOnce;
+        ack.session_present = session_present;
+    }))
 }
 
 pub(super) async fn publish(
