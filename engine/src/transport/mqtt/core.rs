@@ -200,29 +200,9 @@ impl Connection {
             peer_event!(DEBUG, device = ?self.device.name, ?topic, "mqtt publish to an invalid topic name, connection closed");
             return Err(Fault::BadTopic(bad));
         }
-        if let Some(id) = attribute_request_id(topic) {
-            let payload = read
-                .await
-                .map_err(|e| Fault::Protocol(format!("payload: {e}")))?;
-            return Ok(self.attribute_request(id, &payload).await);
-        }
-        if topic == CLAIM_TOPIC {
-            let payload = read
-                .await
-                .map_err(|e| Fault::Protocol(format!("payload: {e}")))?;
-            return Ok(self.claim(&payload).await);
-        }
-        if let Some(id) = rpc_request_id(topic) {
-            let payload = read
-                .await
-                .map_err(|e| Fault::Protocol(format!("payload: {e}")))?;
-            return Ok(self.device_rpc(id, &payload).await);
-        }
+        // Data first: the topics nearly every publish carries.
         let Some(uplink) = uplink_of(topic) else {
-            counter!(MESSAGES_REJECTED, "transport" => "mqtt", "reason" => "unknown_topic")
-                .increment(1);
-            peer_event!(WARN, device = ?self.device.name, ?topic, "publish to an unsupported topic ignored");
-            return Ok(Published::UnknownTopic);
+            return self.request(topic, read).await;
         };
         let payload = read
             .await
@@ -235,6 +215,40 @@ impl Connection {
             Err(SessionError::Rejected(rejection)) => Ok(Published::Refused(rejection)),
             Err(SessionError::Gone) => Err(Fault::SessionGone),
         }
+    }
+
+    /// A publish that is not data: an attribute request, a claim request, the device's own RPC
+    /// request, each answered on this connection; any other topic is dropped, as ThingsBoard
+    /// does.
+    async fn request<F>(&self, topic: &str, read: F) -> Result<Published, Fault>
+    where
+        F: Future<Output = Result<Bytes, PayloadError>>,
+    {
+        enum Call {
+            Attributes(Result<i32, ()>),
+            Claim,
+            Rpc(Result<i32, ()>),
+        }
+        let call = if let Some(id) = attribute_request_id(topic) {
+            Call::Attributes(id)
+        } else if topic == CLAIM_TOPIC {
+            Call::Claim
+        } else if let Some(id) = rpc_request_id(topic) {
+            Call::Rpc(id)
+        } else {
+            counter!(MESSAGES_REJECTED, "transport" => "mqtt", "reason" => "unknown_topic")
+                .increment(1);
+            peer_event!(WARN, device = ?self.device.name, ?topic, "publish to an unsupported topic ignored");
+            return Ok(Published::UnknownTopic);
+        };
+        let payload = read
+            .await
+            .map_err(|e| Fault::Protocol(format!("payload: {e}")))?;
+        Ok(match call {
+            Call::Attributes(id) => self.attribute_request(id, &payload).await,
+            Call::Claim => self.claim(&payload).await,
+            Call::Rpc(id) => self.device_rpc(id, &payload).await,
+        })
     }
 
     /// An attribute request (`v1/devices/me/attributes/request/{id}`): the answer goes to
@@ -268,10 +282,7 @@ impl Connection {
             }
         };
         let topic = DownlinkTopic::AttributeResponse(id).name();
-        let qos = match self.subscriptions.get().qos_for(&topic) {
-            Some(QoS::AtMostOnce) => DownlinkQos::AtMostOnce,
-            _ => DownlinkQos::AtLeastOnce,
-        };
+        let qos = self.answer_qos(&topic);
         let downlink = Downlink {
             topic,
             payload: attributes::response(&client, &shared).into_bytes(),
@@ -281,6 +292,15 @@ impl Connection {
         // downlink producer does; a closed one means the connection is gone.
         let _ = self.writer.0.send(downlink).await;
         Published::Queued
+    }
+
+    /// The QoS of an answer on `topic`: the device's matching subscription's, QoS 1 without one
+    /// (ThingsBoard answers whether or not the device subscribed).
+    fn answer_qos(&self, topic: &str) -> DownlinkQos {
+        match self.subscriptions.get().qos_for(topic) {
+            Some(QoS::AtMostOnce) => DownlinkQos::AtMostOnce,
+            _ => DownlinkQos::AtLeastOnce,
+        }
     }
 
     /// A claim request (`v1/devices/me/claim`, an optional `{"secretKey":..,"durationMs":..}`):
@@ -338,10 +358,7 @@ impl Connection {
             return Published::Queued;
         };
         let topic = DownlinkTopic::RpcResponse(id).name();
-        let qos = match self.subscriptions.get().qos_for(&topic) {
-            Some(QoS::AtMostOnce) => DownlinkQos::AtMostOnce,
-            _ => DownlinkQos::AtLeastOnce,
-        };
+        let qos = self.answer_qos(&topic);
         if request.method == SESSION_LIMITS {
             let downlink = Downlink {
                 topic,
