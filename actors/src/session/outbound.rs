@@ -17,10 +17,11 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU8, AtomicUsize, Ordering};
 use std::time::Instant;
 
+use futures::task::AtomicWaker;
 use metrics::{Counter, Gauge, Histogram, counter, gauge, histogram};
 use parking_lot::Mutex;
 use thiserror::Error;
-use tokio::sync::{Notify, Semaphore, TryAcquireError};
+use tokio::sync::{Semaphore, TryAcquireError};
 
 use crate::metrics::{
     MQTT_OUTBOUND_BLOCKED, MQTT_OUTBOUND_DEPTH, MQTT_OUTBOUND_MESSAGES, MQTT_OUTBOUND_STALLED,
@@ -122,7 +123,7 @@ struct Shared {
     /// One permit per free place; closed when the receiver goes.
     room: Semaphore,
     /// Wakes the writer: a message was queued, a close was asked, or the channel closed.
-    wake: Notify,
+    wake: AtomicWaker,
     /// 0, or the [`CloseReason`] code asked for.
     close: AtomicU8,
     capacity: usize,
@@ -139,7 +140,7 @@ pub fn channel(capacity: usize, meters: Arc<OutboundMeters>) -> (Outbound, Outbo
     let shared = Arc::new(Shared {
         queue: Mutex::new(VecDeque::new()),
         room: Semaphore::new(capacity),
-        wake: Notify::new(),
+        wake: AtomicWaker::new(),
         close: AtomicU8::new(0),
         capacity,
         waiting: AtomicUsize::new(0),
@@ -197,14 +198,14 @@ impl Outbound {
             Ordering::AcqRel,
             Ordering::Acquire,
         );
-        self.shared.wake.notify_one();
+        self.shared.wake.wake();
     }
 
     /// Tells the writer its connection ended: it stops at once, and what is queued is dropped
     /// (and counted). The transport calls this when the connection's state goes.
     pub fn end(&self) {
         self.shared.close.store(ENDED, Ordering::Release);
-        self.shared.wake.notify_one();
+        self.shared.wake.wake();
     }
 
     /// Messages queued now.
@@ -246,7 +247,7 @@ impl Shared {
     fn push(&self, downlink: Downlink) {
         self.queue.lock().push_back(downlink);
         self.meters.depth.increment(1.0);
-        self.wake.notify_one();
+        self.wake.wake();
     }
 }
 
@@ -255,23 +256,37 @@ impl OutboundReceiver {
     /// The message stays queued until [`OutboundReceiver::take`], so the writer can wait for the
     /// socket with the channel still counting it.
     pub async fn wait(&self) -> Pending {
-        loop {
-            // Registered before checking, so a push between the check and the await wakes it.
-            let woken = self.shared.wake.notified();
-            match self.shared.close.load(Ordering::Acquire) {
-                0 => {}
-                ENDED => return Pending::Ended,
-                code => {
-                    if let Some(reason) = CloseReason::from_code(code) {
-                        return Pending::Close(reason);
-                    }
+        std::future::poll_fn(|cx| self.poll_wait(cx)).await
+    }
+
+    /// [`OutboundReceiver::wait`] as a poll: `Pending` registers `cx` to be woken by the next
+    /// message or close.
+    pub fn poll_wait(&self, cx: &mut std::task::Context<'_>) -> std::task::Poll<Pending> {
+        // Registered before checking, so a push between the check and the return wakes it.
+        self.shared.wake.register(cx.waker());
+        match self.shared.close.load(Ordering::Acquire) {
+            0 => {}
+            ENDED => return std::task::Poll::Ready(Pending::Ended),
+            code => {
+                if let Some(reason) = CloseReason::from_code(code) {
+                    return std::task::Poll::Ready(Pending::Close(reason));
                 }
             }
-            if !self.shared.queue.lock().is_empty() {
-                return Pending::Message;
-            }
-            woken.await;
         }
+        if self.shared.queue.lock().is_empty() {
+            std::task::Poll::Pending
+        } else {
+            std::task::Poll::Ready(Pending::Message)
+        }
+    }
+
+    /// The QoS of the oldest queued message, which [`OutboundReceiver::take`] would take.
+    pub fn next_qos(&self) -> Option<DownlinkQos> {
+        self.shared
+            .queue
+            .lock()
+            .front()
+            .map(|downlink| downlink.qos)
     }
 
     /// Takes the oldest queued message, freeing its place.

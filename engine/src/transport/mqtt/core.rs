@@ -5,6 +5,7 @@
 //! translate packets to these calls and outcomes to reason codes.
 
 use std::cell::Cell;
+use std::rc::Rc;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -22,16 +23,16 @@ use actors::session::{SessionArgs, SessionError, SessionHandle};
 use metrics::counter;
 use ntex::util::Bytes;
 use ntex_mqtt::QoS;
-use ntex_mqtt::error::{PayloadError, ProtocolError};
 use ractor::ActorCell;
 
 use super::admission::{Admission, Seat};
+use super::dispatch::Settings;
 use super::peer_log::peer_event;
 use super::topics::{
     BadTopic, CLAIM_TOPIC, DownlinkTopic, FilterRefusal, Subscriptions, attribute_request_id,
     rpc_request_id, uplink_of,
 };
-use super::writer::WriterGuard;
+use actors::session::Outbound;
 
 /// What every connection handler needs; shared by all network workers.
 pub struct MqttContext {
@@ -57,6 +58,7 @@ pub(super) struct Node {
     pub(super) ctx: Arc<MqttContext>,
     pub(super) admission: Arc<Admission>,
     pub(super) meters: Arc<OutboundMeters>,
+    pub(super) settings: Settings,
 }
 
 /// How a CONNECT's credentials came out.
@@ -93,17 +95,12 @@ impl Node {
         }
     }
 
-    /// Opens the connection of a logged-in device: its outbound channel, whose receiving end
-    /// `start_writer` hands to the connection's writer (on this thread), its session, and its
-    /// seat among the device's sessions (which may push out an older one).
-    pub(super) fn open(
-        &self,
-        device: Arc<Device>,
-        start_writer: impl FnOnce(OutboundReceiver),
-    ) -> Connection {
+    /// Opens the connection of a logged-in device: its outbound channel (the receiving end is
+    /// the connection's, to write from), its session, and its seat among the device's sessions
+    /// (which may push out an older one).
+    pub(super) fn open(&self, device: Arc<Device>) -> (Rc<Connection>, OutboundReceiver) {
         let (outbound, receiver) =
             outbound::channel(self.ctx.outbound_capacity, self.meters.clone());
-        start_writer(receiver);
         let seat = self.admission.seat(&device, outbound.clone());
         let args = SessionArgs {
             device: device.clone(),
@@ -117,21 +114,21 @@ impl Node {
             self.ctx.receive_maximum.into(),
         );
         peer_event!(DEBUG, device = ?device.name, "mqtt session opened");
-        Connection {
+        let connection = Connection {
             device,
             session,
             store: self.ctx.store.clone(),
             ctx: self.ctx.clone(),
-            rpc_waiting: std::rc::Rc::new(Cell::new(0)),
-            in_flight: InFlight::default(),
+            rpc_waiting: Rc::new(Cell::new(0)),
             subscriptions: Cell::new(Subscriptions::default()),
-            writer: WriterGuard(outbound),
+            outbound,
             _seat: seat,
-        }
+        };
+        (Rc::new(connection), receiver)
     }
 }
 
-/// The state ntex keeps per connection.
+/// A logged-in connection's state.
 pub struct Connection {
     device: Arc<Device>,
     session: SessionHandle,
@@ -139,15 +136,11 @@ pub struct Connection {
     ctx: Arc<MqttContext>,
     /// The device's own RPC requests waiting for their timeout answer (at most
     /// `CLIENT_RPC_WAITING`).
-    rpc_waiting: std::rc::Rc<Cell<usize>>,
-    /// Publishes received and not yet answered. A DISCONNECT waits for them: ntex drops
-    /// unfinished publish handlers when the connection closes, and a QoS 0 message sent just
-    /// before DISCONNECT (what `mosquitto_pub -m` does) must still be stored.
-    in_flight: InFlight,
+    rpc_waiting: Rc<Cell<usize>>,
     /// The filters granted on this connection.
     subscriptions: Cell<Subscriptions>,
-    /// Ends the writer with the connection.
-    writer: WriterGuard,
+    /// Where answers to the device's requests go, like any server-to-device message.
+    outbound: Outbound,
     /// Its place among its device's sessions.
     _seat: Seat,
 }
@@ -163,38 +156,52 @@ pub(super) enum Published {
     Refused(Rejection),
 }
 
-/// Why a connection is closed; ntex logs it, we count it where it happens.
+/// Why the server closes a connection (MQTT 5 says it in DISCONNECT where it has a reason).
 #[derive(Debug)]
 pub enum Fault {
     Rejected(Rejection),
     SessionGone,
-    Protocol(String),
     BadTopic(BadTopic),
     /// MQTT 5 AUTH without an Authentication Method in CONNECT (MQTT 5 §4.12).
     UnexpectedAuth,
+    /// CONNECT again [MQTT-3.1.0-2].
+    SecondConnect,
+    /// A packet the protocol does not allow here (a CONNACK, a SUBACK, ... from a client).
+    Unexpected(&'static str),
+    /// Bytes that are no packet of the protocol.
+    Malformed(String),
+    /// A packet larger than `mqtt.max_payload_size` and its headroom.
+    TooLarge,
+    /// No packet for one and a half keep-alive periods.
+    KeepAlive,
+    /// An MQTT 5 Topic Alias over CONNACK's maximum, or one never set.
+    TopicAlias,
+    /// An MQTT 5 PUBLISH at a QoS over CONNACK's Maximum QoS.
+    QosNotSupported,
 }
 
-impl From<()> for Fault {
-    fn from((): ()) -> Self {
-        Fault::Protocol("connection failed".into())
+impl Fault {
+    /// The `reason` label of `engine_mqtt_protocol_errors_total`; `None` when the fault is not
+    /// the peer's breach of the protocol (it is counted where it happens).
+    pub(super) fn protocol_label(&self) -> Option<&'static str> {
+        Some(match self {
+            Fault::Rejected(_) | Fault::SessionGone | Fault::BadTopic(_) => return None,
+            Fault::UnexpectedAuth => "unexpected_auth",
+            Fault::SecondConnect => "second_connect",
+            Fault::Unexpected(_) | Fault::TopicAlias | Fault::QosNotSupported => "violation",
+            Fault::Malformed(_) | Fault::TooLarge => "malformed",
+            Fault::KeepAlive => "timeout",
+        })
     }
 }
 
 /// A connection's own RPC requests that may wait for their timeout answer at once.
 const CLIENT_RPC_WAITING: usize = 16;
 
-/// How long a DISCONNECT, or a peer gone, waits for the connection's publishes to be handed
-/// over.
-const SETTLE_LIMIT: Duration = Duration::from_secs(5);
-
 impl Connection {
-    /// Handles one PUBLISH: checks its topic, reads its payload (`read`), hands it to the
-    /// session and waits until the queue holds it.
-    pub(super) async fn publish<F>(&self, topic: &str, read: F) -> Result<Published, Fault>
-    where
-        F: Future<Output = Result<Bytes, PayloadError>>,
-    {
-        let _in_flight = self.in_flight.enter();
+    /// Handles one PUBLISH: checks its topic, hands it to the session and waits until the
+    /// queue holds it.
+    pub(super) async fn publish(&self, topic: &str, payload: Bytes) -> Result<Published, Fault> {
         if let Some(bad) = BadTopic::of(topic) {
             counter!(MQTT_PROTOCOL_ERRORS, "reason" => bad.label()).increment(1);
             peer_event!(DEBUG, device = ?self.device.name, ?topic, "mqtt publish to an invalid topic name, connection closed");
@@ -202,11 +209,8 @@ impl Connection {
         }
         // Data first: the topics nearly every publish carries.
         let Some(uplink) = uplink_of(topic) else {
-            return self.request(topic, read).await;
+            return Ok(self.request(topic, &payload).await);
         };
-        let payload = read
-            .await
-            .map_err(|e| Fault::Protocol(format!("payload: {e}")))?;
         match self.session.publish(uplink, payload).await {
             Ok(accepted) => Ok(match accepted.confirmed().await {
                 Ok(()) => Published::Queued,
@@ -220,10 +224,7 @@ impl Connection {
     /// A publish that is not data: an attribute request, a claim request, the device's own RPC
     /// request, each answered on this connection; any other topic is dropped, as ThingsBoard
     /// does.
-    async fn request<F>(&self, topic: &str, read: F) -> Result<Published, Fault>
-    where
-        F: Future<Output = Result<Bytes, PayloadError>>,
-    {
+    async fn request(&self, topic: &str, payload: &[u8]) -> Published {
         enum Call {
             Attributes(Result<i32, ()>),
             Claim,
@@ -239,16 +240,13 @@ impl Connection {
             counter!(MESSAGES_REJECTED, "transport" => "mqtt", "reason" => "unknown_topic")
                 .increment(1);
             peer_event!(WARN, device = ?self.device.name, ?topic, "publish to an unsupported topic ignored");
-            return Ok(Published::UnknownTopic);
+            return Published::UnknownTopic;
         };
-        let payload = read
-            .await
-            .map_err(|e| Fault::Protocol(format!("payload: {e}")))?;
-        Ok(match call {
-            Call::Attributes(id) => self.attribute_request(id, &payload).await,
-            Call::Claim => self.claim(&payload).await,
-            Call::Rpc(id) => self.device_rpc(id, &payload).await,
-        })
+        match call {
+            Call::Attributes(id) => self.attribute_request(id, payload).await,
+            Call::Claim => self.claim(payload).await,
+            Call::Rpc(id) => self.device_rpc(id, payload).await,
+        }
     }
 
     /// An attribute request (`v1/devices/me/attributes/request/{id}`): the answer goes to
@@ -290,7 +288,7 @@ impl Connection {
         };
         // A full channel (a device that does not read) makes this publish wait, as any
         // downlink producer does; a closed one means the connection is gone.
-        let _ = self.writer.0.send(downlink).await;
+        let _ = self.outbound.send(downlink).await;
         Published::Queued
     }
 
@@ -365,7 +363,7 @@ impl Connection {
                 payload: self.ctx.session_limits.render(None).into_bytes(),
                 qos,
             };
-            let _ = self.writer.0.send(downlink).await;
+            let _ = self.outbound.send(downlink).await;
             return Published::Queued;
         }
         let timeout = Downlink {
@@ -374,12 +372,12 @@ impl Connection {
             qos,
         };
         if self.rpc_waiting.get() >= CLIENT_RPC_WAITING {
-            let _ = self.writer.0.send(timeout).await;
+            let _ = self.outbound.send(timeout).await;
             return Published::Queued;
         }
         self.rpc_waiting.set(self.rpc_waiting.get() + 1);
         let waiting = self.rpc_waiting.clone();
-        let outbound = self.writer.0.clone();
+        let outbound = self.outbound.clone();
         let after = self.ctx.client_rpc_timeout;
         ntex::rt::spawn(async move {
             ntex::time::sleep(after).await;
@@ -415,80 +413,22 @@ impl Connection {
     }
 
     /// The device sent PINGREQ: a keep-alive period passed without a publish. Its session actor
-    /// is passivated unless a publish is still being handled.
-    pub(super) fn ping(&self) {
-        if self.in_flight.count.get() == 0 && self.session.hibernate() {
+    /// is passivated unless a publish is still being handled (`idle` false).
+    pub(super) fn ping(&self, idle: bool) {
+        if idle && self.session.hibernate() {
             peer_event!(DEBUG, device = ?self.device.name, "mqtt session hibernates");
         }
     }
 
-    /// The device sent DISCONNECT: what it published before is handed over first.
-    pub(super) async fn disconnect(&self) {
-        self.in_flight.settle(SETTLE_LIMIT).await;
-    }
-
-    /// The connection stopped: publishes the peer sent before going are still handed over
-    /// before ntex drops them.
-    pub(super) async fn stopped(&self, reason: &ntex_mqtt::Reason<Fault>) {
-        match reason {
-            ntex_mqtt::Reason::PeerGone(_) => self.in_flight.settle(SETTLE_LIMIT).await,
-            ntex_mqtt::Reason::Error(e) => {
-                peer_event!(DEBUG, device = ?self.device.name, error = ?e, "mqtt connection closed");
-            }
-            ntex_mqtt::Reason::Protocol(e) => {
-                let label = protocol_error_label(e.get_ref());
-                counter!(MQTT_PROTOCOL_ERRORS, "reason" => label).increment(1);
-                peer_event!(DEBUG, device = ?self.device.name, error = ?e, "mqtt protocol error, connection closed");
-            }
+    /// The connection ended: why, counted and logged.
+    pub(super) fn ended(&self, fault: Option<&Fault>) {
+        let Some(fault) = fault else {
+            peer_event!(DEBUG, device = ?self.device.name, "mqtt connection closed");
+            return;
+        };
+        if let Some(label) = fault.protocol_label() {
+            counter!(MQTT_PROTOCOL_ERRORS, "reason" => label).increment(1);
         }
-    }
-}
-
-/// Publishes of one connection received and not yet answered.
-#[derive(Default)]
-struct InFlight {
-    count: Cell<usize>,
-}
-
-struct InFlightGuard<'a>(&'a InFlight);
-
-impl InFlight {
-    fn enter(&self) -> InFlightGuard<'_> {
-        self.count.set(self.count.get() + 1);
-        InFlightGuard(self)
-    }
-
-    /// Waits until no publish is in flight, or `limit` passed. A publish ntex has received may
-    /// not have started yet: ntex polls it when the connection's dispatcher wakes, so wait in
-    /// short timer ticks (each wakes the dispatcher) and stop after two quiet ones.
-    async fn settle(&self, limit: Duration) {
-        let deadline = std::time::Instant::now() + limit;
-        let mut quiet = 0;
-        while quiet < 2 && std::time::Instant::now() < deadline {
-            quiet = if self.count.get() == 0 { quiet + 1 } else { 0 };
-            ntex::time::sleep(ntex::time::Millis(1)).await;
-        }
-    }
-}
-
-impl Drop for InFlightGuard<'_> {
-    fn drop(&mut self) {
-        self.0.count.set(self.0.count.get().saturating_sub(1));
-    }
-}
-
-/// Why [`OneConnect`](super::OneConnect) closed a connection.
-pub(super) const SECOND_CONNECT: &str = "second CONNECT on a connection [MQTT-3.1.0-2]";
-
-/// The label of a protocol error ntex-mqtt (or `OneConnect`) closed a connection for.
-pub(super) fn protocol_error_label(error: &ProtocolError) -> &'static str {
-    match error {
-        ProtocolError::ProtocolViolation(v) if v.message() == SECOND_CONNECT => "second_connect",
-        ProtocolError::ProtocolViolation(v) if v.message().starts_with("[MQTT-3.3.2-2]") => {
-            "wildcard_in_topic"
-        }
-        ProtocolError::ProtocolViolation(_) => "violation",
-        ProtocolError::Decode(_) | ProtocolError::Encode(_) => "malformed",
-        ProtocolError::KeepAliveTimeout | ProtocolError::ReadTimeout => "timeout",
+        peer_event!(DEBUG, device = ?self.device.name, ?fault, "mqtt connection closed by the server");
     }
 }

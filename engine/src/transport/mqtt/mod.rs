@@ -1,18 +1,21 @@
-//! ThingsBoard's MQTT device API on ntex-mqtt: MQTT 3.1.1 and 5 on one listener.
+//! ThingsBoard's MQTT device API: MQTT 3.1.1 and 5 on one listener, on ntex's I/O with
+//! ntex-mqtt's codecs and our own per-connection dispatcher.
 //!
-//! - `opening.rs`: before ntex-mqtt reads a connection, a peek at its first bytes: a CONNECT of
-//!   a protocol level other than 4 or 5 gets CONNACK 0x01, one past `max_connections` 0x03
-//!   (MQTT 5: 0x97); levels 4 and 5 go to that version's ntex-mqtt server.
+//! - `opening.rs`: a peek at each connection's first bytes: a CONNECT of a protocol level other
+//!   than 4 or 5 gets CONNACK 0x01, one past `max_connections` 0x03 (MQTT 5: 0x97); levels 4
+//!   and 5 go to that version's adapter.
 //! - `admission.rs`: the sockets open and each device's sessions; a session past
 //!   `max_connections_per_device` takes over from the device's oldest (ThingsBoard's
 //!   behaviour).
 //! - `core.rs`: the version-neutral connection: login (the access token is CONNECT's
 //!   username), publish, subscribe and unsubscribe (granted filters kept per connection), ping,
 //!   disconnect, publishes in flight.
-//! - `v3.rs`, `v5.rs`: the adapters, translating packets to the core's calls and its outcomes
-//!   to each version's answers and reason codes.
-//! - `writer.rs`: each connection's writer, the only owner of ntex's sink, draining the
-//!   connection's bounded outbound channel (where every server-to-device message enters).
+//! - `dispatch.rs`: each logged-in connection's one task: reads packets, hands publishes to the
+//!   core and answers them in order, answers the rest, writes the downlinks.
+//! - `v3.rs`, `v5.rs`: the adapters: CONNECT and CONNACK, packets to the dispatcher's events,
+//!   the core's outcomes to each version's answers and reason codes.
+//! - `writer.rs`: the writing side, draining the connection's bounded outbound channel (where
+//!   every server-to-device message enters) while the peer can take packets.
 //! - `topics.rs`: topics and filters as plain functions: uplink and downlink kinds, topic
 //!   names the protocol forbids, the filters served, MQTT filter matching.
 //! - `peer_log.rs`: one rate limit for the log lines peers can trigger.
@@ -25,9 +28,11 @@
 //! 5 with the DISCONNECT reason the spec names).
 //!
 //! ntex runs its own runtime, so the server lives on its own thread with an ntex `System`.
+//! Why our own dispatcher rather than ntex-mqtt's server: ARCHITECTURE.md, "The MQTT front".
 
 mod admission;
 mod core;
+mod dispatch;
 mod opening;
 mod peer_log;
 pub mod topics;
@@ -48,39 +53,17 @@ use actors::session::Outbound;
 use actors::session::outbound::OutboundMeters;
 use ntex::io::Io;
 use ntex::service::cfg::SharedCfg;
-use ntex::service::{Middleware, Service, ServiceCtx, ServiceFactory};
-use ntex_mqtt::error::{DispatcherError, ProtocolError};
-use ntex_mqtt::{MqttServiceConfig, QoS};
+use ntex::service::{Service, ServiceCtx, ServiceFactory};
 use tracing::{info, warn};
 
 use self::admission::{Admission, connection_cap, socket_budget};
+use self::core::Node;
 pub use self::core::{Connection, Fault, MqttContext};
-use self::core::{Node, SECOND_CONNECT};
+use self::dispatch::Settings;
 use self::opening::first_bytes;
 pub use self::opening::{Opening, Version, opening};
 pub use self::topics::{ATTRIBUTES_TOPIC, DownlinkTopic, TELEMETRY_TOPIC, uplink_of};
 use crate::config::{MqttConfig, bytes};
-
-/// Closes a connection that sends CONNECT again [MQTT-3.1.0-2]: ntex-mqtt's dispatchers ignore
-/// it. MQTT 5 gets DISCONNECT 0x82 (protocol error). The `Service` impls are in `v3.rs` and
-/// `v5.rs`.
-struct OneConnect;
-
-struct OneConnectService<S> {
-    inner: S,
-}
-
-impl<S, C> Middleware<S, C> for OneConnect {
-    type Service = OneConnectService<S>;
-
-    fn create(&self, inner: S, _: C) -> OneConnectService<S> {
-        OneConnectService { inner }
-    }
-}
-
-fn second_connect<E>() -> DispatcherError<E> {
-    DispatcherError::Protocol(ProtocolError::generic_violation(SECOND_CONNECT))
-}
 
 /// ntex's per-connection buffers. A busy connection holds a read buffer and a write buffer of
 /// up to `mqtt.io_buffer_size` each; the write buffer's high-water mark is also where a
@@ -101,95 +84,44 @@ fn io_config(config: &MqttConfig) -> ntex::io::IoConfig {
 /// Empty buffers each network thread keeps for the next busy connection.
 const IO_BUFFER_CACHE: usize = 128;
 
-/// The per-connection service ntex builds from the connection's session: each request goes to
-/// `handler` together with that session.
-fn per_session<S, Req, Res, Fut>(
-    handler: fn(S, Req) -> Fut,
-) -> impl ntex::service::ServiceFactory<Req, S, Response = Res, Error = Fault, InitError = Fault>
-where
-    S: Clone + 'static,
-    Req: 'static,
-    Fut: Future<Output = Result<Res, Fault>> + 'static,
-{
-    ntex::service::fn_factory_with_config(move |session: S| {
-        ntex::util::Ready::Ok::<_, Fault>(ntex::service::fn_service(move |req| {
-            handler(session.clone(), req)
-        }))
-    })
+/// Each connection: its first bytes ([`first_bytes`]), then the adapter of the version they
+/// name.
+struct Listener {
+    node: Arc<Node>,
 }
 
-/// Each connection: its first bytes ([`first_bytes`]), then ntex-mqtt's server of the version
-/// they name. Not ntex-mqtt's own selector: the version is already known, and each version's
-/// connection future is boxed on its own, so an MQTT 3.1.1 connection does not keep room for
-/// MQTT 5's larger one.
-struct Listener<V3, V5> {
-    v3: V3,
-    v5: V5,
-    gate: Arc<Admission>,
-    connect_timeout: std::time::Duration,
-}
-
-struct ListenerService<V3, V5> {
-    v3: V3,
-    v5: V5,
-    gate: Arc<Admission>,
-    connect_timeout: std::time::Duration,
-}
-
-impl<V3, V5> ServiceFactory<Io, SharedCfg> for Listener<V3, V5>
-where
-    V3: ServiceFactory<Io, SharedCfg, Response = ()>,
-    V5: ServiceFactory<Io, SharedCfg, Response = (), Error = V3::Error, InitError = V3::InitError>,
-{
+impl ServiceFactory<Io, SharedCfg> for Listener {
     type Response = ();
-    type Error = V3::Error;
-    type Service = ListenerService<V3::Service, V5::Service>;
-    type InitError = V3::InitError;
+    type Error = ();
+    type Service = Listener;
+    type InitError = ();
 
-    async fn create(&self, cfg: SharedCfg) -> Result<Self::Service, Self::InitError> {
-        Ok(ListenerService {
-            v3: self.v3.create(cfg.clone()).await?,
-            v5: self.v5.create(cfg).await?,
-            gate: self.gate.clone(),
-            connect_timeout: self.connect_timeout,
+    async fn create(&self, _: SharedCfg) -> Result<Listener, ()> {
+        Ok(Listener {
+            node: self.node.clone(),
         })
     }
 }
 
-impl<V3, V5> Service<Io> for ListenerService<V3, V5>
-where
-    V3: Service<Io, Response = ()>,
-    V5: Service<Io, Response = (), Error = V3::Error>,
-{
+impl Service<Io> for Listener {
     type Response = ();
-    type Error = V3::Error;
+    type Error = ();
 
-    async fn ready(&self, ctx: ServiceCtx<'_, Self>) -> Result<(), Self::Error> {
-        ctx.ready(&self.v3).await?;
-        ctx.ready(&self.v5).await
-    }
-
-    fn poll(&self, cx: &mut std::task::Context<'_>) -> Result<(), Self::Error> {
-        self.v3.poll(cx)?;
-        self.v5.poll(cx)
-    }
-
-    async fn shutdown(&self) {
-        self.v3.shutdown().await;
-        self.v5.shutdown().await;
-    }
-
-    async fn call(&self, io: Io, ctx: ServiceCtx<'_, Self>) -> Result<(), Self::Error> {
-        let socket = self.gate.accept();
+    async fn call(&self, io: Io, _: ServiceCtx<'_, Self>) -> Result<(), ()> {
+        let node = &self.node;
+        let socket = node.admission.accept();
+        let timeout = node.settings.connect_timeout;
         // Boxed: it lives only until the first packet.
-        let version = Box::pin(first_bytes(&io, socket.past_cap, self.connect_timeout)).await;
-        let served = match version {
-            None => Ok(()),
-            Some(Version::V3) => Box::pin(ctx.call(&self.v3, io)).await,
-            Some(Version::V5) => Box::pin(ctx.call(&self.v5, io)).await,
-        };
+        let version = Box::pin(first_bytes(&io, socket.past_cap, timeout)).await;
+        // Each version's connection future is boxed on its own, so an MQTT 3.1.1 connection
+        // does not keep room for MQTT 5's larger one.
+        match version {
+            None => {}
+            Some(Version::V3) => Box::pin(v3::run(node.clone(), &io)).await,
+            Some(Version::V5) => Box::pin(v5::run(node.clone(), &io)).await,
+        }
         drop(socket);
-        served
+        Ok(())
     }
 }
 
@@ -214,25 +146,11 @@ impl MqttServer {
         let max_payload = u32::try_from(bytes(config.max_payload_size)).unwrap_or(u32::MAX);
         // Frames a little over the payload limit are read so the uplink path can refuse them
         // with the protocol's own answer; anything bigger is a protocol error.
-        let service_cfg = MqttServiceConfig::new()
-            .set_max_qos(QoS::ExactlyOnce)
-            // A publish received just before the client closed (mosquitto_pub sends PUBLISH,
-            // DISCONNECT and closes at once) is still handled; the client got no PUBACK, so
-            // nothing is promised, but a device expects it stored.
-            .set_handle_qos_after_disconnect(Some(QoS::ExactlyOnce))
-            .set_max_size(max_payload.saturating_add(64 * 1024))
-            .set_max_receive(config.receive_maximum)
-            .set_max_receive_size(
-                usize::try_from(max_payload)
-                    .unwrap_or(usize::MAX)
-                    .saturating_mul(4),
-            )
-            .set_connect_timeout(ntex::time::Seconds(
-                u16::try_from(config.connect_timeout.as_secs()).unwrap_or(u16::MAX),
-            ))
-            .set_handshake_timeout(ntex::time::Seconds(
-                u16::try_from(config.connect_timeout.as_secs()).unwrap_or(u16::MAX),
-            ));
+        let settings = Settings {
+            max_frame: max_payload.saturating_add(64 * 1024),
+            connect_timeout: config.connect_timeout,
+            receive_maximum: config.receive_maximum.max(1),
+        };
         let grace = ntex::time::Millis(
             u32::try_from(config.shutdown_grace.as_millis()).unwrap_or(u32::MAX),
         );
@@ -261,10 +179,10 @@ impl MqttServer {
             ctx,
             admission: admission.clone(),
             meters: OutboundMeters::new(),
+            settings,
         });
         let io_cfg = io_config(config);
         let per_worker = budget.div_ceil(workers.max(1));
-        let connect_timeout = config.connect_timeout;
         let (tx, rx) = std::sync::mpsc::channel();
         let thread = std::thread::Builder::new()
             .name("mqtt".into())
@@ -280,35 +198,13 @@ impl MqttServer {
                         .disable_signals()
                         .shutdown_timeout(grace)
                         .listen("mqtt", listener, move |_| {
-                            let (n3, n5) = (node.clone(), node.clone());
-                            let gate = node.admission.clone();
-                            async move {
-                                let v3 = ntex_mqtt::v3::MqttServer::new(move |hs| {
-                                    v3::handshake(n3.clone(), hs)
-                                })
-                                .middleware(OneConnect)
-                                .protocol(per_session(v3::protocol))
-                                .control(per_session(v3::control))
-                                .publish(per_session(v3::publish));
-                                let v5 = ntex_mqtt::v5::MqttServer::new(move |hs| {
-                                    v5::handshake(n5.clone(), hs)
-                                })
-                                .middleware(OneConnect)
-                                .protocol(per_session(v5::protocol))
-                                .control(per_session(v5::control))
-                                .publish(per_session(v5::publish));
-                                Listener {
-                                    v3,
-                                    v5,
-                                    gate,
-                                    connect_timeout,
-                                }
-                            }
+                            let node = node.clone();
+                            async move { Listener { node } }
                         });
                     match built {
                         Ok(builder) => {
                             let server = builder
-                                .config("mqtt", SharedCfg::new("MQTT").add(service_cfg).add(io_cfg))
+                                .config("mqtt", SharedCfg::new("MQTT").add(io_cfg))
                                 .run();
                             let _ = tx.send(Ok(server.clone()));
                             let _ = server.await;

@@ -1,33 +1,33 @@
-//! The MQTT 5 adapter: ntex-mqtt's v5 packets to the connection core's calls, and the core's
-//! outcomes to MQTT 5's reason codes (CONNACK, PUBACK, SUBACK, UNSUBACK, DISCONNECT), each
-//! table a plain function.
+//! The MQTT 5 adapter: ntex-mqtt's v5 codec's packets to the connection core's events, and the
+//! core's outcomes to MQTT 5's reason codes (CONNACK, PUBACK, SUBACK, UNSUBACK, DISCONNECT), each
+//! table a plain function. Topic aliases from the client are resolved here (at most
+//! [`TOPIC_ALIAS_MAXIMUM`], announced in CONNACK).
 
+use std::num::NonZeroU16;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 
 use actors::ingress::RejectionKind;
-use actors::metrics::{CONNECTIONS_REFUSED, MQTT_PROTOCOL_ERRORS};
-use actors::session::outbound::CloseReason;
+use actors::metrics::CONNECTIONS_REFUSED;
+use actors::session::outbound::{CloseReason, Downlink};
 use metrics::counter;
-use ntex::service::{Service, ServiceCtx};
-use ntex_mqtt::error::DispatcherError;
+use ntex::io::Io;
+use ntex::util::{ByteString, Bytes};
+use ntex_mqtt::QoS;
 use ntex_mqtt::v5::codec::{
-    ConnectAckReason, DisconnectReasonCode, PublishAckReason, SubscribeAckReason,
-    UnsubscribeAckReason,
+    Codec, ConnectAck, ConnectAckReason, Decoded, Disconnect, DisconnectReasonCode, Encoded,
+    Packet, Publish, PublishAck, PublishAck2, PublishAckReason, SubscribeAck, SubscribeAckReason,
+    UnsubscribeAck, UnsubscribeAckReason,
 };
-use ntex_mqtt::{QoS, v5};
 
-use super::core::{Connection, Fault, Login, Node, Published};
+use super::core::{Fault, Login, Node, Published};
+use super::dispatch::{self, Event, Goodbye, Limits, Protocol, Unread};
 use super::peer_log::peer_event;
 use super::topics::FilterRefusal;
-use super::{OneConnectService, second_connect, writer};
+use super::writer::Wire;
 
-impl TryFrom<Fault> for v5::PublishAck {
-    type Error = Fault;
-
-    fn try_from(fault: Fault) -> Result<Self, Fault> {
-        Err(fault)
-    }
-}
+/// Topic aliases a client may set (CONNACK's Topic Alias Maximum).
+pub(super) const TOPIC_ALIAS_MAXIMUM: u16 = 32;
 
 /// The CONNACK reason of a refused login.
 fn connack_reason(login: &Login) -> Option<ConnectAckReason> {
@@ -40,7 +40,7 @@ fn connack_reason(login: &Login) -> Option<ConnectAckReason> {
 }
 
 /// The PUBACK reason of a PUBLISH's outcome; `None` closes the connection (the queue cannot
-/// take it: ntex-mqtt then sends DISCONNECT 0x83).
+/// take it: DISCONNECT 0x83).
 fn puback_reason(published: &Published) -> Option<PublishAckReason> {
     match published {
         Published::Queued => Some(PublishAckReason::Success),
@@ -54,7 +54,7 @@ fn puback_reason(published: &Published) -> Option<PublishAckReason> {
 }
 
 /// The SUBACK reason of a subscription.
-fn suback_reason(granted: Result<QoS, FilterRefusal>) -> SubscribeAckReason {
+fn suback_reason(granted: &Result<QoS, FilterRefusal>) -> SubscribeAckReason {
     match granted {
         Ok(QoS::AtMostOnce) => SubscribeAckReason::GrantedQos0,
         Ok(QoS::AtLeastOnce) => SubscribeAckReason::GrantedQos1,
@@ -82,21 +82,63 @@ pub(super) fn close_reason(reason: CloseReason) -> DisconnectReasonCode {
     }
 }
 
-/// The DISCONNECT reason of a fault that has its own (ntex-mqtt answers the rest with 0x83).
-fn fault_reason(fault: &Fault) -> Option<DisconnectReasonCode> {
+/// The DISCONNECT reason of a fault.
+fn fault_reason(fault: &Fault) -> DisconnectReasonCode {
     match fault {
-        Fault::BadTopic(bad) => Some(bad.reason()),
-        Fault::UnexpectedAuth => Some(DisconnectReasonCode::ProtocolError),
-        Fault::Rejected(_) | Fault::SessionGone | Fault::Protocol(_) => None,
+        Fault::BadTopic(bad) => bad.reason(),
+        Fault::UnexpectedAuth | Fault::SecondConnect | Fault::Unexpected(_) => {
+            DisconnectReasonCode::ProtocolError
+        }
+        Fault::Malformed(_) => DisconnectReasonCode::MalformedPacket,
+        Fault::TooLarge => DisconnectReasonCode::PacketTooLarge,
+        Fault::KeepAlive => DisconnectReasonCode::KeepAliveTimeout,
+        Fault::TopicAlias => DisconnectReasonCode::TopicAliasInvalid,
+        Fault::QosNotSupported => DisconnectReasonCode::QosNotSupported,
+        Fault::Rejected(_) | Fault::SessionGone => {
+            DisconnectReasonCode::ImplementationSpecificError
+        }
     }
 }
 
-pub(super) async fn handshake(
-    node: Arc<Node>,
-    hs: v5::Handshake,
-) -> Result<v5::HandshakeAck<Connection>, Fault> {
+/// Serves an MQTT 5 connection from its CONNECT on.
+pub(super) async fn run(node: Arc<Node>, io: &Io) {
+    let settings = &node.settings;
+    let codec = Codec::new();
+    codec.set_max_inbound_size(settings.max_frame);
+    // Payloads come whole (see `v3::run`).
+    codec.set_min_chunk_size(u32::MAX);
+    let connect =
+        dispatch::read_connect(
+            io,
+            &codec,
+            settings.connect_timeout,
+            |decoded| match decoded {
+                Decoded::Packet(Packet::Connect(connect), _) => Some(connect),
+                _ => None,
+            },
+        )
+        .await;
+    let Some(connect) = connect else {
+        return;
+    };
+    let codec_ref = &codec;
+    let refuse = |reason| async move {
+        let ack = ConnectAck {
+            reason_code: reason,
+            ..ConnectAck::default()
+        };
+        if io
+            .encode(
+                Encoded::Packet(Packet::ConnectAck(Box::new(ack))),
+                codec_ref,
+            )
+            .is_ok()
+        {
+            dispatch::refuse(io).await;
+        }
+    };
     // Enhanced authentication (MQTT 5 §4.12) is not offered: whatever the method, 0x8C.
-    if let Some(method) = &hs.packet().auth_method {
+    if let Some(method) = &connect.auth_method {
         counter!(CONNECTIONS_REFUSED, "transport" => "mqtt", "reason" => "bad_auth_method")
             .increment(1);
         peer_event!(
@@ -104,129 +146,258 @@ pub(super) async fn handshake(
             ?method,
             "mqtt 5 connect with an authentication method refused"
         );
-        return Ok(hs.failed(ConnectAckReason::BadAuthenticationMethod));
+        refuse(ConnectAckReason::BadAuthenticationMethod).await;
+        return;
     }
-    let username = hs.packet().username.as_ref().map(|u| u.as_str().to_owned());
     // As ThingsBoard: Session Present whenever the client did not ask for a clean start.
-    let session_present = !hs.packet().clean_start;
-    let login = node.login(username.as_deref()).await;
+    let session_present = !connect.clean_start;
+    let login = node.login(connect.username.as_deref()).await;
     if let Some(reason) = connack_reason(&login) {
-        return Ok(hs.failed(reason));
+        refuse(reason).await;
+        return;
     }
     let Login::Device(device) = login else {
-        return Ok(hs.failed(ConnectAckReason::UnspecifiedError));
+        return;
     };
-    let (sink, io) = (hs.sink(), hs.io().get_ref());
-    let connection = node.open(device, move |outbound| {
-        writer::v5_acks(&sink);
-        writer::spawn(writer::Sink::new(sink, io), outbound);
-    });
+    let (connection, outbound) = node.open(device);
+    let receive_max = NonZeroU16::new(settings.receive_maximum).unwrap_or(NonZeroU16::MAX);
     // QoS 2 is granted as 1: MQTT 5 clients learn it from CONNACK's Maximum QoS.
-    Ok(hs.ack(connection).with(|ack| {
-        ack.max_qos = QoS::AtLeastOnce;
-        ack.session_present = session_present;
-    }))
+    let ack = ConnectAck {
+        session_present,
+        reason_code: ConnectAckReason::Success,
+        max_qos: QoS::AtLeastOnce,
+        receive_max,
+        topic_alias_max: TOPIC_ALIAS_MAXIMUM,
+        max_packet_size: Some(settings.max_frame),
+        ..ConnectAck::default()
+    };
+    if io
+        .encode(Encoded::Packet(Packet::ConnectAck(Box::new(ack))), &codec)
+        .is_err()
+    {
+        return;
+    }
+    if let Some(max) = connect.max_packet_size {
+        codec.set_max_outbound_size(max.get());
+    }
+    let limits = Limits {
+        keep_alive: dispatch::keep_alive(connect.keep_alive),
+        receive_maximum: settings.receive_maximum.into(),
+        send_maximum: connect
+            .receive_max
+            .map_or(dispatch::SEND_MAXIMUM, |max| {
+                max.get().min(dispatch::SEND_MAXIMUM)
+            })
+            .into(),
+    };
+    drop(connect);
+    let proto = V5 {
+        codec,
+        partial: None,
+        aliases: Vec::new(),
+    };
+    dispatch::serve(proto, io, connection, outbound, &limits).await;
 }
 
-pub(super) async fn publish(
-    session: v5::Session<Connection>,
-    publish: v5::Publish,
-) -> Result<v5::PublishAck, Fault> {
-    let published = session
-        .publish(publish.publish_topic(), publish.read_all())
-        .await?;
-    match puback_reason(&published) {
-        Some(reason) => Ok(publish.ack().reason_code(reason)),
-        None => match published {
-            Published::Refused(rejection) => Err(Fault::Rejected(rejection)),
-            Published::Queued | Published::UnknownTopic => Ok(publish.ack()),
-        },
+/// A connection's MQTT 5 side.
+struct V5 {
+    codec: Codec,
+    /// A PUBLISH whose payload is still arriving.
+    partial: Option<Publish>,
+    /// The topics of the client's Topic Aliases (alias `n` at `n - 1`); grown on first use.
+    aliases: Vec<ByteString>,
+}
+
+impl V5 {
+    fn send(&self, io: &Io, packet: Packet) {
+        // A connection that cannot take it is gone: the reading side sees it.
+        let _ = io.encode(Encoded::Packet(packet), &self.codec);
+    }
+
+    /// The event of a whole PUBLISH: its topic alias resolved or set.
+    fn publish(&mut self, mut publish: Publish, payload: Bytes) -> Result<Event, Fault> {
+        if publish.qos == QoS::ExactlyOnce {
+            return Err(Fault::QosNotSupported);
+        }
+        if let Some(alias) = publish.properties.topic_alias {
+            if alias.get() > TOPIC_ALIAS_MAXIMUM {
+                return Err(Fault::TopicAlias);
+            }
+            let at = usize::from(alias.get() - 1);
+            if publish.topic.is_empty() {
+                match self.aliases.get(at) {
+                    Some(topic) if !topic.is_empty() => publish.topic = topic.clone(),
+                    _ => return Err(Fault::TopicAlias),
+                }
+            } else {
+                if self.aliases.len() <= at {
+                    self.aliases.resize(at + 1, ByteString::new());
+                }
+                self.aliases[at] = publish.topic.clone();
+            }
+        }
+        Ok(Event::Publish {
+            topic: publish.topic,
+            payload,
+            qos: publish.qos,
+            id: publish.packet_id,
+        })
     }
 }
 
-pub(super) async fn protocol(
-    session: v5::Session<Connection>,
-    msg: v5::ProtocolMessage,
-) -> Result<v5::ProtocolMessageAck, Fault> {
-    Ok(match msg {
-        v5::ProtocolMessage::Subscribe(mut subscribe) => {
-            for mut sub in subscribe.iter_mut() {
-                match suback_reason(session.subscribe(sub.topic(), sub.options().qos)) {
-                    SubscribeAckReason::GrantedQos0 => sub.confirm(QoS::AtMostOnce),
-                    SubscribeAckReason::GrantedQos1 => sub.confirm(QoS::AtLeastOnce),
-                    SubscribeAckReason::GrantedQos2 => sub.confirm(QoS::ExactlyOnce),
-                    refused => sub.fail(refused),
-                }
-            }
-            subscribe.ack()
+/// The event of a packet other than PUBLISH.
+fn packet_event(packet: Packet) -> Result<Event, Fault> {
+    Ok(match packet {
+        Packet::PublishAck(ack) => Event::Acked(ack.packet_id),
+        Packet::PublishRelease(release) => Event::Released(release.packet_id),
+        Packet::Subscribe(subscribe) => Event::Subscribe(
+            subscribe.packet_id,
+            subscribe
+                .topic_filters
+                .into_iter()
+                .map(|(filter, options)| (filter, options.qos))
+                .collect(),
+        ),
+        Packet::Unsubscribe(unsubscribe) => {
+            Event::Unsubscribe(unsubscribe.packet_id, unsubscribe.topic_filters)
         }
-        v5::ProtocolMessage::Unsubscribe(mut unsubscribe) => {
-            for mut item in unsubscribe.iter_mut() {
-                match unsuback_reason(session.unsubscribe(item.topic())) {
-                    UnsubscribeAckReason::Success => item.success(),
-                    other => item.fail(other),
-                }
-            }
-            unsubscribe.ack()
-        }
-        v5::ProtocolMessage::PublishRelease(release) => release.ack(),
-        v5::ProtocolMessage::Ping(ping) => {
-            session.ping();
-            ping.ack()
-        }
-        v5::ProtocolMessage::Disconnect(disconnect) => {
-            session.disconnect().await;
-            disconnect.ack()
-        }
+        Packet::PingRequest => Event::Ping,
+        Packet::Disconnect(_) => Event::Disconnect,
+        Packet::Connect(_) => return Err(Fault::SecondConnect),
         // Enhanced authentication is not offered (CONNECT with a method gets 0x8C), so AUTH is a
-        // protocol error. An error, not `disconnect_with`: ntex-mqtt closes the socket before
-        // writing a DISCONNECT given that way.
-        v5::ProtocolMessage::Auth(_) => {
-            counter!(MQTT_PROTOCOL_ERRORS, "reason" => "unexpected_auth").increment(1);
-            return Err(Fault::UnexpectedAuth);
-        }
+        // protocol error.
+        Packet::Auth(_) => return Err(Fault::UnexpectedAuth),
+        Packet::ConnectAck(_) => return Err(Fault::Unexpected("CONNACK")),
+        Packet::PublishReceived(_) => return Err(Fault::Unexpected("PUBREC")),
+        Packet::PublishComplete(_) => return Err(Fault::Unexpected("PUBCOMP")),
+        Packet::SubscribeAck(_) => return Err(Fault::Unexpected("SUBACK")),
+        Packet::UnsubscribeAck(_) => return Err(Fault::Unexpected("UNSUBACK")),
+        Packet::PingResponse => return Err(Fault::Unexpected("PINGRESP")),
     })
 }
 
-pub(super) async fn control(
-    session: v5::Session<Connection>,
-    msg: ntex_mqtt::Control<Fault>,
-) -> Result<Option<v5::codec::Encoded>, Fault> {
-    let ntex_mqtt::Control::Stop(reason) = msg else {
-        return Ok(None);
-    };
-    let answer = match &reason {
-        ntex_mqtt::Reason::Error(e) => fault_reason(e.get_ref()),
-        _ => None,
-    };
-    session.stopped(&reason).await;
-    Ok(answer.map(|code| v5::codec::Packet::from(v5::codec::Disconnect::new(code)).into()))
+impl Wire for V5 {
+    fn publish(&self, io: &Io, downlink: Downlink, id: Option<NonZeroU16>) -> bool {
+        let Ok(payload_size) = u32::try_from(downlink.payload.len()) else {
+            return false;
+        };
+        let publish = Publish {
+            qos: if id.is_some() {
+                QoS::AtLeastOnce
+            } else {
+                QoS::AtMostOnce
+            },
+            topic: ByteString::from(downlink.topic),
+            packet_id: id,
+            payload_size,
+            ..Publish::default()
+        };
+        // Fails when the client's Maximum Packet Size is smaller: the message is dropped.
+        io.encode(
+            Encoded::Publish(publish, Some(Bytes::from(downlink.payload))),
+            &self.codec,
+        )
+        .is_ok()
+    }
 }
 
-impl<S, E> Service<v5::codec::Decoded> for OneConnectService<S>
-where
-    S: Service<v5::codec::Decoded, Error = DispatcherError<E>>,
-{
-    type Response = S::Response;
-    type Error = S::Error;
-
-    /// Boxed while it runs: ntex keeps a box the size of this future for the connection's
-    /// life, and inline it would hold the whole pipeline's readiness (2.2 KiB per connection).
-    async fn ready(&self, ctx: ServiceCtx<'_, Self>) -> Result<(), Self::Error> {
-        Box::pin(ctx.ready(&self.inner)).await
-    }
-    ntex::forward_poll!(inner);
-    ntex::forward_shutdown!(inner);
-
-    async fn call(
-        &self,
-        req: v5::codec::Decoded,
-        ctx: ServiceCtx<'_, Self>,
-    ) -> Result<S::Response, S::Error> {
-        if let v5::codec::Decoded::Packet(v5::codec::Packet::Connect(_), _) = req {
-            return Err(second_connect());
+impl Protocol for V5 {
+    fn poll_event(&mut self, io: &Io, cx: &mut Context<'_>) -> Poll<Result<Event, Unread>> {
+        loop {
+            let decoded = match io.poll_recv(&self.codec, cx) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(dispatch::unread(e))),
+                Poll::Ready(Ok(decoded)) => decoded,
+            };
+            let event = match decoded {
+                Decoded::Publish(publish, payload, _) => {
+                    if payload.len() as u64 == u64::from(publish.payload_size) {
+                        self.publish(publish, payload)
+                    } else {
+                        self.partial = Some(publish);
+                        continue;
+                    }
+                }
+                Decoded::PayloadChunk(payload, true) => match self.partial.take() {
+                    Some(publish) => self.publish(publish, payload),
+                    None => Err(Fault::Malformed("payload without PUBLISH".into())),
+                },
+                Decoded::PayloadChunk(_, false) => {
+                    Err(Fault::Malformed("payload in pieces".into()))
+                }
+                Decoded::Packet(packet, _) => packet_event(packet),
+            };
+            return Poll::Ready(event.map_err(Unread::Fault));
         }
-        ctx.call(&self.inner, req).await
+    }
+
+    fn answer(
+        &self,
+        io: &Io,
+        qos: QoS,
+        id: Option<NonZeroU16>,
+        published: Published,
+    ) -> Result<(), Fault> {
+        let Some(reason_code) = puback_reason(&published) else {
+            return Err(match published {
+                Published::Refused(rejection) => Fault::Rejected(rejection),
+                Published::Queued | Published::UnknownTopic => Fault::SessionGone,
+            });
+        };
+        let Some(packet_id) = id else {
+            return Ok(());
+        };
+        let ack = PublishAck {
+            packet_id,
+            reason_code,
+            ..PublishAck::default()
+        };
+        match qos {
+            QoS::AtLeastOnce => self.send(io, Packet::PublishAck(ack)),
+            QoS::ExactlyOnce => self.send(io, Packet::PublishReceived(ack)),
+            QoS::AtMostOnce => {}
+        }
+        Ok(())
+    }
+
+    fn complete(&self, io: &Io, packet_id: NonZeroU16) {
+        let complete = PublishAck2 {
+            packet_id,
+            ..PublishAck2::default()
+        };
+        self.send(io, Packet::PublishComplete(complete));
+    }
+
+    fn suback(&self, io: &Io, packet_id: NonZeroU16, granted: &[Result<QoS, FilterRefusal>]) {
+        let ack = SubscribeAck {
+            packet_id,
+            properties: Vec::new(),
+            reason_string: None,
+            status: granted.iter().map(suback_reason).collect(),
+        };
+        self.send(io, Packet::SubscribeAck(ack));
+    }
+
+    fn unsuback(&self, io: &Io, packet_id: NonZeroU16, had: &[bool]) {
+        let ack = UnsubscribeAck {
+            packet_id,
+            properties: Vec::new(),
+            reason_string: None,
+            status: had.iter().copied().map(unsuback_reason).collect(),
+        };
+        self.send(io, Packet::UnsubscribeAck(ack));
+    }
+
+    fn pong(&self, io: &Io) {
+        self.send(io, Packet::PingResponse);
+    }
+
+    fn goodbye(&self, io: &Io, why: Goodbye<'_>) {
+        let reason = match why {
+            Goodbye::Fault(fault) => fault_reason(fault),
+            Goodbye::Close(reason) => close_reason(reason),
+        };
+        self.send(io, Packet::Disconnect(Disconnect::new(reason)));
     }
 }
 
@@ -303,7 +474,7 @@ mod tests {
             ),
         ];
         for (granted, want) in cases {
-            assert_eq!(suback_reason(granted), want, "{granted:?}");
+            assert_eq!(suback_reason(&granted), want, "{granted:?}");
         }
         assert_eq!(unsuback_reason(true), UnsubscribeAckReason::Success);
         assert_eq!(
@@ -314,25 +485,24 @@ mod tests {
 
     #[test]
     fn disconnect_reasons() {
-        assert_eq!(
-            close_reason(CloseReason::TakenOver),
-            DisconnectReasonCode::SessionTakenOver
-        );
+        use DisconnectReasonCode::*;
+        assert_eq!(close_reason(CloseReason::TakenOver), SessionTakenOver);
         let cases = [
+            (Fault::BadTopic(BadTopic::Nul), MalformedPacket),
+            (Fault::BadTopic(BadTopic::Empty), ProtocolError),
+            (Fault::UnexpectedAuth, ProtocolError),
+            (Fault::SecondConnect, ProtocolError),
+            (Fault::Unexpected("PUBREC"), ProtocolError),
+            (Fault::Malformed("x".into()), MalformedPacket),
+            (Fault::TooLarge, PacketTooLarge),
+            (Fault::KeepAlive, KeepAliveTimeout),
+            (Fault::TopicAlias, TopicAliasInvalid),
+            (Fault::QosNotSupported, QosNotSupported),
+            (Fault::SessionGone, ImplementationSpecificError),
             (
-                Fault::BadTopic(BadTopic::Nul),
-                Some(DisconnectReasonCode::MalformedPacket),
+                Fault::Rejected(Rejection::Queue(QueueError::Closed)),
+                ImplementationSpecificError,
             ),
-            (
-                Fault::BadTopic(BadTopic::Empty),
-                Some(DisconnectReasonCode::ProtocolError),
-            ),
-            (
-                Fault::UnexpectedAuth,
-                Some(DisconnectReasonCode::ProtocolError),
-            ),
-            (Fault::SessionGone, None),
-            (Fault::Protocol("x".into()), None),
         ];
         for (fault, want) in cases {
             assert_eq!(fault_reason(&fault), want, "{fault:?}");
