@@ -402,10 +402,25 @@ pub mod raw {
     /// CONNECT with this protocol name and level, the token as username, clean session, a
     /// 60 s keep-alive; `properties` (already encoded) are written only for level 5.
     pub fn connect_as(name: &str, level: u8, token: &str, properties: &[u8]) -> Vec<u8> {
+        connect_with(name, level, token, 60, properties)
+    }
+
+    /// An MQTT 3.1.1 (`level` 4) or 5 CONNECT with this keep-alive, in seconds.
+    pub fn connect_keep_alive(level: u8, token: &str, keep_alive: u16) -> Vec<u8> {
+        connect_with("MQTT", level, token, keep_alive, &[])
+    }
+
+    fn connect_with(
+        name: &str,
+        level: u8,
+        token: &str,
+        keep_alive: u16,
+        properties: &[u8],
+    ) -> Vec<u8> {
         let mut body = string(name.as_bytes());
         body.push(level);
         body.push(0x82); // username, clean session
-        body.extend_from_slice(&60u16.to_be_bytes());
+        body.extend_from_slice(&keep_alive.to_be_bytes());
         if level == 5 {
             body.extend(var_int(properties.len()));
             body.extend_from_slice(properties);
@@ -439,6 +454,44 @@ pub mod raw {
         }
         body.extend_from_slice(payload);
         packet(if packet_id.is_some() { 0x32 } else { 0x30 }, &body)
+    }
+
+    /// An MQTT 5 PUBLISH at `qos` (packet id `packet_id` unless QoS 0) with these properties
+    /// (already encoded).
+    pub fn publish5(
+        topic: &[u8],
+        qos: u8,
+        packet_id: u16,
+        properties: &[u8],
+        payload: &[u8],
+    ) -> Vec<u8> {
+        let mut body = string(topic);
+        if qos > 0 {
+            body.extend_from_slice(&packet_id.to_be_bytes());
+        }
+        body.extend(var_int(properties.len()));
+        body.extend_from_slice(properties);
+        body.extend_from_slice(payload);
+        packet(0x30 | (qos << 1), &body)
+    }
+
+    /// MQTT 5's Topic Alias property (0x23).
+    pub fn topic_alias(alias: u16) -> Vec<u8> {
+        let mut out = vec![0x23];
+        out.extend_from_slice(&alias.to_be_bytes());
+        out
+    }
+
+    /// PINGREQ.
+    pub const PINGREQ: [u8; 2] = [0xc0, 0x00];
+
+    /// PUBACK's packet id and reason code (MQTT 5; 0x00 when the packet has none).
+    pub fn puback(packet: &[u8]) -> Option<(u16, u8)> {
+        if packet.first() != Some(&0x40) {
+            return None;
+        }
+        let id = u16::from_be_bytes([*packet.get(2)?, *packet.get(3)?]);
+        Some((id, packet.get(4).copied().unwrap_or(0)))
     }
 
     /// CONNACK's return code (3.1.1) or reason code (5).

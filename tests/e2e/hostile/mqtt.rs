@@ -79,7 +79,12 @@ async fn connect(engine: &Engine, packet: &[u8]) -> Result<(Raw, Option<Vec<u8>>
 
 /// Opens a session of the attacker's device; fails unless CONNACK accepts it.
 async fn session(engine: &Engine, level: u8) -> Result<Raw> {
-    let (raw, answer) = connect(engine, &raw::connect(level, TOKEN)).await?;
+    session_of(engine, level, TOKEN).await
+}
+
+/// Opens a session of the device with this token; fails unless CONNACK accepts it.
+async fn session_of(engine: &Engine, level: u8, token: &str) -> Result<Raw> {
+    let (raw, answer) = connect(engine, &raw::connect(level, token)).await?;
     let code = answer.as_deref().and_then(raw::connack_code);
     ensure!(
         code == Some(0),
@@ -443,6 +448,212 @@ async fn peer_triggered_warnings_are_rate_limited_and_escaped() -> Result<()> {
         "a topic forged a log line"
     );
     assert!(log.contains(r"x\n2099"), "the topic is logged escaped");
+    bystander.still_flows(&rest).await?;
+    still_serving(&engine).await
+}
+
+/// Reads packets until one that is not a PINGRESP (or the close).
+async fn next_not_pong(raw: &mut Raw) -> Result<Option<Vec<u8>>> {
+    loop {
+        match raw.packet().await? {
+            Some(packet) if packet.first() == Some(&0xd0) => continue,
+            other => return Ok(other),
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn keep_alive_closes_a_silent_session_and_pings_keep_one_open() -> Result<()> {
+    let (_dir, engine, rest, mut bystander) = arena(&[]).await?;
+    // [MQTT-3.1.2-24]: no packet for one and a half keep-alive periods closes the connection;
+    // MQTT 5 says why first (DISCONNECT 0x8D).
+    let (mut v3, answer) = connect(&engine, &raw::connect_keep_alive(4, TOKEN, 1)).await?;
+    ensure!(answer.as_deref().and_then(raw::connack_code) == Some(0));
+    v3.closed()
+        .await
+        .context("3.1.1 closed after its keep-alive")?;
+    let (mut v5, answer) = connect(&engine, &raw::connect_keep_alive(5, TOKEN, 1)).await?;
+    ensure!(answer.as_deref().and_then(raw::connack_code) == Some(0));
+    let goodbye = v5.packet().await?;
+    assert_eq!(
+        goodbye.as_deref().and_then(raw::disconnect_reason),
+        Some(0x8d),
+        "{goodbye:02x?}"
+    );
+    v5.closed().await?;
+
+    // A device that pings well within its keep-alive (2 s, so 3 s of silence) stays connected
+    // through several periods and still publishes.
+    let (mut pinger, answer) = connect(&engine, &raw::connect_keep_alive(4, TOKEN, 2)).await?;
+    ensure!(answer.as_deref().and_then(raw::connack_code) == Some(0));
+    for _ in 0..10 {
+        pinger.send(&raw::PINGREQ).await?;
+        let pong = pinger.packet().await?;
+        assert_eq!(pong.as_deref(), Some(&[0xd0, 0x00][..]), "PINGRESP");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    pinger
+        .send(&raw::publish(
+            false,
+            TELEMETRY.as_bytes(),
+            Some(3),
+            br#"{"pinged":1}"#,
+        ))
+        .await?;
+    let ack = next_not_pong(&mut pinger).await?;
+    assert_eq!(
+        ack.as_deref(),
+        Some(&[0x40, 0x02, 0x00, 0x03][..]),
+        "PUBACK"
+    );
+
+    let metrics = metrics(&engine).await?;
+    let series = r#"engine_mqtt_protocol_errors_total{reason="timeout"}"#;
+    assert!(
+        metric_at_least(&metrics, series, 2.0),
+        "{series} not counted"
+    );
+    bystander.still_flows(&rest).await?;
+    still_serving(&engine).await
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn mqtt5_topic_aliases_are_resolved_and_bounded() -> Result<()> {
+    let (_dir, engine, rest, mut bystander) = arena(&[]).await?;
+    let id = rest.create_device("aliased", "ALIASED").await?;
+    // Alias 1 set with the topic, then used alone: both stored.
+    let mut v5 = session_of(&engine, 5, "ALIASED").await?;
+    let alias = raw::topic_alias(1);
+    v5.send(&raw::publish5(
+        TELEMETRY.as_bytes(),
+        1,
+        1,
+        &alias,
+        br#"{"aliased":1}"#,
+    ))
+    .await?;
+    v5.send(&raw::publish5(b"", 1, 2, &alias, br#"{"aliased":2}"#))
+        .await?;
+    for want in [1, 2] {
+        let ack = v5.packet().await?;
+        assert_eq!(
+            ack.as_deref().and_then(raw::puback),
+            Some((want, 0)),
+            "{ack:02x?}"
+        );
+    }
+    rest.eventually(SETTLE, || async {
+        let latest = rest.latest(&id).await?;
+        Ok((latest["aliased"][0]["value"] == json!(2)).then_some(()))
+    })
+    .await
+    .context("the publish by alias stored")?;
+
+    // CONNACK offers 32 aliases: 33 is invalid, and so is an alias never set (0x94).
+    let cases: [(&[u8], u16); 2] = [(TELEMETRY.as_bytes(), 33), (b"", 5)];
+    for (topic, alias) in cases {
+        let mut v5 = session(&engine, 5).await?;
+        v5.send(&raw::publish5(
+            topic,
+            1,
+            1,
+            &raw::topic_alias(alias),
+            br#"{"a":1}"#,
+        ))
+        .await?;
+        let answer = v5.packet().await?;
+        assert_eq!(
+            answer.as_deref().and_then(raw::disconnect_reason),
+            Some(0x94),
+            "alias {alias}: {answer:02x?}"
+        );
+        v5.closed().await?;
+    }
+    bystander.still_flows(&rest).await?;
+    still_serving(&engine).await
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn mqtt5_qos2_and_oversized_packets_get_their_reason_codes() -> Result<()> {
+    let (_dir, engine, rest, mut bystander) =
+        arena(&[("ENGINE_MQTT__MAX_PAYLOAD_SIZE", "1KiB")]).await?;
+    // CONNACK says Maximum QoS 1: a QoS 2 PUBLISH is refused with 0x9B [MQTT-3.2.2-11].
+    let mut v5 = session(&engine, 5).await?;
+    v5.send(&raw::publish5(
+        TELEMETRY.as_bytes(),
+        2,
+        1,
+        &[],
+        br#"{"q":2}"#,
+    ))
+    .await?;
+    let answer = v5.packet().await?;
+    assert_eq!(
+        answer.as_deref().and_then(raw::disconnect_reason),
+        Some(0x9b),
+        "{answer:02x?}"
+    );
+    v5.closed().await?;
+
+    // A packet over the frame limit (the payload limit plus 64 KiB) is not read: 3.1.1 closes,
+    // MQTT 5 says 0x95 first. The server may close before the client wrote it all.
+    let huge = vec![b'x'; 70 * 1024];
+    for level in [4, 5] {
+        let mut raw = session(&engine, level).await?;
+        let publish = raw::publish(level == 5, TELEMETRY.as_bytes(), Some(1), &huge);
+        let _ = raw.send(&publish).await;
+        let answer = raw.packet().await.unwrap_or(None);
+        if let Some(packet) = &answer {
+            assert_eq!(
+                raw::disconnect_reason(packet).filter(|_| level == 5),
+                Some(0x95),
+                "level {level}: {packet:02x?}"
+            );
+            raw.closed().await?;
+        }
+    }
+    bystander.still_flows(&rest).await?;
+    still_serving(&engine).await
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_publish_arriving_in_pieces_is_stored_once_whole() -> Result<()> {
+    let (_dir, engine, rest, mut bystander) = arena(&[]).await?;
+    let id = rest.create_device("pieces", "PIECES").await?;
+    for level in [4u8, 5] {
+        let mut raw = session_of(&engine, level, "PIECES").await?;
+        let payload = json!({ "pieces": level, "pad": "y".repeat(3000) }).to_string();
+        let publish = raw::publish(
+            level == 5,
+            TELEMETRY.as_bytes(),
+            Some(9),
+            payload.as_bytes(),
+        );
+        // The header, then the payload in three parts, each after a pause.
+        let cut = [
+            0,
+            20,
+            40 + payload.len() / 3,
+            40 + 2 * payload.len() / 3,
+            publish.len(),
+        ];
+        for part in cut.windows(2) {
+            raw.send(&publish[part[0]..part[1]]).await?;
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let ack = raw.packet().await?;
+        assert_eq!(
+            ack.as_deref().and_then(raw::puback).map(|(id, _)| id),
+            Some(9),
+            "level {level}: {ack:02x?}"
+        );
+        rest.eventually(SETTLE, || async {
+            let latest = rest.latest(&id).await?;
+            Ok((latest["pieces"][0]["value"] == json!(level)).then_some(()))
+        })
+        .await
+        .with_context(|| format!("level {level}: the publish stored"))?;
+    }
     bystander.still_flows(&rest).await?;
     still_serving(&engine).await
 }
