@@ -403,6 +403,12 @@ async fn a_client_that_sends_nothing_or_dribbles_is_closed_at_connect_timeout() 
     if !cut {
         dribbler.closed().await?;
     }
+    let metrics = metrics(&engine).await?;
+    let series = r#"engine_mqtt_protocol_errors_total{reason="timeout"}"#;
+    assert!(
+        metric_at_least(&metrics, series, 2.0),
+        "{series} not counted"
+    );
     // The same CONNECT sent at once is accepted.
     session(&engine, 4).await?;
     bystander.still_flows(&rest).await?;

@@ -1,5 +1,5 @@
 //! The MQTT publish path's hand-written parts on arbitrary bytes: the first-bytes reader that
-//! runs before ntex-mqtt (protocol level, connection cap answers), then a PUBLISH's topic and
+//! runs before the version adapters (protocol level, connection cap answers), then a PUBLISH's topic and
 //! payload as the device API takes them (topic → uplink kind → ThingsBoard JSON parser). None
 //! may panic; ntex-mqtt's own codec is fuzzed upstream.
 #![no_main]

@@ -342,7 +342,16 @@ where
             );
             None
         }
-        Ok(Ok(None) | Err(ntex::util::Either::Right(_))) | Err(()) => None,
+        Err(()) => {
+            metrics::counter!(actors::metrics::MQTT_PROTOCOL_ERRORS, "reason" => "timeout")
+                .increment(1);
+            super::peer_log::peer_event!(
+                DEBUG,
+                "mqtt connect not complete in time, connection closed"
+            );
+            None
+        }
+        Ok(Ok(None) | Err(ntex::util::Either::Right(_))) => None,
     }
 }
 

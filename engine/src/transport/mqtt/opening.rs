@@ -1,4 +1,4 @@
-//! The first bytes of a connection, read before ntex-mqtt sees them: a CONNECT of a protocol
+//! The first bytes of a connection, read before a version adapter sees them: a CONNECT of a protocol
 //! level other than 4 or 5 gets CONNACK 0x01, one past `mqtt.max_connections` gets 0x03 (MQTT 5:
 //! 0x97), anything that is not a CONNECT is closed without an answer.
 
@@ -25,9 +25,9 @@ const CONNACK_UNAVAILABLE_V3: [u8; 4] = [0x20, 0x02, 0x00, 0x03];
 /// CONNACK 0x97, quota exceeded, without properties (MQTT 5).
 const CONNACK_QUOTA_EXCEEDED_V5: [u8; 5] = [0x20, 0x03, 0x00, 0x97, 0x00];
 
-/// What the first bytes of a connection are, read before ntex-mqtt sees them. ntex-mqtt closes a
-/// connection whose CONNECT has a protocol level it does not speak, without the CONNACK 0x01
-/// MQTT 3.1.1 §3.1.2.2 requires: the listener reads this first.
+/// What the first bytes of a connection are, read before a version adapter sees them. ntex-mqtt's
+/// codecs refuse a CONNECT of a protocol level they do not speak as malformed, without the
+/// CONNACK 0x01 MQTT 3.1.1 §3.1.2.2 requires: the listener reads this first.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Opening {
     Mqtt(Version),
@@ -73,7 +73,7 @@ pub fn opening(buf: &[u8]) -> Option<Opening> {
     })
 }
 
-/// Reads the [`Opening`] without consuming it: ntex-mqtt reads the same bytes next.
+/// Reads the [`Opening`] without consuming it: the version adapter reads the same bytes next.
 struct PeekOpening;
 
 impl ntex::codec::Decoder for PeekOpening {
@@ -109,9 +109,9 @@ impl ntex::codec::Decoder for SkipPacket {
     }
 }
 
-/// Decides whether ntex-mqtt gets this new connection, and which version's server: `None`
+/// Decides whether a version adapter gets this new connection, and which: `None`
 /// once it was answered here or closed. The CONNECT must start within `connect_timeout`
-/// (ntex-mqtt gives it as long again to complete).
+/// (the adapter gives it as long again to complete).
 pub(super) async fn first_bytes(
     io: &ntex::io::Io,
     past_cap: bool,
@@ -156,8 +156,13 @@ pub(super) async fn first_bytes(
             }
             None
         }
-        // Timed out, closed, or not MQTT: nothing to answer.
-        Ok(None) | Err(()) => None,
+        Err(()) => {
+            counter!(MQTT_PROTOCOL_ERRORS, "reason" => "timeout").increment(1);
+            peer_event!(DEBUG, "mqtt connection without a CONNECT in time closed");
+            None
+        }
+        // Closed, or not MQTT: nothing to answer.
+        Ok(None) => None,
     }
 }
 #[cfg(test)]

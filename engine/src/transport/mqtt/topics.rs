@@ -95,7 +95,7 @@ pub enum BadTopic {
     Empty,
     /// U+0000 makes the packet malformed: MQTT 3.1.1 §1.5.3, MQTT 5 §1.5.4.
     Nul,
-    /// Wildcards are for filters only [MQTT-3.3.2-2] (ntex-mqtt already refuses them).
+    /// Wildcards are for filters only [MQTT-3.3.2-2].
     Wildcard,
 }
 
