@@ -231,6 +231,7 @@ pub async fn start(config: Config, metrics: Option<PrometheusHandle>) -> anyhow:
         registry: registry.clone(),
         records: records.clone(),
         store: store.clone(),
+        profiles: profiles.clone(),
         ingress: Arc::new(
             Ingress::new(producer.clone(), bytes(config.mqtt.max_payload_size))
                 .with_limits(limits.clone()),

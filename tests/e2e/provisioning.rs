@@ -1,4 +1,5 @@
-//! Device profiles over REST and device provisioning over HTTP (`POST /api/v1/provision`),
+//! Device profiles over REST, device provisioning over HTTP (`POST /api/v1/provision`) and
+//! over MQTT's provision-only session (raw packets here; the official SDK in `sdk.rs`),
 //! in ThingsBoard's shapes: both strategies, every answer, and the hostile cases.
 
 use std::time::Duration;
@@ -6,6 +7,7 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use serde_json::{Value, json};
 use tests::Engine;
+use tests::mqtt::raw::{self, Raw};
 
 fn profile(name: &str, provision_type: &str, key: &str, secret: &str) -> Value {
     json!({
@@ -321,5 +323,151 @@ async fn provisioning_over_http() -> Result<()> {
             .await
             .is_ok()
     );
+    Ok(())
+}
+
+/// Reads the next packet; fails on a close.
+async fn next(raw: &mut Raw) -> Result<Vec<u8>> {
+    raw.packet()
+        .await?
+        .context("the server closed the connection")
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn provisioning_over_mqtt() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let engine = Engine::start(dir.path())?;
+    let rest = engine.rest().await?;
+    let resp = rest
+        .post("/api/deviceProfile")
+        .json(&profile(
+            "mqtt-meters",
+            "ALLOW_CREATE_NEW_DEVICES",
+            "mk",
+            "ms",
+        ))
+        .send()
+        .await?;
+    anyhow::ensure!(
+        resp.status().is_success(),
+        "profile: {}",
+        resp.text().await?
+    );
+    for level in [4u8, 5] {
+        let v5 = level == 5;
+        // Username `provision`, no token: accepted for provisioning only.
+        let mut raw = Raw::open(&engine).await?;
+        raw.send(&raw::connect(level, "provision")).await?;
+        let connack = next(&mut raw).await?;
+        assert_eq!(raw::connack_code(&connack), Some(0), "{connack:02x?}");
+        // Only the response topic may be subscribed to.
+        raw.send(&raw::subscribe(v5, 1, "/provision/response", 1))
+            .await?;
+        let suback = next(&mut raw).await?;
+        assert_eq!(suback.last(), Some(&1), "level {level}: {suback:02x?}");
+        raw.send(&raw::subscribe(v5, 2, "v1/devices/me/attributes", 1))
+            .await?;
+        let suback = next(&mut raw).await?;
+        let refused = if v5 { 0x8f } else { 0x80 };
+        assert_eq!(
+            suback.last(),
+            Some(&refused),
+            "level {level}: {suback:02x?}"
+        );
+
+        // A request: PUBACK, then the answer on /provision/response at the subscription's QoS.
+        let name = format!("mqtt-meter-{level}");
+        let token = format!("MQTT_METER_{level}");
+        let request = json!({"deviceName": name, "provisionDeviceKey": "mk",
+            "provisionDeviceSecret": "ms", "token": token})
+        .to_string();
+        for (secret_ok, want) in [
+            (
+                true,
+                json!({"credentialsValue": token, "credentialsType": "ACCESS_TOKEN", "status": "SUCCESS"}),
+            ),
+            (
+                true,
+                json!({"errorMsg": "Failed to provision device!", "status": "FAILURE"}),
+            ),
+            (
+                false,
+                json!({"errorMsg": "Provision data was not found!", "status": "NOT_FOUND"}),
+            ),
+        ] {
+            let body = if secret_ok {
+                request.clone()
+            } else {
+                request.replace("\"ms\"", "\"wrong\"")
+            };
+            raw.send(&raw::publish(
+                v5,
+                b"/provision/request",
+                Some(7),
+                body.as_bytes(),
+            ))
+            .await?;
+            let ack = next(&mut raw).await?;
+            assert_eq!(raw::puback(&ack).map(|(id, _)| id), Some(7), "{ack:02x?}");
+            let answer = next(&mut raw).await?;
+            let (topic, payload) = raw::published(v5, &answer).context("a PUBLISH")?;
+            assert_eq!(topic, "/provision/response");
+            assert_eq!(
+                serde_json::from_slice::<Value>(&payload)?,
+                want,
+                "level {level}"
+            );
+            if answer[0] & 0x06 != 0 {
+                // QoS 1: acknowledge it.
+                let id = &answer[answer.len() - payload.len() - 2 - usize::from(v5)..];
+                raw.send(&[0x40, 0x02, id[0], id[1]]).await?;
+            }
+        }
+        // Any other topic is acknowledged (MQTT 5: 0x90) and ends the session.
+        raw.send(&raw::publish(
+            v5,
+            b"v1/devices/me/telemetry",
+            Some(8),
+            br#"{"a":1}"#,
+        ))
+        .await?;
+        let ack = next(&mut raw).await?;
+        let want = if v5 { 0x90 } else { 0 };
+        assert_eq!(
+            raw::puback(&ack),
+            Some((8, want)),
+            "level {level}: {ack:02x?}"
+        );
+        raw.closed().await?;
+
+        // The provisioned token logs in like any other.
+        let mut device = Raw::open(&engine).await?;
+        device.send(&raw::connect(level, &token)).await?;
+        let connack = next(&mut device).await?;
+        assert_eq!(raw::connack_code(&connack), Some(0), "{connack:02x?}");
+    }
+
+    // A request that is not JSON closes the session without an answer (MQTT 5 says 0x83).
+    for level in [4u8, 5] {
+        let v5 = level == 5;
+        let mut raw = Raw::open(&engine).await?;
+        raw.send(&raw::connect(level, "provision")).await?;
+        next(&mut raw).await?;
+        raw.send(&raw::publish(
+            v5,
+            b"/provision/request",
+            Some(1),
+            b"\x00\x01 not json",
+        ))
+        .await?;
+        match raw.packet().await? {
+            None => {}
+            Some(packet) => {
+                assert!(v5, "3.1.1 closes without an answer: {packet:02x?}");
+                assert_eq!(raw::disconnect_reason(&packet), Some(0x83), "{packet:02x?}");
+                raw.closed().await?;
+            }
+        }
+    }
     Ok(())
 }

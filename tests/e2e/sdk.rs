@@ -58,3 +58,83 @@ async fn the_python_device_sdk_gets_its_limits_sends_and_reads_attributes() -> R
     assert_eq!(latest["sdk_temp"][0]["value"], 21.5);
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_python_device_sdk_provisions_a_device_over_mqtt_and_uses_its_token() -> Result<()> {
+    let python = sdk_python()?;
+    let dir = tempfile::tempdir()?;
+    let engine = Engine::start(dir.path())?;
+    let rest = engine.rest().await?;
+    let resp = rest
+        .post("/api/deviceProfile")
+        .json(&json!({
+            "name": "sdk-meters",
+            "provisionType": "ALLOW_CREATE_NEW_DEVICES",
+            "provisionDeviceKey": "sdk-key",
+            "profileData": {"provisionConfiguration": {
+                "type": "ALLOW_CREATE_NEW_DEVICES", "provisionDeviceSecret": "sdk-secret"}}
+        }))
+        .send()
+        .await?;
+    anyhow::ensure!(
+        resp.status().is_success(),
+        "profile: {}",
+        resp.text().await?
+    );
+    let port = engine.mqtt.port().to_string();
+    let run = |secret: &'static str| {
+        let (python, script, port) = (
+            python.clone(),
+            sdk_script("provision_client.py"),
+            port.clone(),
+        );
+        tokio::task::spawn_blocking(move || {
+            Command::new(python)
+                .arg(script)
+                .args(["127.0.0.1", &port, "sdk-key", secret, "sdk-provisioned"])
+                .output()
+        })
+    };
+    let out = run("sdk-secret").await??;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    anyhow::ensure!(
+        out.status.success(),
+        "the SDK script failed: {stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let seen: Value = serde_json::from_str(stdout.lines().last().context("no output")?)?;
+    assert_eq!(seen["credentials"]["status"], "SUCCESS", "{seen}");
+    assert_eq!(
+        seen["credentials"]["credentialsType"], "ACCESS_TOKEN",
+        "{seen}"
+    );
+    assert_eq!(seen["telemetry_rc"], 0, "{seen}");
+    // The device exists under the name asked for, and what it sent with its new token is stored.
+    let devices = rest.json("/api/tenant/devices?pageSize=100&page=0").await?;
+    let id = devices["data"]
+        .as_array()
+        .and_then(|all| all.iter().find(|d| d["name"] == "sdk-provisioned"))
+        .and_then(|d| d["id"]["id"].as_str())
+        .context("the provisioned device is listed")?
+        .to_owned();
+    let latest = rest
+        .eventually(std::time::Duration::from_secs(20), || async {
+            let latest = rest.latest(&id).await?;
+            Ok(latest.get("provisioned_temp").is_some().then_some(latest))
+        })
+        .await?;
+    assert_eq!(latest["provisioned_temp"][0]["value"], 19.5);
+
+    // The same name again fails (the SDK logs ThingsBoard's FAILURE and returns nothing; the
+    // answer itself is checked byte for byte in `provisioning.rs`).
+    let out = run("sdk-secret").await??;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let seen: Value = serde_json::from_str(stdout.lines().last().context("no output")?)?;
+    assert_eq!(seen["credentials"], Value::Null, "{seen}");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("Failed to provision device!"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(())
+}

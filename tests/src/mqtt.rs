@@ -475,6 +475,51 @@ pub mod raw {
         packet(0x30 | (qos << 1), &body)
     }
 
+    /// SUBSCRIBE to one filter at `qos` (MQTT 5 with an empty property list when `v5`).
+    pub fn subscribe(v5: bool, packet_id: u16, filter: &str, qos: u8) -> Vec<u8> {
+        let mut body = packet_id.to_be_bytes().to_vec();
+        if v5 {
+            body.push(0);
+        }
+        body.extend(string(filter.as_bytes()));
+        body.push(qos);
+        packet(0x82, &body)
+    }
+
+    /// A PUBLISH's topic and payload (`v5`: skipping its properties).
+    pub fn published(v5: bool, packet: &[u8]) -> Option<(String, Vec<u8>)> {
+        if packet.first()? & 0xf0 != 0x30 {
+            return None;
+        }
+        let qos = (packet[0] >> 1) & 0x03;
+        let mut at = 1;
+        while packet.get(at)? & 0x80 != 0 {
+            at += 1;
+        }
+        at += 1;
+        let len = usize::from(u16::from_be_bytes([*packet.get(at)?, *packet.get(at + 1)?]));
+        let topic = String::from_utf8(packet.get(at + 2..at + 2 + len)?.to_vec()).ok()?;
+        at += 2 + len;
+        if qos > 0 {
+            at += 2;
+        }
+        if v5 {
+            let mut props = 0usize;
+            let mut shift = 0;
+            loop {
+                let byte = *packet.get(at)?;
+                at += 1;
+                props |= usize::from(byte & 0x7f) << shift;
+                shift += 7;
+                if byte & 0x80 == 0 {
+                    break;
+                }
+            }
+            at += props;
+        }
+        Some((topic, packet.get(at..)?.to_vec()))
+    }
+
     /// MQTT 5's Topic Alias property (0x23).
     pub fn topic_alias(alias: u16) -> Vec<u8> {
         let mut out = vec![0x23];

@@ -41,6 +41,8 @@ pub struct MqttContext {
     pub records: Arc<dyn DeviceRecords>,
     /// Where attribute requests are answered from.
     pub store: Arc<dyn Store>,
+    /// Device profiles: what a provision-only session's requests are decided against.
+    pub profiles: Arc<dyn actors::ports::DeviceProfiles>,
     pub ingress: Arc<Ingress>,
     pub supervisor: ActorCell,
     /// `mqtt.receive_maximum`: publishes of one connection in flight at most.

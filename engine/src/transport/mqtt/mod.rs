@@ -18,6 +18,7 @@
 //!   every server-to-device message enters) while the peer can take packets.
 //! - `topics.rs`: topics and filters as plain functions: uplink and downlink kinds, topic
 //!   names the protocol forbids, the filters served, MQTT filter matching.
+//! - `provisioning.rs`: the provision-only session (username or client id `provision`).
 //! - `peer_log.rs`: one rate limit for the log lines peers can trigger.
 //!
 //! PUBLISH to `v1/devices/me/telemetry` or `v1/devices/me/attributes` is acknowledged only once
@@ -35,6 +36,7 @@ mod core;
 mod dispatch;
 mod opening;
 mod peer_log;
+mod provisioning;
 pub mod topics;
 mod v3;
 mod v5;

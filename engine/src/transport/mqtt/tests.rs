@@ -20,6 +20,8 @@ const MESSAGE: usize = 1024;
 
 struct Running {
     server: MqttServer,
+    /// The embedded store's directory (device profiles), kept while the server runs.
+    _dir: tempfile::TempDir,
     addr: std::net::SocketAddr,
     device: Arc<Device>,
 }
@@ -42,7 +44,10 @@ async fn start(config: MqttConfig) -> Running {
     let (supervisor, _) = ractor::Actor::spawn(None, SessionSupervisor, ())
         .await
         .expect("supervisor starts");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (embedded, _) = crate::store::embedded::EmbeddedStore::open(dir.path()).expect("opens");
     let ctx = Arc::new(MqttContext {
+        profiles: Arc::new(embedded.records()),
         registry,
         records: Arc::new(actors::testing::MemRecords::default()),
         store: Arc::new(actors::testing::MemStore::default()),
@@ -62,6 +67,7 @@ async fn start(config: MqttConfig) -> Running {
     let server = MqttServer::start(listener, &config, ctx).expect("mqtt starts");
     Running {
         server,
+        _dir: dir,
         addr,
         device,
     }

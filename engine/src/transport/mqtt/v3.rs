@@ -16,6 +16,7 @@ use ntex_mqtt::v3::codec::{
 
 use super::core::{Fault, Login, Node, Published};
 use super::dispatch::{self, Event, Goodbye, Limits, Protocol, Unread};
+use super::provisioning;
 use super::topics::FilterRefusal;
 use super::writer::Wire;
 
@@ -41,6 +42,20 @@ pub(super) async fn run(node: Arc<Node>, io: &Io) {
     let Some(connect) = connect else {
         return;
     };
+    if provisioning::wanted(connect.username.as_deref(), &connect.client_id) {
+        let ack = Packet::ConnectAck(ConnectAck {
+            session_present: false,
+            return_code: ConnectAckReason::ConnectionAccepted,
+        });
+        if io.encode(Encoded::Packet(ack), &codec).is_ok() {
+            let proto = V3 {
+                codec,
+                partial: None,
+            };
+            provisioning::serve(proto, io, &node).await;
+        }
+        return;
+    }
     // ThingsBoard's CONNACK claims a session whenever the client asked to keep one
     // (`!cleanSession`), though it keeps none; clients are used to it.
     let session_present = !connect.clean_session;

@@ -23,6 +23,7 @@ use ntex_mqtt::v5::codec::{
 use super::core::{Fault, Login, Node, Published};
 use super::dispatch::{self, Event, Goodbye, Limits, Protocol, Unread};
 use super::peer_log::peer_event;
+use super::provisioning;
 use super::topics::FilterRefusal;
 use super::writer::Wire;
 
@@ -147,6 +148,27 @@ pub(super) async fn run(node: Arc<Node>, io: &Io) {
             "mqtt 5 connect with an authentication method refused"
         );
         refuse(ConnectAckReason::BadAuthenticationMethod).await;
+        return;
+    }
+    if provisioning::wanted(connect.username.as_deref(), &connect.client_id) {
+        let ack = ConnectAck {
+            reason_code: ConnectAckReason::Success,
+            max_qos: QoS::AtLeastOnce,
+            topic_alias_max: TOPIC_ALIAS_MAXIMUM,
+            max_packet_size: Some(settings.max_frame),
+            ..ConnectAck::default()
+        };
+        if io
+            .encode(Encoded::Packet(Packet::ConnectAck(Box::new(ack))), &codec)
+            .is_ok()
+        {
+            let proto = V5 {
+                codec,
+                partial: None,
+                aliases: Vec::new(),
+            };
+            provisioning::serve(proto, io, &node).await;
+        }
         return;
     }
     // As ThingsBoard: Session Present whenever the client did not ask for a clean start.
