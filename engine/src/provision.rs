@@ -1,5 +1,6 @@
 //! Device provisioning, as ThingsBoard's `DeviceProvisionServiceImpl` decides it, for every
-//! transport that carries a request (HTTP `POST /api/v1/provision`, MQTT's provision-only session).
+//! transport that carries a request (HTTP `POST /api/v1/provision`, MQTT's provision-only
+//! session).
 //!
 //! - an empty key or secret, an unknown key, a wrong secret or a profile that does not
 //!   provision: `NOT_FOUND`;
