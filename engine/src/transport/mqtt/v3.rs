@@ -48,11 +48,7 @@ pub(super) async fn run(node: Arc<Node>, io: &Io) {
             return_code: ConnectAckReason::ConnectionAccepted,
         });
         if io.encode(Encoded::Packet(ack), &codec).is_ok() {
-            let proto = V3 {
-                codec,
-                partial: None,
-            };
-            provisioning::serve(proto, io, &node).await;
+            provisioning::serve(V3::new(codec), io, &node).await;
         }
         return;
     }
@@ -92,11 +88,7 @@ pub(super) async fn run(node: Arc<Node>, io: &Io) {
         send_maximum: dispatch::SEND_MAXIMUM.into(),
     };
     drop(connect);
-    let proto = V3 {
-        codec,
-        partial: None,
-    };
-    dispatch::serve(proto, io, connection, outbound, &limits).await;
+    dispatch::serve(V3::new(codec), io, connection, outbound, &limits).await;
 }
 
 /// A connection's MQTT 3.1.1 side.
@@ -107,6 +99,13 @@ struct V3 {
 }
 
 impl V3 {
+    fn new(codec: Codec) -> V3 {
+        V3 {
+            codec,
+            partial: None,
+        }
+    }
+
     fn send(&self, io: &Io, packet: Packet) {
         // A connection that cannot take it is gone: the reading side sees it.
         let _ = io.encode(Encoded::Packet(packet), &self.codec);

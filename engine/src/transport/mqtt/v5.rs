@@ -151,23 +151,12 @@ pub(super) async fn run(node: Arc<Node>, io: &Io) {
         return;
     }
     if provisioning::wanted(connect.username.as_deref(), &connect.client_id) {
-        let ack = ConnectAck {
-            reason_code: ConnectAckReason::Success,
-            max_qos: QoS::AtLeastOnce,
-            topic_alias_max: TOPIC_ALIAS_MAXIMUM,
-            max_packet_size: Some(settings.max_frame),
-            ..ConnectAck::default()
-        };
+        let ack = accepted(settings, false);
         if io
             .encode(Encoded::Packet(Packet::ConnectAck(Box::new(ack))), &codec)
             .is_ok()
         {
-            let proto = V5 {
-                codec,
-                partial: None,
-                aliases: Vec::new(),
-            };
-            provisioning::serve(proto, io, &node).await;
+            provisioning::serve(V5::new(codec), io, &node).await;
         }
         return;
     }
@@ -182,17 +171,7 @@ pub(super) async fn run(node: Arc<Node>, io: &Io) {
         return;
     };
     let (connection, outbound) = node.open(device);
-    let receive_max = NonZeroU16::new(settings.receive_maximum).unwrap_or(NonZeroU16::MAX);
-    // QoS 2 is granted as 1: MQTT 5 clients learn it from CONNACK's Maximum QoS.
-    let ack = ConnectAck {
-        session_present,
-        reason_code: ConnectAckReason::Success,
-        max_qos: QoS::AtLeastOnce,
-        receive_max,
-        topic_alias_max: TOPIC_ALIAS_MAXIMUM,
-        max_packet_size: Some(settings.max_frame),
-        ..ConnectAck::default()
-    };
+    let ack = accepted(settings, session_present);
     if io
         .encode(Encoded::Packet(Packet::ConnectAck(Box::new(ack))), &codec)
         .is_err()
@@ -213,12 +192,21 @@ pub(super) async fn run(node: Arc<Node>, io: &Io) {
             .into(),
     };
     drop(connect);
-    let proto = V5 {
-        codec,
-        partial: None,
-        aliases: Vec::new(),
-    };
-    dispatch::serve(proto, io, connection, outbound, &limits).await;
+    dispatch::serve(V5::new(codec), io, connection, outbound, &limits).await;
+}
+
+/// The CONNACK of an accepted connection. QoS 2 is granted as 1: MQTT 5 clients learn it from
+/// CONNACK's Maximum QoS.
+fn accepted(settings: &dispatch::Settings, session_present: bool) -> ConnectAck {
+    ConnectAck {
+        session_present,
+        reason_code: ConnectAckReason::Success,
+        max_qos: QoS::AtLeastOnce,
+        receive_max: NonZeroU16::new(settings.receive_maximum).unwrap_or(NonZeroU16::MAX),
+        topic_alias_max: TOPIC_ALIAS_MAXIMUM,
+        max_packet_size: Some(settings.max_frame),
+        ..ConnectAck::default()
+    }
 }
 
 /// A connection's MQTT 5 side.
@@ -231,6 +219,14 @@ struct V5 {
 }
 
 impl V5 {
+    fn new(codec: Codec) -> V5 {
+        V5 {
+            codec,
+            partial: None,
+            aliases: Vec::new(),
+        }
+    }
+
     fn send(&self, io: &Io, packet: Packet) {
         // A connection that cannot take it is gone: the reading side sees it.
         let _ = io.encode(Encoded::Packet(packet), &self.codec);
