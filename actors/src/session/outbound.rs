@@ -49,9 +49,6 @@ pub enum CloseReason {
     TakenOver,
 }
 
-/// The `close` code of a connection that ended (not a [`CloseReason`]: nothing is to be sent).
-const ENDED: u8 = u8::MAX;
-
 impl CloseReason {
     fn code(self) -> u8 {
         match self {
@@ -201,13 +198,6 @@ impl Outbound {
         self.shared.wake.wake();
     }
 
-    /// Tells the writer its connection ended: it stops at once, and what is queued is dropped
-    /// (and counted). The transport calls this when the connection's state goes.
-    pub fn end(&self) {
-        self.shared.close.store(ENDED, Ordering::Release);
-        self.shared.wake.wake();
-    }
-
     /// Messages queued now.
     pub fn len(&self) -> usize {
         self.shared.queue.lock().len()
@@ -264,14 +254,8 @@ impl OutboundReceiver {
     pub fn poll_wait(&self, cx: &mut std::task::Context<'_>) -> std::task::Poll<Pending> {
         // Registered before checking, so a push between the check and the return wakes it.
         self.shared.wake.register(cx.waker());
-        match self.shared.close.load(Ordering::Acquire) {
-            0 => {}
-            ENDED => return std::task::Poll::Ready(Pending::Ended),
-            code => {
-                if let Some(reason) = CloseReason::from_code(code) {
-                    return std::task::Poll::Ready(Pending::Close(reason));
-                }
-            }
+        if let Some(reason) = CloseReason::from_code(self.shared.close.load(Ordering::Acquire)) {
+            return std::task::Poll::Ready(Pending::Close(reason));
         }
         if self.shared.queue.lock().is_empty() {
             std::task::Poll::Pending
@@ -331,8 +315,6 @@ impl OutboundReceiver {
 pub enum Pending {
     /// Close the connection (say why to the peer first).
     Close(CloseReason),
-    /// The connection ended: nothing more to do.
-    Ended,
     /// A message is queued.
     Message,
 }

@@ -408,12 +408,6 @@ impl Connection {
         had
     }
 
-    /// The filters granted on this connection (which QoS a downlink to a topic gets:
-    /// [`Subscriptions::qos_for`]).
-    pub fn subscriptions(&self) -> Subscriptions {
-        self.subscriptions.get()
-    }
-
     /// The device sent PINGREQ: a keep-alive period passed without a publish. Its session actor
     /// is passivated unless a publish is still being handled (`idle` false).
     pub(super) fn ping(&self, idle: bool) {

@@ -26,7 +26,7 @@ use ntex_mqtt::QoS;
 
 use super::core::{Connection, Fault, Published};
 use super::topics::FilterRefusal;
-use super::writer::{self, Credit, Stopped, Wire};
+use super::writer::{self, Credit, Wire};
 
 /// A packet from the device, in version-neutral terms.
 #[derive(Debug)]
@@ -119,8 +119,6 @@ enum End {
     Peer,
     /// The connection's channel asked to close it (a newer session took over).
     Close(CloseReason),
-    /// The channel ended.
-    Ended,
     Fault(Fault),
 }
 
@@ -149,12 +147,9 @@ pub(super) async fn serve<P: Protocol>(
                 }
             }
             // Server-to-device messages.
-            if let Poll::Ready(stopped) = writer::poll_write(&proto, io, &outbound, &mut credit, cx)
+            if let Poll::Ready(reason) = writer::poll_write(&proto, io, &outbound, &mut credit, cx)
             {
-                return Poll::Ready(match stopped {
-                    Stopped::Close(reason) => End::Close(reason),
-                    Stopped::Ended => End::Ended,
-                });
+                return Poll::Ready(End::Close(reason));
             }
             if !reading {
                 return Poll::Ready(End::Peer);
@@ -253,7 +248,7 @@ pub(super) async fn serve<P: Protocol>(
     match &end {
         End::Fault(fault) => proto.goodbye(io, Goodbye::Fault(fault)),
         End::Close(reason) => proto.goodbye(io, Goodbye::Close(*reason)),
-        End::Peer | End::Ended => {}
+        End::Peer => {}
     }
     // What the device sent before it went is still handed over (a QoS 0 message sent right
     // before DISCONNECT, as `mosquitto_pub -m` does, must be stored); nobody waits for the

@@ -1,6 +1,6 @@
-//! The first bytes of a connection, read before a version adapter sees them: a CONNECT of a protocol
-//! level other than 4 or 5 gets CONNACK 0x01, one past `mqtt.max_connections` gets 0x03 (MQTT 5:
-//! 0x97), anything that is not a CONNECT is closed without an answer.
+//! The first bytes of a connection, read before a version adapter sees them: a CONNECT of a
+//! protocol level other than 4 or 5 gets CONNACK 0x01, one past `mqtt.max_connections` gets 0x03
+//! (MQTT 5: 0x97), anything that is not a CONNECT is closed without an answer.
 
 use std::time::Duration;
 

@@ -74,33 +74,24 @@ impl Credit {
     }
 }
 
-/// Why the writer stopped taking messages for good.
-#[derive(Debug, PartialEq, Eq)]
-pub(super) enum Stopped {
-    /// Close the connection, telling the peer why where the protocol can.
-    Close(CloseReason),
-    /// The channel ended.
-    Ended,
-}
-
-/// Writes what the outbound channel holds while the peer can take it. `Pending` once the
-/// channel is empty (woken by the next message), the write buffer is full (woken when it
-/// drains) or QoS 1 credit is used up (the caller polls again after a PUBACK).
+/// Writes what the outbound channel holds while the peer can take it; `Ready` with the reason
+/// when the connection is to close (the peer is told why where the protocol can). `Pending`
+/// once the channel is empty (woken by the next message), the write buffer is full (woken when
+/// it drains) or QoS 1 credit is used up (the caller polls again after a PUBACK).
 pub(super) fn poll_write<W: Wire>(
     wire: &W,
     io: &Io,
     outbound: &OutboundReceiver,
     credit: &mut Credit,
     cx: &mut Context<'_>,
-) -> Poll<Stopped> {
+) -> Poll<CloseReason> {
     loop {
         match outbound.poll_wait(cx) {
             Poll::Pending => {
                 outbound.stalled(false);
                 return Poll::Pending;
             }
-            Poll::Ready(Pending::Close(reason)) => return Poll::Ready(Stopped::Close(reason)),
-            Poll::Ready(Pending::Ended) => return Poll::Ready(Stopped::Ended),
+            Poll::Ready(Pending::Close(reason)) => return Poll::Ready(reason),
             Poll::Ready(Pending::Message) => {}
         }
         if io.is_wr_backpressure() {
