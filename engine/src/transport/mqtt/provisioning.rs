@@ -7,7 +7,6 @@
 //! closes it a minute after its answer) and answers at most [`REQUESTS_MAX`] requests.
 
 use std::future::poll_fn;
-use std::num::NonZeroU16;
 use std::time::Duration;
 
 use actors::ingress::Rejection;
@@ -22,6 +21,7 @@ use super::core::{Fault, Node, Published};
 use super::dispatch::{Event, Goodbye, Protocol, Unread};
 use super::peer_log::peer_event;
 use super::topics::FilterRefusal;
+use super::writer::Credit;
 use crate::provision::Provisioning;
 
 /// The username, or client id, that asks for a provision-only session.
@@ -59,7 +59,8 @@ async fn session<P: Protocol>(proto: &mut P, io: &Io, node: &Node) -> Option<Fau
     };
     let mut answer_qos = QoS::AtLeastOnce;
     let mut answered = 0usize;
-    let mut last_id = 0u16;
+    // Every answer may be unacknowledged at once: the session answers at most this many.
+    let mut credit = Credit::new(REQUESTS_MAX);
     loop {
         let event = poll_fn(|cx| proto.poll_event(io, cx)).await;
         match event {
@@ -128,14 +129,16 @@ async fn session<P: Protocol>(proto: &mut P, io: &Io, node: &Node) -> Option<Fau
                         DownlinkQos::AtLeastOnce
                     },
                 };
-                let packet_id = (downlink.qos == DownlinkQos::AtLeastOnce).then(|| {
-                    last_id = last_id.wrapping_add(1).max(1);
-                    NonZeroU16::new(last_id).unwrap_or(NonZeroU16::MIN)
-                });
+                let packet_id = match downlink.qos {
+                    DownlinkQos::AtLeastOnce => credit.take(),
+                    DownlinkQos::AtMostOnce => None,
+                };
                 proto.publish(io, downlink, packet_id);
             }
             Ok(Event::Released(id)) => proto.complete(io, id),
-            Ok(Event::Acked(_)) => {}
+            Ok(Event::Acked(id)) => {
+                credit.release(id);
+            }
             Ok(Event::Ping) => proto.pong(io),
             Ok(Event::Disconnect) | Err(Unread::PeerGone) => return None,
             Err(Unread::Timer) => {}
