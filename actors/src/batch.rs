@@ -97,6 +97,7 @@ impl WriteBatch {
                         }
                     }
                 }
+                MessageBody::Device(_) => {}
                 MessageBody::Attributes { scope, entries } => {
                     for entry in entries.iter().filter(|e| storable(message, e)) {
                         let row = AttributeRow {

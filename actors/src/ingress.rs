@@ -178,6 +178,7 @@ impl Limits {
         let kind = match message.body {
             MessageBody::Telemetry(_) => KeyKind::Telemetry,
             MessageBody::Attributes { .. } => KeyKind::Attributes,
+            MessageBody::Device(_) => return Ok(()),
         };
         self.keys
             .admit(
@@ -275,6 +276,11 @@ impl Ingress {
         }
     }
 
+    /// The largest payload it takes, in bytes.
+    pub fn max_payload(&self) -> usize {
+        self.max_payload
+    }
+
     /// The limits to check uplinks against; share one [`Limits`] between the ingresses of a
     /// process, so a device's keys are counted once whatever transport brings them.
     pub fn with_limits(mut self, limits: Limits) -> Ingress {
@@ -303,6 +309,13 @@ impl Ingress {
         self.enqueue(transport, metrics, received, message)
             .await
             .map_err(|e| rejected(&device.name, transport, e.into()))
+    }
+
+    /// Enqueues a device event (`downlink::event`) for the owner of the device's partition and
+    /// waits until the queue holds it (while the queue is full, too). Not an uplink: the
+    /// uplink counters do not move.
+    pub async fn publish_event(&self, message: Message) -> Result<(), QueueError> {
+        self.producer.send(Arc::new(message)).await?.await
     }
 
     /// Enqueues a message made elsewhere (an integration's converter made it from a vendor

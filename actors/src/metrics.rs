@@ -364,10 +364,27 @@ pub const RULE_CHAIN_RESTARTS: &str = "engine_rule_chain_restarts_total";
 pub const QUEUE_REBALANCES: &str = "engine_queue_rebalances_total";
 /// Queue partitions this node reads now (a Kafka consumer-group member's assignment).
 pub const QUEUE_PARTITIONS_ASSIGNED: &str = "engine_queue_partitions_assigned";
+/// Downlinks handed to this node's sessions, by `outcome`: `delivered` to a session,
+/// `dropped` (its channel full or it gone), `no_route` (for another node, no bus),
+/// `announce_failed` (a session's subscriptions could not be told to the owner).
+pub const DOWNLINKS: &str = "engine_downlinks_total";
+/// Server-side RPC calls from the REST API answered on this node, by `outcome`: `sent`
+/// (one-way, handed to the device), `replied`, `timeout` (sent, no reply in time),
+/// `not_delivered` (the device never took it), `refused` (too many pending for the device),
+/// `busy` (too many calls waiting on the node).
+pub const RPC_CALLS: &str = "engine_rpc_calls_total";
 
 /// Registers help texts and units with whatever recorder is installed.
 pub fn describe() {
     describe_mqtt();
+    describe_counter!(
+        DOWNLINKS,
+        "Downlinks for this node's sessions, by outcome (delivered, dropped, no_route, announce_failed)"
+    );
+    describe_counter!(
+        RPC_CALLS,
+        "Server-side RPC calls answered, by outcome (sent, replied, timeout, not_delivered, refused, busy)"
+    );
     describe_integration_limits();
     describe_counter!(MESSAGES_RECEIVED, "Uplink messages received, by transport");
     describe_counter!(
@@ -438,7 +455,7 @@ pub fn describe() {
     describe_counter!(SINK_RESTARTS, "Sinks restarted after a crash");
     describe_counter!(
         RULE_CHAIN_MESSAGES,
-        "Messages through the rule chains, by outcome (save_timeseries, save_attributes, dropped)"
+        "Messages through the rule chains, by outcome (save_timeseries, save_attributes, dropped, failed, device_state)"
     );
     describe_counter!(
         DEAD_LETTERS,
@@ -616,7 +633,12 @@ pub fn register_zero() {
     counter!(DATA_POINTS_STORED).increment(0);
     metrics::gauge!(SESSIONS_ACTIVE, "transport" => "mqtt").increment(0.0);
     counter!(SESSIONS_HIBERNATED, "transport" => "mqtt").increment(0);
-    for outcome in ["save_timeseries", "save_attributes", "dropped"] {
+    for outcome in [
+        "save_timeseries",
+        "save_attributes",
+        "dropped",
+        "device_state",
+    ] {
         counter!(RULE_CHAIN_MESSAGES, "outcome" => outcome).increment(0);
     }
     for reason in ["storage_refused", "undecodable"] {

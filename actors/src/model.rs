@@ -291,6 +291,8 @@ pub enum MessageBody {
         scope: AttributeScope,
         entries: Vec<KvEntry>,
     },
+    /// For the owner of the device's partition, never stored (`downlink::event`).
+    Device(crate::downlink::event::DeviceEvent),
 }
 
 /// The normalised message every transport produces and every sink consumes.
@@ -310,6 +312,7 @@ impl Message {
         let (records, attributes): (&[TsRecord], &[KvEntry]) = match &self.body {
             MessageBody::Telemetry(records) => (records, &[]),
             MessageBody::Attributes { entries, .. } => (&[], entries),
+            MessageBody::Device(_) => (&[], &[]),
         };
         records
             .iter()
@@ -324,6 +327,7 @@ impl Message {
                 .iter()
                 .try_for_each(|r| validate_entries(&r.entries)),
             MessageBody::Attributes { entries, .. } => validate_entries(entries),
+            MessageBody::Device(_) => Ok(()),
         }
     }
 
@@ -332,6 +336,7 @@ impl Message {
         match &self.body {
             MessageBody::Telemetry(records) => records.iter().map(|r| r.entries.len()).sum(),
             MessageBody::Attributes { entries, .. } => entries.len(),
+            MessageBody::Device(_) => 0,
         }
     }
 }

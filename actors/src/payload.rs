@@ -297,7 +297,18 @@ fn fields_to_entries(fields: Fields<'_>) -> Result<Vec<KvEntry>, PayloadError> {
 fn parse_value(key: &str, raw: &RawValue) -> Result<KvValue, PayloadError> {
     let text = raw.get();
     Ok(match classify(raw) {
-        Kind::String => KvValue::String(unquote(text)?),
+        Kind::String => {
+            let string = unquote(text)?;
+            // ThingsBoard's type cast (`transport.json.type_cast_enabled`, on by default): a
+            // string that is a plain decimal number is stored as that number.
+            if is_parsable(&string)
+                && let Ok(number) = parse_number(key, &string)
+            {
+                number
+            } else {
+                KvValue::String(string)
+            }
+        }
         Kind::Bool => KvValue::Bool(text == "true"),
         Kind::Object | Kind::Array => {
             if json_depth(text) > MAX_JSON_DEPTH {
@@ -346,6 +357,17 @@ fn json_depth(text: &str) -> usize {
         }
     }
     deepest
+}
+
+/// Apache Commons' `NumberUtils.isParsable`, which ThingsBoard's type cast asks: an optional
+/// `-`, then digits with at most one `.` that does not end the text; no sign `+`, exponent or
+/// hexadecimal.
+fn is_parsable(s: &str) -> bool {
+    let digits = s.strip_prefix('-').unwrap_or(s);
+    !digits.is_empty()
+        && !digits.ends_with('.')
+        && digits.bytes().filter(|&b| b == b'.').count() <= 1
+        && digits.bytes().all(|b| b.is_ascii_digit() || b == b'.')
 }
 
 fn unquote(text: &str) -> Result<String, PayloadError> {
@@ -662,6 +684,31 @@ mod tests {
                     ),
                 ],
             )],
+        );
+    }
+
+    #[test]
+    fn numeric_strings_are_type_cast_as_thingsboard_does() {
+        let attrs = parse_attributes(
+            br#"{"a":"5","b":"1.5","c":"-7","d":".5","e":"1e3","f":"+1","g":"1.","h":"x1","i":"","j":"99999999999999999999","k":"-"}"#,
+        )
+        .expect("parses");
+        let got: Vec<(&str, &KvValue)> = attrs.iter().map(|e| (e.key.as_str(), &e.value)).collect();
+        assert_eq!(
+            got,
+            [
+                ("a", &KvValue::Long(5)),
+                ("b", &KvValue::Double(1.5)),
+                ("c", &KvValue::Long(-7)),
+                ("d", &KvValue::Double(0.5)),
+                ("e", &KvValue::String("1e3".into())),
+                ("f", &KvValue::String("+1".into())),
+                ("g", &KvValue::String("1.".into())),
+                ("h", &KvValue::String("x1".into())),
+                ("i", &KvValue::String("".into())),
+                ("j", &KvValue::String("99999999999999999999".into())),
+                ("k", &KvValue::String("-".into())),
+            ]
         );
     }
 

@@ -28,9 +28,10 @@ use ractor::{Actor, ActorProcessingErr, ActorRef};
 use tokio::sync::mpsc;
 use tracing::error;
 
+use crate::downlink::router::Downlinks;
 use crate::mailbox::{Bound, Ticket};
 use crate::metrics::RULE_CHAIN_MESSAGES;
-use crate::model::{MessageBody, SharedMessage};
+use crate::model::{AttributeScope, MessageBody, SharedMessage};
 use crate::ports::Delivered;
 
 /// What a rule chain decided for one message.
@@ -44,6 +45,8 @@ pub enum Outcome {
     Dropped(&'static str),
     /// Not stored: the chain failed on it `MAX_ATTEMPTS` times.
     Failed,
+    /// A device event, handed to the device's owner (`downlink`); not stored.
+    DeviceState,
 }
 
 impl Outcome {
@@ -53,6 +56,7 @@ impl Outcome {
             Outcome::SaveAttributes => "save_attributes",
             Outcome::Dropped(_) => "dropped",
             Outcome::Failed => "failed",
+            Outcome::DeviceState => "device_state",
         }
     }
 }
@@ -61,13 +65,42 @@ pub trait RuleChain: Send + 'static {
     fn process(&mut self, message: &SharedMessage) -> Outcome;
 }
 
-/// Routes by message type: telemetry to "save time series", attributes to "save attributes".
+/// Routes by message type: telemetry to "save time series", attributes to "save attributes",
+/// device events to the device's state this node owns; shared attribute updates are also
+/// pushed to the device's subscribed sessions (ThingsBoard's "attributes updated" to the device
+/// actor).
 #[derive(Default)]
-pub struct DefaultRuleChain;
+pub struct DefaultRuleChain {
+    downlinks: Option<Arc<Downlinks>>,
+}
+
+impl DefaultRuleChain {
+    /// A chain that keeps its devices' state in `downlinks`.
+    pub fn with_downlinks(downlinks: Arc<Downlinks>) -> DefaultRuleChain {
+        DefaultRuleChain {
+            downlinks: Some(downlinks),
+        }
+    }
+}
 
 impl RuleChain for DefaultRuleChain {
     fn process(&mut self, message: &SharedMessage) -> Outcome {
         match &message.body {
+            MessageBody::Device(event) => {
+                if let Some(downlinks) = &self.downlinks {
+                    downlinks.owner_event(message.device_id, event.clone());
+                }
+                Outcome::DeviceState
+            }
+            MessageBody::Attributes {
+                scope: AttributeScope::Shared,
+                entries,
+            } if !entries.is_empty() => {
+                if let Some(downlinks) = &self.downlinks {
+                    downlinks.owner_shared_updated(message.device_id, entries);
+                }
+                Outcome::SaveAttributes
+            }
             MessageBody::Telemetry(records) if records.iter().all(|r| r.entries.is_empty()) => {
                 Outcome::Dropped("empty_telemetry")
             }
@@ -187,14 +220,15 @@ pub struct RuleChainState {
     counted: OutcomeCounters,
 }
 
-struct OutcomeCounters([Counter; 4]);
+struct OutcomeCounters([Counter; 5]);
 
 impl OutcomeCounters {
-    const OUTCOMES: [Outcome; 4] = [
+    const OUTCOMES: [Outcome; 5] = [
         Outcome::SaveTimeseries,
         Outcome::SaveAttributes,
         Outcome::Dropped(""),
         Outcome::Failed,
+        Outcome::DeviceState,
     ];
 
     fn new() -> OutcomeCounters {
@@ -209,6 +243,7 @@ impl OutcomeCounters {
             Outcome::SaveAttributes => 1,
             Outcome::Dropped(_) => 2,
             Outcome::Failed => 3,
+            Outcome::DeviceState => 4,
         };
         self.0[i].increment(1);
     }
@@ -282,7 +317,7 @@ impl RuleChainState {
         self.counted.count(outcome);
         match outcome {
             Outcome::SaveTimeseries | Outcome::SaveAttributes => Routed::Save(delivered),
-            Outcome::Dropped(_) | Outcome::Failed => Routed::Skip {
+            Outcome::Dropped(_) | Outcome::Failed | Outcome::DeviceState => Routed::Skip {
                 partition: delivered.partition,
                 offset: delivered.offset,
             },
@@ -422,7 +457,7 @@ mod tests {
             ),
         ];
         for (body, want) in cases {
-            assert_eq!(DefaultRuleChain.process(&message(body)), want);
+            assert_eq!(DefaultRuleChain::default().process(&message(body)), want);
         }
     }
 
@@ -432,7 +467,7 @@ mod tests {
 
         let (tx, mut rx) = mpsc::channel(4);
         let (chains, _) = RuleChains::start(RuleChainSupervisorArgs {
-            make_chain: Arc::new(|_| Box::new(DefaultRuleChain)),
+            make_chain: Arc::new(|_| Box::new(DefaultRuleChain::default())),
             sink: tx,
             lane_capacity: 2,
         })

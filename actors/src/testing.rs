@@ -217,7 +217,7 @@ impl FaultyChain {
 impl crate::rule_chain::RuleChain for FaultyChain {
     fn process(&mut self, message: &SharedMessage) -> crate::rule_chain::Outcome {
         assert!(!(self.fails_on)(message), "test rule chain told to fail");
-        crate::rule_chain::DefaultRuleChain.process(message)
+        crate::rule_chain::DefaultRuleChain::default().process(message)
     }
 }
 

@@ -8,6 +8,8 @@ use std::time::Duration;
 
 use actix_web::web;
 use actors::converter::ConverterRuntime;
+use actors::downlink::event::NodeId;
+use actors::downlink::router::{DownlinkSettings, Downlinks, NoBus};
 use actors::ingress::Ingress;
 use actors::integration::Integrations;
 use actors::integration::pool::ConverterPool;
@@ -139,75 +141,98 @@ pub async fn start(config: Config, metrics: Option<PrometheusHandle>) -> anyhow:
         }
         None => store.clone(),
     };
-    let (queue, producer, sink_count, make): (Queue, Arc<dyn Producer>, usize, MakeSink) =
-        match config.queue.kind {
-            QueueKind::Memory => {
-                let queue =
-                    MemoryQueue::new(config.queue.partitions, config.queue.partition_capacity, 1);
-                // The same topology as Kafka's: partitions -> rule chains -> sink.
-                let (to_sink, from_chains) =
-                    mpsc::channel(sink_config.batch_size.saturating_mul(2).max(1024));
-                let make_chain: MakeRuleChain =
-                    Arc::new(|_| Box::new(DefaultRuleChain) as Box<dyn RuleChain>);
-                let (source, committer) = MemorySource::start(
-                    &queue,
-                    make_chain,
-                    to_sink,
-                    config.queue.partition_capacity,
-                )
-                .await?;
-                let feed = SharedFeed::new(from_chains);
-                let make: MakeSink = Arc::new(move |_| SinkArgs {
-                    consumer: Box::new(FeedConsumer::new(feed.clone(), committer.clone())),
-                    store: sink_store.clone(),
-                    config: sink_config.clone(),
-                    dead_letters: None,
-                });
-                (
-                    Queue::Memory {
-                        queue: queue.clone(),
-                        source,
-                    },
-                    Arc::new(queue),
-                    1,
-                    make,
-                )
-            }
-            QueueKind::Kafka => {
-                kafka::ensure_topics(&config.queue).await?;
-                let producer = KafkaProducer::new(&config.queue)?;
-                // Rule chains -> sink: room for two batches, so the sink always has the next
-                // one ready while it writes.
-                let (to_sink, from_chains) =
-                    mpsc::channel(sink_config.batch_size.saturating_mul(2).max(1024));
-                let make_chain: MakeRuleChain =
-                    Arc::new(|_| Box::new(DefaultRuleChain) as Box<dyn RuleChain>);
-                let instance_id = match &config.queue.instance_id {
-                    Some(id) => id.clone(),
-                    None => node_id(&config.data_dir)?,
-                };
-                let (source, committer) =
-                    KafkaSource::start(&config.queue, &instance_id, make_chain, to_sink).await?;
-                let feed = SharedFeed::new(from_chains);
-                let dead_letters: Arc<dyn DeadLetters> = Arc::new(producer.clone());
-                let make: MakeSink = Arc::new(move |_| SinkArgs {
-                    consumer: Box::new(FeedConsumer::new(feed.clone(), committer.clone())),
-                    store: sink_store.clone(),
-                    config: sink_config.clone(),
-                    dead_letters: Some(dead_letters.clone()),
-                });
-                info!(brokers = %config.queue.brokers, topic = %config.queue.topic, "kafka queue ready");
-                (
-                    Queue::Kafka {
-                        producer: producer.clone(),
-                        source,
-                    },
-                    Arc::new(producer),
-                    1,
-                    make,
-                )
-            }
-        };
+    let node = node_id(&config.data_dir)?;
+    // The node's downlinks keep the state of the devices whose partitions it owns, so the rule
+    // chains need them, and they need the queue's producer to announce sessions.
+    let downlinks_of = |producer: Arc<dyn Producer>| {
+        let ingress = Arc::new(Ingress::new(producer, bytes(config.mqtt.max_payload_size)));
+        Downlinks::start(
+            NodeId::from(node.as_str()),
+            DownlinkSettings::default(),
+            ingress,
+            Arc::new(NoBus),
+        )
+    };
+    let (queue, producer, sink_count, make, downlinks): (
+        Queue,
+        Arc<dyn Producer>,
+        usize,
+        MakeSink,
+        Arc<Downlinks>,
+    ) = match config.queue.kind {
+        QueueKind::Memory => {
+            let queue =
+                MemoryQueue::new(config.queue.partitions, config.queue.partition_capacity, 1);
+            let downlinks = downlinks_of(Arc::new(queue.clone()));
+            // The same topology as Kafka's: partitions -> rule chains -> sink.
+            let (to_sink, from_chains) =
+                mpsc::channel(sink_config.batch_size.saturating_mul(2).max(1024));
+            let chain_downlinks = downlinks.clone();
+            let make_chain: MakeRuleChain = Arc::new(move |_| {
+                Box::new(DefaultRuleChain::with_downlinks(chain_downlinks.clone()))
+                    as Box<dyn RuleChain>
+            });
+            let (source, committer) =
+                MemorySource::start(&queue, make_chain, to_sink, config.queue.partition_capacity)
+                    .await?;
+            let feed = SharedFeed::new(from_chains);
+            let make: MakeSink = Arc::new(move |_| SinkArgs {
+                consumer: Box::new(FeedConsumer::new(feed.clone(), committer.clone())),
+                store: sink_store.clone(),
+                config: sink_config.clone(),
+                dead_letters: None,
+            });
+            (
+                Queue::Memory {
+                    queue: queue.clone(),
+                    source,
+                },
+                Arc::new(queue),
+                1,
+                make,
+                downlinks,
+            )
+        }
+        QueueKind::Kafka => {
+            kafka::ensure_topics(&config.queue).await?;
+            let producer = KafkaProducer::new(&config.queue)?;
+            let downlinks = downlinks_of(Arc::new(producer.clone()));
+            // Rule chains -> sink: room for two batches, so the sink always has the next
+            // one ready while it writes.
+            let (to_sink, from_chains) =
+                mpsc::channel(sink_config.batch_size.saturating_mul(2).max(1024));
+            let chain_downlinks = downlinks.clone();
+            let make_chain: MakeRuleChain = Arc::new(move |_| {
+                Box::new(DefaultRuleChain::with_downlinks(chain_downlinks.clone()))
+                    as Box<dyn RuleChain>
+            });
+            let instance_id = match &config.queue.instance_id {
+                Some(id) => id.clone(),
+                None => node.clone(),
+            };
+            let (source, committer) =
+                KafkaSource::start(&config.queue, &instance_id, make_chain, to_sink).await?;
+            let feed = SharedFeed::new(from_chains);
+            let dead_letters: Arc<dyn DeadLetters> = Arc::new(producer.clone());
+            let make: MakeSink = Arc::new(move |_| SinkArgs {
+                consumer: Box::new(FeedConsumer::new(feed.clone(), committer.clone())),
+                store: sink_store.clone(),
+                config: sink_config.clone(),
+                dead_letters: Some(dead_letters.clone()),
+            });
+            info!(brokers = %config.queue.brokers, topic = %config.queue.topic, "kafka queue ready");
+            (
+                Queue::Kafka {
+                    producer: producer.clone(),
+                    source,
+                },
+                Arc::new(producer),
+                1,
+                make,
+                downlinks,
+            )
+        }
+    };
     let sinks = Actor::spawn(
         Some("sinks".into()),
         SinkSupervisor,
@@ -245,6 +270,7 @@ pub async fn start(config: Config, metrics: Option<PrometheusHandle>) -> anyhow:
             ..Default::default()
         },
         client_rpc_timeout: config.mqtt.client_rpc_timeout,
+        downlinks: downlinks.clone(),
     });
     let mqtt = MqttServer::start(mqtt_listener, &config.mqtt, ctx)?;
 
@@ -272,7 +298,8 @@ pub async fn start(config: Config, metrics: Option<PrometheusHandle>) -> anyhow:
         },
         converters: integrations.runtime().clone(),
         integrations,
-        node_id: node_id(&config.data_dir)?,
+        node_id: node,
+        downlinks,
     });
     let server = crate::transport::http_server::serve(
         http_listener,

@@ -5,6 +5,7 @@ mod backpressure;
 mod claims;
 mod converters;
 mod dashboards;
+mod downlinks;
 mod durability;
 mod hostile;
 mod http_device_api;

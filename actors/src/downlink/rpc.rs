@@ -57,6 +57,8 @@ pub enum Resolution {
     Reply(Vec<u8>),
     /// It expired; `sent` says whether the device ever got it.
     Expired { sent: bool },
+    /// Not taken: the device has as many requests pending as it may.
+    Refused,
 }
 
 /// The device has as many requests pending as it may.

@@ -470,7 +470,7 @@ mod tests {
             err,
             Some(SessionError::Rejected(Rejection::TooLarge { .. }))
         ));
-        s.publish(Uplink::Attributes, br#"{"fw":"1.0"}"#.to_vec())
+        s.publish(Uplink::Attributes, br#"{"fw":"v1.0"}"#.to_vec())
             .await
             .expect("the session lives on")
             .confirmed()
@@ -482,7 +482,7 @@ mod tests {
             panic!("not attributes: {:?}", sent[0].body)
         };
         assert_eq!(entries[0].key, "fw");
-        assert_eq!(entries[0].value, KvValue::String("1.0".into()));
+        assert_eq!(entries[0].value, KvValue::String("v1.0".into()));
     }
 
     #[tokio::test]

@@ -7,6 +7,7 @@ pub mod device;
 pub mod error;
 mod integration;
 pub mod profile;
+mod rpc;
 mod telemetry;
 
 use std::future::{Ready, ready};
@@ -36,6 +37,8 @@ pub struct ApiState {
     pub integrations: Arc<actors::integration::Integrations>,
     /// This node's name, shown as the `server` of debug events.
     pub node_id: String,
+    /// The way back to devices: RPC calls, long polls, shared attribute deletions.
+    pub downlinks: Arc<actors::downlink::router::Downlinks>,
 }
 
 pub type State = web::Data<ApiState>;
@@ -54,6 +57,7 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
     .configure(device::routes)
     .configure(profile::routes)
     .configure(telemetry::routes)
+    .configure(rpc::routes)
     .configure(crate::transport::http::routes)
     .configure(crate::transport::http_integration::routes)
     .default_service(web::to(|| async {

@@ -598,7 +598,7 @@ mod tests {
     impl Node {
         async fn start(config: &QueueConfig, instance: &str) -> Node {
             let (tx, mut rx) = mpsc::channel(64);
-            let make: MakeRuleChain = Arc::new(|_| Box::new(DefaultRuleChain));
+            let make: MakeRuleChain = Arc::new(|_| Box::new(DefaultRuleChain::default()));
             let (source, committer) = KafkaSource::start(config, instance, make, tx)
                 .await
                 .expect("starts");

@@ -2,6 +2,8 @@
 //! written by hand (no protoc at build time). The test below pins every field number to that
 //! file.
 
+use actors::downlink::event::{Caller, DeviceEvent, NodeId};
+use actors::downlink::rpc::{Direction, RpcRequest};
 use actors::model::{
     AttributeScope, DeviceId, KvEntry, KvValue, Message, MessageBody, TenantId, TsRecord,
 };
@@ -19,7 +21,7 @@ pub struct IngestMessage {
     pub device_id: Vec<u8>,
     #[prost(int64, tag = "3")]
     pub received_ts: i64,
-    #[prost(oneof = "Body", tags = "4, 5")]
+    #[prost(oneof = "Body", tags = "4, 5, 6")]
     pub body: Option<Body>,
 }
 
@@ -29,6 +31,142 @@ pub enum Body {
     Telemetry(Telemetry),
     #[prost(message, tag = "5")]
     Attributes(Attributes),
+    #[prost(message, tag = "6")]
+    Device(WireDeviceEvent),
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct WireDeviceEvent {
+    #[prost(oneof = "WireEvent", tags = "1, 2, 3, 4")]
+    pub event: Option<WireEvent>,
+}
+
+#[derive(Clone, PartialEq, prost::Oneof)]
+pub enum WireEvent {
+    #[prost(message, tag = "1")]
+    Session(SessionEvent),
+    #[prost(message, tag = "2")]
+    RpcRequest(RpcRequestEvent),
+    #[prost(message, tag = "3")]
+    RpcReply(RpcReplyEvent),
+    #[prost(message, tag = "4")]
+    SharedDeleted(SharedDeletedEvent),
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct SessionEvent {
+    #[prost(string, tag = "1")]
+    pub node: String,
+    #[prost(uint64, tag = "2")]
+    pub session: u64,
+    #[prost(uint64, tag = "3")]
+    pub seq: u64,
+    #[prost(bool, tag = "4")]
+    pub rpc: bool,
+    #[prost(bool, tag = "5")]
+    pub attributes: bool,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct RpcRequestEvent {
+    #[prost(string, tag = "1")]
+    pub caller_node: String,
+    #[prost(uint64, tag = "2")]
+    pub call: u64,
+    #[prost(string, tag = "3")]
+    pub method: String,
+    #[prost(string, tag = "4")]
+    pub params: String,
+    #[prost(bool, tag = "5")]
+    pub two_way: bool,
+    #[prost(int64, tag = "6")]
+    pub expires_at: i64,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct RpcReplyEvent {
+    #[prost(int32, tag = "1")]
+    pub id: i32,
+    #[prost(bytes = "vec", tag = "2")]
+    pub payload: Vec<u8>,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct SharedDeletedEvent {
+    #[prost(string, repeated, tag = "1")]
+    pub keys: Vec<String>,
+}
+
+fn event_to_wire(event: &DeviceEvent) -> WireDeviceEvent {
+    let event = match event {
+        DeviceEvent::Session {
+            node,
+            session,
+            seq,
+            rpc,
+            attributes,
+        } => WireEvent::Session(SessionEvent {
+            node: node.to_string(),
+            session: *session,
+            seq: *seq,
+            rpc: *rpc,
+            attributes: *attributes,
+        }),
+        DeviceEvent::RpcRequest { caller, request } => WireEvent::RpcRequest(RpcRequestEvent {
+            caller_node: caller.node.to_string(),
+            call: caller.call,
+            method: request.method.clone(),
+            params: request.params.clone(),
+            two_way: request.direction == Direction::TwoWay,
+            expires_at: request.expires_at,
+        }),
+        DeviceEvent::RpcReply { id, payload } => WireEvent::RpcReply(RpcReplyEvent {
+            id: *id,
+            payload: payload.clone(),
+        }),
+        DeviceEvent::SharedDeleted { keys } => {
+            WireEvent::SharedDeleted(SharedDeletedEvent { keys: keys.clone() })
+        }
+    };
+    WireDeviceEvent { event: Some(event) }
+}
+
+fn event_from_wire(event: WireDeviceEvent) -> Result<DeviceEvent, WireError> {
+    Ok(match event.event {
+        Some(WireEvent::Session(s)) => DeviceEvent::Session {
+            node: NodeId::from(s.node),
+            session: s.session,
+            seq: s.seq,
+            rpc: s.rpc,
+            attributes: s.attributes,
+        },
+        Some(WireEvent::RpcRequest(r)) => DeviceEvent::RpcRequest {
+            caller: Caller {
+                node: NodeId::from(r.caller_node),
+                call: r.call,
+            },
+            request: RpcRequest {
+                method: r.method,
+                params: r.params,
+                direction: if r.two_way {
+                    Direction::TwoWay
+                } else {
+                    Direction::OneWay
+                },
+                expires_at: r.expires_at,
+            },
+        },
+        Some(WireEvent::RpcReply(r)) => DeviceEvent::RpcReply {
+            id: r.id,
+            payload: r.payload,
+        },
+        Some(WireEvent::SharedDeleted(d)) => DeviceEvent::SharedDeleted { keys: d.keys },
+        None => {
+            return Err(WireError::Invalid(
+                "a device event without its event".into(),
+            ));
+        }
+    })
 }
 
 #[derive(Clone, PartialEq, prost::Message)]
@@ -115,6 +253,7 @@ pub fn encode(message: &Message) -> Vec<u8> {
             scope: i32::try_from(scope.code()).unwrap_or(0),
             entries: entries.iter().map(entry_to_wire).collect(),
         }),
+        MessageBody::Device(event) => Body::Device(event_to_wire(event)),
     };
     IngestMessage {
         tenant_id: message.tenant_id.0.as_bytes().to_vec(),
@@ -164,6 +303,7 @@ pub fn decode(bytes: &[u8]) -> Result<Message, WireError> {
                 .map(entry_from_wire)
                 .collect::<Result<_, _>>()?,
         },
+        Some(Body::Device(event)) => MessageBody::Device(event_from_wire(event)?),
         None => return Err(WireError::Invalid("no body".into())),
     };
     Ok(Message {
@@ -208,6 +348,44 @@ mod tests {
                 },
             },
         ]
+        .into_iter()
+        .chain(
+            [
+                DeviceEvent::Session {
+                    node: NodeId::from("n1"),
+                    session: 3,
+                    seq: 2,
+                    rpc: true,
+                    attributes: false,
+                },
+                DeviceEvent::RpcRequest {
+                    caller: Caller {
+                        node: NodeId::from("n2"),
+                        call: 9,
+                    },
+                    request: RpcRequest {
+                        method: "m".into(),
+                        params: r#"{"a":1}"#.into(),
+                        direction: Direction::TwoWay,
+                        expires_at: 1_000,
+                    },
+                },
+                DeviceEvent::RpcReply {
+                    id: -1,
+                    payload: b"ok".to_vec(),
+                },
+                DeviceEvent::SharedDeleted {
+                    keys: vec!["a".into(), "b".into()],
+                },
+            ]
+            .map(|event| Message {
+                tenant_id: tenant,
+                device_id: device,
+                received_ts: 9,
+                body: MessageBody::Device(event),
+            }),
+        )
+        .collect()
     }
 
     #[test]
@@ -374,8 +552,167 @@ mod tests {
                 "json_v",
                 entry(WireValue::JsonV("{}".into())).encode_to_vec(),
             ),
+            (
+                "IngestMessage",
+                "device",
+                IngestMessage {
+                    body: Some(Body::Device(WireDeviceEvent::default())),
+                    ..Default::default()
+                }
+                .encode_to_vec(),
+            ),
         ];
-        for (message, field, bytes) in cases {
+        let event = |e| WireDeviceEvent { event: Some(e) }.encode_to_vec();
+        let session = SessionEvent::default;
+        let request = RpcRequestEvent::default;
+        let more: Vec<(&str, &str, Vec<u8>)> = vec![
+            (
+                "DeviceEvent",
+                "session",
+                event(WireEvent::Session(session())),
+            ),
+            (
+                "DeviceEvent",
+                "rpc_request",
+                event(WireEvent::RpcRequest(request())),
+            ),
+            (
+                "DeviceEvent",
+                "rpc_reply",
+                event(WireEvent::RpcReply(RpcReplyEvent::default())),
+            ),
+            (
+                "DeviceEvent",
+                "shared_deleted",
+                event(WireEvent::SharedDeleted(SharedDeletedEvent::default())),
+            ),
+            (
+                "SessionEvent",
+                "node",
+                SessionEvent {
+                    node: "n".into(),
+                    ..session()
+                }
+                .encode_to_vec(),
+            ),
+            (
+                "SessionEvent",
+                "session",
+                SessionEvent {
+                    session: 1,
+                    ..session()
+                }
+                .encode_to_vec(),
+            ),
+            (
+                "SessionEvent",
+                "seq",
+                SessionEvent {
+                    seq: 1,
+                    ..session()
+                }
+                .encode_to_vec(),
+            ),
+            (
+                "SessionEvent",
+                "rpc",
+                SessionEvent {
+                    rpc: true,
+                    ..session()
+                }
+                .encode_to_vec(),
+            ),
+            (
+                "SessionEvent",
+                "attributes",
+                SessionEvent {
+                    attributes: true,
+                    ..session()
+                }
+                .encode_to_vec(),
+            ),
+            (
+                "RpcRequestEvent",
+                "caller_node",
+                RpcRequestEvent {
+                    caller_node: "n".into(),
+                    ..request()
+                }
+                .encode_to_vec(),
+            ),
+            (
+                "RpcRequestEvent",
+                "call",
+                RpcRequestEvent {
+                    call: 1,
+                    ..request()
+                }
+                .encode_to_vec(),
+            ),
+            (
+                "RpcRequestEvent",
+                "method",
+                RpcRequestEvent {
+                    method: "m".into(),
+                    ..request()
+                }
+                .encode_to_vec(),
+            ),
+            (
+                "RpcRequestEvent",
+                "params",
+                RpcRequestEvent {
+                    params: "p".into(),
+                    ..request()
+                }
+                .encode_to_vec(),
+            ),
+            (
+                "RpcRequestEvent",
+                "two_way",
+                RpcRequestEvent {
+                    two_way: true,
+                    ..request()
+                }
+                .encode_to_vec(),
+            ),
+            (
+                "RpcRequestEvent",
+                "expires_at",
+                RpcRequestEvent {
+                    expires_at: 1,
+                    ..request()
+                }
+                .encode_to_vec(),
+            ),
+            (
+                "RpcReplyEvent",
+                "id",
+                RpcReplyEvent {
+                    id: 1,
+                    payload: vec![],
+                }
+                .encode_to_vec(),
+            ),
+            (
+                "RpcReplyEvent",
+                "payload",
+                RpcReplyEvent {
+                    id: 0,
+                    payload: vec![1],
+                }
+                .encode_to_vec(),
+            ),
+            (
+                "SharedDeletedEvent",
+                "keys",
+                SharedDeletedEvent {
+                    keys: vec!["k".into()],
+                }
+                .encode_to_vec(),
+            ),
+        ];
+        for (message, field, bytes) in cases.into_iter().chain(more) {
             assert_eq!(tag(bytes), number(message, field), "{message}.{field}");
         }
     }

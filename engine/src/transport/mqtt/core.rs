@@ -30,9 +30,13 @@ use super::dispatch::Settings;
 use super::peer_log::peer_event;
 use super::topics::{
     BadTopic, CLAIM_TOPIC, DownlinkTopic, FilterRefusal, Subscriptions, attribute_request_id,
-    rpc_request_id, uplink_of,
+    rpc_request_id, rpc_response_id, uplink_of,
 };
+use actors::downlink::event::Delivery;
+use actors::downlink::router::{Downlinks, SessionSink};
+use actors::protocol::rpc;
 use actors::session::Outbound;
+use std::sync::atomic::{AtomicU8, Ordering};
 
 /// What every connection handler needs; shared by all network workers.
 pub struct MqttContext {
@@ -53,6 +57,46 @@ pub struct MqttContext {
     pub session_limits: SessionLimits,
     /// `mqtt.client_rpc_timeout`: when a device's unanswered RPC request gets its timeout.
     pub client_rpc_timeout: Duration,
+    /// The way back: shared attribute updates and server-side RPC for subscribed connections.
+    pub downlinks: Arc<Downlinks>,
+}
+
+/// A connection as the node's [`Downlinks`] see it: server-side RPC requests and shared
+/// attribute updates go into its outbound channel at the QoS of the matching subscription.
+/// A full channel drops the downlink (counted): a device that does not read cannot make the
+/// engine hold more than `mqtt.outbound_capacity` messages for it.
+struct MqttSink {
+    outbound: Outbound,
+    /// The granted QoS of `v1/devices/me/rpc/request/+` and of `v1/devices/me/attributes`.
+    rpc_qos: AtomicU8,
+    attributes_qos: AtomicU8,
+}
+
+impl SessionSink for MqttSink {
+    fn deliver(&self, delivery: &Delivery) -> bool {
+        let qos = |q: &AtomicU8| match q.load(Ordering::Relaxed) {
+            0 => DownlinkQos::AtMostOnce,
+            _ => DownlinkQos::AtLeastOnce,
+        };
+        let downlink = match delivery {
+            Delivery::Rpc(outgoing) => Downlink {
+                topic: DownlinkTopic::RpcRequest(outgoing.id.unsigned_abs()).name(),
+                payload: rpc::mqtt_request(&outgoing.request).into_bytes(),
+                qos: qos(&self.rpc_qos),
+            },
+            Delivery::Attributes(entries) => Downlink {
+                topic: DownlinkTopic::Attributes.name(),
+                payload: attributes::update(entries).into_bytes(),
+                qos: qos(&self.attributes_qos),
+            },
+            Delivery::Deleted(keys) => Downlink {
+                topic: DownlinkTopic::Attributes.name(),
+                payload: attributes::deleted(keys).into_bytes(),
+                qos: qos(&self.attributes_qos),
+            },
+        };
+        self.outbound.try_send(downlink).is_ok()
+    }
 }
 
 /// The listener's shared state: the context, who is connected, the outbound channels' metrics.
@@ -116,7 +160,15 @@ impl Node {
             self.ctx.receive_maximum.into(),
         );
         peer_event!(DEBUG, device = ?device.name, "mqtt session opened");
+        let sink = Arc::new(MqttSink {
+            outbound: outbound.clone(),
+            rpc_qos: AtomicU8::new(1),
+            attributes_qos: AtomicU8::new(1),
+        });
         let connection = Connection {
+            downlink_id: self.ctx.downlinks.session_id(),
+            sink,
+            announced: Cell::new(false),
             device,
             session,
             store: self.ctx.store.clone(),
@@ -145,6 +197,22 @@ pub struct Connection {
     outbound: Outbound,
     /// Its place among its device's sessions.
     _seat: Seat,
+    /// Its id among the node's sessions that take downlinks, and how they reach it.
+    downlink_id: u64,
+    sink: Arc<MqttSink>,
+    /// Its subscriptions were told to the node's downlinks (so its end must be told too).
+    announced: Cell<bool>,
+}
+
+impl Drop for Connection {
+    fn drop(&mut self) {
+        if self.announced.get() {
+            let sink: Arc<dyn SessionSink> = self.sink.clone();
+            self.ctx
+                .downlinks
+                .subscriptions(&self.device, self.downlink_id, false, false, &sink);
+        }
+    }
 }
 
 /// What became of a PUBLISH (the adapters answer it each in their protocol's way).
@@ -231,9 +299,12 @@ impl Connection {
             Attributes(Result<i32, ()>),
             Claim,
             Rpc(Result<i32, ()>),
+            Reply(Result<i32, ()>),
         }
         let call = if let Some(id) = attribute_request_id(topic) {
             Call::Attributes(id)
+        } else if let Some(id) = rpc_response_id(topic) {
+            Call::Reply(id)
         } else if topic == CLAIM_TOPIC {
             Call::Claim
         } else if let Some(id) = rpc_request_id(topic) {
@@ -248,7 +319,61 @@ impl Connection {
             Call::Attributes(id) => self.attribute_request(id, payload).await,
             Call::Claim => self.claim(payload).await,
             Call::Rpc(id) => self.device_rpc(id, payload).await,
+            Call::Reply(id) => self.rpc_reply(id, payload).await,
         }
+    }
+
+    /// The device's reply to a server-side RPC (`v1/devices/me/rpc/response/{id}`), for the
+    /// owner of its state (the REST caller waiting for it gets it from there); acknowledged once
+    /// the queue holds it. A reply nobody waits for is ignored there, as ThingsBoard does.
+    async fn rpc_reply(&self, id: Result<i32, ()>, payload: &[u8]) -> Published {
+        let Ok(id) = id else {
+            return Published::Refused(Rejection::Payload(BadPayload::WrongShape {
+                found: "request id that is not a 32-bit integer",
+                expected: "v1/devices/me/rpc/response/{id}",
+            }));
+        };
+        if payload.len() > self.ctx.ingress.max_payload() {
+            return Published::Refused(Rejection::TooLarge {
+                size: payload.len(),
+                max: self.ctx.ingress.max_payload(),
+            });
+        }
+        match self
+            .ctx
+            .downlinks
+            .reply(&self.device, id, payload.to_vec())
+            .await
+        {
+            Ok(()) => Published::Queued,
+            Err(e) => Published::Refused(Rejection::Queue(e)),
+        }
+    }
+
+    /// Tells the node's downlinks what this connection now subscribes to.
+    fn announce(&self) {
+        let subscriptions = self.subscriptions.get();
+        let rpc = subscriptions.qos_for(&DownlinkTopic::RpcRequest(0).name());
+        let attributes = subscriptions.qos_for(&DownlinkTopic::Attributes.name());
+        let code = |q: QoS| u8::from(q != QoS::AtMostOnce);
+        if let Some(q) = rpc {
+            self.sink.rpc_qos.store(code(q), Ordering::Relaxed);
+        }
+        if let Some(q) = attributes {
+            self.sink.attributes_qos.store(code(q), Ordering::Relaxed);
+        }
+        if !self.announced.get() && rpc.is_none() && attributes.is_none() {
+            return;
+        }
+        self.announced.set(true);
+        let sink: Arc<dyn SessionSink> = self.sink.clone();
+        self.ctx.downlinks.subscriptions(
+            &self.device,
+            self.downlink_id,
+            rpc.is_some(),
+            attributes.is_some(),
+            &sink,
+        );
     }
 
     /// An attribute request (`v1/devices/me/attributes/request/{id}`): the answer goes to
@@ -394,8 +519,11 @@ impl Connection {
         let mut subscriptions = self.subscriptions.get();
         let granted = subscriptions.subscribe(filter, qos);
         self.subscriptions.set(subscriptions);
-        if granted.is_err() {
-            peer_event!(DEBUG, device = ?self.device.name, ?filter, "mqtt subscription refused");
+        match granted {
+            Ok(_) => self.announce(),
+            Err(_) => {
+                peer_event!(DEBUG, device = ?self.device.name, ?filter, "mqtt subscription refused")
+            }
         }
         granted
     }
@@ -405,6 +533,9 @@ impl Connection {
         let mut subscriptions = self.subscriptions.get();
         let had = subscriptions.unsubscribe(filter);
         self.subscriptions.set(subscriptions);
+        if had {
+            self.announce();
+        }
         had
     }
 

@@ -39,6 +39,13 @@ pub fn rpc_request_id(topic: &str) -> Option<Result<i32, ()>> {
     Some(id.parse::<i32>().map_err(|_| ()))
 }
 
+/// The request id a device's reply to a server-side RPC names
+/// (`v1/devices/me/rpc/response/{id}`), with [`attribute_request_id`]'s rules.
+pub fn rpc_response_id(topic: &str) -> Option<Result<i32, ()>> {
+    let id = topic.strip_prefix(RPC_RESPONSE_PREFIX)?;
+    Some(id.parse::<i32>().map_err(|_| ()))
+}
+
 /// A server-to-device topic: where attribute updates, responses and RPC requests go.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum DownlinkTopic {

@@ -1,0 +1,64 @@
+//! Device events: what travels the ingest queue, keyed by device like its telemetry, to the
+//! owner of the device's partition, who keeps the device's server-side state
+//! ([`super::owner::Owned`]). They are never stored; the rule chain hands them to the owner and
+//! commits past them.
+
+use std::sync::Arc;
+
+use crate::downlink::rpc::{Resolution, RpcRequest};
+use crate::model::KvEntry;
+
+/// A node's name (`<data_dir>/node-id`), where downlinks for its sessions and answers for its
+/// callers are sent.
+pub type NodeId = Arc<str>;
+
+/// Who waits for an RPC's outcome: a REST call on `node`, under the id that node gave it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Caller {
+    pub node: NodeId,
+    pub call: u64,
+}
+
+/// One event for a device's owner.
+#[derive(Clone, Debug, PartialEq)]
+pub enum DeviceEvent {
+    /// A session of the device on `node` now subscribes to these downlinks. Sent when they
+    /// change; both false: the session ended. `seq` grows per session, so an event overtaken by
+    /// a later one (they are sent by separate tasks) is ignored.
+    Session {
+        node: NodeId,
+        session: u64,
+        seq: u64,
+        rpc: bool,
+        attributes: bool,
+    },
+    /// A server-side RPC to the device.
+    RpcRequest { caller: Caller, request: RpcRequest },
+    /// The device's reply to request `id`, as it sent it.
+    RpcReply { id: i32, payload: Vec<u8> },
+    /// Shared attributes deleted: subscribed sessions get `{"deleted":[..]}`.
+    SharedDeleted { keys: Vec<String> },
+}
+
+/// What the owner sends a node.
+#[derive(Clone, Debug, PartialEq)]
+pub enum ToNode {
+    /// For the device's sessions on that node.
+    Deliver {
+        device: crate::model::DeviceId,
+        delivery: Delivery,
+    },
+    /// The outcome of a caller's RPC.
+    Resolve { call: u64, resolution: Resolution },
+}
+
+/// A downlink for a device's sessions: each subscribed session of the right kind gets it.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Delivery {
+    /// A server-side RPC request under its id (to RPC-subscribed sessions).
+    Rpc(crate::downlink::rpc::Outgoing),
+    /// Shared attributes changed (to attribute-subscribed sessions).
+    Attributes(Vec<KvEntry>),
+    /// Shared attributes deleted.
+    Deleted(Vec<String>),
+}

@@ -1,0 +1,507 @@
+//! The server-side state of the devices whose queue partitions a node owns: which sessions,
+//! on which nodes, subscribe to RPC and to shared attributes, and each device's RPC requests
+//! ([`DeviceRpcs`]). Plain data fed device events and the clock; every decision comes back as
+//! [`Effect`]s (downlinks to nodes, outcomes to callers) for the owner's driver to send.
+//!
+//! Bounds: at most [`MAX_SESSIONS`] sessions are remembered per device (the oldest is
+//! forgotten past it: the MQTT listener already keeps one live session per device by default),
+//! each device's pending RPCs are bounded by `rpc_capacity`, and a device is forgotten once it
+//! has neither sessions nor pending requests; the number of devices is bounded by the
+//! registry's `devices.max_per_tenant`.
+
+use std::collections::{HashMap, HashSet};
+
+use crate::downlink::event::{Caller, Delivery, DeviceEvent, NodeId, ToNode};
+use crate::downlink::rpc::{DeviceRpcs, Resolution};
+use crate::model::{DeviceId, KvEntry};
+
+/// Sessions remembered per device.
+pub const MAX_SESSIONS: usize = 16;
+
+/// Something to send: a message for a node.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Effect {
+    pub node: NodeId,
+    pub message: ToNode,
+}
+
+#[derive(Clone, Debug)]
+struct SessionRef {
+    node: NodeId,
+    session: u64,
+    seq: u64,
+    rpc: bool,
+    attributes: bool,
+}
+
+struct DeviceState {
+    /// Oldest first.
+    sessions: Vec<SessionRef>,
+    rpcs: DeviceRpcs<Caller>,
+}
+
+impl DeviceState {
+    fn rpc_online(&self) -> bool {
+        self.sessions.iter().any(|s| s.rpc)
+    }
+
+    /// The nodes holding a session that wants `what`, each once.
+    fn nodes(&self, what: impl Fn(&SessionRef) -> bool) -> Vec<NodeId> {
+        let mut nodes: Vec<NodeId> = Vec::new();
+        for s in self.sessions.iter().filter(|s| what(s)) {
+            if !nodes.contains(&s.node) {
+                nodes.push(s.node.clone());
+            }
+        }
+        nodes
+    }
+}
+
+/// The owned devices' state.
+pub struct Owned {
+    devices: HashMap<DeviceId, DeviceState>,
+    /// Devices with requests pending: what [`Owned::expire`] looks at.
+    pending: HashSet<DeviceId>,
+    rpc_capacity: usize,
+}
+
+impl Owned {
+    /// State whose devices may each have `rpc_capacity` RPCs pending.
+    pub fn new(rpc_capacity: usize) -> Owned {
+        Owned {
+            devices: HashMap::new(),
+            pending: HashSet::new(),
+            rpc_capacity,
+        }
+    }
+
+    fn state(&mut self, device: DeviceId) -> &mut DeviceState {
+        let capacity = self.rpc_capacity;
+        self.devices.entry(device).or_insert_with(|| DeviceState {
+            sessions: Vec::new(),
+            rpcs: DeviceRpcs::new(capacity),
+        })
+    }
+
+    /// Forgets a device with nothing left to keep.
+    fn tidy(&mut self, device: DeviceId) {
+        if let Some(state) = self.devices.get(&device) {
+            if state.rpcs.is_empty() {
+                self.pending.remove(&device);
+                if state.sessions.is_empty() {
+                    self.devices.remove(&device);
+                }
+            } else {
+                self.pending.insert(device);
+            }
+        }
+    }
+
+    /// Handles one event of `device` at `now` (ms).
+    pub fn handle(&mut self, device: DeviceId, event: DeviceEvent, now: i64) -> Vec<Effect> {
+        let mut effects = Vec::new();
+        match event {
+            DeviceEvent::Session {
+                node,
+                session,
+                seq,
+                rpc,
+                attributes,
+            } => self.session(device, node, session, seq, rpc, attributes, &mut effects),
+            DeviceEvent::RpcRequest { caller, request } => {
+                let state = self.state(device);
+                let online = state.rpc_online();
+                match state.rpcs.submit(request, caller.clone(), now, online) {
+                    Ok(submitted) => {
+                        if let Some(outgoing) = submitted.send {
+                            for node in state.nodes(|s| s.rpc) {
+                                effects.push(Effect {
+                                    node,
+                                    message: ToNode::Deliver {
+                                        device,
+                                        delivery: Delivery::Rpc(outgoing.clone()),
+                                    },
+                                });
+                            }
+                        }
+                        if let Some((caller, resolution)) = submitted.done {
+                            effects.push(resolve(caller, resolution));
+                        }
+                    }
+                    Err(_) => effects.push(resolve(caller, Resolution::Refused)),
+                }
+            }
+            DeviceEvent::RpcReply { id, payload } => {
+                if let Some(state) = self.devices.get_mut(&device)
+                    && let Some((caller, resolution)) = state.rpcs.reply(id, payload)
+                {
+                    effects.push(resolve(caller, resolution));
+                }
+            }
+            DeviceEvent::SharedDeleted { keys } => {
+                if let Some(state) = self.devices.get(&device) {
+                    deliver(
+                        &mut effects,
+                        state.nodes(|s| s.attributes),
+                        device,
+                        &Delivery::Deleted(keys),
+                    );
+                }
+            }
+        }
+        self.tidy(device);
+        effects
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn session(
+        &mut self,
+        device: DeviceId,
+        node: NodeId,
+        session: u64,
+        seq: u64,
+        rpc: bool,
+        attributes: bool,
+        effects: &mut Vec<Effect>,
+    ) {
+        let state = self.state(device);
+        let at = state
+            .sessions
+            .iter()
+            .position(|s| s.node == node && s.session == session);
+        let newly_rpc = match at {
+            Some(i) if state.sessions[i].seq >= seq => return,
+            Some(i) => {
+                let s = &mut state.sessions[i];
+                let newly = rpc && !s.rpc;
+                s.seq = seq;
+                s.rpc = rpc;
+                s.attributes = attributes;
+                if !rpc && !attributes {
+                    state.sessions.remove(i);
+                }
+                newly
+            }
+            None if !rpc && !attributes => false,
+            None => {
+                if state.sessions.len() >= MAX_SESSIONS {
+                    state.sessions.remove(0);
+                }
+                state.sessions.push(SessionRef {
+                    node: node.clone(),
+                    session,
+                    seq,
+                    rpc,
+                    attributes,
+                });
+                rpc
+            }
+        };
+        // ThingsBoard sends every pending request to a session that subscribes (BURST).
+        if newly_rpc && !state.rpcs.is_empty() {
+            let (outgoing, done) = state.rpcs.subscribed();
+            for o in outgoing {
+                effects.push(Effect {
+                    node: node.clone(),
+                    message: ToNode::Deliver {
+                        device,
+                        delivery: Delivery::Rpc(o),
+                    },
+                });
+            }
+            effects.extend(done.into_iter().map(|(c, r)| resolve(c, r)));
+        }
+    }
+
+    /// Shared attributes of `device` changed: its attribute-subscribed sessions get them.
+    pub fn shared_updated(&self, device: DeviceId, entries: &[KvEntry]) -> Vec<Effect> {
+        let mut effects = Vec::new();
+        if let Some(state) = self.devices.get(&device) {
+            deliver(
+                &mut effects,
+                state.nodes(|s| s.attributes),
+                device,
+                &Delivery::Attributes(entries.to_vec()),
+            );
+        }
+        effects
+    }
+
+    /// Ends every request whose time is up at `now`.
+    pub fn expire(&mut self, now: i64) -> Vec<Effect> {
+        let due: Vec<DeviceId> = self
+            .pending
+            .iter()
+            .filter(|d| {
+                self.devices
+                    .get(d)
+                    .and_then(|s| s.rpcs.next_deadline())
+                    .is_some_and(|at| at <= now)
+            })
+            .copied()
+            .collect();
+        let mut effects = Vec::new();
+        for device in due {
+            if let Some(state) = self.devices.get_mut(&device) {
+                effects.extend(
+                    state
+                        .rpcs
+                        .expire(now)
+                        .into_iter()
+                        .map(|(c, r)| resolve(c, r)),
+                );
+            }
+            self.tidy(device);
+        }
+        effects
+    }
+
+    /// Every session on `node` ended (the node stopped or restarted).
+    pub fn node_gone(&mut self, node: &str) {
+        let devices: Vec<DeviceId> = self.devices.keys().copied().collect();
+        for device in devices {
+            if let Some(state) = self.devices.get_mut(&device) {
+                state.sessions.retain(|s| &*s.node != node);
+            }
+            self.tidy(device);
+        }
+    }
+
+    /// Devices with state kept.
+    pub fn len(&self) -> usize {
+        self.devices.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.devices.is_empty()
+    }
+}
+
+fn resolve(caller: Caller, resolution: Resolution) -> Effect {
+    Effect {
+        node: caller.node,
+        message: ToNode::Resolve {
+            call: caller.call,
+            resolution,
+        },
+    }
+}
+
+fn deliver(effects: &mut Vec<Effect>, nodes: Vec<NodeId>, device: DeviceId, delivery: &Delivery) {
+    for node in nodes {
+        effects.push(Effect {
+            node,
+            message: ToNode::Deliver {
+                device,
+                delivery: delivery.clone(),
+            },
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::downlink::rpc::{Direction, Outgoing, RpcRequest};
+    use crate::model::{KvValue, TenantId};
+
+    fn device() -> DeviceId {
+        DeviceId::derive(TenantId::from_name("t"), "d")
+    }
+
+    fn node(n: &str) -> NodeId {
+        NodeId::from(n)
+    }
+
+    fn caller(call: u64) -> Caller {
+        Caller {
+            node: node("rest"),
+            call,
+        }
+    }
+
+    fn request(direction: Direction, expires_at: i64) -> RpcRequest {
+        RpcRequest {
+            method: "m".into(),
+            params: "{}".into(),
+            direction,
+            expires_at,
+        }
+    }
+
+    fn session(n: &str, session: u64, seq: u64, rpc: bool, attributes: bool) -> DeviceEvent {
+        DeviceEvent::Session {
+            node: node(n),
+            session,
+            seq,
+            rpc,
+            attributes,
+        }
+    }
+
+    fn rpc(call: u64, direction: Direction, expires_at: i64) -> DeviceEvent {
+        DeviceEvent::RpcRequest {
+            caller: caller(call),
+            request: request(direction, expires_at),
+        }
+    }
+
+    fn delivered(effects: &[Effect]) -> Vec<(String, i32)> {
+        effects
+            .iter()
+            .filter_map(|e| match &e.message {
+                ToNode::Deliver {
+                    delivery: Delivery::Rpc(Outgoing { id, .. }),
+                    ..
+                } => Some((e.node.to_string(), *id)),
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn resolved(effects: &[Effect]) -> Vec<(u64, Resolution)> {
+        effects
+            .iter()
+            .filter_map(|e| match &e.message {
+                ToNode::Resolve { call, resolution } => Some((*call, resolution.clone())),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_request_to_a_subscribed_device_goes_to_its_node_and_the_reply_to_the_caller() {
+        let mut owned = Owned::new(4);
+        assert!(
+            owned
+                .handle(device(), session("b", 1, 1, true, false), 0)
+                .is_empty()
+        );
+        let effects = owned.handle(device(), rpc(7, Direction::TwoWay, 1_000), 0);
+        assert_eq!(delivered(&effects), [("b".into(), 0)]);
+        assert!(resolved(&effects).is_empty());
+        let effects = owned.handle(
+            device(),
+            DeviceEvent::RpcReply {
+                id: 0,
+                payload: b"{\"ok\":1}".to_vec(),
+            },
+            10,
+        );
+        assert_eq!(
+            resolved(&effects),
+            [(7, Resolution::Reply(b"{\"ok\":1}".to_vec()))]
+        );
+        assert_eq!(effects[0].node.as_ref(), "rest");
+        // A second reply to the same id finds nothing.
+        let again = DeviceEvent::RpcReply {
+            id: 0,
+            payload: vec![],
+        };
+        assert!(owned.handle(device(), again, 11).is_empty());
+    }
+
+    #[test]
+    fn a_request_waits_for_a_subscription_and_expires_told_apart_by_delivery() {
+        let mut owned = Owned::new(4);
+        assert!(
+            owned
+                .handle(device(), rpc(1, Direction::TwoWay, 100), 0)
+                .is_empty()
+        );
+        assert!(
+            owned
+                .handle(device(), rpc(2, Direction::OneWay, 100), 0)
+                .is_empty()
+        );
+        assert!(
+            owned
+                .handle(device(), rpc(3, Direction::TwoWay, 50), 0)
+                .is_empty()
+        );
+        // Expired before anyone subscribed: never sent.
+        assert_eq!(
+            resolved(&owned.expire(60)),
+            [(3, Resolution::Expired { sent: false })]
+        );
+        // A session subscribes: both pending requests go out, the one-way one is done.
+        let effects = owned.handle(device(), session("b", 1, 1, true, true), 70);
+        assert_eq!(delivered(&effects), [("b".into(), 0), ("b".into(), 1)]);
+        assert_eq!(resolved(&effects), [(2, Resolution::Sent)]);
+        assert_eq!(
+            resolved(&owned.expire(100)),
+            [(1, Resolution::Expired { sent: true })]
+        );
+        assert!(owned.expire(1_000).is_empty());
+    }
+
+    #[test]
+    fn sessions_come_and_go_in_their_own_order() {
+        let mut owned = Owned::new(4);
+        owned.handle(device(), session("b", 1, 2, true, false), 0);
+        // An older event of the same session, overtaken: ignored.
+        owned.handle(device(), session("b", 1, 1, false, false), 0);
+        let effects = owned.handle(device(), rpc(1, Direction::OneWay, 100), 0);
+        assert_eq!(delivered(&effects), [("b".into(), 0)]);
+        assert_eq!(resolved(&effects), [(1, Resolution::Sent)]);
+        // The session ends: the device is offline again and then forgotten.
+        owned.handle(device(), session("b", 1, 3, false, false), 0);
+        assert!(owned.is_empty());
+        assert!(
+            owned
+                .handle(device(), rpc(2, Direction::OneWay, 100), 0)
+                .is_empty()
+        );
+        assert_eq!(owned.len(), 1);
+    }
+
+    #[test]
+    fn sessions_on_two_nodes_both_get_requests_and_updates_once_per_node() {
+        let mut owned = Owned::new(4);
+        owned.handle(device(), session("a", 1, 1, true, true), 0);
+        owned.handle(device(), session("b", 2, 1, true, false), 0);
+        owned.handle(device(), session("a", 3, 1, false, true), 0);
+        let effects = owned.handle(device(), rpc(1, Direction::TwoWay, 100), 0);
+        assert_eq!(delivered(&effects), [("a".into(), 0), ("b".into(), 0)]);
+        let entries = [KvEntry {
+            key: "k".into(),
+            value: KvValue::Long(1),
+        }];
+        let nodes: Vec<String> = owned
+            .shared_updated(device(), &entries)
+            .iter()
+            .map(|e| e.node.to_string())
+            .collect();
+        assert_eq!(nodes, ["a"]);
+        let deleted = owned.handle(
+            device(),
+            DeviceEvent::SharedDeleted {
+                keys: vec!["k".into()],
+            },
+            0,
+        );
+        assert_eq!(deleted.len(), 1);
+        owned.node_gone("a");
+        assert!(owned.shared_updated(device(), &entries).is_empty());
+    }
+
+    #[test]
+    fn past_the_bound_a_request_is_refused_at_once() {
+        let mut owned = Owned::new(2);
+        owned.handle(device(), rpc(1, Direction::TwoWay, 100), 0);
+        owned.handle(device(), rpc(2, Direction::TwoWay, 100), 0);
+        let effects = owned.handle(device(), rpc(3, Direction::TwoWay, 100), 0);
+        assert_eq!(resolved(&effects), [(3, Resolution::Refused)]);
+    }
+
+    #[test]
+    fn sessions_per_device_are_bounded() {
+        let mut owned = Owned::new(2);
+        for s in 0..(MAX_SESSIONS as u64 + 5) {
+            owned.handle(device(), session("a", s, 1, true, false), 0);
+        }
+        let effects = owned.handle(device(), rpc(1, Direction::OneWay, 100), 0);
+        assert_eq!(delivered(&effects).len(), 1);
+        assert_eq!(owned.devices[&device()].sessions.len(), MAX_SESSIONS);
+    }
+}

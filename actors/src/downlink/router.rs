@@ -1,0 +1,427 @@
+//! `Downlinks`, a node's half of the way back, in three parts:
+//!
+//! - the owner's side: the [`Owned`] state of the devices whose partitions this node owns, fed
+//!   device events by the rule chains ([`Downlinks::owner_event`]) and the clock (a ticker
+//!   expiring requests), its effects sent where they belong;
+//! - the sessions' side: this node's sessions that want downlinks (MQTT connections, HTTP long
+//!   polls), each behind a [`SessionSink`]; their subscriptions are announced to the owner as
+//!   device events through the queue, at most one announcement in flight per session (later
+//!   changes are coalesced), and what the owner sends this node is handed to them;
+//! - the callers' side: REST calls waiting for an RPC's outcome, by call id, bounded.
+//!
+//! Messages for another node go through the [`DownlinkBus`] (Kafka: that node's downlink
+//! topic); for this node they are handled in place.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use metrics::counter;
+use parking_lot::Mutex;
+use tokio::sync::oneshot;
+use tracing::warn;
+
+use crate::downlink::event::{Caller, Delivery, DeviceEvent, NodeId, ToNode};
+use crate::downlink::owner::{Effect, Owned};
+use crate::downlink::rpc::{Resolution, RpcRequest};
+use crate::ingress::Ingress;
+use crate::metrics::{DOWNLINKS, RPC_CALLS};
+use crate::model::{Device, DeviceId, KvEntry, Message, MessageBody, now_ms};
+use crate::ports::QueueError;
+
+/// Where a session's downlinks go.
+pub trait SessionSink: Send + Sync {
+    /// Hands over one downlink; false when the session could not take it (gone, or its
+    /// bounded channel full: the downlink is dropped and counted).
+    fn deliver(&self, delivery: &Delivery) -> bool;
+}
+
+/// The way to other nodes.
+pub trait DownlinkBus: Send + Sync {
+    fn send(&self, node: &NodeId, message: ToNode);
+}
+
+/// One node, no other: what the memory queue runs with. A message for another node cannot
+/// exist there; it is counted and dropped.
+pub struct NoBus;
+
+impl DownlinkBus for NoBus {
+    fn send(&self, node: &NodeId, _message: ToNode) {
+        counter!(DOWNLINKS, "outcome" => "no_route").increment(1);
+        warn!(%node, "downlink for another node, and no bus to send it on");
+    }
+}
+
+/// Why an RPC call got no outcome.
+#[derive(Debug, thiserror::Error)]
+pub enum CallError {
+    /// As many calls wait on this node as may (`rpc.max_waiting_calls`).
+    #[error("too many RPC calls are waiting on this node")]
+    Busy,
+    #[error("the queue cannot take the request: {0}")]
+    Queue(#[from] QueueError),
+}
+
+/// Settings of a node's downlinks.
+#[derive(Clone, Debug)]
+pub struct DownlinkSettings {
+    /// RPC requests pending per device, past which one is refused.
+    pub rpc_per_device: usize,
+    /// REST calls that may wait for an outcome on this node at once.
+    pub max_waiting_calls: usize,
+    /// How often requests are checked for expiry.
+    pub tick: Duration,
+}
+
+impl Default for DownlinkSettings {
+    fn default() -> Self {
+        DownlinkSettings {
+            rpc_per_device: 64,
+            max_waiting_calls: 10_000,
+            tick: Duration::from_millis(100),
+        }
+    }
+}
+
+struct LocalSession {
+    id: u64,
+    rpc: bool,
+    attributes: bool,
+    sink: Arc<dyn SessionSink>,
+    /// Changes made, and announced to the owner.
+    seq: u64,
+    announced: u64,
+    announcing: bool,
+}
+
+/// A node's downlinks; see the module's text.
+pub struct Downlinks {
+    node: NodeId,
+    settings: DownlinkSettings,
+    ingress: Arc<Ingress>,
+    bus: Arc<dyn DownlinkBus>,
+    runtime: tokio::runtime::Handle,
+    owned: Mutex<Owned>,
+    sessions: Mutex<HashMap<DeviceId, Vec<LocalSession>>>,
+    next_session: AtomicU64,
+    calls: Mutex<HashMap<u64, oneshot::Sender<Resolution>>>,
+    next_call: AtomicU64,
+}
+
+impl Downlinks {
+    /// A node's downlinks; spawns the expiry ticker on the current tokio runtime.
+    pub fn start(
+        node: NodeId,
+        settings: DownlinkSettings,
+        ingress: Arc<Ingress>,
+        bus: Arc<dyn DownlinkBus>,
+    ) -> Arc<Downlinks> {
+        let downlinks = Arc::new(Downlinks {
+            owned: Mutex::new(Owned::new(settings.rpc_per_device)),
+            node,
+            settings,
+            ingress,
+            bus,
+            runtime: tokio::runtime::Handle::current(),
+            sessions: Mutex::new(HashMap::new()),
+            next_session: AtomicU64::new(1),
+            calls: Mutex::new(HashMap::new()),
+            next_call: AtomicU64::new(1),
+        });
+        let weak = Arc::downgrade(&downlinks);
+        let tick = downlinks.settings.tick;
+        downlinks.runtime.spawn(async move {
+            let mut every = tokio::time::interval(tick);
+            every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                every.tick().await;
+                let Some(downlinks) = weak.upgrade() else {
+                    return;
+                };
+                let effects = downlinks.owned.lock().expire(now_ms());
+                downlinks.apply(effects);
+            }
+        });
+        downlinks
+    }
+
+    pub fn node(&self) -> &NodeId {
+        &self.node
+    }
+
+    // The owner's side.
+
+    /// A device event read from the queue by one of this node's rule chains.
+    pub fn owner_event(&self, device: DeviceId, event: DeviceEvent) {
+        let effects = self.owned.lock().handle(device, event, now_ms());
+        self.apply(effects);
+    }
+
+    /// Shared attributes of a device this node owns changed.
+    pub fn owner_shared_updated(&self, device: DeviceId, entries: &[KvEntry]) {
+        let effects = self.owned.lock().shared_updated(device, entries);
+        self.apply(effects);
+    }
+
+    /// Devices whose state this node keeps.
+    pub fn owned_devices(&self) -> usize {
+        self.owned.lock().len()
+    }
+
+    fn apply(&self, effects: Vec<Effect>) {
+        for effect in effects {
+            if effect.node == self.node {
+                self.receive(effect.message);
+            } else {
+                self.bus.send(&effect.node, effect.message);
+            }
+        }
+    }
+
+    /// A message for this node: from its own owner's side, or read from its downlink topic.
+    pub fn receive(&self, message: ToNode) {
+        match message {
+            ToNode::Deliver { device, delivery } => self.deliver(device, &delivery),
+            ToNode::Resolve { call, resolution } => {
+                if let Some(waiting) = self.calls.lock().remove(&call) {
+                    let _ = waiting.send(resolution);
+                }
+            }
+        }
+    }
+
+    fn deliver(&self, device: DeviceId, delivery: &Delivery) {
+        let wants = |s: &LocalSession| match delivery {
+            Delivery::Rpc(_) => s.rpc,
+            Delivery::Attributes(_) | Delivery::Deleted(_) => s.attributes,
+        };
+        let sinks: Vec<Arc<dyn SessionSink>> = match self.sessions.lock().get(&device) {
+            Some(sessions) => sessions
+                .iter()
+                .filter(|s| wants(s))
+                .map(|s| s.sink.clone())
+                .collect(),
+            None => Vec::new(),
+        };
+        for sink in sinks {
+            let outcome = if sink.deliver(delivery) {
+                "delivered"
+            } else {
+                "dropped"
+            };
+            counter!(DOWNLINKS, "outcome" => outcome).increment(1);
+        }
+    }
+
+    // The sessions' side.
+
+    /// A new session id of this node.
+    pub fn session_id(&self) -> u64 {
+        self.next_session.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// Session `id` of `device` now wants these downlinks (both false: it ended); the owner is
+    /// told through the queue.
+    pub fn subscriptions(
+        self: &Arc<Self>,
+        device: &Device,
+        id: u64,
+        rpc: bool,
+        attributes: bool,
+        sink: &Arc<dyn SessionSink>,
+    ) {
+        let start = {
+            let mut sessions = self.sessions.lock();
+            let list = sessions.entry(device.id).or_default();
+            let at = match list.iter().position(|s| s.id == id) {
+                Some(at) => at,
+                None if !rpc && !attributes => return,
+                None => {
+                    list.push(LocalSession {
+                        id,
+                        rpc,
+                        attributes,
+                        sink: sink.clone(),
+                        seq: 0,
+                        announced: 0,
+                        announcing: false,
+                    });
+                    list.len() - 1
+                }
+            };
+            let s = &mut list[at];
+            if s.seq > 0 && s.rpc == rpc && s.attributes == attributes {
+                return;
+            }
+            s.rpc = rpc;
+            s.attributes = attributes;
+            s.seq += 1;
+            let start = !s.announcing;
+            s.announcing = true;
+            start
+        };
+        if start {
+            let me = self.clone();
+            let (tenant, device) = (device.tenant_id, device.id);
+            self.runtime
+                .spawn(async move { me.announce(tenant, device, id).await });
+        }
+    }
+
+    /// Tells the owner the session's latest subscriptions until it has heard the last change;
+    /// forgets a session that ended once that is said.
+    async fn announce(&self, tenant: crate::model::TenantId, device: DeviceId, id: u64) {
+        loop {
+            let state = {
+                let mut sessions = self.sessions.lock();
+                let Some(list) = sessions.get_mut(&device) else {
+                    return;
+                };
+                let Some(at) = list.iter().position(|s| s.id == id) else {
+                    return;
+                };
+                let s = &mut list[at];
+                if s.announced == s.seq {
+                    s.announcing = false;
+                    if !s.rpc && !s.attributes {
+                        list.remove(at);
+                        if list.is_empty() {
+                            sessions.remove(&device);
+                        }
+                    }
+                    return;
+                }
+                (s.seq, s.rpc, s.attributes)
+            };
+            let (seq, rpc, attributes) = state;
+            let event = DeviceEvent::Session {
+                node: self.node.clone(),
+                session: id,
+                seq,
+                rpc,
+                attributes,
+            };
+            if let Err(e) = self
+                .ingress
+                .publish_event(event_message(tenant, device, event))
+                .await
+            {
+                // The owner will not know of this change; the next one says it all again.
+                counter!(DOWNLINKS, "outcome" => "announce_failed").increment(1);
+                warn!(error = %e, "a session's subscriptions could not be announced");
+            }
+            let mut sessions = self.sessions.lock();
+            if let Some(s) = sessions
+                .get_mut(&device)
+                .and_then(|list| list.iter_mut().find(|s| s.id == id))
+            {
+                s.announced = seq;
+            }
+        }
+    }
+
+    // The callers' side.
+
+    /// Sends `request` to `device` and waits for its outcome: the owner's, or, should none
+    /// come (the owner's node went away), [`Resolution::Expired`] a second after expiry.
+    pub async fn call(
+        &self,
+        device: &Device,
+        request: RpcRequest,
+    ) -> Result<Resolution, CallError> {
+        let expires_at = request.expires_at;
+        let (id, answer) = {
+            let mut calls = self.calls.lock();
+            if calls.len() >= self.settings.max_waiting_calls {
+                counter!(RPC_CALLS, "outcome" => "busy").increment(1);
+                return Err(CallError::Busy);
+            }
+            let id = self.next_call.fetch_add(1, Ordering::Relaxed);
+            let (tx, rx) = oneshot::channel();
+            calls.insert(id, tx);
+            (id, rx)
+        };
+        let forget = Forget {
+            calls: &self.calls,
+            id,
+        };
+        let event = DeviceEvent::RpcRequest {
+            caller: Caller {
+                node: self.node.clone(),
+                call: id,
+            },
+            request,
+        };
+        self.ingress
+            .publish_event(event_message(device.tenant_id, device.id, event))
+            .await?;
+        let wait = u64::try_from(expires_at.saturating_sub(now_ms()).max(0)).unwrap_or(0);
+        let outcome = tokio::time::timeout(Duration::from_millis(wait + 1_000), answer).await;
+        drop(forget);
+        let resolution = match outcome {
+            Ok(Ok(resolution)) => resolution,
+            _ => Resolution::Expired { sent: true },
+        };
+        let label = match &resolution {
+            Resolution::Sent => "sent",
+            Resolution::Reply(_) => "replied",
+            Resolution::Expired { sent: true } => "timeout",
+            Resolution::Expired { sent: false } => "not_delivered",
+            Resolution::Refused => "refused",
+        };
+        counter!(RPC_CALLS, "outcome" => label).increment(1);
+        Ok(resolution)
+    }
+
+    /// A device's reply to request `id`, for its owner.
+    pub async fn reply(
+        &self,
+        device: &Device,
+        id: i32,
+        payload: Vec<u8>,
+    ) -> Result<(), QueueError> {
+        let event = DeviceEvent::RpcReply { id, payload };
+        self.ingress
+            .publish_event(event_message(device.tenant_id, device.id, event))
+            .await
+    }
+
+    /// Shared attributes of `device` were deleted: its subscribed sessions are told.
+    pub async fn shared_deleted(
+        &self,
+        device: &Device,
+        keys: Vec<String>,
+    ) -> Result<(), QueueError> {
+        let event = DeviceEvent::SharedDeleted { keys };
+        self.ingress
+            .publish_event(event_message(device.tenant_id, device.id, event))
+            .await
+    }
+
+    /// Calls waiting now.
+    pub fn waiting_calls(&self) -> usize {
+        self.calls.lock().len()
+    }
+}
+
+/// Removes a call's entry however its wait ends (the REST caller may go away mid-wait).
+struct Forget<'a> {
+    calls: &'a Mutex<HashMap<u64, oneshot::Sender<Resolution>>>,
+    id: u64,
+}
+
+impl Drop for Forget<'_> {
+    fn drop(&mut self) {
+        self.calls.lock().remove(&self.id);
+    }
+}
+
+fn event_message(tenant: crate::model::TenantId, device: DeviceId, event: DeviceEvent) -> Message {
+    Message {
+        tenant_id: tenant,
+        device_id: device,
+        received_ts: now_ms(),
+        body: MessageBody::Device(event),
+    }
+}

@@ -1,0 +1,287 @@
+//! The way back to devices: shared attribute updates and server-side RPC from the REST API to
+//! MQTT devices (3.1.1 and 5), with ThingsBoard's topics, payloads and REST statuses.
+
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+use rumqttc::QoS;
+use serde_json::{Value, json};
+use tests::mqtt::{Device3, Outcome, connect_v3};
+use tests::{Engine, Rest};
+
+const ATTRIBUTES: &str = "v1/devices/me/attributes";
+const RPC_REQUESTS: &str = "v1/devices/me/rpc/request/+";
+const WAIT: Duration = Duration::from_secs(20);
+
+async fn device(engine: &Engine, rest: &Rest, name: &str) -> Result<(String, Device3)> {
+    let token = name.to_uppercase().replace('-', "_");
+    let id = rest.create_device(name, &token).await?;
+    let device = connect_v3(engine, &token, name)
+        .await
+        .map_err(|c| anyhow::anyhow!("connect {name}: {c:?}"))?;
+    Ok((id, device))
+}
+
+/// A REST RPC call running while the test plays the device: its status and body.
+fn rpc(rest: &Rest, path: String, body: Value) -> tokio::task::JoinHandle<Result<(u16, String)>> {
+    let request = rest.post(&path).json(&body).send();
+    tokio::spawn(async move {
+        let response = request.await?;
+        Ok((response.status().as_u16(), response.text().await?))
+    })
+}
+
+async fn next(device: &mut Device3) -> Result<(String, Value)> {
+    let (topic, body) = device
+        .next_publish(WAIT)
+        .await?
+        .context("no downlink came")?;
+    let body = serde_json::from_slice(&body)
+        .with_context(|| format!("{topic}: {}", String::from_utf8_lossy(&body)))?;
+    Ok((topic, body))
+}
+
+/// Waits until the owner of the device's state knows its RPC subscription: a one-way request
+/// is answered 200 only once a subscribed session took it.
+async fn until_subscribed(rest: &Rest, device: &mut Device3, id: &str) -> Result<()> {
+    let call = rpc(
+        rest,
+        format!("/api/rpc/oneway/{id}"),
+        json!({"method": "hello", "params": {}}),
+    );
+    let (topic, body) = next(device).await?;
+    assert!(topic.starts_with("v1/devices/me/rpc/request/"), "{topic}");
+    assert_eq!(body, json!({"method": "hello", "params": {}}));
+    assert_eq!(call.await??, (200, String::new()));
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn two_way_rpc_round_trips_through_an_mqtt_device() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let engine = Engine::start(dir.path())?;
+    let rest = engine.rest().await?;
+    let (id, mut device) = device(&engine, &rest, "rpc-device").await?;
+    assert_eq!(device.subscribe(RPC_REQUESTS, QoS::AtLeastOnce).await?, [1]);
+    until_subscribed(&rest, &mut device, &id).await?;
+
+    // Two-way, v2 and v1 paths: the device gets the request without an id in the body, under
+    // the next id; its reply is the REST answer.
+    for (n, path) in [(1, "/api/rpc/twoway"), (2, "/api/plugins/rpc/twoway")] {
+        let call = rpc(
+            &rest,
+            format!("{path}/{id}"),
+            json!({"method": "setGpio", "params": {"pin": 7, "value": 1}}),
+        );
+        let (topic, body) = next(&mut device).await?;
+        assert_eq!(topic, format!("v1/devices/me/rpc/request/{n}"));
+        assert_eq!(
+            body,
+            json!({"method": "setGpio", "params": {"pin": 7, "value": 1}})
+        );
+        assert_eq!(
+            device
+                .publish(
+                    &format!("v1/devices/me/rpc/response/{n}"),
+                    r#"{"pin":7,"value":1}"#
+                )
+                .await?,
+            Outcome::Acked(0)
+        );
+        let (status, body) = call.await??;
+        assert_eq!(status, 200);
+        assert_eq!(
+            serde_json::from_str::<Value>(&body)?,
+            json!({"pin": 7, "value": 1})
+        );
+    }
+
+    // A reply that is not JSON: 406. An empty one: 200, empty.
+    for (n, reply, want) in [(3, "ok", 406), (4, "", 200)] {
+        let call = rpc(
+            &rest,
+            format!("/api/rpc/twoway/{id}"),
+            json!({"method": "m", "params": null}),
+        );
+        let (topic, _) = device.next_publish(WAIT).await?.context("no request")?;
+        assert_eq!(topic, format!("v1/devices/me/rpc/request/{n}"));
+        device
+            .publish(&format!("v1/devices/me/rpc/response/{n}"), reply)
+            .await?;
+        assert_eq!(call.await??, (want, String::new()));
+    }
+
+    // A reply to an id nobody waits for is taken and ignored; so is a second reply.
+    assert_eq!(
+        device
+            .publish("v1/devices/me/rpc/response/999", "{}")
+            .await?,
+        Outcome::Acked(0)
+    );
+    assert_eq!(
+        device.publish("v1/devices/me/rpc/response/1", "{}").await?,
+        Outcome::Acked(0)
+    );
+
+    // Subscribed but silent: v1 408, v2 504, after the 5 s minimum timeout (1 s asked).
+    for (path, want) in [("/api/plugins/rpc/twoway", 408), ("/api/rpc/twoway", 504)] {
+        let started = Instant::now();
+        let call = rpc(
+            &rest,
+            format!("{path}/{id}"),
+            json!({"method": "silent", "params": {}, "timeout": 1000}),
+        );
+        let (_, body) = next(&mut device).await?;
+        assert_eq!(body["method"], "silent");
+        assert_eq!(call.await??.0, want, "{path}");
+        assert!(started.elapsed() >= Duration::from_millis(4_900));
+    }
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn rpc_to_an_offline_device_waits_for_its_subscription_or_times_out() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let engine = Engine::start(dir.path())?;
+    let rest = engine.rest().await?;
+    let id = rest.create_device("sleeper", "SLEEPER").await?;
+
+    // Never connects: v1 409 (never delivered), v2 504.
+    let v1 = rpc(
+        &rest,
+        format!("/api/plugins/rpc/twoway/{id}"),
+        json!({"method": "m", "params": {}, "timeout": 5000}),
+    );
+    let v2 = rpc(
+        &rest,
+        format!("/api/rpc/oneway/{id}"),
+        json!({"method": "m", "params": {}, "timeout": 5000}),
+    );
+    assert_eq!(v1.await??.0, 409);
+    assert_eq!(v2.await??.0, 504);
+
+    // Connected without the RPC subscription counts as offline; it subscribes within the
+    // timeout and gets the request then. The device had nothing pending left, so its state
+    // was let go and ids start again at 0 (as after a ThingsBoard restart).
+    let mut device = connect_v3(&engine, "SLEEPER", "sleeper")
+        .await
+        .map_err(|c| anyhow::anyhow!("{c:?}"))?;
+    let call = rpc(
+        &rest,
+        format!("/api/rpc/twoway/{id}"),
+        json!({"method": "late", "params": [1, 2], "timeout": 20000}),
+    );
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(
+        device
+            .next_publish(Duration::from_millis(300))
+            .await?
+            .is_none()
+    );
+    device.subscribe(RPC_REQUESTS, QoS::AtMostOnce).await?;
+    let (topic, body) = next(&mut device).await?;
+    assert_eq!(topic, "v1/devices/me/rpc/request/0");
+    assert_eq!(body, json!({"method": "late", "params": [1, 2]}));
+    device
+        .publish("v1/devices/me/rpc/response/0", r#"{"late":true}"#)
+        .await?;
+    let (status, body) = call.await??;
+    assert_eq!((status, body.as_str()), (200, r#"{"late":true}"#));
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn shared_attribute_updates_reach_subscribed_sessions_only() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let engine = Engine::start(dir.path())?;
+    let rest = engine.rest().await?;
+    let (id, mut subscribed) = device(&engine, &rest, "attr-listener").await?;
+    let (other_id, mut other) = device(&engine, &rest, "attr-deaf").await?;
+    assert_eq!(
+        subscribed.subscribe(ATTRIBUTES, QoS::AtLeastOnce).await?,
+        [1]
+    );
+    assert_eq!(
+        subscribed.subscribe(RPC_REQUESTS, QoS::AtLeastOnce).await?,
+        [1]
+    );
+    other.subscribe(RPC_REQUESTS, QoS::AtLeastOnce).await?;
+    until_subscribed(&rest, &mut subscribed, &id).await?;
+    until_subscribed(&rest, &mut other, &other_id).await?;
+
+    for path in [
+        format!("/api/plugins/telemetry/DEVICE/{id}/attributes/SHARED_SCOPE"),
+        format!("/api/plugins/telemetry/DEVICE/{other_id}/SHARED_SCOPE"),
+    ] {
+        let response = rest
+            .post(&path)
+            .json(&json!({"target": "5", "mode": "eco", "on": true, "cfg": {"a": 1}}))
+            .send()
+            .await?;
+        assert_eq!(response.status(), 200, "{path}");
+    }
+    // Only the posted keys, typed as ThingsBoard types them ("5" is a number).
+    let (topic, body) = next(&mut subscribed).await?;
+    assert_eq!(topic, ATTRIBUTES);
+    assert_eq!(
+        body,
+        json!({"target": 5, "mode": "eco", "on": true, "cfg": {"a": 1}})
+    );
+    // The device without the attribute subscription gets nothing; server-scope changes are
+    // not pushed either.
+    assert!(other.next_publish(Duration::from_secs(1)).await?.is_none());
+    rest.post(&format!(
+        "/api/plugins/telemetry/DEVICE/{id}/attributes/SERVER_SCOPE"
+    ))
+    .json(&json!({"secret": 1}))
+    .send()
+    .await?;
+    assert!(
+        subscribed
+            .next_publish(Duration::from_secs(1))
+            .await?
+            .is_none()
+    );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn rpc_requests_that_are_refused() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let engine = Engine::start(dir.path())?;
+    let rest = engine.rest().await?;
+    let id = rest.create_device("refuser", "REFUSER").await?;
+    let status = |r: reqwest::Response| r.status().as_u16();
+    // Not JSON; no method: 400.
+    for body in ["{not json", r#"{"params":{}}"#, "[]"] {
+        let r = rest
+            .post(&format!("/api/rpc/twoway/{id}"))
+            .header("content-type", "application/json")
+            .body(body)
+            .send()
+            .await?;
+        assert_eq!(status(r), 400, "{body}");
+    }
+    // Unknown device: 404; no token: 401; neither one- nor two-way: 404.
+    let unknown = "6d7b2a40-0000-4000-8000-000000000000";
+    let r = rest
+        .post(&format!("/api/rpc/twoway/{unknown}"))
+        .json(&json!({"method": "m"}))
+        .send()
+        .await?;
+    assert_eq!(status(r), 404);
+    let r = rest
+        .http
+        .post(engine.url(&format!("/api/rpc/twoway/{id}")))
+        .json(&json!({"method": "m"}))
+        .send()
+        .await?;
+    assert_eq!(status(r), 401);
+    let r = rest
+        .post(&format!("/api/rpc/sideways/{id}"))
+        .json(&json!({"method": "m"}))
+        .send()
+        .await?;
+    assert_eq!(status(r), 404);
+    Ok(())
+}
