@@ -144,14 +144,20 @@ pub async fn start(config: Config, metrics: Option<PrometheusHandle>) -> anyhow:
     let node = node_id(&config.data_dir)?;
     // The node's downlinks keep the state of the devices whose partitions it owns, so the rule
     // chains need them, and they need the queue's producer to announce sessions.
+    // Returns them and the rule chain maker that holds them.
     let downlinks_of = |producer: Arc<dyn Producer>| {
         let ingress = Arc::new(Ingress::new(producer, bytes(config.mqtt.max_payload_size)));
-        Downlinks::start(
+        let downlinks = Downlinks::start(
             NodeId::from(node.as_str()),
             DownlinkSettings::default(),
             ingress,
             Arc::new(NoBus),
-        )
+        );
+        let held = downlinks.clone();
+        let make_chain: MakeRuleChain = Arc::new(move |_| {
+            Box::new(DefaultRuleChain::with_downlinks(held.clone())) as Box<dyn RuleChain>
+        });
+        (downlinks, make_chain)
     };
     let (queue, producer, sink_count, make, downlinks): (
         Queue,
@@ -163,15 +169,10 @@ pub async fn start(config: Config, metrics: Option<PrometheusHandle>) -> anyhow:
         QueueKind::Memory => {
             let queue =
                 MemoryQueue::new(config.queue.partitions, config.queue.partition_capacity, 1);
-            let downlinks = downlinks_of(Arc::new(queue.clone()));
+            let (downlinks, make_chain) = downlinks_of(Arc::new(queue.clone()));
             // The same topology as Kafka's: partitions -> rule chains -> sink.
             let (to_sink, from_chains) =
                 mpsc::channel(sink_config.batch_size.saturating_mul(2).max(1024));
-            let chain_downlinks = downlinks.clone();
-            let make_chain: MakeRuleChain = Arc::new(move |_| {
-                Box::new(DefaultRuleChain::with_downlinks(chain_downlinks.clone()))
-                    as Box<dyn RuleChain>
-            });
             let (source, committer) =
                 MemorySource::start(&queue, make_chain, to_sink, config.queue.partition_capacity)
                     .await?;
@@ -196,16 +197,11 @@ pub async fn start(config: Config, metrics: Option<PrometheusHandle>) -> anyhow:
         QueueKind::Kafka => {
             kafka::ensure_topics(&config.queue).await?;
             let producer = KafkaProducer::new(&config.queue)?;
-            let downlinks = downlinks_of(Arc::new(producer.clone()));
+            let (downlinks, make_chain) = downlinks_of(Arc::new(producer.clone()));
             // Rule chains -> sink: room for two batches, so the sink always has the next
             // one ready while it writes.
             let (to_sink, from_chains) =
                 mpsc::channel(sink_config.batch_size.saturating_mul(2).max(1024));
-            let chain_downlinks = downlinks.clone();
-            let make_chain: MakeRuleChain = Arc::new(move |_| {
-                Box::new(DefaultRuleChain::with_downlinks(chain_downlinks.clone()))
-                    as Box<dyn RuleChain>
-            });
             let instance_id = match &config.queue.instance_id {
                 Some(id) => id.clone(),
                 None => node.clone(),

@@ -146,10 +146,6 @@ impl Downlinks {
         downlinks
     }
 
-    pub fn node(&self) -> &NodeId {
-        &self.node
-    }
-
     // The owner's side.
 
     /// A device event read from the queue by one of this node's rule chains.
@@ -162,11 +158,6 @@ impl Downlinks {
     pub fn owner_shared_updated(&self, device: DeviceId, entries: &[KvEntry]) {
         let effects = self.owned.lock().shared_updated(device, entries);
         self.apply(effects);
-    }
-
-    /// Devices whose state this node keeps.
-    pub fn owned_devices(&self) -> usize {
-        self.owned.lock().len()
     }
 
     fn apply(&self, effects: Vec<Effect>) {
@@ -385,23 +376,6 @@ impl Downlinks {
         self.ingress
             .publish_event(event_message(device.tenant_id, device.id, event))
             .await
-    }
-
-    /// Shared attributes of `device` were deleted: its subscribed sessions are told.
-    pub async fn shared_deleted(
-        &self,
-        device: &Device,
-        keys: Vec<String>,
-    ) -> Result<(), QueueError> {
-        let event = DeviceEvent::SharedDeleted { keys };
-        self.ingress
-            .publish_event(event_message(device.tenant_id, device.id, event))
-            .await
-    }
-
-    /// Calls waiting now.
-    pub fn waiting_calls(&self) -> usize {
-        self.calls.lock().len()
     }
 }
 

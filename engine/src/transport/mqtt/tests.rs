@@ -46,12 +46,20 @@ async fn start(config: MqttConfig) -> Running {
         .expect("supervisor starts");
     let dir = tempfile::tempdir().expect("tempdir");
     let (embedded, _) = crate::store::embedded::EmbeddedStore::open(dir.path()).expect("opens");
+    let ingress = Arc::new(Ingress::new(Arc::new(MemProducer::default()), 65_536));
+    let downlinks = actors::downlink::router::Downlinks::start(
+        "test-node".into(),
+        actors::downlink::router::DownlinkSettings::default(),
+        ingress.clone(),
+        Arc::new(actors::downlink::router::NoBus),
+    );
     let ctx = Arc::new(MqttContext {
+        downlinks,
         profiles: Arc::new(embedded.records()),
         registry,
         records: Arc::new(actors::testing::MemRecords::default()),
         store: Arc::new(actors::testing::MemStore::default()),
-        ingress: Arc::new(Ingress::new(Arc::new(MemProducer::default()), 65_536)),
+        ingress,
         supervisor: supervisor.get_cell(),
         receive_maximum: config.receive_maximum,
         outbound_capacity: config.outbound_capacity,
