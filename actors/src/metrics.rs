@@ -371,8 +371,13 @@ pub const DOWNLINKS: &str = "engine_downlinks_total";
 /// Server-side RPC calls from the REST API answered on this node, by `outcome`: `sent`
 /// (one-way, handed to the device), `replied`, `timeout` (sent, no reply in time),
 /// `not_delivered` (the device never took it), `refused` (too many pending for the device),
-/// `busy` (too many calls waiting on the node).
+/// `busy` (too many calls waiting on the node), `persisted` (a persistent request stored and
+/// handed to the owner).
 pub const RPC_CALLS: &str = "engine_rpc_calls_total";
+/// Persistent RPC records kept by this node as the devices' owner, by `outcome`: `written` (a
+/// status change stored), `gone` (the record was deleted or already final), `write_failed`,
+/// `reloaded` (a queued record given to the owner after a start), `reload_failed`.
+pub const RPC_RECORDS: &str = "engine_rpc_records_total";
 
 /// Registers help texts and units with whatever recorder is installed.
 pub fn describe() {
@@ -383,7 +388,11 @@ pub fn describe() {
     );
     describe_counter!(
         RPC_CALLS,
-        "Server-side RPC calls answered, by outcome (sent, replied, timeout, not_delivered, refused, busy)"
+        "Server-side RPC calls answered, by outcome (sent, replied, timeout, not_delivered, refused, busy, persisted)"
+    );
+    describe_counter!(
+        RPC_RECORDS,
+        "Persistent RPC records kept by this node as owner, by outcome (written, gone, write_failed, reloaded, reload_failed)"
     );
     describe_integration_limits();
     describe_counter!(MESSAGES_RECEIVED, "Uplink messages received, by transport");

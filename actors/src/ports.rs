@@ -229,6 +229,16 @@ pub trait Store: Send + Sync + 'static {
         device: DeviceId,
         scope: Option<AttributeScope>,
     ) -> Result<Vec<String>, StoreError>;
+
+    /// Deletes `keys` of one scope of a device's attributes as of `ts` (ms); keys it does not
+    /// have are ignored, and so is a value written after `ts`.
+    async fn delete_attributes(
+        &self,
+        device: DeviceId,
+        scope: AttributeScope,
+        keys: &[String],
+        ts: i64,
+    ) -> Result<(), StoreError>;
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -198,6 +198,16 @@ impl Store for MemStore {
     ) -> Result<Vec<String>, StoreError> {
         Err(unsupported())
     }
+
+    async fn delete_attributes(
+        &self,
+        _: DeviceId,
+        _: AttributeScope,
+        _: &[String],
+        _: i64,
+    ) -> Result<(), StoreError> {
+        Err(unsupported())
+    }
 }
 
 /// The default rule chain, except that it panics on the messages `fails_on` picks (a bug in

@@ -151,6 +151,7 @@ pub async fn start(config: Config, metrics: Option<PrometheusHandle>) -> anyhow:
             NodeId::from(node.as_str()),
             DownlinkSettings::default(),
             ingress,
+            records.clone(),
             Arc::new(NoBus),
         );
         let held = downlinks.clone();
@@ -291,6 +292,11 @@ pub async fn start(config: Config, metrics: Option<PrometheusHandle>) -> anyhow:
             queue_wait: config.http.queue_wait,
             body_timeout: config.http.body_timeout,
             max_payload: http_max,
+            request_timeout: config.http.request_timeout,
+            max_request_timeout: config.http.max_request_timeout,
+            waiting: std::sync::Arc::new(tokio::sync::Semaphore::new(
+                config.http.max_waiting_requests,
+            )),
         },
         converters: integrations.runtime().clone(),
         integrations,

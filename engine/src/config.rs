@@ -334,6 +334,19 @@ pub struct HttpConfig {
     /// Connections the kernel queues before the engine accepts them (the listen backlog;
     /// the kernel caps it at `net.core.somaxconn`).
     pub backlog: u32,
+    /// How long a device's long poll (`GET /api/v1/{token}/rpc`, `.../attributes/updates`)
+    /// waits when it names no `timeout` (or 0), and how long a device's own RPC
+    /// (`POST /api/v1/{token}/rpc`) waits before `{"error":"timeout"}` (ThingsBoard's
+    /// `transport.http.request_timeout`).
+    #[serde(with = "humantime_serde")]
+    pub request_timeout: Duration,
+    /// The longest wait a device may ask for; a longer `timeout` is cut to it (ThingsBoard's
+    /// `transport.http.max_request_timeout`).
+    #[serde(with = "humantime_serde")]
+    pub max_request_timeout: Duration,
+    /// Long polls and device RPCs waiting at once, all devices together; past it a request is
+    /// answered 503 at once, so waiting requests cannot grow the engine's memory.
+    pub max_waiting_requests: usize,
 }
 
 /// Limits of the REST API's reads, so that one request cannot take the storage from the
@@ -680,6 +693,9 @@ impl Default for HttpConfig {
             keep_alive: Duration::from_secs(5),
             max_connections: 4096,
             backlog: 1024,
+            request_timeout: Duration::from_secs(60),
+            max_request_timeout: Duration::from_secs(300),
+            max_waiting_requests: 10_000,
         }
     }
 }

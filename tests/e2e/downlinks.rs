@@ -285,3 +285,313 @@ async fn rpc_requests_that_are_refused() -> Result<()> {
     assert_eq!(status(r), 404);
     Ok(())
 }
+
+/// Answers one HTTP device API request: status and body.
+async fn answer(request: reqwest::RequestBuilder) -> Result<(u16, String)> {
+    let response = request.send().await?;
+    Ok((response.status().as_u16(), response.text().await?))
+}
+
+/// Repeats `change` every half second until `poll` is answered; the poll subscribes through
+/// the queue, so a change made before its subscription reached the device's owner misses it.
+async fn poll_while(
+    poll: tokio::task::JoinHandle<Result<(u16, String)>>,
+    mut change: impl AsyncFnMut() -> Result<()>,
+) -> Result<(u16, String)> {
+    let deadline = Instant::now() + WAIT;
+    while !poll.is_finished() {
+        anyhow::ensure!(Instant::now() < deadline, "the long poll got nothing");
+        change().await?;
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    poll.await?
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn http_devices_long_poll_for_rpc_and_shared_attribute_changes() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let engine = Engine::start(dir.path())?;
+    let rest = engine.rest().await?;
+    let id = rest.create_device("http-poller", "HTTP_POLLER").await?;
+    let http = reqwest::Client::new();
+    let url = |path: &str| engine.url(&format!("/api/v1/HTTP_POLLER{path}"));
+
+    // Nothing comes: 408 with an empty body once the device's timeout is up.
+    let started = Instant::now();
+    assert_eq!(
+        answer(http.get(url("/attributes/updates?timeout=1000"))).await?,
+        (408, String::new())
+    );
+    assert_eq!(
+        answer(http.get(url("/rpc?timeout=1000"))).await?,
+        (408, String::new())
+    );
+    assert!(started.elapsed() >= Duration::from_millis(1900));
+
+    // A two-way request made before the poll: the poll gets it at once, with its id.
+    let call = rpc(
+        &rest,
+        format!("/api/rpc/twoway/{id}"),
+        json!({"method": "m", "params": {"a": 1}, "timeout": 20000}),
+    );
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let (status, body) = answer(http.get(url("/rpc?timeout=10000"))).await?;
+    assert_eq!(status, 200, "{body}");
+    let request: Value = serde_json::from_str(&body)?;
+    assert_eq!(request, json!({"id": 0, "method": "m", "params": {"a": 1}}));
+    assert_eq!(
+        answer(http.post(url("/rpc/0")).body(r#"{"r":2}"#)).await?,
+        (200, String::new())
+    );
+    let (status, body) = call.await??;
+    assert_eq!(status, 200);
+    assert_eq!(serde_json::from_str::<Value>(&body)?, json!({"r": 2}));
+
+    // A poll first, then the request: it waits for the poll's subscription.
+    let poll = tokio::spawn(answer(http.get(url("/rpc?timeout=20000"))));
+    let call = rpc(
+        &rest,
+        format!("/api/plugins/rpc/oneway/{id}"),
+        json!({"method": "reboot", "params": null}),
+    );
+    let (status, body) = poll.await??;
+    assert_eq!(status, 200, "{body}");
+    let mut request: Value = serde_json::from_str(&body)?;
+    // Ids count from 0 while the engine keeps the device's RPC state; with nothing pending
+    // and no session left it forgets it, as ThingsBoard's actor does when it stops.
+    assert!(request["id"].is_i64(), "{body}");
+    request["id"].take();
+    assert_eq!(
+        request,
+        json!({"id": null, "method": "reboot", "params": null})
+    );
+    assert_eq!(call.await??, (200, String::new()));
+
+    // Shared attribute changes: only the posted keys, typed; deletions as {"deleted":[..]}.
+    let attributes = format!("/api/plugins/telemetry/DEVICE/{id}/attributes/SHARED_SCOPE");
+    let poll = tokio::spawn(answer(http.get(url("/attributes/updates?timeout=30000"))));
+    let (status, body) = poll_while(poll, async || {
+        let r = rest
+            .post(&attributes)
+            .json(&json!({"interval": "60"}))
+            .send()
+            .await?;
+        anyhow::ensure!(r.status() == 200, "save: {}", r.status());
+        Ok(())
+    })
+    .await?;
+    assert_eq!(
+        (status, serde_json::from_str::<Value>(&body)?),
+        (200, json!({"interval": 60}))
+    );
+    let poll = tokio::spawn(answer(http.get(url("/attributes/updates?timeout=30000"))));
+    let (status, body) = poll_while(poll, async || {
+        let r = rest
+            .delete(&format!(
+                "/api/plugins/telemetry/DEVICE/{id}/SHARED_SCOPE?keys=interval"
+            ))
+            .send()
+            .await?;
+        anyhow::ensure!(r.status() == 200, "delete: {}", r.status());
+        Ok(())
+    })
+    .await?;
+    assert_eq!(
+        (status, serde_json::from_str::<Value>(&body)?),
+        (200, json!({"deleted": ["interval"]}))
+    );
+    // Deleted for the device's attribute request and for the REST reads too.
+    let (status, body) = answer(http.get(url("/attributes?sharedKeys=interval"))).await?;
+    assert_eq!((status, body.as_str()), (200, "{}"));
+    let keys = rest
+        .json(&format!(
+            "/api/plugins/telemetry/DEVICE/{id}/keys/attributes/SHARED_SCOPE"
+        ))
+        .await?;
+    assert_eq!(keys, json!([]));
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn mqtt_devices_get_shared_attribute_deletions() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let engine = Engine::start(dir.path())?;
+    let rest = engine.rest().await?;
+    let (id, mut device) = device(&engine, &rest, "attr-deletions").await?;
+    device.subscribe(ATTRIBUTES, QoS::AtLeastOnce).await?;
+    device.subscribe(RPC_REQUESTS, QoS::AtLeastOnce).await?;
+    until_subscribed(&rest, &mut device, &id).await?;
+    let r = rest
+        .post(&format!("/api/plugins/telemetry/DEVICE/{id}/SHARED_SCOPE"))
+        .json(&json!({"a": 1, "b": 2, "c": 3}))
+        .send()
+        .await?;
+    assert_eq!(r.status(), 200);
+    assert_eq!(next(&mut device).await?.1, json!({"a": 1, "b": 2, "c": 3}));
+    // The current form and ThingsBoard's oldest one (no entity type).
+    for (path, keys) in [
+        (
+            format!("/api/plugins/telemetry/DEVICE/{id}/SHARED_SCOPE?keys=a,b"),
+            json!(["a", "b"]),
+        ),
+        (
+            format!("/api/plugins/telemetry/{id}/SHARED_SCOPE?keys=c"),
+            json!(["c"]),
+        ),
+    ] {
+        let r = rest.delete(&path).send().await?;
+        assert_eq!(r.status(), 200, "{path}");
+        let (topic, body) = next(&mut device).await?;
+        assert_eq!(
+            (topic.as_str(), body),
+            (ATTRIBUTES, json!({"deleted": keys}))
+        );
+    }
+    // Deleting a server-scope key is not pushed.
+    rest.post(&format!("/api/plugins/telemetry/DEVICE/{id}/SERVER_SCOPE"))
+        .json(&json!({"s": 1}))
+        .send()
+        .await?;
+    let r = rest
+        .delete(&format!(
+            "/api/plugins/telemetry/DEVICE/{id}/SERVER_SCOPE?keys=s"
+        ))
+        .send()
+        .await?;
+    assert_eq!(r.status(), 200);
+    assert!(device.next_publish(Duration::from_secs(1)).await?.is_none());
+    let left = rest
+        .json(&format!(
+            "/api/plugins/telemetry/DEVICE/{id}/values/attributes"
+        ))
+        .await?;
+    assert_eq!(left, json!([]));
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_http_way_back_refuses_bad_requests() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let engine = Engine::start_with(
+        dir.path(),
+        &[
+            ("ENGINE_HTTP__REQUEST_TIMEOUT", "2s"),
+            ("ENGINE_HTTP__MAX_REQUEST_TIMEOUT", "3s"),
+            ("ENGINE_HTTP__MAX_WAITING_REQUESTS", "2"),
+        ],
+    )?;
+    let rest = engine.rest().await?;
+    let id = rest.create_device("http-hostile", "HTTP_HOSTILE").await?;
+    let http = reqwest::Client::new();
+    let url = |path: &str| engine.url(&format!("/api/v1/HTTP_HOSTILE{path}"));
+
+    // Unknown token: 401 on every path, before anything else.
+    for (method, path) in [
+        ("GET", "/api/v1/NOPE/rpc"),
+        ("GET", "/api/v1/NOPE/attributes/updates"),
+        ("POST", "/api/v1/NOPE/rpc/0"),
+        ("POST", "/api/v1/NOPE/rpc"),
+    ] {
+        let request = http.request(method.parse()?, engine.url(path)).body("{}");
+        assert_eq!(answer(request).await?.0, 401, "{method} {path}");
+    }
+    // Replies: an id that is no 32-bit integer is 400; an unknown id is taken and ignored; a
+    // body over the size limit is 413.
+    for bad in ["abc", "99999999999", "-"] {
+        assert_eq!(
+            answer(http.post(url(&format!("/rpc/{bad}"))).body("{}"))
+                .await?
+                .0,
+            400
+        );
+    }
+    assert_eq!(
+        answer(http.post(url("/rpc/7")).body("{}")).await?,
+        (200, String::new())
+    );
+    let huge = "x".repeat(70_000);
+    assert_eq!(answer(http.post(url("/rpc/0")).body(huge)).await?.0, 413);
+    // The device's own requests: without params or not JSON, 400; a good one is answered
+    // {"error":"timeout"} after http.request_timeout, since no rule answers it.
+    for bad in [r#"{"method":"x"}"#, "not json", r#"{"params":{}}"#] {
+        assert_eq!(
+            answer(http.post(url("/rpc")).body(bad)).await?.0,
+            400,
+            "{bad}"
+        );
+    }
+    let started = Instant::now();
+    let (status, body) = answer(
+        http.post(url("/rpc"))
+            .body(r#"{"method":"getTime","params":{}}"#),
+    )
+    .await?;
+    assert_eq!(
+        (status, serde_json::from_str::<Value>(&body)?),
+        (200, json!({"error": "timeout"}))
+    );
+    assert!(started.elapsed() >= Duration::from_millis(1900));
+    // A timeout that is not a number is 400; a longer one than allowed is cut to it.
+    assert_eq!(answer(http.get(url("/rpc?timeout=soon"))).await?.0, 400);
+    let started = Instant::now();
+    assert_eq!(answer(http.get(url("/rpc?timeout=600000"))).await?.0, 408);
+    assert!(started.elapsed() < Duration::from_secs(30));
+    // Past http.max_waiting_requests: 503 at once, and the waiting ones are answered.
+    let polls: Vec<_> = (0..2)
+        .map(|_| tokio::spawn(answer(http.get(url("/attributes/updates?timeout=3000")))))
+        .collect();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(answer(http.get(url("/rpc?timeout=1000"))).await?.0, 503);
+    for poll in polls {
+        assert_eq!(poll.await??.0, 408);
+    }
+
+    // Deleting attributes: no keys, an unknown entity type or device, no token.
+    let base = format!("/api/plugins/telemetry/DEVICE/{id}/SHARED_SCOPE");
+    for query in ["", "?keys=", "?keys=,,"] {
+        let r = rest.delete(&format!("{base}{query}")).send().await?;
+        assert_eq!(r.status(), 400, "{query}");
+        assert!(r.text().await?.contains("Empty keys: []"));
+    }
+    let r = rest
+        .delete(&format!(
+            "/api/plugins/telemetry/ASSET/{id}/SHARED_SCOPE?keys=a"
+        ))
+        .send()
+        .await?;
+    assert_eq!(r.status(), 400);
+    let r = rest
+        .delete(&format!(
+            "/api/plugins/telemetry/DEVICE/{id}/NO_SCOPE?keys=a"
+        ))
+        .send()
+        .await?;
+    assert_eq!(r.status(), 400);
+    let unknown = "6d7b2a40-0000-4000-8000-000000000000";
+    let r = rest
+        .delete(&format!(
+            "/api/plugins/telemetry/DEVICE/{unknown}/SHARED_SCOPE?keys=a"
+        ))
+        .send()
+        .await?;
+    assert_eq!(r.status(), 404);
+    let r = http
+        .delete(engine.url(&format!("{base}?keys=a")))
+        .send()
+        .await?;
+    assert_eq!(r.status(), 401);
+    // The device's client attributes may be deleted too.
+    let r = rest
+        .delete(&format!(
+            "/api/plugins/telemetry/DEVICE/{id}/CLIENT_SCOPE?keys=a"
+        ))
+        .send()
+        .await?;
+    assert_eq!(r.status(), 200);
+    // The engine still serves.
+    assert_eq!(
+        answer(http.get(url("/attributes"))).await?,
+        (200, "{}".to_owned())
+    );
+    Ok(())
+}

@@ -43,9 +43,10 @@ async fn the_python_device_sdk_gets_its_limits_sends_and_reads_attributes() -> R
     assert_eq!(seen["max_payload_size"], 65536 * 80 / 100, "{seen}");
     assert_eq!(seen["telemetry_rc"], 0, "{seen}");
     assert_eq!(seen["attributes_rc"], 0, "{seen}");
+    // ThingsBoard's type cast: a string that parses as a number is stored as that number.
     assert_eq!(
         seen["attributes"],
-        json!({"client": {"sdk_fw": "1.0"}, "shared": {"interval": 30}}),
+        json!({"client": {"sdk_fw": "v1.0", "sdk_rev": 7}, "shared": {"interval": 30}}),
         "{seen}"
     );
     // What it sent is stored.

@@ -27,7 +27,7 @@ def main():
         "limits_received": client.rate_limits_received,
         "max_payload_size": client.max_payload_size,
         "telemetry_rc": client.send_telemetry({"sdk_temp": 21.5}).get(),
-        "attributes_rc": client.send_attributes({"sdk_fw": "1.0"}).get(),
+        "attributes_rc": client.send_attributes({"sdk_fw": "v1.0", "sdk_rev": "7"}).get(),
     }
     answer = {}
     deadline = time.time() + WAIT
@@ -39,7 +39,7 @@ def main():
             answer["exception"] = None if exception is None else str(exception)
             done.set()
 
-        client.request_attributes(client_keys=["sdk_fw"], shared_keys=["interval"],
+        client.request_attributes(client_keys=["sdk_fw", "sdk_rev"], shared_keys=["interval"],
                                   callback=on_attributes)
         if not done.wait(WAIT):
             break

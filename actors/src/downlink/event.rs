@@ -12,11 +12,13 @@ use crate::model::KvEntry;
 /// callers are sent.
 pub type NodeId = Arc<str>;
 
-/// Who waits for an RPC's outcome: a REST call on `node`, under the id that node gave it.
+/// Who waits for an RPC's outcome.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Caller {
-    pub node: NodeId,
-    pub call: u64,
+pub enum Caller {
+    /// A REST call on `node`, under the id that node gave it.
+    Call { node: NodeId, call: u64 },
+    /// A persistent RPC: its stored record, which the owner keeps up to date.
+    Record { id: uuid::Uuid },
 }
 
 /// One event for a device's owner.
@@ -38,6 +40,8 @@ pub enum DeviceEvent {
     RpcReply { id: i32, payload: Vec<u8> },
     /// Shared attributes deleted: subscribed sessions get `{"deleted":[..]}`.
     SharedDeleted { keys: Vec<String> },
+    /// A persistent RPC was deleted: it is not sent any more.
+    RpcDeleted { id: uuid::Uuid },
 }
 
 /// What the owner sends a node.

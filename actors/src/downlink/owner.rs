@@ -18,11 +18,26 @@ use crate::model::{DeviceId, KvEntry};
 /// Sessions remembered per device.
 pub const MAX_SESSIONS: usize = 16;
 
-/// Something to send: a message for a node.
+/// Something for the owner's driver to do.
 #[derive(Clone, Debug, PartialEq)]
-pub struct Effect {
-    pub node: NodeId,
-    pub message: ToNode,
+pub enum Effect {
+    /// Send a message to a node.
+    Send { node: NodeId, message: ToNode },
+    /// A persistent RPC's record changes.
+    Record {
+        device: DeviceId,
+        id: uuid::Uuid,
+        change: RecordChange,
+    },
+}
+
+/// How a persistent RPC's record changes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum RecordChange {
+    /// A two-way request was handed to a session: it waits for the reply (`DELIVERED`).
+    Delivered,
+    /// It ended as the resolution says.
+    Done(Resolution),
 }
 
 #[derive(Clone, Debug)]
@@ -110,12 +125,19 @@ impl Owned {
             } => self.session(device, node, session, seq, rpc, attributes, &mut effects),
             DeviceEvent::RpcRequest { caller, request } => {
                 let state = self.state(device);
+                // A stored request reloaded at start may also still be on its way through the
+                // queue: it is taken once.
+                if matches!(caller, Caller::Record { .. })
+                    && state.rpcs.find(|c| *c == caller).is_some()
+                {
+                    return effects;
+                }
                 let online = state.rpc_online();
                 match state.rpcs.submit(request, caller.clone(), now, online) {
                     Ok(submitted) => {
                         if let Some(outgoing) = submitted.send {
                             for node in state.nodes(|s| s.rpc) {
-                                effects.push(Effect {
+                                effects.push(Effect::Send {
                                     node,
                                     message: ToNode::Deliver {
                                         device,
@@ -123,19 +145,35 @@ impl Owned {
                                     },
                                 });
                             }
+                            if submitted.done.is_none()
+                                && let Caller::Record { id } = caller
+                            {
+                                effects.push(Effect::Record {
+                                    device,
+                                    id,
+                                    change: RecordChange::Delivered,
+                                });
+                            }
                         }
                         if let Some((caller, resolution)) = submitted.done {
-                            effects.push(resolve(caller, resolution));
+                            effects.push(resolve(device, caller, resolution));
                         }
                     }
-                    Err(_) => effects.push(resolve(caller, Resolution::Refused)),
+                    Err(_) => effects.push(resolve(device, caller, Resolution::Refused)),
                 }
             }
             DeviceEvent::RpcReply { id, payload } => {
                 if let Some(state) = self.devices.get_mut(&device)
                     && let Some((caller, resolution)) = state.rpcs.reply(id, payload)
                 {
-                    effects.push(resolve(caller, resolution));
+                    effects.push(resolve(device, caller, resolution));
+                }
+            }
+            DeviceEvent::RpcDeleted { id } => {
+                if let Some(state) = self.devices.get_mut(&device)
+                    && let Some(at) = state.rpcs.find(|c| *c == Caller::Record { id })
+                {
+                    state.rpcs.cancel(at);
                 }
             }
             DeviceEvent::SharedDeleted { keys } => {
@@ -201,7 +239,15 @@ impl Owned {
         if newly_rpc && !state.rpcs.is_empty() {
             let (outgoing, done) = state.rpcs.subscribed();
             for o in outgoing {
-                effects.push(Effect {
+                // Still pending after the burst: a two-way request, now waiting for its reply.
+                if let Some(Caller::Record { id }) = state.rpcs.caller(o.id) {
+                    effects.push(Effect::Record {
+                        device,
+                        id: *id,
+                        change: RecordChange::Delivered,
+                    });
+                }
+                effects.push(Effect::Send {
                     node: node.clone(),
                     message: ToNode::Deliver {
                         device,
@@ -209,7 +255,7 @@ impl Owned {
                     },
                 });
             }
-            effects.extend(done.into_iter().map(|(c, r)| resolve(c, r)));
+            effects.extend(done.into_iter().map(|(c, r)| resolve(device, c, r)));
         }
     }
 
@@ -248,7 +294,7 @@ impl Owned {
                         .rpcs
                         .expire(now)
                         .into_iter()
-                        .map(|(c, r)| resolve(c, r)),
+                        .map(|(c, r)| resolve(device, c, r)),
                 );
             }
             self.tidy(device);
@@ -277,19 +323,23 @@ impl Owned {
     }
 }
 
-fn resolve(caller: Caller, resolution: Resolution) -> Effect {
-    Effect {
-        node: caller.node,
-        message: ToNode::Resolve {
-            call: caller.call,
-            resolution,
+fn resolve(device: DeviceId, caller: Caller, resolution: Resolution) -> Effect {
+    match caller {
+        Caller::Call { node, call } => Effect::Send {
+            node,
+            message: ToNode::Resolve { call, resolution },
+        },
+        Caller::Record { id } => Effect::Record {
+            device,
+            id,
+            change: RecordChange::Done(resolution),
         },
     }
 }
 
 fn deliver(effects: &mut Vec<Effect>, nodes: Vec<NodeId>, device: DeviceId, delivery: &Delivery) {
     for node in nodes {
-        effects.push(Effect {
+        effects.push(Effect::Send {
             node,
             message: ToNode::Deliver {
                 device,
@@ -314,7 +364,7 @@ mod tests {
     }
 
     fn caller(call: u64) -> Caller {
-        Caller {
+        Caller::Call {
             node: node("rest"),
             call,
         }
@@ -349,11 +399,15 @@ mod tests {
     fn delivered(effects: &[Effect]) -> Vec<(String, i32)> {
         effects
             .iter()
-            .filter_map(|e| match &e.message {
-                ToNode::Deliver {
-                    delivery: Delivery::Rpc(Outgoing { id, .. }),
-                    ..
-                } => Some((e.node.to_string(), *id)),
+            .filter_map(|e| match e {
+                Effect::Send {
+                    node,
+                    message:
+                        ToNode::Deliver {
+                            delivery: Delivery::Rpc(Outgoing { id, .. }),
+                            ..
+                        },
+                } => Some((node.to_string(), *id)),
                 _ => None,
             })
             .collect()
@@ -362,9 +416,32 @@ mod tests {
     fn resolved(effects: &[Effect]) -> Vec<(u64, Resolution)> {
         effects
             .iter()
-            .filter_map(|e| match &e.message {
-                ToNode::Resolve { call, resolution } => Some((*call, resolution.clone())),
+            .filter_map(|e| match e {
+                Effect::Send {
+                    message: ToNode::Resolve { call, resolution },
+                    ..
+                } => Some((*call, resolution.clone())),
                 _ => None,
+            })
+            .collect()
+    }
+
+    fn nodes(effects: &[Effect]) -> Vec<String> {
+        effects
+            .iter()
+            .filter_map(|e| match e {
+                Effect::Send { node, .. } => Some(node.to_string()),
+                Effect::Record { .. } => None,
+            })
+            .collect()
+    }
+
+    fn records(effects: &[Effect]) -> Vec<(uuid::Uuid, RecordChange)> {
+        effects
+            .iter()
+            .filter_map(|e| match e {
+                Effect::Record { id, change, .. } => Some((*id, change.clone())),
+                Effect::Send { .. } => None,
             })
             .collect()
     }
@@ -392,7 +469,7 @@ mod tests {
             resolved(&effects),
             [(7, Resolution::Reply(b"{\"ok\":1}".to_vec()))]
         );
-        assert_eq!(effects[0].node.as_ref(), "rest");
+        assert_eq!(nodes(&effects), ["rest"]);
         // A second reply to the same id finds nothing.
         let again = DeviceEvent::RpcReply {
             id: 0,
@@ -467,12 +544,7 @@ mod tests {
             key: "k".into(),
             value: KvValue::Long(1),
         }];
-        let nodes: Vec<String> = owned
-            .shared_updated(device(), &entries)
-            .iter()
-            .map(|e| e.node.to_string())
-            .collect();
-        assert_eq!(nodes, ["a"]);
+        assert_eq!(nodes(&owned.shared_updated(device(), &entries)), ["a"]);
         let deleted = owned.handle(
             device(),
             DeviceEvent::SharedDeleted {
@@ -503,5 +575,68 @@ mod tests {
         let effects = owned.handle(device(), rpc(1, Direction::OneWay, 100), 0);
         assert_eq!(delivered(&effects).len(), 1);
         assert_eq!(owned.devices[&device()].sessions.len(), MAX_SESSIONS);
+    }
+
+    #[test]
+    fn a_persistent_request_keeps_its_record_up_to_date() {
+        let mut owned = Owned::new(4);
+        let stored = |id: u128, direction, expires_at| DeviceEvent::RpcRequest {
+            caller: Caller::Record {
+                id: uuid::Uuid::from_u128(id),
+            },
+            request: request(direction, expires_at),
+        };
+        let id = uuid::Uuid::from_u128;
+        // Offline: nothing yet; the same record again (reloaded and queued) is taken once.
+        assert!(
+            owned
+                .handle(device(), stored(1, Direction::TwoWay, 100), 0)
+                .is_empty()
+        );
+        assert!(
+            owned
+                .handle(device(), stored(1, Direction::TwoWay, 100), 0)
+                .is_empty()
+        );
+        assert!(
+            owned
+                .handle(device(), stored(2, Direction::OneWay, 100), 0)
+                .is_empty()
+        );
+        assert!(
+            owned
+                .handle(device(), stored(3, Direction::OneWay, 100), 0)
+                .is_empty()
+        );
+        // Deleted before it was sent: never sent.
+        owned.handle(device(), DeviceEvent::RpcDeleted { id: id(3) }, 0);
+        let effects = owned.handle(device(), session("b", 1, 1, true, false), 10);
+        assert_eq!(delivered(&effects), [("b".into(), 0), ("b".into(), 1)]);
+        assert_eq!(
+            records(&effects),
+            [
+                (id(1), RecordChange::Delivered),
+                (id(2), RecordChange::Done(Resolution::Sent))
+            ]
+        );
+        let reply = DeviceEvent::RpcReply {
+            id: 0,
+            payload: b"{}".to_vec(),
+        };
+        assert_eq!(
+            records(&owned.handle(device(), reply, 20)),
+            [(id(1), RecordChange::Done(Resolution::Reply(b"{}".to_vec())))]
+        );
+        // Online: sent at once (id 2 went to the deleted one); then it expires unanswered.
+        let effects = owned.handle(device(), stored(4, Direction::TwoWay, 100), 30);
+        assert_eq!(delivered(&effects), [("b".into(), 3)]);
+        assert_eq!(records(&effects), [(id(4), RecordChange::Delivered)]);
+        assert_eq!(
+            records(&owned.expire(100)),
+            [(
+                id(4),
+                RecordChange::Done(Resolution::Expired { sent: true })
+            )]
+        );
     }
 }

@@ -7,12 +7,15 @@
 //!   polls), each behind a [`SessionSink`]; their subscriptions are announced to the owner as
 //!   device events through the queue, at most one announcement in flight per session (later
 //!   changes are coalesced), and what the owner sends this node is handed to them;
-//! - the callers' side: REST calls waiting for an RPC's outcome, by call id, bounded.
+//! - the callers' side: REST calls waiting for an RPC's outcome, by call id, bounded; and
+//!   persistent RPCs, whose stored records the owner keeps up to date (one writer task, in the
+//!   order the changes happened) and reloads, still queued, when the device first subscribes to
+//!   RPC after a start.
 //!
 //! Messages for another node go through the [`DownlinkBus`] (Kafka: that node's downlink
 //! topic); for this node they are handled in place.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -23,12 +26,15 @@ use tokio::sync::oneshot;
 use tracing::warn;
 
 use crate::downlink::event::{Caller, Delivery, DeviceEvent, NodeId, ToNode};
-use crate::downlink::owner::{Effect, Owned};
+use crate::downlink::owner::{Effect, Owned, RecordChange};
 use crate::downlink::rpc::{Resolution, RpcRequest};
 use crate::ingress::Ingress;
-use crate::metrics::{DOWNLINKS, RPC_CALLS};
+use crate::metrics::{DOWNLINKS, RPC_CALLS, RPC_RECORDS};
 use crate::model::{Device, DeviceId, KvEntry, Message, MessageBody, now_ms};
-use crate::ports::QueueError;
+use crate::ports::{
+    DeviceRecords, MAX_QUEUED_RPCS, MAX_RPC_RESPONSE_BYTES, QueueError, RecordError, RpcStatus,
+};
+use crate::protocol::rpc::parse_stored_request;
 
 /// Where a session's downlinks go.
 pub trait SessionSink: Send + Sync {
@@ -101,6 +107,13 @@ pub struct Downlinks {
     settings: DownlinkSettings,
     ingress: Arc<Ingress>,
     bus: Arc<dyn DownlinkBus>,
+    records: Arc<dyn DeviceRecords>,
+    /// To the task that writes persistent RPCs' changes, in order. Unbounded, but each pending
+    /// request (bounded per device) makes at most two changes.
+    record_changes: tokio::sync::mpsc::UnboundedSender<(uuid::Uuid, RecordChange)>,
+    /// Devices whose queued persistent RPCs were reloaded since the start (at most one entry
+    /// per device of the registry).
+    reloaded: Mutex<HashSet<DeviceId>>,
     runtime: tokio::runtime::Handle,
     owned: Mutex<Owned>,
     sessions: Mutex<HashMap<DeviceId, Vec<LocalSession>>>,
@@ -110,19 +123,26 @@ pub struct Downlinks {
 }
 
 impl Downlinks {
-    /// A node's downlinks; spawns the expiry ticker on the current tokio runtime.
+    /// A node's downlinks; spawns the expiry ticker and the record writer on the current tokio
+    /// runtime.
     pub fn start(
         node: NodeId,
         settings: DownlinkSettings,
         ingress: Arc<Ingress>,
+        records: Arc<dyn DeviceRecords>,
         bus: Arc<dyn DownlinkBus>,
     ) -> Arc<Downlinks> {
+        let (record_changes, changes) = tokio::sync::mpsc::unbounded_channel();
+        tokio::spawn(write_records(records.clone(), changes));
         let downlinks = Arc::new(Downlinks {
             owned: Mutex::new(Owned::new(settings.rpc_per_device)),
             node,
             settings,
             ingress,
             bus,
+            records,
+            record_changes,
+            reloaded: Mutex::new(HashSet::new()),
             runtime: tokio::runtime::Handle::current(),
             sessions: Mutex::new(HashMap::new()),
             next_session: AtomicU64::new(1),
@@ -149,9 +169,48 @@ impl Downlinks {
     // The owner's side.
 
     /// A device event read from the queue by one of this node's rule chains.
-    pub fn owner_event(&self, device: DeviceId, event: DeviceEvent) {
+    pub fn owner_event(self: &Arc<Self>, device: DeviceId, event: DeviceEvent) {
+        if let DeviceEvent::Session { rpc: true, .. } = &event
+            && self.reloaded.lock().insert(device)
+        {
+            let me = self.clone();
+            self.runtime.spawn(async move { me.reload(device).await });
+        }
         let effects = self.owned.lock().handle(device, event, now_ms());
         self.apply(effects);
+    }
+
+    /// Gives the owner the device's persistent RPCs still queued in storage (ThingsBoard
+    /// reloads only QUEUED ones); those expired meanwhile are marked so.
+    async fn reload(self: Arc<Self>, device: DeviceId) {
+        let queued = match self.records.queued_rpcs(device, MAX_QUEUED_RPCS).await {
+            Ok(queued) => queued,
+            Err(e) => {
+                // The next subscription tries again.
+                self.reloaded.lock().remove(&device);
+                counter!(RPC_RECORDS, "outcome" => "reload_failed").increment(1);
+                warn!(error = %e, %device, "queued persistent RPCs could not be read");
+                return;
+            }
+        };
+        let now = now_ms();
+        for record in queued {
+            let request = match parse_stored_request(&record.request) {
+                Some(request) if record.expiration_time > now => request,
+                _ => {
+                    let expired = RecordChange::Done(Resolution::Expired { sent: false });
+                    let _ = self.record_changes.send((record.id, expired));
+                    continue;
+                }
+            };
+            counter!(RPC_RECORDS, "outcome" => "reloaded").increment(1);
+            let caller = Caller::Record { id: record.id };
+            let effects =
+                self.owned
+                    .lock()
+                    .handle(device, DeviceEvent::RpcRequest { caller, request }, now);
+            self.apply(effects);
+        }
     }
 
     /// Shared attributes of a device this node owns changed.
@@ -162,10 +221,12 @@ impl Downlinks {
 
     fn apply(&self, effects: Vec<Effect>) {
         for effect in effects {
-            if effect.node == self.node {
-                self.receive(effect.message);
-            } else {
-                self.bus.send(&effect.node, effect.message);
+            match effect {
+                Effect::Send { node, message } if node == self.node => self.receive(message),
+                Effect::Send { node, message } => self.bus.send(&node, message),
+                Effect::Record { id, change, .. } => {
+                    let _ = self.record_changes.send((id, change));
+                }
             }
         }
     }
@@ -338,7 +399,7 @@ impl Downlinks {
             id,
         };
         let event = DeviceEvent::RpcRequest {
-            caller: Caller {
+            caller: Caller::Call {
                 node: self.node.clone(),
                 call: id,
             },
@@ -365,6 +426,49 @@ impl Downlinks {
         Ok(resolution)
     }
 
+    /// Hands a persistent RPC, already stored as QUEUED under `id`, to the device's owner.
+    pub async fn persistent(
+        &self,
+        device: &Device,
+        id: uuid::Uuid,
+        request: RpcRequest,
+    ) -> Result<(), QueueError> {
+        let event = DeviceEvent::RpcRequest {
+            caller: Caller::Record { id },
+            request,
+        };
+        self.ingress
+            .publish_event(event_message(device.tenant_id, device.id, event))
+            .await?;
+        counter!(RPC_CALLS, "outcome" => "persisted").increment(1);
+        Ok(())
+    }
+
+    /// A persistent RPC was deleted: its owner stops sending it.
+    pub async fn persistent_deleted(
+        &self,
+        device: &Device,
+        id: uuid::Uuid,
+    ) -> Result<(), QueueError> {
+        let event = DeviceEvent::RpcDeleted { id };
+        self.ingress
+            .publish_event(event_message(device.tenant_id, device.id, event))
+            .await
+    }
+
+    /// Shared attributes of `device` were deleted: its owner tells the attribute-subscribed
+    /// sessions.
+    pub async fn shared_deleted(
+        &self,
+        device: &Device,
+        keys: Vec<String>,
+    ) -> Result<(), QueueError> {
+        let event = DeviceEvent::SharedDeleted { keys };
+        self.ingress
+            .publish_event(event_message(device.tenant_id, device.id, event))
+            .await
+    }
+
     /// A device's reply to request `id`, for its owner.
     pub async fn reply(
         &self,
@@ -377,6 +481,89 @@ impl Downlinks {
             .publish_event(event_message(device.tenant_id, device.id, event))
             .await
     }
+}
+
+/// Writes persistent RPCs' changes in the order they happened. A store that is down is tried
+/// again a few times, a second apart; past that the change is lost (counted) and the record
+/// keeps its last status.
+async fn write_records(
+    records: Arc<dyn DeviceRecords>,
+    mut changes: tokio::sync::mpsc::UnboundedReceiver<(uuid::Uuid, RecordChange)>,
+) {
+    while let Some((id, change)) = changes.recv().await {
+        let mut attempt = 0;
+        let outcome = loop {
+            match write_record(&*records, id, &change).await {
+                Err(e) if e.is_retryable() && attempt < 5 => {
+                    attempt += 1;
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                }
+                outcome => break outcome,
+            }
+        };
+        let label = match outcome {
+            Ok(true) => "written",
+            Ok(false) => "gone",
+            Err(e) => {
+                warn!(error = %e, rpc = %id, "a persistent RPC's status could not be stored");
+                "write_failed"
+            }
+        };
+        counter!(RPC_RECORDS, "outcome" => label).increment(1);
+    }
+}
+
+/// One change to a stored RPC; false when the record is gone or already final.
+async fn write_record(
+    records: &dyn DeviceRecords,
+    id: uuid::Uuid,
+    change: &RecordChange,
+) -> Result<bool, RecordError> {
+    let Some(mut record) = records.rpc(id).await? else {
+        return Ok(false);
+    };
+    if !matches!(
+        record.status,
+        RpcStatus::Queued | RpcStatus::Sent | RpcStatus::Delivered
+    ) {
+        return Ok(false);
+    }
+    let error = |message: &str| Some(serde_json::json!({ "error": message }).to_string());
+    match change {
+        RecordChange::Delivered | RecordChange::Done(Resolution::Sent) => {
+            record.status = RpcStatus::Delivered;
+        }
+        RecordChange::Done(Resolution::Reply(reply)) => {
+            let text = String::from_utf8_lossy(reply);
+            record.status = RpcStatus::Successful;
+            record.response = if text.trim().is_empty() {
+                None
+            } else if serde_json::from_str::<serde::de::IgnoredAny>(&text).is_ok() {
+                Some(text.into_owned())
+            } else {
+                // ThingsBoard keeps a reply that is not JSON as an error, and the status
+                // SUCCESSFUL.
+                error(&text)
+            };
+            if record
+                .response
+                .as_ref()
+                .is_some_and(|r| r.len() > MAX_RPC_RESPONSE_BYTES)
+            {
+                record.status = RpcStatus::Failed;
+                record.response = error(&format!(
+                    "The reply is longer than {MAX_RPC_RESPONSE_BYTES} bytes"
+                ));
+            }
+        }
+        RecordChange::Done(Resolution::Expired { .. }) => record.status = RpcStatus::Expired,
+        RecordChange::Done(Resolution::Refused) => {
+            record.status = RpcStatus::Failed;
+            record.response = error("The device has as many RPC requests pending as it may");
+        }
+    }
+    records.save_rpc(&record).await?;
+    Ok(true)
 }
 
 /// Removes a call's entry however its wait ends (the REST caller may go away mid-wait).

@@ -206,6 +206,19 @@ impl<C> DeviceRpcs<C> {
         }
     }
 
+    /// The caller of pending request `id`.
+    pub fn caller(&self, id: i32) -> Option<&C> {
+        self.pending.get(&id).map(|p| &p.caller)
+    }
+
+    /// The id of the first pending request whose caller `matches`.
+    pub fn find(&self, matches: impl Fn(&C) -> bool) -> Option<i32> {
+        self.pending
+            .iter()
+            .find(|(_, p)| matches(&p.caller))
+            .map(|(&id, _)| id)
+    }
+
     /// Removes the request `id` (its caller gave up or it was deleted); its caller, if it was
     /// pending.
     pub fn cancel(&mut self, id: i32) -> Option<C> {

@@ -122,6 +122,59 @@ pub fn http_request(id: i32, request: &RpcRequest) -> String {
     out
 }
 
+/// The `request` of a persistent RPC's record, as ThingsBoard stores its `ToDeviceRpcRequest`:
+/// `{"id":..,"tenantId":{..},"deviceId":{..},"oneway":..,"expirationTime":..,
+/// "body":{"method":..,"params":"<JSON text>"},"persisted":true,"retries":..}`.
+pub fn stored_request(
+    id: uuid::Uuid,
+    tenant: crate::model::TenantId,
+    device: crate::model::DeviceId,
+    request: &RpcRequest,
+    retries: u32,
+) -> String {
+    serde_json::json!({
+        "id": id,
+        "tenantId": {"entityType": "TENANT", "id": tenant.0},
+        "deviceId": {"entityType": "DEVICE", "id": device.0},
+        "oneway": request.direction == Direction::OneWay,
+        "expirationTime": request.expires_at,
+        "body": {"method": request.method, "params": request.params},
+        "persisted": true,
+        "retries": retries,
+    })
+    .to_string()
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct Stored {
+    oneway: bool,
+    expiration_time: i64,
+    body: StoredBody,
+}
+
+#[derive(Deserialize)]
+struct StoredBody {
+    method: String,
+    params: String,
+}
+
+/// The request a record's `request` holds (see [`stored_request`]); `None` for text that is not
+/// one.
+pub fn parse_stored_request(text: &str) -> Option<RpcRequest> {
+    let stored: Stored = serde_json::from_str(text).ok()?;
+    Some(RpcRequest {
+        method: stored.body.method,
+        params: stored.body.params,
+        direction: if stored.oneway {
+            Direction::OneWay
+        } else {
+            Direction::TwoWay
+        },
+        expires_at: stored.expiration_time,
+    })
+}
+
 /// A device's own request (`v1/devices/me/rpc/request/{id}`, `POST /api/v1/{token}/rpc`).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct DeviceRpc {
@@ -316,5 +369,27 @@ mod tests {
             parsed["gatewayRateLimits"],
             serde_json::json!({"messages":null,"telemetryMessages":null,"telemetryDataPoints":null})
         );
+    }
+
+    #[test]
+    fn a_stored_request_reads_back_as_it_was() {
+        let tenant = crate::model::TenantId::from_name("t");
+        let device = crate::model::DeviceId::derive(tenant, "d");
+        for direction in [Direction::OneWay, Direction::TwoWay] {
+            let request = RpcRequest {
+                method: "set\"x".into(),
+                params: r#"{"a":[1,"b"]}"#.into(),
+                direction,
+                expires_at: 1_234,
+            };
+            let text = stored_request(uuid::Uuid::from_u128(7), tenant, device, &request, 2);
+            let json: serde_json::Value = serde_json::from_str(&text).expect("JSON");
+            assert_eq!(json["body"]["params"], r#"{"a":[1,"b"]}"#);
+            assert_eq!(json["persisted"], true);
+            assert_eq!(json["retries"], 2);
+            assert_eq!(parse_stored_request(&text), Some(request));
+        }
+        assert_eq!(parse_stored_request("{}"), None);
+        assert_eq!(parse_stored_request("not json"), None);
     }
 }

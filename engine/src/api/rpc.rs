@@ -13,14 +13,29 @@
 //! | never sent (no RPC subscription in time) | 409 | 504 |
 //! | the device has `rpc_per_device` requests pending | 429 | 429 |
 //! | this node has `max_waiting_calls` calls waiting | 503 | 503 |
+//!
+//! Persistent RPC (`"persistent":true`, one-way or two-way, either path): stored as `QUEUED`,
+//! answered 200 `{"rpcId":".."}` at once; the owner of the device's state then keeps its record
+//! up to date: `DELIVERED` when handed to a session (a one-way request stays there),
+//! `SUCCESSFUL` with the reply in `response` (a reply that is not JSON as `{"error":"<text>"}`,
+//! as ThingsBoard), `EXPIRED`, or `FAILED` (the device has too many pending, or the reply is
+//! longer than 32 KiB). A queued request survives a restart: it is reloaded when the device
+//! next subscribes to RPC. `GET /api/rpc/persistent/{rpcId}`, `GET
+//! /api/rpc/persistent/device/{deviceId}?pageSize=&page=&rpcStatus=` (newest first; `DELETED`
+//! is refused, 400) and `DELETE /api/rpc/persistent/{rpcId}` (the request is not sent any
+//! more) read and remove them. `retries` is stored but not acted on: a request handed to a
+//! connection counts as delivered, without waiting for the device's acknowledgement.
 
 use actix_web::http::StatusCode;
 use actix_web::{HttpResponse, web};
 use actors::downlink::router::CallError;
 use actors::downlink::rpc::{Direction, Resolution};
-use actors::model::now_ms;
-use actors::protocol::rpc::{RestRpc, RestRpcError};
+use actors::model::{Device, now_ms};
+use actors::ports::{MAX_RPC_PAGE_SIZE, RecordError, RpcPageRequest, RpcRecord, RpcStatus};
+use actors::protocol::rpc::{RestRpc, RestRpcError, stored_request};
 use metrics::counter;
+use serde::Deserialize;
+use serde_json::{Value, json};
 
 use super::device::owned_device;
 use super::error::{ApiError, ErrorCode};
@@ -29,6 +44,15 @@ use actors::metrics::API_REQUESTS_REFUSED;
 
 pub fn routes(cfg: &mut web::ServiceConfig) {
     cfg.route(
+        "/api/rpc/persistent/device/{deviceId}",
+        web::get().to(device_records),
+    )
+    .route("/api/rpc/persistent/{rpcId}", web::get().to(record))
+    .route(
+        "/api/rpc/persistent/{rpcId}",
+        web::delete().to(delete_record),
+    )
+    .route(
         "/api/plugins/rpc/{direction}/{deviceId}",
         web::post().to(|state, caller, path, body| call(state, caller, path, body, Version::V1)),
     )
@@ -66,10 +90,7 @@ async fn call(
         }
     })?;
     if rpc.persistent {
-        counter!(API_REQUESTS_REFUSED, "reason" => "persistent_rpc").increment(1);
-        return Err(ApiError::invalid(
-            "Persistent RPC is not served by this engine yet",
-        ));
+        return persist(&state, &device, rpc).await;
     }
     let resolution = state
         .downlinks
@@ -80,6 +101,152 @@ async fn call(
             CallError::Queue(e) => ApiError::unavailable(e.to_string()),
         })?;
     Ok(answer(resolution, version))
+}
+
+/// Stores a persistent request as QUEUED and hands it to the device's owner.
+async fn persist(state: &State, device: &Device, rpc: RestRpc) -> Result<HttpResponse, ApiError> {
+    let id = rpc.request_uuid.unwrap_or_else(uuid::Uuid::new_v4);
+    if state.records.rpc(id).await?.is_some() {
+        counter!(API_REQUESTS_REFUSED, "reason" => "duplicate_rpc").increment(1);
+        return Err(ApiError::invalid(format!(
+            "RPC with id {id} already exists"
+        )));
+    }
+    let record = RpcRecord {
+        id,
+        tenant_id: device.tenant_id,
+        device_id: device.id,
+        created_time: now_ms(),
+        expiration_time: rpc.request.expires_at,
+        request: stored_request(id, device.tenant_id, device.id, &rpc.request, rpc.retries),
+        response: None,
+        status: RpcStatus::Queued,
+        additional_info: (rpc.additional_info != "null").then_some(rpc.additional_info),
+    };
+    state.records.save_rpc(&record).await.map_err(|e| match e {
+        RecordError::Store(e) => ApiError::from(e),
+        e => {
+            counter!(API_REQUESTS_REFUSED, "reason" => "invalid_rpc").increment(1);
+            ApiError::invalid(e.to_string())
+        }
+    })?;
+    state
+        .downlinks
+        .persistent(device, id, rpc.request)
+        .await
+        .map_err(|e| ApiError::unavailable(e.to_string()))?;
+    Ok(HttpResponse::Ok().json(json!({ "rpcId": id })))
+}
+
+/// A stored RPC in ThingsBoard's shape.
+fn record_json(r: &RpcRecord) -> Value {
+    let json = |text: &Option<String>| {
+        text.as_deref()
+            .and_then(|t| serde_json::from_str::<Value>(t).ok())
+            .unwrap_or(Value::Null)
+    };
+    json!({
+        "id": {"entityType": "RPC", "id": r.id},
+        "createdTime": r.created_time,
+        "tenantId": {"entityType": "TENANT", "id": r.tenant_id.0},
+        "deviceId": {"entityType": "DEVICE", "id": r.device_id.0},
+        "expirationTime": r.expiration_time,
+        "request": json(&Some(r.request.clone())),
+        "response": json(&r.response),
+        "status": r.status.as_str(),
+        "additionalInfo": json(&r.additional_info),
+    })
+}
+
+/// The caller's tenant's RPC `id`, or 404.
+async fn owned_record(state: &State, caller: &Caller, id: &str) -> Result<RpcRecord, ApiError> {
+    let id = uuid::Uuid::parse_str(id)
+        .map_err(|_| ApiError::bad_request(format!("Invalid RPC id: {id:?} is not a UUID")))?;
+    match state.records.rpc(id).await? {
+        Some(r) if r.tenant_id == caller.0.tenant_id => Ok(r),
+        _ => Err(ApiError::not_found()),
+    }
+}
+
+/// `GET /api/rpc/persistent/{rpcId}`.
+async fn record(
+    state: State,
+    caller: Caller,
+    id: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    let record = owned_record(&state, &caller, &id).await?;
+    Ok(HttpResponse::Ok().json(record_json(&record)))
+}
+
+/// `DELETE /api/rpc/persistent/{rpcId}`: removed from storage and from the device's pending
+/// requests.
+async fn delete_record(
+    state: State,
+    caller: Caller,
+    id: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    let record = owned_record(&state, &caller, &id).await?;
+    state.records.delete_rpc(record.id).await?;
+    if let Some(device) = state.registry.get(record.device_id).await? {
+        state
+            .downlinks
+            .persistent_deleted(&device, record.id)
+            .await
+            .map_err(|e| ApiError::unavailable(e.to_string()))?;
+    }
+    Ok(HttpResponse::Ok().finish())
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct RecordsQuery {
+    page_size: Option<usize>,
+    page: Option<usize>,
+    rpc_status: Option<String>,
+}
+
+/// `GET /api/rpc/persistent/device/{deviceId}?pageSize=&page=&rpcStatus=`: newest first;
+/// `textSearch`, `sortProperty` and `sortOrder` are ignored.
+async fn device_records(
+    state: State,
+    caller: Caller,
+    id: web::Path<String>,
+    query: web::Query<RecordsQuery>,
+) -> Result<HttpResponse, ApiError> {
+    let device = owned_device(&state, &caller, &id).await?;
+    let page_size = query
+        .page_size
+        .filter(|s| *s > 0)
+        .ok_or_else(|| {
+            ApiError::bad_request("Parameter 'pageSize' is required and must be positive")
+        })?
+        .min(MAX_RPC_PAGE_SIZE);
+    let status = match query.rpc_status.as_deref().filter(|s| !s.is_empty()) {
+        None => None,
+        Some("DELETED") => {
+            return Err(ApiError::bad_request("RpcStatus: DELETED is not allowed!"));
+        }
+        Some(s) => Some(
+            RpcStatus::parse(s)
+                .ok_or_else(|| ApiError::bad_request(format!("Invalid rpcStatus: {s:?}")))?,
+        ),
+    };
+    let page = RpcPageRequest {
+        page_size,
+        page: query.page.unwrap_or(0),
+        status,
+    };
+    let found = state.records.device_rpcs(device.id, &page).await?;
+    let request = actors::ports::PageRequest {
+        page_size,
+        page: page.page,
+        text_search: None,
+    };
+    Ok(HttpResponse::Ok().json(super::page_json(
+        &request,
+        found.total_elements,
+        found.data.iter().map(record_json).collect(),
+    )))
 }
 
 /// The REST answer to an RPC's outcome.

@@ -62,7 +62,84 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
     .route(
         &format!("{BASE}/{{scope}}"),
         web::post().to(save_attributes),
+    )
+    .route(
+        &format!("{BASE}/{{scope}}"),
+        web::delete().to(delete_attributes),
+    )
+    .route(
+        "/api/plugins/telemetry/{entityId}/{scope}",
+        web::delete().to(delete_device_attributes),
     );
+}
+
+#[derive(Deserialize)]
+struct DeletedKeys {
+    keys: Option<String>,
+}
+
+/// `DELETE /api/plugins/telemetry/DEVICE/{id}/{scope}?keys=a,b`: deletes attributes of any
+/// scope, as ThingsBoard does; 400 `Empty keys: []` without keys. Deleted shared attributes
+/// reach the device's attribute-subscribed sessions as `{"deleted":[..]}` (and an integration
+/// with a downlink converter as `ATTRIBUTES_DELETED`). 200 once storage has the deletion.
+async fn delete_attributes(
+    state: State,
+    limits: Limits,
+    caller: Caller,
+    path: web::Path<EntityPath>,
+    query: web::Query<DeletedKeys>,
+) -> Result<HttpResponse, ApiError> {
+    path.check_type()?;
+    let scope = path
+        .scope()?
+        .ok_or_else(|| ApiError::bad_request("Attribute scope is required"))?;
+    let device = owned_device(&state, &caller, &path.entity_id).await?;
+    let keys = parse_keys(query.keys.as_deref(), limits.max_keys_per_request)?
+        .ok_or_else(|| refuse("empty_keys", "Empty keys: []"))?;
+    state
+        .store
+        .delete_attributes(device.id, scope, &keys, now_ms())
+        .await?;
+    if scope == AttributeScope::Shared {
+        state
+            .downlinks
+            .shared_deleted(&device, keys.clone())
+            .await
+            .map_err(|e| ApiError::unavailable(e.to_string()))?;
+        let msg = json!({ "attributes": keys });
+        let metadata = [("scope".to_owned(), scope.as_str().to_owned())].into();
+        state
+            .integrations
+            .downlink(&device, "ATTRIBUTES_DELETED", msg, metadata)
+            .await
+            .map_err(|e| ApiError::invalid(format!("Downlink converter failed: {e}")))?;
+    }
+    Ok(HttpResponse::Ok().finish())
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct DevicePath {
+    entity_id: String,
+    scope: String,
+}
+
+/// `DELETE /api/plugins/telemetry/{deviceId}/{scope}?keys=..`: ThingsBoard's oldest form,
+/// for devices only.
+async fn delete_device_attributes(
+    state: State,
+    limits: Limits,
+    caller: Caller,
+    path: web::Path<DevicePath>,
+    query: web::Query<DeletedKeys>,
+) -> Result<HttpResponse, ApiError> {
+    let DevicePath { entity_id, scope } = path.into_inner();
+    let path = EntityPath {
+        entity_type: "DEVICE".to_owned(),
+        entity_id,
+        scope: Some(scope),
+    };
+    delete_attributes(state, limits, caller, web::Path::from(path), query).await
 }
 
 /// Saves server-side or shared attributes (`{"key": value, ...}`) through the queue, as

@@ -299,6 +299,95 @@ pub async fn store_suite(store: &dyn Store) {
         .await
         .expect("attrs");
     assert_eq!(picked.len(), 1);
+
+    // Deleting: gone from values and keys; another scope's key of the same name stays; only a
+    // newer write brings it back.
+    write(
+        store,
+        &[attributes(
+            d,
+            13,
+            AttributeScope::Server,
+            vec![KvEntry::new("target", KvValue::Long(9))],
+        )],
+    )
+    .await;
+    store
+        .delete_attributes(
+            d,
+            AttributeScope::Shared,
+            &["target".to_owned(), "never-there".to_owned()],
+            20,
+        )
+        .await
+        .expect("delete");
+    let left: Vec<(AttributeScope, String)> = store
+        .attributes(d, None, None)
+        .await
+        .expect("attrs")
+        .into_iter()
+        .map(|a| (a.scope, a.key))
+        .collect();
+    assert_eq!(
+        left,
+        [
+            (AttributeScope::Client, "fw".to_owned()),
+            (AttributeScope::Server, "target".to_owned())
+        ]
+    );
+    assert!(
+        store
+            .attributes(d, Some(AttributeScope::Shared), None)
+            .await
+            .expect("attrs")
+            .is_empty()
+    );
+    assert_eq!(
+        store
+            .attribute_keys(d, Some(AttributeScope::Shared))
+            .await
+            .expect("keys"),
+        Vec::<String>::new()
+    );
+    assert_eq!(
+        store.attribute_keys(d, None).await.expect("keys"),
+        ["fw", "target"]
+    );
+    // A value older than the deletion, stored after it (it waited in the queue), stays
+    // deleted.
+    write(
+        store,
+        &[attributes(
+            d,
+            15,
+            AttributeScope::Shared,
+            vec![KvEntry::new("target", KvValue::Long(8))],
+        )],
+    )
+    .await;
+    assert!(
+        store
+            .attributes(d, Some(AttributeScope::Shared), None)
+            .await
+            .expect("attrs")
+            .is_empty()
+    );
+    write(
+        store,
+        &[attributes(
+            d,
+            21,
+            AttributeScope::Shared,
+            vec![KvEntry::new("target", KvValue::Long(4))],
+        )],
+    )
+    .await;
+    let back = store
+        .attributes(d, Some(AttributeScope::Shared), None)
+        .await
+        .expect("attrs");
+    assert_eq!(back.len(), 1);
+    assert_eq!(back[0].value, KvValue::Long(4));
 }
 
 /// A device of [`tenant`] named `name`, logging in with `token`.

@@ -71,6 +71,16 @@ impl Store for PausableStore {
     ) -> Result<Vec<String>, StoreError> {
         self.inner.attribute_keys(device, scope).await
     }
+
+    async fn delete_attributes(
+        &self,
+        device: DeviceId,
+        scope: AttributeScope,
+        keys: &[String],
+        ts: i64,
+    ) -> Result<(), StoreError> {
+        self.inner.delete_attributes(device, scope, keys, ts).await
+    }
 }
 
 #[cfg(test)]

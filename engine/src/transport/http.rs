@@ -1,6 +1,7 @@
 //! ThingsBoard's HTTP device API: `POST /api/v1/{token}/telemetry` and `.../attributes`,
 //! `GET .../attributes` (attribute requests), `POST .../claim` (claim requests), and
-//! `POST /api/v1/provision` (see `crate::provision`).
+//! `POST /api/v1/provision` (see `crate::provision`); its long polls and RPC are in
+//! `super::http_downlink`.
 //!
 //! The token is checked from the path before any of the body is read: 401 for an unknown one,
 //! whatever the body. Then 413 as soon as the body is known to be over the size limit (from
@@ -37,6 +38,12 @@ pub struct DeviceApiConfig {
     pub body_timeout: Duration,
     /// Largest body, as the ingress checks it (`http.max_payload_size`).
     pub max_payload: usize,
+    /// A long poll's wait when it names none; a device's own RPC's wait.
+    pub request_timeout: Duration,
+    /// The longest wait a long poll may ask for.
+    pub max_request_timeout: Duration,
+    /// Permits of the requests that wait (long polls, device RPCs): `http.max_waiting_requests`.
+    pub waiting: std::sync::Arc<tokio::sync::Semaphore>,
 }
 
 pub fn routes(cfg: &mut web::ServiceConfig) {
@@ -47,7 +54,8 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
             "/api/v1/{token}/attributes",
             web::get().to(attribute_request),
         )
-        .route("/api/v1/{token}/claim", web::post().to(claim));
+        .route("/api/v1/{token}/claim", web::post().to(claim))
+        .configure(super::http_downlink::routes);
 }
 
 #[derive(serde::Deserialize)]
@@ -169,13 +177,13 @@ async fn attributes(
     upload(state, &req, &token, Uplink::Attributes, body).await
 }
 
-fn text(status: StatusCode, message: impl Into<String>) -> HttpResponse {
+pub(super) fn text(status: StatusCode, message: impl Into<String>) -> HttpResponse {
     HttpResponse::build(status)
         .content_type("text/plain; charset=utf-8")
         .body(message.into())
 }
 
-fn busy(reason: &str) -> HttpResponse {
+pub(super) fn busy(reason: &str) -> HttpResponse {
     HttpResponse::ServiceUnavailable()
         .insert_header(("Retry-After", "1"))
         .content_type("text/plain; charset=utf-8")
@@ -213,7 +221,10 @@ async fn upload(
 
 /// The device whose token is in the path, or the 401 (a token that cannot exist is not even
 /// looked up).
-async fn authenticate(state: &State, token: &str) -> Result<std::sync::Arc<Device>, HttpResponse> {
+pub(super) async fn authenticate(
+    state: &State,
+    token: &str,
+) -> Result<std::sync::Arc<Device>, HttpResponse> {
     let unknown = || {
         counter!(CONNECTIONS_REFUSED, "transport" => "http", "reason" => "bad_token").increment(1);
         text(
@@ -233,7 +244,7 @@ async fn authenticate(state: &State, token: &str) -> Result<std::sync::Arc<Devic
 
 /// The whole body, at most the ingress's size limit: 413 at once when `Content-Length`
 /// announces more, or as soon as reading passes it; 408 when it stops arriving in time.
-async fn read_body(
+pub(super) async fn read_body(
     state: &State,
     req: &HttpRequest,
     mut body: web::Payload,
@@ -275,7 +286,7 @@ async fn read_body(
     Ok(out)
 }
 
-fn rejected(rejection: &Rejection) -> HttpResponse {
+pub(super) fn rejected(rejection: &Rejection) -> HttpResponse {
     match rejection {
         Rejection::TooLarge { .. } => text(StatusCode::PAYLOAD_TOO_LARGE, rejection.to_string()),
         Rejection::Payload(e) => text(StatusCode::BAD_REQUEST, format!("Invalid payload: {e}")),

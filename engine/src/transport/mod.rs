@@ -3,6 +3,7 @@
 
 pub mod coap;
 pub mod http;
+pub mod http_downlink;
 pub mod http_integration;
 pub mod http_server;
 pub mod mqtt;

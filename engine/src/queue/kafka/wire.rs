@@ -37,7 +37,7 @@ pub enum Body {
 
 #[derive(Clone, PartialEq, prost::Message)]
 pub struct WireDeviceEvent {
-    #[prost(oneof = "WireEvent", tags = "1, 2, 3, 4")]
+    #[prost(oneof = "WireEvent", tags = "1, 2, 3, 4, 5")]
     pub event: Option<WireEvent>,
 }
 
@@ -51,6 +51,8 @@ pub enum WireEvent {
     RpcReply(RpcReplyEvent),
     #[prost(message, tag = "4")]
     SharedDeleted(SharedDeletedEvent),
+    #[prost(message, tag = "5")]
+    RpcDeleted(RpcDeletedEvent),
 }
 
 #[derive(Clone, PartialEq, prost::Message)]
@@ -81,6 +83,8 @@ pub struct RpcRequestEvent {
     pub two_way: bool,
     #[prost(int64, tag = "6")]
     pub expires_at: i64,
+    #[prost(bytes = "vec", tag = "7")]
+    pub record_id: Vec<u8>,
 }
 
 #[derive(Clone, PartialEq, prost::Message)]
@@ -95,6 +99,12 @@ pub struct RpcReplyEvent {
 pub struct SharedDeletedEvent {
     #[prost(string, repeated, tag = "1")]
     pub keys: Vec<String>,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct RpcDeletedEvent {
+    #[prost(bytes = "vec", tag = "1")]
+    pub record_id: Vec<u8>,
 }
 
 fn event_to_wire(event: &DeviceEvent) -> WireDeviceEvent {
@@ -113,8 +123,18 @@ fn event_to_wire(event: &DeviceEvent) -> WireDeviceEvent {
             attributes: *attributes,
         }),
         DeviceEvent::RpcRequest { caller, request } => WireEvent::RpcRequest(RpcRequestEvent {
-            caller_node: caller.node.to_string(),
-            call: caller.call,
+            caller_node: match caller {
+                Caller::Call { node, .. } => node.to_string(),
+                Caller::Record { .. } => String::new(),
+            },
+            call: match caller {
+                Caller::Call { call, .. } => *call,
+                Caller::Record { .. } => 0,
+            },
+            record_id: match caller {
+                Caller::Call { .. } => Vec::new(),
+                Caller::Record { id } => id.as_bytes().to_vec(),
+            },
             method: request.method.clone(),
             params: request.params.clone(),
             two_way: request.direction == Direction::TwoWay,
@@ -127,6 +147,9 @@ fn event_to_wire(event: &DeviceEvent) -> WireDeviceEvent {
         DeviceEvent::SharedDeleted { keys } => {
             WireEvent::SharedDeleted(SharedDeletedEvent { keys: keys.clone() })
         }
+        DeviceEvent::RpcDeleted { id } => WireEvent::RpcDeleted(RpcDeletedEvent {
+            record_id: id.as_bytes().to_vec(),
+        }),
     };
     WireDeviceEvent { event: Some(event) }
 }
@@ -141,9 +164,15 @@ fn event_from_wire(event: WireDeviceEvent) -> Result<DeviceEvent, WireError> {
             attributes: s.attributes,
         },
         Some(WireEvent::RpcRequest(r)) => DeviceEvent::RpcRequest {
-            caller: Caller {
-                node: NodeId::from(r.caller_node),
-                call: r.call,
+            caller: if r.record_id.is_empty() {
+                Caller::Call {
+                    node: NodeId::from(r.caller_node),
+                    call: r.call,
+                }
+            } else {
+                Caller::Record {
+                    id: record_id(&r.record_id)?,
+                }
             },
             request: RpcRequest {
                 method: r.method,
@@ -161,12 +190,20 @@ fn event_from_wire(event: WireDeviceEvent) -> Result<DeviceEvent, WireError> {
             payload: r.payload,
         },
         Some(WireEvent::SharedDeleted(d)) => DeviceEvent::SharedDeleted { keys: d.keys },
+        Some(WireEvent::RpcDeleted(d)) => DeviceEvent::RpcDeleted {
+            id: record_id(&d.record_id)?,
+        },
         None => {
             return Err(WireError::Invalid(
                 "a device event without its event".into(),
             ));
         }
     })
+}
+
+fn record_id(bytes: &[u8]) -> Result<uuid::Uuid, WireError> {
+    uuid::Uuid::from_slice(bytes)
+        .map_err(|_| WireError::Invalid("an RPC record id that is not 16 bytes".into()))
 }
 
 #[derive(Clone, PartialEq, prost::Message)]
@@ -359,7 +396,7 @@ mod tests {
                     attributes: false,
                 },
                 DeviceEvent::RpcRequest {
-                    caller: Caller {
+                    caller: Caller::Call {
                         node: NodeId::from("n2"),
                         call: 9,
                     },
@@ -376,6 +413,20 @@ mod tests {
                 },
                 DeviceEvent::SharedDeleted {
                     keys: vec!["a".into(), "b".into()],
+                },
+                DeviceEvent::RpcRequest {
+                    caller: Caller::Record {
+                        id: uuid::Uuid::from_u128(77),
+                    },
+                    request: RpcRequest {
+                        method: "p".into(),
+                        params: "null".into(),
+                        direction: Direction::OneWay,
+                        expires_at: 2_000,
+                    },
+                },
+                DeviceEvent::RpcDeleted {
+                    id: uuid::Uuid::from_u128(78),
                 },
             ]
             .map(|event| Message {
@@ -587,6 +638,11 @@ mod tests {
                 event(WireEvent::SharedDeleted(SharedDeletedEvent::default())),
             ),
             (
+                "DeviceEvent",
+                "rpc_deleted",
+                event(WireEvent::RpcDeleted(RpcDeletedEvent::default())),
+            ),
+            (
                 "SessionEvent",
                 "node",
                 SessionEvent {
@@ -684,6 +740,20 @@ mod tests {
                     ..request()
                 }
                 .encode_to_vec(),
+            ),
+            (
+                "RpcRequestEvent",
+                "record_id",
+                RpcRequestEvent {
+                    record_id: vec![1],
+                    ..request()
+                }
+                .encode_to_vec(),
+            ),
+            (
+                "RpcDeletedEvent",
+                "record_id",
+                RpcDeletedEvent { record_id: vec![1] }.encode_to_vec(),
             ),
             (
                 "RpcReplyEvent",

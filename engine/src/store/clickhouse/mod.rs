@@ -255,6 +255,7 @@ struct AttributeRow<'a> {
     str_v: &'a str,
     json_v: &'a str,
     ver: u64,
+    deleted: u8,
 }
 
 impl<'a> AttributeRow<'a> {
@@ -272,6 +273,25 @@ impl<'a> AttributeRow<'a> {
             str_v: v.str_v,
             json_v: v.json_v,
             ver,
+            deleted: 0,
+        }
+    }
+
+    /// The row that says `key` was deleted at `ts`.
+    fn deletion(device: DeviceId, scope: AttributeScope, key: &'a str, ts: i64, ver: u64) -> Self {
+        AttributeRow {
+            device_id: device.0,
+            scope: scope_code(scope),
+            key,
+            last_update_ts: ts,
+            kind: kind::STRING,
+            bool_v: 0,
+            long_v: 0,
+            dbl_v: 0.0,
+            str_v: "",
+            json_v: "",
+            ver,
+            deleted: 1,
         }
     }
 }
@@ -344,6 +364,32 @@ impl Store for ClickHouseStore {
 
     async fn range(&self, device: DeviceId, query: &RangeQuery) -> Result<RangeResult, StoreError> {
         query::range(&self.client, device, query).await
+    }
+
+    /// A deletion row per key, newer than any row written before it.
+    async fn delete_attributes(
+        &self,
+        device: DeviceId,
+        scope: AttributeScope,
+        keys: &[String],
+        ts: i64,
+    ) -> Result<(), StoreError> {
+        if keys.is_empty() {
+            return Ok(());
+        }
+        let ver = self.versions.next();
+        let mut insert = self
+            .client
+            .insert::<AttributeRow<'_>>("attribute_kv")
+            .await
+            .map_err(ch_error)?;
+        for key in keys {
+            insert
+                .write(&AttributeRow::deletion(device, scope, key, ts, ver))
+                .await
+                .map_err(ch_error)?;
+        }
+        insert.end().await.map_err(ch_error)
     }
 
     async fn attributes(

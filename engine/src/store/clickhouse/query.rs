@@ -302,7 +302,8 @@ pub(super) async fn attributes(
     let sql = format!(
         "SELECT toInt8(scope) AS s, key, max(last_update_ts), {value}
          FROM attribute_kv WHERE device_id = toUUID(?){filter}
-         GROUP BY scope, key ORDER BY s, key",
+         GROUP BY scope, key HAVING argMax(deleted, (last_update_ts, ver)) = 0
+         ORDER BY s, key",
         value = newest_value!("(last_update_ts, ver)"),
         filter = scope_filter(scope)
     );
@@ -336,7 +337,10 @@ pub(super) async fn attribute_keys(
     scope: Option<AttributeScope>,
 ) -> Result<Vec<String>, StoreError> {
     let sql = format!(
-        "SELECT DISTINCT key FROM attribute_kv WHERE device_id = toUUID(?){} ORDER BY key",
+        "SELECT DISTINCT key FROM (
+             SELECT key, argMax(deleted, (last_update_ts, ver)) AS gone
+             FROM attribute_kv WHERE device_id = toUUID(?){} GROUP BY scope, key
+         ) WHERE gone = 0 ORDER BY key",
         scope_filter(scope)
     );
     let rows = client

@@ -146,6 +146,12 @@ const MIGRATIONS: &[&[&str]] = &[
     ) ENGINE = ReplacingMergeTree(ver)
     ORDER BY (tenant_id, id)",
     ],
+    &[
+        // Attribute deletion (`DELETE /api/plugins/telemetry/..`): a newer row with
+        // `deleted = 1`; reads take the newest row per key and leave the key out when it is a
+        // deletion. Rows written before have 0.
+        "ALTER TABLE attribute_kv ADD COLUMN deleted UInt8 DEFAULT 0",
+    ],
 ];
 
 #[derive(clickhouse::Row, Deserialize)]

@@ -408,6 +408,19 @@ impl Store for EmbeddedStore {
             .read(move |c| query::attribute_keys(c, device, scope))
             .await
     }
+
+    async fn delete_attributes(
+        &self,
+        device: DeviceId,
+        scope: AttributeScope,
+        keys: &[String],
+        ts: i64,
+    ) -> Result<(), StoreError> {
+        let keys = keys.to_vec();
+        self.db
+            .write(move |c| write::delete_attributes(c, device, scope, &keys, ts))
+            .await
+    }
 }
 
 #[cfg(test)]

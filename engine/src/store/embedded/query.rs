@@ -350,7 +350,8 @@ pub(super) fn attributes(
     let mut stmt = c
         .prepare_cached(
             "SELECT scope, key, last_update_ts, type, v FROM attribute_kv
-             WHERE device_id = ?1 AND (?2 IS NULL OR scope = ?2) ORDER BY scope, key",
+             WHERE device_id = ?1 AND (?2 IS NULL OR scope = ?2) AND deleted = 0
+             ORDER BY scope, key",
         )
         .map_err(sql_error)?;
     let mut rows = stmt
@@ -386,7 +387,7 @@ pub(super) fn attribute_keys(
     let mut stmt = c
         .prepare_cached(
             "SELECT DISTINCT key FROM attribute_kv
-             WHERE device_id = ?1 AND (?2 IS NULL OR scope = ?2) ORDER BY key",
+             WHERE device_id = ?1 AND (?2 IS NULL OR scope = ?2) AND deleted = 0 ORDER BY key",
         )
         .map_err(sql_error)?;
     let keys = stmt

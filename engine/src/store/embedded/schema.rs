@@ -126,6 +126,13 @@ const MIGRATIONS: &[Migration] = &[
         WHERE is_default = 1;",
         None,
     ),
+    // v6. Attribute deletion: the row stays as a tombstone (`deleted = 1`) at the deletion's
+    // time, so a write queued before the deletion and stored after it (older
+    // `last_update_ts`) does not bring the key back. Reads skip tombstones.
+    (
+        "ALTER TABLE attribute_kv ADD COLUMN deleted INTEGER NOT NULL DEFAULT 0;",
+        None,
+    ),
 ];
 
 pub(super) fn migrate(c: &mut Connection) -> anyhow::Result<()> {

@@ -12,7 +12,7 @@
 use foldhash::{HashMap, HashMapExt};
 
 use actors::batch::WriteBatch;
-use actors::model::{DeviceId, KvValue};
+use actors::model::{AttributeScope, DeviceId, KvValue};
 use actors::ports::StoreError;
 use hashlink::LruCache;
 use rusqlite::{Connection, OptionalExtension, Transaction, params};
@@ -216,7 +216,8 @@ fn write_latest_and_attributes(tx: &Transaction<'_>, batch: &WriteBatch) -> rusq
         "INSERT INTO attribute_kv (device_id, scope, key, last_update_ts, type, v)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6)
          ON CONFLICT (device_id, scope, key) DO UPDATE
-         SET last_update_ts = excluded.last_update_ts, type = excluded.type, v = excluded.v
+         SET last_update_ts = excluded.last_update_ts, type = excluded.type, v = excluded.v,
+             deleted = 0
          WHERE excluded.last_update_ts >= attribute_kv.last_update_ts",
     )?;
     for row in &batch.attributes {
@@ -231,4 +232,29 @@ fn write_latest_and_attributes(tx: &Transaction<'_>, batch: &WriteBatch) -> rusq
         ])?;
     }
     Ok(())
+}
+
+/// Deletes attributes as of `ts`: each key becomes a tombstone at `ts` unless it holds a newer
+/// value (the type and value of a tombstone are never read).
+pub(super) fn delete_attributes(
+    c: &mut Connection,
+    device: DeviceId,
+    scope: AttributeScope,
+    keys: &[String],
+    ts: i64,
+) -> rusqlite::Result<()> {
+    let tx = c.transaction()?;
+    {
+        let mut delete = tx.prepare_cached(
+            "INSERT INTO attribute_kv (device_id, scope, key, last_update_ts, type, v, deleted)
+             VALUES (?1, ?2, ?3, ?4, 0, NULL, 1)
+             ON CONFLICT (device_id, scope, key) DO UPDATE
+             SET last_update_ts = excluded.last_update_ts, deleted = 1, v = NULL
+             WHERE excluded.last_update_ts >= attribute_kv.last_update_ts",
+        )?;
+        for key in keys {
+            delete.execute(params![device.0.as_bytes(), scope.code(), key, ts])?;
+        }
+    }
+    tx.commit()
 }

@@ -51,6 +51,7 @@ async fn start(config: MqttConfig) -> Running {
         "test-node".into(),
         actors::downlink::router::DownlinkSettings::default(),
         ingress.clone(),
+        Arc::new(actors::testing::MemRecords::default()),
         Arc::new(actors::downlink::router::NoBus),
     );
     let ctx = Arc::new(MqttContext {
