@@ -595,3 +595,220 @@ async fn the_http_way_back_refuses_bad_requests() -> Result<()> {
     );
     Ok(())
 }
+
+/// Posts a persistent request and returns its record id.
+async fn persist(rest: &Rest, path: &str, body: Value) -> Result<String> {
+    let response = rest.post(path).json(&body).send().await?;
+    let status = response.status();
+    let text = response.text().await?;
+    anyhow::ensure!(status == 200, "{path}: {status} {text}");
+    let answer: Value = serde_json::from_str(&text)?;
+    answer["rpcId"]
+        .as_str()
+        .map(str::to_owned)
+        .with_context(|| format!("no rpcId in {text}"))
+}
+
+/// Waits until the stored RPC has `status`; returns its record.
+async fn record_with(rest: &Rest, rpc: &str, status: &str) -> Result<Value> {
+    rest.eventually(WAIT, || async {
+        let record = rest.json(&format!("/api/rpc/persistent/{rpc}")).await?;
+        Ok((record["status"] == status).then_some(record))
+    })
+    .await
+    .with_context(|| format!("RPC {rpc} never became {status}"))
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn persistent_rpc_is_stored_delivered_answered_expired_and_deleted() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let engine = Engine::start(dir.path())?;
+    let rest = engine.rest().await?;
+    let id = rest.create_device("persistent", "PERSISTENT").await?;
+
+    // Stored before the device is there: QUEUED, with its request and additional info.
+    let twoway = persist(
+        &rest,
+        &format!("/api/rpc/twoway/{id}"),
+        json!({"method": "setX", "params": {"v": 1}, "persistent": true, "timeout": 60000,
+               "additionalInfo": {"note": "n"}}),
+    )
+    .await?;
+    let record = rest.json(&format!("/api/rpc/persistent/{twoway}")).await?;
+    assert_eq!(record["status"], "QUEUED", "{record}");
+    assert_eq!(record["id"], json!({"entityType": "RPC", "id": twoway}));
+    assert_eq!(
+        record["deviceId"],
+        json!({"entityType": "DEVICE", "id": id})
+    );
+    assert_eq!(record["request"]["body"]["method"], "setX");
+    assert_eq!(record["request"]["oneway"], false);
+    assert_eq!(record["additionalInfo"], json!({"note": "n"}));
+    assert_eq!(record["response"], Value::Null);
+    // One deleted while queued is never sent.
+    let deleted = persist(
+        &rest,
+        &format!("/api/plugins/rpc/oneway/{id}"),
+        json!({"method": "never", "params": {}, "persistent": true, "timeout": 60000}),
+    )
+    .await?;
+    let r = rest
+        .delete(&format!("/api/rpc/persistent/{deleted}"))
+        .send()
+        .await?;
+    assert_eq!(r.status(), 200);
+    let r = rest
+        .get(&format!("/api/rpc/persistent/{deleted}"))
+        .send()
+        .await?;
+    assert_eq!(r.status(), 404);
+
+    // The device subscribes: it gets the queued request (only that one), DELIVERED; its reply
+    // makes it SUCCESSFUL with the reply as the response.
+    let mut device = connect_v3(&engine, "PERSISTENT", "persistent")
+        .await
+        .map_err(|c| anyhow::anyhow!("connect: {c:?}"))?;
+    device.subscribe(RPC_REQUESTS, QoS::AtLeastOnce).await?;
+    let (topic, body) = next(&mut device).await?;
+    assert_eq!(body, json!({"method": "setX", "params": {"v": 1}}));
+    record_with(&rest, &twoway, "DELIVERED").await?;
+    let n = topic.rsplit('/').next().context("an id")?.to_owned();
+    device
+        .publish(
+            &format!("v1/devices/me/rpc/response/{n}"),
+            r#"{"done":true}"#,
+        )
+        .await?;
+    let record = record_with(&rest, &twoway, "SUCCESSFUL").await?;
+    assert_eq!(record["response"], json!({"done": true}));
+    assert!(device.next_publish(Duration::from_secs(1)).await?.is_none());
+
+    // Online: a one-way one is DELIVERED and stays so; a reply that is not JSON is kept as
+    // {"error": text}, still SUCCESSFUL (ThingsBoard).
+    let oneway = persist(
+        &rest,
+        &format!("/api/rpc/oneway/{id}"),
+        json!({"method": "blink", "params": null, "persistent": true}),
+    )
+    .await?;
+    assert_eq!(next(&mut device).await?.1["method"], "blink");
+    record_with(&rest, &oneway, "DELIVERED").await?;
+    let plain = persist(
+        &rest,
+        &format!("/api/rpc/twoway/{id}"),
+        json!({"method": "plain", "params": null, "persistent": true, "requestUUID":
+               "0b6c39e4-5b0e-4bd4-9c5a-1f1a6f0c0001"}),
+    )
+    .await?;
+    assert_eq!(plain, "0b6c39e4-5b0e-4bd4-9c5a-1f1a6f0c0001");
+    let (topic, _) = next(&mut device).await?;
+    let n = topic.rsplit('/').next().context("an id")?.to_owned();
+    device
+        .publish(&format!("v1/devices/me/rpc/response/{n}"), "ok")
+        .await?;
+    let record = record_with(&rest, &plain, "SUCCESSFUL").await?;
+    assert_eq!(record["response"], json!({"error": "ok"}));
+    // The same requestUUID again: 400.
+    let r = rest
+        .post(&format!("/api/rpc/twoway/{id}"))
+        .json(&json!({"method": "again", "persistent": true,
+                      "requestUUID": "0b6c39e4-5b0e-4bd4-9c5a-1f1a6f0c0001"}))
+        .send()
+        .await?;
+    assert_eq!(r.status(), 400);
+    // Sent, never answered: EXPIRED at its expiry (5 s, the minimum).
+    let silent = persist(
+        &rest,
+        &format!("/api/rpc/twoway/{id}"),
+        json!({"method": "silent", "params": {}, "persistent": true, "timeout": 1}),
+    )
+    .await?;
+    assert_eq!(next(&mut device).await?.1["method"], "silent");
+    record_with(&rest, &silent, "EXPIRED").await?;
+
+    // The device's list: newest first, by status, paged; DELETED is not a filter.
+    let page = rest
+        .json(&format!(
+            "/api/rpc/persistent/device/{id}?pageSize=10&page=0"
+        ))
+        .await?;
+    assert_eq!(page["totalElements"], 4, "{page}");
+    assert_eq!(page["data"][0]["id"]["id"], silent.as_str());
+    let page = rest
+        .json(&format!(
+            "/api/rpc/persistent/device/{id}?pageSize=1&page=0&rpcStatus=SUCCESSFUL"
+        ))
+        .await?;
+    assert_eq!(
+        (page["totalElements"].clone(), page["hasNext"].clone()),
+        (json!(2), json!(true))
+    );
+    for query in [
+        "pageSize=10&rpcStatus=DELETED",
+        "pageSize=10&rpcStatus=NOPE",
+        "page=0",
+    ] {
+        let r = rest
+            .get(&format!("/api/rpc/persistent/device/{id}?{query}"))
+            .send()
+            .await?;
+        assert_eq!(r.status(), 400, "{query}");
+    }
+    // Unknown or malformed ids; no token.
+    let r = rest
+        .get("/api/rpc/persistent/6d7b2a40-0000-4000-8000-000000000000")
+        .send()
+        .await?;
+    assert_eq!(r.status(), 404);
+    let r = rest.get("/api/rpc/persistent/not-a-uuid").send().await?;
+    assert_eq!(r.status(), 400);
+    let r = rest
+        .http
+        .get(engine.url(&format!("/api/rpc/persistent/{twoway}")))
+        .send()
+        .await?;
+    assert_eq!(r.status(), 401);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_queued_persistent_rpc_survives_a_restart() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let mut engine = Engine::start(dir.path())?;
+    let rest = engine.rest().await?;
+    let id = rest.create_device("restarted", "RESTARTED").await?;
+    let queued = persist(
+        &rest,
+        &format!("/api/rpc/twoway/{id}"),
+        json!({"method": "afterRestart", "params": {"n": 1}, "persistent": true,
+               "timeout": 120000}),
+    )
+    .await?;
+    let gone = persist(
+        &rest,
+        &format!("/api/rpc/oneway/{id}"),
+        json!({"method": "expiresMeanwhile", "params": {}, "persistent": true,
+               "timeout": 5000}),
+    )
+    .await?;
+    assert!(engine.terminate()?.success());
+    tokio::time::sleep(Duration::from_secs(5)).await;
+
+    let engine = Engine::start(dir.path())?;
+    let rest = engine.rest().await?;
+    let mut device = connect_v3(&engine, "RESTARTED", "restarted")
+        .await
+        .map_err(|c| anyhow::anyhow!("connect: {c:?}"))?;
+    device.subscribe(RPC_REQUESTS, QoS::AtLeastOnce).await?;
+    let (topic, body) = next(&mut device).await?;
+    assert_eq!(body, json!({"method": "afterRestart", "params": {"n": 1}}));
+    let n = topic.rsplit('/').next().context("an id")?.to_owned();
+    device
+        .publish(&format!("v1/devices/me/rpc/response/{n}"), "{}")
+        .await?;
+    record_with(&rest, &queued, "SUCCESSFUL").await?;
+    // The one that expired while the engine was down is marked so, and never sent.
+    record_with(&rest, &gone, "EXPIRED").await?;
+    assert!(device.next_publish(Duration::from_secs(1)).await?.is_none());
+    Ok(())
+}
