@@ -139,3 +139,124 @@ async fn the_python_device_sdk_provisions_a_device_over_mqtt_and_uses_its_token(
     );
     Ok(())
 }
+
+/// A running SDK script whose stdout lines arrive on a channel.
+struct Script {
+    child: std::process::Child,
+    lines: std::sync::mpsc::Receiver<String>,
+}
+
+impl Script {
+    fn start(name: &str, args: &[&str]) -> Result<Script> {
+        use std::io::BufRead;
+        let mut child = Command::new(sdk_python()?)
+            .arg(sdk_script(name))
+            .args(args)
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()?;
+        let stdout = child.stdout.take().context("stdout")?;
+        let (tx, lines) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(stdout)
+                .lines()
+                .map_while(Result::ok)
+            {
+                if tx.send(line).is_err() {
+                    return;
+                }
+            }
+        });
+        Ok(Script { child, lines })
+    }
+
+    /// The next JSON line, if one comes within `wait`.
+    fn next(&self, wait: std::time::Duration) -> Result<Option<Value>> {
+        match self.lines.recv_timeout(wait) {
+            Ok(line) => Ok(Some(
+                serde_json::from_str(&line).with_context(|| format!("not JSON: {line}"))?,
+            )),
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => Ok(None),
+            Err(e) => anyhow::bail!("the SDK script ended: {e}"),
+        }
+    }
+}
+
+impl Drop for Script {
+    fn drop(&mut self) {
+        drop(self.child.stdin.take());
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_python_device_sdk_answers_rpc_and_gets_shared_attribute_changes() -> Result<()> {
+    use std::time::Duration;
+    let dir = tempfile::tempdir()?;
+    let engine = Engine::start(dir.path())?;
+    let rest = engine.rest().await?;
+    let id = rest.create_device("sdk-downlinks", "SDK_DOWNLINKS").await?;
+    let port = engine.mqtt.port().to_string();
+    let script = Script::start(
+        "device_downlinks.py",
+        &["127.0.0.1", &port, "SDK_DOWNLINKS"],
+    )?;
+    let ready = tokio::task::block_in_place(|| script.next(Duration::from_secs(60)))?;
+    assert_eq!(ready, Some(json!("ready")));
+
+    // Two-way: the SDK's handler gets the request and its reply is the REST answer; one-way
+    // requests reach it too.
+    let response = rest
+        .post(&format!("/api/rpc/twoway/{id}"))
+        .json(&json!({"method": "echo", "params": {"x": 1}, "timeout": 20000}))
+        .send()
+        .await?;
+    assert_eq!(response.status(), 200);
+    assert_eq!(response.json::<Value>().await?, json!({"echo": {"x": 1}}));
+    let response = rest
+        .post(&format!("/api/plugins/rpc/oneway/{id}"))
+        .json(&json!({"method": "blink", "params": [1, 2]}))
+        .send()
+        .await?;
+    assert_eq!(response.status(), 200);
+    let mut rpcs: Vec<Value> = Vec::new();
+    let mut attributes: Vec<Value> = Vec::new();
+    // Shared attributes: saved until the SDK's callback has one, then deleted until it has the
+    // deletion (the subscription reaches the owner through the queue).
+    let shared = format!("/api/plugins/telemetry/DEVICE/{id}/attributes/SHARED_SCOPE");
+    let deleting = format!("/api/plugins/telemetry/DEVICE/{id}/SHARED_SCOPE?keys=interval");
+    for round in 0..40 {
+        let saved = attributes.iter().any(|a| a.get("interval").is_some());
+        if attributes.iter().any(|a| a.get("deleted").is_some()) {
+            break;
+        }
+        anyhow::ensure!(round < 39, "the SDK got {attributes:?}");
+        let request = if saved {
+            rest.delete(&deleting)
+        } else {
+            rest.post(&shared)
+                .json(&json!({"interval": 5, "mode": "eco"}))
+        };
+        assert_eq!(request.send().await?.status(), 200);
+        while let Some(event) =
+            tokio::task::block_in_place(|| script.next(Duration::from_millis(500)))?
+        {
+            if let Some(rpc) = event.get("rpc") {
+                rpcs.push(rpc["body"].clone());
+            } else if let Some(update) = event.get("attributes") {
+                attributes.push(update.clone());
+            }
+        }
+    }
+    assert_eq!(
+        rpcs,
+        [
+            json!({"method": "echo", "params": {"x": 1}}),
+            json!({"method": "blink", "params": [1, 2]})
+        ]
+    );
+    assert_eq!(attributes[0], json!({"interval": 5, "mode": "eco"}));
+    assert_eq!(attributes.last(), Some(&json!({"deleted": ["interval"]})));
+    Ok(())
+}
