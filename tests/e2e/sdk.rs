@@ -260,3 +260,73 @@ async fn the_python_device_sdk_answers_rpc_and_gets_shared_attribute_changes() -
     assert_eq!(attributes.last(), Some(&json!({"deleted": ["interval"]})));
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_python_http_device_sdk_long_polls_for_rpc_and_shared_attributes() -> Result<()> {
+    use std::time::Duration;
+    let dir = tempfile::tempdir()?;
+    // A device's own request is answered {"error":"timeout"} after http.request_timeout.
+    let engine = Engine::start_with(dir.path(), &[("ENGINE_HTTP__REQUEST_TIMEOUT", "3s")])?;
+    let rest = engine.rest().await?;
+    let id = rest.create_device("sdk-http", "SDK_HTTP").await?;
+    let base = engine.url("");
+    let script = Script::start("device_http.py", &[base.trim_end_matches('/'), "SDK_HTTP"])?;
+    let ready = tokio::task::block_in_place(|| script.next(Duration::from_secs(60)))?;
+    assert_eq!(ready, Some(json!("ready")));
+
+    // The SDK cannot answer id 0 (it takes 0 for "no id" and posts the reply as a request of
+    // its own), with ThingsBoard as with us: a one-way request takes id 0 first.
+    let response = rest
+        .post(&format!("/api/rpc/oneway/{id}"))
+        .json(&json!({"method": "hello", "params": {}, "timeout": 20000}))
+        .send()
+        .await?;
+    assert_eq!(response.status(), 200);
+    let response = rest
+        .post(&format!("/api/rpc/twoway/{id}"))
+        .json(&json!({"method": "setLed", "params": {"on": true}, "timeout": 20000}))
+        .send()
+        .await?;
+    assert_eq!(response.status(), 200);
+    // The HTTP SDK answers with a body of its own shape.
+    assert_eq!(
+        response.json::<Value>().await?,
+        json!({"method": "echo", "params": {"on": true}})
+    );
+    let mut events: Vec<Value> = Vec::new();
+    let shared = format!("/api/plugins/telemetry/DEVICE/{id}/attributes/SHARED_SCOPE");
+    for round in 0..40 {
+        if events.iter().any(|e| e["attributes"]["interval"] == 7) {
+            break;
+        }
+        anyhow::ensure!(round < 39, "the SDK got {events:?}");
+        let r = rest
+            .post(&shared)
+            .json(&json!({"interval": 7}))
+            .send()
+            .await?;
+        assert_eq!(r.status(), 200);
+        while let Some(event) =
+            tokio::task::block_in_place(|| script.next(Duration::from_millis(500)))?
+        {
+            events.push(event);
+        }
+    }
+    let rpcs: Vec<&Value> = events.iter().filter_map(|e| e.get("rpc")).collect();
+    assert_eq!(
+        rpcs,
+        [
+            &json!({"id": 0, "method": "hello", "params": {}}),
+            &json!({"id": 1, "method": "setLed", "params": {"on": true}})
+        ]
+    );
+    // Its own request, which no rule answers: ThingsBoard's timeout answer.
+    let own = match events.iter().find_map(|e| e.get("own_rpc")).cloned() {
+        Some(own) => own,
+        None => tokio::task::block_in_place(|| script.next(Duration::from_secs(30)))?
+            .context("no own RPC answer")?["own_rpc"]
+            .clone(),
+    };
+    assert_eq!(own, json!({"error": "timeout"}));
+    Ok(())
+}

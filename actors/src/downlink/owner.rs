@@ -5,9 +5,13 @@
 //!
 //! Bounds: at most [`MAX_SESSIONS`] sessions are remembered per device (the oldest is
 //! forgotten past it: the MQTT listener already keeps one live session per device by default),
-//! each device's pending RPCs are bounded by `rpc_capacity`, and a device is forgotten once it
-//! has neither sessions nor pending requests; the number of devices is bounded by the
-//! registry's `devices.max_per_tenant`.
+//! each device's pending RPCs are bounded by `rpc_capacity`, and a device's state is let go once
+//! it has neither sessions nor pending requests, all but its RPC id counter: ids keep counting
+//! while the engine runs, as ThingsBoard's device actor counts them (an HTTP device's long poll
+//! is a session that ends with every request, and the official HTTP SDK cannot answer id 0
+//! twice: it posts a reply to id 0 as a request of its own). A kept counter costs about 40
+//! bytes per device that ever got an RPC; the number of devices is bounded by the registry's
+//! `devices.max_per_tenant`.
 
 use std::collections::{HashMap, HashSet};
 
@@ -75,6 +79,8 @@ impl DeviceState {
 /// The owned devices' state.
 pub struct Owned {
     devices: HashMap<DeviceId, DeviceState>,
+    /// The RPC id counters of devices whose state was let go (those that got an RPC).
+    next_ids: HashMap<DeviceId, i32>,
     /// Devices with requests pending: what [`Owned::expire`] looks at.
     pending: HashSet<DeviceId>,
     rpc_capacity: usize,
@@ -85,6 +91,7 @@ impl Owned {
     pub fn new(rpc_capacity: usize) -> Owned {
         Owned {
             devices: HashMap::new(),
+            next_ids: HashMap::new(),
             pending: HashSet::new(),
             rpc_capacity,
         }
@@ -92,9 +99,10 @@ impl Owned {
 
     fn state(&mut self, device: DeviceId) -> &mut DeviceState {
         let capacity = self.rpc_capacity;
+        let next_ids = &mut self.next_ids;
         self.devices.entry(device).or_insert_with(|| DeviceState {
             sessions: Vec::new(),
-            rpcs: DeviceRpcs::new(capacity),
+            rpcs: DeviceRpcs::resumed(capacity, next_ids.remove(&device).unwrap_or(0)),
         })
     }
 
@@ -104,7 +112,11 @@ impl Owned {
             if state.rpcs.is_empty() {
                 self.pending.remove(&device);
                 if state.sessions.is_empty() {
+                    let next_id = state.rpcs.next_id();
                     self.devices.remove(&device);
+                    if next_id != 0 {
+                        self.next_ids.insert(device, next_id);
+                    }
                 }
             } else {
                 self.pending.insert(device);
@@ -521,7 +533,8 @@ mod tests {
         let effects = owned.handle(device(), rpc(1, Direction::OneWay, 100), 0);
         assert_eq!(delivered(&effects), [("b".into(), 0)]);
         assert_eq!(resolved(&effects), [(1, Resolution::Sent)]);
-        // The session ends: the device is offline again and then forgotten.
+        // The session ends: the device is offline again and its state let go, but for its
+        // id counter: the next request gets the next id.
         owned.handle(device(), session("b", 1, 3, false, false), 0);
         assert!(owned.is_empty());
         assert!(
@@ -530,6 +543,8 @@ mod tests {
                 .is_empty()
         );
         assert_eq!(owned.len(), 1);
+        let effects = owned.handle(device(), session("c", 1, 1, true, false), 0);
+        assert_eq!(delivered(&effects), [("c".into(), 1)]);
     }
 
     #[test]

@@ -4,9 +4,10 @@
 //! and feeds it the clock.
 //!
 //! ThingsBoard's rules, kept here:
-//! - ids count from 0 per device (`rpcSeq++`) and start again when the state is made anew (a
-//!   restart); we wrap to 0 past `i32::MAX` instead of going negative, since a device answers
-//!   nothing for a negative id;
+//! - ids count from 0 per device (`rpcSeq++`) and start again after a restart (ThingsBoard's
+//!   device actor lives as long as the node runs, so the owner keeps the counter as long, see
+//!   [`super::owner`]); we wrap to 0 past `i32::MAX` instead of going negative, since a device
+//!   answers nothing for a negative id;
 //! - a request to a device with no RPC-subscribed session waits until it expires and is sent
 //!   when a session subscribes;
 //! - a new subscription gets every pending request (ThingsBoard's default `BURST` strategy),
@@ -93,11 +94,22 @@ pub struct DeviceRpcs<C> {
 impl<C> DeviceRpcs<C> {
     /// State with room for `capacity` pending requests.
     pub fn new(capacity: usize) -> Self {
+        Self::resumed(capacity, 0)
+    }
+
+    /// State whose next request gets id `next_id` (the counter of a device whose state was let
+    /// go while the engine ran).
+    pub fn resumed(capacity: usize, next_id: i32) -> Self {
         DeviceRpcs {
-            next_id: 0,
+            next_id,
             pending: BTreeMap::new(),
             capacity,
         }
+    }
+
+    /// The id the next request gets.
+    pub fn next_id(&self) -> i32 {
+        self.next_id
     }
 
     /// Takes a request at `now`. `online`: a session of the device subscribes to RPC, so the
