@@ -9,7 +9,7 @@ use std::time::Duration;
 use actix_web::web;
 use actors::converter::ConverterRuntime;
 use actors::downlink::event::NodeId;
-use actors::downlink::router::{DownlinkSettings, Downlinks, NoBus};
+use actors::downlink::router::{DownlinkBus, DownlinkSettings, Downlinks, NoBus};
 use actors::ingress::Ingress;
 use actors::integration::Integrations;
 use actors::integration::pool::ConverterPool;
@@ -61,6 +61,7 @@ enum Queue {
     Kafka {
         producer: KafkaProducer,
         source: SourceHandle,
+        listener: kafka::bus::BusListener,
     },
 }
 
@@ -145,14 +146,14 @@ pub async fn start(config: Config, metrics: Option<PrometheusHandle>) -> anyhow:
     // The node's downlinks keep the state of the devices whose partitions it owns, so the rule
     // chains need them, and they need the queue's producer to announce sessions.
     // Returns them and the rule chain maker that holds them.
-    let downlinks_of = |producer: Arc<dyn Producer>| {
+    let downlinks_of = |producer: Arc<dyn Producer>, bus: Arc<dyn DownlinkBus>| {
         let ingress = Arc::new(Ingress::new(producer, bytes(config.mqtt.max_payload_size)));
         let downlinks = Downlinks::start(
             NodeId::from(node.as_str()),
             DownlinkSettings::default(),
             ingress,
             records.clone(),
-            Arc::new(NoBus),
+            bus,
         );
         let held = downlinks.clone();
         let make_chain: MakeRuleChain = Arc::new(move |_| {
@@ -170,7 +171,7 @@ pub async fn start(config: Config, metrics: Option<PrometheusHandle>) -> anyhow:
         QueueKind::Memory => {
             let queue =
                 MemoryQueue::new(config.queue.partitions, config.queue.partition_capacity, 1);
-            let (downlinks, make_chain) = downlinks_of(Arc::new(queue.clone()));
+            let (downlinks, make_chain) = downlinks_of(Arc::new(queue.clone()), Arc::new(NoBus));
             // The same topology as Kafka's: partitions -> rule chains -> sink.
             let (to_sink, from_chains) =
                 mpsc::channel(sink_config.batch_size.saturating_mul(2).max(1024));
@@ -198,7 +199,10 @@ pub async fn start(config: Config, metrics: Option<PrometheusHandle>) -> anyhow:
         QueueKind::Kafka => {
             kafka::ensure_topics(&config.queue).await?;
             let producer = KafkaProducer::new(&config.queue)?;
-            let (downlinks, make_chain) = downlinks_of(Arc::new(producer.clone()));
+            let bus = Arc::new(kafka::bus::KafkaBus::new(&config.queue)?);
+            let (downlinks, make_chain) = downlinks_of(Arc::new(producer.clone()), bus);
+            // This node's downlinks are read before any session or caller can want one.
+            let listener = kafka::bus::listen(&config.queue, &node, downlinks.clone()).await?;
             // Rule chains -> sink: room for two batches, so the sink always has the next
             // one ready while it writes.
             let (to_sink, from_chains) =
@@ -208,7 +212,11 @@ pub async fn start(config: Config, metrics: Option<PrometheusHandle>) -> anyhow:
                 None => node.clone(),
             };
             let (source, committer) =
-                KafkaSource::start(&config.queue, &instance_id, make_chain, to_sink).await?;
+                KafkaSource::start(&config.queue, &instance_id, make_chain, to_sink, {
+                    let downlinks = downlinks.clone();
+                    Arc::new(move |assigned| downlinks.rebalanced(assigned))
+                })
+                .await?;
             let feed = SharedFeed::new(from_chains);
             let dead_letters: Arc<dyn DeadLetters> = Arc::new(producer.clone());
             let make: MakeSink = Arc::new(move |_| SinkArgs {
@@ -222,6 +230,7 @@ pub async fn start(config: Config, metrics: Option<PrometheusHandle>) -> anyhow:
                 Queue::Kafka {
                     producer: producer.clone(),
                     source,
+                    listener,
                 },
                 Arc::new(producer),
                 1,
@@ -378,7 +387,9 @@ impl Running {
             Queue::Kafka {
                 producer,
                 mut source,
+                listener,
             } => {
+                listener.stop().await;
                 producer.close();
                 if let Err(e) = producer.flush(self.shutdown_timeout).await {
                     error!(error = %e, "kafka did not confirm every record before shutdown");

@@ -459,6 +459,10 @@ pub struct QueueConfig {
     pub topic: String,
     /// Kafka: where messages storage refuses for good go, with the reason in a header.
     pub dead_letter_topic: String,
+    /// Kafka: each node reads its downlinks (RPC requests, attribute updates and RPC outcomes
+    /// for its sessions and REST callers) from the topic of this prefix and its node id; made
+    /// by the node at start-up, one partition.
+    pub downlink_topic_prefix: String,
     pub replication_factor: i32,
     /// Kafka: the consumer group of the nodes; partitions are shared out among its members.
     pub group_id: String,
@@ -747,6 +751,7 @@ impl Default for QueueConfig {
             brokers: "127.0.0.1:9092".into(),
             topic: "ingest".into(),
             dead_letter_topic: "ingest.dlq".into(),
+            downlink_topic_prefix: "downlinks.".into(),
             replication_factor: 1,
             group_id: "engine".into(),
             instance_id: None,

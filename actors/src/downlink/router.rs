@@ -92,6 +92,7 @@ impl Default for DownlinkSettings {
 
 struct LocalSession {
     id: u64,
+    tenant: crate::model::TenantId,
     rpc: bool,
     attributes: bool,
     sink: Arc<dyn SessionSink>,
@@ -145,7 +146,9 @@ impl Downlinks {
             reloaded: Mutex::new(HashSet::new()),
             runtime: tokio::runtime::Handle::current(),
             sessions: Mutex::new(HashMap::new()),
-            next_session: AtomicU64::new(1),
+            // Unique across restarts of the node: the owner (maybe another node) still knows
+            // the sessions of its last run, and ignores an event older than one it has.
+            next_session: AtomicU64::new(u64::try_from(now_ms()).unwrap_or(1).saturating_mul(1_000)),
             calls: Mutex::new(HashMap::new()),
             next_call: AtomicU64::new(1),
         });
@@ -266,6 +269,35 @@ impl Downlinks {
         }
     }
 
+    /// This node's partitions changed (Kafka): at an assignment every node announces all its
+    /// sessions anew (every member of the group gets one at each rebalance), so a partition's
+    /// new owner learns the sessions of its devices. What an owner kept of a partition it gave
+    /// up stays until it ends by itself (requests expire, and their callers get their timeout
+    /// status); a partition that stays with its owner keeps its pending requests.
+    pub fn rebalanced(self: &Arc<Self>, assigned: bool) {
+        if !assigned {
+            return;
+        }
+        let mut start = Vec::new();
+        {
+            let mut sessions = self.sessions.lock();
+            for (device, list) in sessions.iter_mut() {
+                for s in list.iter_mut() {
+                    s.seq += 1;
+                    if !s.announcing {
+                        s.announcing = true;
+                        start.push((s.tenant, *device, s.id));
+                    }
+                }
+            }
+        }
+        for (tenant, device, id) in start {
+            let me = self.clone();
+            self.runtime
+                .spawn(async move { me.announce(tenant, device, id).await });
+        }
+    }
+
     // The sessions' side.
 
     /// A new session id of this node.
@@ -292,6 +324,7 @@ impl Downlinks {
                 None => {
                     list.push(LocalSession {
                         id,
+                        tenant: device.tenant_id,
                         rpc,
                         attributes,
                         sink: sink.clone(),

@@ -2,8 +2,9 @@
 //! idempotent keyed producer whose delivery reports release the sender's acknowledgement, and
 //! a consumer-group source feeding one rule-chain actor per assigned partition.
 //!
-//! Record format: `proto/ingest.proto` (see `wire`).
+//! Record format: `proto/ingest.proto` (see `wire`). Between nodes, the downlink bus (`bus`).
 
+pub mod bus;
 mod source;
 pub mod wire;
 

@@ -118,7 +118,13 @@ pub struct SourceContext {
     /// last offset handed to them (`None`: the assignment was lost, start from the committed
     /// offset).
     kept: Mutex<HashMap<i32, Option<i64>>>,
+    /// Told of every revocation (false) and assignment (true), after the source's own work.
+    on_rebalance: OnRebalance,
 }
+
+/// What else must know of this node's partitions changing: the owner's state of the devices
+/// (kept per partition owner) is let go at a revocation and told again at an assignment.
+pub type OnRebalance = Arc<dyn Fn(bool) + Send + Sync>;
 
 impl ClientContext for SourceContext {}
 
@@ -135,12 +141,14 @@ impl ConsumerContext for SourceContext {
                 if let Err(e) = consumer.unassign() {
                     error!(error = %e, "kafka unassign failed");
                 }
+                (self.on_rebalance)(false);
             }
             RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => {
                 self.assign(tpl);
                 if let Err(e) = consumer.assign(tpl) {
                     error!(error = %e, "kafka assign failed");
                 }
+                (self.on_rebalance)(true);
             }
             other => {
                 error!(error = ?other, "kafka rebalance failed");
@@ -298,6 +306,7 @@ impl KafkaSource {
         instance_id: &str,
         make_chain: MakeRuleChain,
         sink: mpsc::Sender<Routed>,
+        on_rebalance: OnRebalance,
     ) -> anyhow::Result<(SourceHandle, Arc<KafkaCommitter>)> {
         let progress = Arc::new(Progress::default());
         let lag = Arc::new(AtomicI64::new(0));
@@ -306,6 +315,7 @@ impl KafkaSource {
             progress: progress.clone(),
             chains: Mutex::new(HashMap::new()),
             kept: Mutex::new(HashMap::new()),
+            on_rebalance,
         };
         let mut c = super::client_config(config);
         c.set("group.id", &config.group_id)
@@ -599,9 +609,10 @@ mod tests {
         async fn start(config: &QueueConfig, instance: &str) -> Node {
             let (tx, mut rx) = mpsc::channel(64);
             let make: MakeRuleChain = Arc::new(|_| Box::new(DefaultRuleChain::default()));
-            let (source, committer) = KafkaSource::start(config, instance, make, tx)
-                .await
-                .expect("starts");
+            let (source, committer) =
+                KafkaSource::start(config, instance, make, tx, Arc::new(|_| ()))
+                    .await
+                    .expect("starts");
             let got = Arc::new(Mutex::new(Vec::new()));
             let seen = got.clone();
             let sink = tokio::spawn(async move {

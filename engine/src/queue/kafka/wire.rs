@@ -250,7 +250,7 @@ pub enum WireValue {
     JsonV(String),
 }
 
-fn entry_to_wire(e: &KvEntry) -> WireEntry {
+pub(super) fn entry_to_wire(e: &KvEntry) -> WireEntry {
     WireEntry {
         key: e.key.clone(),
         value: Some(match &e.value {
@@ -263,7 +263,7 @@ fn entry_to_wire(e: &KvEntry) -> WireEntry {
     }
 }
 
-fn entry_from_wire(e: WireEntry) -> Result<KvEntry, WireError> {
+pub(super) fn entry_from_wire(e: WireEntry) -> Result<KvEntry, WireError> {
     let value = match e.value {
         Some(WireValue::BoolV(b)) => KvValue::Bool(b),
         Some(WireValue::LongV(l)) => KvValue::Long(l),
@@ -352,7 +352,7 @@ pub fn decode(bytes: &[u8]) -> Result<Message, WireError> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
 
     fn sample() -> Vec<Message> {
@@ -452,12 +452,9 @@ mod tests {
         assert!(matches!(decode(b""), Err(WireError::Invalid(_))));
     }
 
-    /// Every `name = N;` of proto/ingest.proto is the tag prost writes for that field, checked
-    /// by encoding a message that sets the field and reading the first key byte.
-    #[test]
-    fn the_structs_match_the_proto_file() {
+    /// The number of `field` in `message` of proto/ingest.proto.
+    pub(in crate::queue::kafka) fn proto_number(message: &str, field: &str) -> u32 {
         let proto = include_str!("../../../../proto/ingest.proto");
-        let number = |message: &str, field: &str| -> u32 {
             let start = proto
                 .find(&format!("message {message} {{"))
                 .unwrap_or_else(|| panic!("message {message} in the proto"));
@@ -473,8 +470,19 @@ mod tests {
             let after = line.split('=').nth(1).expect("a number").trim_start();
             let digits: String = after.chars().take_while(char::is_ascii_digit).collect();
             digits.parse().expect("a number")
-        };
-        let tag = |bytes: Vec<u8>| u32::from(bytes[0] >> 3);
+        }
+
+    /// The field number of the first key a message's encoding starts with.
+    pub(in crate::queue::kafka) fn first_tag(bytes: &[u8]) -> u32 {
+        u32::from(bytes[0] >> 3)
+    }
+
+    /// Every `name = N;` of proto/ingest.proto is the tag prost writes for that field, checked
+    /// by encoding a message that sets the field and reading the first key byte.
+    #[test]
+    fn the_structs_match_the_proto_file() {
+        let number = proto_number;
+        let tag = |bytes: Vec<u8>| first_tag(&bytes);
         let entry = |value| WireEntry {
             key: String::new(),
             value: Some(value),

@@ -462,9 +462,9 @@ mod tests {
             .expect("query");
         assert_eq!(
             versions.trim(),
-            "4\t4",
-            "four migrations (tables, the catalog, the device records, the device profiles), \
-             each recorded once"
+            "5\t5",
+            "five migrations (tables, the catalog, the device records, the device profiles, \
+             attribute deletion), each recorded once"
         );
     }
 
