@@ -671,3 +671,160 @@ async fn a_second_node_takes_over_partitions_cleanly() -> Result<()> {
     );
     Ok(())
 }
+
+/// Two nodes sharing only Kafka and ClickHouse: REST calls made on the first reach devices
+/// connected to the second (MQTT, and an HTTP long poll), whichever node owns each device's
+/// partition, and the devices' replies reach the REST callers on the first.
+#[tokio::test(flavor = "multi_thread")]
+async fn rpc_and_shared_attributes_cross_nodes() -> Result<()> {
+    use rumqttc::QoS;
+    const WAIT: Duration = Duration::from_secs(30);
+    let stack = Stack::start()?;
+    let first = stack.engine()?;
+    let rest = first.rest().await?;
+    first
+        .wait_for_sample(PARTITIONS, Duration::from_secs(60), |n| n == 4.0)
+        .await
+        .context("the first node never got the partitions")?;
+    let second_dir = tempfile::tempdir()?;
+    let second = stack.engine_in(second_dir.path())?;
+    let second_has = second
+        .wait_for_sample(PARTITIONS, Duration::from_secs(60), |n| n > 0.0)
+        .await
+        .context("the second node got no partitions")?;
+    first
+        .wait_for_sample(PARTITIONS, Duration::from_secs(60), |n| {
+            n + second_has == 4.0
+        })
+        .await
+        .context("the partitions were not shared out")?;
+
+    // Eight devices, so both nodes own some; all connect to the second node.
+    let devices = devices(&rest, 8, "cross").await?;
+    let mut connected = Vec::new();
+    for (token, id) in &devices {
+        let mut device = connect_v3(&second, token, token)
+            .await
+            .map_err(|c| anyhow::anyhow!("connect {token}: {c:?}"))?;
+        assert_eq!(
+            device
+                .subscribe("v1/devices/me/attributes", QoS::AtLeastOnce)
+                .await?,
+            [1]
+        );
+        assert_eq!(
+            device
+                .subscribe("v1/devices/me/rpc/request/+", QoS::AtLeastOnce)
+                .await?,
+            [1]
+        );
+        connected.push((id.clone(), device));
+    }
+    for (id, device) in &mut connected {
+        // Two-way RPC through the first node's REST API.
+        let call = {
+            let request = rest
+                .post(&format!("/api/rpc/twoway/{id}"))
+                .json(&json!({"method": "where", "params": {"id": id}, "timeout": 20000}))
+                .send();
+            tokio::spawn(async move {
+                let response = request.await?;
+                anyhow::Ok((response.status().as_u16(), response.text().await?))
+            })
+        };
+        let (topic, body) = device.next_publish(WAIT).await?.context("no RPC came")?;
+        let body: Value = serde_json::from_slice(&body)?;
+        assert_eq!(body, json!({"method": "where", "params": {"id": id}}));
+        let n = topic.rsplit('/').next().context("an id")?.to_owned();
+        device
+            .publish(
+                &format!("v1/devices/me/rpc/response/{n}"),
+                r#"{"node":"second"}"#,
+            )
+            .await?;
+        let (status, text) = call.await??;
+        assert_eq!(
+            (status, text.as_str()),
+            (200, r#"{"node":"second"}"#),
+            "{id}"
+        );
+        // A shared attribute change and a deletion made on the first node.
+        let shared = format!("/api/plugins/telemetry/DEVICE/{id}/attributes/SHARED_SCOPE");
+        let r = rest.post(&shared).json(&json!({"cfg": 3})).send().await?;
+        assert_eq!(r.status(), 200);
+        let (_, body) = device.next_publish(WAIT).await?.context("no update came")?;
+        assert_eq!(serde_json::from_slice::<Value>(&body)?, json!({"cfg": 3}));
+        let r = rest
+            .delete(&format!(
+                "/api/plugins/telemetry/DEVICE/{id}/SHARED_SCOPE?keys=cfg"
+            ))
+            .send()
+            .await?;
+        assert_eq!(r.status(), 200);
+        let (_, body) = device
+            .next_publish(WAIT)
+            .await?
+            .context("no deletion came")?;
+        assert_eq!(
+            serde_json::from_slice::<Value>(&body)?,
+            json!({"deleted": ["cfg"]})
+        );
+    }
+
+    // A persistent RPC made on the first node, answered on the second, its record kept by the
+    // device's owner wherever that is.
+    let (id, device) = &mut connected[0];
+    let response = rest
+        .post(&format!("/api/rpc/twoway/{id}"))
+        .json(&json!({"method": "stored", "params": {}, "persistent": true, "timeout": 60000}))
+        .send()
+        .await?;
+    assert_eq!(response.status(), 200);
+    let rpc_id = response.json::<Value>().await?["rpcId"]
+        .as_str()
+        .context("rpcId")?
+        .to_owned();
+    let (topic, _) = device
+        .next_publish(WAIT)
+        .await?
+        .context("no stored RPC came")?;
+    let n = topic.rsplit('/').next().context("an id")?.to_owned();
+    device
+        .publish(
+            &format!("v1/devices/me/rpc/response/{n}"),
+            r#"{"stored":true}"#,
+        )
+        .await?;
+    let record = rest
+        .eventually(WAIT, || async {
+            let record = rest.json(&format!("/api/rpc/persistent/{rpc_id}")).await?;
+            Ok((record["status"] == "SUCCESSFUL").then_some(record))
+        })
+        .await?;
+    assert_eq!(record["response"], json!({"stored": true}));
+
+    // An HTTP device long-polling on the second node gets a request made on the first.
+    let (token, id) = &devices[7];
+    drop(connected);
+    let poll = {
+        let url = second.url(&format!("/api/v1/{token}/rpc?timeout=20000"));
+        tokio::spawn(async move {
+            let response = reqwest::get(url).await?;
+            anyhow::Ok((response.status().as_u16(), response.text().await?))
+        })
+    };
+    let response = rest
+        .post(&format!("/api/plugins/rpc/oneway/{id}"))
+        .json(&json!({"method": "poke", "params": null, "timeout": 15000}))
+        .send()
+        .await?;
+    assert_eq!(response.status(), 200);
+    let (status, body) = poll.await??;
+    assert_eq!(status, 200, "{body}");
+    let body: Value = serde_json::from_str(&body)?;
+    assert_eq!(
+        (body["method"].clone(), body["params"].clone()),
+        (json!("poke"), Value::Null)
+    );
+    Ok(())
+}

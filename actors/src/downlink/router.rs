@@ -148,7 +148,9 @@ impl Downlinks {
             sessions: Mutex::new(HashMap::new()),
             // Unique across restarts of the node: the owner (maybe another node) still knows
             // the sessions of its last run, and ignores an event older than one it has.
-            next_session: AtomicU64::new(u64::try_from(now_ms()).unwrap_or(1).saturating_mul(1_000)),
+            next_session: AtomicU64::new(
+                u64::try_from(now_ms()).unwrap_or(1).saturating_mul(1_000),
+            ),
             calls: Mutex::new(HashMap::new()),
             next_call: AtomicU64::new(1),
         });

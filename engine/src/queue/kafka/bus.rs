@@ -63,7 +63,9 @@ impl KafkaBus {
             c.set(k, v);
         }
         Ok(KafkaBus {
-            producer: c.create().context("cannot create the downlink bus producer")?,
+            producer: c
+                .create()
+                .context("cannot create the downlink bus producer")?,
             prefix: config.downlink_topic_prefix.clone(),
         })
     }
@@ -119,11 +121,14 @@ pub async fn listen(
     for (k, v) in &config.properties {
         c.set(k, v);
     }
-    let admin: AdminClient<DefaultClientContext> = c
-        .create()
-        .context("cannot create the Kafka admin client")?;
+    let admin: AdminClient<DefaultClientContext> =
+        c.create().context("cannot create the Kafka admin client")?;
     let options = AdminOptions::new().operation_timeout(Some(config.connect_timeout));
-    let new = NewTopic::new(&topic, 1, TopicReplication::Fixed(config.replication_factor));
+    let new = NewTopic::new(
+        &topic,
+        1,
+        TopicReplication::Fixed(config.replication_factor),
+    );
     for result in admin
         .create_topics([&new], &options)
         .await
@@ -450,7 +455,11 @@ mod tests {
                 }
                 .encode_to_vec(),
             ),
-            ("RpcDelivery", "id", WireRpc { id: 1, ..rpc() }.encode_to_vec()),
+            (
+                "RpcDelivery",
+                "id",
+                WireRpc { id: 1, ..rpc() }.encode_to_vec(),
+            ),
             (
                 "RpcDelivery",
                 "method",

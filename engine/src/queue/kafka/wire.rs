@@ -455,22 +455,22 @@ pub(super) mod tests {
     /// The number of `field` in `message` of proto/ingest.proto.
     pub(in crate::queue::kafka) fn proto_number(message: &str, field: &str) -> u32 {
         let proto = include_str!("../../../../proto/ingest.proto");
-            let start = proto
-                .find(&format!("message {message} {{"))
-                .unwrap_or_else(|| panic!("message {message} in the proto"));
-            let body = &proto[start..];
-            let body = &body[..body.find("\n}").unwrap_or(body.len())];
-            let line = body
-                .lines()
-                .find(|l| {
-                    let words: Vec<&str> = l.split_whitespace().collect();
-                    words.windows(2).any(|w| w[0] == field && w[1] == "=")
-                })
-                .unwrap_or_else(|| panic!("{message}.{field} in the proto"));
-            let after = line.split('=').nth(1).expect("a number").trim_start();
-            let digits: String = after.chars().take_while(char::is_ascii_digit).collect();
-            digits.parse().expect("a number")
-        }
+        let start = proto
+            .find(&format!("message {message} {{"))
+            .unwrap_or_else(|| panic!("message {message} in the proto"));
+        let body = &proto[start..];
+        let body = &body[..body.find("\n}").unwrap_or(body.len())];
+        let line = body
+            .lines()
+            .find(|l| {
+                let words: Vec<&str> = l.split_whitespace().collect();
+                words.windows(2).any(|w| w[0] == field && w[1] == "=")
+            })
+            .unwrap_or_else(|| panic!("{message}.{field} in the proto"));
+        let after = line.split('=').nth(1).expect("a number").trim_start();
+        let digits: String = after.chars().take_while(char::is_ascii_digit).collect();
+        digits.parse().expect("a number")
+    }
 
     /// The field number of the first key a message's encoding starts with.
     pub(in crate::queue::kafka) fn first_tag(bytes: &[u8]) -> u32 {
