@@ -3,8 +3,11 @@
 //!
 //! Each transport is a module with one `run` function over the shared [`Run`] (devices,
 //! payload template, pacing, statistics): `mqtt`, `http` and `coap` (the CoAP integration).
+//! `downlink` drives the way back (RPC and shared attributes through the REST API to MQTT
+//! devices) with its own report.
 
 mod coap;
+mod downlink;
 mod http;
 mod mqtt;
 mod payload;
@@ -45,6 +48,10 @@ enum Command {
     /// Simulate devices sending to a CoAP integration (POST coap://target/i/{routingKey});
     /// with --provision, the integration and its converter are created when missing
     Coap(CoapArgs),
+    /// The way back: MQTT devices answering two-way RPC sent through the REST API, and
+    /// shared-attribute updates fanned out to them; reports round trips and deliveries per
+    /// second with their latency
+    Downlink(downlink::DownlinkArgs),
 }
 
 /// What every transport shares: the devices, what they send, how fast and for how long.
@@ -429,6 +436,10 @@ fn main() -> Result<()> {
                     http::run(run, &args).await
                 })
                 .await
+            }
+            Command::Downlink(args) => {
+                raise_open_files_limit();
+                downlink::run(&args).await
             }
             Command::Coap(args) => {
                 let key = match (&args.routing_key, &args.common.provision) {

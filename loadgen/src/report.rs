@@ -217,7 +217,7 @@ pub struct Percentiles {
 }
 
 impl Percentiles {
-    fn of(h: &Histogram<u64>) -> Percentiles {
+    pub(crate) fn of(h: &Histogram<u64>) -> Percentiles {
         #[allow(clippy::cast_precision_loss)]
         let ms = |micros: u64| micros as f64 / 1000.0;
         if h.is_empty() {

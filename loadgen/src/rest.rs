@@ -102,6 +102,55 @@ impl Rest {
             .with_context(|| format!("cannot create the integration: {integration}"))
     }
 
+    /// The ids of the devices named `names`, in order.
+    pub async fn device_ids(&self, names: &[String]) -> Result<Vec<String>> {
+        let ids: Vec<Result<String>> = stream::iter(names)
+            .map(|name| async move {
+                let device: Value = self
+                    .get(&format!("/api/tenant/devices?deviceName={name}"))
+                    .send()
+                    .await?
+                    .json()
+                    .await?;
+                device["id"]["id"]
+                    .as_str()
+                    .map(str::to_owned)
+                    .with_context(|| format!("no device {name}"))
+            })
+            .buffered(PARALLEL)
+            .collect()
+            .await;
+        ids.into_iter().collect()
+    }
+
+    /// A two-way RPC `{"method":"echo","params":params}` to device `id`: status and body.
+    pub async fn rpc_twoway(
+        &self,
+        id: &str,
+        params: &Value,
+        timeout_ms: u64,
+    ) -> Result<(u16, String)> {
+        let resp = self
+            .post(&format!("/api/rpc/twoway/{id}"))
+            .json(&json!({"method": "echo", "params": params, "timeout": timeout_ms}))
+            .send()
+            .await?;
+        let status = resp.status().as_u16();
+        Ok((status, resp.text().await?))
+    }
+
+    /// Saves shared attributes of device `id`: the status.
+    pub async fn shared_attributes(&self, id: &str, body: &Value) -> Result<u16> {
+        let resp = self
+            .post(&format!(
+                "/api/plugins/telemetry/DEVICE/{id}/attributes/SHARED_SCOPE"
+            ))
+            .json(body)
+            .send()
+            .await?;
+        Ok(resp.status().as_u16())
+    }
+
     /// Creates a device per name, with the name as its access token; a device that already
     /// exists with that token is fine.
     pub async fn provision(&self, names: &[String]) -> Result<()> {

@@ -278,3 +278,36 @@ async fn coap_load_is_stored_in_full() -> Result<()> {
     assert_eq!(report["failures"]["CoAP 4.04"], 4, "{text}");
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn downlink_load_round_trips_rpc_and_fans_out_attributes() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let engine = Engine::start(dir.path())?;
+    let rest = engine.url("");
+    let target = engine.mqtt.to_string();
+    let (ok, text, report) = loadgen(&[
+        "downlink",
+        "--target",
+        &target,
+        "--rest",
+        &rest,
+        "--devices",
+        "20",
+        "--concurrency",
+        "8",
+        "--duration",
+        "2s",
+        "--rounds",
+        "3",
+    ])?;
+    assert!(ok, "loadgen failed:\n{text}");
+    // Every call was answered with its own params, and every update reached its device.
+    assert!(report["rpc_calls"].as_u64() > Some(0), "{text}");
+    assert_eq!(report["rpc_failed"], 0, "{text}");
+    assert!(report["rpc_latency"]["p99"].as_f64() > Some(0.0), "{text}");
+    assert_eq!(report["updates_sent"], 60, "{text}");
+    assert_eq!(report["updates_delivered"], 60, "{text}");
+    assert!(report["updates_per_second"].as_f64() > Some(0.0), "{text}");
+    assert!(text.contains("two-way RPC:"), "{text}");
+    Ok(())
+}
