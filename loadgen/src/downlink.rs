@@ -76,9 +76,19 @@ pub struct DownlinkReport {
     pub updates_per_second: f64,
     /// From the REST post to the device's receipt, milliseconds.
     pub update_latency: Percentiles,
-    /// CPU time this process used (user + system), seconds, over the whole run.
-    pub loadgen_cpu_seconds: f64,
-    pub wall_seconds: f64,
+    /// CPU time this process used (user + system) during the RPC phase, seconds.
+    pub loadgen_rpc_cpu_seconds: f64,
+    /// CPU time the engine used during the RPC phase (its `process_cpu_seconds_total`), when
+    /// its `/metrics` answers.
+    pub engine_rpc_cpu_seconds: Option<f64>,
+    /// The RPC phase's length, seconds.
+    pub rpc_seconds: f64,
+    /// The engine's resident memory before the devices connected and with them connected and
+    /// subscribed (after the RPC phase, so with their RPC state), MiB.
+    pub engine_rss_before_mib: Option<f64>,
+    pub engine_rss_connected_mib: Option<f64>,
+    /// (connected - before) / devices, KiB: a connection, its session and its downlink state.
+    pub engine_rss_per_device_kib: Option<f64>,
 }
 
 impl std::fmt::Display for DownlinkReport {
@@ -98,9 +108,23 @@ impl std::fmt::Display for DownlinkReport {
         )?;
         write!(
             f,
-            "loadgen CPU:        {:.2} s over {:.1} s",
-            self.loadgen_cpu_seconds, self.wall_seconds
-        )
+            "CPU in the RPC phase ({:.1} s): loadgen {:.2} s",
+            self.rpc_seconds, self.loadgen_rpc_cpu_seconds
+        )?;
+        if let Some(engine) = self.engine_rpc_cpu_seconds {
+            write!(f, ", engine {engine:.2} s")?;
+        }
+        if let (Some(before), Some(connected), Some(per)) = (
+            self.engine_rss_before_mib,
+            self.engine_rss_connected_mib,
+            self.engine_rss_per_device_kib,
+        ) {
+            write!(
+                f,
+                "\nengine memory:      {before:.1} MiB before, {connected:.1} MiB with the devices, {per:.2} KiB per device"
+            )?;
+        }
+        Ok(())
     }
 }
 
@@ -204,8 +228,6 @@ pub async fn run(args: &DownlinkArgs) -> Result<bool> {
     if args.devices == 0 || args.concurrency == 0 {
         bail!("--devices and --concurrency must be at least 1");
     }
-    let started = Instant::now();
-    let cpu_at_start = process_cpu();
     let rest = Rest::login(&args.rest, &args.username, &args.password).await?;
     let names: Vec<String> = (0..args.devices)
         .map(|i| format!("{}{i}", args.token_prefix))
@@ -217,6 +239,7 @@ pub async fn run(args: &DownlinkArgs) -> Result<bool> {
     if !args.quiet {
         eprintln!("{} devices ready", ids.len());
     }
+    let rss_before = rest.engine_process().await.map(|(_, rss)| rss);
     let epoch = Instant::now();
     let seen = Arc::new(Seen {
         updates: AtomicU64::new(0),
@@ -253,6 +276,8 @@ pub async fn run(args: &DownlinkArgs) -> Result<bool> {
     let failed = AtomicU64::new(0);
     let latency = Mutex::new(histogram());
     let next = AtomicU64::new(0);
+    let engine_cpu_at_start = rest.engine_process().await.map(|(cpu, _)| cpu);
+    let cpu_at_start = process_cpu();
     let rpc_started = Instant::now();
     let until = rpc_started + args.duration;
     let callers = (0..args.concurrency).map(|_| async {
@@ -274,6 +299,12 @@ pub async fn run(args: &DownlinkArgs) -> Result<bool> {
     });
     futures::future::join_all(callers).await;
     let rpc_elapsed = rpc_started.elapsed();
+    let loadgen_cpu = process_cpu() - cpu_at_start;
+    let engine_at_end = rest.engine_process().await;
+    let engine_cpu = engine_cpu_at_start
+        .zip(engine_at_end)
+        .map(|(start, (end, _))| end - start);
+    let rss_connected = engine_at_end.map(|(_, rss)| rss);
 
     // 2. Shared-attribute fan-out.
     let fanout_started = Instant::now();
@@ -317,8 +348,15 @@ pub async fn run(args: &DownlinkArgs) -> Result<bool> {
         updates_delivered: delivered,
         updates_per_second: per_second(delivered, fanout_elapsed),
         update_latency: Percentiles::of(&lock(&seen.update_latency)),
-        loadgen_cpu_seconds: process_cpu() - cpu_at_start,
-        wall_seconds: started.elapsed().as_secs_f64(),
+        loadgen_rpc_cpu_seconds: loadgen_cpu,
+        engine_rpc_cpu_seconds: engine_cpu,
+        rpc_seconds: rpc_elapsed.as_secs_f64(),
+        engine_rss_before_mib: rss_before.map(|b| b / MIB),
+        engine_rss_connected_mib: rss_connected.map(|b| b / MIB),
+        #[allow(clippy::cast_precision_loss)]
+        engine_rss_per_device_kib: rss_before
+            .zip(rss_connected)
+            .map(|(before, connected)| (connected - before) / 1024.0 / ids.len() as f64),
     };
     println!("{report}");
     if let Some(path) = &args.json {
@@ -327,6 +365,8 @@ pub async fn run(args: &DownlinkArgs) -> Result<bool> {
     }
     Ok(report.rpc_failed == 0 && report.rpc_calls > 0 && delivered == expected)
 }
+
+const MIB: f64 = 1024.0 * 1024.0;
 
 /// User plus system CPU seconds of this process so far, from `/proc/self/stat` (Linux; 0
 /// elsewhere).

@@ -139,6 +139,20 @@ impl Rest {
         Ok((status, resp.text().await?))
     }
 
+    /// The engine's CPU seconds and resident bytes from its `/metrics`, if it answers.
+    pub async fn engine_process(&self) -> Option<(f64, f64)> {
+        let text = self.get("/metrics").send().await.ok()?.text().await.ok()?;
+        let sample = |name: &str| {
+            text.lines()
+                .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
+                .and_then(|v| v.trim().parse::<f64>().ok())
+        };
+        Some((
+            sample("process_cpu_seconds_total")?,
+            sample("process_resident_memory_bytes")?,
+        ))
+    }
+
     /// Saves shared attributes of device `id`: the status.
     pub async fn shared_attributes(&self, id: &str, body: &Value) -> Result<u16> {
         let resp = self

@@ -808,3 +808,147 @@ async fn a_queued_persistent_rpc_survives_a_restart() -> Result<()> {
     assert!(device.next_publish(Duration::from_secs(1)).await?.is_none());
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn mqtt5_devices_take_rpc_and_shared_attribute_updates() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let engine = Engine::start(dir.path())?;
+    let rest = engine.rest().await?;
+    let id = rest
+        .create_device("five-downlinks", "FIVE_DOWNLINKS")
+        .await?;
+    let mut device = tests::mqtt::v5::connect(&engine, "FIVE_DOWNLINKS", "five-downlinks")
+        .await
+        .map_err(|c| anyhow::anyhow!("connect: {c:?}"))?;
+    assert_eq!(device.subscribe(ATTRIBUTES).await?, [1]);
+    assert_eq!(device.subscribe(RPC_REQUESTS).await?, [1]);
+    let call = rpc(
+        &rest,
+        format!("/api/rpc/twoway/{id}"),
+        json!({"method": "m5", "params": {"v": 5}, "timeout": 20000}),
+    );
+    let (topic, body) = device.next_publish(WAIT).await?.context("no request")?;
+    assert!(topic.starts_with("v1/devices/me/rpc/request/"), "{topic}");
+    assert_eq!(
+        serde_json::from_slice::<Value>(&body)?,
+        json!({"method": "m5", "params": {"v": 5}})
+    );
+    let n = topic.rsplit('/').next().context("an id")?.to_owned();
+    assert_eq!(
+        device
+            .publish(&format!("v1/devices/me/rpc/response/{n}"), r#"{"ok":5}"#)
+            .await?,
+        Outcome::Acked(0)
+    );
+    assert_eq!(call.await??, (200, r#"{"ok":5}"#.to_owned()));
+    let r = rest
+        .post(&format!("/api/plugins/telemetry/DEVICE/{id}/SHARED_SCOPE"))
+        .json(&json!({"k": 5}))
+        .send()
+        .await?;
+    assert_eq!(r.status(), 200);
+    let (topic, body) = device.next_publish(WAIT).await?.context("no update")?;
+    assert_eq!(topic, ATTRIBUTES);
+    assert_eq!(serde_json::from_slice::<Value>(&body)?, json!({"k": 5}));
+    Ok(())
+}
+
+/// Runs mosquitto_sub with the reference's arguments (plus the test's port, `-C 1` to stop
+/// after one message and `-W` as a bound) until it exits: its output.
+fn mosquitto_sub(engine: &Engine, args: &[&str]) -> Result<std::process::Child> {
+    let port = engine.mqtt.port().to_string();
+    std::process::Command::new("mosquitto_sub")
+        .args(args)
+        .args(["-p", &port, "-C", "1", "-W", "60"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .context("mosquitto_sub is not installed (Debian package mosquitto-clients)")
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_references_mosquitto_command_lines_take_the_way_back() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let engine = Engine::start(dir.path())?;
+    let rest = engine.rest().await?;
+    let id = rest
+        .create_device("mosquitto-device", "MOSQUITTO_TOKEN")
+        .await?;
+
+    // The MQTT guide's command line for shared attribute updates.
+    let mut sub = mosquitto_sub(
+        &engine,
+        &[
+            "-d",
+            "-h",
+            "127.0.0.1",
+            "-t",
+            "v1/devices/me/attributes",
+            "-u",
+            "MOSQUITTO_TOKEN",
+        ],
+    )?;
+    let deadline = Instant::now() + WAIT;
+    while sub.try_wait()?.is_none() {
+        anyhow::ensure!(Instant::now() < deadline, "mosquitto_sub got nothing");
+        let r = rest
+            .post(&format!("/api/plugins/telemetry/DEVICE/{id}/SHARED_SCOPE"))
+            .json(&json!({"attribute1": "value1", "attribute2": true}))
+            .send()
+            .await?;
+        assert_eq!(r.status(), 200);
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let out = sub.wait_with_output()?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}");
+    assert!(
+        text.lines()
+            .any(|l| l == r#"{"attribute1":"value1","attribute2":true}"#),
+        "{text}"
+    );
+
+    // RPC: mosquitto_sub takes the request, mosquitto_pub answers it.
+    let sub = mosquitto_sub(
+        &engine,
+        &[
+            "-h",
+            "127.0.0.1",
+            "-t",
+            "v1/devices/me/rpc/request/+",
+            "-u",
+            "MOSQUITTO_TOKEN",
+            "-v",
+        ],
+    )?;
+    let call = rpc(
+        &rest,
+        format!("/api/rpc/twoway/{id}"),
+        json!({"method": "getTemp", "params": {}, "timeout": 30000}),
+    );
+    let out = tokio::task::spawn_blocking(move || sub.wait_with_output()).await??;
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let (topic, body) = text.trim().split_once(' ').context("topic and payload")?;
+    assert_eq!(
+        serde_json::from_str::<Value>(body)?,
+        json!({"method": "getTemp", "params": {}})
+    );
+    let n = topic.rsplit('/').next().context("an id")?;
+    let (code, output) = tests::mosquitto_pub(
+        &engine,
+        &[
+            "-d",
+            "-q",
+            "1",
+            "-t",
+            &format!("v1/devices/me/rpc/response/{n}"),
+            "-u",
+            "MOSQUITTO_TOKEN",
+            "-m",
+            r#"{"temperature":21}"#,
+        ],
+    )?;
+    assert_eq!(code, 0, "{output}");
+    assert_eq!(call.await??, (200, r#"{"temperature":21}"#.to_owned()));
+    Ok(())
+}

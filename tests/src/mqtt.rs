@@ -258,6 +258,56 @@ pub mod v5 {
         }
     }
 
+    impl Device5 {
+        /// Subscribes and returns the SUBACK's reason codes.
+        pub async fn subscribe(&mut self, filter: &str) -> Result<Vec<u8>> {
+            self.client
+                .subscribe(filter, QoS::AtLeastOnce)
+                .await
+                .map_err(|e| anyhow!("subscribe: {e}"))?;
+            loop {
+                match tokio::time::timeout(WAIT, self.events.recv()).await {
+                    Err(_) => bail!("no SUBACK within {WAIT:?}"),
+                    Ok(None | Some(Err(_))) => bail!("disconnected before the SUBACK"),
+                    Ok(Some(Ok(Event::Incoming(Packet::SubAck(ack))))) => {
+                        return Ok(ack
+                            .return_codes
+                            .iter()
+                            .map(|c| match c {
+                                rumqttc::v5::mqttbytes::v5::SubscribeReasonCode::Success(q) => {
+                                    *q as u8
+                                }
+                                _ => 0x80,
+                            })
+                            .collect());
+                    }
+                    Ok(Some(Ok(_))) => {}
+                }
+            }
+        }
+
+        /// The next PUBLISH from the server (topic, payload), if one comes within `wait`.
+        pub async fn next_publish(
+            &mut self,
+            wait: std::time::Duration,
+        ) -> Result<Option<(String, Vec<u8>)>> {
+            let until = tokio::time::Instant::now() + wait;
+            loop {
+                match tokio::time::timeout_at(until, self.events.recv()).await {
+                    Err(_) => return Ok(None),
+                    Ok(None | Some(Err(_))) => bail!("disconnected"),
+                    Ok(Some(Ok(Event::Incoming(Packet::Publish(p))))) => {
+                        return Ok(Some((
+                            String::from_utf8_lossy(&p.topic).into_owned(),
+                            p.payload.to_vec(),
+                        )));
+                    }
+                    Ok(Some(Ok(_))) => {}
+                }
+            }
+        }
+    }
+
     fn reason_code(reason: &rumqttc::v5::mqttbytes::v5::PubAckReason) -> u8 {
         use rumqttc::v5::mqttbytes::v5::PubAckReason::*;
         match reason {
