@@ -55,6 +55,136 @@ impl fmt::Debug for AccessToken {
     }
 }
 
+/// The prefix of the access token a device with MQTT basic credentials is registered under
+/// (see [`BasicCredentials::token`]); no token a user chooses may start with it.
+pub const BASIC_TOKEN_PREFIX: &str = "mqtt-basic:";
+
+/// Whether `token` stands for MQTT basic credentials: such a token cannot be used as one (MQTT
+/// username, HTTP path).
+pub fn is_basic_token(token: &str) -> bool {
+    token.starts_with(BASIC_TOKEN_PREFIX)
+}
+
+/// ThingsBoard's `MQTT_BASIC` credentials: a client id, a user name (at least one of the two)
+/// and an optional password, each at most [`MAX_ACCESS_TOKEN_CHARS`] characters.
+#[derive(Clone, PartialEq, Eq, Default)]
+pub struct BasicCredentials {
+    pub client_id: Option<String>,
+    pub user_name: Option<String>,
+    pub password: Option<String>,
+}
+
+impl fmt::Debug for BasicCredentials {
+    // The password is a credential: never print it.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("BasicCredentials")
+            .field("client_id", &self.client_id)
+            .field("user_name", &self.user_name)
+            .field("password", &self.password.as_ref().map(|_| "…"))
+            .finish()
+    }
+}
+
+impl BasicCredentials {
+    /// Credentials with empty fields left out; refused without a client id and a user name, or
+    /// with a field over [`MAX_ACCESS_TOKEN_CHARS`].
+    pub fn new(
+        client_id: Option<String>,
+        user_name: Option<String>,
+        password: Option<String>,
+    ) -> Result<BasicCredentials, NameError> {
+        let given = |s: Option<String>| s.filter(|s| !s.is_empty());
+        let credentials = BasicCredentials {
+            client_id: given(client_id),
+            user_name: given(user_name),
+            password: given(password),
+        };
+        if credentials.client_id.is_none() && credentials.user_name.is_none() {
+            return Err(NameError::Empty {
+                what: "MQTT basic credentials' clientId and userName",
+            });
+        }
+        for (what, value) in [
+            ("clientId", &credentials.client_id),
+            ("userName", &credentials.user_name),
+            ("password", &credentials.password),
+        ] {
+            if value
+                .as_ref()
+                .is_some_and(|v| v.chars().count() > MAX_ACCESS_TOKEN_CHARS)
+            {
+                return Err(NameError::TooLong {
+                    what,
+                    max: MAX_ACCESS_TOKEN_CHARS,
+                });
+            }
+        }
+        Ok(credentials)
+    }
+
+    /// The access token the device is registered under: [`BASIC_TOKEN_PREFIX`] and a BLAKE2b
+    /// digest of the three fields (each length-prefixed, so no two sets of fields share one).
+    /// A CONNECT's fields give the same token exactly when they match, password included, so
+    /// finding the device by it is the check; only the digest is stored.
+    pub fn token(&self) -> AccessToken {
+        use blake2::{Blake2b512, Digest};
+        let mut hasher = Blake2b512::new();
+        for field in [&self.client_id, &self.user_name, &self.password] {
+            match field {
+                None => hasher.update([0u8]),
+                Some(v) => {
+                    hasher.update([1u8]);
+                    hasher.update((v.len() as u64).to_be_bytes());
+                    hasher.update(v.as_bytes());
+                }
+            }
+        }
+        let digest = hasher.finalize();
+        let mut token = String::with_capacity(BASIC_TOKEN_PREFIX.len() + 64);
+        token.push_str(BASIC_TOKEN_PREFIX);
+        for byte in &digest[..32] {
+            token.push_str(&format!("{byte:02x}"));
+        }
+        AccessToken(token)
+    }
+
+    /// The credentials a CONNECT may match, in ThingsBoard's order: client id and user name
+    /// together, then the user name alone, then the client id alone (each with the password
+    /// given).
+    pub fn candidates(
+        client_id: &str,
+        user_name: Option<&str>,
+        password: Option<&str>,
+    ) -> Vec<BasicCredentials> {
+        let some = |s: Option<&str>| s.filter(|s| !s.is_empty()).map(str::to_owned);
+        let (client_id, user_name, password) =
+            (some(Some(client_id)), some(user_name), some(password));
+        let mut out = Vec::with_capacity(3);
+        if client_id.is_some() && user_name.is_some() {
+            out.push(BasicCredentials {
+                client_id: client_id.clone(),
+                user_name: user_name.clone(),
+                password: password.clone(),
+            });
+        }
+        if user_name.is_some() {
+            out.push(BasicCredentials {
+                client_id: None,
+                user_name,
+                password: password.clone(),
+            });
+        }
+        if client_id.is_some() {
+            out.push(BasicCredentials {
+                client_id,
+                user_name: None,
+                password,
+            });
+        }
+        out
+    }
+}
+
 /// Longest device name, in characters (ThingsBoard's column is `varchar(255)`).
 pub const MAX_DEVICE_NAME_CHARS: usize = 255;
 /// Longest device type (profile name), in characters.
@@ -75,6 +205,11 @@ pub enum NameError {
     TooShort { what: &'static str, min: usize },
     #[error("{what} must not contain control characters")]
     ControlCharacter { what: &'static str },
+    #[error("{what} must not start with {prefix:?}")]
+    Reserved {
+        what: &'static str,
+        prefix: &'static str,
+    },
 }
 
 /// Checks a name a peer chose (device name, device type): not empty or blank, at most `max`
@@ -120,6 +255,12 @@ pub fn validate_access_token(token: &str) -> Result<(), NameError> {
     }
     if token.chars().any(|c| c.is_control() || c.is_whitespace()) {
         return Err(NameError::ControlCharacter { what });
+    }
+    if is_basic_token(token) {
+        return Err(NameError::Reserved {
+            what,
+            prefix: BASIC_TOKEN_PREFIX,
+        });
     }
     Ok(())
 }
@@ -406,6 +547,42 @@ mod tests {
             assert_eq!(validate_access_token(token).is_ok(), ok, "{token:?}");
         }
         assert!(validate_access_token(&"t".repeat(MAX_ACCESS_TOKEN_CHARS + 1)).is_err());
+        assert!(validate_access_token("mqtt-basic:abc").is_err());
+    }
+
+    #[test]
+    fn basic_credentials_match_only_all_their_fields() {
+        let creds = |c: &str, u: &str, p: &str| {
+            BasicCredentials::new(Some(c.into()), Some(u.into()), Some(p.into()))
+        };
+        let full = creds("c", "u", "p").expect("valid");
+        // The token: the prefix, and not a token a user could choose.
+        assert!(is_basic_token(&full.token().0));
+        assert!(validate_access_token(&full.token().0).is_err());
+        // A CONNECT with all three finds it first; a wrong password or client id does not.
+        let first = |c: &str, u: Option<&str>, p: Option<&str>| {
+            BasicCredentials::candidates(c, u, p)
+                .into_iter()
+                .map(|b| b.token())
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(first("c", Some("u"), Some("p"))[0], full.token());
+        assert!(!first("c", Some("u"), Some("q")).contains(&full.token()));
+        assert!(!first("x", Some("u"), Some("p")).contains(&full.token()));
+        // Credentials without a client id match any client id; without a user name, the
+        // client id alone.
+        let user_only = creds("", "u", "p").expect("valid");
+        assert!(first("any", Some("u"), Some("p")).contains(&user_only.token()));
+        let client_only = creds("c", "", "").expect("valid");
+        assert!(first("c", None, None).contains(&client_only.token()));
+        assert!(!first("c", None, Some("p")).contains(&client_only.token()));
+        // Fields are length-prefixed: moving a character between them changes the token.
+        assert_ne!(creds("ab", "c", "").expect("valid").token(), creds("a", "bc", "").expect("valid").token());
+        // Neither client id nor user name; a field too long.
+        assert!(BasicCredentials::new(None, Some(String::new()), Some("p".into())).is_err());
+        assert!(creds("c", &"u".repeat(MAX_ACCESS_TOKEN_CHARS + 1), "").is_err());
+        // Debug never shows the password.
+        assert!(!format!("{full:?}").contains("\"p\""));
     }
 
     #[test]

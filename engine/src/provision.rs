@@ -12,15 +12,15 @@
 //!   already: `FAILURE`.
 //!
 //! A provisioned device gets the server attribute `provisionState = "provisioned"` (through
-//! the queue, as every attribute write). Credentials other than an access token are answered
-//! `FAILURE`: this engine's devices authenticate by access token only (so far).
+//! the queue, as every attribute write). `MQTT_BASIC` credentials are answered as asked
+//! (`credentialsValue` `{"clientId","userName","password"}`); X.509 ones `FAILURE`.
 
 use std::sync::Arc;
 
 use actors::ingress::{Ingress, Transport};
 use actors::model::{
-    AccessToken, AttributeScope, Device, DeviceId, KvEntry, KvValue, Message, MessageBody, now_ms,
-    validate_access_token, validate_device_name,
+    AccessToken, AttributeScope, BasicCredentials, Device, DeviceId, KvEntry, KvValue, Message, MessageBody, now_ms,
+    is_basic_token, validate_access_token, validate_device_name,
 };
 use actors::ports::{DeviceProfiles, DeviceRegistry, ProvisionType, RegistryError, Store};
 use actors::protocol::provision::{Credentials, ProvisionOutcome, ProvisionRequest};
@@ -66,11 +66,20 @@ impl Provisioning<'_> {
         if profile.provision_device_secret.as_deref() != Some(request.secret.as_str()) {
             return Ok(ProvisionOutcome::NotFound);
         }
-        let token = match &request.credentials {
-            Credentials::AccessToken(token) => token.clone(),
-            Credentials::MqttBasic { .. } | Credentials::X509(_) => {
-                return Ok(ProvisionOutcome::Failure);
-            }
+        // The token a new device gets: the one asked for (or a new one), or the one MQTT basic
+        // credentials stand for.
+        let (token, basic) = match &request.credentials {
+            Credentials::AccessToken(token) => (token.clone(), None),
+            Credentials::MqttBasic {
+                client_id,
+                username,
+                password,
+            } => match BasicCredentials::new(client_id.clone(), username.clone(), password.clone())
+            {
+                Ok(basic) => (None, Some(basic)),
+                Err(_) => return Ok(ProvisionOutcome::Failure),
+            },
+            Credentials::X509(_) => return Ok(ProvisionOutcome::Failure),
         };
         let tenant = profile.tenant_id;
         let device = match profile.provision_type {
@@ -102,7 +111,10 @@ impl Provisioning<'_> {
                     name,
                     device_type: profile.name.clone(),
                     label: None,
-                    token: AccessToken(token.unwrap_or_else(crate::api::device::new_token)),
+                    token: match &basic {
+                        Some(basic) => basic.token(),
+                        None => AccessToken(token.unwrap_or_else(crate::api::device::new_token)),
+                    },
                     created_time: now_ms(),
                 };
                 match self.registry.create(device).await {
@@ -141,10 +153,21 @@ impl Provisioning<'_> {
                 device
             }
         };
+        let outcome = if is_basic_token(&device.token.0) {
+            // MQTT basic credentials are kept only as the digest their token holds, so a
+            // pre-provisioned device holding some cannot be told them: it is provisioned only
+            // when it asked for exactly those.
+            match basic {
+                Some(basic) if basic.token() == device.token => {
+                    ProvisionOutcome::Success(request.credentials.clone())
+                }
+                _ => return Ok(ProvisionOutcome::Failure),
+            }
+        } else {
+            ProvisionOutcome::Success(Credentials::AccessToken(Some(device.token.0.clone())))
+        };
         self.mark_provisioned(&device).await?;
-        Ok(ProvisionOutcome::Success(Credentials::AccessToken(Some(
-            device.token.0.clone(),
-        ))))
+        Ok(outcome)
     }
 
     async fn mark_provisioned(&self, device: &Device) -> Result<(), ProvisionError> {

@@ -908,3 +908,126 @@ async fn session_present_follows_thingsboard() -> Result<()> {
     }
     Ok(())
 }
+
+/// Sets a device's MQTT basic credentials over REST; returns the answer.
+async fn set_basic(rest: &Rest, id: &str, value: Value) -> Result<(u16, Value)> {
+    let response = rest
+        .post("/api/device/credentials")
+        .json(&json!({"deviceId": {"entityType": "DEVICE", "id": id},
+                      "credentialsType": "MQTT_BASIC", "credentialsValue": value.to_string()}))
+        .send()
+        .await?;
+    let status = response.status().as_u16();
+    Ok((status, response.json().await.unwrap_or(Value::Null)))
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn mqtt_basic_credentials_connect_devices() -> Result<()> {
+    use tests::mqtt::connect_v3_basic;
+    let dir = tempfile::tempdir()?;
+    let engine = Engine::start(dir.path())?;
+    let rest = engine.rest().await?;
+    let full = rest.create_device("basic-full", "BASIC_FULL_TOKEN").await?;
+    let user = rest.create_device("basic-user", "BASIC_USER_TOKEN").await?;
+    let client = rest.create_device("basic-client", "BASIC_CLIENT_TOKEN").await?;
+
+    // All three fields; then a user name and password with any client id; then a client id.
+    let (status, answer) = set_basic(
+        &rest,
+        &full,
+        json!({"clientId": "c-full", "userName": "u-full", "password": "p-full"}),
+    )
+    .await?;
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(answer["credentialsType"], "MQTT_BASIC");
+    let value: Value = serde_json::from_str(answer["credentialsValue"].as_str().context("value")?)?;
+    assert_eq!(value, json!({"clientId": "c-full", "userName": "u-full", "password": "p-full"}));
+    set_basic(&rest, &user, json!({"userName": "u-only", "password": "p-user"})).await?;
+    set_basic(&rest, &client, json!({"clientId": "c-only"})).await?;
+
+    let mut device = connect_v3_basic(&engine, "c-full", "u-full", "p-full")
+        .await
+        .map_err(|c| anyhow::anyhow!("full: {c:?}"))?;
+    assert_eq!(device.publish(TELEMETRY, r#"{"basic":1}"#).await?, Outcome::Acked(0));
+    device.disconnect().await;
+    latest_with(&rest, &full, "basic").await?;
+    connect_v3_basic(&engine, "any-client", "u-only", "p-user")
+        .await
+        .map_err(|c| anyhow::anyhow!("user: {c:?}"))?
+        .disconnect()
+        .await;
+    connect_v3_basic(&engine, "c-only", "", "")
+        .await
+        .map_err(|c| anyhow::anyhow!("client: {c:?}"))?
+        .disconnect()
+        .await;
+
+    // Wrong password, wrong client id, the old token: refused with 0x05 (0x04 without a user
+    // name), as ThingsBoard.
+    for (c, u, p) in [
+        ("c-full", "u-full", "wrong"),
+        ("other", "u-full", "p-full"),
+        ("x", "u-only", ""),
+        ("x", "BASIC_FULL_TOKEN", ""),
+    ] {
+        assert_eq!(
+            connect_v3_basic(&engine, c, u, p).await.err(),
+            Some(ConnectReturnCode::NotAuthorized),
+            "{c} {u} {p}"
+        );
+    }
+    assert_eq!(
+        connect_v3_basic(&engine, "c-unknown", "", "").await.err(),
+        Some(ConnectReturnCode::BadUserNamePassword)
+    );
+    // The credentials' token is no token: not over MQTT, not over HTTP.
+    let credentials = rest.json(&format!("/api/device/{full}/credentials")).await?;
+    assert_eq!(credentials["credentialsType"], "MQTT_BASIC");
+    let basic_token = credentials["credentialsId"].as_str().context("id")?.to_owned();
+    assert_eq!(
+        connect_v3_basic(&engine, "x", &basic_token, "").await.err(),
+        Some(ConnectReturnCode::NotAuthorized)
+    );
+    let r = reqwest::Client::new()
+        .post(engine.url(&format!("/api/v1/{basic_token}/telemetry")))
+        .body(r#"{"a":1}"#)
+        .send()
+        .await?;
+    assert_eq!(r.status(), 401);
+    // Bad credentials bodies: 400; nor may a user choose a token that looks like one.
+    for value in [json!({"password": "p"}), json!({"clientId": "c".repeat(300)})] {
+        assert_eq!(set_basic(&rest, &client, value).await?.0, 400);
+    }
+    let r = rest
+        .post("/api/device/credentials")
+        .json(&json!({"deviceId": {"entityType": "DEVICE", "id": client},
+                      "credentialsType": "MQTT_BASIC", "credentialsValue": "not json"}))
+        .send()
+        .await?;
+    assert_eq!(r.status(), 400);
+    let r = rest
+        .post("/api/device/credentials")
+        .json(&json!({"deviceId": {"entityType": "DEVICE", "id": client},
+                      "credentialsType": "ACCESS_TOKEN", "credentialsId": "mqtt-basic:mine"}))
+        .send()
+        .await?;
+    assert_eq!(r.status(), 400);
+    // Two devices may not hold the same credentials.
+    let (status, _) = set_basic(&rest, &user, json!({"clientId": "c-only"})).await?;
+    assert_eq!(status, 400);
+    // Back to an access token: the basic credentials stop working.
+    let r = rest
+        .post("/api/device/credentials")
+        .json(&json!({"deviceId": {"entityType": "DEVICE", "id": client},
+                      "credentialsType": "ACCESS_TOKEN", "credentialsId": "CLIENT_AGAIN"}))
+        .send()
+        .await?;
+    assert_eq!(r.status(), 200);
+    assert!(connect_v3_basic(&engine, "c-only", "", "").await.is_err());
+    connect_v3(&engine, "CLIENT_AGAIN", "again")
+        .await
+        .map_err(|c| anyhow::anyhow!("token: {c:?}"))?
+        .disconnect()
+        .await;
+    Ok(())
+}

@@ -276,15 +276,28 @@ async fn provisioning_over_http() -> Result<()> {
         let (status, text) = provision(body.clone()).await?;
         assert_eq!((status, answer(&text)?), (200, not_found.clone()), "{body}");
     }
-    // MQTT basic credentials are not served yet: FAILURE, nothing created.
-    let (_, text) = provision(
-        json!({"deviceName": "basic-1", "provisionDeviceKey": "meter-key",
-        "provisionDeviceSecret": "meter-secret", "credentialsType": "MQTT_BASIC", "username": "u"}),
-    )
+    // MQTT basic credentials: answered as asked (ThingsBoard's `userName` spelling), and the
+    // device connects with them; X.509 is not served: FAILURE, nothing created.
+    let (_, text) = provision(json!({"deviceName": "basic-1", "provisionDeviceKey": "meter-key",
+        "provisionDeviceSecret": "meter-secret", "credentialsType": "MQTT_BASIC",
+        "clientId": "basic-client", "username": "basic-user", "password": "basic-pass"}))
+    .await?;
+    assert_eq!(
+        answer(&text)?,
+        json!({"credentialsValue": {"clientId": "basic-client", "userName": "basic-user",
+               "password": "basic-pass"}, "credentialsType": "MQTT_BASIC", "status": "SUCCESS"})
+    );
+    let device = tests::mqtt::connect_v3_basic(&engine, "basic-client", "basic-user", "basic-pass")
+        .await
+        .map_err(|c| anyhow::anyhow!("connect: {c:?}"))?;
+    device.disconnect().await;
+    let (_, text) = provision(json!({"deviceName": "x509-1", "provisionDeviceKey": "meter-key",
+        "provisionDeviceSecret": "meter-secret", "credentialsType": "X509_CERTIFICATE",
+        "hash": "-----BEGIN CERTIFICATE-----"}))
     .await?;
     assert_eq!(answer(&text)?["status"], "FAILURE");
     let missing = rest
-        .get("/api/tenant/devices?deviceName=basic-1")
+        .get("/api/tenant/devices?deviceName=x509-1")
         .send()
         .await?;
     assert_eq!(missing.status().as_u16(), 404);

@@ -43,8 +43,29 @@ pub async fn connect_v3_keep_alive(
     client_id: &str,
     keep_alive: Duration,
 ) -> Result<Device3, ConnectReturnCode> {
+    connect_v3_as(engine, client_id, token, "", keep_alive).await
+}
+
+/// Connects with MQTT basic credentials: this client id, user name and password (an empty user
+/// name is sent as such).
+pub async fn connect_v3_basic(
+    engine: &Engine,
+    client_id: &str,
+    user_name: &str,
+    password: &str,
+) -> Result<Device3, ConnectReturnCode> {
+    connect_v3_as(engine, client_id, user_name, password, Duration::from_secs(30)).await
+}
+
+async fn connect_v3_as(
+    engine: &Engine,
+    client_id: &str,
+    user_name: &str,
+    password: &str,
+    keep_alive: Duration,
+) -> Result<Device3, ConnectReturnCode> {
     let mut options = MqttOptions::new(client_id, "127.0.0.1", engine.mqtt.port());
-    options.set_credentials(token, "");
+    options.set_credentials(user_name, password);
     options.set_keep_alive(keep_alive);
     options.set_max_packet_size(1024 * 1024, 1024 * 1024);
     let (client, mut eventloop) = AsyncClient::new(options, 100);

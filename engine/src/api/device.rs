@@ -6,8 +6,8 @@ use std::sync::Arc;
 use actix_web::{HttpResponse, web};
 use actors::metrics::API_REQUESTS_REFUSED;
 use actors::model::{
-    AccessToken, Device, DeviceId, MAX_DEVICE_NAME_CHARS, MAX_DEVICE_TYPE_CHARS, NameError, now_ms,
-    validate_access_token, validate_device_name, validate_name,
+    AccessToken, BasicCredentials, Device, DeviceId, MAX_DEVICE_NAME_CHARS, MAX_DEVICE_TYPE_CHARS, NameError, now_ms,
+    is_basic_token, validate_access_token, validate_device_name, validate_name,
 };
 use metrics::counter;
 use rand::Rng;
@@ -43,14 +43,28 @@ pub fn device_json(d: &Device) -> Value {
     })
 }
 
-fn credentials_json(d: &Device) -> Value {
+/// The device's credentials in ThingsBoard's shape. MQTT basic credentials are kept only as
+/// the digest their token holds, so their `credentialsValue` (client id, user name, password)
+/// is shown as given when they were just saved, and `null` afterwards.
+fn credentials_json(d: &Device, basic: Option<&BasicCredentials>) -> Value {
+    let (kind, value) = if is_basic_token(&d.token.0) {
+        let value = basic.map_or(Value::Null, |b| {
+            Value::String(
+                json!({"clientId": b.client_id, "userName": b.user_name, "password": b.password})
+                    .to_string(),
+            )
+        });
+        ("MQTT_BASIC", value)
+    } else {
+        ("ACCESS_TOKEN", Value::Null)
+    };
     json!({
         "id": {"id": Uuid::new_v5(&d.id.0, b"credentials")},
         "createdTime": d.created_time,
         "deviceId": {"entityType": "DEVICE", "id": d.id.0},
-        "credentialsType": "ACCESS_TOKEN",
+        "credentialsType": kind,
         "credentialsId": d.token.0,
-        "credentialsValue": null,
+        "credentialsValue": value,
     })
 }
 
@@ -234,7 +248,7 @@ async fn credentials(
     id: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
     let device = owned_device(&state, &caller, &id).await?;
-    Ok(HttpResponse::Ok().json(credentials_json(&device)))
+    Ok(HttpResponse::Ok().json(credentials_json(&device, None)))
 }
 
 #[derive(Deserialize)]
@@ -242,7 +256,17 @@ async fn credentials(
 struct CredentialsBody {
     device_id: EntityIdJson,
     credentials_type: Option<String>,
-    credentials_id: String,
+    credentials_id: Option<String>,
+    /// For `MQTT_BASIC`: the JSON text `{"clientId":..,"userName":..,"password":..}`.
+    credentials_value: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct BasicValue {
+    client_id: Option<String>,
+    user_name: Option<String>,
+    password: Option<String>,
 }
 
 async fn save_credentials(
@@ -250,23 +274,48 @@ async fn save_credentials(
     caller: Caller,
     body: web::Json<CredentialsBody>,
 ) -> Result<HttpResponse, ApiError> {
-    if body
-        .credentials_type
-        .as_deref()
-        .is_some_and(|t| t != "ACCESS_TOKEN")
-    {
-        return Err(ApiError::invalid(
-            "Only ACCESS_TOKEN credentials are supported",
-        ));
-    }
-    check_token(&body.credentials_id)?;
+    let refused = |message: String| {
+        counter!(API_REQUESTS_REFUSED, "reason" => "invalid_credentials").increment(1);
+        ApiError::bad_request(message)
+    };
+    let (token, basic) = match body.credentials_type.as_deref() {
+        None | Some("ACCESS_TOKEN") => {
+            let token = body
+                .credentials_id
+                .as_deref()
+                .ok_or_else(|| refused("Device credentials id should be specified".into()))?;
+            check_token(token)?;
+            (AccessToken(token.to_owned()), None)
+        }
+        Some("MQTT_BASIC") => {
+            let value: BasicValue = body
+                .credentials_value
+                .as_deref()
+                .and_then(|v| serde_json::from_str(v).ok())
+                .ok_or_else(|| {
+                    refused(
+                        "MQTT_BASIC credentialsValue must be the JSON text of \
+                         {\"clientId\",\"userName\",\"password\"}"
+                            .into(),
+                    )
+                })?;
+            let basic = BasicCredentials::new(value.client_id, value.user_name, value.password)
+                .map_err(|e| refused(capitalized(&e.to_string())))?;
+            (basic.token(), Some(basic))
+        }
+        Some(other) => {
+            return Err(ApiError::invalid(format!(
+                "{other} credentials are not supported; ACCESS_TOKEN and MQTT_BASIC are"
+            )));
+        }
+    };
     let device = owned_device(&state, &caller, &body.device_id.id).await?;
     let updated = Device {
-        token: AccessToken(body.credentials_id.clone()),
+        token,
         ..(*device).clone()
     };
     let saved = state.registry.save(updated).await?;
-    Ok(HttpResponse::Ok().json(credentials_json(&saved)))
+    Ok(HttpResponse::Ok().json(credentials_json(&saved, basic.as_ref())))
 }
 
 #[derive(Deserialize)]

@@ -11,9 +11,11 @@ use std::time::Duration;
 
 use actors::ingress::{Ingress, Rejection, Transport};
 use actors::metrics::{CONNECTIONS_REFUSED, MESSAGES_REJECTED, MQTT_PROTOCOL_ERRORS};
-use actors::model::Device;
+use actors::model::{BasicCredentials, Device, is_basic_token};
 use actors::payload::PayloadError as BadPayload;
-use actors::ports::{ClaimRequest as StoredClaim, DeviceRecords, DeviceRegistry, Store};
+use actors::ports::{
+    ClaimRequest as StoredClaim, DeviceRecords, DeviceRegistry, RegistryError, Store,
+};
 use actors::protocol::attributes::{self, AttributeRequest};
 use actors::protocol::claim::ClaimRequest;
 use actors::protocol::rpc::{DeviceRpc, SESSION_LIMITS, SessionLimits};
@@ -117,28 +119,51 @@ pub(super) enum Login {
 
 impl Node {
     /// Finds the device whose access token is the CONNECT's username.
-    pub(super) async fn login(&self, username: Option<&str>) -> Login {
+    pub(super) async fn login(
+        &self,
+        client_id: &str,
+        username: Option<&str>,
+        password: Option<&[u8]>,
+    ) -> Login {
         let token = username.unwrap_or_default();
+        if token.is_empty() && client_id.is_empty() {
+            counter!(CONNECTIONS_REFUSED, "transport" => "mqtt", "reason" => "empty_token")
+                .increment(1);
+            return Login::EmptyToken;
+        }
+        let registry = &self.ctx.registry;
+        let unavailable = |e: RegistryError| {
+            counter!(CONNECTIONS_REFUSED, "transport" => "mqtt", "reason" => "unavailable")
+                .increment(1);
+            peer_event!(WARN, error = %e, "device registry unavailable, connect refused");
+            Login::Unavailable
+        };
+        // An access token in the username (the password is ignored, as by ThingsBoard).
+        if !token.is_empty() && !is_basic_token(token) {
+            match registry.by_token(token).await {
+                Ok(Some(device)) => return Login::Device(device),
+                Ok(None) => {}
+                Err(e) => return unavailable(e),
+            }
+        }
+        // MQTT basic credentials: client id, user name and password together, then the user
+        // name, then the client id, as ThingsBoard tries them.
+        let password = password.map(String::from_utf8_lossy);
+        for candidate in BasicCredentials::candidates(client_id, username, password.as_deref()) {
+            match registry.by_token(&candidate.token().0).await {
+                Ok(Some(device)) => return Login::Device(device),
+                Ok(None) => {}
+                Err(e) => return unavailable(e),
+            }
+        }
         if token.is_empty() {
             counter!(CONNECTIONS_REFUSED, "transport" => "mqtt", "reason" => "empty_token")
                 .increment(1);
             return Login::EmptyToken;
         }
-        match self.ctx.registry.by_token(token).await {
-            Ok(Some(device)) => Login::Device(device),
-            Ok(None) => {
-                counter!(CONNECTIONS_REFUSED, "transport" => "mqtt", "reason" => "bad_token")
-                    .increment(1);
-                peer_event!(DEBUG, "mqtt connect with an unknown access token refused");
-                Login::UnknownToken
-            }
-            Err(e) => {
-                counter!(CONNECTIONS_REFUSED, "transport" => "mqtt", "reason" => "unavailable")
-                    .increment(1);
-                peer_event!(WARN, error = %e, "device registry unavailable, connect refused");
-                Login::Unavailable
-            }
-        }
+        counter!(CONNECTIONS_REFUSED, "transport" => "mqtt", "reason" => "bad_token").increment(1);
+        peer_event!(DEBUG, "mqtt connect with unknown credentials refused");
+        Login::UnknownToken
     }
 
     /// Opens the connection of a logged-in device: its outbound channel (the receiving end is

@@ -55,7 +55,13 @@ pub(super) async fn run(node: Arc<Node>, io: &Io) {
     // ThingsBoard's CONNACK claims a session whenever the client asked to keep one
     // (`!cleanSession`), though it keeps none; clients are used to it.
     let session_present = !connect.clean_session;
-    let login = node.login(connect.username.as_deref()).await;
+    let login = node
+        .login(
+            &connect.client_id,
+            connect.username.as_deref(),
+            connect.password.as_deref(),
+        )
+        .await;
     let device = match login {
         Login::Device(device) => device,
         refused => {

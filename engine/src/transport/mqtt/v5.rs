@@ -162,7 +162,13 @@ pub(super) async fn run(node: Arc<Node>, io: &Io) {
     }
     // As ThingsBoard: Session Present whenever the client did not ask for a clean start.
     let session_present = !connect.clean_start;
-    let login = node.login(connect.username.as_deref()).await;
+    let login = node
+        .login(
+            &connect.client_id,
+            connect.username.as_deref(),
+            connect.password.as_deref(),
+        )
+        .await;
     if let Some(reason) = connack_reason(&login) {
         refuse(reason).await;
         return;
