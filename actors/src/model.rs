@@ -577,7 +577,10 @@ mod tests {
         assert!(first("c", None, None).contains(&client_only.token()));
         assert!(!first("c", None, Some("p")).contains(&client_only.token()));
         // Fields are length-prefixed: moving a character between them changes the token.
-        assert_ne!(creds("ab", "c", "").expect("valid").token(), creds("a", "bc", "").expect("valid").token());
+        assert_ne!(
+            creds("ab", "c", "").expect("valid").token(),
+            creds("a", "bc", "").expect("valid").token()
+        );
         // Neither client id nor user name; a field too long.
         assert!(BasicCredentials::new(None, Some(String::new()), Some("p".into())).is_err());
         assert!(creds("c", &"u".repeat(MAX_ACCESS_TOKEN_CHARS + 1), "").is_err());

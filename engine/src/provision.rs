@@ -19,8 +19,8 @@ use std::sync::Arc;
 
 use actors::ingress::{Ingress, Transport};
 use actors::model::{
-    AccessToken, AttributeScope, BasicCredentials, Device, DeviceId, KvEntry, KvValue, Message, MessageBody, now_ms,
-    is_basic_token, validate_access_token, validate_device_name,
+    AccessToken, AttributeScope, BasicCredentials, Device, DeviceId, KvEntry, KvValue, Message,
+    MessageBody, is_basic_token, now_ms, validate_access_token, validate_device_name,
 };
 use actors::ports::{DeviceProfiles, DeviceRegistry, ProvisionType, RegistryError, Store};
 use actors::protocol::provision::{Credentials, ProvisionOutcome, ProvisionRequest};

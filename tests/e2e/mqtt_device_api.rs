@@ -929,7 +929,9 @@ async fn mqtt_basic_credentials_connect_devices() -> Result<()> {
     let rest = engine.rest().await?;
     let full = rest.create_device("basic-full", "BASIC_FULL_TOKEN").await?;
     let user = rest.create_device("basic-user", "BASIC_USER_TOKEN").await?;
-    let client = rest.create_device("basic-client", "BASIC_CLIENT_TOKEN").await?;
+    let client = rest
+        .create_device("basic-client", "BASIC_CLIENT_TOKEN")
+        .await?;
 
     // All three fields; then a user name and password with any client id; then a client id.
     let (status, answer) = set_basic(
@@ -941,14 +943,25 @@ async fn mqtt_basic_credentials_connect_devices() -> Result<()> {
     assert_eq!(status, 200, "{answer}");
     assert_eq!(answer["credentialsType"], "MQTT_BASIC");
     let value: Value = serde_json::from_str(answer["credentialsValue"].as_str().context("value")?)?;
-    assert_eq!(value, json!({"clientId": "c-full", "userName": "u-full", "password": "p-full"}));
-    set_basic(&rest, &user, json!({"userName": "u-only", "password": "p-user"})).await?;
+    assert_eq!(
+        value,
+        json!({"clientId": "c-full", "userName": "u-full", "password": "p-full"})
+    );
+    set_basic(
+        &rest,
+        &user,
+        json!({"userName": "u-only", "password": "p-user"}),
+    )
+    .await?;
     set_basic(&rest, &client, json!({"clientId": "c-only"})).await?;
 
     let mut device = connect_v3_basic(&engine, "c-full", "u-full", "p-full")
         .await
         .map_err(|c| anyhow::anyhow!("full: {c:?}"))?;
-    assert_eq!(device.publish(TELEMETRY, r#"{"basic":1}"#).await?, Outcome::Acked(0));
+    assert_eq!(
+        device.publish(TELEMETRY, r#"{"basic":1}"#).await?,
+        Outcome::Acked(0)
+    );
     device.disconnect().await;
     latest_with(&rest, &full, "basic").await?;
     connect_v3_basic(&engine, "any-client", "u-only", "p-user")
@@ -981,9 +994,14 @@ async fn mqtt_basic_credentials_connect_devices() -> Result<()> {
         Some(ConnectReturnCode::BadUserNamePassword)
     );
     // The credentials' token is no token: not over MQTT, not over HTTP.
-    let credentials = rest.json(&format!("/api/device/{full}/credentials")).await?;
+    let credentials = rest
+        .json(&format!("/api/device/{full}/credentials"))
+        .await?;
     assert_eq!(credentials["credentialsType"], "MQTT_BASIC");
-    let basic_token = credentials["credentialsId"].as_str().context("id")?.to_owned();
+    let basic_token = credentials["credentialsId"]
+        .as_str()
+        .context("id")?
+        .to_owned();
     assert_eq!(
         connect_v3_basic(&engine, "x", &basic_token, "").await.err(),
         Some(ConnectReturnCode::NotAuthorized)
@@ -995,7 +1013,10 @@ async fn mqtt_basic_credentials_connect_devices() -> Result<()> {
         .await?;
     assert_eq!(r.status(), 401);
     // Bad credentials bodies: 400; nor may a user choose a token that looks like one.
-    for value in [json!({"password": "p"}), json!({"clientId": "c".repeat(300)})] {
+    for value in [
+        json!({"password": "p"}),
+        json!({"clientId": "c".repeat(300)}),
+    ] {
         assert_eq!(set_basic(&rest, &client, value).await?.0, 400);
     }
     let r = rest

@@ -278,9 +278,11 @@ async fn provisioning_over_http() -> Result<()> {
     }
     // MQTT basic credentials: answered as asked (ThingsBoard's `userName` spelling), and the
     // device connects with them; X.509 is not served: FAILURE, nothing created.
-    let (_, text) = provision(json!({"deviceName": "basic-1", "provisionDeviceKey": "meter-key",
+    let (_, text) = provision(
+        json!({"deviceName": "basic-1", "provisionDeviceKey": "meter-key",
         "provisionDeviceSecret": "meter-secret", "credentialsType": "MQTT_BASIC",
-        "clientId": "basic-client", "username": "basic-user", "password": "basic-pass"}))
+        "clientId": "basic-client", "username": "basic-user", "password": "basic-pass"}),
+    )
     .await?;
     assert_eq!(
         answer(&text)?,
@@ -291,9 +293,11 @@ async fn provisioning_over_http() -> Result<()> {
         .await
         .map_err(|c| anyhow::anyhow!("connect: {c:?}"))?;
     device.disconnect().await;
-    let (_, text) = provision(json!({"deviceName": "x509-1", "provisionDeviceKey": "meter-key",
+    let (_, text) = provision(
+        json!({"deviceName": "x509-1", "provisionDeviceKey": "meter-key",
         "provisionDeviceSecret": "meter-secret", "credentialsType": "X509_CERTIFICATE",
-        "hash": "-----BEGIN CERTIFICATE-----"}))
+        "hash": "-----BEGIN CERTIFICATE-----"}),
+    )
     .await?;
     assert_eq!(answer(&text)?["status"], "FAILURE");
     let missing = rest

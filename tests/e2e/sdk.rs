@@ -330,3 +330,40 @@ async fn the_python_http_device_sdk_long_polls_for_rpc_and_shared_attributes() -
     assert_eq!(own, json!({"error": "timeout"}));
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_python_device_sdk_connects_with_mqtt_basic_credentials() -> Result<()> {
+    let python = sdk_python()?;
+    let dir = tempfile::tempdir()?;
+    let engine = Engine::start(dir.path())?;
+    let rest = engine.rest().await?;
+    let id = rest.create_device("sdk-basic", "SDK_BASIC_TOKEN").await?;
+    let value = json!({"clientId": "sdk-client", "userName": "sdk-user", "password": "sdk-pass"});
+    let resp = rest
+        .post("/api/device/credentials")
+        .json(&json!({"deviceId": {"entityType": "DEVICE", "id": id},
+                      "credentialsType": "MQTT_BASIC", "credentialsValue": value.to_string()}))
+        .send()
+        .await?;
+    assert_eq!(resp.status().as_u16(), 200);
+    let port = engine.mqtt.port().to_string();
+    let script = sdk_script("device_client.py");
+    let out = tokio::task::spawn_blocking(move || {
+        Command::new(python)
+            .arg(script)
+            .args(["127.0.0.1", &port, "sdk-user", "sdk-pass", "sdk-client"])
+            .output()
+    })
+    .await??;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    anyhow::ensure!(
+        out.status.success(),
+        "the SDK script failed: {stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let seen: Value = serde_json::from_str(stdout.lines().last().context("no output")?)?;
+    assert_eq!(seen["limits_received"], true, "{seen}");
+    assert_eq!(seen["telemetry_rc"], 0, "{seen}");
+    assert_eq!(seen["attributes"]["client"]["sdk_fw"], "v1.0", "{seen}");
+    Ok(())
+}

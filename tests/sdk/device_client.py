@@ -1,6 +1,7 @@
 """ThingsBoard's official Python device SDK (tb-mqtt-client) against the engine, unchanged.
 
-Usage: device_client.py HOST PORT TOKEN
+Usage: device_client.py HOST PORT TOKEN [PASSWORD CLIENT_ID]
+(with PASSWORD and CLIENT_ID, TOKEN is the user name of MQTT basic credentials)
 Connects with the access token, waits for the SDK to apply the server's session limits
 (getSessionLimits), sends telemetry and client attributes, asks for a client and a shared
 attribute until both come back, and prints what it saw as one JSON object. Exits non-zero
@@ -18,7 +19,11 @@ WAIT = 30
 
 def main():
     host, port, token = sys.argv[1], int(sys.argv[2]), sys.argv[3]
-    client = TBDeviceMqttClient(host, port, username=token)
+    if len(sys.argv) > 5:
+        client = TBDeviceMqttClient(host, port, username=token, password=sys.argv[4],
+                                    client_id=sys.argv[5])
+    else:
+        client = TBDeviceMqttClient(host, port, username=token)
     client.connect()
     deadline = time.time() + WAIT
     while not client.rate_limits_received and time.time() < deadline:

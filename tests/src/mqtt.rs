@@ -54,7 +54,14 @@ pub async fn connect_v3_basic(
     user_name: &str,
     password: &str,
 ) -> Result<Device3, ConnectReturnCode> {
-    connect_v3_as(engine, client_id, user_name, password, Duration::from_secs(30)).await
+    connect_v3_as(
+        engine,
+        client_id,
+        user_name,
+        password,
+        Duration::from_secs(30),
+    )
+    .await
 }
 
 async fn connect_v3_as(

@@ -6,8 +6,8 @@ use std::sync::Arc;
 use actix_web::{HttpResponse, web};
 use actors::metrics::API_REQUESTS_REFUSED;
 use actors::model::{
-    AccessToken, BasicCredentials, Device, DeviceId, MAX_DEVICE_NAME_CHARS, MAX_DEVICE_TYPE_CHARS, NameError, now_ms,
-    is_basic_token, validate_access_token, validate_device_name, validate_name,
+    AccessToken, BasicCredentials, Device, DeviceId, MAX_DEVICE_NAME_CHARS, MAX_DEVICE_TYPE_CHARS,
+    NameError, is_basic_token, now_ms, validate_access_token, validate_device_name, validate_name,
 };
 use metrics::counter;
 use rand::Rng;
