@@ -826,5 +826,37 @@ async fn rpc_and_shared_attributes_cross_nodes() -> Result<()> {
         (body["method"].clone(), body["params"].clone()),
         (json!("poke"), Value::Null)
     );
+
+    // ThingsBoard's own Python SDK on the second node, driven through the first.
+    let (token, id) = &devices[6];
+    let port = second.mqtt.port().to_string();
+    let script = tests::SdkScript::start("device_downlinks.py", &["127.0.0.1", &port, token])?;
+    let ready = tokio::task::block_in_place(|| script.next(Duration::from_secs(60)))?;
+    assert_eq!(ready, Some(json!("ready")));
+    let response = rest
+        .post(&format!("/api/rpc/twoway/{id}"))
+        .json(&json!({"method": "sdk", "params": {"across": true}, "timeout": 20000}))
+        .send()
+        .await?;
+    assert_eq!(response.status(), 200);
+    assert_eq!(
+        response.json::<Value>().await?,
+        json!({"echo": {"across": true}})
+    );
+    let shared = format!("/api/plugins/telemetry/DEVICE/{id}/attributes/SHARED_SCOPE");
+    let mut updated = false;
+    for _ in 0..40 {
+        let r = rest.post(&shared).json(&json!({"sdk": 1})).send().await?;
+        assert_eq!(r.status(), 200);
+        while let Some(event) =
+            tokio::task::block_in_place(|| script.next(Duration::from_millis(500)))?
+        {
+            updated |= event["attributes"] == json!({"sdk": 1});
+        }
+        if updated {
+            break;
+        }
+    }
+    assert!(updated, "the SDK never got the update");
     Ok(())
 }

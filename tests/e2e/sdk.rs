@@ -5,7 +5,7 @@ use std::process::Command;
 
 use anyhow::{Context, Result};
 use serde_json::{Value, json};
-use tests::{Engine, sdk_python, sdk_script};
+use tests::{Engine, SdkScript, sdk_python, sdk_script};
 
 #[tokio::test(flavor = "multi_thread")]
 async fn the_python_device_sdk_gets_its_limits_sends_and_reads_attributes() -> Result<()> {
@@ -140,56 +140,6 @@ async fn the_python_device_sdk_provisions_a_device_over_mqtt_and_uses_its_token(
     Ok(())
 }
 
-/// A running SDK script whose stdout lines arrive on a channel.
-struct Script {
-    child: std::process::Child,
-    lines: std::sync::mpsc::Receiver<String>,
-}
-
-impl Script {
-    fn start(name: &str, args: &[&str]) -> Result<Script> {
-        use std::io::BufRead;
-        let mut child = Command::new(sdk_python()?)
-            .arg(sdk_script(name))
-            .args(args)
-            .stdin(std::process::Stdio::piped())
-            .stdout(std::process::Stdio::piped())
-            .spawn()?;
-        let stdout = child.stdout.take().context("stdout")?;
-        let (tx, lines) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            for line in std::io::BufReader::new(stdout)
-                .lines()
-                .map_while(Result::ok)
-            {
-                if tx.send(line).is_err() {
-                    return;
-                }
-            }
-        });
-        Ok(Script { child, lines })
-    }
-
-    /// The next JSON line, if one comes within `wait`.
-    fn next(&self, wait: std::time::Duration) -> Result<Option<Value>> {
-        match self.lines.recv_timeout(wait) {
-            Ok(line) => Ok(Some(
-                serde_json::from_str(&line).with_context(|| format!("not JSON: {line}"))?,
-            )),
-            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => Ok(None),
-            Err(e) => anyhow::bail!("the SDK script ended: {e}"),
-        }
-    }
-}
-
-impl Drop for Script {
-    fn drop(&mut self) {
-        drop(self.child.stdin.take());
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn the_python_device_sdk_answers_rpc_and_gets_shared_attribute_changes() -> Result<()> {
     use std::time::Duration;
@@ -198,7 +148,7 @@ async fn the_python_device_sdk_answers_rpc_and_gets_shared_attribute_changes() -
     let rest = engine.rest().await?;
     let id = rest.create_device("sdk-downlinks", "SDK_DOWNLINKS").await?;
     let port = engine.mqtt.port().to_string();
-    let script = Script::start(
+    let script = SdkScript::start(
         "device_downlinks.py",
         &["127.0.0.1", &port, "SDK_DOWNLINKS"],
     )?;
@@ -270,7 +220,7 @@ async fn the_python_http_device_sdk_long_polls_for_rpc_and_shared_attributes() -
     let rest = engine.rest().await?;
     let id = rest.create_device("sdk-http", "SDK_HTTP").await?;
     let base = engine.url("");
-    let script = Script::start("device_http.py", &[base.trim_end_matches('/'), "SDK_HTTP"])?;
+    let script = SdkScript::start("device_http.py", &[base.trim_end_matches('/'), "SDK_HTTP"])?;
     let ready = tokio::task::block_in_place(|| script.next(Duration::from_secs(60)))?;
     assert_eq!(ready, Some(json!("ready")));
 

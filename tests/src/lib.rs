@@ -424,3 +424,55 @@ pub fn sdk_python() -> Result<PathBuf> {
 pub fn sdk_script(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("sdk").join(name)
 }
+
+/// A running SDK script of `tests/sdk/` whose output lines arrive on a channel; killed when
+/// dropped (its standard input closed first).
+pub struct SdkScript {
+    child: std::process::Child,
+    lines: std::sync::mpsc::Receiver<String>,
+}
+
+impl SdkScript {
+    /// Starts `tests/sdk/<name>` with `args` in the SDK's virtual environment.
+    pub fn start(name: &str, args: &[&str]) -> Result<SdkScript> {
+        use std::io::BufRead;
+        let mut child = std::process::Command::new(sdk_python()?)
+            .arg(sdk_script(name))
+            .args(args)
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()?;
+        let stdout = child.stdout.take().context("stdout")?;
+        let (tx, lines) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(stdout)
+                .lines()
+                .map_while(Result::ok)
+            {
+                if tx.send(line).is_err() {
+                    return;
+                }
+            }
+        });
+        Ok(SdkScript { child, lines })
+    }
+
+    /// The next JSON line, if one comes within `wait`.
+    pub fn next(&self, wait: std::time::Duration) -> Result<Option<Value>> {
+        match self.lines.recv_timeout(wait) {
+            Ok(line) => Ok(Some(
+                serde_json::from_str(&line).with_context(|| format!("not JSON: {line}"))?,
+            )),
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => Ok(None),
+            Err(e) => anyhow::bail!("the SDK script ended: {e}"),
+        }
+    }
+}
+
+impl Drop for SdkScript {
+    fn drop(&mut self) {
+        drop(self.child.stdin.take());
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
