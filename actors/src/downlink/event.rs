@@ -42,6 +42,10 @@ pub enum DeviceEvent {
     SharedDeleted { keys: Vec<String> },
     /// A persistent RPC was deleted: it is not sent any more.
     RpcDeleted { id: uuid::Uuid },
+    /// `node` holds only these sessions of the device: sent by a node that got a delivery no
+    /// session of its own wanted (the owner knew a session the node no longer has: the node
+    /// restarted, or the session's end was lost). The owner forgets the node's others.
+    NodeSessions { node: NodeId, sessions: Vec<u64> },
 }
 
 /// What the owner sends a node.

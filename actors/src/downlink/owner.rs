@@ -181,6 +181,13 @@ impl Owned {
                     effects.push(resolve(device, caller, resolution));
                 }
             }
+            DeviceEvent::NodeSessions { node, sessions } => {
+                if let Some(state) = self.devices.get_mut(&device) {
+                    state
+                        .sessions
+                        .retain(|s| s.node != node || sessions.contains(&s.session));
+                }
+            }
             DeviceEvent::RpcDeleted { id } => {
                 if let Some(state) = self.devices.get_mut(&device)
                     && let Some(at) = state.rpcs.find(|c| *c == Caller::Record { id })
@@ -653,5 +660,26 @@ mod tests {
                 RecordChange::Done(Resolution::Expired { sent: true })
             )]
         );
+    }
+
+    #[test]
+    fn sessions_a_node_no_longer_has_are_forgotten() {
+        let mut owned = Owned::new(4);
+        owned.handle(device(), session("a", 1, 1, true, false), 0);
+        owned.handle(device(), session("a", 2, 1, false, true), 0);
+        owned.handle(device(), session("b", 3, 1, true, false), 0);
+        // Node a says it holds only session 2: its session 1 is gone, b's stays.
+        owned.handle(
+            device(),
+            DeviceEvent::NodeSessions {
+                node: node("a"),
+                sessions: vec![2],
+            },
+            0,
+        );
+        let effects = owned.handle(device(), rpc(1, Direction::OneWay, 100), 0);
+        assert_eq!(delivered(&effects), [("b".into(), 0)]);
+        let entries = [KvEntry::new("k", KvValue::Long(1))];
+        assert_eq!(nodes(&owned.shared_updated(device(), &entries)), ["a"]);
     }
 }

@@ -253,14 +253,35 @@ impl Downlinks {
             Delivery::Rpc(_) => s.rpc,
             Delivery::Attributes(_) | Delivery::Deleted(_) => s.attributes,
         };
-        let sinks: Vec<Arc<dyn SessionSink>> = match self.sessions.lock().get(&device) {
-            Some(sessions) => sessions
-                .iter()
-                .filter(|s| wants(s))
-                .map(|s| s.sink.clone())
-                .collect(),
-            None => Vec::new(),
-        };
+        let (sinks, held): (Vec<Arc<dyn SessionSink>>, Vec<u64>) =
+            match self.sessions.lock().get(&device) {
+                Some(sessions) => (
+                    sessions
+                        .iter()
+                        .filter(|s| wants(s))
+                        .map(|s| s.sink.clone())
+                        .collect(),
+                    sessions.iter().map(|s| s.id).collect(),
+                ),
+                None => (Vec::new(), Vec::new()),
+            };
+        if sinks.is_empty() {
+            // The owner knows a session of this node that is gone: it is told which it holds.
+            counter!(DOWNLINKS, "outcome" => "no_session").increment(1);
+            let event = DeviceEvent::NodeSessions {
+                node: self.node.clone(),
+                sessions: held,
+            };
+            // The queue routes by device; the tenant is not needed for a device event.
+            let message = event_message(crate::model::TenantId(uuid::Uuid::nil()), device, event);
+            let ingress = self.ingress.clone();
+            self.runtime.spawn(async move {
+                if let Err(e) = ingress.publish_event(message).await {
+                    warn!(error = %e, "the owner could not be told of a gone session");
+                }
+            });
+            return;
+        }
         for sink in sinks {
             let outcome = if sink.deliver(delivery) {
                 "delivered"

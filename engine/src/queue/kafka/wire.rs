@@ -37,7 +37,7 @@ pub enum Body {
 
 #[derive(Clone, PartialEq, prost::Message)]
 pub struct WireDeviceEvent {
-    #[prost(oneof = "WireEvent", tags = "1, 2, 3, 4, 5")]
+    #[prost(oneof = "WireEvent", tags = "1, 2, 3, 4, 5, 6")]
     pub event: Option<WireEvent>,
 }
 
@@ -53,6 +53,8 @@ pub enum WireEvent {
     SharedDeleted(SharedDeletedEvent),
     #[prost(message, tag = "5")]
     RpcDeleted(RpcDeletedEvent),
+    #[prost(message, tag = "6")]
+    NodeSessions(NodeSessionsEvent),
 }
 
 #[derive(Clone, PartialEq, prost::Message)]
@@ -99,6 +101,14 @@ pub struct RpcReplyEvent {
 pub struct SharedDeletedEvent {
     #[prost(string, repeated, tag = "1")]
     pub keys: Vec<String>,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct NodeSessionsEvent {
+    #[prost(string, tag = "1")]
+    pub node: String,
+    #[prost(uint64, repeated, tag = "2")]
+    pub sessions: Vec<u64>,
 }
 
 #[derive(Clone, PartialEq, prost::Message)]
@@ -150,6 +160,12 @@ fn event_to_wire(event: &DeviceEvent) -> WireDeviceEvent {
         DeviceEvent::RpcDeleted { id } => WireEvent::RpcDeleted(RpcDeletedEvent {
             record_id: id.as_bytes().to_vec(),
         }),
+        DeviceEvent::NodeSessions { node, sessions } => {
+            WireEvent::NodeSessions(NodeSessionsEvent {
+                node: node.to_string(),
+                sessions: sessions.clone(),
+            })
+        }
     };
     WireDeviceEvent { event: Some(event) }
 }
@@ -192,6 +208,10 @@ fn event_from_wire(event: WireDeviceEvent) -> Result<DeviceEvent, WireError> {
         Some(WireEvent::SharedDeleted(d)) => DeviceEvent::SharedDeleted { keys: d.keys },
         Some(WireEvent::RpcDeleted(d)) => DeviceEvent::RpcDeleted {
             id: record_id(&d.record_id)?,
+        },
+        Some(WireEvent::NodeSessions(n)) => DeviceEvent::NodeSessions {
+            node: NodeId::from(n.node),
+            sessions: n.sessions,
         },
         None => {
             return Err(WireError::Invalid(
@@ -428,6 +448,10 @@ pub(super) mod tests {
                 DeviceEvent::RpcDeleted {
                     id: uuid::Uuid::from_u128(78),
                 },
+                DeviceEvent::NodeSessions {
+                    node: NodeId::from("n3"),
+                    sessions: vec![4, 5],
+                },
             ]
             .map(|event| Message {
                 tenant_id: tenant,
@@ -649,6 +673,29 @@ pub(super) mod tests {
                 "DeviceEvent",
                 "rpc_deleted",
                 event(WireEvent::RpcDeleted(RpcDeletedEvent::default())),
+            ),
+            (
+                "DeviceEvent",
+                "node_sessions",
+                event(WireEvent::NodeSessions(NodeSessionsEvent::default())),
+            ),
+            (
+                "NodeSessionsEvent",
+                "node",
+                NodeSessionsEvent {
+                    node: "n".into(),
+                    sessions: vec![],
+                }
+                .encode_to_vec(),
+            ),
+            (
+                "NodeSessionsEvent",
+                "sessions",
+                NodeSessionsEvent {
+                    node: String::new(),
+                    sessions: vec![1],
+                }
+                .encode_to_vec(),
             ),
             (
                 "SessionEvent",
