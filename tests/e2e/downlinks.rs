@@ -363,6 +363,29 @@ async fn http_devices_long_poll_for_rpc_and_shared_attribute_changes() -> Result
     );
     assert_eq!(call.await??, (200, String::new()));
 
+    // Two one-way requests pending: each poll takes one, in order, and both callers get 200.
+    let first = rpc(
+        &rest,
+        format!("/api/rpc/oneway/{id}"),
+        json!({"method": "first", "params": 1, "timeout": 20000}),
+    );
+    let second = rpc(
+        &rest,
+        format!("/api/rpc/oneway/{id}"),
+        json!({"method": "second", "params": 2, "timeout": 20000}),
+    );
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let mut methods = Vec::new();
+    for _ in 0..2 {
+        let (status, body) = answer(http.get(url("/rpc?timeout=10000"))).await?;
+        assert_eq!(status, 200, "{body}");
+        methods.push(serde_json::from_str::<Value>(&body)?["method"].clone());
+    }
+    methods.sort_by_key(Value::to_string);
+    assert_eq!(methods, [json!("first"), json!("second")]);
+    assert_eq!(first.await??.0, 200);
+    assert_eq!(second.await??.0, 200);
+
     // Shared attribute changes: only the posted keys, typed; deletions as {"deleted":[..]}.
     let attributes = format!("/api/plugins/telemetry/DEVICE/{id}/attributes/SHARED_SCOPE");
     let poll = tokio::spawn(answer(http.get(url("/attributes/updates?timeout=30000"))));

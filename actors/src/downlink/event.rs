@@ -33,6 +33,9 @@ pub enum DeviceEvent {
         seq: u64,
         rpc: bool,
         attributes: bool,
+        /// A session that takes one downlink and ends (an HTTP long poll): when it subscribes,
+        /// only the first pending request goes to it (ThingsBoard's sync sessions).
+        once: bool,
     },
     /// A server-side RPC to the device.
     RpcRequest { caller: Caller, request: RpcRequest },

@@ -134,7 +134,17 @@ impl Owned {
                 seq,
                 rpc,
                 attributes,
-            } => self.session(device, node, session, seq, rpc, attributes, &mut effects),
+                once,
+            } => self.session(
+                device,
+                node,
+                session,
+                seq,
+                rpc,
+                attributes,
+                once,
+                &mut effects,
+            ),
             DeviceEvent::RpcRequest { caller, request } => {
                 let state = self.state(device);
                 // A stored request reloaded at start may also still be on its way through the
@@ -219,6 +229,7 @@ impl Owned {
         seq: u64,
         rpc: bool,
         attributes: bool,
+        once: bool,
         effects: &mut Vec<Effect>,
     ) {
         let state = self.state(device);
@@ -255,8 +266,13 @@ impl Owned {
             }
         };
         // ThingsBoard sends every pending request to a session that subscribes (BURST).
+        // A session that takes one downlink gets only the first (ThingsBoard's sync session).
         if newly_rpc && !state.rpcs.is_empty() {
-            let (outgoing, done) = state.rpcs.subscribed();
+            let (outgoing, done) = if once {
+                state.rpcs.subscribed_once()
+            } else {
+                state.rpcs.subscribed()
+            };
             for o in outgoing {
                 // Still pending after the burst: a two-way request, now waiting for its reply.
                 if let Some(Caller::Record { id }) = state.rpcs.caller(o.id) {
@@ -405,6 +421,7 @@ mod tests {
             seq,
             rpc,
             attributes,
+            once: false,
         }
     }
 
@@ -681,5 +698,28 @@ mod tests {
         assert_eq!(delivered(&effects), [("b".into(), 0)]);
         let entries = [KvEntry::new("k", KvValue::Long(1))];
         assert_eq!(nodes(&owned.shared_updated(device(), &entries)), ["a"]);
+    }
+
+    #[test]
+    fn a_session_that_takes_one_downlink_gets_only_the_first_pending_request() {
+        let mut owned = Owned::new(4);
+        owned.handle(device(), rpc(1, Direction::OneWay, 100), 0);
+        owned.handle(device(), rpc(2, Direction::OneWay, 100), 0);
+        let poll = |session, seq, rpc| DeviceEvent::Session {
+            node: node("h"),
+            session,
+            seq,
+            rpc,
+            attributes: false,
+            once: true,
+        };
+        let effects = owned.handle(device(), poll(1, 1, true), 0);
+        assert_eq!(delivered(&effects), [("h".into(), 0)]);
+        assert_eq!(resolved(&effects), [(1, Resolution::Sent)]);
+        owned.handle(device(), poll(1, 2, false), 0);
+        // The next poll gets the second.
+        let effects = owned.handle(device(), poll(2, 1, true), 0);
+        assert_eq!(delivered(&effects), [("h".into(), 1)]);
+        assert_eq!(resolved(&effects), [(2, Resolution::Sent)]);
     }
 }

@@ -92,6 +92,8 @@ impl Default for DownlinkSettings {
 
 struct LocalSession {
     id: u64,
+    /// Takes one downlink and ends (an HTTP long poll).
+    once: bool,
     tenant: crate::model::TenantId,
     rpc: bool,
     attributes: bool,
@@ -338,6 +340,31 @@ impl Downlinks {
         attributes: bool,
         sink: &Arc<dyn SessionSink>,
     ) {
+        self.change(device, id, rpc, attributes, false, sink);
+    }
+
+    /// [`Downlinks::subscriptions`] of a session that takes one downlink and ends (an HTTP long
+    /// poll): of the requests pending when it subscribes, it gets the first.
+    pub fn poll_subscriptions(
+        self: &Arc<Self>,
+        device: &Device,
+        id: u64,
+        rpc: bool,
+        attributes: bool,
+        sink: &Arc<dyn SessionSink>,
+    ) {
+        self.change(device, id, rpc, attributes, true, sink);
+    }
+
+    fn change(
+        self: &Arc<Self>,
+        device: &Device,
+        id: u64,
+        rpc: bool,
+        attributes: bool,
+        once: bool,
+        sink: &Arc<dyn SessionSink>,
+    ) {
         let start = {
             let mut sessions = self.sessions.lock();
             let list = sessions.entry(device.id).or_default();
@@ -347,6 +374,7 @@ impl Downlinks {
                 None => {
                     list.push(LocalSession {
                         id,
+                        once,
                         tenant: device.tenant_id,
                         rpc,
                         attributes,
@@ -400,15 +428,16 @@ impl Downlinks {
                     }
                     return;
                 }
-                (s.seq, s.rpc, s.attributes)
+                (s.seq, s.rpc, s.attributes, s.once)
             };
-            let (seq, rpc, attributes) = state;
+            let (seq, rpc, attributes, once) = state;
             let event = DeviceEvent::Session {
                 node: self.node.clone(),
                 session: id,
                 seq,
                 rpc,
                 attributes,
+                once,
             };
             if let Err(e) = self
                 .ingress

@@ -207,6 +207,29 @@ impl<C> DeviceRpcs<C> {
         (outgoing, done)
     }
 
+    /// A session that takes one downlink subscribed to RPC: the first pending request goes to
+    /// it (done, if one-way); the others wait for the next subscription.
+    pub fn subscribed_once(&mut self) -> (Vec<Outgoing>, Vec<(C, Resolution)>) {
+        let Some((&id, pending)) = self.pending.iter_mut().next() else {
+            return (Vec::new(), Vec::new());
+        };
+        pending.sent = true;
+        let outgoing = vec![Outgoing {
+            id,
+            request: pending.request.clone(),
+        }];
+        let done = if pending.request.direction == Direction::OneWay {
+            self.pending
+                .remove(&id)
+                .map(|p| (p.caller, Resolution::Sent))
+                .into_iter()
+                .collect()
+        } else {
+            Vec::new()
+        };
+        (outgoing, done)
+    }
+
     /// The device replied to `id`: the two-way request it answers, if it is still pending.
     pub fn reply(&mut self, id: i32, payload: Vec<u8>) -> Option<(C, Resolution)> {
         match self.pending.get(&id) {

@@ -14,11 +14,9 @@
 //! by `http.max_waiting_requests`; past it a request is answered 503 at once. Every answer for
 //! an unknown token is 401, before anything else is read.
 //!
-//! Differences from ThingsBoard, deliberate: a malformed body is 400 with the reason (its
-//! controller answers 500); a long poll that subscribes while several requests are pending
-//! takes the first, and the rest are sent to the next poll (two-way requests) or, one-way ones,
-//! counted as dropped downlinks (ThingsBoard sends a sync session only the first, and keeps the
-//! others queued).
+//! A long poll that subscribes while several requests are pending gets the first; the others
+//! wait for the next poll (ThingsBoard's sync sessions). Difference from ThingsBoard,
+//! deliberate: a malformed body is 400 with the reason (its controller answers 500).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -86,7 +84,7 @@ struct Unsubscribe {
 impl Drop for Unsubscribe {
     fn drop(&mut self) {
         self.downlinks
-            .subscriptions(&self.device, self.id, false, false, &self.sink);
+            .poll_subscriptions(&self.device, self.id, false, false, &self.sink);
     }
 }
 
@@ -126,7 +124,7 @@ async fn poll(state: State, token: &str, asked: Option<u64>, what: Poll) -> Http
     let downlinks = state.downlinks.clone();
     let id = downlinks.session_id();
     let (rpc, attributes) = (what == Poll::Rpc, what == Poll::Attributes);
-    downlinks.subscriptions(&device, id, rpc, attributes, &sink);
+    downlinks.poll_subscriptions(&device, id, rpc, attributes, &sink);
     let _unsubscribe = Unsubscribe {
         downlinks,
         device,

@@ -69,6 +69,8 @@ pub struct SessionEvent {
     pub rpc: bool,
     #[prost(bool, tag = "5")]
     pub attributes: bool,
+    #[prost(bool, tag = "6")]
+    pub once: bool,
 }
 
 #[derive(Clone, PartialEq, prost::Message)]
@@ -125,12 +127,14 @@ fn event_to_wire(event: &DeviceEvent) -> WireDeviceEvent {
             seq,
             rpc,
             attributes,
+            once,
         } => WireEvent::Session(SessionEvent {
             node: node.to_string(),
             session: *session,
             seq: *seq,
             rpc: *rpc,
             attributes: *attributes,
+            once: *once,
         }),
         DeviceEvent::RpcRequest { caller, request } => WireEvent::RpcRequest(RpcRequestEvent {
             caller_node: match caller {
@@ -178,6 +182,7 @@ fn event_from_wire(event: WireDeviceEvent) -> Result<DeviceEvent, WireError> {
             seq: s.seq,
             rpc: s.rpc,
             attributes: s.attributes,
+            once: s.once,
         },
         Some(WireEvent::RpcRequest(r)) => DeviceEvent::RpcRequest {
             caller: if r.record_id.is_empty() {
@@ -414,6 +419,7 @@ pub(super) mod tests {
                     seq: 2,
                     rpc: true,
                     attributes: false,
+                    once: true,
                 },
                 DeviceEvent::RpcRequest {
                     caller: Caller::Call {
@@ -738,6 +744,15 @@ pub(super) mod tests {
                 "attributes",
                 SessionEvent {
                     attributes: true,
+                    ..session()
+                }
+                .encode_to_vec(),
+            ),
+            (
+                "SessionEvent",
+                "once",
+                SessionEvent {
+                    once: true,
                     ..session()
                 }
                 .encode_to_vec(),
