@@ -73,6 +73,27 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
     );
 }
 
+/// A shared-attribute change for an integration with a downlink converter serving `device`
+/// (message type `kind`, metadata `scope = SHARED_SCOPE`).
+async fn integration_downlink(
+    state: &State,
+    device: &actors::model::Device,
+    kind: &str,
+    msg: Value,
+) -> Result<(), ApiError> {
+    let metadata = [(
+        "scope".to_owned(),
+        AttributeScope::Shared.as_str().to_owned(),
+    )]
+    .into();
+    state
+        .integrations
+        .downlink(device, kind, msg, metadata)
+        .await
+        .map(|_| ())
+        .map_err(|e| ApiError::invalid(format!("Downlink converter failed: {e}")))
+}
+
 #[derive(Deserialize)]
 struct DeletedKeys {
     keys: Option<String>,
@@ -106,13 +127,13 @@ async fn delete_attributes(
             .shared_deleted(&device, keys.clone())
             .await
             .map_err(|e| ApiError::unavailable(e.to_string()))?;
-        let msg = json!({ "attributes": keys });
-        let metadata = [("scope".to_owned(), scope.as_str().to_owned())].into();
-        state
-            .integrations
-            .downlink(&device, "ATTRIBUTES_DELETED", msg, metadata)
-            .await
-            .map_err(|e| ApiError::invalid(format!("Downlink converter failed: {e}")))?;
+        integration_downlink(
+            &state,
+            &device,
+            "ATTRIBUTES_DELETED",
+            json!({ "attributes": keys }),
+        )
+        .await?;
     }
     Ok(HttpResponse::Ok().finish())
 }
@@ -180,12 +201,7 @@ async fn save_attributes(
         .map_err(|e| ApiError::unavailable(e.to_string()))?;
     if scope == AttributeScope::Shared {
         let msg: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
-        let metadata = [("scope".to_owned(), scope.as_str().to_owned())].into();
-        state
-            .integrations
-            .downlink(&device, "ATTRIBUTES_UPDATED", msg, metadata)
-            .await
-            .map_err(|e| ApiError::invalid(format!("Downlink converter failed: {e}")))?;
+        integration_downlink(&state, &device, "ATTRIBUTES_UPDATED", msg).await?;
     }
     Ok(HttpResponse::Ok().finish())
 }

@@ -99,12 +99,8 @@ async fn claim(
     token: web::Path<String>,
     body: web::Payload,
 ) -> HttpResponse {
-    let device = match authenticate(&state, &token).await {
-        Ok(device) => device,
-        Err(answer) => return answer,
-    };
-    let body = match read_body(&state, &req, body).await {
-        Ok(body) => body,
+    let (device, body) = match authenticated_body(&state, &req, &token, body).await {
+        Ok(found) => found,
         Err(answer) => return answer,
     };
     let request = match ClaimRequest::parse(&body) {
@@ -197,12 +193,8 @@ async fn upload(
     uplink: Uplink,
     body: web::Payload,
 ) -> HttpResponse {
-    let device = match authenticate(&state, token).await {
-        Ok(device) => device,
-        Err(answer) => return answer,
-    };
-    let body = match read_body(&state, req, body).await {
-        Ok(body) => body,
+    let (device, body) = match authenticated_body(&state, req, token, body).await {
+        Ok(found) => found,
         Err(answer) => return answer,
     };
     let publish = state
@@ -217,6 +209,19 @@ async fn upload(
         Ok(()) => HttpResponse::Ok().finish(),
         Err(rejection) => rejected(&rejection),
     }
+}
+
+/// The device whose token is in the path, then the request's body (read only for a known
+/// device), or the answer that refuses the request.
+pub(super) async fn authenticated_body(
+    state: &State,
+    req: &HttpRequest,
+    token: &str,
+    body: web::Payload,
+) -> Result<(std::sync::Arc<Device>, BytesMut), HttpResponse> {
+    let device = authenticate(state, token).await?;
+    let body = read_body(state, req, body).await?;
+    Ok((device, body))
 }
 
 /// The device whose token is in the path, or the 401 (a token that cannot exist is not even

@@ -34,7 +34,7 @@ use metrics::counter;
 use parking_lot::Mutex;
 use tokio::sync::{OwnedSemaphorePermit, oneshot};
 
-use super::http::{authenticate, busy, read_body, rejected, text};
+use super::http::{authenticate, authenticated_body, busy, read_body, rejected, text};
 use crate::api::State;
 
 pub fn routes(cfg: &mut web::ServiceConfig) {
@@ -194,12 +194,8 @@ async fn device_rpc(
     token: web::Path<String>,
     body: web::Payload,
 ) -> HttpResponse {
-    let device = match authenticate(&state, &token).await {
-        Ok(device) => device,
-        Err(answer) => return answer,
-    };
-    let body = match read_body(&state, &req, body).await {
-        Ok(body) => body,
+    let (device, body) = match authenticated_body(&state, &req, &token, body).await {
+        Ok(found) => found,
         Err(answer) => return answer,
     };
     if rpc::DeviceRpc::parse(&body, true).is_err() {
