@@ -281,6 +281,11 @@ impl Ingress {
         self.max_payload
     }
 
+    /// The longest key it takes, in characters (`limits.max_key_length`).
+    pub fn max_key_chars(&self) -> usize {
+        self.limits.max_key_chars
+    }
+
     /// The limits to check uplinks against; share one [`Limits`] between the ingresses of a
     /// process, so a device's keys are counted once whatever transport brings them.
     pub fn with_limits(mut self, limits: Limits) -> Ingress {

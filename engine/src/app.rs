@@ -78,6 +78,13 @@ fn node_id(data_dir: &std::path::Path) -> anyhow::Result<String> {
     Ok(id)
 }
 
+/// Requests that may wait on HTTP connections at once: at most half the connection cap, so
+/// waiting device polls or RPC calls never take the connections the REST API and `/metrics`
+/// need.
+fn waiting_cap(configured: usize, max_connections: usize) -> usize {
+    configured.min(max_connections / 2).max(1)
+}
+
 fn registry_limits(config: &Config) -> RegistryLimits {
     RegistryLimits {
         max_per_tenant: config.devices.max_per_tenant,
@@ -150,7 +157,13 @@ pub async fn start(config: Config, metrics: Option<PrometheusHandle>) -> anyhow:
         let ingress = Arc::new(Ingress::new(producer, bytes(config.mqtt.max_payload_size)));
         let downlinks = Downlinks::start(
             NodeId::from(node.as_str()),
-            DownlinkSettings::default(),
+            DownlinkSettings {
+                max_waiting_calls: waiting_cap(
+                    DownlinkSettings::default().max_waiting_calls,
+                    config.http.max_connections,
+                ),
+                ..DownlinkSettings::default()
+            },
             ingress,
             records.clone(),
             bus,
@@ -303,9 +316,10 @@ pub async fn start(config: Config, metrics: Option<PrometheusHandle>) -> anyhow:
             max_payload: http_max,
             request_timeout: config.http.request_timeout,
             max_request_timeout: config.http.max_request_timeout,
-            waiting: std::sync::Arc::new(tokio::sync::Semaphore::new(
+            waiting: std::sync::Arc::new(tokio::sync::Semaphore::new(waiting_cap(
                 config.http.max_waiting_requests,
-            )),
+                config.http.max_connections,
+            ))),
         },
         converters: integrations.runtime().clone(),
         integrations,

@@ -341,11 +341,14 @@ pub struct HttpConfig {
     #[serde(with = "humantime_serde")]
     pub request_timeout: Duration,
     /// The longest wait a device may ask for; a longer `timeout` is cut to it (ThingsBoard's
-    /// `transport.http.max_request_timeout`).
+    /// `transport.http.max_request_timeout`). Also the longest a REST RPC call (not a
+    /// persistent one) waits for its device: its expiry is cut to it.
     #[serde(with = "humantime_serde")]
     pub max_request_timeout: Duration,
     /// Long polls and device RPCs waiting at once, all devices together; past it a request is
-    /// answered 503 at once, so waiting requests cannot grow the engine's memory.
+    /// answered 503 at once, so waiting requests cannot grow the engine's memory. Never more
+    /// than half of `max_connections` (nor are REST RPC calls waiting for a device), so they
+    /// cannot take the connections the REST API and `/metrics` need.
     pub max_waiting_requests: usize,
 }
 
@@ -699,7 +702,7 @@ impl Default for HttpConfig {
             backlog: 1024,
             request_timeout: Duration::from_secs(60),
             max_request_timeout: Duration::from_secs(300),
-            max_waiting_requests: 10_000,
+            max_waiting_requests: 2_048,
         }
     }
 }

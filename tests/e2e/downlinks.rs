@@ -539,6 +539,16 @@ async fn the_http_way_back_refuses_bad_requests() -> Result<()> {
             "{bad}"
         );
     }
+    // `params` present as null is a request (ThingsBoard takes it).
+    let (status, body) = answer(
+        http.post(url("/rpc"))
+            .body(r#"{"method":"getTime","params":null}"#),
+    )
+    .await?;
+    assert_eq!(
+        (status, serde_json::from_str::<Value>(&body)?),
+        (200, json!({"error": "timeout"}))
+    );
     let started = Instant::now();
     let (status, body) = answer(
         http.post(url("/rpc"))
@@ -599,6 +609,10 @@ async fn the_http_way_back_refuses_bad_requests() -> Result<()> {
         .send()
         .await?;
     assert_eq!(r.status(), 401);
+    // A key no device could have stored (longer than limits.max_key_length): 400.
+    let long = "k".repeat(300);
+    let r = rest.delete(&format!("{base}?keys={long}")).send().await?;
+    assert_eq!(r.status(), 400);
     // The device's client attributes may be deleted too.
     let r = rest
         .delete(&format!(
@@ -973,5 +987,99 @@ async fn the_references_mosquitto_command_lines_take_the_way_back() -> Result<()
     )?;
     assert_eq!(code, 0, "{output}");
     assert_eq!(call.await??, (200, r#"{"temperature":21}"#.to_owned()));
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn abuse_of_the_way_back_does_not_cut_devices_off() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let engine = Engine::start_with(dir.path(), &[("ENGINE_HTTP__MAX_REQUEST_TIMEOUT", "3s")])?;
+    let rest = engine.rest().await?;
+    let (id, mut device) = device(&engine, &rest, "abused").await?;
+    device.subscribe(ATTRIBUTES, QoS::AtLeastOnce).await?;
+    device.subscribe(RPC_REQUESTS, QoS::AtLeastOnce).await?;
+    until_subscribed(&rest, &mut device, &id).await?;
+    let http = reqwest::Client::new();
+
+    // More long polls than a device may have sessions: the MQTT connection keeps its own.
+    let polls: Vec<_> = (0..24)
+        .map(|_| {
+            let request = http.get(engine.url("/api/v1/ABUSED/attributes/updates?timeout=1000"));
+            tokio::spawn(answer(request))
+        })
+        .collect();
+    for poll in polls {
+        assert_eq!(poll.await??.0, 408);
+    }
+    let call = rpc(
+        &rest,
+        format!("/api/rpc/twoway/{id}"),
+        json!({"method": "still", "params": {}, "timeout": 20000}),
+    );
+    let (topic, body) = next(&mut device).await?;
+    assert_eq!(body["method"], "still");
+    let n = topic.rsplit('/').next().context("an id")?.to_owned();
+    device
+        .publish(&format!("v1/devices/me/rpc/response/{n}"), "{}")
+        .await?;
+    assert_eq!(call.await??.0, 200);
+    let r = rest
+        .post(&format!("/api/plugins/telemetry/DEVICE/{id}/SHARED_SCOPE"))
+        .json(&json!({"after_polls": 1}))
+        .send()
+        .await?;
+    assert_eq!(r.status(), 200);
+    assert_eq!(next(&mut device).await?.1, json!({"after_polls": 1}));
+
+    // A call waits at most http.max_request_timeout (3 s here): 64 calls of a very long
+    // timeout to an offline device end (504) and give the device's places back.
+    let offline = rest.create_device("abandoned", "ABANDONED").await?;
+    let long: Vec<_> = (0..64)
+        .map(|_| {
+            rpc(
+                &rest,
+                format!("/api/rpc/twoway/{offline}"),
+                json!({"method": "m", "params": {}, "timeout": 1_000_000_000_000i64}),
+            )
+        })
+        .collect();
+    for call in long {
+        assert_eq!(call.await??.0, 504);
+    }
+    let r = rest
+        .post(&format!("/api/rpc/twoway/{offline}"))
+        .json(&json!({"method": "m", "params": {}, "timeout": 1}))
+        .send()
+        .await?;
+    assert_eq!(r.status(), 504);
+
+    // The same requestUUID at once: one is stored, the others are refused.
+    let uuid = "5a1c0de0-0000-4000-8000-00000000abcd";
+    let calls: Vec<_> = (0..10)
+        .map(|_| {
+            rpc(
+                &rest,
+                format!("/api/rpc/oneway/{offline}"),
+                json!({"method": "once", "persistent": true, "requestUUID": uuid}),
+            )
+        })
+        .collect();
+    let mut statuses = Vec::new();
+    for call in calls {
+        statuses.push(call.await??.0);
+    }
+    statuses.sort_unstable();
+    assert_eq!(statuses, [200, 400, 400, 400, 400, 400, 400, 400, 400, 400]);
+    // additionalInfo nested deeper than it can be read back: 400, not stored and lost.
+    let deep = format!("{}1{}", "[".repeat(200), "]".repeat(200));
+    let r = rest
+        .post(&format!("/api/rpc/oneway/{offline}"))
+        .header("content-type", "application/json")
+        .body(format!(
+            r#"{{"method":"m","persistent":true,"additionalInfo":{deep}}}"#
+        ))
+        .send()
+        .await?;
+    assert_eq!(r.status(), 400);
     Ok(())
 }

@@ -43,6 +43,8 @@ pub enum DeviceEvent {
     RpcReply { id: i32, payload: Vec<u8> },
     /// Shared attributes deleted: subscribed sessions get `{"deleted":[..]}`.
     SharedDeleted { keys: Vec<String> },
+    /// The REST call `call` of `node` went away before its outcome: its request is dropped.
+    CallAbandoned { node: NodeId, call: u64 },
     /// A persistent RPC was deleted: it is not sent any more.
     RpcDeleted { id: uuid::Uuid },
     /// `node` holds only these sessions of the device: sent by a node that got a delivery no

@@ -3,8 +3,9 @@
 //! ([`DeviceRpcs`]). Plain data fed device events and the clock; every decision comes back as
 //! [`Effect`]s (downlinks to nodes, outcomes to callers) for the owner's driver to send.
 //!
-//! Bounds: at most [`MAX_SESSIONS`] sessions are remembered per device (the oldest is
-//! forgotten past it: the MQTT listener already keeps one live session per device by default),
+//! Bounds: at most [`MAX_SESSIONS`] sessions are remembered per device (past it the oldest long
+//! poll is forgotten, else the oldest session: the MQTT listener keeps one live session per
+//! device by default),
 //! each device's pending RPCs are bounded by `rpc_capacity`, and a device's state is let go once
 //! it has neither sessions nor pending requests, all but its RPC id counter: ids keep counting
 //! while the engine runs, as ThingsBoard's device actor counts them (an HTTP device's long poll
@@ -51,6 +52,9 @@ struct SessionRef {
     seq: u64,
     rpc: bool,
     attributes: bool,
+    /// Takes one downlink and ends (an HTTP long poll): the first to go when the device has
+    /// as many sessions as it may.
+    once: bool,
 }
 
 struct DeviceState {
@@ -191,6 +195,18 @@ impl Owned {
                     effects.push(resolve(device, caller, resolution));
                 }
             }
+            DeviceEvent::CallAbandoned { node, call } => {
+                if let Some(state) = self.devices.get_mut(&device)
+                    && let Some(at) = state.rpcs.find(|c| {
+                        *c == Caller::Call {
+                            node: node.clone(),
+                            call,
+                        }
+                    })
+                {
+                    state.rpcs.cancel(at);
+                }
+            }
             DeviceEvent::NodeSessions { node, sessions } => {
                 if let Some(state) = self.devices.get_mut(&device) {
                     state
@@ -253,7 +269,10 @@ impl Owned {
             None if !rpc && !attributes => false,
             None => {
                 if state.sessions.len() >= MAX_SESSIONS {
-                    state.sessions.remove(0);
+                    // A long poll goes first (the oldest), so polls never push out a
+                    // connection that stays.
+                    let at = state.sessions.iter().position(|s| s.once).unwrap_or(0);
+                    state.sessions.remove(at);
                 }
                 state.sessions.push(SessionRef {
                     node: node.clone(),
@@ -261,6 +280,7 @@ impl Owned {
                     seq,
                     rpc,
                     attributes,
+                    once,
                 });
                 rpc
             }
@@ -721,5 +741,50 @@ mod tests {
         let effects = owned.handle(device(), poll(2, 1, true), 0);
         assert_eq!(delivered(&effects), [("h".into(), 1)]);
         assert_eq!(resolved(&effects), [(2, Resolution::Sent)]);
+    }
+
+    #[test]
+    fn long_polls_never_push_out_a_connection_that_stays() {
+        let mut owned = Owned::new(4);
+        owned.handle(device(), session("m", 1, 1, true, true), 0);
+        for poll in 2..(MAX_SESSIONS as u64 + 10) {
+            let event = DeviceEvent::Session {
+                node: node("h"),
+                session: poll,
+                seq: 1,
+                rpc: false,
+                attributes: true,
+                once: true,
+            };
+            owned.handle(device(), event, 0);
+        }
+        let effects = owned.handle(device(), rpc(1, Direction::OneWay, 100), 0);
+        assert_eq!(delivered(&effects), [("m".into(), 0)]);
+        assert_eq!(owned.devices[&device()].sessions.len(), MAX_SESSIONS);
+    }
+
+    #[test]
+    fn an_abandoned_call_frees_its_place() {
+        let mut owned = Owned::new(2);
+        owned.handle(device(), rpc(1, Direction::TwoWay, i64::MAX), 0);
+        owned.handle(device(), rpc(2, Direction::TwoWay, i64::MAX), 0);
+        assert_eq!(
+            resolved(&owned.handle(device(), rpc(3, Direction::TwoWay, i64::MAX), 0)),
+            [(3, Resolution::Refused)]
+        );
+        let abandoned = DeviceEvent::CallAbandoned {
+            node: node("rest"),
+            call: 1,
+        };
+        owned.handle(device(), abandoned, 0);
+        assert!(
+            owned
+                .handle(device(), rpc(4, Direction::TwoWay, i64::MAX), 0)
+                .is_empty()
+        );
+        // The one abandoned (id 0) is not sent to a session that subscribes; the others are (a
+        // refused request takes no id).
+        let effects = owned.handle(device(), session("b", 1, 1, true, false), 0);
+        assert_eq!(delivered(&effects), [("b".into(), 1), ("b".into(), 2)]);
     }
 }

@@ -480,7 +480,9 @@ impl Downlinks {
             (id, rx)
         };
         let forget = Forget {
-            calls: &self.calls,
+            downlinks: self,
+            tenant: device.tenant_id,
+            device: device.id,
             id,
         };
         let event = DeviceEvent::RpcRequest {
@@ -652,14 +654,30 @@ async fn write_record(
 }
 
 /// Removes a call's entry however its wait ends (the REST caller may go away mid-wait).
+/// A call that ends with no outcome (its caller went away, or the safety timeout) is told to
+/// the owner, so the request does not keep one of the device's places until it expires.
 struct Forget<'a> {
-    calls: &'a Mutex<HashMap<u64, oneshot::Sender<Resolution>>>,
+    downlinks: &'a Downlinks,
+    tenant: crate::model::TenantId,
+    device: DeviceId,
     id: u64,
 }
 
 impl Drop for Forget<'_> {
     fn drop(&mut self) {
-        self.calls.lock().remove(&self.id);
+        let d = self.downlinks;
+        if d.calls.lock().remove(&self.id).is_none() {
+            return;
+        }
+        let event = DeviceEvent::CallAbandoned {
+            node: d.node.clone(),
+            call: self.id,
+        };
+        let message = event_message(self.tenant, self.device, event);
+        let ingress = d.ingress.clone();
+        d.runtime.spawn(async move {
+            let _ = ingress.publish_event(message).await;
+        });
     }
 }
 

@@ -187,11 +187,17 @@ impl DeviceRpc {
     /// `method` must be a string; `params` may be any JSON. `params_required`: the HTTP API
     /// refuses a request without `params` (ThingsBoard answers 500), MQTT does not.
     pub fn parse(payload: &[u8], params_required: bool) -> Result<DeviceRpc, RestRpcError> {
+        /// Present, even as `null` (which `Option` alone would read as absent).
+        fn present<'de, D: serde::Deserializer<'de>>(
+            d: D,
+        ) -> Result<Option<&'de RawValue>, D::Error> {
+            <&RawValue>::deserialize(d).map(Some)
+        }
         #[derive(Deserialize)]
         struct Raw<'a> {
             #[serde(borrow)]
             method: Option<&'a RawValue>,
-            #[serde(borrow)]
+            #[serde(borrow, default, deserialize_with = "present")]
             params: Option<&'a RawValue>,
         }
         let raw: Raw<'_> =
@@ -391,5 +397,18 @@ mod tests {
         }
         assert_eq!(parse_stored_request("{}"), None);
         assert_eq!(parse_stored_request("not json"), None);
+    }
+
+    #[test]
+    fn a_device_request_with_null_params_has_them() {
+        let rpc = DeviceRpc::parse(br#"{"method":"m","params":null}"#, true).expect("taken");
+        assert_eq!(rpc.params, "null");
+        assert!(DeviceRpc::parse(br#"{"method":"m"}"#, true).is_err());
+        assert_eq!(
+            DeviceRpc::parse(br#"{"method":"m"}"#, false)
+                .expect("taken")
+                .params,
+            "null"
+        );
     }
 }

@@ -14,6 +14,9 @@
 //! | the device has `rpc_per_device` requests pending | 429 | 429 |
 //! | this node has `max_waiting_calls` calls waiting | 503 | 503 |
 //!
+//! A call's expiry is cut to `http.max_request_timeout` from now, so a caller that went away
+//! cannot hold one of the device's places for long.
+//!
 //! Persistent RPC (`"persistent":true`, one-way or two-way, either path): stored as `QUEUED`,
 //! answered 200 `{"rpcId":".."}` at once; the owner of the device's state then keeps its record
 //! up to date: `DELIVERED` when handed to a session (a one-way request stays there),
@@ -92,6 +95,12 @@ async fn call(
     if rpc.persistent {
         return persist(&state, &device, rpc).await;
     }
+    // A call waits at most `http.max_request_timeout`: a caller that went away cannot keep one
+    // of the device's places for longer (ThingsBoard has no such bound).
+    let mut rpc = rpc;
+    let longest =
+        i64::try_from(state.device_api.max_request_timeout.as_millis()).unwrap_or(i64::MAX);
+    rpc.request.expires_at = rpc.request.expires_at.min(now_ms().saturating_add(longest));
     let resolution = state
         .downlinks
         .call(&device, rpc.request)
@@ -103,14 +112,41 @@ async fn call(
     Ok(answer(resolution, version))
 }
 
+/// Ids of persistent requests being stored on this node: a second request with the same
+/// `requestUUID` at the same moment is refused like one that comes after.
+static CREATING: std::sync::LazyLock<parking_lot::Mutex<std::collections::HashSet<uuid::Uuid>>> =
+    std::sync::LazyLock::new(Default::default);
+
+/// Forgets an id of [`CREATING`] however the request ends.
+struct Creating(uuid::Uuid);
+
+impl Drop for Creating {
+    fn drop(&mut self) {
+        CREATING.lock().remove(&self.0);
+    }
+}
+
 /// Stores a persistent request as QUEUED and hands it to the device's owner.
 async fn persist(state: &State, device: &Device, rpc: RestRpc) -> Result<HttpResponse, ApiError> {
     let id = rpc.request_uuid.unwrap_or_else(uuid::Uuid::new_v4);
-    if state.records.rpc(id).await?.is_some() {
+    let duplicate = || {
         counter!(API_REQUESTS_REFUSED, "reason" => "duplicate_rpc").increment(1);
-        return Err(ApiError::invalid(format!(
-            "RPC with id {id} already exists"
-        )));
+        ApiError::invalid(format!("RPC with id {id} already exists"))
+    };
+    if !CREATING.lock().insert(id) {
+        return Err(duplicate());
+    }
+    let _creating = Creating(id);
+    if state.records.rpc(id).await?.is_some() {
+        return Err(duplicate());
+    }
+    // ThingsBoard reads `additionalInfo` back as JSON: what could not be read back (nested
+    // deeper than serde_json reads) is refused now rather than lost.
+    if serde_json::from_str::<Value>(&rpc.additional_info).is_err() {
+        counter!(API_REQUESTS_REFUSED, "reason" => "invalid_rpc").increment(1);
+        return Err(ApiError::bad_request(
+            "additionalInfo is nested too deeply to be stored",
+        ));
     }
     let record = RpcRecord {
         id,

@@ -117,6 +117,20 @@ async fn delete_attributes(
     let device = owned_device(&state, &caller, &path.entity_id).await?;
     let keys = parse_keys(query.keys.as_deref(), limits.max_keys_per_request)?
         .ok_or_else(|| refuse("empty_keys", "Empty keys: []"))?;
+    // No stored key is longer than the ingress allows, nor holds control characters.
+    let max = state.ingress.max_key_chars();
+    if let Some(key) = keys
+        .iter()
+        .find(|k| k.chars().count() > max || k.chars().any(char::is_control))
+    {
+        return Err(refuse(
+            "invalid_key",
+            format!(
+                "Invalid key {:?}: at most {max} characters, no control characters",
+                key.chars().take(32).collect::<String>()
+            ),
+        ));
+    }
     state
         .store
         .delete_attributes(device.id, scope, &keys, now_ms())

@@ -198,11 +198,18 @@ async fn device_rpc(
         Ok(found) => found,
         Err(answer) => return answer,
     };
-    if rpc::DeviceRpc::parse(&body, true).is_err() {
+    if let Err(e) = rpc::DeviceRpc::parse(&body, true) {
         counter!(API_REQUESTS_REFUSED, "reason" => "invalid_rpc").increment(1);
-        return rejected(&Rejection::Payload(BadPayload::WrongShape {
-            found: "a request without a string method and params",
-            expected: "{\"method\":..,\"params\":..}",
+        return rejected(&Rejection::Payload(match e {
+            rpc::RestRpcError::InvalidBody
+                if serde_json::from_slice::<serde::de::IgnoredAny>(&body).is_err() =>
+            {
+                BadPayload::InvalidJson("a device RPC request must be JSON".into())
+            }
+            _ => BadPayload::WrongShape {
+                found: "object without a string \"method\" and a \"params\"",
+                expected: "{\"method\":..,\"params\":..}",
+            },
         }));
     }
     let Some(_permit) = waiting_permit(&state) else {

@@ -37,7 +37,7 @@ pub enum Body {
 
 #[derive(Clone, PartialEq, prost::Message)]
 pub struct WireDeviceEvent {
-    #[prost(oneof = "WireEvent", tags = "1, 2, 3, 4, 5, 6")]
+    #[prost(oneof = "WireEvent", tags = "1, 2, 3, 4, 5, 6, 7")]
     pub event: Option<WireEvent>,
 }
 
@@ -55,6 +55,8 @@ pub enum WireEvent {
     RpcDeleted(RpcDeletedEvent),
     #[prost(message, tag = "6")]
     NodeSessions(NodeSessionsEvent),
+    #[prost(message, tag = "7")]
+    CallAbandoned(CallAbandonedEvent),
 }
 
 #[derive(Clone, PartialEq, prost::Message)]
@@ -103,6 +105,14 @@ pub struct RpcReplyEvent {
 pub struct SharedDeletedEvent {
     #[prost(string, repeated, tag = "1")]
     pub keys: Vec<String>,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct CallAbandonedEvent {
+    #[prost(string, tag = "1")]
+    pub node: String,
+    #[prost(uint64, tag = "2")]
+    pub call: u64,
 }
 
 #[derive(Clone, PartialEq, prost::Message)]
@@ -164,6 +174,10 @@ fn event_to_wire(event: &DeviceEvent) -> WireDeviceEvent {
         DeviceEvent::RpcDeleted { id } => WireEvent::RpcDeleted(RpcDeletedEvent {
             record_id: id.as_bytes().to_vec(),
         }),
+        DeviceEvent::CallAbandoned { node, call } => WireEvent::CallAbandoned(CallAbandonedEvent {
+            node: node.to_string(),
+            call: *call,
+        }),
         DeviceEvent::NodeSessions { node, sessions } => {
             WireEvent::NodeSessions(NodeSessionsEvent {
                 node: node.to_string(),
@@ -213,6 +227,10 @@ fn event_from_wire(event: WireDeviceEvent) -> Result<DeviceEvent, WireError> {
         Some(WireEvent::SharedDeleted(d)) => DeviceEvent::SharedDeleted { keys: d.keys },
         Some(WireEvent::RpcDeleted(d)) => DeviceEvent::RpcDeleted {
             id: record_id(&d.record_id)?,
+        },
+        Some(WireEvent::CallAbandoned(a)) => DeviceEvent::CallAbandoned {
+            node: NodeId::from(a.node),
+            call: a.call,
         },
         Some(WireEvent::NodeSessions(n)) => DeviceEvent::NodeSessions {
             node: NodeId::from(n.node),
@@ -458,6 +476,10 @@ pub(super) mod tests {
                     node: NodeId::from("n3"),
                     sessions: vec![4, 5],
                 },
+                DeviceEvent::CallAbandoned {
+                    node: NodeId::from("n4"),
+                    call: 6,
+                },
             ]
             .map(|event| Message {
                 tenant_id: tenant,
@@ -684,6 +706,29 @@ pub(super) mod tests {
                 "DeviceEvent",
                 "node_sessions",
                 event(WireEvent::NodeSessions(NodeSessionsEvent::default())),
+            ),
+            (
+                "DeviceEvent",
+                "call_abandoned",
+                event(WireEvent::CallAbandoned(CallAbandonedEvent::default())),
+            ),
+            (
+                "CallAbandonedEvent",
+                "node",
+                CallAbandonedEvent {
+                    node: "n".into(),
+                    call: 0,
+                }
+                .encode_to_vec(),
+            ),
+            (
+                "CallAbandonedEvent",
+                "call",
+                CallAbandonedEvent {
+                    node: String::new(),
+                    call: 1,
+                }
+                .encode_to_vec(),
             ),
             (
                 "NodeSessionsEvent",
