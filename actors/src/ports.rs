@@ -595,6 +595,9 @@ pub trait DeviceRecords: Send + Sync + 'static {
     /// Returns whether the RPC existed.
     async fn delete_rpc(&self, id: uuid::Uuid) -> Result<bool, RecordError>;
 
+    /// Deletes every RPC created before `before` (ms), whatever its status: the records' TTL.
+    async fn delete_rpcs_created_before(&self, before: i64) -> Result<(), RecordError>;
+
     /// The device's QUEUED RPCs, oldest first, at most `limit` (1..=[`MAX_QUEUED_RPCS`]): what
     /// the device's owner reloads on start.
     async fn queued_rpcs(

@@ -445,6 +445,10 @@ impl crate::ports::DeviceRecords for MemRecords {
         Err(unsupported().into())
     }
 
+    async fn delete_rpcs_created_before(&self, _: i64) -> Result<(), crate::ports::RecordError> {
+        Err(unsupported().into())
+    }
+
     async fn put_claim_if_absent(
         &self,
         claim: &crate::ports::ClaimRequest,

@@ -78,6 +78,28 @@ fn node_id(data_dir: &std::path::Path) -> anyhow::Result<String> {
     Ok(id)
 }
 
+/// Deletes persistent RPC records older than `ttl`, hourly (every node: the deletion is
+/// idempotent). `ttl` zero: never.
+fn spawn_rpc_ttl(records: Arc<dyn DeviceRecords>, ttl: Duration) {
+    let Ok(ttl_ms) = i64::try_from(ttl.as_millis()) else {
+        return;
+    };
+    if ttl_ms == 0 {
+        return;
+    }
+    tokio::spawn(async move {
+        let mut every = tokio::time::interval(Duration::from_secs(3600));
+        every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            every.tick().await;
+            let before = actors::model::now_ms().saturating_sub(ttl_ms);
+            if let Err(e) = records.delete_rpcs_created_before(before).await {
+                warn!(error = %e, "old persistent RPC records could not be deleted");
+            }
+        }
+    });
+}
+
 /// Requests that may wait on HTTP connections at once: at most half the connection cap, so
 /// waiting device polls or RPC calls never take the connections the REST API and `/metrics`
 /// need.
@@ -150,6 +172,7 @@ pub async fn start(config: Config, metrics: Option<PrometheusHandle>) -> anyhow:
         None => store.clone(),
     };
     let node = node_id(&config.data_dir)?;
+    spawn_rpc_ttl(records.clone(), config.devices.rpc_ttl);
     // The node's downlinks keep the state of the devices whose partitions it owns, so the rule
     // chains need them, and they need the queue's producer to announce sessions.
     // Returns them and the rule chain maker that holds them.

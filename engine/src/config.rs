@@ -553,6 +553,10 @@ pub struct DevicesConfig {
     /// Lookups in the shared store at once; more wait, so a flood of unknown tokens cannot take
     /// the store's query slots from the storage writes.
     pub max_concurrent_lookups: usize,
+    /// Persistent RPC records are deleted this long after they were made, whatever their
+    /// status (ThingsBoard's `sql.ttl.rpc.ttl`, 30 days), checked hourly; 0s keeps them.
+    #[serde(with = "humantime_serde")]
+    pub rpc_ttl: Duration,
 }
 
 impl StoreConfig {
@@ -598,6 +602,7 @@ impl Default for DevicesConfig {
             unknown_cache_size: 10_000,
             unknown_cache_ttl: Duration::from_secs(10),
             max_concurrent_lookups: 8,
+            rpc_ttl: Duration::from_secs(30 * 24 * 3600),
         }
     }
 }

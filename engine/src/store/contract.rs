@@ -766,6 +766,17 @@ async fn rpc_records(records: &dyn DeviceRecords) {
     let others = records.queued_rpcs(other, 10).await.expect("queued");
     assert_eq!(others.len(), 1, "other devices stay apart");
 
+    // The TTL: every record created before the time goes, whatever its status or device.
+    records.delete_rpcs_created_before(35).await.expect("ttl");
+    let all = records
+        .device_rpcs(d, &rpc_page(10, 0, None))
+        .await
+        .expect("page");
+    assert_eq!((created(&all), all.total_elements), (vec![50, 40], 2));
+    assert_eq!(records.rpc(saved[2].id).await.expect("get"), None);
+    let others = records.queued_rpcs(other, 10).await.expect("queued");
+    assert_eq!(others.len(), 1, "created at 35: not before it");
+
     // Bounds: too long, not JSON, pages too large or empty; nothing is written.
     let mut long = rpc(d, 60, Queued);
     long.request = format!("\"{}\"", "x".repeat(MAX_RPC_REQUEST_BYTES));

@@ -298,6 +298,27 @@ impl DeviceRecords for ClickHouseRecords {
         Ok(true)
     }
 
+    /// A deletion row (newer version, `deleted = 1`) for every live record created before
+    /// `before`; only `deleted` of such a row is ever read.
+    async fn delete_rpcs_created_before(&self, before: i64) -> Result<(), RecordError> {
+        let ver = self.versions.next();
+        self.client
+            .query(&format!(
+                "INSERT INTO rpc (device_id, id, tenant_id, created_time, expiration_time, request,
+                                  response, has_response, status, additional_info,
+                                  has_additional_info, deleted, ver)
+                 SELECT device_id, id, any(tenant_id), argMax(created_time, ver) AS created,
+                        0, '', '', 0, argMax(status, ver), '', 0, 1, {ver}
+                 FROM rpc GROUP BY device_id, id
+                 HAVING argMax(deleted, ver) = 0 AND created < ?"
+            ))
+            .bind(before)
+            .execute()
+            .await
+            .map_err(|e| RecordError::Store(ch_error(e)))?;
+        Ok(())
+    }
+
     async fn queued_rpcs(
         &self,
         device: DeviceId,

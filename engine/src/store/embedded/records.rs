@@ -171,6 +171,13 @@ impl DeviceRecords for EmbeddedRecords {
         Ok(n > 0)
     }
 
+    async fn delete_rpcs_created_before(&self, before: i64) -> Result<(), RecordError> {
+        self.db
+            .write(move |c| c.execute("DELETE FROM rpc WHERE created_time < ?1", params![before]))
+            .await?;
+        Ok(())
+    }
+
     async fn queued_rpcs(
         &self,
         device: DeviceId,
