@@ -149,8 +149,9 @@ impl BasicCredentials {
     }
 
     /// The credentials a CONNECT may match, in ThingsBoard's order: client id and user name
-    /// together, then the user name alone, then the client id alone (each with the password
-    /// given).
+    /// together, then the user name alone, then the client id alone; each with the password
+    /// given, then without it (credentials stored without a password take any, as in
+    /// ThingsBoard).
     pub fn candidates(
         client_id: &str,
         user_name: Option<&str>,
@@ -159,27 +160,29 @@ impl BasicCredentials {
         let some = |s: Option<&str>| s.filter(|s| !s.is_empty()).map(str::to_owned);
         let (client_id, user_name, password) =
             (some(Some(client_id)), some(user_name), some(password));
-        let mut out = Vec::with_capacity(3);
-        if client_id.is_some() && user_name.is_some() {
+        let mut out = Vec::with_capacity(6);
+        let mut push = |client_id: &Option<String>, user_name: &Option<String>| {
             out.push(BasicCredentials {
                 client_id: client_id.clone(),
                 user_name: user_name.clone(),
                 password: password.clone(),
             });
+            if password.is_some() {
+                out.push(BasicCredentials {
+                    client_id: client_id.clone(),
+                    user_name: user_name.clone(),
+                    password: None,
+                });
+            }
+        };
+        if client_id.is_some() && user_name.is_some() {
+            push(&client_id, &user_name);
         }
         if user_name.is_some() {
-            out.push(BasicCredentials {
-                client_id: None,
-                user_name,
-                password: password.clone(),
-            });
+            push(&None, &user_name);
         }
         if client_id.is_some() {
-            out.push(BasicCredentials {
-                client_id,
-                user_name: None,
-                password,
-            });
+            push(&client_id, &None);
         }
         out
     }
@@ -575,7 +578,8 @@ mod tests {
         assert!(first("any", Some("u"), Some("p")).contains(&user_only.token()));
         let client_only = creds("c", "", "").expect("valid");
         assert!(first("c", None, None).contains(&client_only.token()));
-        assert!(!first("c", None, Some("p")).contains(&client_only.token()));
+        // Credentials stored without a password take any (ThingsBoard).
+        assert!(first("c", None, Some("p")).contains(&client_only.token()));
         // Fields are length-prefixed: moving a character between them changes the token.
         assert_ne!(
             creds("ab", "c", "").expect("valid").token(),

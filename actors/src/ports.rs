@@ -582,6 +582,17 @@ pub trait DeviceRecords: Send + Sync + 'static {
     /// Inserts the RPC, or replaces the one with its id.
     async fn save_rpc(&self, rpc: &RpcRecord) -> Result<(), RecordError>;
 
+    /// Replaces the RPC with its id only if one is stored (a status change must not bring back
+    /// a record deleted meanwhile); returns whether it was. A store that cannot do this in one
+    /// step checks, then saves (a deletion between the two is lost).
+    async fn update_rpc(&self, rpc: &RpcRecord) -> Result<bool, RecordError> {
+        if self.rpc(rpc.id).await?.is_none() {
+            return Ok(false);
+        }
+        self.save_rpc(rpc).await?;
+        Ok(true)
+    }
+
     async fn rpc(&self, id: uuid::Uuid) -> Result<Option<RpcRecord>, RecordError>;
 
     /// One page of the device's RPCs, newest first, and how many there are in all (with the

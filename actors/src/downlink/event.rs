@@ -50,7 +50,12 @@ pub enum DeviceEvent {
     /// `node` holds only these sessions of the device: sent by a node that got a delivery no
     /// session of its own wanted (the owner knew a session the node no longer has: the node
     /// restarted, or the session's end was lost). The owner forgets the node's others.
-    NodeSessions { node: NodeId, sessions: Vec<u64> },
+    /// Sessions with ids from `below` up are newer than the list, and kept.
+    NodeSessions {
+        node: NodeId,
+        sessions: Vec<u64>,
+        below: u64,
+    },
 }
 
 /// What the owner sends a node.

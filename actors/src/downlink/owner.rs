@@ -23,6 +23,12 @@ use crate::model::{DeviceId, KvEntry};
 /// Sessions remembered per device.
 pub const MAX_SESSIONS: usize = 16;
 
+/// How long, and how many, persistent RPCs that ended are remembered, so a copy of one that
+/// arrives late (reloaded from storage while its queued event was on its way, or the other way
+/// round) is not sent again.
+const DONE_RECORDS_KEEP_MS: i64 = 10 * 60 * 1000;
+const DONE_RECORDS_MAX: usize = 100_000;
+
 /// Something for the owner's driver to do.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Effect {
@@ -68,6 +74,12 @@ impl DeviceState {
         self.sessions.iter().any(|s| s.rpc)
     }
 
+    /// Forgets the sessions that take one downlink and just got one of `what` (a long poll
+    /// answers and ends: a later downlink must wait for the next poll, not go to this one).
+    fn took(&mut self, what: impl Fn(&SessionRef) -> bool) {
+        self.sessions.retain(|s| !(s.once && what(s)));
+    }
+
     /// The nodes holding a session that wants `what`, each once.
     fn nodes(&self, what: impl Fn(&SessionRef) -> bool) -> Vec<NodeId> {
         let mut nodes: Vec<NodeId> = Vec::new();
@@ -85,6 +97,9 @@ pub struct Owned {
     devices: HashMap<DeviceId, DeviceState>,
     /// The RPC id counters of devices whose state was let go (those that got an RPC).
     next_ids: HashMap<DeviceId, i32>,
+    /// Persistent RPCs that ended, oldest first, with when.
+    done_records: std::collections::VecDeque<(i64, uuid::Uuid)>,
+    done_ids: HashSet<uuid::Uuid>,
     /// Devices with requests pending: what [`Owned::expire`] looks at.
     pending: HashSet<DeviceId>,
     rpc_capacity: usize,
@@ -96,6 +111,8 @@ impl Owned {
         Owned {
             devices: HashMap::new(),
             next_ids: HashMap::new(),
+            done_records: std::collections::VecDeque::new(),
+            done_ids: HashSet::new(),
             pending: HashSet::new(),
             rpc_capacity,
         }
@@ -150,6 +167,11 @@ impl Owned {
                 &mut effects,
             ),
             DeviceEvent::RpcRequest { caller, request } => {
+                if let Caller::Record { id } = caller
+                    && self.done_ids.contains(&id)
+                {
+                    return effects;
+                }
                 let state = self.state(device);
                 // A stored request reloaded at start may also still be on its way through the
                 // queue: it is taken once.
@@ -171,6 +193,7 @@ impl Owned {
                                     },
                                 });
                             }
+                            state.took(|s| s.rpc);
                             if submitted.done.is_none()
                                 && let Caller::Record { id } = caller
                             {
@@ -207,11 +230,15 @@ impl Owned {
                     state.rpcs.cancel(at);
                 }
             }
-            DeviceEvent::NodeSessions { node, sessions } => {
+            DeviceEvent::NodeSessions {
+                node,
+                sessions,
+                below,
+            } => {
                 if let Some(state) = self.devices.get_mut(&device) {
-                    state
-                        .sessions
-                        .retain(|s| s.node != node || sessions.contains(&s.session));
+                    state.sessions.retain(|s| {
+                        s.node != node || s.session >= below || sessions.contains(&s.session)
+                    });
                 }
             }
             DeviceEvent::RpcDeleted { id } => {
@@ -222,18 +249,44 @@ impl Owned {
                 }
             }
             DeviceEvent::SharedDeleted { keys } => {
-                if let Some(state) = self.devices.get(&device) {
+                if let Some(state) = self.devices.get_mut(&device) {
                     deliver(
                         &mut effects,
                         state.nodes(|s| s.attributes),
                         device,
                         &Delivery::Deleted(keys),
                     );
+                    state.took(|s| s.attributes);
                 }
             }
         }
         self.tidy(device);
+        self.remember_done(&effects, now);
         effects
+    }
+
+    /// Remembers the persistent RPCs these effects end; forgets those ended long ago.
+    fn remember_done(&mut self, effects: &[Effect], now: i64) {
+        for effect in effects {
+            if let Effect::Record {
+                id,
+                change: RecordChange::Done(_),
+                ..
+            } = effect
+                && self.done_ids.insert(*id)
+            {
+                self.done_records.push_back((now, *id));
+            }
+        }
+        while let Some(&(at, id)) = self.done_records.front() {
+            if at > now.saturating_sub(DONE_RECORDS_KEEP_MS)
+                && self.done_records.len() <= DONE_RECORDS_MAX
+            {
+                break;
+            }
+            self.done_records.pop_front();
+            self.done_ids.remove(&id);
+        }
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -311,19 +364,23 @@ impl Owned {
                 });
             }
             effects.extend(done.into_iter().map(|(c, r)| resolve(device, c, r)));
+            if once {
+                state.took(|s| s.node == node && s.session == session);
+            }
         }
     }
 
     /// Shared attributes of `device` changed: its attribute-subscribed sessions get them.
-    pub fn shared_updated(&self, device: DeviceId, entries: &[KvEntry]) -> Vec<Effect> {
+    pub fn shared_updated(&mut self, device: DeviceId, entries: &[KvEntry]) -> Vec<Effect> {
         let mut effects = Vec::new();
-        if let Some(state) = self.devices.get(&device) {
+        if let Some(state) = self.devices.get_mut(&device) {
             deliver(
                 &mut effects,
                 state.nodes(|s| s.attributes),
                 device,
                 &Delivery::Attributes(entries.to_vec()),
             );
+            state.took(|s| s.attributes);
         }
         effects
     }
@@ -354,6 +411,7 @@ impl Owned {
             }
             self.tidy(device);
         }
+        self.remember_done(&effects, now);
         effects
     }
 
@@ -711,6 +769,7 @@ mod tests {
             DeviceEvent::NodeSessions {
                 node: node("a"),
                 sessions: vec![2],
+                below: 4,
             },
             0,
         );
@@ -786,5 +845,52 @@ mod tests {
         // refused request takes no id).
         let effects = owned.handle(device(), session("b", 1, 1, true, false), 0);
         assert_eq!(delivered(&effects), [("b".into(), 1), ("b".into(), 2)]);
+    }
+
+    #[test]
+    fn a_long_poll_takes_one_downlink_and_the_next_waits_for_the_next_poll() {
+        let mut owned = Owned::new(4);
+        let poll = |session, rpc, attributes| DeviceEvent::Session {
+            node: node("h"),
+            session,
+            seq: 1,
+            rpc,
+            attributes,
+            once: true,
+        };
+        owned.handle(device(), poll(1, true, false), 0);
+        let effects = owned.handle(device(), rpc(1, Direction::OneWay, 100), 0);
+        assert_eq!(resolved(&effects), [(1, Resolution::Sent)]);
+        // The poll answered: the next request waits (its end may not have come yet).
+        assert!(
+            owned
+                .handle(device(), rpc(2, Direction::OneWay, 100), 0)
+                .is_empty()
+        );
+        let effects = owned.handle(device(), poll(2, true, false), 0);
+        assert_eq!(resolved(&effects), [(2, Resolution::Sent)]);
+        // Attribute polls likewise.
+        owned.handle(device(), poll(3, false, true), 0);
+        let entries = [KvEntry::new("k", KvValue::Long(1))];
+        assert_eq!(nodes(&owned.shared_updated(device(), &entries)), ["h"]);
+        assert!(owned.shared_updated(device(), &entries).is_empty());
+    }
+
+    #[test]
+    fn a_persistent_request_that_ended_is_not_taken_again() {
+        let mut owned = Owned::new(4);
+        let stored = || DeviceEvent::RpcRequest {
+            caller: Caller::Record {
+                id: uuid::Uuid::from_u128(9),
+            },
+            request: request(Direction::OneWay, 100),
+        };
+        owned.handle(device(), session("b", 1, 1, true, false), 0);
+        assert_eq!(delivered(&owned.handle(device(), stored(), 0)).len(), 1);
+        // Its other copy (reloaded from storage, or queued): not sent again.
+        assert!(owned.handle(device(), stored(), 10).is_empty());
+        // Long after, it is forgotten (storage says it is no longer queued by then).
+        owned.expire(DONE_RECORDS_KEEP_MS + 20);
+        assert_eq!(delivered(&owned.handle(device(), stored(), 0)).len(), 1);
     }
 }

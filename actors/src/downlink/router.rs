@@ -154,7 +154,9 @@ impl Downlinks {
                 u64::try_from(now_ms()).unwrap_or(1).saturating_mul(1_000),
             ),
             calls: Mutex::new(HashMap::new()),
-            next_call: AtomicU64::new(1),
+            // Unique across restarts too: an outcome for a call of the node's last run, still
+            // on its way, must not reach a call of this one.
+            next_call: AtomicU64::new(u64::try_from(now_ms()).unwrap_or(1).saturating_mul(1_000)),
         });
         let weak = Arc::downgrade(&downlinks);
         let tick = downlinks.settings.tick;
@@ -255,24 +257,30 @@ impl Downlinks {
             Delivery::Rpc(_) => s.rpc,
             Delivery::Attributes(_) | Delivery::Deleted(_) => s.attributes,
         };
-        let (sinks, held): (Vec<Arc<dyn SessionSink>>, Vec<u64>) =
-            match self.sessions.lock().get(&device) {
+        let (sinks, held, below) = {
+            let sessions = self.sessions.lock();
+            // Sessions made from here on have ids from `below` up: the owner keeps those.
+            let below = self.next_session.load(Ordering::Relaxed);
+            match sessions.get(&device) {
                 Some(sessions) => (
                     sessions
                         .iter()
                         .filter(|s| wants(s))
                         .map(|s| s.sink.clone())
-                        .collect(),
+                        .collect::<Vec<Arc<dyn SessionSink>>>(),
                     sessions.iter().map(|s| s.id).collect(),
+                    below,
                 ),
-                None => (Vec::new(), Vec::new()),
-            };
+                None => (Vec::new(), Vec::new(), below),
+            }
+        };
         if sinks.is_empty() {
             // The owner knows a session of this node that is gone: it is told which it holds.
             counter!(DOWNLINKS, "outcome" => "no_session").increment(1);
             let event = DeviceEvent::NodeSessions {
                 node: self.node.clone(),
                 sessions: held,
+                below,
             };
             // The queue routes by device; the tenant is not needed for a device event.
             let message = event_message(crate::model::TenantId(uuid::Uuid::nil()), device, event);
@@ -301,6 +309,9 @@ impl Downlinks {
     /// status); a partition that stays with its owner keeps its pending requests.
     pub fn rebalanced(self: &Arc<Self>, assigned: bool) {
         if !assigned {
+            // A partition that comes back must reload its devices' queued persistent RPCs:
+            // another owner may have changed them meanwhile.
+            self.reloaded.lock().clear();
             return;
         }
         let mut start = Vec::new();
@@ -325,13 +336,10 @@ impl Downlinks {
 
     // The sessions' side.
 
-    /// A new session id of this node.
-    pub fn session_id(&self) -> u64 {
-        self.next_session.fetch_add(1, Ordering::Relaxed)
-    }
-
     /// Session `id` of `device` now wants these downlinks (both false: it ended); the owner is
-    /// told through the queue.
+    /// told through the queue. A session's first call passes id 0 and keeps the id returned (0
+    /// when it wants nothing yet): ids are given under the sessions' lock, so a list of this
+    /// node's sessions and the next id, taken together, tell the owner exactly which are gone.
     pub fn subscriptions(
         self: &Arc<Self>,
         device: &Device,
@@ -339,8 +347,8 @@ impl Downlinks {
         rpc: bool,
         attributes: bool,
         sink: &Arc<dyn SessionSink>,
-    ) {
-        self.change(device, id, rpc, attributes, false, sink);
+    ) -> u64 {
+        self.change(device, id, rpc, attributes, false, sink)
     }
 
     /// [`Downlinks::subscriptions`] of a session that takes one downlink and ends (an HTTP long
@@ -352,10 +360,11 @@ impl Downlinks {
         rpc: bool,
         attributes: bool,
         sink: &Arc<dyn SessionSink>,
-    ) {
-        self.change(device, id, rpc, attributes, true, sink);
+    ) -> u64 {
+        self.change(device, id, rpc, attributes, true, sink)
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn change(
         self: &Arc<Self>,
         device: &Device,
@@ -364,14 +373,24 @@ impl Downlinks {
         attributes: bool,
         once: bool,
         sink: &Arc<dyn SessionSink>,
-    ) {
-        let start = {
+    ) -> u64 {
+        let (id, start) = {
             let mut sessions = self.sessions.lock();
+            let known = sessions
+                .get(&device.id)
+                .and_then(|list| list.iter().position(|s| s.id == id));
+            if known.is_none() && !rpc && !attributes {
+                return id;
+            }
             let list = sessions.entry(device.id).or_default();
-            let at = match list.iter().position(|s| s.id == id) {
-                Some(at) => at,
-                None if !rpc && !attributes => return,
+            let (id, at) = match known {
+                Some(at) => (id, at),
                 None => {
+                    let id = if id == 0 {
+                        self.next_session.fetch_add(1, Ordering::Relaxed)
+                    } else {
+                        id
+                    };
                     list.push(LocalSession {
                         id,
                         once,
@@ -383,19 +402,19 @@ impl Downlinks {
                         announced: 0,
                         announcing: false,
                     });
-                    list.len() - 1
+                    (id, list.len() - 1)
                 }
             };
             let s = &mut list[at];
             if s.seq > 0 && s.rpc == rpc && s.attributes == attributes {
-                return;
+                return id;
             }
             s.rpc = rpc;
             s.attributes = attributes;
             s.seq += 1;
             let start = !s.announcing;
             s.announcing = true;
-            start
+            (id, start)
         };
         if start {
             let me = self.clone();
@@ -403,6 +422,7 @@ impl Downlinks {
             self.runtime
                 .spawn(async move { me.announce(tenant, device, id).await });
         }
+        id
     }
 
     /// Tells the owner the session's latest subscriptions until it has heard the last change;
@@ -649,8 +669,7 @@ async fn write_record(
             record.response = error("The device has as many RPC requests pending as it may");
         }
     }
-    records.save_rpc(&record).await?;
-    Ok(true)
+    records.update_rpc(&record).await
 }
 
 /// Removes a call's entry however its wait ends (the REST caller may go away mid-wait).

@@ -166,11 +166,16 @@ async fn persist(state: &State, device: &Device, rpc: RestRpc) -> Result<HttpRes
             ApiError::invalid(e.to_string())
         }
     })?;
-    state
-        .downlinks
-        .persistent(device, id, rpc.request)
-        .await
-        .map_err(|e| ApiError::unavailable(e.to_string()))?;
+    if let Err(e) = state.downlinks.persistent(device, id, rpc.request).await {
+        // Not handed to the owner: it must not be sent later either.
+        let failed = RpcRecord {
+            status: RpcStatus::Failed,
+            response: Some(json!({ "error": e.to_string() }).to_string()),
+            ..record
+        };
+        let _ = state.records.update_rpc(&failed).await;
+        return Err(ApiError::unavailable(e.to_string()));
+    }
     Ok(HttpResponse::Ok().json(json!({ "rpcId": id })))
 }
 

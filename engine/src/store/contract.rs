@@ -751,8 +751,17 @@ async fn rpc_records(records: &dyn DeviceRecords) {
     let one = records.queued_rpcs(d, 1).await.expect("queued");
     assert_eq!(one.len(), 1);
 
-    // Deleted: gone from every read.
+    // Deleted: gone from every read, and an update does not bring it back.
     assert!(records.delete_rpc(saved[0].id).await.expect("delete"));
+    assert!(!records.update_rpc(&saved[0]).await.expect("update"));
+    let mut moved = saved[4].clone();
+    moved.status = Delivered;
+    assert!(records.update_rpc(&moved).await.expect("update"));
+    assert_eq!(
+        records.rpc(moved.id).await.expect("get"),
+        Some(moved.clone())
+    );
+    records.save_rpc(&saved[4]).await.expect("back to queued");
     assert!(!records.delete_rpc(saved[0].id).await.expect("delete again"));
     assert_eq!(records.rpc(saved[0].id).await.expect("get"), None);
     let queued = records.queued_rpcs(d, 10).await.expect("queued");

@@ -122,9 +122,8 @@ async fn poll(state: State, token: &str, asked: Option<u64>, what: Poll) -> Http
         slot: Mutex::new(Some(answer)),
     });
     let downlinks = state.downlinks.clone();
-    let id = downlinks.session_id();
     let (rpc, attributes) = (what == Poll::Rpc, what == Poll::Attributes);
-    downlinks.poll_subscriptions(&device, id, rpc, attributes, &sink);
+    let id = downlinks.poll_subscriptions(&device, 0, rpc, attributes, &sink);
     let _unsubscribe = Unsubscribe {
         downlinks,
         device,

@@ -122,8 +122,9 @@ pub struct SourceContext {
     on_rebalance: OnRebalance,
 }
 
-/// What else must know of this node's partitions changing: the owner's state of the devices
-/// (kept per partition owner) is let go at a revocation and told again at an assignment.
+/// What else must know of this node's partitions changing: the downlinks (the owner's state of
+/// the devices is kept per partition owner): at a revocation they forget which devices'
+/// persistent RPCs they reloaded, at an assignment every node announces its sessions anew.
 pub type OnRebalance = Arc<dyn Fn(bool) + Send + Sync>;
 
 impl ClientContext for SourceContext {}

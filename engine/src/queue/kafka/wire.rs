@@ -121,6 +121,8 @@ pub struct NodeSessionsEvent {
     pub node: String,
     #[prost(uint64, repeated, tag = "2")]
     pub sessions: Vec<u64>,
+    #[prost(uint64, tag = "3")]
+    pub below: u64,
 }
 
 #[derive(Clone, PartialEq, prost::Message)]
@@ -178,12 +180,15 @@ fn event_to_wire(event: &DeviceEvent) -> WireDeviceEvent {
             node: node.to_string(),
             call: *call,
         }),
-        DeviceEvent::NodeSessions { node, sessions } => {
-            WireEvent::NodeSessions(NodeSessionsEvent {
-                node: node.to_string(),
-                sessions: sessions.clone(),
-            })
-        }
+        DeviceEvent::NodeSessions {
+            node,
+            sessions,
+            below,
+        } => WireEvent::NodeSessions(NodeSessionsEvent {
+            node: node.to_string(),
+            sessions: sessions.clone(),
+            below: *below,
+        }),
     };
     WireDeviceEvent { event: Some(event) }
 }
@@ -235,6 +240,7 @@ fn event_from_wire(event: WireDeviceEvent) -> Result<DeviceEvent, WireError> {
         Some(WireEvent::NodeSessions(n)) => DeviceEvent::NodeSessions {
             node: NodeId::from(n.node),
             sessions: n.sessions,
+            below: n.below,
         },
         None => {
             return Err(WireError::Invalid(
@@ -475,6 +481,7 @@ pub(super) mod tests {
                 DeviceEvent::NodeSessions {
                     node: NodeId::from("n3"),
                     sessions: vec![4, 5],
+                    below: 9,
                 },
                 DeviceEvent::CallAbandoned {
                     node: NodeId::from("n4"),
@@ -736,6 +743,7 @@ pub(super) mod tests {
                 NodeSessionsEvent {
                     node: "n".into(),
                     sessions: vec![],
+                    below: 0,
                 }
                 .encode_to_vec(),
             ),
@@ -745,6 +753,17 @@ pub(super) mod tests {
                 NodeSessionsEvent {
                     node: String::new(),
                     sessions: vec![1],
+                    below: 0,
+                }
+                .encode_to_vec(),
+            ),
+            (
+                "NodeSessionsEvent",
+                "below",
+                NodeSessionsEvent {
+                    node: String::new(),
+                    sessions: vec![],
+                    below: 1,
                 }
                 .encode_to_vec(),
             ),

@@ -107,6 +107,34 @@ impl DeviceRecords for EmbeddedRecords {
         Ok(())
     }
 
+    async fn update_rpc(&self, rpc: &RpcRecord) -> Result<bool, RecordError> {
+        rpc.validate()?;
+        let r = rpc.clone();
+        let n = self
+            .db
+            .write(move |c| {
+                c.execute(
+                    "UPDATE rpc SET tenant_id = ?2, device_id = ?3, created_time = ?4,
+                            expiration_time = ?5, request = ?6, response = ?7, status = ?8,
+                            additional_info = ?9
+                     WHERE id = ?1",
+                    params![
+                        r.id.as_bytes(),
+                        r.tenant_id.0.as_bytes(),
+                        r.device_id.0.as_bytes(),
+                        r.created_time,
+                        r.expiration_time,
+                        r.request,
+                        r.response,
+                        r.status.code(),
+                        r.additional_info
+                    ],
+                )
+            })
+            .await?;
+        Ok(n > 0)
+    }
+
     async fn rpc(&self, id: Uuid) -> Result<Option<RpcRecord>, RecordError> {
         let found = self
             .db

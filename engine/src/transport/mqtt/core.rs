@@ -191,7 +191,7 @@ impl Node {
             attributes_qos: AtomicU8::new(1),
         });
         let connection = Connection {
-            downlink_id: self.ctx.downlinks.session_id(),
+            downlink_id: Cell::new(0),
             sink,
             announced: Cell::new(false),
             device,
@@ -222,8 +222,9 @@ pub struct Connection {
     outbound: Outbound,
     /// Its place among its device's sessions.
     _seat: Seat,
-    /// Its id among the node's sessions that take downlinks, and how they reach it.
-    downlink_id: u64,
+    /// Its id among the node's sessions that take downlinks (0 until its first subscription
+    /// to one), and how they reach it.
+    downlink_id: Cell<u64>,
     sink: Arc<MqttSink>,
     /// Its subscriptions were told to the node's downlinks (so its end must be told too).
     announced: Cell<bool>,
@@ -233,9 +234,13 @@ impl Drop for Connection {
     fn drop(&mut self) {
         if self.announced.get() {
             let sink: Arc<dyn SessionSink> = self.sink.clone();
-            self.ctx
-                .downlinks
-                .subscriptions(&self.device, self.downlink_id, false, false, &sink);
+            self.ctx.downlinks.subscriptions(
+                &self.device,
+                self.downlink_id.get(),
+                false,
+                false,
+                &sink,
+            );
         }
     }
 }
@@ -392,13 +397,14 @@ impl Connection {
         }
         self.announced.set(true);
         let sink: Arc<dyn SessionSink> = self.sink.clone();
-        self.ctx.downlinks.subscriptions(
+        let id = self.ctx.downlinks.subscriptions(
             &self.device,
-            self.downlink_id,
+            self.downlink_id.get(),
             rpc.is_some(),
             attributes.is_some(),
             &sink,
         );
+        self.downlink_id.set(id);
     }
 
     /// An attribute request (`v1/devices/me/attributes/request/{id}`): the answer goes to
