@@ -302,11 +302,7 @@ pub fn decode(bytes: &[u8]) -> Result<ToNode, WireError> {
                     request: RpcRequest {
                         method: r.method,
                         params: r.params,
-                        direction: if r.two_way {
-                            Direction::TwoWay
-                        } else {
-                            Direction::OneWay
-                        },
+                        direction: wire::direction(r.two_way),
                         expires_at: r.expires_at,
                     },
                 }),

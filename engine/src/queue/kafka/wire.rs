@@ -217,11 +217,7 @@ fn event_from_wire(event: WireDeviceEvent) -> Result<DeviceEvent, WireError> {
             request: RpcRequest {
                 method: r.method,
                 params: r.params,
-                direction: if r.two_way {
-                    Direction::TwoWay
-                } else {
-                    Direction::OneWay
-                },
+                direction: direction(r.two_way),
                 expires_at: r.expires_at,
             },
         },
@@ -248,6 +244,15 @@ fn event_from_wire(event: WireDeviceEvent) -> Result<DeviceEvent, WireError> {
             ));
         }
     })
+}
+
+/// An RPC's direction from the wire's `two_way`.
+pub(super) fn direction(two_way: bool) -> Direction {
+    if two_way {
+        Direction::TwoWay
+    } else {
+        Direction::OneWay
+    }
 }
 
 fn record_id(bytes: &[u8]) -> Result<uuid::Uuid, WireError> {

@@ -78,6 +78,24 @@ fn get_claim(c: &Connection, device: DeviceId) -> rusqlite::Result<Option<ClaimR
     .optional()
 }
 
+/// Runs `sql` with the record's fields as ?1..?9, in [`RPC_COLUMNS`]' order; rows changed.
+fn write_rpc(c: &Connection, sql: &str, r: &RpcRecord) -> rusqlite::Result<usize> {
+    c.execute(
+        sql,
+        params![
+            r.id.as_bytes(),
+            r.tenant_id.0.as_bytes(),
+            r.device_id.0.as_bytes(),
+            r.created_time,
+            r.expiration_time,
+            r.request,
+            r.response,
+            r.status.code(),
+            r.additional_info
+        ],
+    )
+}
+
 #[async_trait]
 impl DeviceRecords for EmbeddedRecords {
     async fn save_rpc(&self, rpc: &RpcRecord) -> Result<(), RecordError> {
@@ -85,22 +103,13 @@ impl DeviceRecords for EmbeddedRecords {
         let r = rpc.clone();
         self.db
             .write(move |c| {
-                c.execute(
+                write_rpc(
+                    c,
                     &format!(
                         "INSERT OR REPLACE INTO rpc ({RPC_COLUMNS})
                          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)"
                     ),
-                    params![
-                        r.id.as_bytes(),
-                        r.tenant_id.0.as_bytes(),
-                        r.device_id.0.as_bytes(),
-                        r.created_time,
-                        r.expiration_time,
-                        r.request,
-                        r.response,
-                        r.status.code(),
-                        r.additional_info
-                    ],
+                    &r,
                 )
             })
             .await?;
@@ -113,22 +122,13 @@ impl DeviceRecords for EmbeddedRecords {
         let n = self
             .db
             .write(move |c| {
-                c.execute(
+                write_rpc(
+                    c,
                     "UPDATE rpc SET tenant_id = ?2, device_id = ?3, created_time = ?4,
                             expiration_time = ?5, request = ?6, response = ?7, status = ?8,
                             additional_info = ?9
                      WHERE id = ?1",
-                    params![
-                        r.id.as_bytes(),
-                        r.tenant_id.0.as_bytes(),
-                        r.device_id.0.as_bytes(),
-                        r.created_time,
-                        r.expiration_time,
-                        r.request,
-                        r.response,
-                        r.status.code(),
-                        r.additional_info
-                    ],
+                    &r,
                 )
             })
             .await?;
