@@ -370,8 +370,8 @@ pub const MAX_RPC_ADDITIONAL_INFO_BYTES: usize = 4 * 1024;
 /// Most records in one page of a device's RPCs: with the bounds above, at most about 6.8 MB
 /// of text per page.
 pub const MAX_RPC_PAGE_SIZE: usize = 100;
-/// Most QUEUED records [`DeviceRecords::queued_rpcs`] returns at once.
-pub const MAX_QUEUED_RPCS: usize = 1_000;
+/// Most records [`DeviceRecords::pending_rpcs`] returns at once.
+pub const MAX_PENDING_RPCS: usize = 1_000;
 /// Most bytes of a claim request's secret key. The device chooses it.
 pub const MAX_CLAIM_SECRET_BYTES: usize = 256;
 
@@ -509,6 +509,15 @@ impl RpcStatus {
     pub fn from_code(code: i8) -> Option<RpcStatus> {
         RpcStatus::ALL.into_iter().find(|st| st.code() == code)
     }
+
+    /// Not finished: the request may still be sent or answered (QUEUED, SENT, DELIVERED,
+    /// TIMEOUT).
+    pub fn is_pending(self) -> bool {
+        matches!(
+            self,
+            RpcStatus::Queued | RpcStatus::Sent | RpcStatus::Delivered | RpcStatus::Timeout
+        )
+    }
 }
 
 /// A persistent RPC, ThingsBoard's `Rpc`. The JSON fields are kept as text, verbatim.
@@ -609,9 +618,9 @@ pub trait DeviceRecords: Send + Sync + 'static {
     /// Deletes every RPC created before `before` (ms), whatever its status: the records' TTL.
     async fn delete_rpcs_created_before(&self, before: i64) -> Result<(), RecordError>;
 
-    /// The device's QUEUED RPCs, oldest first, at most `limit` (1..=[`MAX_QUEUED_RPCS`]): what
-    /// the device's owner reloads on start.
-    async fn queued_rpcs(
+    /// The device's RPCs not finished ([`RpcStatus::is_pending`]), oldest first, at most
+    /// `limit` (1..=[`MAX_PENDING_RPCS`]): what the device's owner reloads on start.
+    async fn pending_rpcs(
         &self,
         device: DeviceId,
         limit: usize,

@@ -437,7 +437,7 @@ impl crate::ports::DeviceRecords for MemRecords {
         Err(unsupported().into())
     }
 
-    async fn queued_rpcs(
+    async fn pending_rpcs(
         &self,
         _: DeviceId,
         _: usize,

@@ -18,7 +18,7 @@ fn downlink(c: &mut Criterion) {
         .map(|i| DeviceId::derive(tenant, &format!("device-{i}")))
         .collect();
     let node = NodeId::from("node-a");
-    let mut owned = Owned::new(64);
+    let mut owned = Owned::new(64, 10_000);
     for (i, d) in devices.iter().enumerate() {
         let session = DeviceEvent::Session {
             node: node.clone(),
@@ -35,6 +35,7 @@ fn downlink(c: &mut Criterion) {
         params: r#"{"pin":7,"value":1}"#.into(),
         direction: Direction::TwoWay,
         expires_at: i64::MAX,
+        retries: 0,
     };
     let mut group = c.benchmark_group("downlink_owner");
     group.throughput(Throughput::Elements(1));

@@ -185,6 +185,7 @@ pub async fn start(config: Config, metrics: Option<PrometheusHandle>) -> anyhow:
                     DownlinkSettings::default().max_waiting_calls,
                     config.http.max_connections,
                 ),
+                rpc_ack_timeout: config.mqtt.rpc_ack_timeout,
                 ..DownlinkSettings::default()
             },
             ingress,

@@ -292,6 +292,11 @@ pub struct MqttConfig {
     /// `getSessionLimits` is answered at once.
     #[serde(with = "humantime_serde")]
     pub client_rpc_timeout: Duration,
+    /// A persistent RPC request written to a device at QoS 1 and not acknowledged (PUBACK)
+    /// within this is a `TIMEOUT`, which uses one of the request's `retries` (ThingsBoard's
+    /// `transport.mqtt.timeout`). The node that owns the device's state applies its own value.
+    #[serde(with = "humantime_serde")]
+    pub rpc_ack_timeout: Duration,
     /// Largest read and write buffer of one busy connection; a PUBLISH bigger than this is
     /// read into a buffer grown for it. The write buffer's size is also where the server stops
     /// writing to a device that does not read. An idle connection holds no buffer.
@@ -688,6 +693,7 @@ impl Default for MqttConfig {
             shutdown_grace: Duration::from_secs(1),
             outbound_capacity: 64,
             client_rpc_timeout: Duration::from_secs(60),
+            rpc_ack_timeout: Duration::from_secs(10),
             io_buffer_size: ByteSize::kib(16),
         }
     }
@@ -931,6 +937,10 @@ impl Config {
         ensure!(
             self.mqtt.outbound_capacity > 0,
             "mqtt.outbound_capacity must be at least 1"
+        );
+        ensure!(
+            !self.mqtt.rpc_ack_timeout.is_zero(),
+            "mqtt.rpc_ack_timeout must be more than zero"
         );
         ensure!(
             (1024..=16 * 1024 * 1024).contains(&self.mqtt.io_buffer_size.as_u64()),

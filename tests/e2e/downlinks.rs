@@ -386,6 +386,18 @@ async fn http_devices_long_poll_for_rpc_and_shared_attribute_changes() -> Result
     assert_eq!(first.await??.0, 200);
     assert_eq!(second.await??.0, 200);
 
+    // A persistent request is DELIVERED once it is a poll's answer (HTTP has no PUBACK).
+    let stored = persist(
+        &rest,
+        &format!("/api/rpc/oneway/{id}"),
+        json!({"method": "stored", "params": {}, "persistent": true, "timeout": 60000}),
+    )
+    .await?;
+    let (status, body) = answer(http.get(url("/rpc?timeout=10000"))).await?;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(serde_json::from_str::<Value>(&body)?["method"], "stored");
+    record_with(&rest, &stored, "DELIVERED").await?;
+
     // Shared attribute changes: only the posted keys, typed; deletions as {"deleted":[..]}.
     let attributes = format!("/api/plugins/telemetry/DEVICE/{id}/attributes/SHARED_SCOPE");
     let poll = tokio::spawn(answer(http.get(url("/attributes/updates?timeout=30000"))));
@@ -843,6 +855,207 @@ async fn a_queued_persistent_rpc_survives_a_restart() -> Result<()> {
     // The one that expired while the engine was down is marked so, and never sent.
     record_with(&rest, &gone, "EXPIRED").await?;
     assert!(device.next_publish(Duration::from_secs(1)).await?.is_none());
+    Ok(())
+}
+
+/// A device played packet by packet: it acknowledges only when the test says so.
+struct Silent {
+    raw: tests::mqtt::raw::Raw,
+}
+
+impl Silent {
+    /// Connects as `token` (MQTT 3.1.1) and subscribes to RPC requests at `qos`.
+    async fn subscribed(engine: &Engine, token: &str, qos: u8) -> Result<Silent> {
+        use tests::mqtt::raw;
+        let mut raw = raw::Raw::open(engine).await?;
+        raw.send(&raw::connect(4, token)).await?;
+        let connack = raw.packet().await?.context("closed at CONNECT")?;
+        anyhow::ensure!(raw::connack_code(&connack) == Some(0), "{connack:02x?}");
+        raw.send(&raw::subscribe(false, 1, RPC_REQUESTS, qos))
+            .await?;
+        let suback = raw.packet().await?.context("closed at SUBSCRIBE")?;
+        anyhow::ensure!(suback.last() == Some(&qos), "{suback:02x?}");
+        Ok(Silent { raw })
+    }
+
+    /// The next RPC request: its id, body and packet id (`None` at QoS 0).
+    async fn request(&mut self) -> Result<(String, Value, Option<u16>)> {
+        use tests::mqtt::raw;
+        let packet = self.raw.packet().await?.context("closed")?;
+        let (topic, body) = raw::published(false, &packet).context("not a PUBLISH")?;
+        let n = topic
+            .strip_prefix("v1/devices/me/rpc/request/")
+            .with_context(|| format!("not a request: {topic}"))?
+            .to_owned();
+        Ok((n, serde_json::from_slice(&body)?, raw::publish_id(&packet)))
+    }
+
+    async fn ack(&mut self, packet_id: Option<u16>) -> Result<()> {
+        let id = packet_id.context("a QoS 1 request has a packet id")?;
+        self.raw.send(&tests::mqtt::raw::puback_of(id)).await
+    }
+
+    async fn reply(&mut self, n: &str, body: &str) -> Result<()> {
+        let topic = format!("v1/devices/me/rpc/response/{n}");
+        self.raw
+            .send(&tests::mqtt::raw::publish(
+                false,
+                topic.as_bytes(),
+                None,
+                body.as_bytes(),
+            ))
+            .await
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn persistent_rpc_follows_the_devices_acknowledgements() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    // Acknowledgements may take their time: what is SENT stays SENT until the PUBACK.
+    let env = [("ENGINE_MQTT__RPC_ACK_TIMEOUT", "1h")];
+    let mut engine = Engine::start_with(dir.path(), &env)?;
+    let rest = engine.rest().await?;
+    let id = rest.create_device("acking", "ACKING").await?;
+    let mut device = Silent::subscribed(&engine, "ACKING", 1).await?;
+
+    // Two-way: SENT when written, DELIVERED at the PUBACK, SUCCESSFUL with the reply.
+    let twoway = persist(
+        &rest,
+        &format!("/api/rpc/twoway/{id}"),
+        json!({"method": "setY", "params": {"y": 2}, "persistent": true, "timeout": 600000}),
+    )
+    .await?;
+    let (n, body, packet) = device.request().await?;
+    assert_eq!(body, json!({"method": "setY", "params": {"y": 2}}));
+    record_with(&rest, &twoway, "SENT").await?;
+    device.ack(packet).await?;
+    record_with(&rest, &twoway, "DELIVERED").await?;
+    device.reply(&n, r#"{"y":2}"#).await?;
+    let record = record_with(&rest, &twoway, "SUCCESSFUL").await?;
+    assert_eq!(record["response"], json!({"y": 2}));
+
+    // One-way: SENT, then DELIVERED at the PUBACK, where it ends; a second PUBACK of the
+    // same packet changes nothing.
+    let oneway = persist(
+        &rest,
+        &format!("/api/rpc/oneway/{id}"),
+        json!({"method": "blink", "persistent": true, "timeout": 600000}),
+    )
+    .await?;
+    let (_, body, packet) = device.request().await?;
+    assert_eq!(body["method"], "blink");
+    record_with(&rest, &oneway, "SENT").await?;
+    device.ack(packet).await?;
+    device.ack(packet).await?;
+    record_with(&rest, &oneway, "DELIVERED").await?;
+
+    // A device subscribed at QoS 0 acknowledges nothing: written is delivered.
+    let qos0_id = rest.create_device("qos0", "QOS0").await?;
+    let mut qos0 = Silent::subscribed(&engine, "QOS0", 0).await?;
+    let fire = persist(
+        &rest,
+        &format!("/api/rpc/oneway/{qos0_id}"),
+        json!({"method": "fire", "persistent": true, "timeout": 600000}),
+    )
+    .await?;
+    let (_, body, packet) = qos0.request().await?;
+    assert_eq!((body["method"].clone(), packet), (json!("fire"), None));
+    record_with(&rest, &fire, "DELIVERED").await?;
+
+    // Written, never acknowledged, and the engine restarts: sent again after the restart
+    // (ThingsBoard reloads only QUEUED requests, and would leave this one SENT for good).
+    let unacked = persist(
+        &rest,
+        &format!("/api/rpc/twoway/{id}"),
+        json!({"method": "unacked", "persistent": true, "timeout": 600000}),
+    )
+    .await?;
+    assert_eq!(device.request().await?.1["method"], "unacked");
+    record_with(&rest, &unacked, "SENT").await?;
+    drop(device);
+    drop(qos0);
+    assert!(engine.terminate()?.success());
+    let engine = Engine::start_with(dir.path(), &env)?;
+    let rest = engine.rest().await?;
+    let mut device = Silent::subscribed(&engine, "ACKING", 1).await?;
+    let (n, body, packet) = device.request().await?;
+    assert_eq!(body["method"], "unacked");
+    device.ack(packet).await?;
+    device.reply(&n, "{}").await?;
+    record_with(&rest, &unacked, "SUCCESSFUL").await?;
+    // Finished requests are not sent again: the one-way one delivered before the restart, the
+    // answered two-way one.
+    assert!(
+        tokio::time::timeout(Duration::from_secs(1), device.request())
+            .await
+            .is_err(),
+        "nothing more is sent"
+    );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn unacknowledged_persistent_rpc_times_out_then_fails_past_its_retries() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let engine = Engine::start_with(dir.path(), &[("ENGINE_MQTT__RPC_ACK_TIMEOUT", "1s")])?;
+    let rest = engine.rest().await?;
+    let id = rest.create_device("deaf", "DEAF").await?;
+    let mut device = Silent::subscribed(&engine, "DEAF", 1).await?;
+
+    // retries 1: the first unacknowledged send is a TIMEOUT, and it is not sent again on the
+    // same connection (BURST; MQTT 5 forbids it).
+    let once = persist(
+        &rest,
+        &format!("/api/rpc/twoway/{id}"),
+        json!({"method": "once", "persistent": true, "retries": 1, "timeout": 600000}),
+    )
+    .await?;
+    assert_eq!(device.request().await?.1["method"], "once");
+    let record = record_with(&rest, &once, "TIMEOUT").await?;
+    assert_eq!(record["request"]["retries"], 1);
+    assert!(
+        tokio::time::timeout(Duration::from_secs(2), device.request())
+            .await
+            .is_err(),
+        "not sent again on the same connection"
+    );
+    // The device reconnects: sent again; unacknowledged again, one more than its retries:
+    // FAILED, with ThingsBoard's message.
+    drop(device);
+    let mut device = Silent::subscribed(&engine, "DEAF", 1).await?;
+    assert_eq!(device.request().await?.1["method"], "once");
+    let record = record_with(&rest, &once, "FAILED").await?;
+    assert_eq!(
+        record["response"],
+        json!({"error": "There was a Timeout and all retry attempts have been exhausted. Retry attempts set: 1"})
+    );
+
+    // retries 0: failed at the first timeout; a late PUBACK changes nothing. A reply to the
+    // failed request is ignored, as to any finished one.
+    let none = persist(
+        &rest,
+        &format!("/api/rpc/twoway/{id}"),
+        json!({"method": "none", "persistent": true, "retries": 0, "timeout": 600000}),
+    )
+    .await?;
+    let (n, body, packet) = device.request().await?;
+    assert_eq!(body["method"], "none");
+    record_with(&rest, &none, "FAILED").await?;
+    device.ack(packet).await?;
+    device.reply(&n, "{}").await?;
+    // A request on the same connection still goes through, acknowledged in time.
+    let fine = persist(
+        &rest,
+        &format!("/api/rpc/oneway/{id}"),
+        json!({"method": "fine", "persistent": true, "timeout": 600000}),
+    )
+    .await?;
+    let (_, body, packet) = device.request().await?;
+    assert_eq!(body["method"], "fine");
+    device.ack(packet).await?;
+    record_with(&rest, &fine, "DELIVERED").await?;
+    let record = rest.json(&format!("/api/rpc/persistent/{none}")).await?;
+    assert_eq!(record["status"], "FAILED", "{record}");
     Ok(())
 }
 

@@ -788,6 +788,13 @@ async fn rpc_and_shared_attributes_cross_nodes() -> Result<()> {
         .next_publish(WAIT)
         .await?
         .context("no stored RPC came")?;
+    // The device's PUBACK, on the second node, reaches the record's keeper.
+    rest.eventually(WAIT, || async {
+        let record = rest.json(&format!("/api/rpc/persistent/{rpc_id}")).await?;
+        Ok((record["status"] == "DELIVERED").then_some(()))
+    })
+    .await
+    .context("the stored RPC never became DELIVERED")?;
     let n = topic.rsplit('/').next().context("an id")?.to_owned();
     device
         .publish(

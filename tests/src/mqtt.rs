@@ -617,6 +617,27 @@ pub mod raw {
         Some((id, packet.get(4).copied().unwrap_or(0)))
     }
 
+    /// A QoS 1 or 2 PUBLISH's packet id.
+    pub fn publish_id(packet: &[u8]) -> Option<u16> {
+        if packet.first()? & 0xf0 != 0x30 || (packet[0] >> 1) & 0x03 == 0 {
+            return None;
+        }
+        let mut at = 1;
+        while packet.get(at)? & 0x80 != 0 {
+            at += 1;
+        }
+        at += 1;
+        let len = usize::from(u16::from_be_bytes([*packet.get(at)?, *packet.get(at + 1)?]));
+        at += 2 + len;
+        Some(u16::from_be_bytes([*packet.get(at)?, *packet.get(at + 1)?]))
+    }
+
+    /// The client's PUBACK of packet `id` (3.1.1; MQTT 5 reads it as success).
+    pub fn puback_of(id: u16) -> Vec<u8> {
+        let [hi, lo] = id.to_be_bytes();
+        vec![0x40, 0x02, hi, lo]
+    }
+
     /// CONNACK's return code (3.1.1) or reason code (5).
     pub fn connack_code(packet: &[u8]) -> Option<u8> {
         (packet.first() == Some(&0x20)).then(|| packet.get(3).copied())?

@@ -47,6 +47,12 @@ pub enum DeviceEvent {
     CallAbandoned { node: NodeId, call: u64 },
     /// A persistent RPC was deleted: it is not sent any more.
     RpcDeleted { id: uuid::Uuid },
+    /// A session wrote persistent RPC `record` to the device (`acknowledged` false: it waits
+    /// for the PUBACK), or the device acknowledged it (true; at QoS 0 and on HTTP, written).
+    RpcDelivery {
+        record: uuid::Uuid,
+        acknowledged: bool,
+    },
     /// `node` holds only these sessions of the device: sent by a node that got a delivery no
     /// session of its own wanted (the owner knew a session the node no longer has: the node
     /// restarted, or the session's end was lost). The owner forgets the node's others.

@@ -17,7 +17,7 @@
 use std::collections::{HashMap, HashSet};
 
 use crate::downlink::event::{Caller, Delivery, DeviceEvent, NodeId, ToNode};
-use crate::downlink::rpc::{DeviceRpcs, Resolution};
+use crate::downlink::rpc::{Acknowledged, DeviceRpcs, Resolution};
 use crate::model::{DeviceId, KvEntry};
 
 /// Sessions remembered per device.
@@ -45,7 +45,11 @@ pub enum Effect {
 /// How a persistent RPC's record changes.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum RecordChange {
-    /// A two-way request was handed to a session: it waits for the reply (`DELIVERED`).
+    /// A session wrote it to the device and waits for the acknowledgement (`SENT`).
+    Sent,
+    /// The device did not acknowledge a send in time (`TIMEOUT`); it has retries left.
+    Timeout,
+    /// A two-way request reached the device: it waits for the reply (`DELIVERED`).
     Delivered,
     /// It ended as the resolution says.
     Done(Resolution),
@@ -103,11 +107,13 @@ pub struct Owned {
     /// Devices with requests pending: what [`Owned::expire`] looks at.
     pending: HashSet<DeviceId>,
     rpc_capacity: usize,
+    ack_timeout_ms: i64,
 }
 
 impl Owned {
-    /// State whose devices may each have `rpc_capacity` RPCs pending.
-    pub fn new(rpc_capacity: usize) -> Owned {
+    /// State whose devices may each have `rpc_capacity` RPCs pending, whose persistent RPCs'
+    /// sends time out when not acknowledged within `ack_timeout_ms`.
+    pub fn new(rpc_capacity: usize, ack_timeout_ms: i64) -> Owned {
         Owned {
             devices: HashMap::new(),
             next_ids: HashMap::new(),
@@ -115,15 +121,18 @@ impl Owned {
             done_ids: HashSet::new(),
             pending: HashSet::new(),
             rpc_capacity,
+            ack_timeout_ms,
         }
     }
 
     fn state(&mut self, device: DeviceId) -> &mut DeviceState {
         let capacity = self.rpc_capacity;
+        let ack_timeout = self.ack_timeout_ms;
         let next_ids = &mut self.next_ids;
         self.devices.entry(device).or_insert_with(|| DeviceState {
             sessions: Vec::new(),
-            rpcs: DeviceRpcs::resumed(capacity, next_ids.remove(&device).unwrap_or(0)),
+            rpcs: DeviceRpcs::resumed(capacity, next_ids.remove(&device).unwrap_or(0))
+                .with_ack_timeout(ack_timeout),
         })
     }
 
@@ -164,6 +173,7 @@ impl Owned {
                 rpc,
                 attributes,
                 once,
+                now,
                 &mut effects,
             ),
             DeviceEvent::RpcRequest { caller, request } => {
@@ -181,7 +191,14 @@ impl Owned {
                     return effects;
                 }
                 let online = state.rpc_online();
-                match state.rpcs.submit(request, caller.clone(), now, online) {
+                let record = match caller {
+                    Caller::Record { id } => Some(id),
+                    Caller::Call { .. } => None,
+                };
+                match state
+                    .rpcs
+                    .submit(request, caller.clone(), now, online, record)
+                {
                     Ok(submitted) => {
                         if let Some(outgoing) = submitted.send {
                             for node in state.nodes(|s| s.rpc) {
@@ -194,15 +211,6 @@ impl Owned {
                                 });
                             }
                             state.took(|s| s.rpc);
-                            if submitted.done.is_none()
-                                && let Caller::Record { id } = caller
-                            {
-                                effects.push(Effect::Record {
-                                    device,
-                                    id,
-                                    change: RecordChange::Delivered,
-                                });
-                            }
                         }
                         if let Some((caller, resolution)) = submitted.done {
                             effects.push(resolve(device, caller, resolution));
@@ -239,6 +247,33 @@ impl Owned {
                     state.sessions.retain(|s| {
                         s.node != node || s.session >= below || sessions.contains(&s.session)
                     });
+                }
+            }
+            DeviceEvent::RpcDelivery {
+                record,
+                acknowledged,
+            } => {
+                if let Some(state) = self.devices.get_mut(&device)
+                    && let Some(at) = state.rpcs.find(|c| *c == Caller::Record { id: record })
+                {
+                    let change = if acknowledged {
+                        match state.rpcs.acknowledged(at) {
+                            Some(Acknowledged::Delivered) => Some(RecordChange::Delivered),
+                            Some(Acknowledged::Done(_, resolution)) => {
+                                Some(RecordChange::Done(resolution))
+                            }
+                            None => None,
+                        }
+                    } else {
+                        state.rpcs.written(at).then_some(RecordChange::Sent)
+                    };
+                    if let Some(change) = change {
+                        effects.push(Effect::Record {
+                            device,
+                            id: record,
+                            change,
+                        });
+                    }
                 }
             }
             DeviceEvent::RpcDeleted { id } => {
@@ -299,6 +334,7 @@ impl Owned {
         rpc: bool,
         attributes: bool,
         once: bool,
+        now: i64,
         effects: &mut Vec<Effect>,
     ) {
         let state = self.state(device);
@@ -342,19 +378,11 @@ impl Owned {
         // A session that takes one downlink gets only the first (ThingsBoard's sync session).
         if newly_rpc && !state.rpcs.is_empty() {
             let (outgoing, done) = if once {
-                state.rpcs.subscribed_once()
+                state.rpcs.subscribed_once(now)
             } else {
-                state.rpcs.subscribed()
+                state.rpcs.subscribed(now)
             };
             for o in outgoing {
-                // Still pending after the burst: a two-way request, now waiting for its reply.
-                if let Some(Caller::Record { id }) = state.rpcs.caller(o.id) {
-                    effects.push(Effect::Record {
-                        device,
-                        id: *id,
-                        change: RecordChange::Delivered,
-                    });
-                }
                 effects.push(Effect::Send {
                     node: node.clone(),
                     message: ToNode::Deliver {
@@ -401,13 +429,17 @@ impl Owned {
         let mut effects = Vec::new();
         for device in due {
             if let Some(state) = self.devices.get_mut(&device) {
-                effects.extend(
-                    state
-                        .rpcs
-                        .expire(now)
-                        .into_iter()
-                        .map(|(c, r)| resolve(device, c, r)),
-                );
+                let due = state.rpcs.expire(now);
+                for id in due.timed_out {
+                    if let Some(Caller::Record { id }) = state.rpcs.caller(id) {
+                        effects.push(Effect::Record {
+                            device,
+                            id: *id,
+                            change: RecordChange::Timeout,
+                        });
+                    }
+                }
+                effects.extend(due.ended.into_iter().map(|(c, r)| resolve(device, c, r)));
             }
             self.tidy(device);
         }
@@ -489,6 +521,7 @@ mod tests {
             params: "{}".into(),
             direction,
             expires_at,
+            retries: 0,
         }
     }
 
@@ -562,7 +595,7 @@ mod tests {
 
     #[test]
     fn a_request_to_a_subscribed_device_goes_to_its_node_and_the_reply_to_the_caller() {
-        let mut owned = Owned::new(4);
+        let mut owned = Owned::new(4, 1_000);
         assert!(
             owned
                 .handle(device(), session("b", 1, 1, true, false), 0)
@@ -594,7 +627,7 @@ mod tests {
 
     #[test]
     fn a_request_waits_for_a_subscription_and_expires_told_apart_by_delivery() {
-        let mut owned = Owned::new(4);
+        let mut owned = Owned::new(4, 1_000);
         assert!(
             owned
                 .handle(device(), rpc(1, Direction::TwoWay, 100), 0)
@@ -628,7 +661,7 @@ mod tests {
 
     #[test]
     fn sessions_come_and_go_in_their_own_order() {
-        let mut owned = Owned::new(4);
+        let mut owned = Owned::new(4, 1_000);
         owned.handle(device(), session("b", 1, 2, true, false), 0);
         // An older event of the same session, overtaken: ignored.
         owned.handle(device(), session("b", 1, 1, false, false), 0);
@@ -651,7 +684,7 @@ mod tests {
 
     #[test]
     fn sessions_on_two_nodes_both_get_requests_and_updates_once_per_node() {
-        let mut owned = Owned::new(4);
+        let mut owned = Owned::new(4, 1_000);
         owned.handle(device(), session("a", 1, 1, true, true), 0);
         owned.handle(device(), session("b", 2, 1, true, false), 0);
         owned.handle(device(), session("a", 3, 1, false, true), 0);
@@ -676,7 +709,7 @@ mod tests {
 
     #[test]
     fn past_the_bound_a_request_is_refused_at_once() {
-        let mut owned = Owned::new(2);
+        let mut owned = Owned::new(2, 1_000);
         owned.handle(device(), rpc(1, Direction::TwoWay, 100), 0);
         owned.handle(device(), rpc(2, Direction::TwoWay, 100), 0);
         let effects = owned.handle(device(), rpc(3, Direction::TwoWay, 100), 0);
@@ -685,7 +718,7 @@ mod tests {
 
     #[test]
     fn sessions_per_device_are_bounded() {
-        let mut owned = Owned::new(2);
+        let mut owned = Owned::new(2, 1_000);
         for s in 0..(MAX_SESSIONS as u64 + 5) {
             owned.handle(device(), session("a", s, 1, true, false), 0);
         }
@@ -696,7 +729,7 @@ mod tests {
 
     #[test]
     fn a_persistent_request_keeps_its_record_up_to_date() {
-        let mut owned = Owned::new(4);
+        let mut owned = Owned::new(4, 1_000);
         let stored = |id: u128, direction, expires_at| DeviceEvent::RpcRequest {
             caller: Caller::Record {
                 id: uuid::Uuid::from_u128(id),
@@ -729,11 +762,34 @@ mod tests {
         owned.handle(device(), DeviceEvent::RpcDeleted { id: id(3) }, 0);
         let effects = owned.handle(device(), session("b", 1, 1, true, false), 10);
         assert_eq!(delivered(&effects), [("b".into(), 0), ("b".into(), 1)]);
+        // Handed over is not yet delivered: the session says when it wrote and when the
+        // device acknowledged.
+        assert!(records(&effects).is_empty());
+        let delivery = |n: u128, acknowledged| DeviceEvent::RpcDelivery {
+            record: id(n),
+            acknowledged,
+        };
+        let mut changes = Vec::new();
+        for (n, acknowledged) in [
+            (1, false),
+            (1, false),
+            (1, true),
+            (1, false),
+            (2, true),
+            (3, true),
+        ] {
+            changes.extend(records(&owned.handle(
+                device(),
+                delivery(n, acknowledged),
+                15,
+            )));
+        }
         assert_eq!(
-            records(&effects),
+            changes,
             [
+                (id(1), RecordChange::Sent),
                 (id(1), RecordChange::Delivered),
-                (id(2), RecordChange::Done(Resolution::Sent))
+                (id(2), RecordChange::Done(Resolution::Sent)),
             ]
         );
         let reply = DeviceEvent::RpcReply {
@@ -747,7 +803,7 @@ mod tests {
         // Online: sent at once (id 2 went to the deleted one); then it expires unanswered.
         let effects = owned.handle(device(), stored(4, Direction::TwoWay, 100), 30);
         assert_eq!(delivered(&effects), [("b".into(), 3)]);
-        assert_eq!(records(&effects), [(id(4), RecordChange::Delivered)]);
+        assert!(records(&effects).is_empty());
         assert_eq!(
             records(&owned.expire(100)),
             [(
@@ -759,7 +815,7 @@ mod tests {
 
     #[test]
     fn sessions_a_node_no_longer_has_are_forgotten() {
-        let mut owned = Owned::new(4);
+        let mut owned = Owned::new(4, 1_000);
         owned.handle(device(), session("a", 1, 1, true, false), 0);
         owned.handle(device(), session("a", 2, 1, false, true), 0);
         owned.handle(device(), session("b", 3, 1, true, false), 0);
@@ -781,7 +837,7 @@ mod tests {
 
     #[test]
     fn a_session_that_takes_one_downlink_gets_only_the_first_pending_request() {
-        let mut owned = Owned::new(4);
+        let mut owned = Owned::new(4, 1_000);
         owned.handle(device(), rpc(1, Direction::OneWay, 100), 0);
         owned.handle(device(), rpc(2, Direction::OneWay, 100), 0);
         let poll = |session, seq, rpc| DeviceEvent::Session {
@@ -804,7 +860,7 @@ mod tests {
 
     #[test]
     fn long_polls_never_push_out_a_connection_that_stays() {
-        let mut owned = Owned::new(4);
+        let mut owned = Owned::new(4, 1_000);
         owned.handle(device(), session("m", 1, 1, true, true), 0);
         for poll in 2..(MAX_SESSIONS as u64 + 10) {
             let event = DeviceEvent::Session {
@@ -824,7 +880,7 @@ mod tests {
 
     #[test]
     fn an_abandoned_call_frees_its_place() {
-        let mut owned = Owned::new(2);
+        let mut owned = Owned::new(2, 1_000);
         owned.handle(device(), rpc(1, Direction::TwoWay, i64::MAX), 0);
         owned.handle(device(), rpc(2, Direction::TwoWay, i64::MAX), 0);
         assert_eq!(
@@ -849,7 +905,7 @@ mod tests {
 
     #[test]
     fn a_long_poll_takes_one_downlink_and_the_next_waits_for_the_next_poll() {
-        let mut owned = Owned::new(4);
+        let mut owned = Owned::new(4, 1_000);
         let poll = |session, rpc, attributes| DeviceEvent::Session {
             node: node("h"),
             session,
@@ -878,7 +934,7 @@ mod tests {
 
     #[test]
     fn a_persistent_request_that_ended_is_not_taken_again() {
-        let mut owned = Owned::new(4);
+        let mut owned = Owned::new(4, 1_000);
         let stored = || DeviceEvent::RpcRequest {
             caller: Caller::Record {
                 id: uuid::Uuid::from_u128(9),
@@ -887,10 +943,45 @@ mod tests {
         };
         owned.handle(device(), session("b", 1, 1, true, false), 0);
         assert_eq!(delivered(&owned.handle(device(), stored(), 0)).len(), 1);
+        let acknowledged = DeviceEvent::RpcDelivery {
+            record: uuid::Uuid::from_u128(9),
+            acknowledged: true,
+        };
+        assert_eq!(records(&owned.handle(device(), acknowledged, 5)).len(), 1);
         // Its other copy (reloaded from storage, or queued): not sent again.
         assert!(owned.handle(device(), stored(), 10).is_empty());
         // Long after, it is forgotten (storage says it is no longer queued by then).
         owned.expire(DONE_RECORDS_KEEP_MS + 20);
         assert_eq!(delivered(&owned.handle(device(), stored(), 0)).len(), 1);
+    }
+
+    #[test]
+    fn unacknowledged_sends_of_a_persistent_request_time_out_then_fail() {
+        let mut owned = Owned::new(4, 1_000);
+        let id = uuid::Uuid::from_u128(5);
+        owned.handle(device(), session("b", 1, 1, true, false), 0);
+        let stored = DeviceEvent::RpcRequest {
+            caller: Caller::Record { id },
+            request: RpcRequest {
+                retries: 1,
+                ..request(Direction::TwoWay, 100_000)
+            },
+        };
+        assert_eq!(delivered(&owned.handle(device(), stored, 0)).len(), 1);
+        assert!(owned.expire(999).is_empty());
+        assert_eq!(records(&owned.expire(1_000)), [(id, RecordChange::Timeout)]);
+        // Sent again when the device subscribes again (it reconnected), and again not
+        // acknowledged: out of retries.
+        owned.handle(device(), session("b", 1, 2, false, false), 2_000);
+        let effects = owned.handle(device(), session("b", 2, 1, true, false), 2_000);
+        assert_eq!(delivered(&effects), [("b".into(), 0)]);
+        assert_eq!(
+            records(&owned.expire(3_000)),
+            [(
+                id,
+                RecordChange::Done(Resolution::Undelivered { retries: 1 })
+            )]
+        );
+        assert!(owned.is_empty() || owned.expire(200_000).is_empty());
     }
 }

@@ -32,7 +32,7 @@ use crate::ingress::Ingress;
 use crate::metrics::{DOWNLINKS, RPC_CALLS, RPC_RECORDS};
 use crate::model::{Device, DeviceId, KvEntry, Message, MessageBody, now_ms};
 use crate::ports::{
-    DeviceRecords, MAX_QUEUED_RPCS, MAX_RPC_RESPONSE_BYTES, QueueError, RecordError, RpcStatus,
+    DeviceRecords, MAX_PENDING_RPCS, MAX_RPC_RESPONSE_BYTES, QueueError, RecordError, RpcStatus,
 };
 use crate::protocol::rpc::parse_stored_request;
 
@@ -78,6 +78,9 @@ pub struct DownlinkSettings {
     pub max_waiting_calls: usize,
     /// How often requests are checked for expiry.
     pub tick: Duration,
+    /// A persistent RPC's send the device does not acknowledge within this is a TIMEOUT
+    /// (`mqtt.rpc_ack_timeout`, ThingsBoard's `transport.mqtt.timeout`).
+    pub rpc_ack_timeout: Duration,
 }
 
 impl Default for DownlinkSettings {
@@ -86,6 +89,9 @@ impl Default for DownlinkSettings {
             rpc_per_device: 64,
             max_waiting_calls: 10_000,
             tick: Duration::from_millis(100),
+            rpc_ack_timeout: Duration::from_millis(
+                crate::downlink::rpc::DEFAULT_ACK_TIMEOUT_MS.unsigned_abs(),
+            ),
         }
     }
 }
@@ -138,7 +144,10 @@ impl Downlinks {
         let (record_changes, changes) = tokio::sync::mpsc::unbounded_channel();
         tokio::spawn(write_records(records.clone(), changes));
         let downlinks = Arc::new(Downlinks {
-            owned: Mutex::new(Owned::new(settings.rpc_per_device)),
+            owned: Mutex::new(Owned::new(
+                settings.rpc_per_device,
+                i64::try_from(settings.rpc_ack_timeout.as_millis()).unwrap_or(i64::MAX),
+            )),
             node,
             settings,
             ingress,
@@ -189,25 +198,36 @@ impl Downlinks {
         self.apply(effects);
     }
 
-    /// Gives the owner the device's persistent RPCs still queued in storage (ThingsBoard
-    /// reloads only QUEUED ones); those expired meanwhile are marked so.
+    /// Gives the owner the device's persistent RPCs not finished in storage (ThingsBoard
+    /// reloads only QUEUED ones, so a request sent and not acknowledged or answered before a
+    /// restart would stay SENT, TIMEOUT or DELIVERED for good; here it is sent again, and its
+    /// retries count afresh); those expired meanwhile are marked so.
     async fn reload(self: Arc<Self>, device: DeviceId) {
-        let queued = match self.records.queued_rpcs(device, MAX_QUEUED_RPCS).await {
-            Ok(queued) => queued,
+        let pending = match self.records.pending_rpcs(device, MAX_PENDING_RPCS).await {
+            Ok(pending) => pending,
             Err(e) => {
                 // The next subscription tries again.
                 self.reloaded.lock().remove(&device);
                 counter!(RPC_RECORDS, "outcome" => "reload_failed").increment(1);
-                warn!(error = %e, %device, "queued persistent RPCs could not be read");
+                warn!(error = %e, %device, "pending persistent RPCs could not be read");
                 return;
             }
         };
         let now = now_ms();
-        for record in queued {
+        for record in pending {
             let request = match parse_stored_request(&record.request) {
+                // A one-way request the device acknowledged is done.
+                Some(request)
+                    if record.status == RpcStatus::Delivered
+                        && request.direction == crate::downlink::rpc::Direction::OneWay =>
+                {
+                    continue;
+                }
                 Some(request) if record.expiration_time > now => request,
                 _ => {
-                    let expired = RecordChange::Done(Resolution::Expired { sent: false });
+                    let expired = RecordChange::Done(Resolution::Expired {
+                        sent: record.status != RpcStatus::Queued,
+                    });
                     let _ = self.record_changes.send((record.id, expired));
                     continue;
                 }
@@ -528,6 +548,7 @@ impl Downlinks {
             Resolution::Expired { sent: true } => "timeout",
             Resolution::Expired { sent: false } => "not_delivered",
             Resolution::Refused => "refused",
+            Resolution::Undelivered { .. } => "undelivered",
         };
         counter!(RPC_CALLS, "outcome" => label).increment(1);
         Ok(resolution)
@@ -574,6 +595,24 @@ impl Downlinks {
         self.ingress
             .publish_event(event_message(device.tenant_id, device.id, event))
             .await
+    }
+
+    /// A session wrote persistent RPC `record` to `device` (`acknowledged` false), or the
+    /// device acknowledged it: its owner is told (called from a connection's task; the event
+    /// is published by a task of its own).
+    pub fn rpc_delivery(&self, device: &Device, record: uuid::Uuid, acknowledged: bool) {
+        let event = DeviceEvent::RpcDelivery {
+            record,
+            acknowledged,
+        };
+        let message = event_message(device.tenant_id, device.id, event);
+        let ingress = self.ingress.clone();
+        self.runtime.spawn(async move {
+            if let Err(e) = ingress.publish_event(message).await {
+                counter!(RPC_RECORDS, "outcome" => "delivery_report_failed").increment(1);
+                warn!(error = %e, "a persistent RPC's delivery could not be told to its owner");
+            }
+        });
     }
 
     /// A device's reply to request `id`, for its owner.
@@ -629,16 +668,25 @@ async fn write_record(
     let Some(mut record) = records.rpc(id).await? else {
         return Ok(false);
     };
-    if !matches!(
-        record.status,
-        RpcStatus::Queued | RpcStatus::Sent | RpcStatus::Delivered
-    ) {
+    if !record.status.is_pending() {
         return Ok(false);
     }
     let error = |message: &str| Some(serde_json::json!({ "error": message }).to_string());
     match change {
+        // A send's progress never takes back a delivery.
+        RecordChange::Sent | RecordChange::Timeout if record.status == RpcStatus::Delivered => {
+            return Ok(false);
+        }
+        RecordChange::Sent => record.status = RpcStatus::Sent,
+        RecordChange::Timeout => record.status = RpcStatus::Timeout,
         RecordChange::Delivered | RecordChange::Done(Resolution::Sent) => {
             record.status = RpcStatus::Delivered;
+        }
+        RecordChange::Done(Resolution::Undelivered { retries }) => {
+            record.status = RpcStatus::Failed;
+            record.response = error(&format!(
+                "There was a Timeout and all retry attempts have been exhausted. Retry attempts set: {retries}"
+            ));
         }
         RecordChange::Done(Resolution::Reply(reply)) => {
             let text = String::from_utf8_lossy(reply);

@@ -15,6 +15,11 @@
 //!   may see an id twice;
 //! - a one-way request is done once handed to the connection; a two-way one once the device
 //!   replies to its id; a reply to an unknown or finished id is ignored;
+//! - a persistent request is tracked to the device's acknowledgement: each send is SENT when
+//!   written and DELIVERED when acknowledged (PUBACK; at QoS 0 and on HTTP, when written); a
+//!   send not acknowledged within the acknowledgement timeout (`transport.mqtt.timeout`, 10 s)
+//!   is a TIMEOUT, which uses one of its `retries`; one more than those fails it. It is not
+//!   sent again at once (BURST), but with the others at the next subscription;
 //! - at expiry a request that was never sent and one that was sent are told apart (REST answers
 //!   409 / 408 on the v1 paths).
 //!
@@ -23,6 +28,10 @@
 //! engine's memory.
 
 use std::collections::BTreeMap;
+
+/// `transport.mqtt.timeout`: how long a persistent request's send may go unacknowledged
+/// before it counts as a TIMEOUT (at most until the request expires).
+pub const DEFAULT_ACK_TIMEOUT_MS: i64 = 10_000;
 
 /// One-way requests are answered when handed to the device, two-way ones with its reply.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -40,6 +49,10 @@ pub struct RpcRequest {
     pub direction: Direction,
     /// When it expires, in milliseconds since the Unix epoch.
     pub expires_at: i64,
+    /// How many of a persistent request's sends may go unacknowledged before it fails
+    /// (ThingsBoard's `retries`, capped by `actors.rpc.max_retries`). Other requests are not
+    /// tracked to their acknowledgement, and ignore it.
+    pub retries: u32,
 }
 
 /// A request to send now, under its id.
@@ -47,12 +60,16 @@ pub struct RpcRequest {
 pub struct Outgoing {
     pub id: i32,
     pub request: RpcRequest,
+    /// A persistent request's record: the session says under this id when it wrote the request
+    /// and when the device acknowledged it ([`DeviceRpcs::written`], [`DeviceRpcs::acknowledged`]).
+    pub record: Option<uuid::Uuid>,
 }
 
 /// How a request ended, for whoever asked for it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Resolution {
-    /// A one-way request was handed to the device's connection.
+    /// A one-way request was handed to the device's connection (a persistent one: the device
+    /// acknowledged it).
     Sent,
     /// A two-way request's reply, as the device sent it.
     Reply(Vec<u8>),
@@ -60,6 +77,8 @@ pub enum Resolution {
     Expired { sent: bool },
     /// Not taken: the device has as many requests pending as it may.
     Refused,
+    /// A persistent request's sends went unacknowledged once more than its `retries` allow.
+    Undelivered { retries: u32 },
 }
 
 /// The device has as many requests pending as it may.
@@ -67,10 +86,47 @@ pub enum Resolution {
 #[error("the device has {0} RPC requests pending, as many as it may")]
 pub struct Full(pub usize);
 
+/// Where a persistent request's latest send stands.
+#[derive(Clone, Copy, Debug, Default)]
+struct Tracking {
+    /// The device must acknowledge the latest send by then; `None`: not waiting.
+    ack_by: Option<i64>,
+    /// The latest send was written to the device's connection.
+    written: bool,
+    /// The device acknowledged a send.
+    acknowledged: bool,
+    /// Sends that went unacknowledged.
+    timeouts: u32,
+}
+
 struct Pending<C> {
     request: RpcRequest,
     caller: C,
     sent: bool,
+    record: Option<uuid::Uuid>,
+    tracking: Tracking,
+}
+
+impl<C> Pending<C> {
+    /// Sent (again) at `now`: a tracked request not yet acknowledged waits for that anew.
+    fn send(&mut self, id: i32, now: i64, ack_timeout: i64) -> Outgoing {
+        self.sent = true;
+        if self.record.is_some() && !self.tracking.acknowledged {
+            self.tracking.ack_by =
+                Some(now.saturating_add(ack_timeout).min(self.request.expires_at));
+            self.tracking.written = false;
+        }
+        Outgoing {
+            id,
+            request: self.request.clone(),
+            record: self.record,
+        }
+    }
+
+    /// Ends when handed over: a one-way request nobody tracks.
+    fn done_when_sent(&self) -> bool {
+        self.request.direction == Direction::OneWay && self.record.is_none()
+    }
 }
 
 /// What [`DeviceRpcs::submit`] did with a request.
@@ -83,12 +139,33 @@ pub struct Submitted<C> {
     pub done: Option<(C, Resolution)>,
 }
 
+/// What an acknowledgement did to a tracked request.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Acknowledged<C> {
+    /// A two-way request reached the device; it waits for the reply.
+    Delivered,
+    /// A one-way request reached the device: it is done.
+    Done(C, Resolution),
+}
+
+/// What [`DeviceRpcs::expire`] found due.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Due<C> {
+    /// Requests that ended: expired, or tracked ones out of retries.
+    pub ended: Vec<(C, Resolution)>,
+    /// Tracked requests whose latest send went unacknowledged, with retries left: they wait
+    /// for the next subscription (ThingsBoard's BURST strategy does not send again at once;
+    /// MQTT 5 forbids sending a PUBLISH again on the same connection).
+    pub timed_out: Vec<i32>,
+}
+
 /// One device's RPC requests. `C` is whatever tells the owner whom to answer (a REST call
 /// waiting on some node, a persistent request's record).
 pub struct DeviceRpcs<C> {
     next_id: i32,
     pending: BTreeMap<i32, Pending<C>>,
     capacity: usize,
+    ack_timeout: i64,
 }
 
 impl<C> DeviceRpcs<C> {
@@ -104,7 +181,14 @@ impl<C> DeviceRpcs<C> {
             next_id,
             pending: BTreeMap::new(),
             capacity,
+            ack_timeout: DEFAULT_ACK_TIMEOUT_MS,
         }
+    }
+
+    /// Tracked sends not acknowledged within `ms` time out.
+    pub fn with_ack_timeout(mut self, ms: i64) -> Self {
+        self.ack_timeout = ms.max(1);
+        self
     }
 
     /// The id the next request gets.
@@ -113,13 +197,15 @@ impl<C> DeviceRpcs<C> {
     }
 
     /// Takes a request at `now`. `online`: a session of the device subscribes to RPC, so the
-    /// request goes out at once.
+    /// request goes out at once. `record`: a persistent request's record; such a request is
+    /// tracked until the device acknowledges it (one-way ones end then).
     pub fn submit(
         &mut self,
         request: RpcRequest,
         caller: C,
         now: i64,
         online: bool,
+        record: Option<uuid::Uuid>,
     ) -> Result<Submitted<C>, Full> {
         if self.pending.len() >= self.capacity {
             return Err(Full(self.capacity));
@@ -132,40 +218,30 @@ impl<C> DeviceRpcs<C> {
                 done: Some((caller, Resolution::Expired { sent: false })),
             });
         }
+        let mut pending = Pending {
+            request,
+            caller,
+            sent: false,
+            record,
+            tracking: Tracking::default(),
+        };
         if !online {
-            self.pending.insert(
-                id,
-                Pending {
-                    request,
-                    caller,
-                    sent: false,
-                },
-            );
+            self.pending.insert(id, pending);
             return Ok(Submitted {
                 id,
                 send: None,
                 done: None,
             });
         }
-        let send = Some(Outgoing {
-            id,
-            request: request.clone(),
-        });
-        if request.direction == Direction::OneWay {
+        let send = Some(pending.send(id, now, self.ack_timeout));
+        if pending.done_when_sent() {
             return Ok(Submitted {
                 id,
                 send,
-                done: Some((caller, Resolution::Sent)),
+                done: Some((pending.caller, Resolution::Sent)),
             });
         }
-        self.pending.insert(
-            id,
-            Pending {
-                request,
-                caller,
-                sent: true,
-            },
-        );
+        self.pending.insert(id, pending);
         Ok(Submitted {
             id,
             send,
@@ -179,24 +255,19 @@ impl<C> DeviceRpcs<C> {
         id
     }
 
-    /// A session subscribed to RPC: every pending request goes to it, in id order. One-way
-    /// requests are then done.
-    pub fn subscribed(&mut self) -> (Vec<Outgoing>, Vec<(C, Resolution)>) {
+    /// A session subscribed to RPC at `now`: every pending request goes to it, in id order.
+    /// One-way requests nobody tracks are then done.
+    pub fn subscribed(&mut self, now: i64) -> (Vec<Outgoing>, Vec<(C, Resolution)>) {
+        let ack_timeout = self.ack_timeout;
         let outgoing: Vec<Outgoing> = self
             .pending
             .iter_mut()
-            .map(|(&id, p)| {
-                p.sent = true;
-                Outgoing {
-                    id,
-                    request: p.request.clone(),
-                }
-            })
+            .map(|(&id, p)| p.send(id, now, ack_timeout))
             .collect();
         let one_way: Vec<i32> = self
             .pending
             .iter()
-            .filter(|(_, p)| p.request.direction == Direction::OneWay)
+            .filter(|(_, p)| p.done_when_sent())
             .map(|(&id, _)| id)
             .collect();
         let done = one_way
@@ -207,18 +278,16 @@ impl<C> DeviceRpcs<C> {
         (outgoing, done)
     }
 
-    /// A session that takes one downlink subscribed to RPC: the first pending request goes to
-    /// it (done, if one-way); the others wait for the next subscription.
-    pub fn subscribed_once(&mut self) -> (Vec<Outgoing>, Vec<(C, Resolution)>) {
+    /// A session that takes one downlink subscribed to RPC at `now`: the first pending request
+    /// goes to it (done, if one-way and not tracked); the others wait for the next
+    /// subscription.
+    pub fn subscribed_once(&mut self, now: i64) -> (Vec<Outgoing>, Vec<(C, Resolution)>) {
+        let ack_timeout = self.ack_timeout;
         let Some((&id, pending)) = self.pending.iter_mut().next() else {
             return (Vec::new(), Vec::new());
         };
-        pending.sent = true;
-        let outgoing = vec![Outgoing {
-            id,
-            request: pending.request.clone(),
-        }];
-        let done = if pending.request.direction == Direction::OneWay {
+        let outgoing = vec![pending.send(id, now, ack_timeout)];
+        let done = if pending.done_when_sent() {
             self.pending
                 .remove(&id)
                 .map(|p| (p.caller, Resolution::Sent))
@@ -228,6 +297,40 @@ impl<C> DeviceRpcs<C> {
             Vec::new()
         };
         (outgoing, done)
+    }
+
+    /// A session wrote tracked request `id` to the device and waits for its acknowledgement:
+    /// true the first time for this send (the record becomes SENT). A report that comes after
+    /// the acknowledgement, or after the send timed out, changes nothing.
+    pub fn written(&mut self, id: i32) -> bool {
+        match self.pending.get_mut(&id) {
+            Some(p)
+                if p.record.is_some()
+                    && p.tracking.ack_by.is_some()
+                    && !p.tracking.acknowledged
+                    && !p.tracking.written =>
+            {
+                p.tracking.written = true;
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// The device acknowledged tracked request `id` (at QoS 0: it was written); `None` when
+    /// that changes nothing (not tracked, already acknowledged, gone).
+    pub fn acknowledged(&mut self, id: i32) -> Option<Acknowledged<C>> {
+        let p = self.pending.get_mut(&id)?;
+        if p.record.is_none() || p.tracking.acknowledged {
+            return None;
+        }
+        p.tracking.acknowledged = true;
+        p.tracking.ack_by = None;
+        if p.request.direction == Direction::OneWay {
+            let p = self.pending.remove(&id)?;
+            return Some(Acknowledged::Done(p.caller, Resolution::Sent));
+        }
+        Some(Acknowledged::Delivered)
     }
 
     /// The device replied to `id`: the two-way request it answers, if it is still pending.
@@ -260,23 +363,51 @@ impl<C> DeviceRpcs<C> {
         self.pending.remove(&id).map(|p| p.caller)
     }
 
-    /// Ends every request whose time is up at `now`.
-    pub fn expire(&mut self, now: i64) -> Vec<(C, Resolution)> {
-        let due: Vec<i32> = self
-            .pending
-            .iter()
-            .filter(|(_, p)| p.request.expires_at <= now)
-            .map(|(&id, _)| id)
+    /// Ends every request whose time is up at `now`, and times out tracked sends the device did
+    /// not acknowledge in time: each such timeout uses one of the request's retries, and one
+    /// more than it has fails it (ThingsBoard's FAILED).
+    pub fn expire(&mut self, now: i64) -> Due<C> {
+        let mut ended_ids = Vec::new();
+        let mut timed_out = Vec::new();
+        for (&id, p) in self.pending.iter_mut() {
+            if p.request.expires_at <= now {
+                ended_ids.push((id, Resolution::Expired { sent: p.sent }));
+                continue;
+            }
+            if p.tracking.ack_by.is_some_and(|by| by <= now) {
+                p.tracking.ack_by = None;
+                p.tracking.written = false;
+                if p.tracking.timeouts >= p.request.retries {
+                    ended_ids.push((
+                        id,
+                        Resolution::Undelivered {
+                            retries: p.request.retries,
+                        },
+                    ));
+                } else {
+                    p.tracking.timeouts += 1;
+                    timed_out.push(id);
+                }
+            }
+        }
+        let ended = ended_ids
+            .into_iter()
+            .filter_map(|(id, resolution)| self.pending.remove(&id).map(|p| (p.caller, resolution)))
             .collect();
-        due.into_iter()
-            .filter_map(|id| self.pending.remove(&id))
-            .map(|p| (p.caller, Resolution::Expired { sent: p.sent }))
-            .collect()
+        Due { ended, timed_out }
     }
 
-    /// The earliest expiry among pending requests: when to call [`DeviceRpcs::expire`] next.
+    /// The earliest expiry or acknowledgement deadline among pending requests: when to call
+    /// [`DeviceRpcs::expire`] next.
     pub fn next_deadline(&self) -> Option<i64> {
-        self.pending.values().map(|p| p.request.expires_at).min()
+        self.pending
+            .values()
+            .map(|p| {
+                p.tracking
+                    .ack_by
+                    .map_or(p.request.expires_at, |by| by.min(p.request.expires_at))
+            })
+            .min()
     }
 
     /// Requests pending (waiting for delivery or a reply).
@@ -299,6 +430,7 @@ mod tests {
             params: r#"{"pin":7}"#.into(),
             direction,
             expires_at,
+            retries: 0,
         }
     }
 
@@ -307,15 +439,15 @@ mod tests {
         let mut rpcs = DeviceRpcs::new(10);
         let ids: Vec<i32> = (0..3)
             .map(|_| {
-                rpcs.submit(request(Direction::OneWay, 100), (), 0, true)
+                rpcs.submit(request(Direction::OneWay, 100), (), 0, true, None)
                     .map(|s| s.id)
             })
             .collect::<Result<_, _>>()
             .unwrap_or_default();
         assert_eq!(ids, [0, 1, 2]);
         rpcs.next_id = i32::MAX;
-        let last = rpcs.submit(request(Direction::OneWay, 100), (), 0, true);
-        let next = rpcs.submit(request(Direction::OneWay, 100), (), 0, true);
+        let last = rpcs.submit(request(Direction::OneWay, 100), (), 0, true, None);
+        let next = rpcs.submit(request(Direction::OneWay, 100), (), 0, true, None);
         assert_eq!(
             (last.map(|s| s.id), next.map(|s| s.id)),
             (Ok(i32::MAX), Ok(0))
@@ -333,7 +465,7 @@ mod tests {
         ];
         for (direction, online, sent, done, pending) in cases {
             let mut rpcs = DeviceRpcs::new(10);
-            let submitted = rpcs.submit(request(direction, 100), "caller", 0, online);
+            let submitted = rpcs.submit(request(direction, 100), "caller", 0, online, None);
             let Ok(submitted) = submitted else {
                 panic!("refused: {submitted:?}");
             };
@@ -354,7 +486,7 @@ mod tests {
     #[test]
     fn a_request_already_expired_is_done_and_never_sent() {
         let mut rpcs = DeviceRpcs::new(10);
-        let submitted = rpcs.submit(request(Direction::TwoWay, 50), 1, 50, true);
+        let submitted = rpcs.submit(request(Direction::TwoWay, 50), 1, 50, true, None);
         assert_eq!(
             submitted,
             Ok(Submitted {
@@ -369,16 +501,16 @@ mod tests {
     #[test]
     fn a_subscription_gets_every_pending_request_burst() {
         let mut rpcs = DeviceRpcs::new(10);
-        let _ = rpcs.submit(request(Direction::TwoWay, 100), "a", 0, false);
-        let _ = rpcs.submit(request(Direction::OneWay, 100), "b", 0, false);
-        let _ = rpcs.submit(request(Direction::TwoWay, 100), "c", 0, true);
-        let (outgoing, done) = rpcs.subscribed();
+        let _ = rpcs.submit(request(Direction::TwoWay, 100), "a", 0, false, None);
+        let _ = rpcs.submit(request(Direction::OneWay, 100), "b", 0, false, None);
+        let _ = rpcs.submit(request(Direction::TwoWay, 100), "c", 0, true, None);
+        let (outgoing, done) = rpcs.subscribed(0);
         let ids: Vec<i32> = outgoing.iter().map(|o| o.id).collect();
         // The two-way request sent before is sent again (ThingsBoard's BURST).
         assert_eq!(ids, [0, 1, 2]);
         assert_eq!(done, [("b", Resolution::Sent)]);
         // A second subscription (a reconnect) sees the unanswered two-way requests again.
-        let (again, done) = rpcs.subscribed();
+        let (again, done) = rpcs.subscribed(0);
         assert_eq!(again.iter().map(|o| o.id).collect::<Vec<_>>(), [0, 2]);
         assert!(done.is_empty());
     }
@@ -386,8 +518,8 @@ mod tests {
     #[test]
     fn replies_end_two_way_requests_only() {
         let mut rpcs = DeviceRpcs::new(10);
-        let _ = rpcs.submit(request(Direction::TwoWay, 100), "two", 0, true);
-        let _ = rpcs.submit(request(Direction::OneWay, 100), "one", 0, false);
+        let _ = rpcs.submit(request(Direction::TwoWay, 100), "two", 0, true, None);
+        let _ = rpcs.submit(request(Direction::OneWay, 100), "one", 0, false, None);
         // Unknown id, a one-way id, then the right one, then the same again (stale).
         assert_eq!(rpcs.reply(7, b"{}".to_vec()), None);
         assert_eq!(rpcs.reply(1, b"{}".to_vec()), None);
@@ -402,13 +534,13 @@ mod tests {
     #[test]
     fn expiry_tells_sent_from_never_sent() {
         let mut rpcs = DeviceRpcs::new(10);
-        let _ = rpcs.submit(request(Direction::TwoWay, 100), "sent", 0, true);
-        let _ = rpcs.submit(request(Direction::TwoWay, 100), "offline", 0, false);
-        let _ = rpcs.submit(request(Direction::TwoWay, 300), "later", 0, false);
+        let _ = rpcs.submit(request(Direction::TwoWay, 100), "sent", 0, true, None);
+        let _ = rpcs.submit(request(Direction::TwoWay, 100), "offline", 0, false, None);
+        let _ = rpcs.submit(request(Direction::TwoWay, 300), "later", 0, false, None);
         assert_eq!(rpcs.next_deadline(), Some(100));
-        assert!(rpcs.expire(99).is_empty());
+        assert!(rpcs.expire(99).ended.is_empty());
         assert_eq!(
-            rpcs.expire(100),
+            rpcs.expire(100).ended,
             [
                 ("sent", Resolution::Expired { sent: true }),
                 ("offline", Resolution::Expired { sent: false }),
@@ -423,22 +555,188 @@ mod tests {
     fn pending_requests_are_bounded() {
         let mut rpcs = DeviceRpcs::new(2);
         assert!(
-            rpcs.submit(request(Direction::TwoWay, 100), (), 0, false)
+            rpcs.submit(request(Direction::TwoWay, 100), (), 0, false, None)
                 .is_ok()
         );
         assert!(
-            rpcs.submit(request(Direction::OneWay, 100), (), 0, false)
+            rpcs.submit(request(Direction::OneWay, 100), (), 0, false, None)
                 .is_ok()
         );
         assert_eq!(
-            rpcs.submit(request(Direction::TwoWay, 100), (), 0, false),
+            rpcs.submit(request(Direction::TwoWay, 100), (), 0, false, None),
             Err(Full(2))
         );
         // Answered or expired requests make room again.
         let _ = rpcs.expire(100);
         assert!(
-            rpcs.submit(request(Direction::TwoWay, 200), (), 100, false)
+            rpcs.submit(request(Direction::TwoWay, 200), (), 100, false, None)
                 .is_ok()
+        );
+    }
+
+    fn record(n: u128) -> Option<uuid::Uuid> {
+        Some(uuid::Uuid::from_u128(n))
+    }
+
+    fn tracked(direction: Direction, expires_at: i64, retries: u32) -> RpcRequest {
+        RpcRequest {
+            retries,
+            ..request(direction, expires_at)
+        }
+    }
+
+    #[test]
+    fn a_persistent_request_is_tracked_to_its_acknowledgement() {
+        // (direction) -> what the acknowledgement does, and whether it stays pending
+        for (direction, acked, pending) in [
+            (
+                Direction::OneWay,
+                Acknowledged::Done("p", Resolution::Sent),
+                0,
+            ),
+            (Direction::TwoWay, Acknowledged::Delivered, 1),
+        ] {
+            let mut rpcs = DeviceRpcs::new(10).with_ack_timeout(1_000);
+            let submitted = rpcs.submit(tracked(direction, 60_000, 2), "p", 0, true, record(1));
+            let Ok(submitted) = submitted else {
+                panic!("refused: {submitted:?}");
+            };
+            // Even a one-way request waits for the device to acknowledge it.
+            assert_eq!(submitted.done, None, "{direction:?}");
+            assert_eq!(submitted.send.map(|o| o.record), Some(record(1)));
+            assert_eq!(
+                rpcs.next_deadline(),
+                Some(1_000),
+                "the acknowledgement is due"
+            );
+            assert!(rpcs.written(0), "SENT once per send");
+            assert!(!rpcs.written(0));
+            assert_eq!(rpcs.acknowledged(0), Some(acked), "{direction:?}");
+            assert_eq!(rpcs.acknowledged(0), None, "acknowledged once");
+            assert!(!rpcs.written(0), "a late SENT after the acknowledgement");
+            assert_eq!(rpcs.len(), pending, "{direction:?}");
+            let due = rpcs.expire(5_000);
+            assert!(due.ended.is_empty() && due.timed_out.is_empty(), "{due:?}");
+        }
+    }
+
+    #[test]
+    fn requests_nobody_tracks_ignore_acknowledgements() {
+        let mut rpcs = DeviceRpcs::new(10).with_ack_timeout(1_000);
+        let _ = rpcs.submit(request(Direction::TwoWay, 60_000), "call", 0, true, None);
+        assert!(!rpcs.written(0));
+        assert_eq!(rpcs.acknowledged(0), None);
+        assert_eq!(rpcs.acknowledged(7), None, "unknown id");
+        assert_eq!(
+            rpcs.next_deadline(),
+            Some(60_000),
+            "no acknowledgement is awaited"
+        );
+        let due = rpcs.expire(59_999);
+        assert!(due.timed_out.is_empty());
+    }
+
+    #[test]
+    fn unacknowledged_sends_use_up_the_retries_then_fail() {
+        // retries -> timeouts reported before the request fails
+        for retries in [0, 1, 3] {
+            let mut rpcs = DeviceRpcs::new(10).with_ack_timeout(1_000);
+            let _ = rpcs.submit(
+                tracked(Direction::TwoWay, 1_000_000, retries),
+                "p",
+                0,
+                true,
+                record(1),
+            );
+            let mut now = 0;
+            let mut timeouts = 0;
+            let failed = loop {
+                now += 1_000;
+                let due = rpcs.expire(now);
+                if let Some(ended) = due.ended.into_iter().next() {
+                    break ended;
+                }
+                assert_eq!(due.timed_out, [0], "retries={retries}");
+                timeouts += 1;
+                // Not sent again until a session subscribes (BURST).
+                assert_eq!(rpcs.next_deadline(), Some(1_000_000));
+                assert!(rpcs.expire(now + 500).timed_out.is_empty());
+                let (again, done) = rpcs.subscribed(now);
+                assert_eq!(again.len(), 1);
+                assert!(done.is_empty());
+                assert_eq!(rpcs.next_deadline(), Some(now + 1_000), "waits again");
+            };
+            assert_eq!(timeouts, retries);
+            assert_eq!(failed, ("p", Resolution::Undelivered { retries }));
+            assert!(rpcs.is_empty());
+        }
+    }
+
+    #[test]
+    fn the_acknowledgement_deadline_never_passes_the_expiry() {
+        let mut rpcs = DeviceRpcs::new(10).with_ack_timeout(10_000);
+        let _ = rpcs.submit(
+            tracked(Direction::TwoWay, 3_000, 5),
+            "p",
+            0,
+            true,
+            record(1),
+        );
+        assert_eq!(rpcs.next_deadline(), Some(3_000));
+        // At the expiry the request expires (it was sent), rather than timing out.
+        let due = rpcs.expire(3_000);
+        assert_eq!(due.ended, [("p", Resolution::Expired { sent: true })]);
+        assert!(due.timed_out.is_empty());
+    }
+
+    #[test]
+    fn an_acknowledged_two_way_request_sent_again_is_not_tracked_again() {
+        let mut rpcs = DeviceRpcs::new(10).with_ack_timeout(1_000);
+        let _ = rpcs.submit(
+            tracked(Direction::TwoWay, 60_000, 0),
+            "p",
+            0,
+            true,
+            record(1),
+        );
+        assert_eq!(rpcs.acknowledged(0), Some(Acknowledged::Delivered));
+        // A reconnect: the unanswered request is sent again (BURST), and waits for its reply
+        // only.
+        let (again, _) = rpcs.subscribed(10);
+        assert_eq!(
+            again.iter().map(|o| o.record).collect::<Vec<_>>(),
+            [record(1)]
+        );
+        assert!(!rpcs.written(0));
+        assert!(rpcs.expire(5_000).ended.is_empty());
+        assert_eq!(
+            rpcs.reply(0, b"{}".to_vec()),
+            Some(("p", Resolution::Reply(b"{}".to_vec())))
+        );
+    }
+
+    #[test]
+    fn a_tracked_request_offline_waits_for_a_subscription_to_start_its_clock() {
+        let mut rpcs = DeviceRpcs::new(10).with_ack_timeout(1_000);
+        let _ = rpcs.submit(
+            tracked(Direction::OneWay, 60_000, 0),
+            "p",
+            0,
+            false,
+            record(1),
+        );
+        assert!(!rpcs.written(0), "not sent yet");
+        assert!(rpcs.expire(30_000).ended.is_empty());
+        let (once, done) = rpcs.subscribed_once(30_000);
+        assert_eq!(once.len(), 1);
+        assert!(
+            done.is_empty(),
+            "a tracked one-way request waits for its acknowledgement"
+        );
+        assert_eq!(rpcs.next_deadline(), Some(31_000));
+        assert_eq!(
+            rpcs.acknowledged(0),
+            Some(Acknowledged::Done("p", Resolution::Sent))
         );
     }
 }

@@ -11,8 +11,19 @@ use crate::downlink::rpc::{Direction, RpcRequest};
 pub const DEFAULT_TIMEOUT_MS: i64 = 10_000;
 /// `server.rest.server_side_rpc.min_timeout`: a shorter `timeout` is raised to this.
 pub const MIN_TIMEOUT_MS: i64 = 5_000;
-/// `actors.rpc.max_retries`: a persistent request's `retries` is capped here.
+/// `actors.rpc.max_retries`: a persistent request's `retries` is capped here, and a request
+/// that gives none has this many.
 pub const MAX_RETRIES: u32 = 5;
+
+/// The retries a request has: those it asked for (negative: none), at most [`MAX_RETRIES`];
+/// [`MAX_RETRIES`] when it asked for none (ThingsBoard's rule).
+pub fn effective_retries(asked: Option<i64>) -> u32 {
+    asked.map_or(MAX_RETRIES, |n| {
+        u32::try_from(n.max(0))
+            .unwrap_or(MAX_RETRIES)
+            .min(MAX_RETRIES)
+    })
+}
 
 /// An app's request, as `POST /api/rpc/{oneway,twoway}/{deviceId}` (and `/api/plugins/rpc/..`)
 /// take it.
@@ -20,7 +31,9 @@ pub const MAX_RETRIES: u32 = 5;
 pub struct RestRpc {
     pub request: RpcRequest,
     pub persistent: bool,
-    pub retries: u32,
+    /// `retries` as the caller gave it (stored so in the record); the request holds the
+    /// number it has.
+    pub retries: Option<i64>,
     /// JSON text stored with a persistent request (`null` when absent).
     pub additional_info: String,
     /// The id the caller chose (`requestUUID`), if any.
@@ -84,11 +97,10 @@ impl RestRpc {
                     .map_or_else(|| "null".to_owned(), |p| p.get().to_owned()),
                 direction,
                 expires_at,
+                retries: effective_retries(body.retries),
             },
             persistent: body.persistent.unwrap_or(false),
-            retries: u32::try_from(body.retries.unwrap_or(0).max(0))
-                .unwrap_or(MAX_RETRIES)
-                .min(MAX_RETRIES),
+            retries: body.retries,
             additional_info: body
                 .additional_info
                 .map_or_else(|| "null".to_owned(), |i| i.get().to_owned()),
@@ -130,7 +142,7 @@ pub fn stored_request(
     tenant: crate::model::TenantId,
     device: crate::model::DeviceId,
     request: &RpcRequest,
-    retries: u32,
+    retries: Option<i64>,
 ) -> String {
     serde_json::json!({
         "id": id,
@@ -151,6 +163,8 @@ struct Stored {
     oneway: bool,
     expiration_time: i64,
     body: StoredBody,
+    #[serde(default)]
+    retries: Option<i64>,
 }
 
 #[derive(Deserialize)]
@@ -172,6 +186,7 @@ pub fn parse_stored_request(text: &str) -> Option<RpcRequest> {
             Direction::TwoWay
         },
         expires_at: stored.expiration_time,
+        retries: effective_retries(stored.retries),
     })
 }
 
@@ -293,7 +308,18 @@ mod tests {
         assert_eq!(rpc.request.method, "setGpio");
         assert_eq!(rpc.request.params, r#"{"pin":7,"on":true}"#);
         assert!(rpc.persistent);
-        assert_eq!(rpc.retries, MAX_RETRIES);
+        assert_eq!(rpc.retries, Some(9), "stored as given");
+        assert_eq!(rpc.request.retries, MAX_RETRIES, "capped");
+        for (body, retries) in [
+            (r#"{"method":"m"}"#, MAX_RETRIES),
+            (r#"{"method":"m","retries":null}"#, MAX_RETRIES),
+            (r#"{"method":"m","retries":0}"#, 0),
+            (r#"{"method":"m","retries":2}"#, 2),
+            (r#"{"method":"m","retries":-3}"#, 0),
+        ] {
+            let rpc = RestRpc::parse(body.as_bytes(), Direction::TwoWay, 0);
+            assert_eq!(rpc.map(|r| r.request.retries), Ok(retries), "{body}");
+        }
         assert_eq!(rpc.additional_info, r#"{"a":1}"#);
         assert!(rpc.request_uuid.is_some());
         let bare = RestRpc::parse(br#"{"method":"reboot"}"#, Direction::OneWay, 0);
@@ -329,6 +355,7 @@ mod tests {
             params: r#"{"pin":7}"#.into(),
             direction: Direction::TwoWay,
             expires_at: 0,
+            retries: 0,
         };
         assert_eq!(
             mqtt_request(&request),
@@ -387,14 +414,30 @@ mod tests {
                 params: r#"{"a":[1,"b"]}"#.into(),
                 direction,
                 expires_at: 1_234,
+                retries: 2,
             };
-            let text = stored_request(uuid::Uuid::from_u128(7), tenant, device, &request, 2);
+            let text = stored_request(uuid::Uuid::from_u128(7), tenant, device, &request, Some(2));
             let json: serde_json::Value = serde_json::from_str(&text).expect("JSON");
             assert_eq!(json["body"]["params"], r#"{"a":[1,"b"]}"#);
             assert_eq!(json["persisted"], true);
             assert_eq!(json["retries"], 2);
             assert_eq!(parse_stored_request(&text), Some(request));
         }
+        let request = RpcRequest {
+            method: "m".into(),
+            params: "null".into(),
+            direction: Direction::TwoWay,
+            expires_at: 1,
+            retries: MAX_RETRIES,
+        };
+        let text = stored_request(uuid::Uuid::from_u128(8), tenant, device, &request, None);
+        assert_eq!(
+            serde_json::from_str::<serde_json::Value>(&text)
+                .ok()
+                .map(|j| j["retries"].is_null()),
+            Some(true)
+        );
+        assert_eq!(parse_stored_request(&text), Some(request));
         assert_eq!(parse_stored_request("{}"), None);
         assert_eq!(parse_stored_request("not json"), None);
     }

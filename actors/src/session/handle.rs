@@ -317,6 +317,7 @@ mod tests {
             topic: format!("v1/devices/me/rpc/request/{n}"),
             payload: b"{}".to_vec(),
             qos: DownlinkQos::AtLeastOnce,
+            tracked: None,
         }
     }
 

@@ -40,6 +40,35 @@ pub struct Downlink {
     pub topic: String,
     pub payload: Vec<u8>,
     pub qos: DownlinkQos,
+    /// Told when it is written and when the device acknowledges it (a persistent RPC request);
+    /// a downlink dropped before it is written tells nothing.
+    pub tracked: Option<Tracked>,
+}
+
+/// Told what became of a downlink whose delivery matters.
+pub trait DeliveryReport: Send + Sync {
+    /// Written to the connection at QoS 1: it waits for the device's PUBACK.
+    fn written(&self);
+    /// The device acknowledged it (PUBACK); at QoS 0, once written.
+    fn acknowledged(&self);
+}
+
+/// The [`DeliveryReport`] a downlink carries.
+#[derive(Clone)]
+pub struct Tracked(pub Arc<dyn DeliveryReport>);
+
+impl PartialEq for Tracked {
+    fn eq(&self, other: &Tracked) -> bool {
+        Arc::ptr_eq(&self.0, &other.0)
+    }
+}
+
+impl Eq for Tracked {}
+
+impl std::fmt::Debug for Tracked {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Tracked")
+    }
 }
 
 /// Why the server closes a connection (MQTT 5 says it in DISCONNECT; 3.1.1 just closes).
@@ -341,6 +370,7 @@ mod tests {
             topic: format!("v1/devices/me/rpc/request/{n}"),
             payload: vec![n],
             qos: DownlinkQos::AtLeastOnce,
+            tracked: None,
         }
     }
 

@@ -19,15 +19,18 @@
 //!
 //! Persistent RPC (`"persistent":true`, one-way or two-way, either path): stored as `QUEUED`,
 //! answered 200 `{"rpcId":".."}` at once; the owner of the device's state then keeps its record
-//! up to date: `DELIVERED` when handed to a session (a one-way request stays there),
-//! `SUCCESSFUL` with the reply in `response` (a reply that is not JSON as `{"error":"<text>"}`,
-//! as ThingsBoard), `EXPIRED`, or `FAILED` (the device has too many pending, or the reply is
-//! longer than 32 KiB). A queued request survives a restart: it is reloaded when the device
-//! next subscribes to RPC. `GET /api/rpc/persistent/{rpcId}`, `GET
+//! up to date: `SENT` when a connection wrote it and waits for the PUBACK, `DELIVERED` when the
+//! device acknowledged it (at QoS 0 and on HTTP long polls, when written; a one-way request
+//! ends there), `TIMEOUT` when a send was not acknowledged within `mqtt.rpc_ack_timeout`
+//! (each uses one of `retries`, default and at most 5; the request is sent again at the device's
+//! next subscription), `SUCCESSFUL` with the reply in `response` (a reply that is not JSON as
+//! `{"error":"<text>"}`, as ThingsBoard), `EXPIRED`, or `FAILED` (unacknowledged once more than
+//! `retries` allow, the device has too many pending, or the reply is longer than 32 KiB). A
+//! request not finished survives a restart: it is reloaded when the device next subscribes to
+//! RPC. `GET /api/rpc/persistent/{rpcId}`, `GET
 //! /api/rpc/persistent/device/{deviceId}?pageSize=&page=&rpcStatus=` (newest first; `DELETED`
 //! is refused, 400) and `DELETE /api/rpc/persistent/{rpcId}` (the request is not sent any
-//! more) read and remove them. `retries` is stored but not acted on: a request handed to a
-//! connection counts as delivered, without waiting for the device's acknowledgement.
+//! more) read and remove them.
 
 use actix_web::http::StatusCode;
 use actix_web::{HttpResponse, web};
@@ -310,6 +313,12 @@ fn answer(resolution: Resolution, version: Version) -> HttpResponse {
             (Version::V2, _) => StatusCode::GATEWAY_TIMEOUT,
             (Version::V1, true) => StatusCode::REQUEST_TIMEOUT,
             (Version::V1, false) => StatusCode::CONFLICT,
+        }),
+        // Only persistent requests are tracked to their acknowledgement; were a call's, the
+        // device got it and did not answer.
+        Resolution::Undelivered { .. } => HttpResponse::new(match version {
+            Version::V2 => StatusCode::GATEWAY_TIMEOUT,
+            Version::V1 => StatusCode::REQUEST_TIMEOUT,
         }),
         Resolution::Refused => actix_web::ResponseError::error_response(&ApiError {
             status: StatusCode::TOO_MANY_REQUESTS,

@@ -10,10 +10,11 @@ use actors::model::{
 };
 use actors::ports::{
     Aggregation, ClaimRequest, DeviceProfile, DeviceProfiles, DeviceRecords, DeviceRegistry,
-    MAX_CLAIM_SECRET_BYTES, MAX_PROFILE_DESCRIPTION_BYTES, MAX_PROFILE_NAME_BYTES,
-    MAX_PROFILE_PAGE_SIZE, MAX_PROVISION_CREDENTIAL_BYTES, MAX_QUEUED_RPCS, MAX_RPC_PAGE_SIZE,
-    MAX_RPC_REQUEST_BYTES, MAX_RPC_RESPONSE_BYTES, Order, Page, PageRequest, ProvisionType,
-    RangeQuery, RecordError, RegistryError, RpcPageRequest, RpcRecord, RpcStatus, Store, TsValue,
+    MAX_CLAIM_SECRET_BYTES, MAX_PENDING_RPCS, MAX_PROFILE_DESCRIPTION_BYTES,
+    MAX_PROFILE_NAME_BYTES, MAX_PROFILE_PAGE_SIZE, MAX_PROVISION_CREDENTIAL_BYTES,
+    MAX_RPC_PAGE_SIZE, MAX_RPC_REQUEST_BYTES, MAX_RPC_RESPONSE_BYTES, Order, Page, PageRequest,
+    ProvisionType, RangeQuery, RecordError, RegistryError, RpcPageRequest, RpcRecord, RpcStatus,
+    Store, TsValue,
 };
 
 fn tenant() -> TenantId {
@@ -745,10 +746,11 @@ async fn rpc_records(records: &dyn DeviceRecords) {
         .await
         .expect("page");
     assert_eq!(all.total_elements, 5, "replaced, not added");
-    let queued = records.queued_rpcs(d, 10).await.expect("queued");
-    let queued: Vec<i64> = queued.iter().map(|r| r.created_time).collect();
-    assert_eq!(queued, [10, 50], "oldest first, the answered one gone");
-    let one = records.queued_rpcs(d, 1).await.expect("queued");
+    // Those not finished (QUEUED, SENT, DELIVERED, TIMEOUT), oldest first.
+    let pending = records.pending_rpcs(d, 10).await.expect("pending");
+    let pending: Vec<i64> = pending.iter().map(|r| r.created_time).collect();
+    assert_eq!(pending, [10, 20, 50], "oldest first, the answered one gone");
+    let one = records.pending_rpcs(d, 1).await.expect("pending");
     assert_eq!(one.len(), 1);
 
     // Deleted: gone from every read, and an update does not bring it back.
@@ -764,15 +766,15 @@ async fn rpc_records(records: &dyn DeviceRecords) {
     records.save_rpc(&saved[4]).await.expect("back to queued");
     assert!(!records.delete_rpc(saved[0].id).await.expect("delete again"));
     assert_eq!(records.rpc(saved[0].id).await.expect("get"), None);
-    let queued = records.queued_rpcs(d, 10).await.expect("queued");
-    assert_eq!(queued.len(), 1);
+    let pending = records.pending_rpcs(d, 10).await.expect("pending");
+    assert_eq!(pending.len(), 2);
     let all = records
         .device_rpcs(d, &rpc_page(10, 0, None))
         .await
         .expect("page");
     assert_eq!(created(&all), [50, 40, 30, 20]);
     assert_eq!(all.total_elements, 4);
-    let others = records.queued_rpcs(other, 10).await.expect("queued");
+    let others = records.pending_rpcs(other, 10).await.expect("pending");
     assert_eq!(others.len(), 1, "other devices stay apart");
 
     // The TTL: every record created before the time goes, whatever its status or device.
@@ -783,7 +785,7 @@ async fn rpc_records(records: &dyn DeviceRecords) {
         .expect("page");
     assert_eq!((created(&all), all.total_elements), (vec![50, 40], 2));
     assert_eq!(records.rpc(saved[2].id).await.expect("get"), None);
-    let others = records.queued_rpcs(other, 10).await.expect("queued");
+    let others = records.pending_rpcs(other, 10).await.expect("pending");
     assert_eq!(others.len(), 1, "created at 35: not before it");
 
     // Bounds: too long, not JSON, pages too large or empty; nothing is written.
@@ -827,7 +829,7 @@ async fn rpc_records(records: &dyn DeviceRecords) {
         Err(RecordError::PageOutOfRange { .. })
     ));
     assert!(matches!(
-        records.queued_rpcs(d, MAX_QUEUED_RPCS + 1).await,
+        records.pending_rpcs(d, MAX_PENDING_RPCS + 1).await,
         Err(RecordError::PageSize { .. })
     ));
     // The largest record allowed is stored whole.
@@ -919,9 +921,9 @@ pub async fn write_records_sample(records: &dyn DeviceRecords) -> RpcRecord {
 pub async fn check_records_sample(records: &dyn DeviceRecords, rpc: &RpcRecord) {
     assert_eq!(
         records
-            .queued_rpcs(rpc.device_id, 10)
+            .pending_rpcs(rpc.device_id, 10)
             .await
-            .expect("queued"),
+            .expect("pending"),
         std::slice::from_ref(rpc)
     );
     assert_eq!(

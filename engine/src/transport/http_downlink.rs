@@ -124,7 +124,7 @@ async fn poll(state: State, token: &str, asked: Option<u64>, what: Poll) -> Http
     let downlinks = state.downlinks.clone();
     let (rpc, attributes) = (what == Poll::Rpc, what == Poll::Attributes);
     let id = downlinks.poll_subscriptions(&device, 0, rpc, attributes, &sink);
-    let _unsubscribe = Unsubscribe {
+    let unsubscribe = Unsubscribe {
         downlinks,
         device,
         id,
@@ -136,7 +136,16 @@ async fn poll(state: State, token: &str, asked: Option<u64>, what: Poll) -> Http
             .body(body)
     };
     match tokio::time::timeout(wait_of(&state, asked), delivered).await {
-        Ok(Ok(Delivery::Rpc(outgoing))) => json(rpc::http_request(outgoing.id, &outgoing.request)),
+        Ok(Ok(Delivery::Rpc(outgoing))) => {
+            // A persistent request is delivered once it is the poll's answer (ThingsBoard's
+            // HTTP transport says DELIVERED there too).
+            if let Some(record) = outgoing.record {
+                state
+                    .downlinks
+                    .rpc_delivery(&unsubscribe.device, record, true);
+            }
+            json(rpc::http_request(outgoing.id, &outgoing.request))
+        }
         Ok(Ok(Delivery::Attributes(entries))) => json(attributes::update(&entries)),
         Ok(Ok(Delivery::Deleted(keys))) => json(attributes::deleted(&keys)),
         _ => HttpResponse::new(StatusCode::REQUEST_TIMEOUT),

@@ -221,6 +221,8 @@ pub struct WireRpc {
     pub two_way: bool,
     #[prost(int64, tag = "5")]
     pub expires_at: i64,
+    #[prost(bytes = "vec", tag = "6")]
+    pub record_id: Vec<u8>,
 }
 
 #[derive(Clone, PartialEq, prost::Message)]
@@ -237,6 +239,8 @@ pub struct WireResolve {
     pub outcome: i32,
     #[prost(bytes = "vec", tag = "3")]
     pub reply: Vec<u8>,
+    #[prost(uint32, tag = "4")]
+    pub retries: u32,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, prost::Enumeration)]
@@ -247,6 +251,7 @@ pub enum Outcome {
     ExpiredSent = 2,
     ExpiredNotSent = 3,
     Refused = 4,
+    Undelivered = 5,
 }
 
 pub fn encode(message: &ToNode) -> Vec<u8> {
@@ -260,6 +265,7 @@ pub fn encode(message: &ToNode) -> Vec<u8> {
                     params: o.request.params.clone(),
                     two_way: o.request.direction == Direction::TwoWay,
                     expires_at: o.request.expires_at,
+                    record_id: o.record.map(|r| r.as_bytes().to_vec()).unwrap_or_default(),
                 }),
                 Delivery::Attributes(entries) => WireDelivery::Attributes(WireAttributes {
                     entries: entries.iter().map(wire::entry_to_wire).collect(),
@@ -270,17 +276,19 @@ pub fn encode(message: &ToNode) -> Vec<u8> {
             }),
         }),
         ToNode::Resolve { call, resolution } => {
-            let (outcome, reply) = match resolution {
-                Resolution::Sent => (Outcome::Sent, Vec::new()),
-                Resolution::Reply(reply) => (Outcome::Reply, reply.clone()),
-                Resolution::Expired { sent: true } => (Outcome::ExpiredSent, Vec::new()),
-                Resolution::Expired { sent: false } => (Outcome::ExpiredNotSent, Vec::new()),
-                Resolution::Refused => (Outcome::Refused, Vec::new()),
+            let (outcome, reply, retries) = match resolution {
+                Resolution::Sent => (Outcome::Sent, Vec::new(), 0),
+                Resolution::Reply(reply) => (Outcome::Reply, reply.clone(), 0),
+                Resolution::Expired { sent: true } => (Outcome::ExpiredSent, Vec::new(), 0),
+                Resolution::Expired { sent: false } => (Outcome::ExpiredNotSent, Vec::new(), 0),
+                Resolution::Refused => (Outcome::Refused, Vec::new(), 0),
+                Resolution::Undelivered { retries } => (Outcome::Undelivered, Vec::new(), *retries),
             };
             WireToNodeKind::Resolve(WireResolve {
                 call: *call,
                 outcome: outcome as i32,
                 reply,
+                retries,
             })
         }
     };
@@ -299,11 +307,21 @@ pub fn decode(bytes: &[u8]) -> Result<ToNode, WireError> {
             let delivery = match d.delivery {
                 Some(WireDelivery::Rpc(r)) => Delivery::Rpc(Outgoing {
                     id: r.id,
+                    record: if r.record_id.is_empty() {
+                        None
+                    } else {
+                        Some(
+                            uuid::Uuid::from_slice(&r.record_id)
+                                .map_err(|_| invalid("whose RPC record id is not 16 bytes"))?,
+                        )
+                    },
                     request: RpcRequest {
                         method: r.method,
                         params: r.params,
                         direction: wire::direction(r.two_way),
                         expires_at: r.expires_at,
+                        // Only the owner counts retries.
+                        retries: 0,
                     },
                 }),
                 Some(WireDelivery::Attributes(a)) => Delivery::Attributes(
@@ -327,6 +345,7 @@ pub fn decode(bytes: &[u8]) -> Result<ToNode, WireError> {
                 Ok(Outcome::ExpiredSent) => Resolution::Expired { sent: true },
                 Ok(Outcome::ExpiredNotSent) => Resolution::Expired { sent: false },
                 Ok(Outcome::Refused) => Resolution::Refused,
+                Ok(Outcome::Undelivered) => Resolution::Undelivered { retries: r.retries },
                 Err(_) => return Err(invalid("with an unknown outcome")),
             };
             Ok(ToNode::Resolve {
@@ -351,11 +370,24 @@ mod tests {
             params: r#"{"a":1}"#.into(),
             direction: Direction::TwoWay,
             expires_at: 5,
+            retries: 0,
         };
         let messages = [
             ToNode::Deliver {
                 device,
-                delivery: Delivery::Rpc(Outgoing { id: 3, request }),
+                delivery: Delivery::Rpc(Outgoing {
+                    id: 3,
+                    request: request.clone(),
+                    record: None,
+                }),
+            },
+            ToNode::Deliver {
+                device,
+                delivery: Delivery::Rpc(Outgoing {
+                    id: 4,
+                    request,
+                    record: Some(uuid::Uuid::from_u128(12)),
+                }),
             },
             ToNode::Deliver {
                 device,
@@ -377,6 +409,7 @@ mod tests {
                 Resolution::Expired { sent: true },
                 Resolution::Expired { sent: false },
                 Resolution::Refused,
+                Resolution::Undelivered { retries: 2 },
             ]
             .map(|resolution| ToNode::Resolve {
                 call: 9,
@@ -493,6 +526,24 @@ mod tests {
                 .encode_to_vec(),
             ),
             (
+                "RpcDelivery",
+                "record_id",
+                WireRpc {
+                    record_id: vec![1],
+                    ..rpc()
+                }
+                .encode_to_vec(),
+            ),
+            (
+                "Resolve",
+                "retries",
+                WireResolve {
+                    retries: 1,
+                    ..resolve()
+                }
+                .encode_to_vec(),
+            ),
+            (
                 "AttributesDelivery",
                 "entries",
                 WireAttributes {
@@ -542,6 +593,7 @@ mod tests {
             ("EXPIRED_SENT", Outcome::ExpiredSent),
             ("EXPIRED_NOT_SENT", Outcome::ExpiredNotSent),
             ("REFUSED", Outcome::Refused),
+            ("UNDELIVERED", Outcome::Undelivered),
         ] {
             assert!(
                 proto.contains(&format!("  {name} = {};", value as i32)),

@@ -37,7 +37,7 @@ pub enum Body {
 
 #[derive(Clone, PartialEq, prost::Message)]
 pub struct WireDeviceEvent {
-    #[prost(oneof = "WireEvent", tags = "1, 2, 3, 4, 5, 6, 7")]
+    #[prost(oneof = "WireEvent", tags = "1, 2, 3, 4, 5, 6, 7, 8")]
     pub event: Option<WireEvent>,
 }
 
@@ -57,6 +57,8 @@ pub enum WireEvent {
     NodeSessions(NodeSessionsEvent),
     #[prost(message, tag = "7")]
     CallAbandoned(CallAbandonedEvent),
+    #[prost(message, tag = "8")]
+    RpcDelivery(RpcDeliveryEvent),
 }
 
 #[derive(Clone, PartialEq, prost::Message)]
@@ -91,6 +93,8 @@ pub struct RpcRequestEvent {
     pub expires_at: i64,
     #[prost(bytes = "vec", tag = "7")]
     pub record_id: Vec<u8>,
+    #[prost(uint32, tag = "8")]
+    pub retries: u32,
 }
 
 #[derive(Clone, PartialEq, prost::Message)]
@@ -131,6 +135,14 @@ pub struct RpcDeletedEvent {
     pub record_id: Vec<u8>,
 }
 
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct RpcDeliveryEvent {
+    #[prost(bytes = "vec", tag = "1")]
+    pub record_id: Vec<u8>,
+    #[prost(bool, tag = "2")]
+    pub acknowledged: bool,
+}
+
 fn event_to_wire(event: &DeviceEvent) -> WireDeviceEvent {
     let event = match event {
         DeviceEvent::Session {
@@ -165,6 +177,7 @@ fn event_to_wire(event: &DeviceEvent) -> WireDeviceEvent {
             params: request.params.clone(),
             two_way: request.direction == Direction::TwoWay,
             expires_at: request.expires_at,
+            retries: request.retries,
         }),
         DeviceEvent::RpcReply { id, payload } => WireEvent::RpcReply(RpcReplyEvent {
             id: *id,
@@ -175,6 +188,13 @@ fn event_to_wire(event: &DeviceEvent) -> WireDeviceEvent {
         }
         DeviceEvent::RpcDeleted { id } => WireEvent::RpcDeleted(RpcDeletedEvent {
             record_id: id.as_bytes().to_vec(),
+        }),
+        DeviceEvent::RpcDelivery {
+            record,
+            acknowledged,
+        } => WireEvent::RpcDelivery(RpcDeliveryEvent {
+            record_id: record.as_bytes().to_vec(),
+            acknowledged: *acknowledged,
         }),
         DeviceEvent::CallAbandoned { node, call } => WireEvent::CallAbandoned(CallAbandonedEvent {
             node: node.to_string(),
@@ -219,6 +239,7 @@ fn event_from_wire(event: WireDeviceEvent) -> Result<DeviceEvent, WireError> {
                 params: r.params,
                 direction: direction(r.two_way),
                 expires_at: r.expires_at,
+                retries: r.retries,
             },
         },
         Some(WireEvent::RpcReply(r)) => DeviceEvent::RpcReply {
@@ -228,6 +249,10 @@ fn event_from_wire(event: WireDeviceEvent) -> Result<DeviceEvent, WireError> {
         Some(WireEvent::SharedDeleted(d)) => DeviceEvent::SharedDeleted { keys: d.keys },
         Some(WireEvent::RpcDeleted(d)) => DeviceEvent::RpcDeleted {
             id: record_id(&d.record_id)?,
+        },
+        Some(WireEvent::RpcDelivery(d)) => DeviceEvent::RpcDelivery {
+            record: record_id(&d.record_id)?,
+            acknowledged: d.acknowledged,
         },
         Some(WireEvent::CallAbandoned(a)) => DeviceEvent::CallAbandoned {
             node: NodeId::from(a.node),
@@ -460,6 +485,7 @@ pub(super) mod tests {
                         params: r#"{"a":1}"#.into(),
                         direction: Direction::TwoWay,
                         expires_at: 1_000,
+                        retries: 0,
                     },
                 },
                 DeviceEvent::RpcReply {
@@ -478,10 +504,19 @@ pub(super) mod tests {
                         params: "null".into(),
                         direction: Direction::OneWay,
                         expires_at: 2_000,
+                        retries: 3,
                     },
                 },
                 DeviceEvent::RpcDeleted {
                     id: uuid::Uuid::from_u128(78),
+                },
+                DeviceEvent::RpcDelivery {
+                    record: uuid::Uuid::from_u128(79),
+                    acknowledged: true,
+                },
+                DeviceEvent::RpcDelivery {
+                    record: uuid::Uuid::from_u128(80),
+                    acknowledged: false,
                 },
                 DeviceEvent::NodeSessions {
                     node: NodeId::from("n3"),
@@ -713,6 +748,38 @@ pub(super) mod tests {
                 "DeviceEvent",
                 "rpc_deleted",
                 event(WireEvent::RpcDeleted(RpcDeletedEvent::default())),
+            ),
+            (
+                "DeviceEvent",
+                "rpc_delivery",
+                event(WireEvent::RpcDelivery(RpcDeliveryEvent::default())),
+            ),
+            (
+                "RpcDeliveryEvent",
+                "record_id",
+                RpcDeliveryEvent {
+                    record_id: vec![1],
+                    acknowledged: false,
+                }
+                .encode_to_vec(),
+            ),
+            (
+                "RpcDeliveryEvent",
+                "acknowledged",
+                RpcDeliveryEvent {
+                    record_id: vec![],
+                    acknowledged: true,
+                }
+                .encode_to_vec(),
+            ),
+            (
+                "RpcRequestEvent",
+                "retries",
+                RpcRequestEvent {
+                    retries: 1,
+                    ..request()
+                }
+                .encode_to_vec(),
             ),
             (
                 "DeviceEvent",

@@ -16,7 +16,7 @@ use std::sync::Arc;
 
 use actors::model::{DeviceId, TenantId};
 use actors::ports::{
-    ClaimRequest, DeviceRecords, MAX_QUEUED_RPCS, MAX_RPC_PAGE_SIZE, Page, RecordError,
+    ClaimRequest, DeviceRecords, MAX_PENDING_RPCS, MAX_RPC_PAGE_SIZE, Page, RecordError,
     RpcPageRequest, RpcRecord, RpcStatus, StoreError, check_page_size, page_offset,
 };
 use async_trait::async_trait;
@@ -319,18 +319,23 @@ impl DeviceRecords for ClickHouseRecords {
         Ok(())
     }
 
-    async fn queued_rpcs(
+    async fn pending_rpcs(
         &self,
         device: DeviceId,
         limit: usize,
     ) -> Result<Vec<RpcRecord>, RecordError> {
-        check_page_size(limit, MAX_QUEUED_RPCS)?;
+        check_page_size(limit, MAX_PENDING_RPCS)?;
         Ok(self
             .rpcs(
                 &format!(
-                    "{RPC_NEWEST} WHERE device_id = toUUID(?) {RPC_GROUP}{}
+                    "{RPC_NEWEST} WHERE device_id = toUUID(?) {RPC_GROUP} AND st IN ({})
                      ORDER BY created, id LIMIT {limit}",
-                    status_term(Some(RpcStatus::Queued))
+                    RpcStatus::ALL
+                        .into_iter()
+                        .filter(|s| s.is_pending())
+                        .map(|s| format!("'{}'", s.as_str()))
+                        .collect::<Vec<_>>()
+                        .join(",")
                 ),
                 &[device.0.to_string()],
             )
@@ -454,6 +459,12 @@ mod tests {
         }
         assert_eq!(records.claim(d).await.expect("claim"), Some(x));
         assert_eq!(records.rpc(rpc.id).await.expect("get"), None);
-        assert!(records.queued_rpcs(d, 10).await.expect("queued").is_empty());
+        assert!(
+            records
+                .pending_rpcs(d, 10)
+                .await
+                .expect("pending")
+                .is_empty()
+        );
     }
 }

@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use actors::model::{DeviceId, TenantId};
 use actors::ports::{
-    ClaimRequest, DeviceRecords, MAX_QUEUED_RPCS, MAX_RPC_PAGE_SIZE, Page, RecordError,
+    ClaimRequest, DeviceRecords, MAX_PENDING_RPCS, MAX_RPC_PAGE_SIZE, Page, RecordError,
     RpcPageRequest, RpcRecord, RpcStatus, StoreError, check_page_size, page_offset,
 };
 use async_trait::async_trait;
@@ -206,24 +206,29 @@ impl DeviceRecords for EmbeddedRecords {
         Ok(())
     }
 
-    async fn queued_rpcs(
+    async fn pending_rpcs(
         &self,
         device: DeviceId,
         limit: usize,
     ) -> Result<Vec<RpcRecord>, RecordError> {
-        check_page_size(limit, MAX_QUEUED_RPCS)?;
+        check_page_size(limit, MAX_PENDING_RPCS)?;
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);
-        let queued = RpcStatus::Queued.code();
+        let pending = RpcStatus::ALL
+            .into_iter()
+            .filter(|s| s.is_pending())
+            .map(|s| s.code().to_string())
+            .collect::<Vec<_>>()
+            .join(",");
         Ok(self
             .db
             .read(move |c| {
                 query_rpcs(
                     c,
                     &format!(
-                        "SELECT {RPC_COLUMNS} FROM rpc WHERE device_id = ?1 AND status = ?2
-                         ORDER BY created_time, id LIMIT ?3"
+                        "SELECT {RPC_COLUMNS} FROM rpc WHERE device_id = ?1 AND status IN ({pending})
+                         ORDER BY created_time, id LIMIT ?2"
                     ),
-                    &[&device.0.as_bytes().as_slice(), &queued, &limit],
+                    &[&device.0.as_bytes().as_slice(), &limit],
                 )
             })
             .await?)

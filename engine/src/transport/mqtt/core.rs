@@ -20,7 +20,7 @@ use actors::protocol::attributes::{self, AttributeRequest};
 use actors::protocol::claim::ClaimRequest;
 use actors::protocol::rpc::{DeviceRpc, SESSION_LIMITS, SessionLimits};
 use actors::session::outbound::{self, OutboundMeters, OutboundReceiver};
-use actors::session::outbound::{Downlink, DownlinkQos};
+use actors::session::outbound::{DeliveryReport, Downlink, DownlinkQos, Tracked};
 use actors::session::{SessionArgs, SessionError, SessionHandle};
 use metrics::counter;
 use ntex::util::Bytes;
@@ -66,9 +66,13 @@ pub struct MqttContext {
 /// A connection as the node's [`Downlinks`] see it: server-side RPC requests and shared
 /// attribute updates go into its outbound channel at the QoS of the matching subscription.
 /// A full channel drops the downlink (counted): a device that does not read cannot make the
-/// engine hold more than `mqtt.outbound_capacity` messages for it.
+/// engine hold more than `mqtt.outbound_capacity` messages for it. A persistent RPC request
+/// carries a report to its owner: written, then acknowledged by the device's PUBACK (a dropped
+/// one reports nothing, and times out at its owner).
 struct MqttSink {
     outbound: Outbound,
+    device: Arc<Device>,
+    downlinks: Arc<Downlinks>,
     /// The granted QoS of `v1/devices/me/rpc/request/+` and of `v1/devices/me/attributes`.
     rpc_qos: AtomicU8,
     attributes_qos: AtomicU8,
@@ -85,19 +89,46 @@ impl SessionSink for MqttSink {
                 topic: DownlinkTopic::RpcRequest(outgoing.id.unsigned_abs()).name(),
                 payload: rpc::mqtt_request(&outgoing.request).into_bytes(),
                 qos: qos(&self.rpc_qos),
+                tracked: outgoing.record.map(|record| {
+                    Tracked(Arc::new(RpcDeliveryReport {
+                        downlinks: self.downlinks.clone(),
+                        device: self.device.clone(),
+                        record,
+                    }))
+                }),
             },
             Delivery::Attributes(entries) => Downlink {
                 topic: DownlinkTopic::Attributes.name(),
                 payload: attributes::update(entries).into_bytes(),
                 qos: qos(&self.attributes_qos),
+                tracked: None,
             },
             Delivery::Deleted(keys) => Downlink {
                 topic: DownlinkTopic::Attributes.name(),
                 payload: attributes::deleted(keys).into_bytes(),
                 qos: qos(&self.attributes_qos),
+                tracked: None,
             },
         };
         self.outbound.try_send(downlink).is_ok()
+    }
+}
+
+/// Tells a persistent RPC's owner what became of one send of it.
+pub(crate) struct RpcDeliveryReport {
+    pub(crate) downlinks: Arc<Downlinks>,
+    pub(crate) device: Arc<Device>,
+    pub(crate) record: uuid::Uuid,
+}
+
+impl DeliveryReport for RpcDeliveryReport {
+    fn written(&self) {
+        self.downlinks
+            .rpc_delivery(&self.device, self.record, false);
+    }
+
+    fn acknowledged(&self) {
+        self.downlinks.rpc_delivery(&self.device, self.record, true);
     }
 }
 
@@ -187,6 +218,8 @@ impl Node {
         peer_event!(DEBUG, device = ?device.name, "mqtt session opened");
         let sink = Arc::new(MqttSink {
             outbound: outbound.clone(),
+            device: device.clone(),
+            downlinks: self.ctx.downlinks.clone(),
             rpc_qos: AtomicU8::new(1),
             attributes_qos: AtomicU8::new(1),
         });
@@ -443,6 +476,7 @@ impl Connection {
             topic,
             payload: attributes::response(&client, &shared).into_bytes(),
             qos,
+            tracked: None,
         };
         // A full channel (a device that does not read) makes this publish wait, as any
         // downlink producer does; a closed one means the connection is gone.
@@ -520,6 +554,7 @@ impl Connection {
                 topic,
                 payload: self.ctx.session_limits.render(None).into_bytes(),
                 qos,
+                tracked: None,
             };
             let _ = self.outbound.send(downlink).await;
             return Published::Queued;
@@ -528,6 +563,7 @@ impl Connection {
             topic,
             payload: br#"{"error":"timeout"}"#.to_vec(),
             qos,
+            tracked: None,
         };
         if self.rpc_waiting.get() >= CLIENT_RPC_WAITING {
             let _ = self.outbound.send(timeout).await;

@@ -128,6 +128,7 @@ async fn session<P: Protocol>(proto: &mut P, io: &Io, node: &Node) -> Option<Fau
                     } else {
                         DownlinkQos::AtLeastOnce
                     },
+                    tracked: None,
                 };
                 let packet_id = match downlink.qos {
                     DownlinkQos::AtLeastOnce => credit.take(),

@@ -177,6 +177,7 @@ async fn a_device_that_stops_reading_cannot_grow_the_engines_memory() {
                     topic: format!("v1/devices/me/rpc/request/{n}"),
                     payload: vec![b'x'; MESSAGE],
                     qos: DownlinkQos::AtMostOnce,
+                    tracked: None,
                 };
                 outbound
                     .send(downlink)

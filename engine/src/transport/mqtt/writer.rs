@@ -14,7 +14,9 @@
 use std::num::NonZeroU16;
 use std::task::{Context, Poll};
 
-use actors::session::outbound::{CloseReason, Downlink, DownlinkQos, OutboundReceiver, Pending};
+use actors::session::outbound::{
+    CloseReason, Downlink, DownlinkQos, OutboundReceiver, Pending, Tracked,
+};
 use ntex::io::Io;
 
 /// Writes one server-to-device PUBLISH in a protocol version's form.
@@ -25,11 +27,12 @@ pub(super) trait Wire {
 }
 
 /// QoS 1 downlinks sent and not yet acknowledged: at most `cap` (the client's Receive Maximum,
-/// within the engine's own cap), each with a packet id no other of them holds.
+/// within the engine's own cap), each with a packet id no other of them holds, and the report
+/// of those whose acknowledgement someone waits for.
 pub(super) struct Credit {
     cap: usize,
     last: u16,
-    in_flight: Vec<NonZeroU16>,
+    in_flight: Vec<(NonZeroU16, Option<Tracked>)>,
 }
 
 impl Credit {
@@ -55,18 +58,28 @@ impl Credit {
             let Some(id) = NonZeroU16::new(self.last) else {
                 continue;
             };
-            if !self.in_flight.contains(&id) {
-                self.in_flight.push(id);
+            if !self.in_flight.iter().any(|(held, _)| *held == id) {
+                self.in_flight.push((id, None));
                 return Some(id);
             }
         }
     }
 
-    /// The device acknowledged `id`; whether it was in flight.
+    /// The downlink sent under `id` (in flight) waits for its acknowledgement to be reported.
+    fn track(&mut self, id: NonZeroU16, tracked: Tracked) {
+        if let Some((_, slot)) = self.in_flight.iter_mut().find(|(held, _)| *held == id) {
+            *slot = Some(tracked);
+        }
+    }
+
+    /// The device acknowledged `id`; whether it was in flight. Its report, if it has one, is
+    /// told.
     pub(super) fn release(&mut self, id: NonZeroU16) -> bool {
-        match self.in_flight.iter().position(|held| *held == id) {
+        match self.in_flight.iter().position(|(held, _)| *held == id) {
             Some(at) => {
-                self.in_flight.swap_remove(at);
+                if let (_, Some(tracked)) = self.in_flight.swap_remove(at) {
+                    tracked.0.acknowledged();
+                }
                 true
             }
             None => false,
@@ -116,14 +129,23 @@ pub(super) fn poll_write<W: Wire>(
             Some(DownlinkQos::AtMostOnce) => None,
             None => continue,
         };
-        let Some(downlink) = outbound.take() else {
+        let Some(mut downlink) = outbound.take() else {
             if let Some(id) = id {
                 credit.release(id);
             }
             continue;
         };
+        let tracked = downlink.tracked.take();
         if wire.publish(io, downlink, id) {
             outbound.written();
+            match (tracked, id) {
+                (Some(tracked), Some(id)) => {
+                    tracked.0.written();
+                    credit.track(id, tracked);
+                }
+                (Some(tracked), None) => tracked.0.acknowledged(),
+                (None, _) => {}
+            }
         } else {
             if let Some(id) = id {
                 credit.release(id);
@@ -164,5 +186,49 @@ mod tests {
             assert!(credit.release(id(n)));
         }
         assert_eq!(credit.take(), Some(id(2)), "0 is no id and 1 is in flight");
+    }
+
+    #[derive(Default)]
+    struct Counted {
+        written: std::sync::atomic::AtomicUsize,
+        acknowledged: std::sync::atomic::AtomicUsize,
+    }
+
+    impl actors::session::outbound::DeliveryReport for Counted {
+        fn written(&self) {
+            self.written
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
+
+        fn acknowledged(&self) {
+            self.acknowledged
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
+    }
+
+    #[test]
+    fn a_tracked_downlink_is_reported_acknowledged_once_at_its_puback() {
+        use std::sync::atomic::Ordering::Relaxed;
+        let report = std::sync::Arc::new(Counted::default());
+        let mut credit = Credit::new(4);
+        let plain = credit.take().expect("room");
+        let tracked = credit.take().expect("room");
+        credit.track(tracked, Tracked(report.clone()));
+        assert!(credit.release(plain));
+        assert_eq!(
+            report.acknowledged.load(Relaxed),
+            0,
+            "another packet's PUBACK"
+        );
+        assert!(credit.release(tracked));
+        assert!(!credit.release(tracked), "a second PUBACK of the id");
+        assert_eq!(report.acknowledged.load(Relaxed), 1);
+        // An id taken again later is not tracked any more.
+        for _ in 0..u16::MAX {
+            if let Some(id) = credit.take() {
+                credit.release(id);
+            }
+        }
+        assert_eq!(report.acknowledged.load(Relaxed), 1);
     }
 }
