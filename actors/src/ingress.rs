@@ -33,6 +33,8 @@ pub enum Transport {
     Coap = 2,
     /// The HTTP integration (`/api/v1/integrations/http/{routingKey}`).
     HttpIntegration = 3,
+    /// Devices behind an MQTT gateway (`v1/gateway/*`).
+    MqttGateway = 4,
 }
 
 impl Transport {
@@ -42,6 +44,7 @@ impl Transport {
             Transport::Http => "http",
             Transport::Coap => "coap",
             Transport::HttpIntegration => "http_integration",
+            Transport::MqttGateway => "mqtt_gateway",
         }
     }
 }
@@ -77,6 +80,14 @@ pub enum QuotaError {
         "a message of {count} data points is over the limit of {max} (limits.max_data_points_per_message)"
     )]
     TooManyDataPoints { count: usize, max: usize },
+    /// A gateway connection speaks for as many devices as it may.
+    #[error(
+        "the gateway has {max} devices connected, the most it may have (mqtt.gateway_max_devices)"
+    )]
+    TooManyGatewayDevices { max: usize },
+    /// A device to be made for a gateway would pass the tenant's device limit.
+    #[error("the tenant has {max} devices, the most it may have (devices.max_per_tenant)")]
+    TooManyTenantDevices { max: u64 },
 }
 
 impl From<TooManyKeys> for QuotaError {
@@ -111,6 +122,10 @@ impl Rejection {
             Rejection::Queue(QueueError::Rejected(_)) => "queue_rejected",
             Rejection::Quota(QuotaError::TooManyKeys { .. }) => "too_many_keys",
             Rejection::Quota(QuotaError::TooManyDataPoints { .. }) => "too_many_data_points",
+            Rejection::Quota(QuotaError::TooManyGatewayDevices { .. }) => {
+                "too_many_gateway_devices"
+            }
+            Rejection::Quota(QuotaError::TooManyTenantDevices { .. }) => "too_many_devices",
         }
     }
 
@@ -207,7 +222,7 @@ pub struct Ingress {
     max_payload: usize,
     limits: Limits,
     /// Metric handles resolved once: a labelled lookup per message costs ~30 times an increment.
-    metrics: [Arc<TransportMetrics>; 4],
+    metrics: [Arc<TransportMetrics>; 5],
 }
 
 struct TransportMetrics {
@@ -272,6 +287,7 @@ impl Ingress {
                 TransportMetrics::new(Transport::Http),
                 TransportMetrics::new(Transport::Coap),
                 TransportMetrics::new(Transport::HttpIntegration),
+                TransportMetrics::new(Transport::MqttGateway),
             ],
         }
     }
@@ -439,6 +455,7 @@ mod tests {
             label: None,
             token: AccessToken(format!("{name}-token")),
             created_time: 0,
+            additional_info: None,
         }
     }
 

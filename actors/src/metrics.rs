@@ -604,6 +604,10 @@ pub const REJECT_REASONS: &[&str] = &[
     "not_finite",
     "too_many_keys",
     "too_many_data_points",
+    // The gateway API (issue 14).
+    "too_many_gateway_devices",
+    "too_many_devices",
+    "not_a_gateway",
     "too_large",
     "unknown_topic",
     "queue_closed",
@@ -614,7 +618,7 @@ pub const REJECT_REASONS: &[&str] = &[
 /// Every `reason` of `engine_connections_refused_total`.
 pub const REFUSE_REASONS: &[&str] = &["empty_token", "bad_token"];
 
-pub const TRANSPORTS: &[&str] = &["mqtt", "http", "coap", "http_integration"];
+pub const TRANSPORTS: &[&str] = &["mqtt", "http", "coap", "http_integration", "mqtt_gateway"];
 
 /// Creates every labelled counter at zero, so dashboards and alerts see 0 before the first
 /// event instead of no series at all.
@@ -765,6 +769,8 @@ mod tests {
                 max: 0,
             }),
             Rejection::Quota(QuotaError::TooManyDataPoints { count: 0, max: 0 }),
+            Rejection::Quota(QuotaError::TooManyGatewayDevices { max: 0 }),
+            Rejection::Quota(QuotaError::TooManyTenantDevices { max: 0 }),
             Rejection::Payload(PayloadError::BadTimestamp(String::new())),
             Rejection::Payload(PayloadError::BadValues),
             Rejection::Payload(PayloadError::EmptyKey),

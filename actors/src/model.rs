@@ -279,6 +279,30 @@ pub struct Device {
     pub token: AccessToken,
     /// Milliseconds since the Unix epoch.
     pub created_time: i64,
+    /// ThingsBoard's `additionalInfo`: a JSON object's text, at most
+    /// [`MAX_ADDITIONAL_INFO_BYTES`]; `None` for `null`. `"gateway": true` makes the device a
+    /// gateway ([`Device::is_gateway`]).
+    #[serde(default)]
+    pub additional_info: Option<String>,
+}
+
+/// Longest `additionalInfo` a device keeps, in bytes of JSON text.
+pub const MAX_ADDITIONAL_INFO_BYTES: usize = 16 * 1024;
+
+impl Device {
+    /// A gateway may use the gateway API (`v1/gateway/*`): its `additionalInfo` says
+    /// `"gateway": true`, as ThingsBoard's does.
+    pub fn is_gateway(&self) -> bool {
+        #[derive(Deserialize)]
+        struct Info {
+            #[serde(default)]
+            gateway: serde_json::Value,
+        }
+        self.additional_info
+            .as_deref()
+            .and_then(|text| serde_json::from_str::<Info>(text).ok())
+            .is_some_and(|info| info.gateway == serde_json::Value::Bool(true))
+    }
 }
 
 /// A value as ThingsBoard types it: the type a device sent is the type stored and returned.

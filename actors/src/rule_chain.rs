@@ -31,7 +31,7 @@ use tracing::error;
 use crate::downlink::router::Downlinks;
 use crate::mailbox::{Bound, Ticket};
 use crate::metrics::RULE_CHAIN_MESSAGES;
-use crate::model::{AttributeScope, MessageBody, SharedMessage};
+use crate::model::{MessageBody, SharedMessage};
 use crate::ports::Delivered;
 
 /// What a rule chain decided for one message.
@@ -91,15 +91,6 @@ impl RuleChain for DefaultRuleChain {
                     downlinks.owner_event(message.device_id, event.clone());
                 }
                 Outcome::DeviceState
-            }
-            MessageBody::Attributes {
-                scope: AttributeScope::Shared,
-                entries,
-            } if !entries.is_empty() => {
-                if let Some(downlinks) = &self.downlinks {
-                    downlinks.owner_shared_updated(message.device_id, entries);
-                }
-                Outcome::SaveAttributes
             }
             MessageBody::Telemetry(records) if records.iter().all(|r| r.entries.is_empty()) => {
                 Outcome::Dropped("empty_telemetry")

@@ -52,6 +52,15 @@ pub struct SinkArgs {
     /// Where messages the store refuses for good go. Without one, such a batch is retried
     /// until an operator fixes the cause (the embedded store never refuses valid data).
     pub dead_letters: Option<Arc<dyn DeadLetters>>,
+    /// Told of every message of a batch once the batch is stored.
+    pub after_store: Option<Arc<dyn AfterStore>>,
+}
+
+/// What happens once data is stored: the way back pushes shared attribute changes from here,
+/// so a device that reads its attributes right after an update sees it (ThingsBoard notifies
+/// after its save too).
+pub trait AfterStore: Send + Sync {
+    fn stored(&self, message: &crate::model::Message);
 }
 
 pub struct SinkState {
@@ -59,6 +68,7 @@ pub struct SinkState {
     store: Arc<dyn Store>,
     config: SinkConfig,
     dead_letters: Option<Arc<dyn DeadLetters>>,
+    after_store: Option<Arc<dyn AfterStore>>,
     draining: Option<RpcReplyPort<SinkStats>>,
     stats: SinkStats,
 }
@@ -93,6 +103,7 @@ impl Actor for Sink {
             store: args.store,
             config: args.config,
             dead_letters: args.dead_letters,
+            after_store: args.after_store,
             draining: None,
             stats: SinkStats::default(),
         })
@@ -149,6 +160,11 @@ impl SinkState {
         ));
         if let Err(refused) = self.write(batch.clone()).await {
             self.isolate(&delivered, &refused).await;
+        }
+        if let Some(after) = &self.after_store {
+            for d in &delivered {
+                after.stored(&d.message);
+            }
         }
         self.commit(&delivered).await;
         self.stats.batches += 1;
@@ -293,6 +309,7 @@ mod tests {
             store: store.clone(),
             config: config(),
             dead_letters: None,
+            after_store: None,
         };
         let (sink, handle) = Actor::spawn(None, Sink, args).await.expect("sink starts");
         let stats = ractor::call!(sink, SinkMsg::Drain).expect("drained");
@@ -304,6 +321,16 @@ mod tests {
         assert_eq!(queue.committed(), Some(6));
     }
 
+    /// Counts the messages it is told were stored.
+    #[derive(Default)]
+    struct Told(std::sync::atomic::AtomicUsize);
+
+    impl AfterStore for Told {
+        fn stored(&self, _: &crate::model::Message) {
+            self.0.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
+    }
+
     #[tokio::test]
     async fn a_store_that_is_down_holds_the_offsets_and_is_caught_up_after() {
         let queue = VecQueue::default();
@@ -313,15 +340,22 @@ mod tests {
         store.set_down(true);
         // A store that is down is waited for, never a reason to dead-letter.
         let dead = Arc::new(crate::testing::MemDeadLetters::default());
+        let told = Arc::new(Told::default());
         let args = SinkArgs {
             consumer: Box::new(queue.clone()),
             store: store.clone(),
             config: config(),
             dead_letters: Some(dead.clone()),
+            after_store: Some(told.clone()),
         };
         let (sink, handle) = Actor::spawn(None, Sink, args).await.expect("sink starts");
         tokio::time::sleep(Duration::from_millis(150)).await;
         assert_eq!(store.points(), 0);
+        assert_eq!(
+            told.0.load(std::sync::atomic::Ordering::Relaxed),
+            0,
+            "nothing is told stored before it is"
+        );
         assert_eq!(
             queue.committed(),
             None,
@@ -332,6 +366,11 @@ mod tests {
         handle.await.expect("sink stops");
         assert!(stats.failed_writes >= 2, "{stats:?}");
         assert_eq!(store.points(), 2);
+        assert_eq!(
+            told.0.load(std::sync::atomic::Ordering::Relaxed),
+            2,
+            "told once stored"
+        );
         assert!(dead.letters().is_empty(), "nothing dead-lettered");
         assert_eq!(queue.committed(), Some(1));
     }
@@ -350,6 +389,7 @@ mod tests {
             store: store.clone(),
             config: config(),
             dead_letters: Some(dead.clone()),
+            after_store: None,
         };
         let (sink, handle) = Actor::spawn(None, Sink, args).await.expect("sink starts");
         ractor::call!(sink, SinkMsg::Drain).expect("drained");

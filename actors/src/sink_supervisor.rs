@@ -161,6 +161,7 @@ mod tests {
                 batch_interval: Duration::from_millis(10),
                 ..SinkConfig::default()
             },
+            after_store: None,
         });
         let (supervisor, handle) =
             Actor::spawn(None, SinkSupervisor, SinkSupervisorArgs { sinks: 1, make })

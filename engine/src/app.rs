@@ -18,7 +18,7 @@ use actors::ports::{
 };
 use actors::rule_chain::{DefaultRuleChain, MakeRuleChain, RuleChain};
 use actors::session::supervisor::{SessionSupervisor, SupervisorMsg};
-use actors::sink::{SinkArgs, SinkConfig};
+use actors::sink::{AfterStore, SinkArgs, SinkConfig};
 use actors::sink_feed::{FeedConsumer, SharedFeed};
 use actors::sink_supervisor::{MakeSink, SinkSupervisor, SinkSupervisorArgs, SinkSupervisorMsg};
 use anyhow::Context;
@@ -216,11 +216,13 @@ pub async fn start(config: Config, metrics: Option<PrometheusHandle>) -> anyhow:
                 MemorySource::start(&queue, make_chain, to_sink, config.queue.partition_capacity)
                     .await?;
             let feed = SharedFeed::new(from_chains);
+            let after_store: Arc<dyn AfterStore> = downlinks.clone();
             let make: MakeSink = Arc::new(move |_| SinkArgs {
                 consumer: Box::new(FeedConsumer::new(feed.clone(), committer.clone())),
                 store: sink_store.clone(),
                 config: sink_config.clone(),
                 dead_letters: None,
+                after_store: Some(after_store.clone()),
             });
             (
                 Queue::Memory {
@@ -256,11 +258,13 @@ pub async fn start(config: Config, metrics: Option<PrometheusHandle>) -> anyhow:
                 .await?;
             let feed = SharedFeed::new(from_chains);
             let dead_letters: Arc<dyn DeadLetters> = Arc::new(producer.clone());
+            let after_store: Arc<dyn AfterStore> = downlinks.clone();
             let make: MakeSink = Arc::new(move |_| SinkArgs {
                 consumer: Box::new(FeedConsumer::new(feed.clone(), committer.clone())),
                 store: sink_store.clone(),
                 config: sink_config.clone(),
                 dead_letters: Some(dead_letters.clone()),
+                after_store: Some(after_store.clone()),
             });
             info!(brokers = %config.queue.brokers, topic = %config.queue.topic, "kafka queue ready");
             (
@@ -314,6 +318,7 @@ pub async fn start(config: Config, metrics: Option<PrometheusHandle>) -> anyhow:
         },
         client_rpc_timeout: config.mqtt.client_rpc_timeout,
         downlinks: downlinks.clone(),
+        gateway_max_devices: config.mqtt.gateway_max_devices,
     });
     let mqtt = MqttServer::start(mqtt_listener, &config.mqtt, ctx)?;
 

@@ -297,6 +297,10 @@ pub struct MqttConfig {
     /// `transport.mqtt.timeout`). The node that owns the device's state applies its own value.
     #[serde(with = "humantime_serde")]
     pub rpc_ack_timeout: Duration,
+    /// Devices one gateway connection may speak for at once (`v1/gateway/*`; each connected
+    /// device holds a session of its own). A message naming one more is refused for that
+    /// device (MQTT 5 PUBACK 0x97), counted as `too_many_gateway_devices`.
+    pub gateway_max_devices: usize,
     /// Largest read and write buffer of one busy connection; a PUBLISH bigger than this is
     /// read into a buffer grown for it. The write buffer's size is also where the server stops
     /// writing to a device that does not read. An idle connection holds no buffer.
@@ -694,6 +698,7 @@ impl Default for MqttConfig {
             outbound_capacity: 64,
             client_rpc_timeout: Duration::from_secs(60),
             rpc_ack_timeout: Duration::from_secs(10),
+            gateway_max_devices: 10_000,
             io_buffer_size: ByteSize::kib(16),
         }
     }
@@ -941,6 +946,10 @@ impl Config {
         ensure!(
             !self.mqtt.rpc_ack_timeout.is_zero(),
             "mqtt.rpc_ack_timeout must be more than zero"
+        );
+        ensure!(
+            self.mqtt.gateway_max_devices > 0,
+            "mqtt.gateway_max_devices must be at least 1"
         );
         ensure!(
             (1024..=16 * 1024 * 1024).contains(&self.mqtt.io_buffer_size.as_u64()),

@@ -116,6 +116,8 @@ impl Provisioning<'_> {
                         None => AccessToken(token.unwrap_or_else(crate::api::device::new_token)),
                     },
                     created_time: now_ms(),
+                    // ThingsBoard marks a device provisioned with `"gateway": true` so.
+                    additional_info: request.gateway.then(|| r#"{"gateway":true}"#.to_owned()),
                 };
                 match self.registry.create(device).await {
                     Ok(device) => device,

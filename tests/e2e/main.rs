@@ -7,6 +7,7 @@ mod converters;
 mod dashboards;
 mod downlinks;
 mod durability;
+mod gateway;
 mod hostile;
 mod http_device_api;
 mod integrations;

@@ -837,7 +837,7 @@ async fn rpc_and_shared_attributes_cross_nodes() -> Result<()> {
     // ThingsBoard's own Python SDK on the second node, driven through the first.
     let (token, id) = &devices[6];
     let port = second.mqtt.port().to_string();
-    let script = tests::SdkScript::start("device_downlinks.py", &["127.0.0.1", &port, token])?;
+    let mut script = tests::SdkScript::start("device_downlinks.py", &["127.0.0.1", &port, token])?;
     let ready = tokio::task::block_in_place(|| script.next(Duration::from_secs(60)))?;
     assert_eq!(ready, Some(json!("ready")));
     let response = rest

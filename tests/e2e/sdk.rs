@@ -148,7 +148,7 @@ async fn the_python_device_sdk_answers_rpc_and_gets_shared_attribute_changes() -
     let rest = engine.rest().await?;
     let id = rest.create_device("sdk-downlinks", "SDK_DOWNLINKS").await?;
     let port = engine.mqtt.port().to_string();
-    let script = SdkScript::start(
+    let mut script = SdkScript::start(
         "device_downlinks.py",
         &["127.0.0.1", &port, "SDK_DOWNLINKS"],
     )?;
@@ -220,7 +220,7 @@ async fn the_python_http_device_sdk_long_polls_for_rpc_and_shared_attributes() -
     let rest = engine.rest().await?;
     let id = rest.create_device("sdk-http", "SDK_HTTP").await?;
     let base = engine.url("");
-    let script = SdkScript::start("device_http.py", &[base.trim_end_matches('/'), "SDK_HTTP"])?;
+    let mut script = SdkScript::start("device_http.py", &[base.trim_end_matches('/'), "SDK_HTTP"])?;
     let ready = tokio::task::block_in_place(|| script.next(Duration::from_secs(60)))?;
     assert_eq!(ready, Some(json!("ready")));
 

@@ -430,6 +430,8 @@ pub fn sdk_script(name: &str) -> PathBuf {
 pub struct SdkScript {
     child: std::process::Child,
     lines: std::sync::mpsc::Receiver<String>,
+    /// Lines read past while waiting for an answer, given out first by [`SdkScript::next`].
+    held: std::collections::VecDeque<Value>,
 }
 
 impl SdkScript {
@@ -454,17 +456,53 @@ impl SdkScript {
                 }
             }
         });
-        Ok(SdkScript { child, lines })
+        Ok(SdkScript {
+            child,
+            lines,
+            held: std::collections::VecDeque::new(),
+        })
     }
 
     /// The next JSON line, if one comes within `wait`.
-    pub fn next(&self, wait: std::time::Duration) -> Result<Option<Value>> {
+    pub fn next(&mut self, wait: std::time::Duration) -> Result<Option<Value>> {
+        if let Some(held) = self.held.pop_front() {
+            return Ok(Some(held));
+        }
+        self.read(wait)
+    }
+
+    fn read(&self, wait: std::time::Duration) -> Result<Option<Value>> {
         match self.lines.recv_timeout(wait) {
             Ok(line) => Ok(Some(
                 serde_json::from_str(&line).with_context(|| format!("not JSON: {line}"))?,
             )),
             Err(std::sync::mpsc::RecvTimeoutError::Timeout) => Ok(None),
             Err(e) => anyhow::bail!("the SDK script ended: {e}"),
+        }
+    }
+}
+
+impl SdkScript {
+    /// Writes one line (a command) to the script's standard input.
+    pub fn send(&mut self, line: &Value) -> Result<()> {
+        use std::io::Write;
+        let stdin = self.child.stdin.as_mut().context("stdin closed")?;
+        writeln!(stdin, "{line}")?;
+        stdin.flush()?;
+        Ok(())
+    }
+
+    /// Sends a command and returns the next JSON line that has `key`, skipping events.
+    pub fn ask(&mut self, line: &Value, key: &str) -> Result<Value> {
+        self.send(line)?;
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(40);
+        loop {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            match self.read(left)? {
+                Some(answer) if answer.get(key).is_some() => return Ok(answer),
+                Some(event) => self.held.push_back(event),
+                None => anyhow::bail!("no answer with {key} to {line}"),
+            }
         }
     }
 }

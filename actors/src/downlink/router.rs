@@ -242,12 +242,30 @@ impl Downlinks {
         }
     }
 
-    /// Shared attributes of a device this node owns changed.
+    /// Shared attributes of a device this node owns changed (and are stored).
     pub fn owner_shared_updated(&self, device: DeviceId, entries: &[KvEntry]) {
         let effects = self.owned.lock().shared_updated(device, entries);
         self.apply(effects);
     }
+}
 
+/// The sink of the node that owns a device's partition tells it once shared attributes are
+/// stored; their subscribed sessions get the change then, so what a device reads right after
+/// the update agrees with it.
+impl crate::sink::AfterStore for Downlinks {
+    fn stored(&self, message: &crate::model::Message) {
+        if let MessageBody::Attributes {
+            scope: crate::model::AttributeScope::Shared,
+            entries,
+        } = &message.body
+            && !entries.is_empty()
+        {
+            self.owner_shared_updated(message.device_id, entries);
+        }
+    }
+}
+
+impl Downlinks {
     fn apply(&self, effects: Vec<Effect>) {
         for effect in effects {
             match effect {

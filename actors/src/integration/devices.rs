@@ -99,6 +99,7 @@ impl Integrations {
             label: None,
             token: AccessToken(Uuid::new_v4().simple().to_string()),
             created_time: now_ms(),
+            additional_info: None,
         };
         match self.registry.create(device).await {
             Ok(device) => {

@@ -3,5 +3,6 @@
 
 pub mod attributes;
 pub mod claim;
+pub mod gateway;
 pub mod provision;
 pub mod rpc;

@@ -270,6 +270,7 @@ mod tests {
             label: None,
             token: AccessToken(format!("{name}-token")),
             created_time: 0,
+            additional_info: None,
         })
     }
 

@@ -6,8 +6,9 @@ use std::sync::Arc;
 use actix_web::{HttpResponse, web};
 use actors::metrics::API_REQUESTS_REFUSED;
 use actors::model::{
-    AccessToken, BasicCredentials, Device, DeviceId, MAX_DEVICE_NAME_CHARS, MAX_DEVICE_TYPE_CHARS,
-    NameError, is_basic_token, now_ms, validate_access_token, validate_device_name, validate_name,
+    AccessToken, BasicCredentials, Device, DeviceId, MAX_ADDITIONAL_INFO_BYTES,
+    MAX_DEVICE_NAME_CHARS, MAX_DEVICE_TYPE_CHARS, NameError, is_basic_token, now_ms,
+    validate_access_token, validate_device_name, validate_name,
 };
 use metrics::counter;
 use rand::Rng;
@@ -39,7 +40,11 @@ pub fn device_json(d: &Device) -> Value {
         "type": d.device_type,
         "label": d.label,
         "deviceProfileId": {"entityType": "DEVICE_PROFILE", "id": super::profile::profile_id(d.tenant_id, &d.device_type)},
-        "additionalInfo": null,
+        "additionalInfo": d
+            .additional_info
+            .as_deref()
+            .and_then(|text| serde_json::from_str::<Value>(text).ok())
+            .unwrap_or(Value::Null),
     })
 }
 
@@ -138,6 +143,9 @@ struct DeviceBody {
     #[serde(rename = "deviceProfileId")]
     device_profile_id: Option<EntityIdJson>,
     label: Option<String>,
+    /// Any JSON; `{"gateway":true}` makes a gateway.
+    #[serde(rename = "additionalInfo", default)]
+    additional_info: Option<Box<serde_json::value::RawValue>>,
 }
 
 #[derive(Deserialize)]
@@ -188,6 +196,15 @@ async fn save(
     if let Some(token) = &query.access_token {
         check_token(token)?;
     }
+    let additional_info = match body.additional_info.map(|raw| raw.get().to_owned()) {
+        Some(text) if text.len() > MAX_ADDITIONAL_INFO_BYTES => {
+            return Err(ApiError::bad_request(format!(
+                "additionalInfo is longer than {MAX_ADDITIONAL_INFO_BYTES} bytes"
+            )));
+        }
+        Some(text) if text != "null" => Some(text),
+        _ => None,
+    };
     let tenant = caller.0.tenant_id;
     let device = match body.id {
         // Update: keep the id (and the token unless a new one is given).
@@ -201,6 +218,7 @@ async fn save(
                     .access_token
                     .clone()
                     .map_or_else(|| existing.token.clone(), AccessToken),
+                additional_info,
                 ..(*existing).clone()
             }
         }
@@ -214,6 +232,7 @@ async fn save(
                 label: body.label,
                 token: AccessToken(query.access_token.clone().unwrap_or_else(new_token)),
                 created_time: now_ms(),
+                additional_info,
             };
             let saved = state.registry.create(device).await?;
             return Ok(HttpResponse::Ok().json(device_json(&saved)));

@@ -401,6 +401,7 @@ pub(crate) fn device(name: &str, token: &str) -> Device {
         label: None,
         token: AccessToken(token.into()),
         created_time: 1,
+        additional_info: None,
     }
 }
 
@@ -564,7 +565,15 @@ async fn renamed_devices_keep_their_id(registry: &dyn DeviceRegistry) {
 /// Writes a device and some data; `check_sample` reads them back (e.g. after a reopen).
 pub async fn write_sample(store: &dyn Store, registry: &dyn DeviceRegistry) -> DeviceId {
     let d = registry
-        .save(device("durable", "tok-durable"))
+        .save(Device {
+            additional_info: Some(r#"{"gateway":true,"note":"kept"}"#.into()),
+            ..device("durable", "tok-durable")
+        })
+        .await
+        .expect("save");
+    // One without, to show `null` is kept apart from text.
+    registry
+        .save(device("durable-plain", "tok-durable-plain"))
         .await
         .expect("save");
     write(
@@ -590,6 +599,19 @@ pub async fn check_sample(store: &dyn Store, registry: &dyn DeviceRegistry, id: 
         .expect("lookup")
         .expect("device kept");
     assert_eq!(d.id, id);
+    assert_eq!(
+        d.additional_info.as_deref(),
+        Some(r#"{"gateway":true,"note":"kept"}"#),
+        "additionalInfo kept"
+    );
+    assert!(d.is_gateway());
+    let plain = registry
+        .by_token("tok-durable-plain")
+        .await
+        .expect("lookup")
+        .expect("device kept");
+    assert_eq!(plain.additional_info, None);
+    assert!(!plain.is_gateway());
     let latest = store.latest(id, None).await.expect("latest");
     assert_eq!(latest[0].value, Some(KvValue::Double(1.5)));
     let attrs = store.attributes(id, None, None).await.expect("attrs");

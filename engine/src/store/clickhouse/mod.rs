@@ -462,9 +462,9 @@ mod tests {
             .expect("query");
         assert_eq!(
             versions.trim(),
-            "5\t5",
-            "five migrations (tables, the catalog, the device records, the device profiles, \
-             attribute deletion), each recorded once"
+            "6\t6",
+            "six migrations (tables, the catalog, the device records, the device profiles, \
+             attribute deletion, device additional info), each recorded once"
         );
     }
 

@@ -52,6 +52,8 @@ struct DeviceRow {
     created_time: i64,
     deleted: u8,
     ver: u64,
+    additional_info: String,
+    has_additional_info: u8,
 }
 
 impl DeviceRow {
@@ -67,6 +69,8 @@ impl DeviceRow {
             created_time: d.created_time,
             deleted: u8::from(deleted),
             ver,
+            additional_info: d.additional_info.clone().unwrap_or_default(),
+            has_additional_info: u8::from(d.additional_info.is_some()),
         }
     }
 
@@ -79,6 +83,7 @@ impl DeviceRow {
             label: (self.has_label != 0).then(|| self.label.clone()),
             token: AccessToken(self.token.clone()),
             created_time: self.created_time,
+            additional_info: (self.has_additional_info != 0).then(|| self.additional_info.clone()),
         }
     }
 }
@@ -203,7 +208,8 @@ mod version {
 const NEWEST: &str = "SELECT id, argMax(tenant_id, ver), argMax(name, ver), argMax(type, ver),
                              argMax(label, ver), argMax(has_label, ver), argMax(token, ver),
                              argMax(created_time, ver), argMax(deleted, ver) AS is_deleted,
-                             max(ver)
+                             max(ver), argMax(additional_info, ver),
+                             argMax(has_additional_info, ver)
                       FROM device";
 
 /// An id's newest row as this node last saw it.
@@ -353,6 +359,7 @@ impl DeviceTable for DeviceRows {
             label: None,
             token: AccessToken(String::new()),
             created_time: 0,
+            additional_info: None,
         };
         let ver = version::change(self.current_version(id).await?, self.now_ms());
         self.insert(&DeviceRow::new(&tombstone, true, ver)).await
@@ -437,6 +444,7 @@ mod tests {
             label: None,
             token: AccessToken(token.into()),
             created_time: actors::model::now_ms(),
+            additional_info: None,
         }
     }
 

@@ -152,6 +152,12 @@ const MIGRATIONS: &[&[&str]] = &[
         // deletion. Rows written before have 0.
         "ALTER TABLE attribute_kv ADD COLUMN deleted UInt8 DEFAULT 0",
     ],
+    &[
+        // A device's `additionalInfo` (JSON text; `{"gateway":true}` makes a gateway); rows
+        // written before have none.
+        "ALTER TABLE device ADD COLUMN additional_info String DEFAULT ''",
+        "ALTER TABLE device ADD COLUMN has_additional_info UInt8 DEFAULT 0",
+    ],
 ];
 
 #[derive(clickhouse::Row, Deserialize)]

@@ -18,7 +18,7 @@ pub struct DeviceRows {
     db: Arc<Db>,
 }
 
-const COLUMNS: &str = "id, tenant_id, name, type, label, token, created_time";
+const COLUMNS: &str = "id, tenant_id, name, type, label, token, created_time, additional_info";
 
 fn uuid(row: &Row<'_>, i: usize) -> rusqlite::Result<Uuid> {
     let bytes: Vec<u8> = row.get(i)?;
@@ -36,6 +36,7 @@ fn device_from_row(row: &Row<'_>) -> rusqlite::Result<Device> {
         label: row.get(4)?,
         token: AccessToken(row.get(5)?),
         created_time: row.get(6)?,
+        additional_info: row.get(7)?,
     })
 }
 
@@ -52,7 +53,7 @@ pub(super) fn load(db: Arc<Db>) -> anyhow::Result<EmbeddedRegistry> {
 fn insert(c: &Connection, d: &Device) -> rusqlite::Result<()> {
     // Not `OR REPLACE`: that would delete whatever row holds the same token or name.
     c.execute(
-        &format!("INSERT INTO device ({COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)"),
+        &format!("INSERT INTO device ({COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)"),
         params![
             d.id.0.as_bytes(),
             d.tenant_id.0.as_bytes(),
@@ -60,7 +61,8 @@ fn insert(c: &Connection, d: &Device) -> rusqlite::Result<()> {
             d.device_type,
             d.label,
             d.token.0,
-            d.created_time
+            d.created_time,
+            d.additional_info
         ],
     )?;
     Ok(())
@@ -69,7 +71,7 @@ fn insert(c: &Connection, d: &Device) -> rusqlite::Result<()> {
 fn update(c: &Connection, d: &Device) -> rusqlite::Result<()> {
     c.execute(
         "UPDATE device SET tenant_id = ?2, name = ?3, type = ?4, label = ?5, token = ?6,
-                created_time = ?7
+                created_time = ?7, additional_info = ?8
          WHERE id = ?1",
         params![
             d.id.0.as_bytes(),
@@ -78,7 +80,8 @@ fn update(c: &Connection, d: &Device) -> rusqlite::Result<()> {
             d.device_type,
             d.label,
             d.token.0,
-            d.created_time
+            d.created_time,
+            d.additional_info
         ],
     )?;
     Ok(())

@@ -133,6 +133,8 @@ const MIGRATIONS: &[Migration] = &[
         "ALTER TABLE attribute_kv ADD COLUMN deleted INTEGER NOT NULL DEFAULT 0;",
         None,
     ),
+    // v7. A device's `additionalInfo` (JSON text; `{"gateway":true}` makes a gateway).
+    ("ALTER TABLE device ADD COLUMN additional_info TEXT;", None),
 ];
 
 pub(super) fn migrate(c: &mut Connection) -> anyhow::Result<()> {

@@ -29,6 +29,7 @@ use ractor::ActorCell;
 
 use super::admission::{Admission, Seat};
 use super::dispatch::Settings;
+use super::gateway::{GATEWAY_PREFIX, Gateway};
 use super::peer_log::peer_event;
 use super::topics::{
     BadTopic, CLAIM_TOPIC, DownlinkTopic, FilterRefusal, Subscriptions, attribute_request_id,
@@ -61,6 +62,8 @@ pub struct MqttContext {
     pub client_rpc_timeout: Duration,
     /// The way back: shared attribute updates and server-side RPC for subscribed connections.
     pub downlinks: Arc<Downlinks>,
+    /// `mqtt.gateway_max_devices`: devices one gateway connection may speak for at once.
+    pub gateway_max_devices: usize,
 }
 
 /// A connection as the node's [`Downlinks`] see it: server-side RPC requests and shared
@@ -223,6 +226,7 @@ impl Node {
             rpc_qos: AtomicU8::new(1),
             attributes_qos: AtomicU8::new(1),
         });
+        let gateway = device.is_gateway().then(Gateway::new);
         let connection = Connection {
             downlink_id: Cell::new(0),
             sink,
@@ -235,6 +239,7 @@ impl Node {
             subscriptions: Cell::new(Subscriptions::default()),
             outbound,
             _seat: seat,
+            gateway,
         };
         (Rc::new(connection), receiver)
     }
@@ -261,6 +266,8 @@ pub struct Connection {
     sink: Arc<MqttSink>,
     /// Its subscriptions were told to the node's downlinks (so its end must be told too).
     announced: Cell<bool>,
+    /// The devices it speaks for, when the device is a gateway.
+    gateway: Option<Gateway>,
 }
 
 impl Drop for Connection {
@@ -287,6 +294,12 @@ pub(super) enum Published {
     UnknownTopic,
     /// Refused by the uplink path.
     Refused(Rejection),
+    /// A gateway message of which some devices' parts were refused (this is the first of
+    /// them) and the others queued: MQTT 5 says the reason, 3.1.1 acknowledges.
+    PartlyRefused(Rejection),
+    /// Not answered at all: a gateway topic from a device that is not a gateway (ThingsBoard
+    /// sends no PUBACK).
+    Unanswered,
 }
 
 /// Why the server closes a connection (MQTT 5 says it in DISCONNECT where it has a reason).
@@ -332,6 +345,18 @@ impl Fault {
 const CLIENT_RPC_WAITING: usize = 16;
 
 impl Connection {
+    pub(super) fn device(&self) -> &Arc<Device> {
+        &self.device
+    }
+
+    pub(super) fn ctx(&self) -> &MqttContext {
+        &self.ctx
+    }
+
+    pub(super) fn outbound(&self) -> &Outbound {
+        &self.outbound
+    }
+
     /// Handles one PUBLISH: checks its topic, hands it to the session and waits until the
     /// queue holds it.
     pub(super) async fn publish(&self, topic: &str, payload: Bytes) -> Result<Published, Fault> {
@@ -342,6 +367,18 @@ impl Connection {
         }
         // Data first: the topics nearly every publish carries.
         let Some(uplink) = uplink_of(topic) else {
+            if topic.starts_with(GATEWAY_PREFIX) {
+                return Ok(match &self.gateway {
+                    Some(gateway) => gateway.publish(self, topic, &payload).await,
+                    None => {
+                        // ThingsBoard logs it and answers nothing at all.
+                        counter!(MESSAGES_REJECTED, "transport" => "mqtt", "reason" => "not_a_gateway")
+                            .increment(1);
+                        peer_event!(WARN, device = ?self.device.name, ?topic, "gateway topic from a device that is not a gateway ignored, unanswered");
+                        Published::Unanswered
+                    }
+                });
+            }
             return Ok(self.request(topic, &payload).await);
         };
         match self.session.publish(uplink, payload).await {
@@ -416,6 +453,21 @@ impl Connection {
     /// Tells the node's downlinks what this connection now subscribes to.
     fn announce(&self) {
         let subscriptions = self.subscriptions.get();
+        if let Some(gateway) = &self.gateway {
+            let code = |q: Option<QoS>| match q {
+                None => super::gateway::NOT_SUBSCRIBED,
+                Some(QoS::AtMostOnce) => 0,
+                Some(_) => 1,
+            };
+            gateway.qos.rpc.store(
+                code(subscriptions.qos_for(super::gateway::RPC_TOPIC)),
+                Ordering::Relaxed,
+            );
+            gateway.qos.attributes.store(
+                code(subscriptions.qos_for(super::gateway::ATTRIBUTES_TOPIC)),
+                Ordering::Relaxed,
+            );
+        }
         let rpc = subscriptions.qos_for(&DownlinkTopic::RpcRequest(0).name());
         let attributes = subscriptions.qos_for(&DownlinkTopic::Attributes.name());
         let code = |q: QoS| u8::from(q != QoS::AtMostOnce);
@@ -486,7 +538,7 @@ impl Connection {
 
     /// The QoS of an answer on `topic`: the device's matching subscription's, QoS 1 without one
     /// (ThingsBoard answers whether or not the device subscribed).
-    fn answer_qos(&self, topic: &str) -> DownlinkQos {
+    pub(super) fn answer_qos(&self, topic: &str) -> DownlinkQos {
         match self.subscriptions.get().qos_for(topic) {
             Some(QoS::AtMostOnce) => DownlinkQos::AtMostOnce,
             _ => DownlinkQos::AtLeastOnce,
@@ -498,13 +550,21 @@ impl Connection {
     /// kept); the device is not told which. A payload that is not a claim request is a bad
     /// payload; a store that cannot keep it is answered like a queue that cannot (retry).
     async fn claim(&self, payload: &[u8]) -> Published {
-        let request = match ClaimRequest::parse(payload) {
-            Ok(request) => request,
-            Err(e) => return Published::Refused(Rejection::Payload(e)),
-        };
+        match ClaimRequest::parse(payload) {
+            Ok(request) => self.keep_claim(self.device.id, request).await,
+            Err(e) => Published::Refused(Rejection::Payload(e)),
+        }
+    }
+
+    /// Keeps a claim request of `device` (this one, or one behind this gateway).
+    pub(super) async fn keep_claim(
+        &self,
+        device: actors::model::DeviceId,
+        request: ClaimRequest,
+    ) -> Published {
         let now = actors::model::now_ms();
         let claim = StoredClaim {
-            device_id: self.device.id,
+            device_id: device,
             secret_key: request.secret_key,
             expiration_time: now.saturating_add(request.duration_ms),
         };
@@ -550,9 +610,12 @@ impl Connection {
         let topic = DownlinkTopic::RpcResponse(id).name();
         let qos = self.answer_qos(&topic);
         if request.method == SESSION_LIMITS {
+            // A gateway's devices have the same limits as a device of their own (the engine
+            // has no separate gateway rate limits).
+            let gateway_limits = self.gateway.as_ref().map(|_| &self.ctx.session_limits);
             let downlink = Downlink {
                 topic,
-                payload: self.ctx.session_limits.render(None).into_bytes(),
+                payload: self.ctx.session_limits.render(gateway_limits).into_bytes(),
                 qos,
                 tracked: None,
             };

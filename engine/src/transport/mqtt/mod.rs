@@ -34,6 +34,7 @@
 mod admission;
 mod core;
 mod dispatch;
+mod gateway;
 mod opening;
 mod peer_log;
 mod provisioning;

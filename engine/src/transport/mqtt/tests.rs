@@ -38,6 +38,7 @@ async fn start(config: MqttConfig) -> Running {
             label: None,
             token: AccessToken("slow-token".into()),
             created_time: 0,
+            additional_info: None,
         })
         .await
         .expect("created");
@@ -56,6 +57,7 @@ async fn start(config: MqttConfig) -> Running {
     );
     let ctx = Arc::new(MqttContext {
         downlinks,
+        gateway_max_devices: 16,
         profiles: Arc::new(embedded.records()),
         registry,
         records: Arc::new(actors::testing::MemRecords::default()),

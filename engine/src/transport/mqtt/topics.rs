@@ -178,12 +178,17 @@ pub fn matches(filter: &str, topic: &str) -> bool {
 }
 
 /// The filters a device may subscribe to: exactly ThingsBoard's server-to-device filters (its
-/// `processSubscribe` refuses anything else, `#` and `…/request/#` included).
-pub const SUBSCRIBABLE: [&str; 4] = [
+/// `processSubscribe` refuses anything else, `#` and `…/request/#` included), the gateway
+/// API's among them (granted to any device, as by ThingsBoard; only a gateway gets anything
+/// there).
+pub const SUBSCRIBABLE: [&str; 7] = [
     "v1/devices/me/attributes",
     "v1/devices/me/attributes/response/+",
     "v1/devices/me/rpc/request/+",
     "v1/devices/me/rpc/response/+",
+    "v1/gateway/attributes",
+    "v1/gateway/attributes/response",
+    "v1/gateway/rpc",
 ];
 
 /// Why a SUBSCRIBE filter was refused.
@@ -196,7 +201,8 @@ pub enum FilterRefusal {
 }
 
 /// The subscriptions granted on one connection: the QoS granted for each of [`SUBSCRIBABLE`]
-/// (a connection can hold no other filter, so four slots are all it needs, without allocating).
+/// (a connection can hold no other filter, so seven slots are all it needs, without
+/// allocating).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Subscriptions {
     granted: [Option<QoS>; SUBSCRIBABLE.len()],

@@ -215,6 +215,9 @@ impl Protocol for V3 {
         id: Option<NonZeroU16>,
         published: Published,
     ) -> Result<(), Fault> {
+        if published == Published::Unanswered {
+            return Ok(());
+        }
         answer(published)?;
         match (qos, id) {
             (QoS::AtLeastOnce, Some(packet_id)) => self.send(io, Packet::PublishAck { packet_id }),
@@ -261,7 +264,12 @@ fn return_code(granted: &Result<QoS, FilterRefusal>) -> SubscribeReturnCode {
 /// dropped (ThingsBoard's behaviour).
 fn answer(published: Published) -> Result<(), Fault> {
     match published {
-        Published::Queued | Published::UnknownTopic => Ok(()),
+        // 3.1.1 cannot say a gateway message was taken only in part: its PUBACK says taken
+        // (the refused parts are counted and logged), as ThingsBoard's does.
+        Published::Queued
+        | Published::UnknownTopic
+        | Published::Unanswered
+        | Published::PartlyRefused(_) => Ok(()),
         Published::Refused(rejection) => Err(Fault::Rejected(rejection)),
     }
 }

@@ -44,13 +44,19 @@ fn connack_reason(login: &Login) -> Option<ConnectAckReason> {
 /// take it: DISCONNECT 0x83).
 fn puback_reason(published: &Published) -> Option<PublishAckReason> {
     match published {
-        Published::Queued => Some(PublishAckReason::Success),
+        Published::Queued | Published::Unanswered => Some(PublishAckReason::Success),
         Published::UnknownTopic => Some(PublishAckReason::TopicNameInvalid),
         Published::Refused(rejection) => match rejection.kind() {
             RejectionKind::BadPayload => Some(PublishAckReason::PayloadFormatInvalid),
             RejectionKind::TooLarge | RejectionKind::Quota => Some(PublishAckReason::QuotaExceeded),
             RejectionKind::Unavailable => None,
         },
+        // A gateway message taken in part: the first refused part's reason.
+        Published::PartlyRefused(rejection) => Some(match rejection.kind() {
+            RejectionKind::BadPayload => PublishAckReason::PayloadFormatInvalid,
+            RejectionKind::TooLarge | RejectionKind::Quota => PublishAckReason::QuotaExceeded,
+            RejectionKind::Unavailable => PublishAckReason::UnspecifiedError,
+        }),
     }
 }
 
@@ -362,10 +368,13 @@ impl Protocol for V5 {
         id: Option<NonZeroU16>,
         published: Published,
     ) -> Result<(), Fault> {
+        if published == Published::Unanswered {
+            return Ok(());
+        }
         let Some(reason_code) = puback_reason(&published) else {
             return Err(match published {
                 Published::Refused(rejection) => Fault::Rejected(rejection),
-                Published::Queued | Published::UnknownTopic => Fault::SessionGone,
+                _ => Fault::SessionGone,
             });
         };
         let Some(packet_id) = id else {

@@ -1,0 +1,510 @@
+//! The gateway API on a gateway device's connection (`v1/gateway/*`): one MQTT connection
+//! speaking for many devices, named in each message.
+//!
+//! Each device the gateway names gets a session of its own on this connection
+//! ([`SubDevice`]): a [`SessionHandle`] like a direct connection's, so every device keeps its
+//! order, bounds and metrics (transport `mqtt_gateway`), and a [`SessionSink`] through which
+//! its shared attribute changes and RPC requests reach the gateway, tagged with its name. A
+//! device is found by name in the gateway's tenant, or created (type from `connect`, else
+//! `default`; `additionalInfo.lastConnectedGateway` names the gateway), the first time the
+//! gateway mentions it on this connection; from then on it is connected (subscribed to shared
+//! attribute changes and RPC, as ThingsBoard subscribes it) until `v1/gateway/disconnect` or
+//! the end of the connection. A gateway holds at most `mqtt.gateway_max_devices` devices at
+//! once; a message naming one more is refused for that device (quota).
+//!
+//! A multi-device message is split per device; a device's part that is refused (bad payload,
+//! over a limit, a name that cannot be a device) does not stop the others. The PUBACK comes
+//! once every accepted part is queued: MQTT 5 gives the first refused part's reason, 3.1.1 a
+//! plain PUBACK (it has no way to say). A message that is not a JSON object is refused whole
+//! (3.1.1 closes the connection, MQTT 5 PUBACK 0x99), and a queue that cannot take data
+//! closes the connection either way, so the gateway sends it again.
+
+use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU8, Ordering};
+
+use actors::downlink::event::Delivery;
+use actors::downlink::router::{Downlinks, SessionSink};
+use actors::ingress::{Accepted, QuotaError, Rejection, Transport, Uplink};
+use actors::metrics::MESSAGES_REJECTED;
+use actors::model::{AccessToken, Device, DeviceId, MAX_DEVICE_TYPE_CHARS, now_ms};
+use actors::model::{validate_device_name, validate_name};
+use actors::payload::PayloadError as BadPayload;
+use actors::ports::{QueueError, RegistryError};
+use actors::protocol::claim::ClaimRequest;
+use actors::protocol::gateway::{self, Connect, GatewayAttributeRequest, RpcReply};
+use actors::session::outbound::{Downlink, DownlinkQos, Tracked};
+use actors::session::{Outbound, SessionArgs, SessionError, SessionHandle};
+use metrics::counter;
+
+use super::core::{Connection, Published, RpcDeliveryReport};
+use super::peer_log::peer_event;
+
+/// Where the gateway API's messages come and go.
+pub const GATEWAY_PREFIX: &str = "v1/gateway/";
+pub const CONNECT_TOPIC: &str = "v1/gateway/connect";
+pub const DISCONNECT_TOPIC: &str = "v1/gateway/disconnect";
+pub const TELEMETRY_TOPIC: &str = "v1/gateway/telemetry";
+pub const ATTRIBUTES_TOPIC: &str = "v1/gateway/attributes";
+pub const ATTRIBUTES_REQUEST_TOPIC: &str = "v1/gateway/attributes/request";
+pub const ATTRIBUTES_RESPONSE_TOPIC: &str = "v1/gateway/attributes/response";
+pub const RPC_TOPIC: &str = "v1/gateway/rpc";
+pub const CLAIM_TOPIC: &str = "v1/gateway/claim";
+
+/// The QoS of a gateway's subscription, shared with its devices' sinks (written by the
+/// connection, read wherever a downlink is delivered): 0, 1, or [`NOT_SUBSCRIBED`].
+pub(super) struct GatewayQos {
+    pub(super) rpc: AtomicU8,
+    pub(super) attributes: AtomicU8,
+}
+
+/// No subscription: downlinks go at QoS 1 all the same (ThingsBoard sends them regardless).
+pub(super) const NOT_SUBSCRIBED: u8 = u8::MAX;
+
+impl GatewayQos {
+    fn of(q: &AtomicU8) -> DownlinkQos {
+        match q.load(Ordering::Relaxed) {
+            0 => DownlinkQos::AtMostOnce,
+            _ => DownlinkQos::AtLeastOnce,
+        }
+    }
+}
+
+/// One device behind the gateway, while connected.
+struct SubDevice {
+    device: Arc<Device>,
+    session: SessionHandle,
+    sink: Arc<SubDeviceSink>,
+    /// Its id among the node's downlink sessions.
+    downlink_id: Cell<u64>,
+    downlinks: Arc<Downlinks>,
+}
+
+impl Drop for SubDevice {
+    fn drop(&mut self) {
+        let sink: Arc<dyn SessionSink> = self.sink.clone();
+        self.downlinks
+            .subscriptions(&self.device, self.downlink_id.get(), false, false, &sink);
+    }
+}
+
+/// How a device's downlinks reach the gateway: into the gateway connection's outbound channel,
+/// tagged with the device's name. A full channel drops the downlink (counted), as for a
+/// direct connection.
+struct SubDeviceSink {
+    outbound: Outbound,
+    device: Arc<Device>,
+    qos: Arc<GatewayQos>,
+    downlinks: Arc<Downlinks>,
+}
+
+impl SessionSink for SubDeviceSink {
+    fn deliver(&self, delivery: &Delivery) -> bool {
+        let name = &self.device.name;
+        let downlink = match delivery {
+            Delivery::Rpc(outgoing) => Downlink {
+                topic: RPC_TOPIC.to_owned(),
+                payload: gateway::rpc_request(name, outgoing.id, &outgoing.request).into_bytes(),
+                qos: GatewayQos::of(&self.qos.rpc),
+                tracked: outgoing.record.map(|record| {
+                    Tracked(Arc::new(RpcDeliveryReport {
+                        downlinks: self.downlinks.clone(),
+                        device: self.device.clone(),
+                        record,
+                    }))
+                }),
+            },
+            Delivery::Attributes(entries) => Downlink {
+                topic: ATTRIBUTES_TOPIC.to_owned(),
+                payload: gateway::attributes_update(name, entries).into_bytes(),
+                qos: GatewayQos::of(&self.qos.attributes),
+                tracked: None,
+            },
+            Delivery::Deleted(keys) => Downlink {
+                topic: ATTRIBUTES_TOPIC.to_owned(),
+                payload: gateway::attributes_deleted(name, keys).into_bytes(),
+                qos: GatewayQos::of(&self.qos.attributes),
+                tracked: None,
+            },
+        };
+        self.outbound.try_send(downlink).is_ok()
+    }
+}
+
+/// A gateway connection's devices.
+pub(super) struct Gateway {
+    devices: RefCell<HashMap<String, Rc<SubDevice>>>,
+    pub(super) qos: Arc<GatewayQos>,
+}
+
+fn refused(found: &'static str, expected: &'static str) -> Rejection {
+    Rejection::Payload(BadPayload::WrongShape { found, expected })
+}
+
+fn count_refused(rejection: &Rejection) {
+    counter!(MESSAGES_REJECTED, "transport" => Transport::MqttGateway.as_str(), "reason" => rejection.reason())
+        .increment(1);
+}
+
+impl Gateway {
+    pub(super) fn new() -> Gateway {
+        Gateway {
+            devices: RefCell::new(HashMap::new()),
+            qos: Arc::new(GatewayQos {
+                rpc: AtomicU8::new(NOT_SUBSCRIBED),
+                attributes: AtomicU8::new(NOT_SUBSCRIBED),
+            }),
+        }
+    }
+
+    /// Devices connected through it now.
+    pub(super) fn len(&self) -> usize {
+        self.devices.borrow().len()
+    }
+
+    /// Handles a PUBLISH on a `v1/gateway/...` topic.
+    pub(super) async fn publish(
+        &self,
+        conn: &Connection,
+        topic: &str,
+        payload: &[u8],
+    ) -> Published {
+        match topic {
+            TELEMETRY_TOPIC => self.data(conn, Uplink::Telemetry, payload).await,
+            ATTRIBUTES_TOPIC => self.data(conn, Uplink::Attributes, payload).await,
+            CONNECT_TOPIC => match Connect::parse(payload) {
+                Ok(connect) => {
+                    match self
+                        .resolve(conn, &connect.device, connect.device_type.as_deref())
+                        .await
+                    {
+                        Ok(_) => Published::Queued,
+                        Err(r) => Published::Refused(r),
+                    }
+                }
+                Err(e) => Published::Refused(Rejection::Payload(e)),
+            },
+            DISCONNECT_TOPIC => match gateway::parse_disconnect(payload) {
+                // Unknown or not connected names are ignored, as by ThingsBoard.
+                Ok(name) => {
+                    let gone = self.devices.borrow_mut().remove(&name);
+                    if gone.is_some() {
+                        peer_event!(DEBUG, gateway = ?conn.device().name, device = ?name, "gateway device disconnected");
+                    }
+                    Published::Queued
+                }
+                Err(e) => Published::Refused(Rejection::Payload(e)),
+            },
+            ATTRIBUTES_REQUEST_TOPIC => self.attribute_request(conn, payload).await,
+            RPC_TOPIC => self.rpc_reply(conn, payload).await,
+            CLAIM_TOPIC => self.claims(conn, payload).await,
+            _ => {
+                counter!(MESSAGES_REJECTED, "transport" => Transport::MqttGateway.as_str(), "reason" => "unknown_topic")
+                    .increment(1);
+                peer_event!(WARN, gateway = ?conn.device().name, ?topic, "publish to an unsupported gateway topic ignored");
+                Published::UnknownTopic
+            }
+        }
+    }
+
+    /// The device the gateway names, connected through it from now on: found in the gateway's
+    /// tenant, or created.
+    async fn resolve(
+        &self,
+        conn: &Connection,
+        name: &str,
+        device_type: Option<&str>,
+    ) -> Result<Rc<SubDevice>, Rejection> {
+        if let Some(known) = self.devices.borrow().get(name) {
+            return Ok(known.clone());
+        }
+        let ctx = conn.ctx();
+        if self.len() >= ctx.gateway_max_devices {
+            return Err(Rejection::Quota(QuotaError::TooManyGatewayDevices {
+                max: ctx.gateway_max_devices,
+            }));
+        }
+        if validate_device_name(name).is_err() {
+            return Err(refused(
+                "device name that cannot be a device's",
+                "a device name of 1 to 255 characters",
+            ));
+        }
+        let gateway_device = conn.device();
+        let tenant = gateway_device.tenant_id;
+        let unavailable =
+            |e: RegistryError| Rejection::Queue(QueueError::Unavailable(e.to_string()));
+        let device = match ctx
+            .registry
+            .by_name(tenant, name)
+            .await
+            .map_err(unavailable)?
+        {
+            Some(device) => device,
+            None => {
+                let device_type = match device_type {
+                    Some(t) if validate_name("device type", t, MAX_DEVICE_TYPE_CHARS).is_err() => {
+                        return Err(refused(
+                            "device type that cannot be a profile's name",
+                            "a type of at most 255 characters",
+                        ));
+                    }
+                    Some(t) => t.to_owned(),
+                    None => "default".to_owned(),
+                };
+                let new = Device {
+                    id: DeviceId::derive(tenant, name),
+                    tenant_id: tenant,
+                    name: name.to_owned(),
+                    device_type,
+                    label: None,
+                    token: AccessToken(crate::api::device::new_token()),
+                    created_time: now_ms(),
+                    additional_info: Some(
+                        serde_json::json!({"lastConnectedGateway": gateway_device.id.0})
+                            .to_string(),
+                    ),
+                };
+                match ctx.registry.create(new).await {
+                    Ok(created) => {
+                        peer_event!(DEBUG, gateway = ?gateway_device.name, device = ?name, "device created by its gateway");
+                        created
+                    }
+                    // Made meanwhile (by this gateway's other message, or elsewhere).
+                    Err(RegistryError::DuplicateName) => ctx
+                        .registry
+                        .by_name(tenant, name)
+                        .await
+                        .map_err(unavailable)?
+                        .ok_or_else(|| {
+                            Rejection::Queue(QueueError::Unavailable(
+                                "a device made and gone at once".into(),
+                            ))
+                        })?,
+                    Err(RegistryError::TooManyDevices { limit }) => {
+                        return Err(Rejection::Quota(QuotaError::TooManyTenantDevices {
+                            max: limit,
+                        }));
+                    }
+                    Err(RegistryError::DuplicateToken) => {
+                        return Err(Rejection::Queue(QueueError::Unavailable(
+                            "a new token clashed".into(),
+                        )));
+                    }
+                    Err(e) => return Err(unavailable(e)),
+                }
+            }
+        };
+        // A concurrent message may have connected it meanwhile.
+        if let Some(known) = self.devices.borrow().get(name) {
+            return Ok(known.clone());
+        }
+        if self.len() >= ctx.gateway_max_devices {
+            return Err(Rejection::Quota(QuotaError::TooManyGatewayDevices {
+                max: ctx.gateway_max_devices,
+            }));
+        }
+        let sink = Arc::new(SubDeviceSink {
+            outbound: conn.outbound().clone(),
+            device: device.clone(),
+            qos: self.qos.clone(),
+            downlinks: ctx.downlinks.clone(),
+        });
+        let session = SessionHandle::open(
+            ctx.supervisor.clone(),
+            SessionArgs {
+                device: device.clone(),
+                ingress: ctx.ingress.clone(),
+                transport: Transport::MqttGateway,
+                outbound: conn.outbound().clone(),
+            },
+            ctx.receive_maximum.into(),
+        );
+        let sub = Rc::new(SubDevice {
+            device: device.clone(),
+            session,
+            sink: sink.clone(),
+            downlink_id: Cell::new(0),
+            downlinks: ctx.downlinks.clone(),
+        });
+        // Connected: it takes shared attribute changes and RPC, and gets the RPCs waiting for
+        // it (ThingsBoard subscribes a gateway's device to both at once).
+        let sink_dyn: Arc<dyn SessionSink> = sink;
+        let id = ctx
+            .downlinks
+            .subscriptions(&device, 0, true, true, &sink_dyn);
+        sub.downlink_id.set(id);
+        self.devices
+            .borrow_mut()
+            .insert(name.to_owned(), sub.clone());
+        peer_event!(DEBUG, gateway = ?gateway_device.name, device = ?name, "gateway device connected");
+        Ok(sub)
+    }
+
+    /// `v1/gateway/telemetry` (each device's part an array) and `v1/gateway/attributes`
+    /// (each an object): every part handed to its device's session, acknowledged once all are
+    /// queued.
+    async fn data(&self, conn: &Connection, uplink: Uplink, payload: &[u8]) -> Published {
+        let parts = match gateway::parts(payload) {
+            Ok(parts) => parts,
+            Err(e) => return Published::Refused(Rejection::Payload(e)),
+        };
+        let mut first_refusal: Option<Rejection> = None;
+        let mut taken: Vec<Accepted> = Vec::with_capacity(parts.len());
+        let mut refuse = |rejection: Rejection, name: &str| {
+            count_refused(&rejection);
+            peer_event!(DEBUG, gateway = ?conn.device().name, device = ?name, error = %rejection, "a gateway device's data refused");
+            if first_refusal.is_none() {
+                first_refusal = Some(rejection);
+            }
+        };
+        for (name, part) in &parts {
+            let fits = match uplink {
+                Uplink::Telemetry => gateway::is_array(part),
+                Uplink::Attributes => gateway::is_object(part),
+            };
+            if !fits {
+                refuse(
+                    refused(
+                        "device part of the wrong shape",
+                        match uplink {
+                            Uplink::Telemetry => "an array of telemetry per device",
+                            Uplink::Attributes => "an object of attributes per device",
+                        },
+                    ),
+                    name,
+                );
+                continue;
+            }
+            let sub = match self.resolve(conn, name, None).await {
+                Ok(sub) => sub,
+                Err(r @ Rejection::Queue(_)) => return Published::Refused(r),
+                Err(r) => {
+                    refuse(r, name);
+                    continue;
+                }
+            };
+            match sub.session.publish(uplink, part.get().as_bytes()).await {
+                Ok(accepted) => taken.push(accepted),
+                Err(SessionError::Rejected(r @ Rejection::Queue(_))) => {
+                    return Published::Refused(r);
+                }
+                Err(SessionError::Rejected(r)) => refuse(r, name),
+                Err(SessionError::Gone) => {
+                    return Published::Refused(Rejection::Queue(QueueError::Unavailable(
+                        "a gateway device's session is gone".into(),
+                    )));
+                }
+            }
+        }
+        for accepted in taken {
+            match accepted.confirmed().await {
+                Ok(()) => {}
+                Err(r @ Rejection::Queue(_)) => return Published::Refused(r),
+                Err(r) => refuse(r, "?"),
+            }
+        }
+        match first_refusal {
+            None => Published::Queued,
+            // Nothing of the message was taken: refused as a whole.
+            Some(r) if parts.len() == 1 => Published::Refused(r),
+            Some(r) => Published::PartlyRefused(r),
+        }
+    }
+
+    /// `v1/gateway/attributes/request`: the answer on `v1/gateway/attributes/response`, at the
+    /// gateway's subscription QoS (QoS 1 without one).
+    async fn attribute_request(&self, conn: &Connection, payload: &[u8]) -> Published {
+        let request = match GatewayAttributeRequest::parse(payload) {
+            Ok(request) => request,
+            Err(e) => return Published::Refused(Rejection::Payload(e)),
+        };
+        let sub = match self.resolve(conn, &request.device, None).await {
+            Ok(sub) => sub,
+            Err(r) => return Published::Refused(r),
+        };
+        let read = crate::transport::requested_attributes(
+            &*conn.ctx().store,
+            sub.device.id,
+            &request.request,
+        )
+        .await;
+        let (client, shared) = match read {
+            Ok(found) => found,
+            Err(e) => {
+                peer_event!(WARN, gateway = ?conn.device().name, error = %e, "gateway attribute request not answered: storage failed");
+                return Published::Queued;
+            }
+        };
+        let downlink = Downlink {
+            topic: ATTRIBUTES_RESPONSE_TOPIC.to_owned(),
+            payload: gateway::attribute_response(&request, &client, &shared).into_bytes(),
+            qos: conn.answer_qos(ATTRIBUTES_RESPONSE_TOPIC),
+            tracked: None,
+        };
+        let _ = conn.outbound().send(downlink).await;
+        Published::Queued
+    }
+
+    /// `v1/gateway/rpc` from the gateway: a device's reply, for the owner of its state.
+    async fn rpc_reply(&self, conn: &Connection, payload: &[u8]) -> Published {
+        let reply = match RpcReply::parse(payload) {
+            Ok(reply) => reply,
+            Err(e) => return Published::Refused(Rejection::Payload(e)),
+        };
+        let max = conn.ctx().ingress.max_payload();
+        if reply.data.len() > max {
+            return Published::Refused(Rejection::TooLarge {
+                size: reply.data.len(),
+                max,
+            });
+        }
+        let sub = match self.resolve(conn, &reply.device, None).await {
+            Ok(sub) => sub,
+            Err(r) => return Published::Refused(r),
+        };
+        match conn
+            .ctx()
+            .downlinks
+            .reply(&sub.device, reply.id, reply.data.into_bytes())
+            .await
+        {
+            Ok(()) => Published::Queued,
+            Err(e) => Published::Refused(Rejection::Queue(e)),
+        }
+    }
+
+    /// `v1/gateway/claim`: `{"A":{"secretKey":..,"durationMs":..}}`, a claim request per
+    /// device, kept as a device's own would be.
+    async fn claims(&self, conn: &Connection, payload: &[u8]) -> Published {
+        let parts = match gateway::parts(payload) {
+            Ok(parts) => parts,
+            Err(e) => return Published::Refused(Rejection::Payload(e)),
+        };
+        let mut first_refusal = None;
+        for (name, part) in &parts {
+            let outcome = match ClaimRequest::parse(part.get().as_bytes()) {
+                Err(e) => Published::Refused(Rejection::Payload(e)),
+                Ok(request) => match self.resolve(conn, name, None).await {
+                    Ok(sub) => conn.keep_claim(sub.device.id, request).await,
+                    Err(r) => Published::Refused(r),
+                },
+            };
+            match outcome {
+                Published::Refused(r @ Rejection::Queue(_)) => return Published::Refused(r),
+                Published::Refused(r) => {
+                    count_refused(&r);
+                    first_refusal.get_or_insert(r);
+                }
+                _ => {}
+            }
+        }
+        match first_refusal {
+            None => Published::Queued,
+            Some(r) if parts.len() == 1 => Published::Refused(r),
+            Some(r) => Published::PartlyRefused(r),
+        }
+    }
+}
