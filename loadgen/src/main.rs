@@ -8,6 +8,7 @@
 
 mod coap;
 mod downlink;
+mod gateway;
 mod http;
 mod mqtt;
 mod payload;
@@ -143,6 +144,17 @@ pub struct MqttArgs {
     /// Internal: wall-clock milliseconds at which every worker starts publishing
     #[arg(long, hide = true)]
     pub start_ms: Option<i64>,
+    /// Gateway mode: this many gateway connections (ThingsBoard's gateway API), each speaking
+    /// for --devices-per-gateway devices (--devices is then their product). Gateway g logs in
+    /// with the token <prefix>gw<g>; --provision makes the gateways, the engine their devices
+    #[arg(long, conflicts_with = "processes")]
+    pub gateways: Option<usize>,
+    /// Gateway mode: devices behind each gateway
+    #[arg(long, default_value_t = 100, requires = "gateways")]
+    pub devices_per_gateway: usize,
+    /// Gateway mode: devices whose next message one telemetry publish carries
+    #[arg(long, default_value_t = 100, requires = "gateways")]
+    pub batch_devices: usize,
 }
 
 #[derive(Args, Debug)]
@@ -401,6 +413,36 @@ fn main() -> Result<()> {
         .build()?;
     let ok = runtime.block_on(async move {
         match cli.command {
+            Command::Mqtt(mut args) if args.gateways.is_some() => {
+                let plan = gateway::Plan {
+                    gateways: args.gateways.unwrap_or(1).max(1),
+                    per_gateway: args.devices_per_gateway.max(1),
+                    batch: args.batch_devices.max(1),
+                };
+                args.common.devices = plan.gateways * plan.per_gateway;
+                #[allow(clippy::cast_precision_loss)]
+                let ramp = Duration::from_secs_f64(
+                    args.common.devices as f64 / args.connect_rate.max(1.0),
+                ) + Duration::from_secs(1);
+                let mut common = args.common.clone();
+                if let Some(url) = common.provision.take() {
+                    let rest = rest::Rest::login(&url, &common.username, &common.password).await?;
+                    let names: Vec<String> = (0..plan.gateways)
+                        .map(|g| gateway::gateway_token(&common.token_prefix, g))
+                        .collect();
+                    rest.provision_gateways(&names)
+                        .await
+                        .context("provisioning gateways")?;
+                    eprintln!("provisioned {} gateways", names.len());
+                    if common.provision_only {
+                        return Ok(true);
+                    }
+                }
+                execute(common, ramp, "mqtt-gateway", async move |run| {
+                    gateway::run(run, &args, plan).await
+                })
+                .await
+            }
             Command::Mqtt(args) => {
                 if let Some(index) = args.worker {
                     raise_open_files_limit();

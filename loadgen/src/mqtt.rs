@@ -50,16 +50,16 @@ pub async fn run(run: Arc<Run>, args: &MqttArgs, lanes: std::ops::Range<usize>) 
     Ok(())
 }
 
-struct Conn {
-    target: SocketAddr,
-    source: Option<IpAddr>,
-    qos: QoS,
-    window: usize,
-    keep_alive: Duration,
+pub(crate) struct Conn {
+    pub(crate) target: SocketAddr,
+    pub(crate) source: Option<IpAddr>,
+    pub(crate) qos: QoS,
+    pub(crate) window: usize,
+    pub(crate) keep_alive: Duration,
 }
 
 /// 127.0.0.1 .. 127.0.0.n, round-robin; `None` (let the OS choose) with one address.
-fn source_addr(addrs: u8, lane: usize) -> Option<IpAddr> {
+pub(crate) fn source_addr(addrs: u8, lane: usize) -> Option<IpAddr> {
     if addrs <= 1 {
         return None;
     }
@@ -68,7 +68,7 @@ fn source_addr(addrs: u8, lane: usize) -> Option<IpAddr> {
     Some(IpAddr::V4(Ipv4Addr::new(127, 0, 0, host)))
 }
 
-async fn open(conn: &Conn) -> std::io::Result<TcpStream> {
+pub(crate) async fn open(conn: &Conn) -> std::io::Result<TcpStream> {
     let socket = if conn.target.is_ipv4() {
         TcpSocket::new_v4()?
     } else {
@@ -82,7 +82,7 @@ async fn open(conn: &Conn) -> std::io::Result<TcpStream> {
     Ok(stream)
 }
 
-fn connack_reason(ack: &ConnAck) -> Option<String> {
+pub(crate) fn connack_reason(ack: &ConnAck) -> Option<String> {
     use rumqttc::mqttbytes::v4::ConnectReturnCode::*;
     match ack.code {
         Success => None,
@@ -95,7 +95,10 @@ fn connack_reason(ack: &ConnAck) -> Option<String> {
 }
 
 /// Reads until one whole packet is buffered and returns it.
-async fn next_packet(stream: &mut TcpStream, buf: &mut BytesMut) -> Result<Packet, String> {
+pub(crate) async fn next_packet(
+    stream: &mut TcpStream,
+    buf: &mut BytesMut,
+) -> Result<Packet, String> {
     loop {
         match Packet::read(buf, MAX_PACKET) {
             Ok(packet) => return Ok(packet),
@@ -170,7 +173,7 @@ async fn device(run: &Run, lane: usize, conn: &Conn) {
 
 /// Writes a PUBLISH to `topic` (QoS 1 with `pkid` when `qos1`, else QoS 0) straight into `out`:
 /// no packet struct, no copy of the topic or payload into owned buffers.
-fn put_publish(out: &mut BytesMut, qos1: bool, topic: &[u8], pkid: u16, payload: &[u8]) {
+pub(crate) fn put_publish(out: &mut BytesMut, qos1: bool, topic: &[u8], pkid: u16, payload: &[u8]) {
     let remaining = 2 + topic.len() + if qos1 { 2 } else { 0 } + payload.len();
     out.reserve(5 + remaining);
     out.put_u8(if qos1 { 0x32 } else { 0x30 });
@@ -195,15 +198,15 @@ fn put_publish(out: &mut BytesMut, qos1: bool, topic: &[u8], pkid: u16, payload:
 
 /// What a batch of bytes read from the server held.
 #[derive(Debug, Default, PartialEq)]
-struct Read {
-    pubacks: Vec<u16>,
-    pingresps: usize,
-    disconnect: bool,
+pub(crate) struct Read {
+    pub(crate) pubacks: Vec<u16>,
+    pub(crate) pingresps: usize,
+    pub(crate) disconnect: bool,
 }
 
 /// Takes every whole packet out of `buf`. PUBACKs (4 bytes each, the bulk of what comes back)
 /// are parsed in place; anything else goes through the codec.
-fn take_packets(buf: &mut BytesMut, read: &mut Read) -> Result<(), String> {
+pub(crate) fn take_packets(buf: &mut BytesMut, read: &mut Read) -> Result<(), String> {
     loop {
         if buf.len() >= 4 && buf[0] == 0x40 && buf[1] == 0x02 {
             read.pubacks.push(u16::from_be_bytes([buf[2], buf[3]]));

@@ -176,12 +176,32 @@ impl Rest {
         results.into_iter().collect()
     }
 
+    /// Creates these gateways (ThingsBoard's `additionalInfo.gateway`), each named and
+    /// authenticated by its name, as [`Rest::provision`] does devices.
+    pub async fn provision_gateways(&self, names: &[String]) -> Result<()> {
+        let results: Vec<Result<()>> = stream::iter(names)
+            .map(|name| self.provision_as(name, true))
+            .buffer_unordered(PARALLEL)
+            .collect()
+            .await;
+        results.into_iter().collect()
+    }
+
     async fn provision_one(&self, name: &str) -> Result<()> {
+        self.provision_as(name, false).await
+    }
+
+    async fn provision_as(&self, name: &str, gateway: bool) -> Result<()> {
+        let body = if gateway {
+            json!({"name": name, "type": "loadgen-gateway", "additionalInfo": {"gateway": true}})
+        } else {
+            json!({"name": name, "type": "loadgen"})
+        };
         let resp = self
             .http
             .post(format!("{}/api/device?accessToken={name}", self.base))
             .header("X-Authorization", format!("Bearer {}", self.token))
-            .json(&json!({"name": name, "type": "loadgen"}))
+            .json(&body)
             .send()
             .await?;
         if resp.status().is_success() {

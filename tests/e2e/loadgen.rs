@@ -99,6 +99,60 @@ async fn mqtt_load_is_stored_in_full() -> Result<()> {
     Ok(())
 }
 
+/// Gateway mode: gateways made over REST, their devices made by the engine as the gateways
+/// connect them, telemetry batched per publish, every device's points verified; open loop too.
+#[tokio::test(flavor = "multi_thread")]
+async fn gateway_load_is_stored_in_full() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let engine = Engine::start(dir.path())?;
+    let http = engine.url("");
+    let target = engine.mqtt.to_string();
+    let (ok, text, report) = loadgen(&[
+        "mqtt",
+        "--target",
+        &target,
+        "--gateways",
+        "3",
+        "--devices-per-gateway",
+        "40",
+        "--batch-devices",
+        "15",
+        "--provision",
+        &http,
+        "--verify",
+        &http,
+        "--duration",
+        "2s",
+    ])?;
+    check_verified(ok, &text, &report);
+    assert_eq!(report["connections_ok"], 120, "{text}");
+    assert_eq!(report["verify"]["devices"], 120, "{text}");
+    let (ok, text, report) = loadgen(&[
+        "mqtt",
+        "--target",
+        &target,
+        "--gateways",
+        "2",
+        "--devices-per-gateway",
+        "10",
+        "--batch-devices",
+        "4",
+        "--token-prefix",
+        "open-",
+        "--provision",
+        &http,
+        "--verify",
+        &http,
+        "--rate",
+        "400",
+        "--messages",
+        "800",
+    ])?;
+    check_verified(ok, &text, &report);
+    assert_eq!(report["acked"], 800, "{text}");
+    Ok(())
+}
+
 /// `--processes`: the devices spread over worker processes, one merged report, every device's
 /// acknowledged points verified; and QoS 0, whose messages count once a PINGRESP shows the
 /// server read them.
