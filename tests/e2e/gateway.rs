@@ -471,3 +471,120 @@ async fn rpc_to_a_gateway_device_waits_for_it_to_connect() -> Result<()> {
     assert_eq!(response.json::<Value>().await?, json!({"awake": true}));
     Ok(())
 }
+
+/// The next PUBLISH on `raw` (skipping acknowledgements), as topic and JSON.
+async fn next_publish(raw: &mut Raw, v5: bool) -> Result<(String, Value)> {
+    loop {
+        let packet = raw.packet().await?.context("closed")?;
+        if let Some((topic, body)) = raw::published(v5, &packet) {
+            if let Some(id) = raw::publish_id(&packet) {
+                raw.send(&raw::puback_of(id)).await?;
+            }
+            return Ok((topic, serde_json::from_slice(&body)?));
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_device_has_one_session_behind_a_gateway_or_on_its_own() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let engine = Engine::start(dir.path())?;
+    let rest = engine.rest().await?;
+    create_gateway(&rest, "Gateway S", "GW_S").await?;
+    let mut gw = open(&engine, 5, "GW_S").await?;
+    gw.send(&raw::subscribe(true, 1, "v1/gateway/rpc", 1))
+        .await?;
+    gw.packet().await?.context("no SUBACK")?;
+    gw.send(&publish(
+        true,
+        "v1/gateway/connect",
+        Some(2),
+        r#"{"device":"Both"}"#,
+    ))
+    .await?;
+    assert_eq!(
+        raw::puback(&gw.packet().await?.context("closed")?),
+        Some((2, 0))
+    );
+    // A gateway cannot speak for itself (its session for itself would push out its own
+    // connection).
+    gw.send(&publish(
+        true,
+        "v1/gateway/connect",
+        Some(3),
+        r#"{"device":"Gateway S"}"#,
+    ))
+    .await?;
+    assert_eq!(
+        raw::puback(&gw.packet().await?.context("closed")?),
+        Some((3, 0x99))
+    );
+
+    // The device connects on its own (its token is the one the engine gave it): the
+    // gateway's session for it is pushed out; RPC goes to the device only.
+    let both = device_named(&rest, "Both").await?;
+    let id = both["id"]["id"].as_str().context("id")?.to_owned();
+    let creds = rest.json(&format!("/api/device/{id}/credentials")).await?;
+    let token = creds["credentialsId"].as_str().context("token")?.to_owned();
+    let mut own = open(&engine, 5, &token).await?;
+    own.send(&raw::subscribe(true, 1, "v1/devices/me/rpc/request/+", 1))
+        .await?;
+    own.packet().await?.context("no SUBACK")?;
+    let call = |method: &str| {
+        tokio::spawn(
+            rest.post(&format!("/api/rpc/oneway/{id}"))
+                .json(&json!({"method": method, "params": {}, "timeout": 10000}))
+                .send(),
+        )
+    };
+    // The owner learns of the new session through the queue: the first call may still find
+    // the gateway's; calls until one reaches the device.
+    let mut reached = false;
+    for n in 0..20 {
+        let method = format!("own{n}");
+        let answer = call(&method).await??;
+        assert_eq!(answer.status(), 200);
+        if let Ok(Ok((topic, body))) =
+            tokio::time::timeout(Duration::from_millis(500), next_publish(&mut own, true)).await
+        {
+            assert!(topic.starts_with("v1/devices/me/rpc/request/"), "{topic}");
+            assert_eq!(body["method"], method.as_str());
+            reached = true;
+            break;
+        }
+    }
+    assert!(reached, "no RPC reached the device's own connection");
+    // Whatever the gateway got went before the take-over; nothing comes after it.
+    let answer = call("afterTakeOver").await??;
+    assert_eq!(answer.status(), 200);
+    let (_, body) = next_publish(&mut own, true).await?;
+    assert_eq!(body["method"], "afterTakeOver");
+    while let Ok(Ok((_, body))) =
+        tokio::time::timeout(Duration::from_millis(500), next_publish(&mut gw, true)).await
+    {
+        assert_ne!(body["data"]["method"], "afterTakeOver", "{body}");
+    }
+
+    // The gateway names the device again: its session takes over in turn, and the device's
+    // own connection is closed (MQTT 5: DISCONNECT 0x8E, session taken over).
+    gw.send(&publish(
+        true,
+        "v1/gateway/telemetry",
+        Some(4),
+        r#"{"Both":[{"t":1}]}"#,
+    ))
+    .await?;
+    loop {
+        let packet = gw.packet().await?.context("closed")?;
+        if raw::puback(&packet) == Some((4, 0)) {
+            break;
+        }
+    }
+    let goodbye = own.packet().await?.context("closed without DISCONNECT")?;
+    assert_eq!(
+        raw::disconnect_reason(&goodbye),
+        Some(0x8e),
+        "{goodbye:02x?}"
+    );
+    Ok(())
+}

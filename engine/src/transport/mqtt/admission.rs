@@ -81,14 +81,29 @@ impl<T> Sessions<T> {
     }
 }
 
+/// Who holds one of a device's sessions, and how it is told a newer one pushed it out.
+#[derive(Clone)]
+pub(super) enum Holder {
+    /// The device's own connection: told to close through its outbound channel.
+    Connection(Outbound),
+    /// The device behind a gateway: the gateway lets it go (its connection stays).
+    Gateway(Arc<dyn PushedOut>),
+}
+
+/// A session behind a gateway, told it was pushed out.
+pub(super) trait PushedOut: Send + Sync {
+    fn pushed_out(&self);
+}
+
 /// Who is connected: the sockets open (behind `mqtt.max_connections`) and each device's
-/// sessions (behind `mqtt.max_connections_per_device`). Shared by all network workers.
+/// sessions (behind `mqtt.max_connections_per_device`), its own connections and gateways'
+/// sessions for it alike (ThingsBoard counts both). Shared by all network workers.
 pub(super) struct Admission {
     max_connections: usize,
     open: AtomicUsize,
-    /// Each session's way back to its device (through which it is told to close); the lock is
-    /// held only to add, remove or look up one.
-    sessions: Mutex<Sessions<Outbound>>,
+    /// Each session's holder (through which it is told to close); the lock is held only to
+    /// add, remove or look up one.
+    sessions: Mutex<Sessions<Holder>>,
 }
 
 /// A socket being served; counted as open until dropped.
@@ -124,16 +139,19 @@ impl Admission {
     }
 
     /// Seats a new session of `device`; the sessions it pushes out are told to close.
-    pub(super) fn seat(self: &Arc<Self>, device: &Device, outbound: Outbound) -> Seat {
+    pub(super) fn seat(self: &Arc<Self>, device: &Device, holder: Holder) -> Seat {
         let (id, out) = self
             .sessions
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
-            .join(device.id, outbound);
+            .join(device.id, holder);
         for old in out {
             counter!(MQTT_SESSIONS_TAKEN_OVER).increment(1);
-            peer_event!(INFO, device = ?device.name, "mqtt session taken over by a new connection of its device");
-            old.close(CloseReason::TakenOver);
+            peer_event!(INFO, device = ?device.name, "mqtt session taken over by a new session of its device");
+            match old {
+                Holder::Connection(outbound) => outbound.close(CloseReason::TakenOver),
+                Holder::Gateway(gateway) => gateway.pushed_out(),
+            }
         }
         Seat {
             admission: self.clone(),
@@ -144,13 +162,18 @@ impl Admission {
 }
 
 impl Admission {
-    /// The way back to the newest session of `device` on this node, if it is connected.
+    /// The way back to the newest session of `device` on this node, if it is connected on a
+    /// connection of its own.
     pub(super) fn newest(&self, device: DeviceId) -> Option<Outbound> {
-        self.sessions
+        match self
+            .sessions
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .newest(device)
-            .cloned()
+        {
+            Some(Holder::Connection(outbound)) => Some(outbound.clone()),
+            _ => None,
+        }
     }
 }
 

@@ -27,7 +27,7 @@ use ntex::util::Bytes;
 use ntex_mqtt::QoS;
 use ractor::ActorCell;
 
-use super::admission::{Admission, Seat};
+use super::admission::{Admission, Holder, Seat};
 use super::dispatch::Settings;
 use super::gateway::{GATEWAY_PREFIX, Gateway};
 use super::peer_log::peer_event;
@@ -206,7 +206,9 @@ impl Node {
     pub(super) fn open(&self, device: Arc<Device>) -> (Rc<Connection>, OutboundReceiver) {
         let (outbound, receiver) =
             outbound::channel(self.ctx.outbound_capacity, self.meters.clone());
-        let seat = self.admission.seat(&device, outbound.clone());
+        let seat = self
+            .admission
+            .seat(&device, Holder::Connection(outbound.clone()));
         let args = SessionArgs {
             device: device.clone(),
             ingress: self.ctx.ingress.clone(),
@@ -240,6 +242,7 @@ impl Node {
             outbound,
             _seat: seat,
             gateway,
+            admission: self.admission.clone(),
         };
         (Rc::new(connection), receiver)
     }
@@ -268,6 +271,8 @@ pub struct Connection {
     announced: Cell<bool>,
     /// The devices it speaks for, when the device is a gateway.
     gateway: Option<Gateway>,
+    /// Where the devices behind a gateway take their seats.
+    admission: Arc<Admission>,
 }
 
 impl Drop for Connection {
@@ -355,6 +360,10 @@ impl Connection {
 
     pub(super) fn outbound(&self) -> &Outbound {
         &self.outbound
+    }
+
+    pub(super) fn admission(&self) -> &Arc<Admission> {
+        &self.admission
     }
 
     /// Handles one PUBLISH: checks its topic, hands it to the session and waits until the

@@ -19,11 +19,11 @@
 //! (3.1.1 closes the connection, MQTT 5 PUBACK 0x99), and a queue that cannot take data
 //! closes the connection either way, so the gateway sends it again.
 
-use std::cell::{Cell, RefCell};
+use std::cell::RefCell;
 use std::collections::HashMap;
 use std::rc::Rc;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering};
 
 use actors::downlink::event::Delivery;
 use actors::downlink::router::{Downlinks, SessionSink};
@@ -39,6 +39,7 @@ use actors::session::outbound::{Downlink, DownlinkQos, Tracked};
 use actors::session::{Outbound, SessionArgs, SessionError, SessionHandle};
 use metrics::counter;
 
+use super::admission::{Holder, PushedOut, Seat};
 use super::core::{Connection, Published, RpcDeliveryReport};
 use super::peer_log::peer_event;
 
@@ -76,17 +77,60 @@ impl GatewayQos {
 struct SubDevice {
     device: Arc<Device>,
     session: SessionHandle,
-    sink: Arc<SubDeviceSink>,
-    /// Its id among the node's downlink sessions.
-    downlink_id: Cell<u64>,
-    downlinks: Arc<Downlinks>,
+    /// Its downlink subscription, ended when it goes or when a newer session of the device
+    /// (its own connection, another gateway's) pushes it out.
+    subscription: Arc<Subscription>,
+    /// Its place among the device's sessions.
+    _seat: Seat,
 }
 
 impl Drop for SubDevice {
     fn drop(&mut self) {
+        self.subscription.end();
+    }
+}
+
+/// A device's downlink subscription through the gateway; ended once, from the gateway's task
+/// or from whichever thread seats a newer session of the device.
+struct Subscription {
+    device: Arc<Device>,
+    sink: Arc<SubDeviceSink>,
+    downlinks: Arc<Downlinks>,
+    /// Its id among the node's downlink sessions.
+    id: AtomicU64,
+    ended: AtomicBool,
+}
+
+impl Subscription {
+    fn end(&self) {
+        if !self.ended.swap(true, Ordering::AcqRel) {
+            self.unsubscribe();
+        }
+    }
+
+    fn unsubscribe(&self) {
         let sink: Arc<dyn SessionSink> = self.sink.clone();
-        self.downlinks
-            .subscriptions(&self.device, self.downlink_id.get(), false, false, &sink);
+        self.downlinks.subscriptions(
+            &self.device,
+            self.id.load(Ordering::Acquire),
+            false,
+            false,
+            &sink,
+        );
+    }
+
+    fn is_ended(&self) -> bool {
+        self.ended.load(Ordering::Acquire)
+    }
+}
+
+impl PushedOut for Subscription {
+    /// A newer session of the device took over: its downlinks stop coming here now; the
+    /// gateway lets the device go when it next names it (and connects it anew then, taking
+    /// over in turn, as ThingsBoard's sessions do).
+    fn pushed_out(&self) {
+        peer_event!(INFO, device = ?self.device.name, "a gateway's session of a device taken over by a newer session");
+        self.end();
     }
 }
 
@@ -209,6 +253,19 @@ impl Gateway {
         }
     }
 
+    /// The device connected through the gateway under `name`, unless a newer session of the
+    /// device pushed it out (then it is let go).
+    fn connected(&self, name: &str) -> Option<Rc<SubDevice>> {
+        let mut devices = self.devices.borrow_mut();
+        match devices.get(name) {
+            Some(known) if known.subscription.is_ended() => {
+                devices.remove(name);
+                None
+            }
+            known => known.cloned(),
+        }
+    }
+
     /// The device the gateway names, connected through it from now on: found in the gateway's
     /// tenant, or created.
     async fn resolve(
@@ -217,8 +274,15 @@ impl Gateway {
         name: &str,
         device_type: Option<&str>,
     ) -> Result<Rc<SubDevice>, Rejection> {
-        if let Some(known) = self.devices.borrow().get(name) {
-            return Ok(known.clone());
+        if let Some(known) = self.connected(name) {
+            return Ok(known);
+        }
+        if name == conn.device().name {
+            // Its session for itself would push out its own connection.
+            return Err(refused(
+                "gateway naming itself",
+                "the name of a device behind the gateway",
+            ));
         }
         let ctx = conn.ctx();
         if self.len() >= ctx.gateway_max_devices {
@@ -298,8 +362,8 @@ impl Gateway {
             }
         };
         // A concurrent message may have connected it meanwhile.
-        if let Some(known) = self.devices.borrow().get(name) {
-            return Ok(known.clone());
+        if let Some(known) = self.connected(name) {
+            return Ok(known);
         }
         if self.len() >= ctx.gateway_max_devices {
             return Err(Rejection::Quota(QuotaError::TooManyGatewayDevices {
@@ -322,20 +386,35 @@ impl Gateway {
             },
             ctx.receive_maximum.into(),
         );
-        let sub = Rc::new(SubDevice {
+        let subscription = Arc::new(Subscription {
             device: device.clone(),
-            session,
             sink: sink.clone(),
-            downlink_id: Cell::new(0),
             downlinks: ctx.downlinks.clone(),
+            id: AtomicU64::new(0),
+            ended: AtomicBool::new(false),
         });
+        // A seat among the device's sessions: past `mqtt.max_connections_per_device` (1 by
+        // default) the oldest goes, be it the device's own connection or another gateway's.
+        let seat = conn
+            .admission()
+            .seat(&device, Holder::Gateway(subscription.clone()));
         // Connected: it takes shared attribute changes and RPC, and gets the RPCs waiting for
         // it (ThingsBoard subscribes a gateway's device to both at once).
         let sink_dyn: Arc<dyn SessionSink> = sink;
         let id = ctx
             .downlinks
             .subscriptions(&device, 0, true, true, &sink_dyn);
-        sub.downlink_id.set(id);
+        subscription.id.store(id, Ordering::Release);
+        if subscription.is_ended() {
+            // Pushed out before it had its id: the subscription just made ends too.
+            subscription.unsubscribe();
+        }
+        let sub = Rc::new(SubDevice {
+            device: device.clone(),
+            session,
+            subscription,
+            _seat: seat,
+        });
         self.devices
             .borrow_mut()
             .insert(name.to_owned(), sub.clone());
