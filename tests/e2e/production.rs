@@ -867,3 +867,101 @@ async fn rpc_and_shared_attributes_cross_nodes() -> Result<()> {
     assert!(updated, "the SDK never got the update");
     Ok(())
 }
+
+/// ThingsBoard's gateway client on the second node, its devices' state kept by whichever node
+/// owns their partitions: devices made in ClickHouse by the gateway, their telemetry stored,
+/// RPC and shared attributes from the first node's REST API reaching them and answered.
+#[tokio::test(flavor = "multi_thread")]
+async fn gateway_devices_across_nodes() -> Result<()> {
+    let stack = Stack::start()?;
+    let first = stack.engine()?;
+    let rest = first.rest().await?;
+    first
+        .wait_for_sample(PARTITIONS, Duration::from_secs(60), |n| n == 4.0)
+        .await
+        .context("the first node never got the partitions")?;
+    let second_dir = tempfile::tempdir()?;
+    let second = stack.engine_in(second_dir.path())?;
+    let second_has = second
+        .wait_for_sample(PARTITIONS, Duration::from_secs(60), |n| n > 0.0)
+        .await
+        .context("the second node got no partitions")?;
+    first
+        .wait_for_sample(PARTITIONS, Duration::from_secs(60), |n| {
+            n + second_has == 4.0
+        })
+        .await
+        .context("the partitions were not shared out")?;
+    let r = rest
+        .post("/api/device?accessToken=GW_PROD")
+        .json(&json!({"name": "gw-prod", "additionalInfo": {"gateway": true}}))
+        .send()
+        .await?;
+    assert_eq!(r.status(), 200);
+    let port = second.mqtt.port().to_string();
+    let mut gw = tests::SdkScript::start("gateway_client.py", &["127.0.0.1", &port, "GW_PROD"])?;
+    let ask = |gw: &mut tests::SdkScript, command: Value, key: &str| {
+        tokio::task::block_in_place(|| gw.ask(&command, key))
+    };
+    // Six devices, so both nodes own some.
+    for n in 0..6 {
+        let name = format!("behind-{n}");
+        let rc = ask(&mut gw, json!({"connect": name, "type": "sensor"}), "rc")?;
+        assert_eq!(rc["rc"], 0);
+        let rc = ask(
+            &mut gw,
+            json!({"telemetry": name, "values": {"n": n}}),
+            "rc",
+        )?;
+        assert_eq!(rc["rc"], 0);
+    }
+    for n in 0..6 {
+        let name = format!("behind-{n}");
+        let found = rest
+            .eventually(Duration::from_secs(30), || async {
+                let r = rest
+                    .get(&format!("/api/tenant/devices?deviceName={name}"))
+                    .send()
+                    .await?;
+                Ok(if r.status() == 200 {
+                    Some(r.json::<Value>().await?)
+                } else {
+                    None
+                })
+            })
+            .await
+            .with_context(|| format!("{name} was never made"))?;
+        assert_eq!(found["type"], "sensor");
+        let id = found["id"]["id"].as_str().context("id")?.to_owned();
+        rest.eventually(Duration::from_secs(30), || async {
+            let latest = rest.latest(&id).await?;
+            Ok((latest["n"][0]["value"] == n).then_some(()))
+        })
+        .await
+        .with_context(|| format!("{name}'s telemetry was never stored"))?;
+        // Two-way RPC through the first node, answered by the gateway on the second.
+        let call = tokio::spawn(
+            rest.post(&format!("/api/rpc/twoway/{id}"))
+                .json(&json!({"method": "where", "params": {"n": n}, "timeout": 20000}))
+                .send(),
+        );
+        let response = call.await??;
+        assert_eq!(response.status(), 200, "{name}");
+        assert_eq!(response.json::<Value>().await?, json!({"echo": {"n": n}}));
+        // A shared attribute set through the first node reaches the gateway.
+        let shared = format!("/api/plugins/telemetry/DEVICE/{id}/attributes/SHARED_SCOPE");
+        let r = rest.post(&shared).json(&json!({"slot": n})).send().await?;
+        assert_eq!(r.status(), 200);
+        let update = tokio::task::block_in_place(|| -> Result<Value> {
+            loop {
+                match gw.next(Duration::from_secs(30))? {
+                    Some(e) if e.get("attributes").is_some() => return Ok(e["attributes"].clone()),
+                    Some(_) => {}
+                    None => anyhow::bail!("no update for {name}"),
+                }
+            }
+        })?;
+        assert_eq!(update, json!({"device": name, "data": {"slot": n}}));
+    }
+    Ok(())
+}
