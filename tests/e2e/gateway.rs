@@ -192,6 +192,19 @@ async fn the_official_gateway_client_works_unchanged() -> Result<()> {
     )?;
     assert_eq!(rc["rc"], 0);
 
+    // A deletion, tagged the same way.
+    let r = rest
+        .delete(&format!(
+            "/api/plugins/telemetry/DEVICE/{pump_id}/SHARED_SCOPE?keys=interval"
+        ))
+        .send()
+        .await?;
+    assert_eq!(r.status(), 200);
+    assert_eq!(
+        event(&mut gw, "attributes")?,
+        json!({"device": "Pump 1", "data": {"deleted": ["interval"]}})
+    );
+
     // disconnect: no more updates for the device.
     let rc = ask(&mut gw, &json!({"disconnect": "Pump 1"}), "rc")?;
     assert_eq!(rc["rc"], 0);
@@ -424,6 +437,40 @@ async fn rpc_to_a_gateway_device_waits_for_it_to_connect() -> Result<()> {
     let rest = engine.rest().await?;
     create_gateway(&rest, "Gateway Q", "GW_Q").await?;
     let id = rest.create_device("Later", "LATER").await?;
+    // The gateway connected the device once, then went away (a gateway restart): the device
+    // is no longer connected through it.
+    let mut before = open(&engine, 4, "GW_Q").await?;
+    before
+        .send(&publish(
+            false,
+            "v1/gateway/connect",
+            Some(1),
+            r#"{"device":"Later"}"#,
+        ))
+        .await?;
+    assert_eq!(
+        raw::puback(&before.packet().await?.context("closed")?),
+        Some((1, 0))
+    );
+    // Its own getSessionLimits answer carries the limits of the devices behind it.
+    before
+        .send(&publish(
+            false,
+            "v1/devices/me/rpc/request/7",
+            Some(2),
+            r#"{"method":"getSessionLimits","params":{}}"#,
+        ))
+        .await?;
+    let limits = loop {
+        let packet = before.packet().await?.context("closed")?;
+        if let Some((topic, body)) = raw::published(false, &packet) {
+            assert_eq!(topic, "v1/devices/me/rpc/response/7");
+            break serde_json::from_slice::<Value>(&body)?;
+        }
+    };
+    assert!(limits.get("gatewayRateLimits").is_some(), "{limits}");
+    assert!(limits.get("rateLimits").is_some(), "{limits}");
+    drop(before);
     let mut gw = open(&engine, 4, "GW_Q").await?;
     gw.send(&raw::subscribe(false, 1, "v1/gateway/rpc", 1))
         .await?;
