@@ -366,7 +366,9 @@ pub const QUEUE_REBALANCES: &str = "engine_queue_rebalances_total";
 pub const QUEUE_PARTITIONS_ASSIGNED: &str = "engine_queue_partitions_assigned";
 /// Downlinks handed to this node's sessions, by `outcome`: `delivered` to a session,
 /// `dropped` (its channel full or it gone), `no_route` (for another node, no bus),
-/// `announce_failed` (a session's subscriptions could not be told to the owner).
+/// `announce_failed` (a session's subscriptions could not be told to the owner),
+/// `no_session` (none of this node's sessions wanted it), `answer_dropped` (an answer to a
+/// device's request waited 30 s for a device that does not read).
 pub const DOWNLINKS: &str = "engine_downlinks_total";
 /// Server-side RPC calls from the REST API answered on this node, by `outcome`: `sent`
 /// (one-way, handed to the device), `replied`, `timeout` (sent, no reply in time),
@@ -384,7 +386,7 @@ pub fn describe() {
     describe_mqtt();
     describe_counter!(
         DOWNLINKS,
-        "Downlinks for this node's sessions, by outcome (delivered, dropped, no_route, announce_failed)"
+        "Downlinks for this node's sessions, by outcome (delivered, dropped, no_route, announce_failed, no_session, answer_dropped)"
     );
     describe_counter!(
         RPC_CALLS,

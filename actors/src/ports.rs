@@ -260,6 +260,14 @@ pub enum RegistryError {
     TooManyDevices { limit: u64 },
 }
 
+/// A node's live sessions of devices (MQTT connections, devices behind gateways).
+pub trait DeviceSessions: Send + Sync {
+    /// Ends every session of `device` on this node: it was deleted or its credentials
+    /// changed (ThingsBoard closes them too). Its own connections are closed (MQTT 5:
+    /// DISCONNECT 0x98, administrative action); gateways let it go.
+    fn close(&self, device: DeviceId);
+}
+
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct PageRequest {
     pub page_size: usize,

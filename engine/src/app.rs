@@ -319,6 +319,9 @@ pub async fn start(config: Config, metrics: Option<PrometheusHandle>) -> anyhow:
         client_rpc_timeout: config.mqtt.client_rpc_timeout,
         downlinks: downlinks.clone(),
         gateway_max_devices: config.mqtt.gateway_max_devices,
+        gateway_devices: Arc::new(crate::transport::mqtt::DeviceBudget::new(
+            config.mqtt.gateway_max_devices_total,
+        )),
     });
     let mqtt = MqttServer::start(mqtt_listener, &config.mqtt, ctx)?;
 
@@ -354,6 +357,7 @@ pub async fn start(config: Config, metrics: Option<PrometheusHandle>) -> anyhow:
         integrations,
         node_id: node,
         downlinks,
+        sessions: mqtt.sessions(),
     });
     let server = crate::transport::http_server::serve(
         http_listener,

@@ -301,6 +301,14 @@ pub struct MqttConfig {
     /// device holds a session of its own). A message naming one more is refused for that
     /// device (MQTT 5 PUBACK 0x97), counted as `too_many_gateway_devices`.
     pub gateway_max_devices: usize,
+    /// Devices all gateways connected to this node may speak for at once (about 10 KiB each;
+    /// the node's bound on what gateways make it hold). Past it, refused as above.
+    pub gateway_max_devices_total: usize,
+    /// A connection whose peer leaves what is written to it unread this long (the write
+    /// buffer full the whole time) is closed: the peer is taken for gone (EMQX's
+    /// `send_timeout`). Found so even while the connection is not being read.
+    #[serde(with = "humantime_serde")]
+    pub write_timeout: Duration,
     /// Largest read and write buffer of one busy connection; a PUBLISH bigger than this is
     /// read into a buffer grown for it. The write buffer's size is also where the server stops
     /// writing to a device that does not read. An idle connection holds no buffer.
@@ -698,7 +706,9 @@ impl Default for MqttConfig {
             outbound_capacity: 64,
             client_rpc_timeout: Duration::from_secs(60),
             rpc_ack_timeout: Duration::from_secs(10),
+            write_timeout: Duration::from_secs(60),
             gateway_max_devices: 10_000,
+            gateway_max_devices_total: 200_000,
             io_buffer_size: ByteSize::kib(16),
         }
     }
@@ -944,12 +954,16 @@ impl Config {
             "mqtt.outbound_capacity must be at least 1"
         );
         ensure!(
+            !self.mqtt.write_timeout.is_zero(),
+            "mqtt.write_timeout must be more than zero"
+        );
+        ensure!(
             !self.mqtt.rpc_ack_timeout.is_zero(),
             "mqtt.rpc_ack_timeout must be more than zero"
         );
         ensure!(
-            self.mqtt.gateway_max_devices > 0,
-            "mqtt.gateway_max_devices must be at least 1"
+            self.mqtt.gateway_max_devices > 0 && self.mqtt.gateway_max_devices_total > 0,
+            "mqtt.gateway_max_devices and mqtt.gateway_max_devices_total must be at least 1"
         );
         ensure!(
             (1024..=16 * 1024 * 1024).contains(&self.mqtt.io_buffer_size.as_u64()),

@@ -1296,3 +1296,100 @@ async fn abuse_of_the_way_back_does_not_cut_devices_off() -> Result<()> {
     assert_eq!(r.status(), 400);
     Ok(())
 }
+
+/// A device that stops reading, floods requests whose answers fill its channel, then vanishes
+/// (its socket reset): the engine lets the connection go, though it had stopped reading it.
+/// Its own connection and one of a gateway alike.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_peer_that_stops_reading_and_vanishes_is_let_go() -> Result<()> {
+    use tests::mqtt::raw;
+    use tokio::io::AsyncWriteExt;
+    let dir = tempfile::tempdir()?;
+    let engine = Engine::start_with(dir.path(), &[("ENGINE_MQTT__WRITE_TIMEOUT", "3s")])?;
+    let rest = engine.rest().await?;
+    let id = rest.create_device("vanishing", "VANISHING").await?;
+    let r = rest
+        .post(&format!(
+            "/api/plugins/telemetry/DEVICE/{id}/attributes/SHARED_SCOPE"
+        ))
+        .json(&json!({"big": "z".repeat(30_000)}))
+        .send()
+        .await?;
+    assert_eq!(r.status(), 200);
+    let r = rest
+        .post("/api/device?accessToken=VANISHING_GW")
+        .json(&json!({"name": "vanishing-gw", "additionalInfo": {"gateway": true}}))
+        .send()
+        .await?;
+    assert_eq!(r.status(), 200);
+    let cases = [
+        (
+            "VANISHING",
+            (1..400)
+                .map(|i| {
+                    raw::publish(
+                        true,
+                        format!("v1/devices/me/attributes/request/{i}").as_bytes(),
+                        Some(i),
+                        br#"{"sharedKeys":"big"}"#,
+                    )
+                })
+                .collect::<Vec<_>>(),
+        ),
+        (
+            "VANISHING_GW",
+            (1..400)
+                .map(|i| {
+                    raw::publish(
+                        true,
+                        b"v1/gateway/attributes/request",
+                        Some(i),
+                        br#"{"id":1,"device":"vanishing","client":false,"key":"big"}"#,
+                    )
+                })
+                .collect(),
+        ),
+    ];
+    for (token, requests) in cases {
+        let socket = tokio::net::TcpSocket::new_v4()?;
+        socket.set_recv_buffer_size(4096)?;
+        let mut stream = socket.connect(engine.mqtt).await?;
+        stream
+            .write_all(&raw::connect_keep_alive(5, token, 5))
+            .await?;
+        engine
+            .wait_for_sample("engine_mqtt_connections_open", WAIT, |n| n == 1.0)
+            .await?;
+        // As many requests as the engine reads before it stops reading (its answers wait for
+        // a device that does not read).
+        let _ = tokio::time::timeout(Duration::from_secs(3), async {
+            for request in &requests {
+                if stream.write_all(request).await.is_err() {
+                    return;
+                }
+            }
+        })
+        .await;
+        // Gone, with unread data in its buffer: closing resets the connection.
+        drop(stream);
+        engine
+            .wait_for_sample(
+                "engine_mqtt_connections_open",
+                Duration::from_secs(60),
+                |n| n == 0.0,
+            )
+            .await
+            .with_context(|| format!("{token}'s connection was kept"))?;
+    }
+    // The device connects again as usual.
+    let mut device = connect_v3(&engine, "VANISHING", "vanishing-again")
+        .await
+        .map_err(|c| anyhow::anyhow!("connect: {c:?}"))?;
+    assert!(matches!(
+        device
+            .publish("v1/devices/me/telemetry", r#"{"t":1}"#)
+            .await?,
+        Outcome::Acked(_)
+    ));
+    Ok(())
+}

@@ -423,10 +423,113 @@ async fn the_references_command_lines_and_bad_gateway_messages() -> Result<()> {
         Some((1, 0))
     );
     let d1 = device_named(&rest, "D1").await?;
-    latest_has(&rest, d1["id"]["id"].as_str().context("id")?, "u", json!(7)).await?;
-    gw3.send(&publish(false, "v1/gateway/telemetry", Some(2), "[1,2]"))
+    let d1_id = d1["id"]["id"].as_str().context("id")?.to_owned();
+    latest_has(&rest, &d1_id, "u", json!(7)).await?;
+    // At its quota (D1 and two more), one device more is acknowledged, not a reason to close
+    // a 3.1.1 gateway (ThingsBoard acknowledges it); its data is not taken.
+    for (id, name) in [(2u16, "D3"), (3, "D4"), (4, "D5")] {
+        let body = format!(r#"{{"{name}":[{{"u":1}}]}}"#);
+        gw3.send(&publish(false, "v1/gateway/telemetry", Some(id), &body))
+            .await?;
+        assert_eq!(
+            raw::puback(&gw3.packet().await?.context("closed")?),
+            Some((id, 0)),
+            "{name}"
+        );
+    }
+    let r = rest.get("/api/tenant/devices?deviceName=D5").send().await?;
+    assert_eq!(r.status(), 404, "one past the quota is not made");
+    // A device deleted while the gateway holds it is let go: the gateway's next message
+    // makes it anew (a new device, its data stored).
+    let r = rest.delete(&format!("/api/device/{d1_id}")).send().await?;
+    assert_eq!(r.status(), 200);
+    gw3.send(&publish(
+        false,
+        "v1/gateway/telemetry",
+        Some(5),
+        r#"{"D1":[{"u":8}]}"#,
+    ))
+    .await?;
+    assert_eq!(
+        raw::puback(&gw3.packet().await?.context("closed")?),
+        Some((5, 0))
+    );
+    let again = device_named(&rest, "D1").await?;
+    let again_id = again["id"]["id"].as_str().context("id")?.to_owned();
+    latest_has(&rest, &again_id, "u", json!(8)).await?;
+    // A message over mqtt.max_payload_size as a whole (each part under it): refused.
+    let part = format!(r#"[{{"s":"{}"}}]"#, "x".repeat(40_000));
+    let big = format!(r#"{{"D3":{part},"D4":{part}}}"#);
+    gw5.send(&publish(true, "v1/gateway/telemetry", Some(100), &big))
+        .await?;
+    assert_eq!(
+        raw::puback(&gw5.packet().await?.context("closed")?),
+        Some((100, 0x97))
+    );
+    gw3.send(&publish(false, "v1/gateway/telemetry", Some(6), "[1,2]"))
         .await?;
     gw3.closed().await?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn deleting_or_rekeying_a_device_ends_its_connection() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let engine = Engine::start(dir.path())?;
+    let rest = engine.rest().await?;
+    let id = rest.create_device("doomed", "DOOMED").await?;
+    let mut own = open(&engine, 5, "DOOMED").await?;
+    let r = rest.delete(&format!("/api/device/{id}")).send().await?;
+    assert_eq!(r.status(), 200);
+    let goodbye = own.packet().await?.context("closed without DISCONNECT")?;
+    assert_eq!(
+        raw::disconnect_reason(&goodbye),
+        Some(0x98),
+        "{goodbye:02x?}"
+    );
+    // New credentials end the connection made with the old ones.
+    let id = rest.create_device("rekeyed", "REKEYED").await?;
+    let mut own = open(&engine, 5, "REKEYED").await?;
+    let r = rest
+        .post("/api/device/credentials")
+        .json(
+            &json!({"deviceId": {"id": id}, "credentialsType": "ACCESS_TOKEN",
+                      "credentialsId": "REKEYED_2"}),
+        )
+        .send()
+        .await?;
+    assert_eq!(r.status(), 200);
+    let goodbye = own.packet().await?.context("closed without DISCONNECT")?;
+    assert_eq!(
+        raw::disconnect_reason(&goodbye),
+        Some(0x98),
+        "{goodbye:02x?}"
+    );
+    open(&engine, 5, "REKEYED_2").await?;
+    // A deleted gateway's connection ends too.
+    create_gateway(&rest, "Gateway D", "GW_D").await?;
+    let gateway = device_named(&rest, "Gateway D").await?;
+    let mut gw = open(&engine, 4, "GW_D").await?;
+    gw.send(&publish(
+        false,
+        "v1/gateway/connect",
+        Some(1),
+        r#"{"device":"behind-d"}"#,
+    ))
+    .await?;
+    assert_eq!(
+        raw::puback(&gw.packet().await?.context("closed")?),
+        Some((1, 0))
+    );
+    let r = rest
+        .delete(&format!(
+            "/api/device/{}",
+            gateway["id"]["id"].as_str().context("id")?
+        ))
+        .send()
+        .await?;
+    assert_eq!(r.status(), 200);
+    gw.closed().await?;
     Ok(())
 }
 

@@ -76,18 +76,27 @@ impl std::fmt::Debug for Tracked {
 pub enum CloseReason {
     /// A newer connection of the same device took its place (MQTT 5: 0x8E).
     TakenOver,
+    /// The device was deleted or its credentials changed (MQTT 5: 0x98, administrative
+    /// action, as ThingsBoard closes it).
+    Administrative,
+    /// The writer found the peer gone (a write failed): nothing more can be said to it.
+    PeerGone,
 }
 
 impl CloseReason {
     fn code(self) -> u8 {
         match self {
             CloseReason::TakenOver => 1,
+            CloseReason::Administrative => 2,
+            CloseReason::PeerGone => 3,
         }
     }
 
     fn from_code(code: u8) -> Option<CloseReason> {
         match code {
             1 => Some(CloseReason::TakenOver),
+            2 => Some(CloseReason::Administrative),
+            3 => Some(CloseReason::PeerGone),
             _ => None,
         }
     }

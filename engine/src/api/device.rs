@@ -238,7 +238,15 @@ async fn save(
             return Ok(HttpResponse::Ok().json(device_json(&saved)));
         }
     };
+    let token_changed = state
+        .registry
+        .get(device.id)
+        .await?
+        .is_some_and(|before| before.token != device.token);
     let saved = state.registry.save(device).await?;
+    if token_changed {
+        state.sessions.close(saved.id);
+    }
     Ok(HttpResponse::Ok().json(device_json(&saved)))
 }
 
@@ -258,6 +266,8 @@ async fn delete(
 ) -> Result<HttpResponse, ApiError> {
     let device = owned_device(&state, &caller, &id).await?;
     state.registry.delete(device.id).await?;
+    // Its connections (and gateways' sessions for it) end, as ThingsBoard ends them.
+    state.sessions.close(device.id);
     Ok(HttpResponse::Ok().finish())
 }
 
@@ -333,7 +343,12 @@ async fn save_credentials(
         token,
         ..(*device).clone()
     };
+    let changed = updated.token != device.token;
     let saved = state.registry.save(updated).await?;
+    if changed {
+        // Connected with the old credentials: closed, as ThingsBoard closes them.
+        state.sessions.close(saved.id);
+    }
     Ok(HttpResponse::Ok().json(credentials_json(&saved, basic.as_ref())))
 }
 

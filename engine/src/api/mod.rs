@@ -39,6 +39,9 @@ pub struct ApiState {
     pub node_id: String,
     /// The way back to devices: RPC calls, long polls, shared attribute deletions.
     pub downlinks: Arc<actors::downlink::router::Downlinks>,
+    /// This node's live device sessions: a deleted device's, or one whose credentials
+    /// changed, are ended.
+    pub sessions: Arc<dyn actors::ports::DeviceSessions>,
 }
 
 pub type State = web::Data<ApiState>;

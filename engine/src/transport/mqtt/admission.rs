@@ -161,6 +161,25 @@ impl Admission {
     }
 }
 
+impl actors::ports::DeviceSessions for Admission {
+    fn close(&self, device: DeviceId) {
+        let holders: Vec<Holder> = self
+            .sessions
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .by_device
+            .get(&device)
+            .map(|live| live.iter().map(|(_, holder)| holder.clone()).collect())
+            .unwrap_or_default();
+        for holder in holders {
+            match holder {
+                Holder::Connection(outbound) => outbound.close(CloseReason::Administrative),
+                Holder::Gateway(gateway) => gateway.pushed_out(),
+            }
+        }
+    }
+}
+
 impl Admission {
     /// The way back to the newest session of `device` on this node, if it is connected on a
     /// connection of its own.

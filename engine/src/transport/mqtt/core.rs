@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use actors::ingress::{Ingress, Rejection, Transport};
-use actors::metrics::{CONNECTIONS_REFUSED, MESSAGES_REJECTED, MQTT_PROTOCOL_ERRORS};
+use actors::metrics::{CONNECTIONS_REFUSED, DOWNLINKS, MESSAGES_REJECTED, MQTT_PROTOCOL_ERRORS};
 use actors::model::{BasicCredentials, Device, is_basic_token};
 use actors::payload::PayloadError as BadPayload;
 use actors::ports::{
@@ -64,6 +64,9 @@ pub struct MqttContext {
     pub downlinks: Arc<Downlinks>,
     /// `mqtt.gateway_max_devices`: devices one gateway connection may speak for at once.
     pub gateway_max_devices: usize,
+    /// `mqtt.gateway_max_devices_total`, and how many devices gateways on this node speak for
+    /// now.
+    pub gateway_devices: Arc<super::gateway::DeviceBudget>,
 }
 
 /// A connection as the node's [`Downlinks`] see it: server-side RPC requests and shared
@@ -325,6 +328,8 @@ pub enum Fault {
     TooLarge,
     /// No packet for one and a half keep-alive periods.
     KeepAlive,
+    /// What was written to the peer stayed unread for `WRITE_STALL_LIMIT`.
+    WriteStalled,
     /// An MQTT 5 Topic Alias over CONNACK's maximum, or one never set.
     TopicAlias,
     /// An MQTT 5 PUBLISH at a QoS over CONNACK's Maximum QoS.
@@ -341,13 +346,17 @@ impl Fault {
             Fault::SecondConnect => "second_connect",
             Fault::Unexpected(_) | Fault::TopicAlias | Fault::QosNotSupported => "violation",
             Fault::Malformed(_) | Fault::TooLarge => "malformed",
-            Fault::KeepAlive => "timeout",
+            Fault::KeepAlive | Fault::WriteStalled => "timeout",
         })
     }
 }
 
 /// A connection's own RPC requests that may wait for their timeout answer at once.
 const CLIENT_RPC_WAITING: usize = 16;
+
+/// How long an answer (to an attribute request, a device's own RPC) waits for room in the
+/// connection's outbound channel before it is dropped.
+const ANSWER_WAIT: std::time::Duration = std::time::Duration::from_secs(30);
 
 impl Connection {
     pub(super) fn device(&self) -> &Arc<Device> {
@@ -539,10 +548,22 @@ impl Connection {
             qos,
             tracked: None,
         };
-        // A full channel (a device that does not read) makes this publish wait, as any
-        // downlink producer does; a closed one means the connection is gone.
-        let _ = self.outbound.send(downlink).await;
+        self.answer(downlink).await;
         Published::Queued
+    }
+
+    /// Sends an answer the device asked for. A full channel (a device that does not read)
+    /// makes the publish that asked wait, as any downlink producer does, but at most
+    /// [`ANSWER_WAIT`]: past it the answer is dropped (counted), so a device that stopped
+    /// reading cannot hold its publishes, and with them the reading of its socket, for ever.
+    pub(super) async fn answer(&self, downlink: Downlink) {
+        if ntex::time::timeout(ANSWER_WAIT, self.outbound.send(downlink))
+            .await
+            .is_err()
+        {
+            counter!(DOWNLINKS, "outcome" => "answer_dropped").increment(1);
+            peer_event!(DEBUG, device = ?self.device.name, "an answer to a device that does not read was dropped");
+        }
     }
 
     /// The QoS of an answer on `topic`: the device's matching subscription's, QoS 1 without one
@@ -628,7 +649,7 @@ impl Connection {
                 qos,
                 tracked: None,
             };
-            let _ = self.outbound.send(downlink).await;
+            self.answer(downlink).await;
             return Published::Queued;
         }
         let timeout = Downlink {
@@ -638,7 +659,7 @@ impl Connection {
             tracked: None,
         };
         if self.rpc_waiting.get() >= CLIENT_RPC_WAITING {
-            let _ = self.outbound.send(timeout).await;
+            self.answer(timeout).await;
             return Published::Queued;
         }
         self.rpc_waiting.set(self.rpc_waiting.get() + 1);
@@ -648,7 +669,7 @@ impl Connection {
         ntex::rt::spawn(async move {
             ntex::time::sleep(after).await;
             waiting.set(waiting.get().saturating_sub(1));
-            let _ = outbound.send(timeout).await;
+            let _ = ntex::time::timeout(ANSWER_WAIT, outbound.send(timeout)).await;
         });
         Published::Queued
     }

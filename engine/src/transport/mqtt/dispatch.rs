@@ -96,10 +96,17 @@ pub(super) struct Limits {
     pub(super) receive_maximum: usize,
     /// QoS 1 downlinks unacknowledged at most.
     pub(super) send_maximum: usize,
+    /// `mqtt.write_timeout`: how long what is written to the peer may stay unread (ntex's
+    /// write buffer over its high-water mark the whole time) before the peer is taken for gone
+    /// and the connection closed, as EMQX's `send_timeout` does. A peer that vanished without
+    /// a word (reset, cable cut) is found so even while its connection is not being read
+    /// (publishes waiting for room in its channel).
+    pub(super) write_timeout: Duration,
 }
 
 /// How long a connection that ends waits for the publishes it received to be handed over.
 const SETTLE_LIMIT: Duration = Duration::from_secs(5);
+
 /// How long a closing connection may take to flush what it has to say.
 const FLUSH_LIMIT: Duration = Duration::from_secs(1);
 
@@ -137,6 +144,8 @@ pub(super) async fn serve<P: Protocol>(
     // since then disarms it (its firing is then ignored, and it is started again the next
     // time the buffer is empty).
     let mut armed = false;
+    // Runs while the peer leaves what is written to it unread.
+    let mut write_stall: Option<Pin<Box<ntex::time::Sleep>>> = None;
     let end = poll_fn(|cx| {
         loop {
             let mut again = false;
@@ -149,7 +158,19 @@ pub(super) async fn serve<P: Protocol>(
             // Server-to-device messages.
             if let Poll::Ready(reason) = writer::poll_write(&proto, io, &outbound, &mut credit, cx)
             {
-                return Poll::Ready(End::Close(reason));
+                return Poll::Ready(match reason {
+                    CloseReason::PeerGone => End::Peer,
+                    reason => End::Close(reason),
+                });
+            }
+            if io.is_wr_backpressure() {
+                let stall = write_stall
+                    .get_or_insert_with(|| Box::pin(ntex::time::sleep(limits.write_timeout)));
+                if stall.as_mut().poll(cx).is_ready() {
+                    return Poll::Ready(End::Fault(Fault::WriteStalled));
+                }
+            } else {
+                write_stall = None;
             }
             if !reading {
                 return Poll::Ready(End::Peer);
@@ -280,6 +301,8 @@ pub(super) struct Settings {
     pub(super) connect_timeout: Duration,
     /// `mqtt.receive_maximum`.
     pub(super) receive_maximum: u16,
+    /// `mqtt.write_timeout`.
+    pub(super) write_timeout: Duration,
 }
 
 /// QoS 1 downlinks a connection may have unacknowledged, at most (ntex-mqtt's default, and what

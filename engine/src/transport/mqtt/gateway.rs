@@ -73,10 +73,46 @@ impl GatewayQos {
     }
 }
 
+/// How many devices the gateways on a node speak for at once, within
+/// `mqtt.gateway_max_devices_total`.
+pub struct DeviceBudget {
+    max: usize,
+    used: std::sync::atomic::AtomicUsize,
+}
+
+impl DeviceBudget {
+    pub fn new(max: usize) -> DeviceBudget {
+        DeviceBudget {
+            max,
+            used: std::sync::atomic::AtomicUsize::new(0),
+        }
+    }
+
+    /// One place, if one is free; given back when the returned place drops.
+    fn take(self: &Arc<Self>) -> Option<Place> {
+        self.used
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < self.max).then_some(n + 1)
+            })
+            .ok()
+            .map(|_| Place(self.clone()))
+    }
+}
+
+/// A device's place in the node's [`DeviceBudget`].
+struct Place(Arc<DeviceBudget>);
+
+impl Drop for Place {
+    fn drop(&mut self) {
+        self.0.used.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
 /// One device behind the gateway, while connected.
 struct SubDevice {
     device: Arc<Device>,
     session: SessionHandle,
+    _place: Place,
     /// Its downlink subscription, ended when it goes or when a newer session of the device
     /// (its own connection, another gateway's) pushes it out.
     subscription: Arc<Subscription>,
@@ -187,6 +223,15 @@ fn refused(found: &'static str, expected: &'static str) -> Rejection {
     Rejection::Payload(BadPayload::WrongShape { found, expected })
 }
 
+/// A refusal of a message about one device: a quota is answered, not a reason to close a
+/// 3.1.1 gateway's connection (ThingsBoard acknowledges it), anything else refuses the message.
+fn refused_whole(rejection: Rejection) -> Published {
+    match rejection {
+        Rejection::Quota(_) => Published::PartlyRefused(rejection),
+        rejection => Published::Refused(rejection),
+    }
+}
+
 fn count_refused(rejection: &Rejection) {
     counter!(MESSAGES_REJECTED, "transport" => Transport::MqttGateway.as_str(), "reason" => rejection.reason())
         .increment(1);
@@ -215,6 +260,14 @@ impl Gateway {
         topic: &str,
         payload: &[u8],
     ) -> Published {
+        // `mqtt.max_payload_size` holds for the whole message, as for a device's own.
+        let max = conn.ctx().ingress.max_payload();
+        if payload.len() > max {
+            return Published::Refused(Rejection::TooLarge {
+                size: payload.len(),
+                max,
+            });
+        }
         match topic {
             TELEMETRY_TOPIC => self.data(conn, Uplink::Telemetry, payload).await,
             ATTRIBUTES_TOPIC => self.data(conn, Uplink::Attributes, payload).await,
@@ -225,7 +278,10 @@ impl Gateway {
                         .await
                     {
                         Ok(_) => Published::Queued,
-                        Err(r) => Published::Refused(r),
+                        Err(r) => {
+                            count_refused(&r);
+                            refused_whole(r)
+                        }
                     }
                 }
                 Err(e) => Published::Refused(Rejection::Payload(e)),
@@ -284,17 +340,17 @@ impl Gateway {
                 "the name of a device behind the gateway",
             ));
         }
-        let ctx = conn.ctx();
-        if self.len() >= ctx.gateway_max_devices {
-            return Err(Rejection::Quota(QuotaError::TooManyGatewayDevices {
-                max: ctx.gateway_max_devices,
-            }));
-        }
         if validate_device_name(name).is_err() {
             return Err(refused(
                 "device name that cannot be a device's",
                 "a device name of 1 to 255 characters",
             ));
+        }
+        let ctx = conn.ctx();
+        if self.len() >= ctx.gateway_max_devices {
+            return Err(Rejection::Quota(QuotaError::TooManyGatewayDevices {
+                max: ctx.gateway_max_devices,
+            }));
         }
         let gateway_device = conn.device();
         let tenant = gateway_device.tenant_id;
@@ -370,6 +426,11 @@ impl Gateway {
                 max: ctx.gateway_max_devices,
             }));
         }
+        let Some(place) = ctx.gateway_devices.take() else {
+            return Err(Rejection::Quota(QuotaError::TooManyGatewayDevices {
+                max: ctx.gateway_devices.max,
+            }));
+        };
         let sink = Arc::new(SubDeviceSink {
             outbound: conn.outbound().clone(),
             device: device.clone(),
@@ -412,6 +473,7 @@ impl Gateway {
         let sub = Rc::new(SubDevice {
             device: device.clone(),
             session,
+            _place: place,
             subscription,
             _seat: seat,
         });
@@ -488,7 +550,7 @@ impl Gateway {
         match first_refusal {
             None => Published::Queued,
             // Nothing of the message was taken: refused as a whole.
-            Some(r) if parts.len() == 1 => Published::Refused(r),
+            Some(r) if parts.len() == 1 => refused_whole(r),
             Some(r) => Published::PartlyRefused(r),
         }
     }
@@ -502,7 +564,7 @@ impl Gateway {
         };
         let sub = match self.resolve(conn, &request.device, None).await {
             Ok(sub) => sub,
-            Err(r) => return Published::Refused(r),
+            Err(r) => return refused_whole(r),
         };
         let read = crate::transport::requested_attributes(
             &*conn.ctx().store,
@@ -523,7 +585,7 @@ impl Gateway {
             qos: conn.answer_qos(ATTRIBUTES_RESPONSE_TOPIC),
             tracked: None,
         };
-        let _ = conn.outbound().send(downlink).await;
+        conn.answer(downlink).await;
         Published::Queued
     }
 
@@ -542,7 +604,7 @@ impl Gateway {
         }
         let sub = match self.resolve(conn, &reply.device, None).await {
             Ok(sub) => sub,
-            Err(r) => return Published::Refused(r),
+            Err(r) => return refused_whole(r),
         };
         match conn
             .ctx()
@@ -582,7 +644,7 @@ impl Gateway {
         }
         match first_refusal {
             None => Published::Queued,
-            Some(r) if parts.len() == 1 => Published::Refused(r),
+            Some(r) if parts.len() == 1 => refused_whole(r),
             Some(r) => Published::PartlyRefused(r),
         }
     }

@@ -35,6 +35,7 @@ mod admission;
 mod core;
 mod dispatch;
 mod gateway;
+pub use gateway::DeviceBudget;
 mod opening;
 mod peer_log;
 mod provisioning;
@@ -153,6 +154,7 @@ impl MqttServer {
             max_frame: max_payload.saturating_add(64 * 1024),
             connect_timeout: config.connect_timeout,
             receive_maximum: config.receive_maximum.max(1),
+            write_timeout: config.write_timeout,
         };
         let grace = ntex::time::Millis(
             u32::try_from(config.shutdown_grace.as_millis()).unwrap_or(u32::MAX),
@@ -238,6 +240,11 @@ impl MqttServer {
     /// server-to-device message for it enters.
     pub fn outbound(&self, device: DeviceId) -> Option<Outbound> {
         self.admission.newest(device)
+    }
+
+    /// This node's MQTT sessions of devices, to end those of a deleted device.
+    pub fn sessions(&self) -> Arc<dyn actors::ports::DeviceSessions> {
+        self.admission.clone()
     }
 
     /// Stops accepting, gives open connections the grace period, closes them, and returns once

@@ -58,6 +58,7 @@ async fn start(config: MqttConfig) -> Running {
     let ctx = Arc::new(MqttContext {
         downlinks,
         gateway_max_devices: 16,
+        gateway_devices: Arc::new(super::DeviceBudget::new(64)),
         profiles: Arc::new(embedded.records()),
         registry,
         records: Arc::new(actors::testing::MemRecords::default()),

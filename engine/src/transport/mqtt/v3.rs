@@ -91,6 +91,7 @@ pub(super) async fn run(node: Arc<Node>, io: &Io) {
     let limits = Limits {
         keep_alive: dispatch::keep_alive(connect.keep_alive),
         receive_maximum: settings.receive_maximum.into(),
+        write_timeout: settings.write_timeout,
         send_maximum: dispatch::SEND_MAXIMUM.into(),
     };
     drop(connect);

@@ -86,6 +86,9 @@ fn unsuback_reason(had: bool) -> UnsubscribeAckReason {
 pub(super) fn close_reason(reason: CloseReason) -> DisconnectReasonCode {
     match reason {
         CloseReason::TakenOver => DisconnectReasonCode::SessionTakenOver,
+        CloseReason::Administrative => DisconnectReasonCode::AdministrativeAction,
+        // Never said: nobody is there to hear it.
+        CloseReason::PeerGone => DisconnectReasonCode::NormalDisconnection,
     }
 }
 
@@ -98,7 +101,7 @@ fn fault_reason(fault: &Fault) -> DisconnectReasonCode {
         }
         Fault::Malformed(_) => DisconnectReasonCode::MalformedPacket,
         Fault::TooLarge => DisconnectReasonCode::PacketTooLarge,
-        Fault::KeepAlive => DisconnectReasonCode::KeepAliveTimeout,
+        Fault::KeepAlive | Fault::WriteStalled => DisconnectReasonCode::KeepAliveTimeout,
         Fault::TopicAlias => DisconnectReasonCode::TopicAliasInvalid,
         Fault::QosNotSupported => DisconnectReasonCode::QosNotSupported,
         Fault::Rejected(_) | Fault::SessionGone => {
@@ -196,6 +199,7 @@ pub(super) async fn run(node: Arc<Node>, io: &Io) {
     let limits = Limits {
         keep_alive: dispatch::keep_alive(connect.keep_alive),
         receive_maximum: settings.receive_maximum.into(),
+        write_timeout: settings.write_timeout,
         send_maximum: connect
             .receive_max
             .map_or(dispatch::SEND_MAXIMUM, |max| {

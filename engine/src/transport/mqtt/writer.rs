@@ -111,11 +111,13 @@ pub(super) fn poll_write<W: Wire>(
             // Registers this task to be woken once the buffer drains below its low mark.
             match io.poll_flush(cx, false) {
                 Poll::Ready(Ok(())) => {}
-                Poll::Pending | Poll::Ready(Err(_)) => {
-                    // A peer gone is seen by the reading side.
+                Poll::Pending => {
                     outbound.stalled(true);
                     return Poll::Pending;
                 }
+                // The peer is gone (its socket reset). The reading side may not be reading
+                // (publishes waiting on this very channel), so the writer says so itself.
+                Poll::Ready(Err(_)) => return Poll::Ready(CloseReason::PeerGone),
             }
         }
         let id = match outbound.next_qos() {
