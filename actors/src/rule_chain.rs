@@ -66,9 +66,9 @@ pub trait RuleChain: Send + 'static {
 }
 
 /// Routes by message type: telemetry to "save time series", attributes to "save attributes",
-/// device events to the device's state this node owns; shared attribute updates are also
-/// pushed to the device's subscribed sessions (ThingsBoard's "attributes updated" to the device
-/// actor).
+/// device events to the device's state this node owns. Shared attribute updates reach the
+/// device's subscribed sessions once stored (the sink's `AfterStore`), as ThingsBoard notifies
+/// the device actor after its save.
 #[derive(Default)]
 pub struct DefaultRuleChain {
     downlinks: Option<Arc<Downlinks>>,

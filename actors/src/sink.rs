@@ -158,12 +158,16 @@ impl SinkState {
         let batch = Arc::new(WriteBatch::from_messages(
             delivered.iter().map(|d| &*d.message),
         ));
+        let mut dead = Vec::new();
         if let Err(refused) = self.write(batch.clone()).await {
-            self.isolate(&delivered, &refused).await;
+            dead = self.isolate(&delivered, &refused).await;
         }
         if let Some(after) = &self.after_store {
-            for d in &delivered {
-                after.stored(&d.message);
+            for (i, d) in delivered.iter().enumerate() {
+                // A dead-lettered message was not stored: nothing to tell.
+                if !dead.contains(&i) {
+                    after.stored(&d.message);
+                }
             }
         }
         self.commit(&delivered).await;
@@ -219,16 +223,19 @@ impl SinkState {
     /// A batch was refused for good: writes its messages one by one and sends those refused
     /// on their own to the dead-letter queue, with the reason, so the rest is stored and the
     /// partition moves on.
-    async fn isolate(&mut self, delivered: &[Delivered], refused: &StoreError) {
+    /// Returns the indices of the messages dead-lettered.
+    async fn isolate(&mut self, delivered: &[Delivered], refused: &StoreError) -> Vec<usize> {
         warn!(error = %refused, messages = delivered.len(), "storage refused a batch; isolating the bad messages");
+        let mut dead = Vec::new();
         let Some(dead_letters) = self.dead_letters.clone() else {
-            return;
+            return dead;
         };
-        for d in delivered {
+        for (i, d) in delivered.iter().enumerate() {
             let single = Arc::new(WriteBatch::from_messages([&*d.message]));
             let Err(e) = self.write(single).await else {
                 continue;
             };
+            dead.push(i);
             let reason = e.to_string();
             let mut attempt = 0;
             while let Err(q) = dead_letters.dead_letter(&d.message, &reason).await {
@@ -245,6 +252,7 @@ impl SinkState {
                 "message dead-lettered"
             );
         }
+        dead
     }
 
     async fn commit(&mut self, delivered: &[Delivered]) {

@@ -304,9 +304,10 @@ pub struct MqttConfig {
     /// Devices all gateways connected to this node may speak for at once (about 10 KiB each;
     /// the node's bound on what gateways make it hold). Past it, refused as above.
     pub gateway_max_devices_total: usize,
-    /// A connection whose peer leaves what is written to it unread this long (the write
-    /// buffer full the whole time) is closed: the peer is taken for gone (EMQX's
-    /// `send_timeout`). Found so even while the connection is not being read.
+    /// A connection whose peer takes none of the downlinks waiting for it this long (leaves
+    /// what is written unread, the write buffer full, or QoS 1 ones unacknowledged, its window
+    /// full) is closed: the peer is taken for gone (EMQX's `send_timeout`). Found so even while
+    /// the connection is not being read.
     #[serde(with = "humantime_serde")]
     pub write_timeout: Duration,
     /// Largest read and write buffer of one busy connection; a PUBLISH bigger than this is

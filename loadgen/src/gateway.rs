@@ -200,7 +200,7 @@ async fn telemetry(
         crate::Rate::Max => None,
         crate::Rate::PerSecond(r) => Some(crate::schedule::Schedule::lane(
             run.start,
-            r / plan.batch.max(1) as f64,
+            r / plan.batch.min(plan.per_gateway).max(1) as f64,
             lanes,
             g,
         )),

@@ -698,7 +698,13 @@ async fn a_device_has_one_session_behind_a_gateway_or_on_its_own() -> Result<()>
             tokio::time::timeout(Duration::from_millis(500), next_publish(&mut own, true)).await
         {
             assert!(topic.starts_with("v1/devices/me/rpc/request/"), "{topic}");
-            assert_eq!(body["method"], method.as_str());
+            // An earlier call's request may come late: any of them shows the way.
+            assert!(
+                body["method"]
+                    .as_str()
+                    .is_some_and(|m| m.starts_with("own")),
+                "{body}"
+            );
             reached = true;
             break;
         }
@@ -707,8 +713,19 @@ async fn a_device_has_one_session_behind_a_gateway_or_on_its_own() -> Result<()>
     // Whatever the gateway got went before the take-over; nothing comes after it.
     let answer = call("afterTakeOver").await??;
     assert_eq!(answer.status(), 200);
-    let (_, body) = next_publish(&mut own, true).await?;
-    assert_eq!(body["method"], "afterTakeOver");
+    loop {
+        let (_, body) = next_publish(&mut own, true).await?;
+        if body["method"] == "afterTakeOver" {
+            break;
+        }
+        // Late requests of the calls above.
+        assert!(
+            body["method"]
+                .as_str()
+                .is_some_and(|m| m.starts_with("own")),
+            "{body}"
+        );
+    }
     while let Ok(Ok((_, body))) =
         tokio::time::timeout(Duration::from_millis(500), next_publish(&mut gw, true)).await
     {

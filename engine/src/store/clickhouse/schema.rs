@@ -155,8 +155,9 @@ const MIGRATIONS: &[&[&str]] = &[
     &[
         // A device's `additionalInfo` (JSON text; `{"gateway":true}` makes a gateway); rows
         // written before have none.
-        "ALTER TABLE device ADD COLUMN additional_info String DEFAULT ''",
-        "ALTER TABLE device ADD COLUMN has_additional_info UInt8 DEFAULT 0",
+        // One statement, so a failure cannot leave one column without the other.
+        "ALTER TABLE device ADD COLUMN additional_info String DEFAULT '',
+                            ADD COLUMN has_additional_info UInt8 DEFAULT 0",
     ],
 ];
 

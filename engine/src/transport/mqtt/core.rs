@@ -207,8 +207,10 @@ impl Node {
     /// the connection's, to write from), its session, and its seat among the device's sessions
     /// (which may push out an older one).
     pub(super) fn open(&self, device: Arc<Device>) -> (Rc<Connection>, OutboundReceiver) {
-        let (outbound, receiver) =
-            outbound::channel(self.ctx.outbound_capacity, self.meters.clone());
+        let (outbound, receiver) = outbound::channel(
+            outbound_capacity(&device, self.ctx.outbound_capacity),
+            self.meters.clone(),
+        );
         let seat = self
             .admission
             .seat(&device, Holder::Connection(outbound.clone()));
@@ -348,6 +350,19 @@ impl Fault {
             Fault::Malformed(_) | Fault::TooLarge => "malformed",
             Fault::KeepAlive | Fault::WriteStalled => "timeout",
         })
+    }
+}
+
+/// A gateway's connection carries the downlinks of all its devices: its channel holds this
+/// many times `mqtt.outbound_capacity`.
+pub(super) const GATEWAY_OUTBOUND_FACTOR: usize = 64;
+
+/// The outbound channel's capacity of a connection of `device`.
+fn outbound_capacity(device: &Device, capacity: usize) -> usize {
+    if device.is_gateway() {
+        capacity.saturating_mul(GATEWAY_OUTBOUND_FACTOR)
+    } else {
+        capacity
     }
 }
 

@@ -144,8 +144,11 @@ pub(super) async fn serve<P: Protocol>(
     // since then disarms it (its firing is then ignored, and it is started again the next
     // time the buffer is empty).
     let mut armed = false;
-    // Runs while the peer leaves what is written to it unread.
+    // Runs while downlinks wait and the peer takes none of them: it neither reads what is
+    // written (write back-pressure) nor acknowledges QoS 1 ones (credit used up). Started
+    // again at each sign of progress (a downlink written, a PUBACK).
     let mut write_stall: Option<Pin<Box<ntex::time::Sleep>>> = None;
+    let mut progressed = false;
     let end = poll_fn(|cx| {
         loop {
             let mut again = false;
@@ -156,20 +159,25 @@ pub(super) async fn serve<P: Protocol>(
                 }
             }
             // Server-to-device messages.
-            if let Poll::Ready(reason) = writer::poll_write(&proto, io, &outbound, &mut credit, cx)
+            if let Poll::Ready(reason) =
+                writer::poll_write(&proto, io, &outbound, &mut credit, &mut progressed, cx)
             {
                 return Poll::Ready(match reason {
                     CloseReason::PeerGone => End::Peer,
                     reason => End::Close(reason),
                 });
             }
-            if io.is_wr_backpressure() {
-                let stall = write_stall
-                    .get_or_insert_with(|| Box::pin(ntex::time::sleep(limits.write_timeout)));
-                if stall.as_mut().poll(cx).is_ready() {
+            if io.is_wr_backpressure() || outbound.next_qos().is_some() {
+                if std::mem::take(&mut progressed) || write_stall.is_none() {
+                    write_stall = Some(Box::pin(ntex::time::sleep(limits.write_timeout)));
+                }
+                if let Some(stall) = &mut write_stall
+                    && stall.as_mut().poll(cx).is_ready()
+                {
                     return Poll::Ready(End::Fault(Fault::WriteStalled));
                 }
             } else {
+                progressed = false;
                 write_stall = None;
             }
             if !reading {
@@ -209,7 +217,7 @@ pub(super) async fn serve<P: Protocol>(
                             ops.push_back(op);
                         }
                         Event::Acked(id) => {
-                            credit.release(id);
+                            progressed |= credit.release(id);
                         }
                         Event::Released(id) => proto.complete(io, id),
                         Event::Subscribe(id, filters) => {

@@ -139,7 +139,7 @@ struct Subscription {
 
 impl Subscription {
     fn end(&self) {
-        if !self.ended.swap(true, Ordering::AcqRel) {
+        if !self.ended.swap(true, Ordering::SeqCst) {
             self.unsubscribe();
         }
     }
@@ -148,7 +148,7 @@ impl Subscription {
         let sink: Arc<dyn SessionSink> = self.sink.clone();
         self.downlinks.subscriptions(
             &self.device,
-            self.id.load(Ordering::Acquire),
+            self.id.load(Ordering::SeqCst),
             false,
             false,
             &sink,
@@ -156,7 +156,7 @@ impl Subscription {
     }
 
     fn is_ended(&self) -> bool {
-        self.ended.load(Ordering::Acquire)
+        self.ended.load(Ordering::SeqCst)
     }
 }
 
@@ -216,6 +216,10 @@ impl SessionSink for SubDeviceSink {
 /// A gateway connection's devices.
 pub(super) struct Gateway {
     devices: RefCell<HashMap<String, Rc<SubDevice>>>,
+    /// Taken, in the order the gateway's messages came, while a message's parts are handed to
+    /// their devices' sessions: a message waiting to make a device does not let a later one
+    /// overtake it for another device of both.
+    handover: tokio::sync::Mutex<()>,
     pub(super) qos: Arc<GatewayQos>,
 }
 
@@ -232,6 +236,13 @@ fn refused_whole(rejection: Rejection) -> Published {
     }
 }
 
+/// A message of the wrong shape, refused whole.
+fn bad(e: BadPayload) -> Published {
+    let r = Rejection::Payload(e);
+    count_refused(&r);
+    Published::Refused(r)
+}
+
 fn count_refused(rejection: &Rejection) {
     counter!(MESSAGES_REJECTED, "transport" => Transport::MqttGateway.as_str(), "reason" => rejection.reason())
         .increment(1);
@@ -241,6 +252,7 @@ impl Gateway {
     pub(super) fn new() -> Gateway {
         Gateway {
             devices: RefCell::new(HashMap::new()),
+            handover: tokio::sync::Mutex::new(()),
             qos: Arc::new(GatewayQos {
                 rpc: AtomicU8::new(NOT_SUBSCRIBED),
                 attributes: AtomicU8::new(NOT_SUBSCRIBED),
@@ -248,9 +260,14 @@ impl Gateway {
         }
     }
 
-    /// Devices connected through it now.
-    pub(super) fn len(&self) -> usize {
-        self.devices.borrow().len()
+    /// Devices connected through it, once those pushed out by a newer session of theirs are
+    /// let go (so they hold no places); called at the quota only, as it looks at them all.
+    fn len_at_quota(&self, max: usize) -> usize {
+        let mut devices = self.devices.borrow_mut();
+        if devices.len() >= max {
+            devices.retain(|_, sub| !sub.subscription.is_ended());
+        }
+        devices.len()
     }
 
     /// Handles a PUBLISH on a `v1/gateway/...` topic.
@@ -263,10 +280,12 @@ impl Gateway {
         // `mqtt.max_payload_size` holds for the whole message, as for a device's own.
         let max = conn.ctx().ingress.max_payload();
         if payload.len() > max {
-            return Published::Refused(Rejection::TooLarge {
+            let r = Rejection::TooLarge {
                 size: payload.len(),
                 max,
-            });
+            };
+            count_refused(&r);
+            return Published::Refused(r);
         }
         match topic {
             TELEMETRY_TOPIC => self.data(conn, Uplink::Telemetry, payload).await,
@@ -284,7 +303,7 @@ impl Gateway {
                         }
                     }
                 }
-                Err(e) => Published::Refused(Rejection::Payload(e)),
+                Err(e) => bad(e),
             },
             DISCONNECT_TOPIC => match gateway::parse_disconnect(payload) {
                 // Unknown or not connected names are ignored, as by ThingsBoard.
@@ -295,7 +314,7 @@ impl Gateway {
                     }
                     Published::Queued
                 }
-                Err(e) => Published::Refused(Rejection::Payload(e)),
+                Err(e) => bad(e),
             },
             ATTRIBUTES_REQUEST_TOPIC => self.attribute_request(conn, payload).await,
             RPC_TOPIC => self.rpc_reply(conn, payload).await,
@@ -347,7 +366,7 @@ impl Gateway {
             ));
         }
         let ctx = conn.ctx();
-        if self.len() >= ctx.gateway_max_devices {
+        if self.len_at_quota(ctx.gateway_max_devices) >= ctx.gateway_max_devices {
             return Err(Rejection::Quota(QuotaError::TooManyGatewayDevices {
                 max: ctx.gateway_max_devices,
             }));
@@ -421,7 +440,7 @@ impl Gateway {
         if let Some(known) = self.connected(name) {
             return Ok(known);
         }
-        if self.len() >= ctx.gateway_max_devices {
+        if self.len_at_quota(ctx.gateway_max_devices) >= ctx.gateway_max_devices {
             return Err(Rejection::Quota(QuotaError::TooManyGatewayDevices {
                 max: ctx.gateway_max_devices,
             }));
@@ -465,7 +484,9 @@ impl Gateway {
         let id = ctx
             .downlinks
             .subscriptions(&device, 0, true, true, &sink_dyn);
-        subscription.id.store(id, Ordering::Release);
+        // SeqCst here and in `Subscription`: of this store and the push-out's swap, whichever
+        // comes second sees the other, so one of the two always unsubscribes.
+        subscription.id.store(id, Ordering::SeqCst);
         if subscription.is_ended() {
             // Pushed out before it had its id: the subscription just made ends too.
             subscription.unsubscribe();
@@ -490,17 +511,21 @@ impl Gateway {
     async fn data(&self, conn: &Connection, uplink: Uplink, payload: &[u8]) -> Published {
         let parts = match gateway::parts(payload) {
             Ok(parts) => parts,
-            Err(e) => return Published::Refused(Rejection::Payload(e)),
+            Err(e) => return bad(e),
         };
         let mut first_refusal: Option<Rejection> = None;
         let mut taken: Vec<Accepted> = Vec::with_capacity(parts.len());
-        let mut refuse = |rejection: Rejection, name: &str| {
-            count_refused(&rejection);
+        // `counted`: the uplink path counted it already.
+        let mut refuse = |rejection: Rejection, name: &str, counted: bool| {
+            if !counted {
+                count_refused(&rejection);
+            }
             peer_event!(DEBUG, gateway = ?conn.device().name, device = ?name, error = %rejection, "a gateway device's data refused");
             if first_refusal.is_none() {
                 first_refusal = Some(rejection);
             }
         };
+        let handover = self.handover.lock().await;
         for (name, part) in &parts {
             let fits = match uplink {
                 Uplink::Telemetry => gateway::is_array(part),
@@ -516,6 +541,7 @@ impl Gateway {
                         },
                     ),
                     name,
+                    false,
                 );
                 continue;
             }
@@ -523,7 +549,7 @@ impl Gateway {
                 Ok(sub) => sub,
                 Err(r @ Rejection::Queue(_)) => return Published::Refused(r),
                 Err(r) => {
-                    refuse(r, name);
+                    refuse(r, name, false);
                     continue;
                 }
             };
@@ -532,7 +558,7 @@ impl Gateway {
                 Err(SessionError::Rejected(r @ Rejection::Queue(_))) => {
                     return Published::Refused(r);
                 }
-                Err(SessionError::Rejected(r)) => refuse(r, name),
+                Err(SessionError::Rejected(r)) => refuse(r, name, true),
                 Err(SessionError::Gone) => {
                     return Published::Refused(Rejection::Queue(QueueError::Unavailable(
                         "a gateway device's session is gone".into(),
@@ -540,17 +566,20 @@ impl Gateway {
                 }
             }
         }
+        drop(handover);
+        let nothing_taken = taken.is_empty();
         for accepted in taken {
             match accepted.confirmed().await {
                 Ok(()) => {}
                 Err(r @ Rejection::Queue(_)) => return Published::Refused(r),
-                Err(r) => refuse(r, "?"),
+                Err(r) => refuse(r, "?", true),
             }
         }
         match first_refusal {
             None => Published::Queued,
-            // Nothing of the message was taken: refused as a whole.
-            Some(r) if parts.len() == 1 => refused_whole(r),
+            // Nothing of the message was taken: refused as a whole (ThingsBoard: a message no
+            // entry of which survives is invalid).
+            Some(r) if nothing_taken => refused_whole(r),
             Some(r) => Published::PartlyRefused(r),
         }
     }
@@ -560,7 +589,7 @@ impl Gateway {
     async fn attribute_request(&self, conn: &Connection, payload: &[u8]) -> Published {
         let request = match GatewayAttributeRequest::parse(payload) {
             Ok(request) => request,
-            Err(e) => return Published::Refused(Rejection::Payload(e)),
+            Err(e) => return bad(e),
         };
         let sub = match self.resolve(conn, &request.device, None).await {
             Ok(sub) => sub,
@@ -593,7 +622,7 @@ impl Gateway {
     async fn rpc_reply(&self, conn: &Connection, payload: &[u8]) -> Published {
         let reply = match RpcReply::parse(payload) {
             Ok(reply) => reply,
-            Err(e) => return Published::Refused(Rejection::Payload(e)),
+            Err(e) => return bad(e),
         };
         let max = conn.ctx().ingress.max_payload();
         if reply.data.len() > max {
@@ -622,12 +651,13 @@ impl Gateway {
     async fn claims(&self, conn: &Connection, payload: &[u8]) -> Published {
         let parts = match gateway::parts(payload) {
             Ok(parts) => parts,
-            Err(e) => return Published::Refused(Rejection::Payload(e)),
+            Err(e) => return bad(e),
         };
         let mut first_refusal = None;
+        let _handover = self.handover.lock().await;
         for (name, part) in &parts {
             let outcome = match ClaimRequest::parse(part.get().as_bytes()) {
-                Err(e) => Published::Refused(Rejection::Payload(e)),
+                Err(e) => bad(e),
                 Ok(request) => match self.resolve(conn, name, None).await {
                     Ok(sub) => conn.keep_claim(sub.device.id, request).await,
                     Err(r) => Published::Refused(r),

@@ -96,6 +96,7 @@ pub(super) fn poll_write<W: Wire>(
     io: &Io,
     outbound: &OutboundReceiver,
     credit: &mut Credit,
+    progressed: &mut bool,
     cx: &mut Context<'_>,
 ) -> Poll<CloseReason> {
     loop {
@@ -140,6 +141,7 @@ pub(super) fn poll_write<W: Wire>(
         let tracked = downlink.tracked.take();
         if wire.publish(io, downlink, id) {
             outbound.written();
+            *progressed = true;
             match (tracked, id) {
                 (Some(tracked), Some(id)) => {
                     tracked.0.written();
