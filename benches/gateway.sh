@@ -65,6 +65,7 @@ phase() {
 # Idle memory: the engine's RSS with the devices connected and quiet, against before.
 idle_rss() { # name, then loadgen arguments
   local name=$1; shift
+  sleep 2
   local before; before=$(rss_kib "$engine_pid")
   target/release/loadgen mqtt --target "$ENGINE_MQTT" --quiet --messages 0 --duration 20s "$@" \
     >/dev/null &
@@ -81,9 +82,15 @@ phase direct "$ENGINE_MQTT" "$engine_pid" --devices "$DEVICES" --token-prefix "b
 phase gateways "$ENGINE_MQTT" "$engine_pid" --gateways "$GATEWAYS" \
   --devices-per-gateway "$PER_GATEWAY" --batch-devices "$BATCH" --token-prefix "bg-" \
   --provision "http://$ENGINE_HTTP" --duration "$DURATION" --verify "http://$ENGINE_HTTP"
-# Idle memory, the devices made already: per device behind gateways, per direct connection.
+kill -TERM "$engine_pid"; wait "$engine_pid" 2>/dev/null || true
+# Idle memory, each on a fresh engine over the same data (the devices exist; a process that
+# carried load keeps memory its allocator holds): per device behind gateways, per direct
+# connection.
+start_engine
 idle_rss gateways-idle --gateways "$GATEWAYS" --devices-per-gateway "$PER_GATEWAY" \
   --token-prefix "bg-"
+kill -TERM "$engine_pid"; wait "$engine_pid" 2>/dev/null || true
+start_engine
 idle_rss direct-idle --devices "$DEVICES" --token-prefix "bd-"
 kill -TERM "$engine_pid"; wait "$engine_pid" 2>/dev/null || true
 
