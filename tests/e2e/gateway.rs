@@ -755,3 +755,90 @@ async fn a_device_has_one_session_behind_a_gateway_or_on_its_own() -> Result<()>
     );
     Ok(())
 }
+
+/// A gateway naming tens of thousands of devices: it holds at most its quota, the rest is
+/// refused per device (the connection stays, and what it holds keeps working), and other
+/// devices are not disturbed.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_gateway_naming_tens_of_thousands_of_devices_is_held_to_its_quota() -> Result<()> {
+    const NAMES: usize = 20_000;
+    const QUOTA: usize = 5_000;
+    let dir = tempfile::tempdir()?;
+    let engine = Engine::start_with(
+        dir.path(),
+        &[("ENGINE_MQTT__GATEWAY_MAX_DEVICES", &QUOTA.to_string())],
+    )?;
+    let rest = engine.rest().await?;
+    create_gateway(&rest, "Gateway T", "GW_T").await?;
+    let mut gw = open(&engine, 5, "GW_T").await?;
+    let mut refused = 0;
+    for (m, chunk) in (0..NAMES).collect::<Vec<_>>().chunks(250).enumerate() {
+        let body: serde_json::Map<String, Value> = chunk
+            .iter()
+            .map(|i| (format!("many-{i}"), json!([{"n": i}])))
+            .collect();
+        let id = u16::try_from(m + 1)?;
+        gw.send(&publish(
+            true,
+            "v1/gateway/telemetry",
+            Some(id),
+            &Value::Object(body).to_string(),
+        ))
+        .await?;
+        let ack = gw.packet().await?.context("closed")?;
+        match raw::puback(&ack) {
+            Some((got, 0)) if got == id => {}
+            Some((got, 0x97)) if got == id => refused += 1,
+            other => anyhow::bail!("message {id}: {other:?}"),
+        }
+    }
+    // The quota's worth of devices was taken, every later message refused in part or whole.
+    assert_eq!(refused, (NAMES - QUOTA) / 250, "messages past the quota");
+    let r = rest
+        .get(&format!(
+            "/api/tenant/devices?deviceName=many-{}",
+            QUOTA - 1
+        ))
+        .send()
+        .await?;
+    assert_eq!(r.status(), 200, "the last one within the quota was made");
+    let r = rest
+        .get(&format!("/api/tenant/devices?deviceName=many-{QUOTA}"))
+        .send()
+        .await?;
+    assert_eq!(r.status(), 404, "none past it");
+    // Its devices keep working, and so does a device of its own.
+    gw.send(&publish(
+        true,
+        "v1/gateway/telemetry",
+        Some(9_000),
+        r#"{"many-7":[{"n":-7}]}"#,
+    ))
+    .await?;
+    assert_eq!(
+        raw::puback(&gw.packet().await?.context("closed")?),
+        Some((9_000, 0))
+    );
+    let seven = device_named(&rest, "many-7").await?;
+    latest_has(
+        &rest,
+        seven["id"]["id"].as_str().context("id")?,
+        "n",
+        json!(-7),
+    )
+    .await?;
+    rest.create_device("bystander", "BYSTANDER").await?;
+    let mut own = open(&engine, 5, "BYSTANDER").await?;
+    own.send(&publish(
+        true,
+        "v1/devices/me/telemetry",
+        Some(1),
+        r#"{"b":1}"#,
+    ))
+    .await?;
+    assert_eq!(
+        raw::puback(&own.packet().await?.context("closed")?),
+        Some((1, 0))
+    );
+    Ok(())
+}
