@@ -18,11 +18,11 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Result, bail};
 use bytes::BytesMut;
-use rumqttc::mqttbytes::v4::{Connect, Login, Packet};
+use rumqttc::mqttbytes::v4::Packet;
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
-use crate::mqtt::{Conn, Read, connack_reason, next_packet, open, put_publish, take_packets};
+use crate::mqtt::{Conn, Read, login, put_publish, take_packets};
 use crate::{MqttArgs, Run};
 
 const CONNECT_TOPIC: &[u8] = b"v1/gateway/connect";
@@ -75,37 +75,10 @@ pub async fn run(run: Arc<Run>, args: &MqttArgs, plan: Plan) -> Result<()> {
 /// One gateway's connection: login, its devices connected, then their telemetry.
 async fn gateway(run: &Run, g: usize, plan: Plan, conn: &Conn, token: &str) {
     let stats = &run.stats;
-    let mut stream = match open(conn).await {
-        Ok(s) => s,
-        Err(e) => {
-            stats.connect_failed(&format!("connect: {}", e.kind()));
-            return;
-        }
-    };
-    let mut rbuf = BytesMut::with_capacity(4096);
-    let mut wbuf = BytesMut::with_capacity(64 * 1024);
-    let mut connect = Connect::new(format!("loadgen-gw-{g}"));
-    connect.keep_alive = u16::try_from(conn.keep_alive.as_secs()).unwrap_or(u16::MAX);
-    connect.login = Some(Login::new(token.to_owned(), String::new()));
-    if Packet::Connect(connect)
-        .write(&mut wbuf, MAX_PACKET)
-        .is_err()
-        || stream.write_all_buf(&mut wbuf).await.is_err()
-    {
-        stats.connect_failed("connect: write failed");
+    let Some((mut stream, mut rbuf)) = login(conn, &format!("loadgen-gw-{g}"), token, stats).await
+    else {
         return;
-    }
-    match tokio::time::timeout(Duration::from_secs(30), next_packet(&mut stream, &mut rbuf)).await {
-        Ok(Ok(Packet::ConnAck(ack))) => {
-            if let Some(reason) = connack_reason(&ack) {
-                stats.connect_failed(&reason);
-                return;
-            }
-        }
-        Ok(Ok(_)) => return stats.connect_failed("a packet other than CONNACK"),
-        Ok(Err(e)) => return stats.connect_failed(&e),
-        Err(_) => return stats.connect_failed("no CONNACK within 30 s"),
-    }
+    };
     let devices = g * plan.per_gateway..(g + 1) * plan.per_gateway;
     if let Err(reason) =
         connect_devices(run, devices.clone(), conn.window, &mut stream, &mut rbuf).await

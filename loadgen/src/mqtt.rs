@@ -117,49 +117,12 @@ pub(crate) async fn next_packet(
 async fn device(run: &Run, lane: usize, conn: &Conn) {
     let stats = &run.stats;
     let dev = &run.devices[lane];
-    let mut stream = match open(conn).await {
-        Ok(s) => s,
-        Err(e) => {
-            stats.connect_failed(&format!("connect: {}", e.kind()));
-            return;
-        }
-    };
-    let mut rbuf = BytesMut::with_capacity(256);
-    let mut wbuf = BytesMut::with_capacity(512);
-    let mut connect = Connect::new(format!("loadgen-{lane}"));
-    connect.keep_alive = u16::try_from(conn.keep_alive.as_secs()).unwrap_or(u16::MAX);
-    connect.login = Some(Login::new(dev.token.clone(), String::new()));
-    if Packet::Connect(connect)
-        .write(&mut wbuf, MAX_PACKET)
-        .is_err()
-        || stream.write_all_buf(&mut wbuf).await.is_err()
-    {
-        stats.connect_failed("connect: write failed");
+    let Some((mut stream, rbuf)) = login(conn, &format!("loadgen-{lane}"), &dev.token, stats).await
+    else {
         return;
-    }
-    match tokio::time::timeout(Duration::from_secs(30), next_packet(&mut stream, &mut rbuf)).await {
-        Ok(Ok(Packet::ConnAck(ack))) => match connack_reason(&ack) {
-            None => {
-                stats.connected.fetch_add(1, Ordering::Relaxed);
-            }
-            Some(reason) => {
-                stats.connect_failed(&reason);
-                return;
-            }
-        },
-        Ok(Ok(_)) => {
-            stats.connect_failed("a packet other than CONNACK");
-            return;
-        }
-        Ok(Err(e)) => {
-            stats.connect_failed(&e);
-            return;
-        }
-        Err(_) => {
-            stats.connect_failed("no CONNACK within 30 s");
-            return;
-        }
-    }
+    };
+    stats.connected.fetch_add(1, Ordering::Relaxed);
+    let wbuf = BytesMut::with_capacity(512);
     let outcome = publish_loop(run, lane, conn, &mut stream, rbuf, wbuf).await;
     if let Err((reason, lost)) = outcome {
         stats.failed(&reason, lost);
@@ -169,6 +132,50 @@ async fn device(run: &Run, lane: usize, conn: &Conn) {
         let _ = stream.write_all_buf(&mut bye).await;
     }
     let _ = stream.shutdown().await;
+}
+
+/// Opens a connection and logs in with `token`; `None` (the reason counted) when refused.
+/// Returns the socket and what was read past the CONNACK.
+pub(crate) async fn login(
+    conn: &Conn,
+    client_id: &str,
+    token: &str,
+    stats: &crate::report::Stats,
+) -> Option<(TcpStream, BytesMut)> {
+    let mut stream = match open(conn).await {
+        Ok(s) => s,
+        Err(e) => {
+            stats.connect_failed(&format!("connect: {}", e.kind()));
+            return None;
+        }
+    };
+    let mut rbuf = BytesMut::with_capacity(256);
+    let mut wbuf = BytesMut::with_capacity(512);
+    let mut connect = Connect::new(client_id);
+    connect.keep_alive = u16::try_from(conn.keep_alive.as_secs()).unwrap_or(u16::MAX);
+    connect.login = Some(Login::new(token.to_owned(), String::new()));
+    if Packet::Connect(connect)
+        .write(&mut wbuf, MAX_PACKET)
+        .is_err()
+        || stream.write_all_buf(&mut wbuf).await.is_err()
+    {
+        stats.connect_failed("connect: write failed");
+        return None;
+    }
+    let reason =
+        match tokio::time::timeout(Duration::from_secs(30), next_packet(&mut stream, &mut rbuf))
+            .await
+        {
+            Ok(Ok(Packet::ConnAck(ack))) => match connack_reason(&ack) {
+                None => return Some((stream, rbuf)),
+                Some(reason) => reason,
+            },
+            Ok(Ok(_)) => "a packet other than CONNACK".into(),
+            Ok(Err(e)) => e,
+            Err(_) => "no CONNACK within 30 s".into(),
+        };
+    stats.connect_failed(&reason);
+    None
 }
 
 /// Writes a PUBLISH to `topic` (QoS 1 with `pkid` when `qos1`, else QoS 0) straight into `out`:

@@ -225,6 +225,13 @@ fn publish(v5: bool, topic: &str, id: Option<u16>, payload: &str) -> Vec<u8> {
     raw::publish(v5, topic.as_bytes(), id, payload.as_bytes())
 }
 
+/// Publishes at QoS 1 (`v5`: MQTT 5) and returns the PUBACK's (packet id, reason code).
+async fn acked(raw: &mut Raw, v5: bool, topic: &str, id: u16, payload: &str) -> Result<(u16, u8)> {
+    raw.send(&publish(v5, topic, Some(id), payload)).await?;
+    let packet = raw.packet().await?.context("closed")?;
+    raw::puback(&packet).with_context(|| format!("not a PUBACK: {packet:02x?}"))
+}
+
 /// A raw gateway (or device) connection at protocol level 4 or 5.
 async fn open(engine: &Engine, level: u8, token: &str) -> Result<Raw> {
     let mut raw = Raw::open(engine).await?;
@@ -351,76 +358,76 @@ async fn the_references_command_lines_and_bad_gateway_messages() -> Result<()> {
     // The gateway speaks for at most 3 devices at once (Device A was disconnected, B1 and a
     // new one are held): a fourth is refused, quota exceeded; after a disconnect it fits.
     let next = u16::try_from(cases.len() + 1)?;
-    gw5.send(&publish(
-        true,
-        "v1/gateway/connect",
-        Some(next),
-        r#"{"device":"C1"}"#,
-    ))
-    .await?;
     assert_eq!(
-        raw::puback(&gw5.packet().await?.context("closed")?),
-        Some((next, 0))
+        acked(
+            &mut gw5,
+            true,
+            "v1/gateway/connect",
+            next,
+            r#"{"device":"C1"}"#
+        )
+        .await?,
+        (next, 0)
     );
-    gw5.send(&publish(
-        true,
-        "v1/gateway/connect",
-        Some(next + 1),
-        r#"{"device":"C2"}"#,
-    ))
-    .await?;
     assert_eq!(
-        raw::puback(&gw5.packet().await?.context("closed")?),
-        Some((next + 1, 0))
+        acked(
+            &mut gw5,
+            true,
+            "v1/gateway/connect",
+            next + 1,
+            r#"{"device":"C2"}"#
+        )
+        .await?,
+        (next + 1, 0)
     );
-    gw5.send(&publish(
-        true,
-        "v1/gateway/connect",
-        Some(next + 2),
-        r#"{"device":"C3"}"#,
-    ))
-    .await?;
     assert_eq!(
-        raw::puback(&gw5.packet().await?.context("closed")?),
-        Some((next + 2, 0x97))
+        acked(
+            &mut gw5,
+            true,
+            "v1/gateway/connect",
+            next + 2,
+            r#"{"device":"C3"}"#
+        )
+        .await?,
+        (next + 2, 0x97)
     );
-    gw5.send(&publish(
-        true,
-        "v1/gateway/disconnect",
-        Some(next + 3),
-        r#"{"device":"C1"}"#,
-    ))
-    .await?;
     assert_eq!(
-        raw::puback(&gw5.packet().await?.context("closed")?),
-        Some((next + 3, 0))
+        acked(
+            &mut gw5,
+            true,
+            "v1/gateway/disconnect",
+            next + 3,
+            r#"{"device":"C1"}"#
+        )
+        .await?,
+        (next + 3, 0)
     );
-    gw5.send(&publish(
-        true,
-        "v1/gateway/connect",
-        Some(next + 4),
-        r#"{"device":"C3"}"#,
-    ))
-    .await?;
     assert_eq!(
-        raw::puback(&gw5.packet().await?.context("closed")?),
-        Some((next + 4, 0))
+        acked(
+            &mut gw5,
+            true,
+            "v1/gateway/connect",
+            next + 4,
+            r#"{"device":"C3"}"#
+        )
+        .await?,
+        (next + 4, 0)
     );
 
     // MQTT 3.1.1: a message taken in part is acknowledged (3.1.1 cannot say more); the good
     // part is stored. A message that is not an object closes the connection.
     create_gateway(&rest, "Gateway R2", "GW_REF2").await?;
     let mut gw3 = open(&engine, 4, "GW_REF2").await?;
-    gw3.send(&publish(
-        false,
-        "v1/gateway/telemetry",
-        Some(1),
-        r#"{"D1":[{"u":7}],"D2":"bad"}"#,
-    ))
-    .await?;
     assert_eq!(
-        raw::puback(&gw3.packet().await?.context("closed")?),
-        Some((1, 0))
+        acked(
+            &mut gw3,
+            false,
+            "v1/gateway/telemetry",
+            1,
+            r#"{"D1":[{"u":7}],"D2":"bad"}"#
+        )
+        .await?,
+        (1, 0)
     );
     let d1 = device_named(&rest, "D1").await?;
     let d1_id = d1["id"]["id"].as_str().context("id")?.to_owned();
@@ -429,11 +436,9 @@ async fn the_references_command_lines_and_bad_gateway_messages() -> Result<()> {
     // a 3.1.1 gateway (ThingsBoard acknowledges it); its data is not taken.
     for (id, name) in [(2u16, "D3"), (3, "D4"), (4, "D5")] {
         let body = format!(r#"{{"{name}":[{{"u":1}}]}}"#);
-        gw3.send(&publish(false, "v1/gateway/telemetry", Some(id), &body))
-            .await?;
         assert_eq!(
-            raw::puback(&gw3.packet().await?.context("closed")?),
-            Some((id, 0)),
+            acked(&mut gw3, false, "v1/gateway/telemetry", id, &body).await?,
+            (id, 0),
             "{name}"
         );
     }
@@ -443,16 +448,16 @@ async fn the_references_command_lines_and_bad_gateway_messages() -> Result<()> {
     // makes it anew (a new device, its data stored).
     let r = rest.delete(&format!("/api/device/{d1_id}")).send().await?;
     assert_eq!(r.status(), 200);
-    gw3.send(&publish(
-        false,
-        "v1/gateway/telemetry",
-        Some(5),
-        r#"{"D1":[{"u":8}]}"#,
-    ))
-    .await?;
     assert_eq!(
-        raw::puback(&gw3.packet().await?.context("closed")?),
-        Some((5, 0))
+        acked(
+            &mut gw3,
+            false,
+            "v1/gateway/telemetry",
+            5,
+            r#"{"D1":[{"u":8}]}"#
+        )
+        .await?,
+        (5, 0)
     );
     let again = device_named(&rest, "D1").await?;
     let again_id = again["id"]["id"].as_str().context("id")?.to_owned();
@@ -460,11 +465,9 @@ async fn the_references_command_lines_and_bad_gateway_messages() -> Result<()> {
     // A message over mqtt.max_payload_size as a whole (each part under it): refused.
     let part = format!(r#"[{{"s":"{}"}}]"#, "x".repeat(40_000));
     let big = format!(r#"{{"D3":{part},"D4":{part}}}"#);
-    gw5.send(&publish(true, "v1/gateway/telemetry", Some(100), &big))
-        .await?;
     assert_eq!(
-        raw::puback(&gw5.packet().await?.context("closed")?),
-        Some((100, 0x97))
+        acked(&mut gw5, true, "v1/gateway/telemetry", 100, &big).await?,
+        (100, 0x97)
     );
     gw3.send(&publish(false, "v1/gateway/telemetry", Some(6), "[1,2]"))
         .await?;
@@ -510,16 +513,16 @@ async fn deleting_or_rekeying_a_device_ends_its_connection() -> Result<()> {
     create_gateway(&rest, "Gateway D", "GW_D").await?;
     let gateway = device_named(&rest, "Gateway D").await?;
     let mut gw = open(&engine, 4, "GW_D").await?;
-    gw.send(&publish(
-        false,
-        "v1/gateway/connect",
-        Some(1),
-        r#"{"device":"behind-d"}"#,
-    ))
-    .await?;
     assert_eq!(
-        raw::puback(&gw.packet().await?.context("closed")?),
-        Some((1, 0))
+        acked(
+            &mut gw,
+            false,
+            "v1/gateway/connect",
+            1,
+            r#"{"device":"behind-d"}"#
+        )
+        .await?,
+        (1, 0)
     );
     let r = rest
         .delete(&format!(
@@ -645,29 +648,29 @@ async fn a_device_has_one_session_behind_a_gateway_or_on_its_own() -> Result<()>
     gw.send(&raw::subscribe(true, 1, "v1/gateway/rpc", 1))
         .await?;
     gw.packet().await?.context("no SUBACK")?;
-    gw.send(&publish(
-        true,
-        "v1/gateway/connect",
-        Some(2),
-        r#"{"device":"Both"}"#,
-    ))
-    .await?;
     assert_eq!(
-        raw::puback(&gw.packet().await?.context("closed")?),
-        Some((2, 0))
+        acked(
+            &mut gw,
+            true,
+            "v1/gateway/connect",
+            2,
+            r#"{"device":"Both"}"#
+        )
+        .await?,
+        (2, 0)
     );
     // A gateway cannot speak for itself (its session for itself would push out its own
     // connection).
-    gw.send(&publish(
-        true,
-        "v1/gateway/connect",
-        Some(3),
-        r#"{"device":"Gateway S"}"#,
-    ))
-    .await?;
     assert_eq!(
-        raw::puback(&gw.packet().await?.context("closed")?),
-        Some((3, 0x99))
+        acked(
+            &mut gw,
+            true,
+            "v1/gateway/connect",
+            3,
+            r#"{"device":"Gateway S"}"#
+        )
+        .await?,
+        (3, 0x99)
     );
 
     // The device connects on its own (its token is the one the engine gave it): the
@@ -808,16 +811,16 @@ async fn a_gateway_naming_tens_of_thousands_of_devices_is_held_to_its_quota() ->
         .await?;
     assert_eq!(r.status(), 404, "none past it");
     // Its devices keep working, and so does a device of its own.
-    gw.send(&publish(
-        true,
-        "v1/gateway/telemetry",
-        Some(9_000),
-        r#"{"many-7":[{"n":-7}]}"#,
-    ))
-    .await?;
     assert_eq!(
-        raw::puback(&gw.packet().await?.context("closed")?),
-        Some((9_000, 0))
+        acked(
+            &mut gw,
+            true,
+            "v1/gateway/telemetry",
+            9_000,
+            r#"{"many-7":[{"n":-7}]}"#
+        )
+        .await?,
+        (9_000, 0)
     );
     let seven = device_named(&rest, "many-7").await?;
     latest_has(
@@ -829,16 +832,9 @@ async fn a_gateway_naming_tens_of_thousands_of_devices_is_held_to_its_quota() ->
     .await?;
     rest.create_device("bystander", "BYSTANDER").await?;
     let mut own = open(&engine, 5, "BYSTANDER").await?;
-    own.send(&publish(
-        true,
-        "v1/devices/me/telemetry",
-        Some(1),
-        r#"{"b":1}"#,
-    ))
-    .await?;
     assert_eq!(
-        raw::puback(&own.packet().await?.context("closed")?),
-        Some((1, 0))
+        acked(&mut own, true, "v1/devices/me/telemetry", 1, r#"{"b":1}"#).await?,
+        (1, 0)
     );
     Ok(())
 }

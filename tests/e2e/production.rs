@@ -675,19 +675,16 @@ async fn a_second_node_takes_over_partitions_cleanly() -> Result<()> {
 /// Two nodes sharing only Kafka and ClickHouse: REST calls made on the first reach devices
 /// connected to the second (MQTT, and an HTTP long poll), whichever node owns each device's
 /// partition, and the devices' replies reach the REST callers on the first.
-#[tokio::test(flavor = "multi_thread")]
-async fn rpc_and_shared_attributes_cross_nodes() -> Result<()> {
-    use rumqttc::QoS;
-    const WAIT: Duration = Duration::from_secs(30);
-    let stack = Stack::start()?;
+/// Two engine nodes on the stack, the queue's partitions shared out between them; the first
+/// node's REST API.
+async fn two_nodes(stack: &Stack, second_dir: &std::path::Path) -> Result<(Engine, Engine, Rest)> {
     let first = stack.engine()?;
     let rest = first.rest().await?;
     first
         .wait_for_sample(PARTITIONS, Duration::from_secs(60), |n| n == 4.0)
         .await
         .context("the first node never got the partitions")?;
-    let second_dir = tempfile::tempdir()?;
-    let second = stack.engine_in(second_dir.path())?;
+    let second = stack.engine_in(second_dir)?;
     let second_has = second
         .wait_for_sample(PARTITIONS, Duration::from_secs(60), |n| n > 0.0)
         .await
@@ -698,6 +695,16 @@ async fn rpc_and_shared_attributes_cross_nodes() -> Result<()> {
         })
         .await
         .context("the partitions were not shared out")?;
+    Ok((first, second, rest))
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn rpc_and_shared_attributes_cross_nodes() -> Result<()> {
+    use rumqttc::QoS;
+    const WAIT: Duration = Duration::from_secs(30);
+    let stack = Stack::start()?;
+    let second_dir = tempfile::tempdir()?;
+    let (_first, second, rest) = two_nodes(&stack, second_dir.path()).await?;
 
     // Eight devices, so both nodes own some; all connect to the second node.
     let devices = devices(&rest, 8, "cross").await?;
@@ -874,24 +881,8 @@ async fn rpc_and_shared_attributes_cross_nodes() -> Result<()> {
 #[tokio::test(flavor = "multi_thread")]
 async fn gateway_devices_across_nodes() -> Result<()> {
     let stack = Stack::start()?;
-    let first = stack.engine()?;
-    let rest = first.rest().await?;
-    first
-        .wait_for_sample(PARTITIONS, Duration::from_secs(60), |n| n == 4.0)
-        .await
-        .context("the first node never got the partitions")?;
     let second_dir = tempfile::tempdir()?;
-    let second = stack.engine_in(second_dir.path())?;
-    let second_has = second
-        .wait_for_sample(PARTITIONS, Duration::from_secs(60), |n| n > 0.0)
-        .await
-        .context("the second node got no partitions")?;
-    first
-        .wait_for_sample(PARTITIONS, Duration::from_secs(60), |n| {
-            n + second_has == 4.0
-        })
-        .await
-        .context("the partitions were not shared out")?;
+    let (_first, second, rest) = two_nodes(&stack, second_dir.path()).await?;
     let r = rest
         .post("/api/device?accessToken=GW_PROD")
         .json(&json!({"name": "gw-prod", "additionalInfo": {"gateway": true}}))
