@@ -622,6 +622,14 @@ async fn rpc_to_a_gateway_device_waits_for_it_to_connect() -> Result<()> {
     let response = call.await??;
     assert_eq!(response.status(), 200);
     assert_eq!(response.json::<Value>().await?, json!({"awake": true}));
+    // A device made over REST and connected by a gateway is marked with it, as ThingsBoard
+    // marks it.
+    let gateway = device_named(&rest, "Gateway Q").await?;
+    let later = rest.json(&format!("/api/device/{id}")).await?;
+    assert_eq!(
+        later["additionalInfo"]["lastConnectedGateway"], gateway["id"]["id"],
+        "{later}"
+    );
     Ok(())
 }
 

@@ -236,6 +236,47 @@ fn refused_whole(rejection: Rejection) -> Published {
     }
 }
 
+/// `additionalInfo.lastConnectedGateway` of `device` names `gateway` (ThingsBoard writes it
+/// when a gateway makes the device and when another gateway connects it). A device whose
+/// `additionalInfo` is not an object is left as it is; a store that cannot take the change
+/// leaves the old mark (logged), the device is used all the same.
+async fn mark_gateway(
+    ctx: &super::core::MqttContext,
+    device: Arc<Device>,
+    gateway: &Device,
+) -> Arc<Device> {
+    let id = gateway.id.0.to_string();
+    let mut info = match device.additional_info.as_deref() {
+        None => serde_json::Map::new(),
+        Some(text) => match serde_json::from_str::<serde_json::Value>(text) {
+            Ok(serde_json::Value::Object(info)) => info,
+            _ => return device,
+        },
+    };
+    if info.get("lastConnectedGateway").and_then(|v| v.as_str()) == Some(id.as_str()) {
+        return device;
+    }
+    info.insert("lastConnectedGateway".into(), serde_json::Value::String(id));
+    let marked = Device {
+        additional_info: Some(serde_json::Value::Object(info).to_string()),
+        ..(*device).clone()
+    };
+    if marked
+        .additional_info
+        .as_ref()
+        .is_some_and(|text| text.len() > actors::model::MAX_ADDITIONAL_INFO_BYTES)
+    {
+        return device;
+    }
+    match ctx.registry.save(marked).await {
+        Ok(saved) => saved,
+        Err(e) => {
+            peer_event!(WARN, device = ?device.name, error = %e, "lastConnectedGateway not recorded");
+            device
+        }
+    }
+}
+
 /// A message of the wrong shape, refused whole.
 fn bad(e: BadPayload) -> Published {
     let r = Rejection::Payload(e);
@@ -436,6 +477,7 @@ impl Gateway {
                 }
             }
         };
+        let device = mark_gateway(ctx, device, gateway_device).await;
         // A concurrent message may have connected it meanwhile.
         if let Some(known) = self.connected(name) {
             return Ok(known);
