@@ -147,7 +147,7 @@ pub struct MqttArgs {
     /// Gateway mode: this many gateway connections (ThingsBoard's gateway API), each speaking
     /// for --devices-per-gateway devices (--devices is then their product). Gateway g logs in
     /// with the token <prefix>gw<g>; --provision makes the gateways, the engine their devices
-    #[arg(long, conflicts_with = "processes")]
+    #[arg(long, alias = "gateway", conflicts_with = "processes")]
     pub gateways: Option<usize>,
     /// Gateway mode: devices behind each gateway
     #[arg(long, default_value_t = 100, requires = "gateways")]

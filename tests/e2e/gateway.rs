@@ -228,8 +228,17 @@ fn publish(v5: bool, topic: &str, id: Option<u16>, payload: &str) -> Vec<u8> {
 /// Publishes at QoS 1 (`v5`: MQTT 5) and returns the PUBACK's (packet id, reason code).
 async fn acked(raw: &mut Raw, v5: bool, topic: &str, id: u16, payload: &str) -> Result<(u16, u8)> {
     raw.send(&publish(v5, topic, Some(id), payload)).await?;
-    let packet = raw.packet().await?.context("closed")?;
-    raw::puback(&packet).with_context(|| format!("not a PUBACK: {packet:02x?}"))
+    loop {
+        let packet = raw.packet().await?.context("closed")?;
+        // A downlink for one of its devices may come first.
+        if raw::published(v5, &packet).is_some() {
+            if let Some(pid) = raw::publish_id(&packet) {
+                raw.send(&raw::puback_of(pid)).await?;
+            }
+            continue;
+        }
+        return raw::puback(&packet).with_context(|| format!("not a PUBACK: {packet:02x?}"));
+    }
 }
 
 /// A raw gateway (or device) connection at protocol level 4 or 5.
@@ -354,7 +363,62 @@ async fn the_references_command_lines_and_bad_gateway_messages() -> Result<()> {
         assert_eq!(raw::puback(&ack), Some((id, *code)), "{topic} {payload}");
     }
     let b1 = device_named(&rest, "B1").await?;
-    latest_has(&rest, b1["id"]["id"].as_str().context("id")?, "t", json!(5)).await?;
+    let b1_id = b1["id"]["id"].as_str().context("id")?.to_owned();
+    latest_has(&rest, &b1_id, "t", json!(5)).await?;
+    // Attribute requests: the reference's documented array form, and nothing found.
+    let r = rest
+        .post(&format!(
+            "/api/plugins/telemetry/DEVICE/{b1_id}/attributes/SHARED_SCOPE"
+        ))
+        .json(&json!({"mode": "eco", "level": 3}))
+        .send()
+        .await?;
+    assert_eq!(r.status(), 200);
+    for (id, request, answer) in [
+        (
+            41,
+            json!({"id": 41, "device": "B1", "client": [], "shared": ["mode", "level"]}),
+            json!({"id": 41, "device": "B1", "values": {"mode": "eco", "level": 3}}),
+        ),
+        (
+            42,
+            json!({"id": 42, "device": "B1", "client": false, "key": "missing"}),
+            json!({"id": 42, "device": "B1"}),
+        ),
+    ] {
+        let deadline = std::time::Instant::now() + WAIT;
+        let answered = loop {
+            gw5.send(&publish(
+                true,
+                "v1/gateway/attributes/request",
+                Some(id),
+                &request.to_string(),
+            ))
+            .await?;
+            let (mut acked, mut response) = (false, None);
+            while !acked || response.is_none() {
+                let packet = gw5.packet().await?.context("closed")?;
+                if let Some((topic, body)) = raw::published(true, &packet) {
+                    if let Some(pid) = raw::publish_id(&packet) {
+                        gw5.send(&raw::puback_of(pid)).await?;
+                    }
+                    // The update of B1's shared attributes comes too (B1 is connected).
+                    if topic == "v1/gateway/attributes/response" {
+                        response = Some(serde_json::from_slice::<Value>(&body)?);
+                    }
+                } else {
+                    acked |= raw::puback(&packet) == Some((id, 0));
+                }
+            }
+            let response = response.unwrap_or_default();
+            // The shared attributes are stored in a batch: asked until they are.
+            if response == answer || std::time::Instant::now() > deadline {
+                break response;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        };
+        assert_eq!(answered, answer);
+    }
     // The gateway speaks for at most 3 devices at once (Device A was disconnected, B1 and a
     // new one are held): a fourth is refused, quota exceeded; after a disconnect it fits.
     let next = u16::try_from(cases.len() + 1)?;
