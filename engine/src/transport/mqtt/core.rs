@@ -84,24 +84,24 @@ struct MqttSink {
     attributes_qos: AtomicU8,
 }
 
+/// The QoS a downlink goes at, from a subscription's granted QoS kept as a number (0: QoS 0;
+/// anything else, a not-subscribed mark included: QoS 1).
+pub(super) fn downlink_qos(granted: &AtomicU8) -> DownlinkQos {
+    match granted.load(Ordering::Relaxed) {
+        0 => DownlinkQos::AtMostOnce,
+        _ => DownlinkQos::AtLeastOnce,
+    }
+}
+
 impl SessionSink for MqttSink {
     fn deliver(&self, delivery: &Delivery) -> bool {
-        let qos = |q: &AtomicU8| match q.load(Ordering::Relaxed) {
-            0 => DownlinkQos::AtMostOnce,
-            _ => DownlinkQos::AtLeastOnce,
-        };
+        let qos = downlink_qos;
         let downlink = match delivery {
             Delivery::Rpc(outgoing) => Downlink {
                 topic: DownlinkTopic::RpcRequest(outgoing.id.unsigned_abs()).name(),
                 payload: rpc::mqtt_request(&outgoing.request).into_bytes(),
                 qos: qos(&self.rpc_qos),
-                tracked: outgoing.record.map(|record| {
-                    Tracked(Arc::new(RpcDeliveryReport {
-                        downlinks: self.downlinks.clone(),
-                        device: self.device.clone(),
-                        record,
-                    }))
-                }),
+                tracked: RpcDeliveryReport::tracked(&self.downlinks, &self.device, outgoing.record),
             },
             Delivery::Attributes(entries) => Downlink {
                 topic: DownlinkTopic::Attributes.name(),
@@ -125,6 +125,23 @@ pub(crate) struct RpcDeliveryReport {
     pub(crate) downlinks: Arc<Downlinks>,
     pub(crate) device: Arc<Device>,
     pub(crate) record: uuid::Uuid,
+}
+
+impl RpcDeliveryReport {
+    /// The report a persistent RPC's downlink carries (`record`); none for other requests.
+    pub(crate) fn tracked(
+        downlinks: &Arc<Downlinks>,
+        device: &Arc<Device>,
+        record: Option<uuid::Uuid>,
+    ) -> Option<Tracked> {
+        record.map(|record| {
+            Tracked(Arc::new(RpcDeliveryReport {
+                downlinks: downlinks.clone(),
+                device: device.clone(),
+                record,
+            }))
+        })
+    }
 }
 
 impl DeliveryReport for RpcDeliveryReport {
@@ -207,8 +224,10 @@ impl Node {
     /// the connection's, to write from), its session, and its seat among the device's sessions
     /// (which may push out an older one).
     pub(super) fn open(&self, device: Arc<Device>) -> (Rc<Connection>, OutboundReceiver) {
+        // Read once: `additionalInfo` is JSON text.
+        let gateway = device.is_gateway();
         let (outbound, receiver) = outbound::channel(
-            outbound_capacity(&device, self.ctx.outbound_capacity),
+            outbound_capacity(gateway, self.ctx.outbound_capacity),
             self.meters.clone(),
         );
         let seat = self
@@ -233,7 +252,7 @@ impl Node {
             rpc_qos: AtomicU8::new(1),
             attributes_qos: AtomicU8::new(1),
         });
-        let gateway = device.is_gateway().then(Gateway::new);
+        let gateway = gateway.then(Gateway::new);
         let connection = Connection {
             downlink_id: Cell::new(0),
             sink,
@@ -357,9 +376,9 @@ impl Fault {
 /// many times `mqtt.outbound_capacity`.
 pub(super) const GATEWAY_OUTBOUND_FACTOR: usize = 64;
 
-/// The outbound channel's capacity of a connection of `device`.
-fn outbound_capacity(device: &Device, capacity: usize) -> usize {
-    if device.is_gateway() {
+/// The outbound channel's capacity of a connection (of a gateway or not).
+fn outbound_capacity(gateway: bool, capacity: usize) -> usize {
+    if gateway {
         capacity.saturating_mul(GATEWAY_OUTBOUND_FACTOR)
     } else {
         capacity
