@@ -10,6 +10,7 @@ pub mod downlink;
 pub mod ingress;
 pub mod integration;
 pub mod lenient;
+pub mod live;
 pub mod log_limit;
 pub mod mailbox;
 pub mod metrics;

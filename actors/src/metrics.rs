@@ -380,10 +380,31 @@ pub const RPC_CALLS: &str = "engine_rpc_calls_total";
 /// status change stored), `gone` (the record was deleted or already final), `write_failed`,
 /// `reloaded` (a queued record given to the owner after a start), `reload_failed`.
 pub const RPC_RECORDS: &str = "engine_rpc_records_total";
+/// Stored changes handed to WebSocket sessions watching their device, by `outcome`: `queued`,
+/// `overflow` (the session's queue was full: it is closed).
+pub const LIVE_CHANGES: &str = "engine_live_changes_total";
+/// WebSocket sessions open now.
+pub const WS_SESSIONS: &str = "engine_ws_sessions";
+/// WebSocket sessions closed, by `reason`: `client`, `auth` (no or bad credentials),
+/// `limit` (sessions or subscriptions per user), `overflow` (pending updates), `no_pong`,
+/// `send_timeout`, `protocol` (a frame too big or not text).
+pub const WS_CLOSED: &str = "engine_ws_sessions_closed_total";
+/// Messages sent to WebSocket clients.
+pub const WS_MESSAGES_SENT: &str = "engine_ws_messages_sent_total";
 
 /// Registers help texts and units with whatever recorder is installed.
 pub fn describe() {
     describe_mqtt();
+    describe_counter!(
+        LIVE_CHANGES,
+        "Stored changes handed to watching WebSocket sessions, by outcome (queued, overflow)"
+    );
+    describe_gauge!(WS_SESSIONS, "WebSocket sessions open now");
+    describe_counter!(
+        WS_CLOSED,
+        "WebSocket sessions closed, by reason (client, auth, limit, overflow, no_pong, send_timeout, protocol)"
+    );
+    describe_counter!(WS_MESSAGES_SENT, "Messages sent to WebSocket clients");
     describe_counter!(
         DOWNLINKS,
         "Downlinks for this node's sessions, by outcome (delivered, dropped, no_route, announce_failed, no_session, answer_dropped)"

@@ -60,7 +60,18 @@ pub struct SinkArgs {
 /// so a device that reads its attributes right after an update sees it (ThingsBoard notifies
 /// after its save too).
 pub trait AfterStore: Send + Sync {
-    fn stored(&self, message: &crate::model::Message);
+    fn stored(&self, message: &crate::model::SharedMessage);
+}
+
+/// Several listeners, told in order.
+pub struct AfterStoreAll(pub Vec<Arc<dyn AfterStore>>);
+
+impl AfterStore for AfterStoreAll {
+    fn stored(&self, message: &crate::model::SharedMessage) {
+        for after in &self.0 {
+            after.stored(message);
+        }
+    }
 }
 
 pub struct SinkState {
@@ -334,7 +345,7 @@ mod tests {
     struct Told(std::sync::atomic::AtomicUsize);
 
     impl AfterStore for Told {
-        fn stored(&self, _: &crate::model::Message) {
+        fn stored(&self, _: &crate::model::SharedMessage) {
             self.0.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         }
     }

@@ -18,7 +18,7 @@ use actors::ports::{
 };
 use actors::rule_chain::{DefaultRuleChain, MakeRuleChain, RuleChain};
 use actors::session::supervisor::{SessionSupervisor, SupervisorMsg};
-use actors::sink::{AfterStore, SinkArgs, SinkConfig};
+use actors::sink::{AfterStore, AfterStoreAll, SinkArgs, SinkConfig};
 use actors::sink_feed::{FeedConsumer, SharedFeed};
 use actors::sink_supervisor::{MakeSink, SinkSupervisor, SinkSupervisorArgs, SinkSupervisorMsg};
 use anyhow::Context;
@@ -198,6 +198,8 @@ pub async fn start(config: Config, metrics: Option<PrometheusHandle>) -> anyhow:
         });
         (downlinks, make_chain)
     };
+    // WebSocket sessions watch devices here; the sinks tell it what they stored.
+    let live = actors::live::LiveHub::new();
     let (queue, producer, sink_count, make, downlinks): (
         Queue,
         Arc<dyn Producer>,
@@ -216,7 +218,8 @@ pub async fn start(config: Config, metrics: Option<PrometheusHandle>) -> anyhow:
                 MemorySource::start(&queue, make_chain, to_sink, config.queue.partition_capacity)
                     .await?;
             let feed = SharedFeed::new(from_chains);
-            let after_store: Arc<dyn AfterStore> = downlinks.clone();
+            let after_store: Arc<dyn AfterStore> =
+                Arc::new(AfterStoreAll(vec![downlinks.clone(), live.clone()]));
             let make: MakeSink = Arc::new(move |_| SinkArgs {
                 consumer: Box::new(FeedConsumer::new(feed.clone(), committer.clone())),
                 store: sink_store.clone(),
@@ -258,7 +261,8 @@ pub async fn start(config: Config, metrics: Option<PrometheusHandle>) -> anyhow:
                 .await?;
             let feed = SharedFeed::new(from_chains);
             let dead_letters: Arc<dyn DeadLetters> = Arc::new(producer.clone());
-            let after_store: Arc<dyn AfterStore> = downlinks.clone();
+            let after_store: Arc<dyn AfterStore> =
+                Arc::new(AfterStoreAll(vec![downlinks.clone(), live.clone()]));
             let make: MakeSink = Arc::new(move |_| SinkArgs {
                 consumer: Box::new(FeedConsumer::new(feed.clone(), committer.clone())),
                 store: sink_store.clone(),
@@ -358,6 +362,7 @@ pub async fn start(config: Config, metrics: Option<PrometheusHandle>) -> anyhow:
         node_id: node,
         downlinks,
         sessions: mqtt.sessions(),
+        ws: crate::transport::ws::WsState::new(live.clone(), config.ws.clone(), &config.api),
     });
     let server = crate::transport::http_server::serve(
         http_listener,

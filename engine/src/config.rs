@@ -29,6 +29,7 @@ pub struct Config {
     pub mqtt: MqttConfig,
     pub http: HttpConfig,
     pub api: ApiConfig,
+    pub ws: WsConfig,
     pub auth: AuthConfig,
     pub queue: QueueConfig,
     pub store: StoreConfig,
@@ -602,6 +603,7 @@ impl Default for Config {
             mqtt: MqttConfig::default(),
             http: HttpConfig::default(),
             api: ApiConfig::default(),
+            ws: WsConfig::default(),
             auth: AuthConfig::default(),
             queue: QueueConfig::default(),
             store: StoreConfig::default(),
@@ -742,6 +744,58 @@ impl Default for ApiConfig {
             max_points_per_response: 50_000,
             max_intervals: 700,
             query_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+/// The WebSocket telemetry API (`/api/ws`, `/api/ws/plugins/telemetry`): what one user and
+/// one session may hold, and the liveness rules (ThingsBoard's defaults where it has them).
+#[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct WsConfig {
+    /// WebSocket sessions one user may have open at once (on this node); one more is closed
+    /// with 1008.
+    pub max_sessions_per_user: usize,
+    /// Subscriptions one user may hold across its sessions (an `ENTITY_DATA` subscription
+    /// counts one per entity); the session whose command goes past it is closed with 1008.
+    pub max_subscriptions_per_user: usize,
+    /// Entities one `ENTITY_DATA` subscription may cover (`allowedEntities`; ThingsBoard:
+    /// 10 000); a larger `pageSize` is cut to it.
+    pub max_entities_per_subscription: usize,
+    /// Updates waiting to be sent to one session; a client that lets more pile up is closed
+    /// with 1008 "Max pending updates limit reached!" (ThingsBoard: 1000).
+    pub max_pending_updates: usize,
+    /// Largest text frame a client may send (ThingsBoard's container: 32 KiB); larger closes
+    /// the session with 1009.
+    pub max_frame_size: usize,
+    /// A session that has not authenticated (no `token` in the URL, no `authCmd` yet) is
+    /// closed with 1008 after this long.
+    #[serde(with = "humantime_serde")]
+    pub auth_timeout: Duration,
+    /// The server pings this often.
+    #[serde(with = "humantime_serde")]
+    pub ping_interval: Duration,
+    /// A session whose client sent no pong for this long is closed with 4500.
+    #[serde(with = "humantime_serde")]
+    pub pong_timeout: Duration,
+    /// Longest one message may take to be handed to a client that does not read; then the
+    /// session is closed (4500).
+    #[serde(with = "humantime_serde")]
+    pub send_timeout: Duration,
+}
+
+impl Default for WsConfig {
+    fn default() -> Self {
+        WsConfig {
+            max_sessions_per_user: 100,
+            max_subscriptions_per_user: 10_000,
+            max_entities_per_subscription: 10_000,
+            max_pending_updates: 1000,
+            max_frame_size: 32 * 1024,
+            auth_timeout: Duration::from_secs(10),
+            ping_interval: Duration::from_secs(10),
+            pong_timeout: Duration::from_secs(30),
+            send_timeout: Duration::from_secs(5),
         }
     }
 }
@@ -904,6 +958,17 @@ impl Config {
         ensure!(
             self.queue.partitions > 0,
             "queue.partitions must be at least 1"
+        );
+        ensure!(
+            !self.ws.ping_interval.is_zero() && self.ws.pong_timeout >= self.ws.ping_interval,
+            "ws.ping_interval must be positive and ws.pong_timeout at least as long"
+        );
+        ensure!(
+            self.ws.max_pending_updates > 0
+                && self.ws.max_frame_size >= 1024
+                && self.ws.max_sessions_per_user > 0
+                && self.ws.max_entities_per_subscription > 0,
+            "ws.max_pending_updates, ws.max_sessions_per_user and ws.max_entities_per_subscription must be positive, ws.max_frame_size at least 1024"
         );
         ensure!(
             self.queue.partition_capacity > 0,

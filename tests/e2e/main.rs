@@ -17,6 +17,7 @@ mod production;
 mod provisioning;
 mod rest_api;
 mod sdk;
+mod websocket;
 
 use std::path::PathBuf;
 use std::time::Duration;

@@ -16,6 +16,7 @@ pub mod coap;
 pub mod mqtt;
 pub mod servers;
 pub mod store_lock;
+pub mod ws;
 
 /// The engine binary: `E2E_ENGINE_BIN`, else `engine` beside the test executable's profile dir.
 pub fn engine_binary() -> PathBuf {

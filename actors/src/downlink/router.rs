@@ -253,7 +253,7 @@ impl Downlinks {
 /// stored; their subscribed sessions get the change then, so what a device reads right after
 /// the update agrees with it.
 impl crate::sink::AfterStore for Downlinks {
-    fn stored(&self, message: &crate::model::Message) {
+    fn stored(&self, message: &crate::model::SharedMessage) {
         if let MessageBody::Attributes {
             scope: crate::model::AttributeScope::Shared,
             entries,

@@ -6,3 +6,4 @@ pub mod claim;
 pub mod gateway;
 pub mod provision;
 pub mod rpc;
+pub mod ws;

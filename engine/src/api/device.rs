@@ -95,10 +95,9 @@ pub async fn owned_device(
     id: &str,
 ) -> Result<Arc<Device>, ApiError> {
     let id = parse_id(id)?;
-    match state.registry.get(id).await? {
-        Some(d) if d.tenant_id == caller.0.tenant_id => Ok(d),
-        _ => Err(ApiError::not_found()),
-    }
+    super::access::device(state.registry.as_ref(), &caller.0, id)
+        .await?
+        .ok_or_else(ApiError::not_found)
 }
 
 /// A refused name, type or label: 400 with errorCode 31, as ThingsBoard's data validation.

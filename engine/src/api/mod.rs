@@ -1,6 +1,7 @@
 //! The REST API in ThingsBoard's paths and shapes, the HTTP device API and `/metrics`, on one
 //! actix-web listener.
 
+pub mod access;
 mod auth;
 mod converter;
 pub mod device;
@@ -42,6 +43,8 @@ pub struct ApiState {
     /// This node's live device sessions: a deleted device's, or one whose credentials
     /// changed, are ended.
     pub sessions: Arc<dyn actors::ports::DeviceSessions>,
+    /// WebSocket sessions: the live hub they watch devices in, and their limits.
+    pub ws: crate::transport::ws::WsState,
 }
 
 pub type State = web::Data<ApiState>;
@@ -62,6 +65,7 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
     .configure(telemetry::routes)
     .configure(rpc::routes)
     .configure(crate::transport::http::routes)
+    .configure(crate::transport::ws::routes)
     .configure(crate::transport::http_integration::routes)
     .default_service(web::to(|| async {
         Err::<HttpResponse, _>(ApiError::no_such_resource())

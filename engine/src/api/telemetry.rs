@@ -135,6 +135,14 @@ async fn delete_attributes(
         .store
         .delete_attributes(device.id, scope, &keys, now_ms())
         .await?;
+    state
+        .ws
+        .hub
+        .publish(actors::live::Change::AttributesDeleted {
+            device: device.id,
+            scope,
+            keys: keys.clone().into(),
+        });
     if scope == AttributeScope::Shared {
         state
             .downlinks

@@ -204,6 +204,8 @@ pub struct ConnState {
     head_since: Cell<Option<Instant>>,
     /// The last answer, or the last write after it.
     idle_since: Cell<Option<Instant>>,
+    /// The connection became a WebSocket: no header or idle deadline applies any more.
+    upgraded: Cell<bool>,
 }
 
 impl ConnState {
@@ -265,6 +267,7 @@ impl Guarded {
                 active: Cell::new(false),
                 head_since: Cell::new(Some(now)),
                 idle_since: Cell::new(None),
+                upgraded: Cell::new(false),
             }),
             timeouts,
             timer: Box::pin(tokio::time::sleep(Duration::ZERO)),
@@ -277,7 +280,7 @@ impl Guarded {
 
     /// The nearest deadline, if no request is in progress.
     fn deadline(&self) -> Option<(Instant, Expiry)> {
-        if self.conn.active.get() {
+        if self.conn.active.get() || self.conn.upgraded.get() {
             return None;
         }
         let head = self
@@ -406,7 +409,14 @@ async fn bound_request(
         ActiveRequest(conn.clone())
     });
     let fired = Rc::new(Cell::new(false));
-    let payload = req.take_payload();
+    // A WebSocket's body is its frames, for as long as it is open: not bounded here (its
+    // session keeps its own liveness rules).
+    let upgrade = is_websocket(&req);
+    let payload = if upgrade {
+        Payload::None
+    } else {
+        req.take_payload()
+    };
     if !matches!(payload, Payload::None) {
         let bounded = Deadline {
             inner: payload,
@@ -422,7 +432,13 @@ async fn bound_request(
         device_api: is_device_api(req.path()),
         timeout: body_timeout,
     };
+    let conn = req.conn_data::<Rc<ConnState>>().cloned();
     let result = next.call(req).await;
+    if let (Some(conn), Ok(res)) = (&conn, &result)
+        && res.status() == StatusCode::SWITCHING_PROTOCOLS
+    {
+        conn.upgraded.set(true);
+    }
     if !fired.get() {
         return result;
     }
@@ -434,6 +450,14 @@ async fn bound_request(
         }
         Err(_) => Err(timed_out.into()),
     }
+}
+
+/// A WebSocket handshake: `Upgrade: websocket`.
+fn is_websocket(req: &ServiceRequest) -> bool {
+    req.headers()
+        .get(actix_web::http::header::UPGRADE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.eq_ignore_ascii_case("websocket"))
 }
 
 /// A body that did not arrive in time, as an error actix-web answers with [`body_timed_out`].

@@ -7,6 +7,7 @@ pub mod http_downlink;
 pub mod http_integration;
 pub mod http_server;
 pub mod mqtt;
+pub mod ws;
 
 use actors::model::{AttributeScope, DeviceId, KvEntry};
 use actors::ports::{Store, StoreError};

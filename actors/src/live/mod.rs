@@ -1,0 +1,278 @@
+//! Live data for apps: the hub that hands what the sink stored to the WebSocket sessions
+//! watching those devices ([`LiveHub`]), and each session's subscriptions ([`session`]).
+//!
+//! The sink tells the hub after storage confirmed a batch (`AfterStore`), so an update a
+//! client sees agrees with a REST read made when it arrives. The hub does no rendering: it
+//! puts a reference to the stored message in the bounded queue of every session that
+//! watches the device, and the session's own task filters and renders it. A session whose
+//! queue is full is told to close (ThingsBoard's 1008 "Max pending updates limit reached!"),
+//! never buffered further: what a slow client can make the engine hold is its queue's
+//! capacity in messages, each one already held by the pipeline.
+
+pub mod session;
+
+use std::collections::HashMap;
+use std::collections::hash_map::Entry;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+
+use metrics::counter;
+use parking_lot::RwLock;
+use tokio::sync::{Notify, mpsc};
+
+use crate::metrics::LIVE_CHANGES;
+use crate::model::{AttributeScope, DeviceId, MessageBody, SharedMessage};
+
+/// Something a watcher of a device learns.
+#[derive(Clone, Debug)]
+pub enum Change {
+    /// Telemetry or attributes, stored.
+    Stored(SharedMessage),
+    /// Attributes deleted (REST), as of now.
+    AttributesDeleted {
+        device: DeviceId,
+        scope: AttributeScope,
+        keys: Arc<[String]>,
+    },
+}
+
+impl Change {
+    pub fn device(&self) -> DeviceId {
+        match self {
+            Change::Stored(m) => m.device_id,
+            Change::AttributesDeleted { device, .. } => *device,
+        }
+    }
+}
+
+/// One session's inbox, as the hub holds it.
+struct Watcher {
+    id: u64,
+    tx: mpsc::Sender<Change>,
+    overflowed: AtomicBool,
+    wake: Notify,
+}
+
+/// Who watches which device, on this node.
+#[derive(Default)]
+pub struct LiveHub {
+    by_device: RwLock<HashMap<DeviceId, Vec<Arc<Watcher>>>>,
+    /// Devices watched: the sink's path costs one atomic load while nobody watches.
+    watched: AtomicUsize,
+    next_id: AtomicU64,
+}
+
+impl LiveHub {
+    pub fn new() -> Arc<LiveHub> {
+        Arc::new(LiveHub::default())
+    }
+
+    /// A new session's watch list, with an inbox of `capacity` changes.
+    pub fn watcher(self: &Arc<Self>, capacity: usize) -> (Watch, mpsc::Receiver<Change>) {
+        let (tx, rx) = mpsc::channel(capacity.max(1));
+        let me = Arc::new(Watcher {
+            id: self.next_id.fetch_add(1, Ordering::Relaxed),
+            tx,
+            overflowed: AtomicBool::new(false),
+            wake: Notify::new(),
+        });
+        let watch = Watch {
+            hub: self.clone(),
+            me,
+            devices: HashMap::new(),
+        };
+        (watch, rx)
+    }
+
+    /// Hands a change to every session watching its device, without waiting: a full inbox
+    /// marks its session overflowed.
+    pub fn publish(&self, change: Change) {
+        if self.watched.load(Ordering::Acquire) == 0 {
+            return;
+        }
+        let device = change.device();
+        let map = self.by_device.read();
+        let Some(watchers) = map.get(&device) else {
+            return;
+        };
+        for w in watchers {
+            match w.tx.try_send(change.clone()) {
+                Ok(()) => counter!(LIVE_CHANGES, "outcome" => "queued").increment(1),
+                Err(mpsc::error::TrySendError::Full(_)) => {
+                    counter!(LIVE_CHANGES, "outcome" => "overflow").increment(1);
+                    if !w.overflowed.swap(true, Ordering::AcqRel) {
+                        w.wake.notify_one();
+                    }
+                }
+                Err(mpsc::error::TrySendError::Closed(_)) => {}
+            }
+        }
+    }
+
+    /// Devices watched by at least one session.
+    pub fn watched_devices(&self) -> usize {
+        self.watched.load(Ordering::Acquire)
+    }
+
+    fn add(&self, device: DeviceId, w: &Arc<Watcher>) {
+        let mut map = self.by_device.write();
+        match map.entry(device) {
+            Entry::Occupied(mut e) => e.get_mut().push(w.clone()),
+            Entry::Vacant(e) => {
+                e.insert(vec![w.clone()]);
+                self.watched.fetch_add(1, Ordering::AcqRel);
+            }
+        }
+    }
+
+    fn remove(&self, device: DeviceId, id: u64) {
+        let mut map = self.by_device.write();
+        if let Entry::Occupied(mut e) = map.entry(device) {
+            e.get_mut().retain(|w| w.id != id);
+            if e.get().is_empty() {
+                e.remove();
+                self.watched.fetch_sub(1, Ordering::AcqRel);
+            }
+        }
+    }
+}
+
+/// The sink tells the hub of each stored message.
+impl crate::sink::AfterStore for LiveHub {
+    fn stored(&self, message: &SharedMessage) {
+        if matches!(
+            message.body,
+            MessageBody::Telemetry(_) | MessageBody::Attributes { .. }
+        ) {
+            self.publish(Change::Stored(message.clone()));
+        }
+    }
+}
+
+/// A session's watch list: devices it gets changes of, counted by how many of its
+/// subscriptions need each. Dropping it stops them all.
+pub struct Watch {
+    hub: Arc<LiveHub>,
+    me: Arc<Watcher>,
+    devices: HashMap<DeviceId, usize>,
+}
+
+impl Watch {
+    pub fn add(&mut self, device: DeviceId) {
+        let n = self.devices.entry(device).or_insert(0);
+        if *n == 0 {
+            self.hub.add(device, &self.me);
+        }
+        *n += 1;
+    }
+
+    pub fn remove(&mut self, device: DeviceId) {
+        if let Entry::Occupied(mut e) = self.devices.entry(device) {
+            *e.get_mut() -= 1;
+            if *e.get() == 0 {
+                e.remove();
+                self.hub.remove(device, self.me.id);
+            }
+        }
+    }
+
+    /// Whether this session watches `device`.
+    pub fn watches(&self, device: DeviceId) -> bool {
+        self.devices.contains_key(&device)
+    }
+
+    /// Resolves once a change could not be queued: the session is to close.
+    pub async fn overflowed(&self) {
+        self.overflow().wait().await;
+    }
+
+    /// The overflow signal on its own, to wait on beside the session's other work.
+    pub fn overflow(&self) -> Overflow {
+        Overflow(self.me.clone())
+    }
+}
+
+/// Resolves [`Overflow::wait`] once a change for its session could not be queued.
+pub struct Overflow(Arc<Watcher>);
+
+impl Overflow {
+    pub async fn wait(&self) {
+        loop {
+            let notified = self.0.wake.notified();
+            if self.0.overflowed.load(Ordering::Acquire) {
+                return;
+            }
+            notified.await;
+        }
+    }
+}
+
+impl Drop for Watch {
+    fn drop(&mut self) {
+        for device in std::mem::take(&mut self.devices).into_keys() {
+            self.hub.remove(device, self.me.id);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{KvEntry, KvValue, Message, TenantId, TsRecord};
+
+    fn telemetry(device: DeviceId) -> Change {
+        Change::Stored(Arc::new(Message {
+            tenant_id: TenantId(uuid::Uuid::nil()),
+            device_id: device,
+            received_ts: 1,
+            body: MessageBody::Telemetry(vec![TsRecord {
+                ts: 1,
+                entries: vec![KvEntry {
+                    key: "t".into(),
+                    value: KvValue::Long(1),
+                }],
+            }]),
+        }))
+    }
+
+    #[tokio::test]
+    async fn changes_reach_only_watchers_of_their_device() {
+        let hub = LiveHub::new();
+        let a = DeviceId(uuid::Uuid::from_u128(1));
+        let b = DeviceId(uuid::Uuid::from_u128(2));
+        let (mut wa, mut ra) = hub.watcher(4);
+        let (mut wb, mut rb) = hub.watcher(4);
+        wa.add(a);
+        wa.add(a);
+        wb.add(b);
+        hub.publish(telemetry(a));
+        assert_eq!(ra.try_recv().map(|c| c.device()).ok(), Some(a));
+        assert!(rb.try_recv().is_err());
+        // Counted: one removal of two keeps the watch.
+        wa.remove(a);
+        hub.publish(telemetry(a));
+        assert!(ra.try_recv().is_ok());
+        wa.remove(a);
+        hub.publish(telemetry(a));
+        assert!(ra.try_recv().is_err());
+        assert_eq!(hub.watched_devices(), 1);
+        drop(wb);
+        assert_eq!(hub.watched_devices(), 0);
+    }
+
+    #[tokio::test]
+    async fn a_full_inbox_marks_its_session_overflowed() {
+        let hub = LiveHub::new();
+        let a = DeviceId(uuid::Uuid::from_u128(1));
+        let (mut w, _rx) = hub.watcher(2);
+        w.add(a);
+        hub.publish(telemetry(a));
+        hub.publish(telemetry(a));
+        let pending = tokio::time::timeout(std::time::Duration::from_millis(20), w.overflowed());
+        assert!(pending.await.is_err(), "not overflowed yet");
+        hub.publish(telemetry(a));
+        tokio::time::timeout(std::time::Duration::from_secs(5), w.overflowed())
+            .await
+            .expect("overflowed");
+    }
+}
