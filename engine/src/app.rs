@@ -284,6 +284,7 @@ pub async fn start(config: Config, metrics: Option<PrometheusHandle>) -> anyhow:
             )
         }
     };
+    live.connect(downlinks.clone());
     let sinks = Actor::spawn(
         Some("sinks".into()),
         SinkSupervisor,

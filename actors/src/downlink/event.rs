@@ -33,6 +33,9 @@ pub enum DeviceEvent {
         seq: u64,
         rpc: bool,
         attributes: bool,
+        /// A node's live hub: it gets every stored change of the device (its WebSocket
+        /// sessions watch it).
+        live: bool,
         /// A session that takes one downlink and ends (an HTTP long poll): when it subscribes,
         /// only the first pending request goes to it (ThingsBoard's sync sessions).
         once: bool,
@@ -43,6 +46,11 @@ pub enum DeviceEvent {
     RpcReply { id: i32, payload: Vec<u8> },
     /// Shared attributes deleted: subscribed sessions get `{"deleted":[..]}`.
     SharedDeleted { keys: Vec<String> },
+    /// Attributes of any scope deleted: watching nodes' live hubs are told.
+    AttributesDeleted {
+        scope: crate::model::AttributeScope,
+        keys: Vec<String>,
+    },
     /// The REST call `call` of `node` went away before its outcome: its request is dropped.
     CallAbandoned { node: NodeId, call: u64 },
     /// A persistent RPC was deleted: it is not sent any more.
@@ -85,4 +93,11 @@ pub enum Delivery {
     Attributes(Vec<KvEntry>),
     /// Shared attributes deleted.
     Deleted(Vec<String>),
+    /// A change stored by the owner's sink, for a watching node's live hub.
+    Live(crate::model::SharedMessage),
+    /// Attributes deleted, for a watching node's live hub.
+    LiveDeleted {
+        scope: crate::model::AttributeScope,
+        keys: Vec<String>,
+    },
 }

@@ -62,6 +62,8 @@ struct SessionRef {
     seq: u64,
     rpc: bool,
     attributes: bool,
+    /// A node's live hub watching the device.
+    live: bool,
     /// Takes one downlink and ends (an HTTP long poll): the first to go when the device has
     /// as many sessions as it may.
     once: bool,
@@ -96,8 +98,19 @@ impl DeviceState {
     }
 }
 
+/// What a session subscribes to.
+#[derive(Clone, Copy, Debug)]
+struct Wants {
+    rpc: bool,
+    attributes: bool,
+    live: bool,
+}
+
 /// The owned devices' state.
 pub struct Owned {
+    /// Devices with a live session (kept by [`Owned::tidy`]), so the sink's path skips the
+    /// lookup while nobody watches.
+    live: HashSet<DeviceId>,
     devices: HashMap<DeviceId, DeviceState>,
     /// The RPC id counters of devices whose state was let go (those that got an RPC).
     next_ids: HashMap<DeviceId, i32>,
@@ -115,6 +128,7 @@ impl Owned {
     /// sends time out when not acknowledged within `ack_timeout_ms`.
     pub fn new(rpc_capacity: usize, ack_timeout_ms: i64) -> Owned {
         Owned {
+            live: HashSet::new(),
             devices: HashMap::new(),
             next_ids: HashMap::new(),
             done_records: std::collections::VecDeque::new(),
@@ -138,6 +152,15 @@ impl Owned {
 
     /// Forgets a device with nothing left to keep.
     fn tidy(&mut self, device: DeviceId) {
+        if self
+            .devices
+            .get(&device)
+            .is_some_and(|state| state.sessions.iter().any(|s| s.live))
+        {
+            self.live.insert(device);
+        } else {
+            self.live.remove(&device);
+        }
         if let Some(state) = self.devices.get(&device) {
             if state.rpcs.is_empty() {
                 self.pending.remove(&device);
@@ -164,14 +187,18 @@ impl Owned {
                 seq,
                 rpc,
                 attributes,
+                live,
                 once,
             } => self.session(
                 device,
                 node,
                 session,
                 seq,
-                rpc,
-                attributes,
+                Wants {
+                    rpc,
+                    attributes,
+                    live,
+                },
                 once,
                 now,
                 &mut effects,
@@ -283,6 +310,16 @@ impl Owned {
                     state.rpcs.cancel(at);
                 }
             }
+            DeviceEvent::AttributesDeleted { scope, keys } => {
+                if let Some(state) = self.devices.get(&device) {
+                    deliver(
+                        &mut effects,
+                        state.nodes(|s| s.live),
+                        device,
+                        &Delivery::LiveDeleted { scope, keys },
+                    );
+                }
+            }
             DeviceEvent::SharedDeleted { keys } => {
                 if let Some(state) = self.devices.get_mut(&device) {
                     deliver(
@@ -331,12 +368,17 @@ impl Owned {
         node: NodeId,
         session: u64,
         seq: u64,
-        rpc: bool,
-        attributes: bool,
+        wants: Wants,
         once: bool,
         now: i64,
         effects: &mut Vec<Effect>,
     ) {
+        let Wants {
+            rpc,
+            attributes,
+            live,
+        } = wants;
+        let none = !rpc && !attributes && !live;
         let state = self.state(device);
         let at = state
             .sessions
@@ -350,12 +392,13 @@ impl Owned {
                 s.seq = seq;
                 s.rpc = rpc;
                 s.attributes = attributes;
-                if !rpc && !attributes {
+                s.live = live;
+                if none {
                     state.sessions.remove(i);
                 }
                 newly
             }
-            None if !rpc && !attributes => false,
+            None if none => false,
             None => {
                 if state.sessions.len() >= MAX_SESSIONS {
                     // A long poll goes first (the oldest), so polls never push out a
@@ -369,6 +412,7 @@ impl Owned {
                     seq,
                     rpc,
                     attributes,
+                    live,
                     once,
                 });
                 rpc
@@ -396,6 +440,19 @@ impl Owned {
                 state.took(|s| s.node == node && s.session == session);
             }
         }
+    }
+
+    /// Nodes whose live hubs watch `device`.
+    pub fn live_nodes(&self, device: DeviceId) -> Vec<NodeId> {
+        self.devices
+            .get(&device)
+            .map(|state| state.nodes(|s| s.live))
+            .unwrap_or_default()
+    }
+
+    /// Whether any owned device is watched by a live hub.
+    pub fn any_live(&self) -> bool {
+        !self.live.is_empty()
     }
 
     /// Shared attributes of `device` changed: its attribute-subscribed sessions get them.
@@ -532,6 +589,7 @@ mod tests {
             seq,
             rpc,
             attributes,
+            live: false,
             once: false,
         }
     }
@@ -846,6 +904,7 @@ mod tests {
             seq,
             rpc,
             attributes: false,
+            live: false,
             once: true,
         };
         let effects = owned.handle(device(), poll(1, 1, true), 0);
@@ -869,6 +928,7 @@ mod tests {
                 seq: 1,
                 rpc: false,
                 attributes: true,
+                live: false,
                 once: true,
             };
             owned.handle(device(), event, 0);
@@ -912,6 +972,7 @@ mod tests {
             seq: 1,
             rpc,
             attributes,
+            live: false,
             once: true,
         };
         owned.handle(device(), poll(1, true, false), 0);

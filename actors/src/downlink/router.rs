@@ -103,6 +103,8 @@ struct LocalSession {
     tenant: crate::model::TenantId,
     rpc: bool,
     attributes: bool,
+    /// The node's live hub, watching the device.
+    live: bool,
     sink: Arc<dyn SessionSink>,
     /// Changes made, and announced to the owner.
     seq: u64,
@@ -127,6 +129,8 @@ pub struct Downlinks {
     owned: Mutex<Owned>,
     sessions: Mutex<HashMap<DeviceId, Vec<LocalSession>>>,
     next_session: AtomicU64,
+    /// Some owned device is watched by a live hub (kept after each device event).
+    live_any: std::sync::atomic::AtomicBool,
     calls: Mutex<HashMap<u64, oneshot::Sender<Resolution>>>,
     next_call: AtomicU64,
 }
@@ -159,6 +163,7 @@ impl Downlinks {
             sessions: Mutex::new(HashMap::new()),
             // Unique across restarts of the node: the owner (maybe another node) still knows
             // the sessions of its last run, and ignores an event older than one it has.
+            live_any: std::sync::atomic::AtomicBool::new(false),
             next_session: AtomicU64::new(
                 u64::try_from(now_ms()).unwrap_or(1).saturating_mul(1_000),
             ),
@@ -194,7 +199,12 @@ impl Downlinks {
             let me = self.clone();
             self.runtime.spawn(async move { me.reload(device).await });
         }
-        let effects = self.owned.lock().handle(device, event, now_ms());
+        let effects = {
+            let mut owned = self.owned.lock();
+            let effects = owned.handle(device, event, now_ms());
+            self.live_any.store(owned.any_live(), Ordering::Release);
+            effects
+        };
         self.apply(effects);
     }
 
@@ -254,6 +264,27 @@ impl Downlinks {
 /// the update agrees with it.
 impl crate::sink::AfterStore for Downlinks {
     fn stored(&self, message: &crate::model::SharedMessage) {
+        // Live hubs of other nodes watching the device get the change (this node's hub hears
+        // of it from the sink itself).
+        if matches!(
+            message.body,
+            MessageBody::Telemetry(_) | MessageBody::Attributes { .. }
+        ) {
+            let nodes = if self.live_any.load(Ordering::Acquire) {
+                self.owned.lock().live_nodes(message.device_id)
+            } else {
+                Vec::new()
+            };
+            for node in nodes.into_iter().filter(|n| *n != self.node) {
+                self.bus.send(
+                    &node,
+                    ToNode::Deliver {
+                        device: message.device_id,
+                        delivery: Delivery::Live(message.clone()),
+                    },
+                );
+            }
+        }
         if let MessageBody::Attributes {
             scope: crate::model::AttributeScope::Shared,
             entries,
@@ -294,6 +325,7 @@ impl Downlinks {
         let wants = |s: &LocalSession| match delivery {
             Delivery::Rpc(_) => s.rpc,
             Delivery::Attributes(_) | Delivery::Deleted(_) => s.attributes,
+            Delivery::Live(_) | Delivery::LiveDeleted { .. } => s.live,
         };
         let (sinks, held, below) = {
             let sessions = self.sessions.lock();
@@ -386,7 +418,20 @@ impl Downlinks {
         attributes: bool,
         sink: &Arc<dyn SessionSink>,
     ) -> u64 {
-        self.change(device, id, rpc, attributes, false, sink)
+        self.change(device, id, rpc, attributes, false, false, sink)
+    }
+
+    /// [`Downlinks::subscriptions`] of this node's live hub: while `watching`, the owner sends
+    /// it every change of the device its sink stores (when the owner is another node) and
+    /// every attribute deletion.
+    pub fn live_subscription(
+        self: &Arc<Self>,
+        device: &Device,
+        id: u64,
+        watching: bool,
+        sink: &Arc<dyn SessionSink>,
+    ) -> u64 {
+        self.change(device, id, false, false, watching, false, sink)
     }
 
     /// [`Downlinks::subscriptions`] of a session that takes one downlink and ends (an HTTP long
@@ -399,7 +444,7 @@ impl Downlinks {
         attributes: bool,
         sink: &Arc<dyn SessionSink>,
     ) -> u64 {
-        self.change(device, id, rpc, attributes, true, sink)
+        self.change(device, id, rpc, attributes, false, true, sink)
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -409,6 +454,7 @@ impl Downlinks {
         id: u64,
         rpc: bool,
         attributes: bool,
+        live: bool,
         once: bool,
         sink: &Arc<dyn SessionSink>,
     ) -> u64 {
@@ -417,7 +463,7 @@ impl Downlinks {
             let known = sessions
                 .get(&device.id)
                 .and_then(|list| list.iter().position(|s| s.id == id));
-            if known.is_none() && !rpc && !attributes {
+            if known.is_none() && !rpc && !attributes && !live {
                 return id;
             }
             let list = sessions.entry(device.id).or_default();
@@ -435,6 +481,7 @@ impl Downlinks {
                         tenant: device.tenant_id,
                         rpc,
                         attributes,
+                        live,
                         sink: sink.clone(),
                         seq: 0,
                         announced: 0,
@@ -444,11 +491,12 @@ impl Downlinks {
                 }
             };
             let s = &mut list[at];
-            if s.seq > 0 && s.rpc == rpc && s.attributes == attributes {
+            if s.seq > 0 && s.rpc == rpc && s.attributes == attributes && s.live == live {
                 return id;
             }
             s.rpc = rpc;
             s.attributes = attributes;
+            s.live = live;
             s.seq += 1;
             let start = !s.announcing;
             s.announcing = true;
@@ -478,7 +526,7 @@ impl Downlinks {
                 let s = &mut list[at];
                 if s.announced == s.seq {
                     s.announcing = false;
-                    if !s.rpc && !s.attributes {
+                    if !s.rpc && !s.attributes && !s.live {
                         list.remove(at);
                         if list.is_empty() {
                             sessions.remove(&device);
@@ -486,15 +534,16 @@ impl Downlinks {
                     }
                     return;
                 }
-                (s.seq, s.rpc, s.attributes, s.once)
+                (s.seq, s.rpc, s.attributes, s.live, s.once)
             };
-            let (seq, rpc, attributes, once) = state;
+            let (seq, rpc, attributes, live, once) = state;
             let event = DeviceEvent::Session {
                 node: self.node.clone(),
                 session: id,
                 seq,
                 rpc,
                 attributes,
+                live,
                 once,
             };
             if let Err(e) = self
@@ -597,6 +646,20 @@ impl Downlinks {
         id: uuid::Uuid,
     ) -> Result<(), QueueError> {
         let event = DeviceEvent::RpcDeleted { id };
+        self.ingress
+            .publish_event(event_message(device.tenant_id, device.id, event))
+            .await
+    }
+
+    /// Attributes of `device` were deleted: its owner tells the nodes whose live hubs watch
+    /// it (this one too).
+    pub async fn attributes_deleted(
+        &self,
+        device: &Device,
+        scope: crate::model::AttributeScope,
+        keys: Vec<String>,
+    ) -> Result<(), QueueError> {
+        let event = DeviceEvent::AttributesDeleted { scope, keys };
         self.ingress
             .publish_event(event_message(device.tenant_id, device.id, event))
             .await

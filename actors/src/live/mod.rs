@@ -13,15 +13,17 @@ pub mod session;
 
 use std::collections::HashMap;
 use std::collections::hash_map::Entry;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, OnceLock, Weak};
 
 use metrics::counter;
 use parking_lot::RwLock;
 use tokio::sync::{Notify, mpsc};
 
+use crate::downlink::event::Delivery;
+use crate::downlink::router::{Downlinks, SessionSink};
 use crate::metrics::LIVE_CHANGES;
-use crate::model::{AttributeScope, DeviceId, MessageBody, SharedMessage};
+use crate::model::{AttributeScope, Device, DeviceId, MessageBody, SharedMessage};
 
 /// Something a watcher of a device learns.
 #[derive(Clone, Debug)]
@@ -53,10 +55,23 @@ struct Watcher {
     wake: Notify,
 }
 
+/// A device watched on this node: its sessions, and the hub's subscription with the device's
+/// owner (which sends what other nodes store, and deletions).
+struct Watched {
+    watchers: Vec<Arc<Watcher>>,
+    /// The id `Downlinks` gave the hub's subscription for this device (0: none).
+    subscription: u64,
+    sink: Arc<dyn SessionSink>,
+}
+
 /// Who watches which device, on this node.
 #[derive(Default)]
 pub struct LiveHub {
-    by_device: RwLock<HashMap<DeviceId, Vec<Arc<Watcher>>>>,
+    by_device: RwLock<HashMap<DeviceId, Watched>>,
+    /// The node's downlinks, through which the hub tells devices' owners what it watches.
+    /// Unset (tests of the hub alone): only this node's own stores reach it.
+    downlinks: OnceLock<Arc<Downlinks>>,
+    me: OnceLock<Weak<LiveHub>>,
     /// Devices watched: the sink's path costs one atomic load while nobody watches.
     watched: AtomicUsize,
     next_id: AtomicU64,
@@ -64,7 +79,15 @@ pub struct LiveHub {
 
 impl LiveHub {
     pub fn new() -> Arc<LiveHub> {
-        Arc::new(LiveHub::default())
+        let hub = Arc::new(LiveHub::default());
+        let _ = hub.me.set(Arc::downgrade(&hub));
+        hub
+    }
+
+    /// From now on the owners of watched devices are told (set once, at start, before any
+    /// session watches).
+    pub fn connect(&self, downlinks: Arc<Downlinks>) {
+        let _ = self.downlinks.set(downlinks);
     }
 
     /// A new session's watch list, with an inbox of `capacity` changes.
@@ -95,7 +118,7 @@ impl LiveHub {
         let Some(watchers) = map.get(&device) else {
             return;
         };
-        for w in watchers {
+        for w in &watchers.watchers {
             match w.tx.try_send(change.clone()) {
                 Ok(()) => counter!(LIVE_CHANGES, "outcome" => "queued").increment(1),
                 Err(mpsc::error::TrySendError::Full(_)) => {
@@ -114,26 +137,67 @@ impl LiveHub {
         self.watched.load(Ordering::Acquire)
     }
 
-    fn add(&self, device: DeviceId, w: &Arc<Watcher>) {
+    fn add(&self, device: &Device, w: &Arc<Watcher>) {
         let mut map = self.by_device.write();
-        match map.entry(device) {
-            Entry::Occupied(mut e) => e.get_mut().push(w.clone()),
+        match map.entry(device.id) {
+            Entry::Occupied(mut e) => e.get_mut().watchers.push(w.clone()),
             Entry::Vacant(e) => {
-                e.insert(vec![w.clone()]);
+                let sink: Arc<dyn SessionSink> = Arc::new(HubSink {
+                    hub: self.me.get().cloned().unwrap_or_default(),
+                    device: device.id,
+                });
+                let subscription = self
+                    .downlinks
+                    .get()
+                    .map_or(0, |d| d.live_subscription(device, 0, true, &sink));
+                e.insert(Watched {
+                    watchers: vec![w.clone()],
+                    subscription,
+                    sink,
+                });
                 self.watched.fetch_add(1, Ordering::AcqRel);
             }
         }
     }
 
-    fn remove(&self, device: DeviceId, id: u64) {
+    fn remove(&self, device: &Device, id: u64) {
         let mut map = self.by_device.write();
-        if let Entry::Occupied(mut e) = map.entry(device) {
-            e.get_mut().retain(|w| w.id != id);
-            if e.get().is_empty() {
-                e.remove();
+        if let Entry::Occupied(mut e) = map.entry(device.id) {
+            e.get_mut().watchers.retain(|w| w.id != id);
+            if e.get().watchers.is_empty() {
+                let watched = e.remove();
                 self.watched.fetch_sub(1, Ordering::AcqRel);
+                if let Some(d) = self.downlinks.get()
+                    && watched.subscription != 0
+                {
+                    d.live_subscription(device, watched.subscription, false, &watched.sink);
+                }
             }
         }
+    }
+}
+
+/// What the device's owner sends the hub: changes another node stored, and deletions.
+struct HubSink {
+    hub: Weak<LiveHub>,
+    device: DeviceId,
+}
+
+impl SessionSink for HubSink {
+    fn deliver(&self, delivery: &Delivery) -> bool {
+        let Some(hub) = self.hub.upgrade() else {
+            return false;
+        };
+        match delivery {
+            Delivery::Live(message) => hub.publish(Change::Stored(message.clone())),
+            Delivery::LiveDeleted { scope, keys } => hub.publish(Change::AttributesDeleted {
+                device: self.device,
+                scope: *scope,
+                keys: keys.clone().into(),
+            }),
+            Delivery::Rpc(_) | Delivery::Attributes(_) | Delivery::Deleted(_) => return false,
+        }
+        true
     }
 }
 
@@ -154,24 +218,26 @@ impl crate::sink::AfterStore for LiveHub {
 pub struct Watch {
     hub: Arc<LiveHub>,
     me: Arc<Watcher>,
-    devices: HashMap<DeviceId, usize>,
+    devices: HashMap<DeviceId, (Arc<Device>, usize)>,
 }
 
 impl Watch {
-    pub fn add(&mut self, device: DeviceId) {
-        let n = self.devices.entry(device).or_insert(0);
-        if *n == 0 {
-            self.hub.add(device, &self.me);
+    pub fn add(&mut self, device: &Arc<Device>) {
+        match self.devices.entry(device.id) {
+            Entry::Occupied(mut e) => e.get_mut().1 += 1,
+            Entry::Vacant(e) => {
+                self.hub.add(device, &self.me);
+                e.insert((device.clone(), 1));
+            }
         }
-        *n += 1;
     }
 
     pub fn remove(&mut self, device: DeviceId) {
         if let Entry::Occupied(mut e) = self.devices.entry(device) {
-            *e.get_mut() -= 1;
-            if *e.get() == 0 {
-                e.remove();
-                self.hub.remove(device, self.me.id);
+            e.get_mut().1 -= 1;
+            if e.get().1 == 0 {
+                let (device, _) = e.remove();
+                self.hub.remove(&device, self.me.id);
             }
         }
     }
@@ -209,8 +275,8 @@ impl Overflow {
 
 impl Drop for Watch {
     fn drop(&mut self) {
-        for device in std::mem::take(&mut self.devices).into_keys() {
-            self.hub.remove(device, self.me.id);
+        for (device, _) in std::mem::take(&mut self.devices).into_values() {
+            self.hub.remove(&device, self.me.id);
         }
     }
 }
@@ -218,7 +284,20 @@ impl Drop for Watch {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::{KvEntry, KvValue, Message, TenantId, TsRecord};
+    use crate::model::{AccessToken, KvEntry, KvValue, Message, TenantId, TsRecord};
+
+    fn device(n: u128) -> Arc<Device> {
+        Arc::new(Device {
+            id: DeviceId(uuid::Uuid::from_u128(n)),
+            tenant_id: TenantId(uuid::Uuid::nil()),
+            name: format!("d{n}"),
+            device_type: "default".into(),
+            label: None,
+            token: AccessToken(format!("t{n}")),
+            created_time: 0,
+            additional_info: None,
+        })
+    }
 
     fn telemetry(device: DeviceId) -> Change {
         Change::Stored(Arc::new(Message {
@@ -238,13 +317,13 @@ mod tests {
     #[tokio::test]
     async fn changes_reach_only_watchers_of_their_device() {
         let hub = LiveHub::new();
-        let a = DeviceId(uuid::Uuid::from_u128(1));
-        let b = DeviceId(uuid::Uuid::from_u128(2));
+        let (da, db) = (device(1), device(2));
+        let (a, b) = (da.id, db.id);
         let (mut wa, mut ra) = hub.watcher(4);
         let (mut wb, mut rb) = hub.watcher(4);
-        wa.add(a);
-        wa.add(a);
-        wb.add(b);
+        wa.add(&da);
+        wa.add(&da);
+        wb.add(&db);
         hub.publish(telemetry(a));
         assert_eq!(ra.try_recv().map(|c| c.device()).ok(), Some(a));
         assert!(rb.try_recv().is_err());
@@ -263,9 +342,10 @@ mod tests {
     #[tokio::test]
     async fn a_full_inbox_marks_its_session_overflowed() {
         let hub = LiveHub::new();
-        let a = DeviceId(uuid::Uuid::from_u128(1));
+        let da = device(1);
+        let a = da.id;
         let (mut w, _rx) = hub.watcher(2);
-        w.add(a);
+        w.add(&da);
         hub.publish(telemetry(a));
         hub.publish(telemetry(a));
         let pending = tokio::time::timeout(std::time::Duration::from_millis(20), w.overflowed());

@@ -304,7 +304,7 @@ impl Session {
         if !self.budget.take(1) {
             return Err(SUBSCRIPTIONS_EXCEEDED);
         }
-        self.watch.add(device.id);
+        self.watch.add(&device);
         let mut sub = TsSub {
             device: device.id,
             keys: keys.as_ref().map(|k| k.iter().cloned().collect()),
@@ -394,7 +394,7 @@ impl Session {
         if !self.budget.take(1) {
             return Err(SUBSCRIPTIONS_EXCEEDED);
         }
-        self.watch.add(device.id);
+        self.watch.add(&device);
         match self
             .store
             .attributes(device.id, scope, keys.as_deref())
@@ -494,7 +494,7 @@ impl Session {
             }
             let mut data = Vec::with_capacity(devices.len());
             for d in &devices {
-                self.watch.add(d.id);
+                self.watch.add(d);
                 let mut latest = Map::new();
                 fields(d, &query.entity_fields, &mut latest);
                 if let Err(e) = self

@@ -135,14 +135,12 @@ async fn delete_attributes(
         .store
         .delete_attributes(device.id, scope, &keys, now_ms())
         .await?;
+    // WebSocket subscribers on every node hear of it through the device's owner.
     state
-        .ws
-        .hub
-        .publish(actors::live::Change::AttributesDeleted {
-            device: device.id,
-            scope,
-            keys: keys.clone().into(),
-        });
+        .downlinks
+        .attributes_deleted(&device, scope, keys.clone())
+        .await
+        .map_err(|e| ApiError::unavailable(e.to_string()))?;
     if scope == AttributeScope::Shared {
         state
             .downlinks

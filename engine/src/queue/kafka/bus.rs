@@ -32,7 +32,7 @@ use rdkafka::{Offset, TopicPartitionList};
 use tokio::sync::watch;
 use tracing::{info, warn};
 
-use super::wire::{self, SharedDeletedEvent, WireEntry, WireError};
+use super::wire::{self, AttributesDeletedEvent, SharedDeletedEvent, WireEntry, WireError};
 use crate::config::QueueConfig;
 
 /// Messages the bus producer holds unwritten at most.
@@ -195,7 +195,7 @@ pub enum WireToNodeKind {
 pub struct WireDeliver {
     #[prost(bytes = "vec", tag = "1")]
     pub device_id: Vec<u8>,
-    #[prost(oneof = "WireDelivery", tags = "2, 3, 4")]
+    #[prost(oneof = "WireDelivery", tags = "2, 3, 4, 5, 6")]
     pub delivery: Option<WireDelivery>,
 }
 
@@ -207,6 +207,11 @@ pub enum WireDelivery {
     Attributes(WireAttributes),
     #[prost(message, tag = "4")]
     Deleted(SharedDeletedEvent),
+    /// A stored change for the node's live hub: an encoded `IngestMessage`.
+    #[prost(bytes, tag = "5")]
+    Live(Vec<u8>),
+    #[prost(message, tag = "6")]
+    LiveDeleted(AttributesDeletedEvent),
 }
 
 #[derive(Clone, PartialEq, prost::Message)]
@@ -273,6 +278,10 @@ pub fn encode(message: &ToNode) -> Vec<u8> {
                 Delivery::Deleted(keys) => {
                     WireDelivery::Deleted(SharedDeletedEvent { keys: keys.clone() })
                 }
+                Delivery::Live(message) => WireDelivery::Live(wire::encode(message)),
+                Delivery::LiveDeleted { scope, keys } => {
+                    WireDelivery::LiveDeleted(AttributesDeletedEvent::new(*scope, keys))
+                }
             }),
         }),
         ToNode::Resolve { call, resolution } => {
@@ -331,6 +340,13 @@ pub fn decode(bytes: &[u8]) -> Result<ToNode, WireError> {
                         .collect::<Result<_, _>>()?,
                 ),
                 Some(WireDelivery::Deleted(d)) => Delivery::Deleted(d.keys),
+                Some(WireDelivery::Live(bytes)) => {
+                    Delivery::Live(std::sync::Arc::new(wire::decode(&bytes)?))
+                }
+                Some(WireDelivery::LiveDeleted(d)) => Delivery::LiveDeleted {
+                    scope: d.scope()?,
+                    keys: d.keys,
+                },
                 None => return Err(invalid("without its delivery")),
             };
             Ok(ToNode::Deliver {
@@ -399,6 +415,25 @@ mod tests {
             ToNode::Deliver {
                 device,
                 delivery: Delivery::Deleted(vec!["a".into()]),
+            },
+            ToNode::Deliver {
+                device,
+                delivery: Delivery::Live(std::sync::Arc::new(actors::model::Message {
+                    tenant_id: actors::model::TenantId(uuid::Uuid::from_u128(5)),
+                    device_id: device,
+                    received_ts: 7,
+                    body: actors::model::MessageBody::Telemetry(vec![actors::model::TsRecord {
+                        ts: 6,
+                        entries: vec![KvEntry::new("t", KvValue::Double(1.5))],
+                    }]),
+                })),
+            },
+            ToNode::Deliver {
+                device,
+                delivery: Delivery::LiveDeleted {
+                    scope: actors::model::AttributeScope::Client,
+                    keys: vec!["a".into()],
+                },
             },
         ]
         .into_iter()
@@ -480,6 +515,24 @@ mod tests {
                 "deleted",
                 WireDeliver {
                     delivery: Some(WireDelivery::Deleted(SharedDeletedEvent::default())),
+                    ..deliver()
+                }
+                .encode_to_vec(),
+            ),
+            (
+                "Deliver",
+                "live",
+                WireDeliver {
+                    delivery: Some(WireDelivery::Live(Vec::new())),
+                    ..deliver()
+                }
+                .encode_to_vec(),
+            ),
+            (
+                "Deliver",
+                "live_deleted",
+                WireDeliver {
+                    delivery: Some(WireDelivery::LiveDeleted(AttributesDeletedEvent::default())),
                     ..deliver()
                 }
                 .encode_to_vec(),

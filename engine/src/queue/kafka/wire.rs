@@ -37,7 +37,7 @@ pub enum Body {
 
 #[derive(Clone, PartialEq, prost::Message)]
 pub struct WireDeviceEvent {
-    #[prost(oneof = "WireEvent", tags = "1, 2, 3, 4, 5, 6, 7, 8")]
+    #[prost(oneof = "WireEvent", tags = "1, 2, 3, 4, 5, 6, 7, 8, 9")]
     pub event: Option<WireEvent>,
 }
 
@@ -59,6 +59,8 @@ pub enum WireEvent {
     CallAbandoned(CallAbandonedEvent),
     #[prost(message, tag = "8")]
     RpcDelivery(RpcDeliveryEvent),
+    #[prost(message, tag = "9")]
+    AttributesDeleted(AttributesDeletedEvent),
 }
 
 #[derive(Clone, PartialEq, prost::Message)]
@@ -75,6 +77,8 @@ pub struct SessionEvent {
     pub attributes: bool,
     #[prost(bool, tag = "6")]
     pub once: bool,
+    #[prost(bool, tag = "7")]
+    pub live: bool,
 }
 
 #[derive(Clone, PartialEq, prost::Message)]
@@ -109,6 +113,29 @@ pub struct RpcReplyEvent {
 pub struct SharedDeletedEvent {
     #[prost(string, repeated, tag = "1")]
     pub keys: Vec<String>,
+}
+
+/// Attributes of one scope deleted (an ingest event, and a downlink bus delivery).
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct AttributesDeletedEvent {
+    #[prost(int32, tag = "1")]
+    pub scope: i32,
+    #[prost(string, repeated, tag = "2")]
+    pub keys: Vec<String>,
+}
+
+impl AttributesDeletedEvent {
+    pub fn new(scope: AttributeScope, keys: &[String]) -> AttributesDeletedEvent {
+        AttributesDeletedEvent {
+            scope: i32::try_from(scope.code()).unwrap_or(0),
+            keys: keys.to_vec(),
+        }
+    }
+
+    pub fn scope(&self) -> Result<AttributeScope, WireError> {
+        AttributeScope::from_code(i64::from(self.scope))
+            .ok_or_else(|| WireError::Invalid(format!("unknown scope {}", self.scope)))
+    }
 }
 
 #[derive(Clone, PartialEq, prost::Message)]
@@ -151,6 +178,7 @@ fn event_to_wire(event: &DeviceEvent) -> WireDeviceEvent {
             seq,
             rpc,
             attributes,
+            live,
             once,
         } => WireEvent::Session(SessionEvent {
             node: node.to_string(),
@@ -159,7 +187,11 @@ fn event_to_wire(event: &DeviceEvent) -> WireDeviceEvent {
             rpc: *rpc,
             attributes: *attributes,
             once: *once,
+            live: *live,
         }),
+        DeviceEvent::AttributesDeleted { scope, keys } => {
+            WireEvent::AttributesDeleted(AttributesDeletedEvent::new(*scope, keys))
+        }
         DeviceEvent::RpcRequest { caller, request } => WireEvent::RpcRequest(RpcRequestEvent {
             caller_node: match caller {
                 Caller::Call { node, .. } => node.to_string(),
@@ -221,7 +253,12 @@ fn event_from_wire(event: WireDeviceEvent) -> Result<DeviceEvent, WireError> {
             seq: s.seq,
             rpc: s.rpc,
             attributes: s.attributes,
+            live: s.live,
             once: s.once,
+        },
+        Some(WireEvent::AttributesDeleted(d)) => DeviceEvent::AttributesDeleted {
+            scope: d.scope()?,
+            keys: d.keys,
         },
         Some(WireEvent::RpcRequest(r)) => DeviceEvent::RpcRequest {
             caller: if r.record_id.is_empty() {
@@ -473,7 +510,12 @@ pub(super) mod tests {
                     seq: 2,
                     rpc: true,
                     attributes: false,
+                    live: true,
                     once: true,
+                },
+                DeviceEvent::AttributesDeleted {
+                    scope: AttributeScope::Server,
+                    keys: vec!["a".into()],
                 },
                 DeviceEvent::RpcRequest {
                     caller: Caller::Call {
@@ -755,6 +797,31 @@ pub(super) mod tests {
                 event(WireEvent::RpcDelivery(RpcDeliveryEvent::default())),
             ),
             (
+                "DeviceEvent",
+                "attributes_deleted",
+                event(WireEvent::AttributesDeleted(
+                    AttributesDeletedEvent::default(),
+                )),
+            ),
+            (
+                "AttributesDeletedEvent",
+                "scope",
+                AttributesDeletedEvent {
+                    scope: 1,
+                    keys: Vec::new(),
+                }
+                .encode_to_vec(),
+            ),
+            (
+                "AttributesDeletedEvent",
+                "keys",
+                AttributesDeletedEvent {
+                    scope: 0,
+                    keys: vec!["k".into()],
+                }
+                .encode_to_vec(),
+            ),
+            (
                 "RpcDeliveryEvent",
                 "record_id",
                 RpcDeliveryEvent {
@@ -889,6 +956,15 @@ pub(super) mod tests {
                 "once",
                 SessionEvent {
                     once: true,
+                    ..session()
+                }
+                .encode_to_vec(),
+            ),
+            (
+                "SessionEvent",
+                "live",
+                SessionEvent {
+                    live: true,
                     ..session()
                 }
                 .encode_to_vec(),

@@ -115,6 +115,8 @@ impl SessionSink for MqttSink {
                 qos: qos(&self.attributes_qos),
                 tracked: None,
             },
+            // A device session never watches as a live hub.
+            Delivery::Live(_) | Delivery::LiveDeleted { .. } => return false,
         };
         self.outbound.try_send(downlink).is_ok()
     }

@@ -208,6 +208,8 @@ impl SessionSink for SubDeviceSink {
                 qos: GatewayQos::of(&self.qos.attributes),
                 tracked: None,
             },
+            // A device session never watches as a live hub.
+            Delivery::Live(_) | Delivery::LiveDeleted { .. } => return false,
         };
         self.outbound.try_send(downlink).is_ok()
     }
