@@ -26,6 +26,7 @@ fn downlink(c: &mut Criterion) {
             seq: 1,
             rpc: true,
             attributes: true,
+            live: false,
             once: false,
         };
         owned.handle(*d, session, 0);

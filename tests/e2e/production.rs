@@ -956,3 +956,111 @@ async fn gateway_devices_across_nodes() -> Result<()> {
     }
     Ok(())
 }
+
+/// Live data across nodes: WebSocket clients on the second node watch devices whose
+/// partitions either node owns; telemetry sent to the first node, and attribute deletions made
+/// through the first node's REST API, reach them in ThingsBoard's shapes.
+#[tokio::test(flavor = "multi_thread")]
+async fn websocket_updates_cross_nodes() -> Result<()> {
+    use tests::ws::WsClient;
+    const WAIT: Duration = Duration::from_secs(30);
+    let stack = Stack::start()?;
+    let second_dir = tempfile::tempdir()?;
+    let (first, second, rest) = two_nodes(&stack, second_dir.path()).await?;
+    // Eight devices, so both nodes own some.
+    let devices = devices(&rest, 8, "live").await?;
+    // Each node signs its own tokens here (no shared auth.jwt_secret): log in on the second.
+    let second_rest = second.rest().await?;
+    let mut ws = WsClient::legacy(&second, &second_rest.token).await?;
+    for (i, (_, id)) in devices.iter().enumerate() {
+        let cmd = i32::try_from(i)? + 1;
+        ws.send(&json!({
+            "tsSubCmds": [{"cmdId": cmd, "entityType": "DEVICE", "entityId": id, "keys": "n"}],
+            "attrSubCmds": [{"cmdId": cmd + 100, "entityType": "DEVICE", "entityId": id, "scope": "SERVER_SCOPE"}]
+        }))
+        .await?;
+        for _ in 0..2 {
+            let snapshot = ws.expect(WAIT).await?;
+            assert_eq!(snapshot["errorCode"], 0, "{snapshot}");
+        }
+    }
+    // The owners learn of the second node's watch through the queue: wait until a first
+    // update arrives, then every later one must.
+    let http = reqwest::Client::new();
+    let post = |token: &str, n: i64| {
+        http.post(first.url(&format!("/api/v1/{token}/telemetry")))
+            .json(&json!({"ts": BASE_TS + n, "values": {"n": n}}))
+            .send()
+    };
+    let mut seen: BTreeMap<i64, BTreeSet<i64>> = BTreeMap::new();
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    for round in 1..=3i64 {
+        for (token, _) in &devices {
+            let r = post(token, round).await?;
+            anyhow::ensure!(r.status().is_success(), "post: {}", r.status());
+        }
+        loop {
+            let done = seen.get(&round).map_or(0, BTreeSet::len) == devices.len();
+            if done {
+                break;
+            }
+            if std::time::Instant::now() > deadline {
+                bail!(
+                    "round {round}: updates from {:?} of 8 subscriptions",
+                    seen.get(&round)
+                );
+            }
+            let Some(m) = ws.next(Duration::from_secs(2)).await? else {
+                if round == 1 {
+                    // Not yet watched on every owner: send the first round again.
+                    for (token, _) in &devices {
+                        post(token, round).await?;
+                    }
+                }
+                continue;
+            };
+            let id = m["subscriptionId"].as_i64().context("id")?;
+            for point in m["data"]["n"].as_array().into_iter().flatten() {
+                let value: i64 = point[1].as_str().context("string")?.parse()?;
+                assert_eq!(point[0].as_i64(), Some(BASE_TS + value), "{m}");
+                seen.entry(value).or_default().insert(id);
+            }
+        }
+    }
+    // Server attributes written and deleted through the first node.
+    for (i, (_, id)) in devices.iter().enumerate() {
+        let path = format!("/api/plugins/telemetry/DEVICE/{id}/attributes/SERVER_SCOPE");
+        let r = rest.post(&path).json(&json!({"floor": i})).send().await?;
+        anyhow::ensure!(r.status().is_success());
+        let r = rest
+            .delete(&format!(
+                "/api/plugins/telemetry/DEVICE/{id}/SERVER_SCOPE?keys=floor"
+            ))
+            .send()
+            .await?;
+        anyhow::ensure!(r.status().is_success());
+    }
+    let mut written = BTreeSet::new();
+    let mut deleted = BTreeSet::new();
+    while written.len() < devices.len() || deleted.len() < devices.len() {
+        let m = ws.expect(WAIT).await.with_context(|| {
+            format!(
+                "attribute updates: {} written, {} deleted",
+                written.len(),
+                deleted.len()
+            )
+        })?;
+        let id = m["subscriptionId"].as_i64().context("id")?;
+        if id <= 100 {
+            continue;
+        }
+        let point = &m["data"]["floor"][0];
+        if point == &json!([0, ""]) {
+            deleted.insert(id);
+        } else {
+            assert_eq!(point[1], json!((id - 101).to_string()), "{m}");
+            written.insert(id);
+        }
+    }
+    Ok(())
+}
