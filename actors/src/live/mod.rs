@@ -318,7 +318,7 @@ mod tests {
     async fn changes_reach_only_watchers_of_their_device() {
         let hub = LiveHub::new();
         let (da, db) = (device(1), device(2));
-        let (a, b) = (da.id, db.id);
+        let a = da.id;
         let (mut wa, mut ra) = hub.watcher(4);
         let (mut wb, mut rb) = hub.watcher(4);
         wa.add(&da);
