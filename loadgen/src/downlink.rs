@@ -370,7 +370,7 @@ const MIB: f64 = 1024.0 * 1024.0;
 
 /// User plus system CPU seconds of this process so far, from `/proc/self/stat` (Linux; 0
 /// elsewhere).
-fn process_cpu() -> f64 {
+pub(crate) fn process_cpu() -> f64 {
     let Ok(stat) = std::fs::read_to_string("/proc/self/stat") else {
         return 0.0;
     };

@@ -59,6 +59,8 @@ pub async fn run(run: Arc<Run>, args: &MqttArgs, plan: Plan) -> Result<()> {
             qos: rumqttc::mqttbytes::QoS::AtLeastOnce,
             window: usize::from(args.inflight.max(1)),
             keep_alive: args.keep_alive,
+            // Refused with --gateways by clap.
+            wall_clock_ts: false,
         };
         let token = gateway_token(&args.common.token_prefix, g);
         #[allow(clippy::cast_possible_truncation)]

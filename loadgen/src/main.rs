@@ -10,6 +10,7 @@ mod coap;
 mod downlink;
 mod gateway;
 mod http;
+mod live;
 mod mqtt;
 mod payload;
 mod report;
@@ -53,6 +54,10 @@ enum Command {
     /// shared-attribute updates fanned out to them; reports round trips and deliveries per
     /// second with their latency
     Downlink(downlink::DownlinkArgs),
+    /// Live data to apps: WebSocket sessions subscribed to devices' telemetry (ThingsBoard's
+    /// WebSocket API) count the updates they get while devices send, and each update's latency
+    /// from its point's timestamp (run `loadgen mqtt --wall-clock-ts` beside it)
+    Live(live::LiveArgs),
 }
 
 /// What every transport shares: the devices, what they send, how fast and for how long.
@@ -155,6 +160,12 @@ pub struct MqttArgs {
     /// Gateway mode: devices whose next message one telemetry publish carries
     #[arg(long, default_value_t = 100, requires = "gateways")]
     pub batch_devices: usize,
+    /// Stamp each message with the wall clock when it is sent (kept unique and increasing per
+    /// device: one millisecond past the device's previous one when it sends faster), so a
+    /// receiver (`loadgen live`) can measure latency from it; without it `{{ts}}` is the run's
+    /// start plus the message's sequence number. Not with --verify, which counts by those
+    #[arg(long, conflicts_with_all = ["verify", "gateways"])]
+    pub wall_clock_ts: bool,
 }
 
 #[derive(Args, Debug)]
@@ -482,6 +493,10 @@ fn main() -> Result<()> {
             Command::Downlink(args) => {
                 raise_open_files_limit();
                 downlink::run(&args).await
+            }
+            Command::Live(args) => {
+                raise_open_files_limit();
+                live::run(&args).await
             }
             Command::Coap(args) => {
                 let key = match (&args.routing_key, &args.common.provision) {

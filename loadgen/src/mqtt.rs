@@ -38,6 +38,7 @@ pub async fn run(run: Arc<Run>, args: &MqttArgs, lanes: std::ops::Range<usize>) 
             },
             window: usize::from(args.inflight.max(1)),
             keep_alive: args.keep_alive,
+            wall_clock_ts: args.wall_clock_ts,
         };
         #[allow(clippy::cast_possible_truncation)]
         let connect_at = ramp_start + connect_gap * lane as u32;
@@ -56,6 +57,8 @@ pub(crate) struct Conn {
     pub(crate) qos: QoS,
     pub(crate) window: usize,
     pub(crate) keep_alive: Duration,
+    /// Stamp messages with the wall clock (`--wall-clock-ts`).
+    pub(crate) wall_clock_ts: bool,
 }
 
 /// 127.0.0.1 .. 127.0.0.n, round-robin; `None` (let the OS choose) with one address.
@@ -279,6 +282,7 @@ async fn publish_loop(
     let quota = run.quota(lane);
     let schedule = run.schedule(run.devices.len(), lane);
     let qos1 = conn.qos == QoS::AtLeastOnce;
+    let wall_clock_ts = conn.wall_clock_ts;
     let window = if qos1 { conn.window } else { usize::MAX };
     // Publishes per write: the window for QoS 1; for QoS 0 (no window) the same number, so a
     // connection still reads between writes.
@@ -299,6 +303,7 @@ async fn publish_loop(
     let mut confirming: VecDeque<u64> = VecDeque::new();
     let mut last_write = Instant::now();
     let mut drain_deadline: Option<Instant> = None;
+    let mut last_ts = i64::MIN;
     tokio::time::sleep_until(run.start.into()).await;
     let mut timer_at = run.start;
     let timer = tokio::time::sleep_until(timer_at.into());
@@ -341,8 +346,13 @@ async fn publish_loop(
                 lags.push(s.lag(seq, now));
             }
             #[allow(clippy::cast_possible_wrap)]
-            run.template
-                .render_into(seq, run.start_ms + seq as i64, &dev.name, &mut payload);
+            let ts = if wall_clock_ts {
+                last_ts = now_ms().max(last_ts + 1);
+                last_ts
+            } else {
+                run.start_ms + seq as i64
+            };
+            run.template.render_into(seq, ts, &dev.name, &mut payload);
             if 2 + topic.len() + 2 + payload.len() > MAX_PACKET {
                 return Err(("payload too large to encode".into(), 1));
             }
@@ -454,6 +464,13 @@ async fn publish_loop(
             return Err(("disconnected by the server".into(), lost));
         }
     }
+}
+
+/// Wall-clock milliseconds since the Unix epoch.
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
 }
 
 #[cfg(test)]

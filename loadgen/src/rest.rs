@@ -44,6 +44,11 @@ impl Rest {
         Ok(Rest { http, base, token })
     }
 
+    /// The access token of the login (for the WebSocket API's `?token=`).
+    pub fn token(&self) -> &str {
+        &self.token
+    }
+
     fn get(&self, path: &str) -> reqwest::RequestBuilder {
         self.http
             .get(format!("{}{path}", self.base))

@@ -787,3 +787,86 @@ async fn entity_data_query_latest_and_time_series_commands() -> Result<()> {
     assert_eq!(unsupported["errorCode"], 2, "{unsupported}");
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn hostile_frames_and_commands_are_refused_without_holding_memory() -> Result<()> {
+    use tests::ws::RawWs;
+    let (_dir, engine, rest) = engine_with(&[
+        ("ENGINE_WS__SEND_TIMEOUT", "1s"),
+        ("ENGINE_WS__AUTH_TIMEOUT", "3s"),
+    ])
+    .await?;
+    let device = rest.create_device("ws-8", "WS8").await?;
+    let legacy = format!("/api/ws/plugins/telemetry?token={}", rest.token);
+    let rss_before = engine.rss_kib()?;
+
+    // A header declaring 2^40 bytes: closed with 1009 at once, before any of them comes.
+    for path in ["/api/ws", legacy.as_str()] {
+        let mut raw = RawWs::connect(&engine, path, None).await?;
+        raw.frame(0x81, 1 << 40, &[]).await?;
+        raw.frame(0x81, 1 << 40, &vec![b'x'; 1 << 20]).await.ok();
+        assert_eq!(raw.close_code(WAIT).await?, Some(1009), "{path}");
+    }
+    // Fragments adding up past the limit: 1009 too.
+    let mut raw = RawWs::connect(&engine, &legacy, None).await?;
+    raw.frame(0x01, 20_000, &vec![b' '; 20_000]).await?;
+    raw.frame(0x00, 20_000, &vec![b' '; 20_000]).await?;
+    assert_eq!(raw.close_code(WAIT).await?, Some(1009));
+    // Text that is not UTF-8: 1007.
+    let mut raw = RawWs::connect(&engine, &legacy, None).await?;
+    raw.frame(0x81, 2, &[0xc3, 0x28]).await?;
+    assert_eq!(raw.close_code(WAIT).await?, Some(1007));
+    // Pings from a client that reads nothing cannot hold its session past the auth timeout.
+    let mut flood = RawWs::connect(&engine, "/api/ws", Some(4096)).await?;
+    let ping = vec![b'p'; 125];
+    let flooding = tokio::spawn(async move {
+        for _ in 0..200_000 {
+            if flood.frame(0x89, 125, &ping).await.is_err() {
+                break;
+            }
+        }
+    });
+    engine
+        .wait_for_sample(
+            "engine_ws_sessions_closed_total{reason=\"send_timeout\"}",
+            WAIT,
+            |v| v >= 1.0,
+        )
+        .await
+        .or(engine
+            .wait_for_sample(
+                "engine_ws_sessions_closed_total{reason=\"auth\"}",
+                WAIT,
+                |v| v >= 1.0,
+            )
+            .await)?;
+    flooding.abort();
+
+    // Commands whose reads would be huge, or whose numbers overflow: errorCode 2.
+    let mut ws = WsClient::legacy(&engine, &rest.token).await?;
+    let all_keys: Vec<String> = (0..100).map(|i| format!("k{i}")).collect();
+    let cases = [
+        json!({"historyCmds": [{"cmdId": 1, "entityType": "DEVICE", "entityId": device, "keys": "t",
+            "startTs": i64::MIN, "endTs": i64::MAX, "interval": 1, "agg": "AVG"}]}),
+        json!({"historyCmds": [{"cmdId": 2, "entityType": "DEVICE", "entityId": device,
+            "keys": all_keys.join(","), "startTs": 0, "endTs": 10, "limit": 700}]}),
+        json!({"cmds": [{"type": "ENTITY_DATA", "cmdId": 3,
+            "query": {"entityFilter": {"type": "entityType", "entityType": "DEVICE"}, "pageLink": {"pageSize": 10000}},
+            "historyCmd": {"keys": all_keys, "startTs": 0, "endTs": 10, "limit": 700}}]}),
+    ];
+    for cmd in cases {
+        ws.send(&cmd).await?;
+        let mut m = ws.expect(WAIT).await?;
+        if m["cmdUpdateType"] == "ENTITY_DATA" && m["errorCode"] == 0 {
+            // The query's page comes first; the history command is refused after it.
+            m = ws.expect(WAIT).await?;
+        }
+        assert_eq!(m["errorCode"], 2, "{cmd} -> {m}");
+    }
+    // Still serving, and the engine did not take the gigabyte.
+    ws.send(&json!({"tsSubCmds": [{"cmdId": 9, "entityType": "DEVICE", "entityId": device, "keys": "t"}]})).await?;
+    assert_eq!(ws.expect(WAIT).await?["errorCode"], 0);
+    let grown = engine.rss_kib()?.saturating_sub(rss_before);
+    assert!(grown < 256 * 1024, "RSS grew by {grown} KiB");
+    Ok(())
+}

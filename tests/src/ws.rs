@@ -112,3 +112,92 @@ impl WsClient {
         }
     }
 }
+
+/// A WebSocket spoken byte by byte, for frames no well-behaved client sends.
+pub struct RawWs {
+    pub tcp: TcpStream,
+}
+
+impl RawWs {
+    /// Upgrades `path` (with its query); the 101 answer is read and checked.
+    pub async fn connect(engine: &Engine, path: &str, recv_buffer: Option<u32>) -> Result<RawWs> {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let socket = tokio::net::TcpSocket::new_v4()?;
+        if let Some(bytes) = recv_buffer {
+            socket.set_recv_buffer_size(bytes)?;
+        }
+        let mut tcp = socket.connect(engine.http).await?;
+        let request = format!(
+            "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
+             Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n"
+        );
+        tcp.write_all(request.as_bytes()).await?;
+        let mut head = Vec::new();
+        while !head.ends_with(b"\r\n\r\n") {
+            let mut b = [0u8; 1];
+            anyhow::ensure!(tcp.read(&mut b).await? == 1, "closed during the handshake");
+            head.push(b[0]);
+        }
+        anyhow::ensure!(head.starts_with(b"HTTP/1.1 101"), "no upgrade");
+        Ok(RawWs { tcp })
+    }
+
+    /// A masked frame: `first` is FIN and opcode; `length` is what the header declares, of
+    /// which `payload` is sent.
+    pub async fn frame(&mut self, first: u8, length: u64, payload: &[u8]) -> Result<()> {
+        use tokio::io::AsyncWriteExt;
+        let mut out = vec![first];
+        match length {
+            0..=125 => out.push(0x80 | u8::try_from(length)?),
+            126..=0xffff => {
+                out.push(0x80 | 126);
+                out.extend_from_slice(&u16::try_from(length)?.to_be_bytes());
+            }
+            _ => {
+                out.push(0x80 | 127);
+                out.extend_from_slice(&length.to_be_bytes());
+            }
+        }
+        let mask = [1u8, 2, 3, 4];
+        out.extend_from_slice(&mask);
+        out.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
+        self.tcp.write_all(&out).await?;
+        Ok(())
+    }
+
+    /// Reads frames until a close frame: its code; `None` when the connection ends without one
+    /// or nothing comes within `wait`.
+    pub async fn close_code(&mut self, wait: Duration) -> Result<Option<u16>> {
+        use tokio::io::AsyncReadExt;
+        let deadline = tokio::time::Instant::now() + wait;
+        let mut buf = Vec::new();
+        loop {
+            // Parse what is buffered (server frames are not masked).
+            while buf.len() >= 2 {
+                let (len, at) = match buf[1] & 0x7f {
+                    126 if buf.len() >= 4 => (usize::from(u16::from_be_bytes([buf[2], buf[3]])), 4),
+                    127 if buf.len() >= 10 => {
+                        let mut b = [0u8; 8];
+                        b.copy_from_slice(&buf[2..10]);
+                        (usize::try_from(u64::from_be_bytes(b))?, 10)
+                    }
+                    126 | 127 => break,
+                    n => (usize::from(n), 2),
+                };
+                if buf.len() < at + len {
+                    break;
+                }
+                if buf[0] & 0x0f == 0x8 {
+                    let code = (len >= 2).then(|| u16::from_be_bytes([buf[at], buf[at + 1]]));
+                    return Ok(code);
+                }
+                buf.drain(..at + len);
+            }
+            let mut chunk = [0u8; 4096];
+            match tokio::time::timeout_at(deadline, self.tcp.read(&mut chunk)).await {
+                Err(_) | Ok(Ok(0)) | Ok(Err(_)) => return Ok(None),
+                Ok(Ok(n)) => buf.extend_from_slice(&chunk[..n]),
+            }
+        }
+    }
+}

@@ -53,9 +53,14 @@ pub struct DeviceQuery {
 
 #[derive(Clone, Copy, Debug)]
 pub struct Limits {
+    /// Keys one command may name.
     pub max_keys: usize,
+    /// Points per key of a time-series read (`limit`, or aggregation buckets).
     pub max_points: usize,
+    /// Entities one `ENTITY_DATA` subscription may cover.
     pub max_entities: usize,
+    /// Values one command may read in all: entities x keys x points.
+    pub max_values: usize,
 }
 
 /// Subscriptions a user may hold across its sessions; each session takes from and gives back
@@ -484,10 +489,33 @@ impl Session {
             return emit(out, error(BAD_REQUEST, "Query is empty!"));
         }
         if let Some(query) = &c.query {
+            if query.latest_values.len() > self.limits.max_keys
+                || query.entity_fields.len() > self.limits.max_keys
+            {
+                return emit(
+                    out,
+                    error(
+                        BAD_REQUEST,
+                        &format!("Too many keys: at most {}", self.limits.max_keys),
+                    ),
+                );
+            }
             let (devices, total, page_size, page) = match self.resolve(query).await {
                 Ok(r) => r,
                 Err((code, msg)) => return emit(out, error(code, &msg)),
             };
+            if devices.len().saturating_mul(query.latest_values.len()) > self.limits.max_values {
+                return emit(
+                    out,
+                    error(
+                        BAD_REQUEST,
+                        &format!(
+                            "Too many values: entities x latest values may be at most {}",
+                            self.limits.max_values
+                        ),
+                    ),
+                );
+            }
             self.drop_entity_sub(id);
             if !self.budget.take(devices.len()) {
                 return Err(SUBSCRIPTIONS_EXCEEDED);
@@ -539,8 +567,19 @@ impl Session {
             return emit(out, error(BAD_REQUEST, "Query is empty!"));
         };
         if let Some(latest) = c.latest_cmd {
-            if latest.keys.len() > self.limits.max_keys {
-                return emit(out, error(BAD_REQUEST, "Too many keys"));
+            if latest.keys.len() > self.limits.max_keys
+                || members.len().saturating_mul(latest.keys.len()) > self.limits.max_values
+            {
+                return emit(
+                    out,
+                    error(
+                        BAD_REQUEST,
+                        &format!(
+                            "Too many keys: at most {} keys, and entities x keys at most {}",
+                            self.limits.max_keys, self.limits.max_values
+                        ),
+                    ),
+                );
             }
             let mut update = Vec::new();
             for d in &members {
@@ -606,6 +645,7 @@ impl Session {
         if keys.len() > self.limits.max_keys {
             return Err(format!("Too many keys: at most {}", self.limits.max_keys));
         }
+        let key_count = keys.len();
         let query = range_query(
             &self.limits,
             Some(keys),
@@ -615,6 +655,22 @@ impl Session {
             cmd.limit,
             cmd.agg.as_deref(),
         )?;
+        let per_key = if query.agg == Aggregation::None || query.interval == 0 {
+            query.limit
+        } else {
+            usize::try_from((query.end_ts - query.start_ts) / query.interval).unwrap_or(usize::MAX)
+        };
+        if members
+            .len()
+            .saturating_mul(key_count)
+            .saturating_mul(per_key.max(1))
+            > self.limits.max_values
+        {
+            return Err(format!(
+                "Too many points: entities x keys x points may be at most {}",
+                self.limits.max_values
+            ));
+        }
         let mut update = Vec::with_capacity(members.len());
         for d in members {
             let result = self
@@ -1099,13 +1155,16 @@ fn range_query(
     if end < start {
         return Err("endTs must not be before startTs".to_owned());
     }
+    let Some(span) = end.checked_sub(start) else {
+        return Err("The time range is too long".to_owned());
+    };
     let agg = match agg.filter(|a| !a.is_empty()) {
         None => Aggregation::None,
         Some(a) => Aggregation::parse(a).ok_or_else(|| format!("Invalid agg: {}", shown(a)))?,
     };
     let interval = interval.unwrap_or(0).max(0);
     if agg != Aggregation::None && interval > 0 {
-        let buckets = (end - start) / interval;
+        let buckets = span / interval;
         if usize::try_from(buckets).map_or(true, |b| b > limits.max_points) {
             return Err(format!(
                 "Too many intervals: at most {} per key",
@@ -1115,6 +1174,15 @@ fn range_query(
     }
     let limit = usize::try_from(limit.unwrap_or(0)).unwrap_or(0);
     let limit = if limit == 0 { 100 } else { limit }.min(limits.max_points);
+    if keys
+        .as_ref()
+        .is_some_and(|k| k.len().saturating_mul(limit) > limits.max_values)
+    {
+        return Err(format!(
+            "Too many points: keys x limit may be at most {}",
+            limits.max_values
+        ));
+    }
     Ok(RangeQuery {
         keys,
         start_ts: start,

@@ -75,6 +75,7 @@ impl WsState {
                 .max(api.default_limit)
                 .min(api.max_points_per_response),
             max_entities: config.max_entities_per_subscription,
+            max_values: api.max_points_per_response,
         };
         WsState {
             hub,
@@ -119,14 +120,19 @@ async fn open(
     state: web::Data<ApiState>,
     query: web::Query<TokenQuery>,
 ) -> actix_web::Result<HttpResponse> {
-    let (response, session, stream) = actix_ws::handle(&req, body)?;
+    use actix_web::FromRequest;
     let max = state.ws.config.max_frame_size;
+    let limit = FrameLimit::new(max);
+    let oversized = Oversized(limit.exceeded.clone());
+    let mut guarded = limited(body.into_inner(), limit);
+    let body = web::Payload::from_request(&req, &mut guarded).await?;
+    let (response, session, stream) = actix_ws::handle(&req, body)?;
     let stream = stream
         .max_frame_size(max)
         .aggregate_continuations()
         .max_continuation_size(max);
     let token = query.into_inner().token.filter(|t| !t.is_empty());
-    actix_web::rt::spawn(run(state.into_inner(), session, stream, token));
+    actix_web::rt::spawn(run(state.into_inner(), session, stream, token, oversized));
     Ok(response)
 }
 
@@ -178,13 +184,40 @@ async fn run(
     mut session: Session,
     mut stream: AggregatedMessageStream,
     token: Option<String>,
+    frames: Oversized,
 ) {
-    gauge!(WS_SESSIONS).increment(1.0);
-    let end = serve(&state, &mut session, &mut stream, token).await;
-    gauge!(WS_SESSIONS).decrement(1.0);
+    let open = OpenSession::new();
+    let end = serve(&state, &mut session, &mut stream, token, &frames).await;
+    drop(open);
     match end {
         Some(end) => close(session, end.code, &end.reason, end.label).await,
         None => counter!(WS_CLOSED, "reason" => "client").increment(1),
+    }
+}
+
+/// Counts a session in `engine_ws_sessions` while it lives (a panic included).
+struct OpenSession;
+
+impl OpenSession {
+    fn new() -> OpenSession {
+        gauge!(WS_SESSIONS).increment(1.0);
+        OpenSession
+    }
+}
+
+impl Drop for OpenSession {
+    fn drop(&mut self) {
+        gauge!(WS_SESSIONS).decrement(1.0);
+    }
+}
+
+/// Answers a client's ping; `Some` when the session is to end. A client that pings and never
+/// reads cannot hold the session up: the pong waits `send_timeout` at most.
+async fn pong(session: &mut Session, payload: &[u8], config: &WsConfig) -> Option<Option<End>> {
+    match tokio::time::timeout(config.send_timeout, session.pong(payload)).await {
+        Ok(Ok(())) => None,
+        Ok(Err(_)) => Some(None),
+        Err(_) => Some(Some(send_timed_out())),
     }
 }
 
@@ -194,6 +227,7 @@ async fn serve(
     session: &mut Session,
     stream: &mut AggregatedMessageStream,
     token: Option<String>,
+    frames: &Oversized,
 ) -> Option<End> {
     let config = &state.ws.config;
     let (user, first) = match token {
@@ -201,7 +235,7 @@ async fn serve(
             Ok(user) => (user, None),
             Err(e) => return Some(End::new(CloseCode::Error, e.to_string(), "auth")),
         },
-        None => match authenticate(state, session, stream).await {
+        None => match authenticate(state, session, stream, frames).await {
             Ok(authenticated) => authenticated,
             Err(end) => return end,
         },
@@ -245,11 +279,11 @@ async fn serve(
             message = stream.recv() => {
                 let text = match message {
                     None => return None,
-                    Some(Err(e)) => return Some(protocol_error(&e)),
+                    Some(Err(e)) => return protocol_error(&e, frames),
                     Some(Ok(AggregatedMessage::Text(text))) => text,
                     Some(Ok(AggregatedMessage::Ping(payload))) => {
-                        if session.pong(&payload).await.is_err() {
-                            return None;
+                        if let Some(end) = pong(session, &payload, config).await {
+                            return end;
                         }
                         continue;
                     }
@@ -317,6 +351,7 @@ async fn authenticate(
     state: &ApiState,
     session: &mut Session,
     stream: &mut AggregatedMessageStream,
+    frames: &Oversized,
 ) -> Result<(Principal, Option<Vec<ws::Cmd>>), Option<End>> {
     let deadline = tokio::time::sleep(state.ws.config.auth_timeout);
     tokio::pin!(deadline);
@@ -329,10 +364,10 @@ async fn authenticate(
         };
         let text = match message {
             None | Some(Ok(AggregatedMessage::Close(_))) => return Err(None),
-            Some(Err(e)) => return Err(Some(protocol_error(&e))),
+            Some(Err(e)) => return Err(protocol_error(&e, frames)),
             Some(Ok(AggregatedMessage::Ping(payload))) => {
-                if session.pong(&payload).await.is_err() {
-                    return Err(None);
+                if let Some(end) = pong(session, &payload, &state.ws.config).await {
+                    return Err(end);
                 }
                 continue;
             }
@@ -434,11 +469,110 @@ fn send_timed_out() -> End {
     )
 }
 
-fn protocol_error(e: &actix_ws::ProtocolError) -> End {
+/// How a broken frame ends the session: `None` when the client just went away.
+fn protocol_error(e: &actix_ws::ProtocolError, frames: &Oversized) -> Option<End> {
+    use actix_ws::ProtocolError as P;
+    let too_big = || End::new(CloseCode::Size, "Message too big", "protocol");
     match e {
-        actix_ws::ProtocolError::Overflow => {
-            End::new(CloseCode::Size, "Message too big", "protocol")
-        }
-        other => End::new(CloseCode::Protocol, other.to_string(), "protocol"),
+        _ if frames.0.get() => Some(too_big()),
+        P::Overflow => Some(too_big()),
+        // Text that is not UTF-8.
+        P::Io(io) if io.kind() == std::io::ErrorKind::InvalidData => Some(End::new(
+            CloseCode::Invalid,
+            "Text is not UTF-8",
+            "protocol",
+        )),
+        // Fragments adding up past the limit.
+        P::Io(io) if io.to_string().contains("continuation") => Some(too_big()),
+        // The connection ended under the frame.
+        P::Io(_) => None,
+        other => Some(End::new(CloseCode::Protocol, other.to_string(), "protocol")),
     }
+}
+
+/// Set when [`FrameLimit`] cut a socket's stream: its error is a frame too big.
+pub struct Oversized(std::rc::Rc<std::cell::Cell<bool>>);
+
+/// Watches the frame headers of a socket's incoming bytes and ends the stream as soon as one
+/// declares a payload over `max` (actix-http would buffer the whole frame before it refused
+/// it: a peer could make it hold gigabytes).
+pub struct FrameLimit {
+    max: u64,
+    /// Header bytes of the frame being read (at most 14).
+    header: [u8; 14],
+    have: usize,
+    /// Payload bytes of the current frame still to come.
+    remaining: u64,
+    exceeded: std::rc::Rc<std::cell::Cell<bool>>,
+}
+
+impl FrameLimit {
+    fn new(max: usize) -> FrameLimit {
+        FrameLimit {
+            max: u64::try_from(max).unwrap_or(u64::MAX),
+            header: [0; 14],
+            have: 0,
+            remaining: 0,
+            exceeded: std::rc::Rc::default(),
+        }
+    }
+
+    /// The header's length once its first two bytes are known.
+    fn header_len(&self) -> usize {
+        let masked = usize::from(self.header[1] & 0x80 != 0) * 4;
+        2 + masked
+            + match self.header[1] & 0x7f {
+                126 => 2,
+                127 => 8,
+                _ => 0,
+            }
+    }
+
+    /// Reads a chunk; false once a frame is over the limit.
+    fn scan(&mut self, mut chunk: &[u8]) -> bool {
+        while !chunk.is_empty() {
+            if self.remaining > 0 {
+                let skip = usize::try_from(self.remaining)
+                    .unwrap_or(usize::MAX)
+                    .min(chunk.len());
+                chunk = &chunk[skip..];
+                self.remaining -= skip as u64;
+                continue;
+            }
+            let want = if self.have < 2 { 2 } else { self.header_len() };
+            let take = (want - self.have).min(chunk.len());
+            self.header[self.have..self.have + take].copy_from_slice(&chunk[..take]);
+            self.have += take;
+            chunk = &chunk[take..];
+            if self.have < 2 || self.have < self.header_len() {
+                continue;
+            }
+            let length = match self.header[1] & 0x7f {
+                126 => u64::from(u16::from_be_bytes([self.header[2], self.header[3]])),
+                127 => {
+                    let mut b = [0u8; 8];
+                    b.copy_from_slice(&self.header[2..10]);
+                    u64::from_be_bytes(b)
+                }
+                n => u64::from(n),
+            };
+            if length > self.max {
+                self.exceeded.set(true);
+                return false;
+            }
+            self.have = 0;
+            self.remaining = length;
+        }
+        true
+    }
+}
+
+/// The request's body (the client's frames) through a [`FrameLimit`].
+fn limited(payload: actix_web::dev::Payload, mut limit: FrameLimit) -> actix_web::dev::Payload {
+    use futures::StreamExt;
+    let stream = payload.map(move |chunk| match chunk {
+        Ok(bytes) if !limit.scan(&bytes) => Err(actix_web::error::PayloadError::Overflow),
+        other => other,
+    });
+    actix_web::dev::Payload::from(Box::pin(stream) as actix_http::BoxedPayloadStream)
 }

@@ -126,6 +126,7 @@ fn session(max_subscriptions: usize) -> Session {
             max_keys: 4,
             max_points: 100,
             max_entities: 10,
+            max_values: 1000,
         },
         Budget::new(Arc::new(AtomicUsize::new(0)), max_subscriptions),
     )
