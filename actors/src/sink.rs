@@ -61,6 +61,13 @@ pub struct SinkArgs {
 /// after its save too).
 pub trait AfterStore: Send + Sync {
     fn stored(&self, message: &crate::model::SharedMessage);
+
+    /// A whole batch, stored (what the sink calls).
+    fn stored_batch(&self, messages: &[crate::model::SharedMessage]) {
+        for m in messages {
+            self.stored(m);
+        }
+    }
 }
 
 /// Several listeners, told in order.
@@ -70,6 +77,12 @@ impl AfterStore for AfterStoreAll {
     fn stored(&self, message: &crate::model::SharedMessage) {
         for after in &self.0 {
             after.stored(message);
+        }
+    }
+
+    fn stored_batch(&self, messages: &[crate::model::SharedMessage]) {
+        for after in &self.0 {
+            after.stored_batch(messages);
         }
     }
 }
@@ -174,12 +187,14 @@ impl SinkState {
             dead = self.isolate(&delivered, &refused).await;
         }
         if let Some(after) = &self.after_store {
-            for (i, d) in delivered.iter().enumerate() {
-                // A dead-lettered message was not stored: nothing to tell.
-                if !dead.contains(&i) {
-                    after.stored(&d.message);
-                }
-            }
+            // A dead-lettered message was not stored: nothing to tell.
+            let stored: Vec<crate::model::SharedMessage> = delivered
+                .iter()
+                .enumerate()
+                .filter(|(i, _)| !dead.contains(i))
+                .map(|(_, d)| d.message.clone())
+                .collect();
+            after.stored_batch(&stored);
         }
         self.commit(&delivered).await;
         self.stats.batches += 1;

@@ -762,8 +762,9 @@ pub struct WsConfig {
     /// Entities one `ENTITY_DATA` subscription may cover (`allowedEntities`; ThingsBoard:
     /// 10 000); a larger `pageSize` is cut to it.
     pub max_entities_per_subscription: usize,
-    /// Updates waiting to be sent to one session; a client that lets more pile up is closed
-    /// with 1008 "Max pending updates limit reached!" (ThingsBoard: 1000).
+    /// Stored changes waiting for one session: a session still holding this many when the next
+    /// batch is stored is closed with 1008 "Max pending updates limit reached!" (ThingsBoard:
+    /// 1000); at most this many plus one sink batch are held for it.
     pub max_pending_updates: usize,
     /// Largest text frame a client may send (ThingsBoard's container: 32 KiB); larger closes
     /// the session with 1009.

@@ -93,8 +93,9 @@ pub enum Delivery {
     Attributes(Vec<KvEntry>),
     /// Shared attributes deleted.
     Deleted(Vec<String>),
-    /// A change stored by the owner's sink, for a watching node's live hub.
-    Live(crate::model::SharedMessage),
+    /// Changes of the device stored by the owner's sink (one batch's), for a watching node's
+    /// live hub.
+    Live(Vec<crate::model::SharedMessage>),
     /// Attributes deleted, for a watching node's live hub.
     LiveDeleted {
         scope: crate::model::AttributeScope,

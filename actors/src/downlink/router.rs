@@ -263,28 +263,48 @@ impl Downlinks {
 /// stored; their subscribed sessions get the change then, so what a device reads right after
 /// the update agrees with it.
 impl crate::sink::AfterStore for Downlinks {
-    fn stored(&self, message: &crate::model::SharedMessage) {
-        // Live hubs of other nodes watching the device get the change (this node's hub hears
-        // of it from the sink itself).
-        if matches!(
-            message.body,
-            MessageBody::Telemetry(_) | MessageBody::Attributes { .. }
-        ) {
-            let nodes = if self.live_any.load(Ordering::Acquire) {
-                self.owned.lock().live_nodes(message.device_id)
-            } else {
-                Vec::new()
-            };
-            for node in nodes.into_iter().filter(|n| *n != self.node) {
-                self.bus.send(
-                    &node,
-                    ToNode::Deliver {
-                        device: message.device_id,
-                        delivery: Delivery::Live(message.clone()),
-                    },
-                );
+    fn stored_batch(&self, messages: &[crate::model::SharedMessage]) {
+        for m in messages {
+            self.stored(m);
+        }
+        // Live hubs of other nodes watching a device get its changes, one bus message per
+        // device and batch (this node's hub hears of them from the sink itself).
+        if !self.live_any.load(Ordering::Acquire) {
+            return;
+        }
+        let mut forward: HashMap<(NodeId, DeviceId), Vec<crate::model::SharedMessage>> =
+            HashMap::new();
+        {
+            let owned = self.owned.lock();
+            for m in messages {
+                if !matches!(
+                    m.body,
+                    MessageBody::Telemetry(_) | MessageBody::Attributes { .. }
+                ) {
+                    continue;
+                }
+                for node in owned.live_nodes(m.device_id) {
+                    if node != self.node {
+                        forward
+                            .entry((node, m.device_id))
+                            .or_default()
+                            .push(m.clone());
+                    }
+                }
             }
         }
+        for ((node, device), messages) in forward {
+            self.bus.send(
+                &node,
+                ToNode::Deliver {
+                    device,
+                    delivery: Delivery::Live(messages),
+                },
+            );
+        }
+    }
+
+    fn stored(&self, message: &crate::model::SharedMessage) {
         if let MessageBody::Attributes {
             scope: crate::model::AttributeScope::Shared,
             entries,

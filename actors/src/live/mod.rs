@@ -3,11 +3,13 @@
 //!
 //! The sink tells the hub after storage confirmed a batch (`AfterStore`), so an update a
 //! client sees agrees with a REST read made when it arrives. The hub does no rendering: it
-//! puts a reference to the stored message in the bounded queue of every session that
-//! watches the device, and the session's own task filters and renders it. A session whose
-//! queue is full is told to close (ThingsBoard's 1008 "Max pending updates limit reached!"),
-//! never buffered further: what a slow client can make the engine hold is its queue's
-//! capacity in messages, each one already held by the pipeline.
+//! hands every session that watches one of the batch's devices, in one go, references to the
+//! stored messages it wants, and the session's own task filters and renders them. A session
+//! still holding `max_pending` changes or more when the next batch comes is told to close
+//! (ThingsBoard's 1008 "Max pending updates limit reached!"), never buffered further: what a
+//! slow client can make the engine hold is that many messages plus one sink batch, each
+//! message already held by the pipeline. A client that keeps up is never closed for a burst:
+//! a whole batch is taken as long as the previous ones were read.
 
 pub mod session;
 
@@ -50,9 +52,55 @@ impl Change {
 /// One session's inbox, as the hub holds it.
 struct Watcher {
     id: u64,
-    tx: mpsc::Sender<Change>,
+    /// Unbounded, but fed only while `pending` is below `max_pending`.
+    tx: mpsc::UnboundedSender<Vec<Change>>,
+    /// Changes handed over and not yet taken by the session ([`Inbox::recv`]).
+    pending: AtomicUsize,
+    max_pending: usize,
     overflowed: AtomicBool,
     wake: Notify,
+}
+
+impl Watcher {
+    /// Hands over a batch of changes, or marks the session overflowed.
+    fn offer(&self, changes: Vec<Change>) {
+        let n = changes.len();
+        if self.pending.load(Ordering::Acquire) >= self.max_pending {
+            counter!(LIVE_CHANGES, "outcome" => "overflow").increment(n as u64);
+            if !self.overflowed.swap(true, Ordering::AcqRel) {
+                self.wake.notify_one();
+            }
+            return;
+        }
+        self.pending.fetch_add(n, Ordering::AcqRel);
+        if self.tx.send(changes).is_ok() {
+            counter!(LIVE_CHANGES, "outcome" => "queued").increment(n as u64);
+        } else {
+            self.pending.fetch_sub(n, Ordering::AcqRel);
+        }
+    }
+}
+
+/// A session's side of its inbox.
+pub struct Inbox {
+    rx: mpsc::UnboundedReceiver<Vec<Change>>,
+    me: Arc<Watcher>,
+}
+
+impl Inbox {
+    #[cfg(test)]
+    fn try_recv(&mut self) -> Option<Vec<Change>> {
+        let changes = self.rx.try_recv().ok()?;
+        self.me.pending.fetch_sub(changes.len(), Ordering::AcqRel);
+        Some(changes)
+    }
+
+    /// The next batch of changes; they no longer count as pending.
+    pub async fn recv(&mut self) -> Option<Vec<Change>> {
+        let changes = self.rx.recv().await?;
+        self.me.pending.fetch_sub(changes.len(), Ordering::AcqRel);
+        Some(changes)
+    }
 }
 
 /// A device watched on this node: its sessions, and the hub's subscription with the device's
@@ -90,45 +138,55 @@ impl LiveHub {
         let _ = self.downlinks.set(downlinks);
     }
 
-    /// A new session's watch list, with an inbox of `capacity` changes.
-    pub fn watcher(self: &Arc<Self>, capacity: usize) -> (Watch, mpsc::Receiver<Change>) {
-        let (tx, rx) = mpsc::channel(capacity.max(1));
+    /// A new session's watch list, and its inbox: the session is closed when `max_pending`
+    /// changes or more still wait in it as the next batch comes.
+    pub fn watcher(self: &Arc<Self>, max_pending: usize) -> (Watch, Inbox) {
+        let (tx, rx) = mpsc::unbounded_channel();
         let me = Arc::new(Watcher {
             id: self.next_id.fetch_add(1, Ordering::Relaxed),
             tx,
+            pending: AtomicUsize::new(0),
+            max_pending: max_pending.max(1),
             overflowed: AtomicBool::new(false),
             wake: Notify::new(),
         });
         let watch = Watch {
             hub: self.clone(),
-            me,
+            me: me.clone(),
             devices: HashMap::new(),
         };
-        (watch, rx)
+        (watch, Inbox { rx, me })
     }
 
-    /// Hands a change to every session watching its device, without waiting: a full inbox
-    /// marks its session overflowed.
+    /// Hands a change to every session watching its device, without waiting.
     pub fn publish(&self, change: Change) {
+        self.publish_all(std::iter::once(change));
+    }
+
+    /// Hands changes (one stored batch) to the sessions watching their devices: each session
+    /// gets the ones it wants in one go, without waiting.
+    pub fn publish_all(&self, changes: impl IntoIterator<Item = Change>) {
         if self.watched.load(Ordering::Acquire) == 0 {
             return;
         }
-        let device = change.device();
-        let map = self.by_device.read();
-        let Some(watchers) = map.get(&device) else {
-            return;
-        };
-        for w in &watchers.watchers {
-            match w.tx.try_send(change.clone()) {
-                Ok(()) => counter!(LIVE_CHANGES, "outcome" => "queued").increment(1),
-                Err(mpsc::error::TrySendError::Full(_)) => {
-                    counter!(LIVE_CHANGES, "outcome" => "overflow").increment(1);
-                    if !w.overflowed.swap(true, Ordering::AcqRel) {
-                        w.wake.notify_one();
-                    }
+        let mut by_watcher: HashMap<u64, (Arc<Watcher>, Vec<Change>)> = HashMap::new();
+        {
+            let map = self.by_device.read();
+            for change in changes {
+                let Some(watched) = map.get(&change.device()) else {
+                    continue;
+                };
+                for w in &watched.watchers {
+                    by_watcher
+                        .entry(w.id)
+                        .or_insert_with(|| (w.clone(), Vec::new()))
+                        .1
+                        .push(change.clone());
                 }
-                Err(mpsc::error::TrySendError::Closed(_)) => {}
             }
+        }
+        for (w, changes) in by_watcher.into_values() {
+            w.offer(changes);
         }
     }
 
@@ -189,7 +247,9 @@ impl SessionSink for HubSink {
             return false;
         };
         match delivery {
-            Delivery::Live(message) => hub.publish(Change::Stored(message.clone())),
+            Delivery::Live(messages) => {
+                hub.publish_all(messages.iter().map(|m| Change::Stored(m.clone())));
+            }
             Delivery::LiveDeleted { scope, keys } => hub.publish(Change::AttributesDeleted {
                 device: self.device,
                 scope: *scope,
@@ -201,15 +261,24 @@ impl SessionSink for HubSink {
     }
 }
 
-/// The sink tells the hub of each stored message.
+/// The sink tells the hub of each stored batch.
 impl crate::sink::AfterStore for LiveHub {
     fn stored(&self, message: &SharedMessage) {
-        if matches!(
-            message.body,
-            MessageBody::Telemetry(_) | MessageBody::Attributes { .. }
-        ) {
-            self.publish(Change::Stored(message.clone()));
-        }
+        self.stored_batch(std::slice::from_ref(message));
+    }
+
+    fn stored_batch(&self, messages: &[SharedMessage]) {
+        self.publish_all(
+            messages
+                .iter()
+                .filter(|m| {
+                    matches!(
+                        m.body,
+                        MessageBody::Telemetry(_) | MessageBody::Attributes { .. }
+                    )
+                })
+                .map(|m| Change::Stored(m.clone())),
+        );
     }
 }
 
@@ -325,34 +394,42 @@ mod tests {
         wa.add(&da);
         wb.add(&db);
         hub.publish(telemetry(a));
-        assert_eq!(ra.try_recv().map(|c| c.device()).ok(), Some(a));
-        assert!(rb.try_recv().is_err());
+        assert_eq!(ra.try_recv().map(|c| c[0].device()), Some(a));
+        assert!(rb.try_recv().is_none());
         // Counted: one removal of two keeps the watch.
         wa.remove(a);
         hub.publish(telemetry(a));
-        assert!(ra.try_recv().is_ok());
+        assert!(ra.try_recv().is_some());
         wa.remove(a);
         hub.publish(telemetry(a));
-        assert!(ra.try_recv().is_err());
+        assert!(ra.try_recv().is_none());
         assert_eq!(hub.watched_devices(), 1);
         drop(wb);
         assert_eq!(hub.watched_devices(), 0);
     }
 
     #[tokio::test]
-    async fn a_full_inbox_marks_its_session_overflowed() {
+    async fn a_batch_is_taken_while_the_session_keeps_up_and_refused_once_it_does_not() {
         let hub = LiveHub::new();
         let da = device(1);
         let a = da.id;
-        let (mut w, _rx) = hub.watcher(2);
+        let (mut w, mut inbox) = hub.watcher(2);
         w.add(&da);
-        hub.publish(telemetry(a));
-        hub.publish(telemetry(a));
+        // A burst larger than the bound, to a session with nothing pending: taken whole.
+        hub.publish_all((0..5).map(|_| telemetry(a)));
         let pending = tokio::time::timeout(std::time::Duration::from_millis(20), w.overflowed());
-        assert!(pending.await.is_err(), "not overflowed yet");
+        assert!(pending.await.is_err(), "not overflowed");
+        assert_eq!(inbox.try_recv().map(|c| c.len()), Some(5));
+        // Read: the next is taken too; left unread, the one after is refused.
+        hub.publish_all((0..3).map(|_| telemetry(a)));
         hub.publish(telemetry(a));
         tokio::time::timeout(std::time::Duration::from_secs(5), w.overflowed())
             .await
             .expect("overflowed");
+        assert_eq!(inbox.try_recv().map(|c| c.len()), Some(3));
+        assert!(
+            inbox.try_recv().is_none(),
+            "the refused change was not queued"
+        );
     }
 }

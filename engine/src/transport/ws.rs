@@ -247,7 +247,7 @@ async fn serve(
             "limit",
         ));
     };
-    let (watch, mut changes) = state.ws.hub.watcher(config.max_pending_updates);
+    let (watch, mut inbox) = state.ws.hub.watcher(config.max_pending_updates);
     let overflow = watch.overflow();
     let viewer = Arc::new(UserViewer {
         registry: state.registry.clone(),
@@ -317,10 +317,12 @@ async fn serve(
                     }
                 }
             }
-            change = changes.recv() => {
-                let change = change?;
+            changes = inbox.recv() => {
+                let changes = changes?;
                 out.clear();
-                subs.change(&change, &mut out);
+                for change in &changes {
+                    subs.change(change, &mut out);
+                }
                 for message in out.drain(..) {
                     if let Some(end) = send(session, message, config, &overflow).await {
                         return end;

@@ -207,11 +207,18 @@ pub enum WireDelivery {
     Attributes(WireAttributes),
     #[prost(message, tag = "4")]
     Deleted(SharedDeletedEvent),
-    /// A stored change for the node's live hub: an encoded `IngestMessage`.
-    #[prost(bytes, tag = "5")]
-    Live(Vec<u8>),
+    #[prost(message, tag = "5")]
+    Live(WireLive),
     #[prost(message, tag = "6")]
     LiveDeleted(AttributesDeletedEvent),
+}
+
+/// Changes of a device stored by its owner (one batch's), for the node's live hub: encoded
+/// `IngestMessage`s.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct WireLive {
+    #[prost(bytes = "vec", repeated, tag = "1")]
+    pub messages: Vec<Vec<u8>>,
 }
 
 #[derive(Clone, PartialEq, prost::Message)]
@@ -278,7 +285,9 @@ pub fn encode(message: &ToNode) -> Vec<u8> {
                 Delivery::Deleted(keys) => {
                     WireDelivery::Deleted(SharedDeletedEvent { keys: keys.clone() })
                 }
-                Delivery::Live(message) => WireDelivery::Live(wire::encode(message)),
+                Delivery::Live(messages) => WireDelivery::Live(WireLive {
+                    messages: messages.iter().map(|m| wire::encode(m)).collect(),
+                }),
                 Delivery::LiveDeleted { scope, keys } => {
                     WireDelivery::LiveDeleted(AttributesDeletedEvent::new(*scope, keys))
                 }
@@ -340,9 +349,12 @@ pub fn decode(bytes: &[u8]) -> Result<ToNode, WireError> {
                         .collect::<Result<_, _>>()?,
                 ),
                 Some(WireDelivery::Deleted(d)) => Delivery::Deleted(d.keys),
-                Some(WireDelivery::Live(bytes)) => {
-                    Delivery::Live(std::sync::Arc::new(wire::decode(&bytes)?))
-                }
+                Some(WireDelivery::Live(live)) => Delivery::Live(
+                    live.messages
+                        .iter()
+                        .map(|bytes| wire::decode(bytes).map(std::sync::Arc::new))
+                        .collect::<Result<_, _>>()?,
+                ),
                 Some(WireDelivery::LiveDeleted(d)) => Delivery::LiveDeleted {
                     scope: d.scope()?,
                     keys: d.keys,
@@ -418,7 +430,7 @@ mod tests {
             },
             ToNode::Deliver {
                 device,
-                delivery: Delivery::Live(std::sync::Arc::new(actors::model::Message {
+                delivery: Delivery::Live(vec![std::sync::Arc::new(actors::model::Message {
                     tenant_id: actors::model::TenantId(uuid::Uuid::from_u128(5)),
                     device_id: device,
                     received_ts: 7,
@@ -426,7 +438,7 @@ mod tests {
                         ts: 6,
                         entries: vec![KvEntry::new("t", KvValue::Double(1.5))],
                     }]),
-                })),
+                })]),
             },
             ToNode::Deliver {
                 device,
@@ -523,8 +535,16 @@ mod tests {
                 "Deliver",
                 "live",
                 WireDeliver {
-                    delivery: Some(WireDelivery::Live(Vec::new())),
+                    delivery: Some(WireDelivery::Live(WireLive::default())),
                     ..deliver()
+                }
+                .encode_to_vec(),
+            ),
+            (
+                "LiveDelivery",
+                "messages",
+                WireLive {
+                    messages: vec![vec![1]],
                 }
                 .encode_to_vec(),
             ),
