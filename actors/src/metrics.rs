@@ -389,6 +389,16 @@ pub const WS_SESSIONS: &str = "engine_ws_sessions";
 /// `limit` (sessions or subscriptions per user), `overflow` (pending updates), `no_pong`,
 /// `send_timeout`, `protocol` (a frame too big or not text).
 pub const WS_CLOSED: &str = "engine_ws_sessions_closed_total";
+/// The `reason`s of [`WS_CLOSED`].
+pub const WS_CLOSE_REASONS: &[&str] = &[
+    "client",
+    "auth",
+    "limit",
+    "overflow",
+    "no_pong",
+    "send_timeout",
+    "protocol",
+];
 /// Messages sent to WebSocket clients.
 pub const WS_MESSAGES_SENT: &str = "engine_ws_messages_sent_total";
 
@@ -665,6 +675,14 @@ pub fn register_zero() {
         counter!(STORAGE_ERRORS, "kind" => kind).increment(0);
     }
     counter!(SINK_RESTARTS).increment(0);
+    metrics::gauge!(WS_SESSIONS).increment(0.0);
+    counter!(WS_MESSAGES_SENT).increment(0);
+    for outcome in ["queued", "overflow"] {
+        counter!(LIVE_CHANGES, "outcome" => outcome).increment(0);
+    }
+    for reason in WS_CLOSE_REASONS {
+        counter!(WS_CLOSED, "reason" => *reason).increment(0);
+    }
     counter!(SESSIONS_FAILED).increment(0);
     counter!(DATA_POINTS_STORED).increment(0);
     metrics::gauge!(SESSIONS_ACTIVE, "transport" => "mqtt").increment(0.0);
