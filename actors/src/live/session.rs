@@ -292,18 +292,34 @@ impl Session {
         }
     }
 
-    async fn timeseries(&mut self, c: SubCmd, now: i64, out: &mut Vec<String>) -> Outcome {
+    /// A subscribe command's device and keys; `None` when the command was an unsubscribe or
+    /// was answered with an error.
+    async fn opening(
+        &mut self,
+        c: &SubCmd,
+        attributes: bool,
+        out: &mut Vec<String>,
+    ) -> Option<(Arc<Device>, Option<Vec<String>>)> {
         if c.unsubscribe {
-            self.unsubscribe(&c, false);
-            return Ok(());
+            self.unsubscribe(c, attributes);
+            return None;
         }
-        let device = match self.target(&c).await {
-            Ok(d) => d,
-            Err(e) => return emit(out, e),
+        let found = match self.target(c).await {
+            Ok(device) => self.keys(c).map(|keys| (device, keys)),
+            Err(e) => Err(e),
         };
-        let keys = match self.keys(&c) {
-            Ok(k) => k,
-            Err(e) => return emit(out, e),
+        match found {
+            Ok(found) => Some(found),
+            Err(e) => {
+                out.push(e);
+                None
+            }
+        }
+    }
+
+    async fn timeseries(&mut self, c: SubCmd, now: i64, out: &mut Vec<String>) -> Outcome {
+        let Some((device, keys)) = self.opening(&c, false, out).await else {
+            return Ok(());
         };
         self.drop_ts_sub(c.cmd_id);
         if !self.budget.take(1) {
@@ -367,17 +383,8 @@ impl Session {
     }
 
     async fn attributes(&mut self, c: SubCmd, out: &mut Vec<String>) -> Outcome {
-        if c.unsubscribe {
-            self.unsubscribe(&c, true);
+        let Some((device, keys)) = self.opening(&c, true, out).await else {
             return Ok(());
-        }
-        let device = match self.target(&c).await {
-            Ok(d) => d,
-            Err(e) => return emit(out, e),
-        };
-        let keys = match self.keys(&c) {
-            Ok(k) => k,
-            Err(e) => return emit(out, e),
         };
         let scope = match c.scope.as_deref().filter(|s| !s.is_empty()) {
             None => None,
