@@ -540,39 +540,38 @@ async fn a_client_that_does_not_read_is_closed_and_others_keep_their_updates() -
     // its queue overflows. The fast client reads all along; posts wait for it every 50, so
     // its own queue never holds more than a few batches.
     let blob = "b".repeat(48 * 1024);
-    let sent = 600;
     let (progress, mut seen) = tokio::sync::watch::channel(0i64);
     let reader = tokio::spawn(async move {
-        let mut last = 0;
-        while last < sent {
+        loop {
             let m = fast.expect(WAIT).await?;
             if let Some(n) = m["data"]["n"][0][1].as_str() {
-                last = n.parse::<i64>()?;
-                let _ = progress.send(last);
+                let _ = progress.send(n.parse::<i64>()?);
             }
         }
-        anyhow::Ok(last)
+        #[allow(unreachable_code)]
+        anyhow::Ok(())
     });
-    for n in 1..=sent {
-        post(
-            &engine,
-            "WS6",
-            "telemetry",
-            &json!({"ts": n, "values": {"blob": blob, "n": n}}),
-        )
-        .await?;
-        if n % 50 == 0 {
-            tokio::time::timeout(WAIT, seen.wait_for(|s| *s >= n)).await??;
+    // Until the slow one is closed, however much the machine's socket buffers hold.
+    let overflowed = "engine_ws_sessions_closed_total{reason=\"overflow\"}";
+    let mut n = 0i64;
+    while engine.sample(overflowed).await?.unwrap_or(0.0) < 1.0 {
+        anyhow::ensure!(n < 20_000, "no overflow after {n} updates of 48 KiB");
+        for _ in 0..50 {
+            n += 1;
+            post(
+                &engine,
+                "WS6",
+                "telemetry",
+                &json!({"ts": n, "values": {"blob": blob, "n": n}}),
+            )
+            .await?;
         }
+        tokio::time::timeout(WAIT, seen.wait_for(|s| *s >= n)).await??;
     }
-    assert_eq!(reader.await??, sent, "the reading client got every update");
-    engine
-        .wait_for_sample(
-            "engine_ws_sessions_closed_total{reason=\"overflow\"}",
-            WAIT,
-            |v| v >= 1.0,
-        )
-        .await?;
+    // Each round waited for the reading client to have the round's last update.
+    assert_eq!(*seen.borrow(), n, "the reading client got every update");
+    assert!(!reader.is_finished(), "the reading client's session ended");
+    reader.abort();
     // The slow one finds its socket closed once it reads what was buffered.
     assert!(matches!(
         slow.ended(WAIT).await?,
@@ -582,7 +581,7 @@ async fn a_client_that_does_not_read_is_closed_and_others_keep_their_updates() -
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn updates_under_concurrent_ingest_never_go_back_past_the_snapshot() -> Result<()> {
+async fn a_subscription_made_during_ingest_misses_nothing_after_its_snapshot() -> Result<()> {
     let (_dir, engine, rest) = engine_with(&[]).await?;
     let device = rest.create_device("ws-7", "WS7").await?;
     post(
@@ -593,37 +592,61 @@ async fn updates_under_concurrent_ingest_never_go_back_past_the_snapshot() -> Re
     )
     .await?;
     stored(&rest, &device, "n", &json!(1)).await?;
+    // The writer sends n = 2, 3, ... until told to stop, so the subscription is made while
+    // data flows whatever the machine's speed.
+    let (stop, mut stopped) = tokio::sync::watch::channel(false);
     let writer = {
         let url = engine.url("/api/v1/WS7/telemetry");
         tokio::spawn(async move {
             let http = reqwest::Client::new();
-            for n in 2..=400i64 {
+            let mut n = 2i64;
+            while !*stopped.borrow_and_update() {
                 let r = http
                     .post(&url)
                     .json(&json!({"ts": n, "values": {"n": n}}))
                     .send()
                     .await?;
                 anyhow::ensure!(r.status().is_success());
+                n += 1;
             }
-            anyhow::Ok(())
+            anyhow::Ok(n - 1)
         })
     };
+    rest.eventually(SETTLE, || async {
+        let latest = rest.latest(&device).await?;
+        Ok((latest["n"][0]["value"].as_i64().unwrap_or(0) >= 20).then_some(()))
+    })
+    .await?;
     let mut ws = WsClient::legacy(&engine, &rest.token).await?;
-    ws.send(&json!({"tsSubCmds": [{"cmdId": 1, "entityType": "DEVICE", "entityId": device, "keys": "n", "scope": "LATEST_TELEMETRY"}]})).await?;
+    ws.send(&json!({"tsSubCmds": [{"cmdId": 1, "entityType": "DEVICE", "entityId": device, "keys": "n"}]})).await?;
     let snapshot = ws.expect(WAIT).await?;
-    let mut last = snapshot["data"]["n"][0][0]
+    let from = snapshot["data"]["n"][0][0]
         .as_i64()
         .context("snapshot ts")?;
-    writer.await??;
-    while last < 400 {
+    // Let a good stretch flow after the snapshot, then stop.
+    let mut seen = std::collections::BTreeSet::new();
+    while seen.len() < 200 {
         let m = ws.expect(WAIT).await?;
         for point in m["data"]["n"].as_array().context("points")? {
             let ts = point[0].as_i64().context("ts")?;
-            assert!(ts >= last, "{ts} after {last}");
             assert_eq!(point[1], json!(ts.to_string()));
-            last = ts;
+            seen.insert(ts);
         }
     }
+    let _ = stop.send(true);
+    let last = writer.await??;
+    while seen.last().is_none_or(|l| *l < last) {
+        let m = ws.expect(WAIT).await?;
+        for point in m["data"]["n"].as_array().context("points")? {
+            seen.insert(point[0].as_i64().context("ts")?);
+        }
+    }
+    // Every point stored after the snapshot came, none skipped.
+    let missing: Vec<i64> = ((from + 1)..=last).filter(|n| !seen.contains(n)).collect();
+    assert!(
+        missing.is_empty(),
+        "after snapshot {from}: missing {missing:?}"
+    );
     Ok(())
 }
 
@@ -826,20 +849,22 @@ async fn hostile_frames_and_commands_are_refused_without_holding_memory() -> Res
             }
         }
     });
-    engine
-        .wait_for_sample(
-            "engine_ws_sessions_closed_total{reason=\"send_timeout\"}",
-            WAIT,
-            |v| v >= 1.0,
-        )
-        .await
-        .or(engine
-            .wait_for_sample(
-                "engine_ws_sessions_closed_total{reason=\"auth\"}",
-                WAIT,
-                |v| v >= 1.0,
-            )
-            .await)?;
+    let deadline = std::time::Instant::now() + WAIT;
+    loop {
+        let mut closed = 0.0;
+        for reason in ["send_timeout", "auth"] {
+            let series = format!("engine_ws_sessions_closed_total{{reason=\"{reason}\"}}");
+            closed += engine.sample(&series).await?.unwrap_or(0.0);
+        }
+        if closed >= 1.0 {
+            break;
+        }
+        anyhow::ensure!(
+            std::time::Instant::now() < deadline,
+            "the ping flood kept its session"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     flooding.abort();
 
     // Commands whose reads would be huge, or whose numbers overflow: errorCode 2.

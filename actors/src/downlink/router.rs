@@ -294,13 +294,16 @@ impl crate::sink::AfterStore for Downlinks {
             }
         }
         for ((node, device), messages) in forward {
-            self.bus.send(
-                &node,
-                ToNode::Deliver {
-                    device,
-                    delivery: Delivery::Live(messages),
-                },
-            );
+            // Bus messages stay well under Kafka's default message.max.bytes (1 MB).
+            for part in live_parts(messages) {
+                self.bus.send(
+                    &node,
+                    ToNode::Deliver {
+                        device,
+                        delivery: Delivery::Live(part),
+                    },
+                );
+            }
         }
     }
 
@@ -314,6 +317,45 @@ impl crate::sink::AfterStore for Downlinks {
             self.owner_shared_updated(message.device_id, entries);
         }
     }
+}
+
+/// Encoded size a bus message of forwarded changes stays under.
+const LIVE_PART_BYTES: usize = 256 * 1024;
+
+/// Splits a device's forwarded changes into parts of about [`LIVE_PART_BYTES`] each (a message
+/// on its own may be larger: the ingress bounds it by its own limits).
+fn live_parts(messages: Vec<crate::model::SharedMessage>) -> Vec<Vec<crate::model::SharedMessage>> {
+    let size = |m: &crate::model::SharedMessage| {
+        m.entries()
+            .map(|e| {
+                e.key.len()
+                    + match &e.value {
+                        crate::model::KvValue::String(s) | crate::model::KvValue::Json(s) => {
+                            s.len()
+                        }
+                        _ => 8,
+                    }
+                    + 16
+            })
+            .sum::<usize>()
+            + 64
+    };
+    let mut parts = Vec::new();
+    let mut part = Vec::new();
+    let mut bytes = 0;
+    for m in messages {
+        let n = size(&m);
+        if !part.is_empty() && bytes + n > LIVE_PART_BYTES {
+            parts.push(std::mem::take(&mut part));
+            bytes = 0;
+        }
+        bytes += n;
+        part.push(m);
+    }
+    if !part.is_empty() {
+        parts.push(part);
+    }
+    parts
 }
 
 impl Downlinks {

@@ -1,7 +1,10 @@
 //! One WebSocket session's subscriptions (reference §5): commands in, ThingsBoard's messages
 //! out. A subscription first gets a snapshot read from storage, then only changes; the session
-//! watches a device in the hub before it reads the snapshot, so nothing stored after the read
-//! is missed (a change stored while the snapshot was read may come once more as an update).
+//! watches a device in the hub before it reads the snapshot, so nothing this node's sink stores
+//! after the read is missed (a change stored while the snapshot was read may come once more as
+//! an update). For a device another node owns, changes come once the owner has heard of the
+//! watch (one trip through the queue); one stored in that window is in a later snapshot or
+//! REST read, not in an update.
 //!
 //! What a user may see is decided by its [`Viewer`], the engine's access-check layer; this
 //! module never looks at tenants or customers itself.
@@ -321,11 +324,14 @@ impl Session {
         let Some((device, keys)) = self.opening(&c, false, out).await else {
             return Ok(());
         };
+        // The new watch first: a subscription that replaces one of the same device keeps the
+        // device watched throughout.
+        self.watch.add(&device);
         self.drop_ts_sub(c.cmd_id);
         if !self.budget.take(1) {
+            self.watch.remove(device.id);
             return Err(SUBSCRIPTIONS_EXCEEDED);
         }
-        self.watch.add(&device);
         let mut sub = TsSub {
             device: device.id,
             keys: keys.as_ref().map(|k| k.iter().cloned().collect()),
@@ -402,11 +408,12 @@ impl Session {
                 }
             },
         };
+        self.watch.add(&device);
         self.drop_attr_sub(c.cmd_id);
         if !self.budget.take(1) {
+            self.watch.remove(device.id);
             return Err(SUBSCRIPTIONS_EXCEEDED);
         }
-        self.watch.add(&device);
         match self
             .store
             .attributes(device.id, scope, keys.as_deref())
@@ -528,7 +535,7 @@ impl Session {
                 return Err(SUBSCRIPTIONS_EXCEEDED);
             }
             let mut data = Vec::with_capacity(devices.len());
-            for d in &devices {
+            for (i, d) in devices.iter().enumerate() {
                 self.watch.add(d);
                 let mut latest = Map::new();
                 fields(d, &query.entity_fields, &mut latest);
@@ -536,7 +543,8 @@ impl Session {
                     .latest_values(d.id, &query.latest_values, &mut latest)
                     .await
                 {
-                    for d in &devices {
+                    // Only the watches added so far are this subscription's.
+                    for d in &devices[..=i] {
                         self.watch.remove(d.id);
                     }
                     self.budget.give(devices.len());

@@ -135,12 +135,6 @@ async fn delete_attributes(
         .store
         .delete_attributes(device.id, scope, &keys, now_ms())
         .await?;
-    // WebSocket subscribers on every node hear of it through the device's owner.
-    state
-        .downlinks
-        .attributes_deleted(&device, scope, keys.clone())
-        .await
-        .map_err(|e| ApiError::unavailable(e.to_string()))?;
     if scope == AttributeScope::Shared {
         state
             .downlinks
@@ -154,6 +148,15 @@ async fn delete_attributes(
             json!({ "attributes": keys }),
         )
         .await?;
+    }
+    // WebSocket subscribers on every node hear of it through the device's owner. The deletion
+    // is done: a queue that cannot take the notice is logged, not answered as a failure.
+    if let Err(e) = state
+        .downlinks
+        .attributes_deleted(&device, scope, keys)
+        .await
+    {
+        tracing::warn!(error = %e, device = %device.name, "websocket subscribers not told of deleted attributes");
     }
     Ok(HttpResponse::Ok().finish())
 }

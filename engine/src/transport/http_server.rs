@@ -10,7 +10,9 @@
 //!   for every request.
 //! - Bodies: every route reads its body through [`bound_request`]'s wrapper, which ends it
 //!   with a timeout error `http.body_timeout` after the headers; the answer becomes 408 and the
-//!   connection is closed.
+//!   connection is closed. A WebSocket handshake (a GET of `/api/ws...` asking for the upgrade)
+//!   is the exception: its body is its frames, and once it is upgraded no header or idle
+//!   deadline applies; its session keeps its own (authentication, pong and send timeouts).
 //! - Idle: a connection with no request in progress and nothing written for `keep_alive +
 //!   header_timeout` is closed, whatever it is doing (a body being drained, a response that the
 //!   client does not read).
@@ -452,12 +454,16 @@ async fn bound_request(
     }
 }
 
-/// A WebSocket handshake: `Upgrade: websocket`.
+/// A WebSocket handshake: a GET of the WebSocket API with `Upgrade: websocket` (any other
+/// request keeps its body deadline, whatever its headers say).
 fn is_websocket(req: &ServiceRequest) -> bool {
-    req.headers()
-        .get(actix_web::http::header::UPGRADE)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.eq_ignore_ascii_case("websocket"))
+    req.method() == actix_web::http::Method::GET
+        && req.path().starts_with("/api/ws")
+        && req
+            .headers()
+            .get(actix_web::http::header::UPGRADE)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.eq_ignore_ascii_case("websocket"))
 }
 
 /// A body that did not arrive in time, as an error actix-web answers with [`body_timed_out`].

@@ -298,7 +298,7 @@ async fn serve(
                             "protocol",
                         ));
                     }
-                    Some(Ok(AggregatedMessage::Close(_))) => return None,
+                    Some(Ok(AggregatedMessage::Close(reason))) => return Some(client_closed(reason)),
                 };
                 match ws::parse(&text) {
                     Ok(frame) => {
@@ -318,14 +318,15 @@ async fn serve(
                 }
             }
             changes = inbox.recv() => {
-                let changes = changes?;
-                out.clear();
-                for change in &changes {
+                // One change at a time, sent before the next is rendered: what waits for the
+                // socket is at most one change's messages.
+                for change in &changes? {
+                    out.clear();
                     subs.change(change, &mut out);
-                }
-                for message in out.drain(..) {
-                    if let Some(end) = send(session, message, config, &overflow).await {
-                        return end;
+                    for message in out.drain(..) {
+                        if let Some(end) = send(session, message, config, &overflow).await {
+                            return end;
+                        }
                     }
                 }
             }
@@ -365,7 +366,8 @@ async fn authenticate(
             message = stream.recv() => message,
         };
         let text = match message {
-            None | Some(Ok(AggregatedMessage::Close(_))) => return Err(None),
+            None => return Err(None),
+            Some(Ok(AggregatedMessage::Close(reason))) => return Err(Some(client_closed(reason))),
             Some(Err(e)) => return Err(protocol_error(&e, frames)),
             Some(Ok(AggregatedMessage::Ping(payload))) => {
                 if let Some(end) = pong(session, &payload, &state.ws.config).await {
@@ -461,6 +463,13 @@ fn overflowed_end() -> End {
         "Max pending updates limit reached!",
         "overflow",
     )
+}
+
+/// The client closed: its close is answered with its own code (browsers report an
+/// unanswered close as 1006).
+fn client_closed(reason: Option<CloseReason>) -> End {
+    let code = reason.map_or(CloseCode::Normal, |r| r.code);
+    End::new(code, "", "client")
 }
 
 fn send_timed_out() -> End {
@@ -577,4 +586,86 @@ fn limited(payload: actix_web::dev::Payload, mut limit: FrameLimit) -> actix_web
         other => other,
     });
     actix_web::dev::Payload::from(Box::pin(stream) as actix_http::BoxedPayloadStream)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::FrameLimit;
+
+    /// A frame header: FIN + opcode, then the length in its 7-bit, 16-bit or 64-bit form.
+    fn header(opcode: u8, length: u64, masked: bool) -> Vec<u8> {
+        let mask_bit = if masked { 0x80 } else { 0 };
+        let mut h = vec![0x80 | opcode];
+        match length {
+            0..=125 => h.push(mask_bit | u8::try_from(length).expect("fits")),
+            126..=0xffff => {
+                h.push(mask_bit | 126);
+                h.extend_from_slice(&u16::try_from(length).expect("fits").to_be_bytes());
+            }
+            _ => {
+                h.push(mask_bit | 127);
+                h.extend_from_slice(&length.to_be_bytes());
+            }
+        }
+        if masked {
+            h.extend_from_slice(&[1, 2, 3, 4]);
+        }
+        h
+    }
+
+    fn frame(opcode: u8, length: usize, masked: bool) -> Vec<u8> {
+        let mut f = header(opcode, length as u64, masked);
+        f.extend(std::iter::repeat_n(b'x', length));
+        f
+    }
+
+    /// Feeds `bytes` in chunks of `chunk`: whether every frame was within the limit.
+    fn scan(max: usize, bytes: &[u8], chunk: usize) -> bool {
+        let mut limit = FrameLimit::new(max);
+        bytes.chunks(chunk).all(|c| limit.scan(c))
+    }
+
+    #[test]
+    fn frames_within_the_limit_pass_whatever_the_chunking() {
+        let mut stream = Vec::new();
+        for (op, len) in [
+            (1, 0),
+            (1, 125),
+            (9, 125),
+            (1, 126),
+            (2, 4096),
+            (0, 300),
+            (10, 3),
+        ] {
+            stream.extend(frame(op, len, true));
+        }
+        stream.extend(frame(1, 5, false));
+        for chunk in [1, 2, 3, 7, 13, 64, 4096, stream.len()] {
+            assert!(scan(4096, &stream, chunk), "chunks of {chunk}");
+        }
+    }
+
+    #[test]
+    fn a_header_over_the_limit_is_refused_before_its_payload() {
+        for (length, max) in [
+            (4097u64, 4096usize),
+            (70_000, 65_535),
+            (1 << 40, 32_768),
+            (u64::MAX, 32_768),
+        ] {
+            for masked in [true, false] {
+                let h = header(1, length, masked);
+                for chunk in [1, 2, 5, h.len()] {
+                    assert!(!scan(max, &h, chunk), "{length} > {max}, chunks of {chunk}");
+                }
+            }
+        }
+        // After good frames, split across chunks.
+        let mut stream = frame(1, 100, true);
+        stream.extend(header(1, 5000, true));
+        assert!(!scan(4096, &stream, 3));
+        let mut limit = FrameLimit::new(4096);
+        assert!(!limit.scan(&stream));
+        assert!(limit.exceeded.get());
+    }
 }
