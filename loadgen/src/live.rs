@@ -6,7 +6,6 @@
 //! timestamp to its arrival, which is the ingest-to-WebSocket latency when the sender stamps
 //! points with the wall clock.
 
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
@@ -181,7 +180,7 @@ async fn measure(args: &LiveArgs) -> Result<LiveReport> {
             let mut c = Counted {
                 updates: 0,
                 messages: 0,
-                latency: Histogram::new_with_bounds(1, 3_600_000, 3).expect("bounds"),
+                latency: latency_histogram(),
                 closed: false,
             };
             loop {
@@ -194,33 +193,30 @@ async fn measure(args: &LiveArgs) -> Result<LiveReport> {
                     Ok(Some(Ok(m))) => m,
                 };
                 let Message::Text(text) = m else { continue };
-                let now = now_ms();
+                let now = crate::now_ms();
                 c.messages += 1;
                 let update: Update = serde_json::from_str(text.as_str())?;
                 for points in update.data.into_iter().flat_map(|d| d.into_values()) {
                     for (ts, _) in points {
                         c.updates += 1;
-                        let late = u64::try_from(now.saturating_sub(ts)).unwrap_or(0).max(1);
-                        c.latency.saturating_record(late);
+                        // Timestamps are milliseconds.
+                        let late_ms = u64::try_from(now.saturating_sub(ts)).unwrap_or(0);
+                        c.latency
+                            .saturating_record(late_ms.saturating_mul(1000).max(1));
                     }
                 }
             }
             anyhow::Ok(c)
         }));
     }
-    let latency = Arc::new(Mutex::new(
-        Histogram::<u64>::new_with_bounds(1, 3_600_000, 3).expect("bounds"),
-    ));
+    let mut latency = latency_histogram();
     let (mut updates, mut messages, mut closed) = (0, 0, 0);
     for t in tasks {
         let c = t.await??;
         updates += c.updates;
         messages += c.messages;
         closed += u64::from(c.closed);
-        latency
-            .lock()
-            .map_err(|_| anyhow::anyhow!("poisoned"))?
-            .add(&c.latency)?;
+        latency.add(&c.latency)?;
     }
     let seconds = start.elapsed().as_secs_f64();
     let loadgen_cpu_seconds = crate::downlink::process_cpu() - cpu_at_start;
@@ -228,9 +224,6 @@ async fn measure(args: &LiveArgs) -> Result<LiveReport> {
     let engine_cpu_seconds = engine_at_start
         .zip(engine_at_end)
         .map(|((before, _), (after, _))| after - before);
-    let h = latency.lock().map_err(|_| anyhow::anyhow!("poisoned"))?;
-    #[allow(clippy::cast_precision_loss)]
-    let ms = |q: f64| h.value_at_quantile(q) as f64;
     #[allow(clippy::cast_precision_loss)]
     Ok(LiveReport {
         sessions: args.sessions,
@@ -239,22 +232,14 @@ async fn measure(args: &LiveArgs) -> Result<LiveReport> {
         messages,
         seconds,
         updates_per_second: updates as f64 / seconds.max(1e-9),
-        latency: Percentiles {
-            count: h.len(),
-            p50: ms(0.5),
-            p90: ms(0.9),
-            p99: ms(0.99),
-            p999: ms(0.999),
-            max: h.max() as f64,
-        },
+        latency: Percentiles::of(&latency),
         closed,
         loadgen_cpu_seconds,
         engine_cpu_seconds,
     })
 }
 
-fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+/// Latencies in microseconds (the report's unit), up to an hour.
+fn latency_histogram() -> Histogram<u64> {
+    Histogram::new_with_bounds(1, 3_600_000_000, 3).expect("valid bounds")
 }

@@ -347,7 +347,7 @@ async fn publish_loop(
             }
             #[allow(clippy::cast_possible_wrap)]
             let ts = if wall_clock_ts {
-                last_ts = now_ms().max(last_ts + 1);
+                last_ts = crate::now_ms().max(last_ts + 1);
                 last_ts
             } else {
                 run.start_ms + seq as i64
@@ -464,13 +464,6 @@ async fn publish_loop(
             return Err(("disconnected by the server".into(), lost));
         }
     }
-}
-
-/// Wall-clock milliseconds since the Unix epoch.
-fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
 }
 
 #[cfg(test)]

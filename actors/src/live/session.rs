@@ -23,7 +23,7 @@ use async_trait::async_trait;
 use serde_json::{Map, Value};
 
 use super::{Change, Watch};
-use crate::model::{AttributeScope, Device, DeviceId, KvValue, MessageBody};
+use crate::model::{AttributeScope, Device, DeviceId, MessageBody};
 use crate::ports::{
     Aggregation, Order, Page, PageRequest, RangeQuery, RangeResult, Store, StoreError,
 };
@@ -728,15 +728,11 @@ fn series_points(result: RangeResult) -> BTreeMap<String, Vec<Point>> {
         .map(|(key, points)| {
             let list = points
                 .into_iter()
-                .map(|p| (p.ts, Some(value_text(&p.value))))
+                .map(|p| (p.ts, Some(p.value.to_tb_string())))
                 .collect();
             (key, list)
         })
         .collect()
-}
-
-fn value_text(v: &KvValue) -> String {
-    v.to_tb_string()
 }
 
 /// A range read: ThingsBoard's defaults (100 points, newest first), capped by the limits.
