@@ -6,6 +6,7 @@
 pub mod batch;
 pub mod converter;
 pub mod device_keys;
+pub mod directory;
 pub mod downlink;
 pub mod ingress;
 pub mod integration;

@@ -9,7 +9,7 @@ use uuid::Uuid;
 
 /// Namespace for deriving tenant and device ids (UUIDv5), fixed forever: changing it would change
 /// every id in every deployment.
-const ID_NAMESPACE: Uuid = Uuid::from_u128(0x6b1f_4e3a_9c55_4d0e_8f2a_5e0c_7d41_a9b3);
+pub const ID_NAMESPACE: Uuid = Uuid::from_u128(0x6b1f_4e3a_9c55_4d0e_8f2a_5e0c_7d41_a9b3);
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(transparent)]

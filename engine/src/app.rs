@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use actix_web::web;
 use actors::converter::ConverterRuntime;
+use actors::directory::{Directory, DirectoryStore};
 use actors::downlink::event::NodeId;
 use actors::downlink::router::{DownlinkBus, DownlinkSettings, Downlinks, NoBus};
 use actors::ingress::Ingress;
@@ -78,6 +79,21 @@ fn node_id(data_dir: &std::path::Path) -> anyhow::Result<String> {
     Ok(id)
 }
 
+/// Reads the directory again every `interval`: other nodes write it too.
+fn spawn_directory_reload(directory: Arc<Directory>, interval: Duration) {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(interval.max(Duration::from_millis(100)));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        tick.tick().await;
+        loop {
+            tick.tick().await;
+            if let Err(e) = directory.reload().await {
+                warn!(error = %e, "the directory could not be read again; the last one read stays");
+            }
+        }
+    });
+}
+
 /// Deletes persistent RPC records older than `ttl`, hourly (every node: the deletion is
 /// idempotent). `ttl` zero: never.
 fn spawn_rpc_ttl(records: Arc<dyn DeviceRecords>, ttl: Duration) {
@@ -127,13 +143,18 @@ pub async fn start(config: Config, metrics: Option<PrometheusHandle>) -> anyhow:
         Arc<dyn Catalog>,
         Arc<dyn DeviceProfiles>,
         Arc<dyn DeviceRecords>,
+        Arc<dyn DirectoryStore>,
     );
-    let (store, registry, catalog, profiles, records): Opened = match config.store.kind {
+    let (store, registry, catalog, profiles, records, directory_store): Opened = match config
+        .store
+        .kind
+    {
         StoreKind::Embedded => {
             let (store, registry) = EmbeddedStore::open(&config.data_dir)?;
             let store = store.with_read_budget(config.api.query_timeout);
             let catalog = Arc::new(store.catalog());
             let records = Arc::new(store.records());
+            let directory = Arc::new(store.directory());
             let registry = registry.limited(&registry_limits(&config));
             (
                 Arc::new(store),
@@ -141,6 +162,7 @@ pub async fn start(config: Config, metrics: Option<PrometheusHandle>) -> anyhow:
                 catalog,
                 records.clone(),
                 records,
+                directory,
             )
         }
         StoreKind::Clickhouse => {
@@ -148,6 +170,7 @@ pub async fn start(config: Config, metrics: Option<PrometheusHandle>) -> anyhow:
             info!(url = %config.store.url, database = %config.store.database, "clickhouse store ready");
             let catalog = Arc::new(store.catalog());
             let records = Arc::new(store.records());
+            let directory = Arc::new(store.directory());
             let registry = registry.limited(&registry_limits(&config));
             (
                 Arc::new(store),
@@ -155,9 +178,18 @@ pub async fn start(config: Config, metrics: Option<PrometheusHandle>) -> anyhow:
                 catalog,
                 records.clone(),
                 records,
+                directory,
             )
         }
     };
+    let directory = Arc::new(
+        Directory::open(directory_store, config.directory.limits())
+            .await
+            .context("cannot load the directory (customers, users, assets, relations)")?,
+    );
+    if config.store.kind == StoreKind::Clickhouse {
+        spawn_directory_reload(directory.clone(), config.directory.reload_interval);
+    }
     let sink_config = SinkConfig {
         batch_size: config.store.batch_size(),
         batch_interval: config.store.batch_interval(),
@@ -332,7 +364,7 @@ pub async fn start(config: Config, metrics: Option<PrometheusHandle>) -> anyhow:
 
     let http_max = bytes(config.http.max_payload_size);
     let ingress = Arc::new(Ingress::new(producer, http_max).with_limits(limits));
-    let auth = Auth::new(&config.auth, &config.data_dir)?;
+    let auth = Auth::new(&config.auth, &config.data_dir)?.with_directory(directory.clone());
     let integrations = Arc::new(
         start_integrations(&config, &auth, registry.clone(), ingress.clone(), catalog).await?,
     );
@@ -341,6 +373,8 @@ pub async fn start(config: Config, metrics: Option<PrometheusHandle>) -> anyhow:
     let coap_addr = coap.local_addr();
     let state = web::Data::new(ApiState {
         auth,
+        directory,
+        activation_ttl: config.directory.activation_ttl,
         registry,
         store,
         profiles,

@@ -1,9 +1,13 @@
-//! Authentication of the REST API, ThingsBoard-style: one tenant administrator, password kept
-//! as an Argon2 hash, JWT access and refresh tokens carried in `X-Authorization: Bearer ...`.
+//! Authentication of the REST API, ThingsBoard-style: the tenant administrator of the
+//! configuration file and the users of the directory (tenant administrators and customer
+//! users an administrator created, once they activated their accounts), passwords kept as
+//! Argon2 hashes, JWT access and refresh tokens carried in `X-Authorization: Bearer ...`.
 //!
-//! Tokens are bound to the administrator that exists now: they name its user id and carry a
-//! fingerprint of its credentials, so a token of another (or a former) administrator, or one
-//! issued before a password change, is refused; a refresh checks the same. Logins pass two
+//! Tokens are bound to the user that exists now: they name its user id and carry a
+//! fingerprint of its credentials, so a token of another (or a former, or a deleted) user, or
+//! one issued before a password change, is refused; a refresh checks the same. A user's role
+//! and customer are read from the directory at every check, not from the token, so a change
+//! takes effect at once. Logins pass two
 //! failure counts (per username, per address) and a bounded set of hashing threads; a logout
 //! revokes its session (`revocation`).
 
@@ -16,6 +20,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use actors::directory::{Authority, Directory, User};
 use actors::metrics::{AUTH_LOCKOUTS, AUTH_LOGINS, AUTH_LOGOUTS, AUTH_TOKENS_REFUSED};
 use actors::model::{TenantId, now_ms};
 use argon2::password_hash::{self, Output, PasswordHash, PasswordHasher, Salt, SaltString};
@@ -37,7 +42,6 @@ use revocation::Revocations;
 /// ThingsBoard's id of "no customer".
 pub const NULL_CUSTOMER: &str = "13814000-1dd2-11b2-8080-808080808080";
 const ISSUER: &str = "engine";
-const SCOPE_ADMIN: &str = "TENANT_ADMIN";
 const SCOPE_REFRESH: &str = "REFRESH_TOKEN";
 /// How long a login refused because every hashing thread is busy should wait.
 const OVERLOADED_RETRY: Duration = Duration::from_secs(1);
@@ -120,6 +124,8 @@ impl StoredHash {
 
 pub struct Auth {
     admin: Arc<Admin>,
+    /// The users an administrator created; `None` in tests of the administrator alone.
+    directory: Option<Arc<Directory>>,
     tenant_id: TenantId,
     encoding: EncodingKey,
     decoding: DecodingKey,
@@ -163,8 +169,38 @@ pub struct Principal {
     pub username: String,
     pub user_id: Uuid,
     pub tenant_id: TenantId,
+    pub authority: Authority,
+    /// The customer of a `CUSTOMER_USER`.
+    pub customer_id: Option<Uuid>,
     /// The login this token belongs to.
     pub session: Uuid,
+}
+
+impl Principal {
+    pub fn is_tenant_admin(&self) -> bool {
+        self.authority == Authority::TenantAdmin
+    }
+}
+
+/// Who a token is issued for.
+struct Account {
+    username: String,
+    user_id: Uuid,
+    authority: Authority,
+    customer_id: Option<Uuid>,
+    credentials: Uuid,
+}
+
+impl Account {
+    fn of_user(user: &User) -> Account {
+        Account {
+            username: user.email.clone(),
+            user_id: user.id,
+            authority: user.authority,
+            customer_id: user.customer_id,
+            credentials: user.credentials(),
+        }
+    }
 }
 
 #[derive(Debug, Error, PartialEq, Eq)]
@@ -186,6 +222,9 @@ pub enum AuthError {
 pub enum LoginError {
     #[error("Invalid username or password")]
     BadCredentials,
+    /// A user that has not activated the account yet.
+    #[error("User account is not active")]
+    NotActive,
     /// The username failed too often lately.
     #[error("User account is locked due to security policy")]
     UserLocked(Duration),
@@ -220,6 +259,7 @@ impl LoginError {
     fn outcome(&self) -> &'static str {
         match self {
             LoginError::BadCredentials => "bad_credentials",
+            LoginError::NotActive => "not_active",
             LoginError::UserLocked(_) => "user_locked",
             LoginError::AddressLimited(_) => "address_limited",
             LoginError::Overloaded => "overloaded",
@@ -338,6 +378,7 @@ impl Auth {
             now_secs(),
         )?;
         Ok(Auth {
+            directory: None,
             admin: Arc::new(Admin {
                 username: config.username.clone(),
                 password: StoredHash::parse(&password_hash)?,
@@ -357,9 +398,68 @@ impl Auth {
         })
     }
 
+    /// Users of `directory` may log in too.
+    pub fn with_directory(mut self, directory: Arc<Directory>) -> Auth {
+        self.directory = Some(directory);
+        self
+    }
+
     /// The tenant everything of this engine belongs to.
     pub fn tenant_id(&self) -> TenantId {
         self.tenant_id
+    }
+
+    /// The configured administrator's login name: no directory user may take it.
+    pub fn admin_username(&self) -> &str {
+        &self.admin.username
+    }
+
+    /// Hashes a new password on a login thread (Argon2 is slow on purpose); refused when they
+    /// are all busy.
+    pub async fn hash_new_password(&self, password: String) -> Result<String, LoginError> {
+        self.hashing
+            .try_run(move |_| hash_password(&password))
+            .map_err(|_| LoginError::Overloaded)?
+            .await
+            .map_err(|_| LoginError::Unavailable)?
+            .map_err(|_| LoginError::Unavailable)
+    }
+
+    /// Whether `password` is the directory user's, checked on a login thread.
+    pub async fn check_password(&self, user: &User, password: String) -> Result<bool, LoginError> {
+        let Some(phc) = user.password_hash.clone() else {
+            return Ok(false);
+        };
+        self.hashing
+            .try_run(move |scratch| {
+                StoredHash::parse(&phc).is_ok_and(|stored| stored.matches(scratch, &password))
+            })
+            .map_err(|_| LoginError::Overloaded)?
+            .await
+            .map_err(|_| LoginError::Unavailable)
+    }
+
+    /// A new session for a directory user (an activation, a password change).
+    pub fn issue_for(&self, user: &User) -> TokenPair {
+        self.issue(&Account::of_user(user), Uuid::new_v4())
+    }
+
+    fn admin_account(&self) -> Account {
+        Account {
+            username: self.admin.username.clone(),
+            user_id: self.admin.user_id,
+            authority: Authority::TenantAdmin,
+            customer_id: None,
+            credentials: self.admin.credentials,
+        }
+    }
+
+    /// The directory user a login names, when it is not the configured administrator.
+    fn directory_user(&self, username: &str) -> Option<Arc<User>> {
+        if username == self.admin.username {
+            return None;
+        }
+        self.directory.as_ref()?.user_by_email(username)
     }
 
     /// Checks a login and opens a session. The password is checked on a hashing thread; the
@@ -392,13 +492,27 @@ impl Auth {
         self.limits
             .lock()
             .check(&username, address, Instant::now())?;
+        let user = self.directory_user(&username);
+        let user_hash = match &user {
+            Some(u) => match u.password_hash.as_deref().map(StoredHash::parse) {
+                Some(Ok(stored)) => Some(stored),
+                // Not activated yet: no password to check.
+                _ => return Err(LoginError::NotActive),
+            },
+            None => None,
+        };
         let (admin, limits, name) = (self.admin.clone(), self.limits.clone(), username.clone());
         let checked = self
             .hashing
             .try_run(move |scratch| {
                 // The username or the address may have been locked while this login waited.
                 limits.lock().check(&name, address, Instant::now())?;
-                Ok::<_, Locked>(admin.accepts(scratch, &name, &password))
+                Ok::<_, Locked>(match &user_hash {
+                    Some(stored) => stored.matches(scratch, &password),
+                    // Unknown names are checked against the administrator's hash too, so the
+                    // time an answer takes does not tell which names exist.
+                    None => admin.accepts(scratch, &name, &password),
+                })
             })
             .map_err(|_| LoginError::Overloaded)?
             .await
@@ -406,7 +520,11 @@ impl Auth {
         let mut limits = self.limits.lock();
         if checked {
             limits.succeeded(&username, address);
-            return Ok(self.issue(Uuid::new_v4()));
+            let account = match &user {
+                Some(u) => Account::of_user(u),
+                None => self.admin_account(),
+            };
+            return Ok(self.issue(&account, Uuid::new_v4()));
         }
         let lockouts = limits.failed(&username, address, Instant::now());
         drop(limits);
@@ -428,12 +546,20 @@ impl Auth {
     /// A new token pair for the session of a valid refresh token, if its administrator is
     /// still the one configured and the session was not logged out.
     pub fn refresh(&self, refresh_token: &str) -> Result<TokenPair, AuthError> {
-        let session = self.verify(refresh_token, SCOPE_REFRESH)?.session;
-        Ok(self.issue(session))
+        let (account, session) = self.verify(refresh_token, true)?;
+        Ok(self.issue(&account, session))
     }
 
     pub fn verify_access(&self, token: &str) -> Result<Principal, AuthError> {
-        self.verify(token, SCOPE_ADMIN)
+        let (account, session) = self.verify(token, false)?;
+        Ok(Principal {
+            username: account.username,
+            user_id: account.user_id,
+            tenant_id: self.tenant_id,
+            authority: account.authority,
+            customer_id: account.customer_id,
+            session,
+        })
     }
 
     /// Ends the caller's session: its access and refresh tokens are refused from now on, on
@@ -447,25 +573,27 @@ impl Auth {
         Ok(())
     }
 
-    fn issue(&self, session: Uuid) -> TokenPair {
+    fn issue(&self, account: &Account, session: Uuid) -> TokenPair {
         TokenPair {
-            token: self.sign(SCOPE_ADMIN, self.token_ttl, session),
-            refresh_token: self.sign(SCOPE_REFRESH, self.refresh_ttl, session),
+            token: self.sign(account, account.authority.as_str(), self.token_ttl, session),
+            refresh_token: self.sign(account, SCOPE_REFRESH, self.refresh_ttl, session),
         }
     }
 
-    fn sign(&self, scope: &str, ttl: Duration, session: Uuid) -> String {
+    fn sign(&self, account: &Account, scope: &str, ttl: Duration, session: Uuid) -> String {
         let iat = now_secs();
         let claims = Claims {
-            sub: self.admin.username.clone(),
+            sub: account.username.clone(),
             scopes: vec![scope.to_owned()],
-            user_id: self.admin.user_id,
+            user_id: account.user_id,
             tenant_id: self.tenant_id.0,
-            customer_id: NULL_CUSTOMER.to_owned(),
+            customer_id: account
+                .customer_id
+                .map_or_else(|| NULL_CUSTOMER.to_owned(), |c| c.to_string()),
             enabled: true,
             is_public: false,
             session_id: session,
-            credentials: self.admin.credentials,
+            credentials: account.credentials,
             iss: ISSUER.to_owned(),
             iat,
             exp: iat.saturating_add(secs(ttl)),
@@ -475,20 +603,21 @@ impl Auth {
             .unwrap_or_default()
     }
 
-    fn verify(&self, token: &str, scope: &str) -> Result<Principal, AuthError> {
-        let result = self.check_token(token, scope);
+    fn verify(&self, token: &str, refresh: bool) -> Result<(Account, Uuid), AuthError> {
+        let result = self.check_token(token, refresh);
         if let Err((reason, _)) = &result {
             metrics::counter!(AUTH_TOKENS_REFUSED, "reason" => *reason).increment(1);
         }
         result.map_err(|(_, e)| e)
     }
 
-    /// The token's principal, or why it is refused (the metric's `reason`, and the error).
+    /// The token's account as it is now and its session, or why it is refused (the metric's
+    /// `reason`, and the error).
     fn check_token(
         &self,
         token: &str,
-        scope: &str,
-    ) -> Result<Principal, (&'static str, AuthError)> {
+        refresh: bool,
+    ) -> Result<(Account, Uuid), (&'static str, AuthError)> {
         let mut validation = Validation::new(Algorithm::HS512);
         validation.set_issuer(&[ISSUER]);
         validation.leeway = 0;
@@ -499,25 +628,37 @@ impl Auth {
             },
         )?;
         let claims = data.claims;
-        if !claims.scopes.iter().any(|s| s == scope) || claims.tenant_id != self.tenant_id.0 {
+        let scope_ok = claims.scopes.iter().any(|s| {
+            if refresh {
+                s == SCOPE_REFRESH
+            } else {
+                Authority::parse(s).is_some()
+            }
+        });
+        if !scope_ok || claims.tenant_id != self.tenant_id.0 {
             return Err(("invalid", AuthError::Invalid));
         }
-        // Signed with this secret, for an administrator that is not the one configured now.
-        if claims.sub != self.admin.username || claims.user_id != self.admin.user_id {
-            return Err(("other_user", AuthError::Invalid));
-        }
-        if claims.credentials != self.admin.credentials {
+        let account = if claims.user_id == self.admin.user_id {
+            // Signed with this secret, for an administrator that is not the one configured now.
+            if claims.sub != self.admin.username {
+                return Err(("other_user", AuthError::Invalid));
+            }
+            self.admin_account()
+        } else {
+            // A directory user that still exists, in this tenant.
+            match self.directory.as_ref().and_then(|d| d.user(claims.user_id)) {
+                Some(user) if user.tenant_id == self.tenant_id => Account::of_user(&user),
+                Some(_) => return Err(("other_user", AuthError::Invalid)),
+                None => return Err(("other_user", AuthError::Invalid)),
+            }
+        };
+        if claims.credentials != account.credentials {
             return Err(("outdated", AuthError::Expired));
         }
         if self.revoked.is_revoked(claims.session_id, claims.iat) {
             return Err(("revoked", AuthError::Expired));
         }
-        Ok(Principal {
-            username: claims.sub,
-            user_id: claims.user_id,
-            tenant_id: self.tenant_id,
-            session: claims.session_id,
-        })
+        Ok((account, claims.session_id))
     }
 }
 

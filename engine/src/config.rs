@@ -30,6 +30,7 @@ pub struct Config {
     pub http: HttpConfig,
     pub api: ApiConfig,
     pub ws: WsConfig,
+    pub directory: DirectoryConfig,
     pub auth: AuthConfig,
     pub queue: QueueConfig,
     pub store: StoreConfig,
@@ -604,6 +605,7 @@ impl Default for Config {
             http: HttpConfig::default(),
             api: ApiConfig::default(),
             ws: WsConfig::default(),
+            directory: DirectoryConfig::default(),
             auth: AuthConfig::default(),
             queue: QueueConfig::default(),
             store: StoreConfig::default(),
@@ -797,6 +799,52 @@ impl Default for WsConfig {
             ping_interval: Duration::from_secs(10),
             pong_timeout: Duration::from_secs(30),
             send_timeout: Duration::from_secs(5),
+        }
+    }
+}
+
+/// The directory: customers, users, assets and relations, held in memory by every node.
+#[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DirectoryConfig {
+    /// Customers one tenant may have; one more is refused (400, errorCode 41).
+    pub max_customers: usize,
+    /// Users (tenant administrators and customer users) one tenant may have.
+    pub max_users: usize,
+    /// Assets one tenant may have.
+    pub max_assets: usize,
+    /// Relations in all.
+    pub max_relations: usize,
+    /// With a store other nodes write too (ClickHouse), how often this node reads the
+    /// directory again: a change made on another node (a device assigned, a user deleted) is
+    /// seen here within this time.
+    #[serde(with = "humantime_serde")]
+    pub reload_interval: Duration,
+    /// How long an activation link stays valid.
+    #[serde(with = "humantime_serde")]
+    pub activation_ttl: Duration,
+}
+
+impl Default for DirectoryConfig {
+    fn default() -> Self {
+        DirectoryConfig {
+            max_customers: 10_000,
+            max_users: 10_000,
+            max_assets: 100_000,
+            max_relations: 200_000,
+            reload_interval: Duration::from_secs(2),
+            activation_ttl: Duration::from_secs(24 * 3600),
+        }
+    }
+}
+
+impl DirectoryConfig {
+    pub fn limits(&self) -> actors::directory::DirectoryLimits {
+        actors::directory::DirectoryLimits {
+            max_customers: self.max_customers,
+            max_users: self.max_users,
+            max_assets: self.max_assets,
+            max_relations: self.max_relations,
         }
     }
 }

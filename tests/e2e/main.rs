@@ -1,6 +1,7 @@
 //! End-to-end tests: the real `engine` binary on loopback ports, real clients on real sockets.
 //! One test binary, one module per area.
 
+mod apps;
 mod backpressure;
 mod claims;
 mod converters;

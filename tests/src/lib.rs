@@ -281,10 +281,15 @@ impl Engine {
 
     /// A REST client logged in as the demo tenant administrator.
     pub async fn rest(&self) -> Result<Rest> {
+        self.login("tenant@thingsboard.org", "tenant").await
+    }
+
+    /// A REST client logged in as `username`.
+    pub async fn login(&self, username: &str, password: &str) -> Result<Rest> {
         let http = reqwest::Client::new();
         let resp = http
             .post(self.url("/api/auth/login"))
-            .json(&json!({"username": "tenant@thingsboard.org", "password": "tenant"}))
+            .json(&json!({"username": username, "password": password}))
             .send()
             .await?;
         anyhow::ensure!(

@@ -1,15 +1,15 @@
-//! `POST /api/auth/login`, `POST /api/auth/token` (refresh), `POST /api/auth/logout` and
-//! `GET /api/auth/user`.
+//! `POST /api/auth/login`, `POST /api/auth/token` (refresh), `POST /api/auth/logout`,
+//! `GET /api/auth/user`, `POST /api/auth/changePassword` and the activation of a new user's
+//! account (`/api/noauth/activate`).
 
 use actix_web::http::StatusCode;
 use actix_web::http::header::{HeaderValue, RETRY_AFTER};
 use actix_web::{HttpRequest, HttpResponse, ResponseError, error::JsonPayloadError, web};
 use serde::Deserialize;
-use serde_json::json;
 
 use super::error::{ApiError, ErrorCode};
 use super::{Caller, State};
-use crate::auth::{LoginError, NULL_CUSTOMER, Peer};
+use crate::auth::{LoginError, Peer};
 
 /// Largest body the auth endpoints read: a username, a password or a token is far smaller, and
 /// nothing more is read from a client that is not logged in yet (answered 413 past it).
@@ -33,6 +33,17 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         web::resource("/api/auth/token")
             .app_data(json())
             .route(web::post().to(refresh)),
+    )
+    .service(
+        web::resource("/api/noauth/activate")
+            .app_data(json())
+            .route(web::post().to(activate))
+            .route(web::get().to(activation_page)),
+    )
+    .service(
+        web::resource("/api/auth/changePassword")
+            .app_data(json())
+            .route(web::post().to(change_password)),
     )
     .route("/api/auth/logout", web::post().to(logout))
     .route("/api/auth/user", web::get().to(user));
@@ -79,9 +90,10 @@ async fn login(
 impl ResponseError for LoginError {
     fn status_code(&self) -> StatusCode {
         match self {
-            LoginError::BadCredentials | LoginError::UserLocked(_) | LoginError::DemoRemote => {
-                StatusCode::UNAUTHORIZED
-            }
+            LoginError::BadCredentials
+            | LoginError::NotActive
+            | LoginError::UserLocked(_)
+            | LoginError::DemoRemote => StatusCode::UNAUTHORIZED,
             LoginError::AddressLimited(_) | LoginError::Overloaded => StatusCode::TOO_MANY_REQUESTS,
             LoginError::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
         }
@@ -131,14 +143,155 @@ async fn logout(state: State, caller: Caller) -> Result<HttpResponse, ApiError> 
     Ok(HttpResponse::Ok().finish())
 }
 
-async fn user(caller: Caller) -> HttpResponse {
-    let me = caller.0;
-    HttpResponse::Ok().json(json!({
-        "id": {"entityType": "USER", "id": me.user_id},
-        "tenantId": {"entityType": "TENANT", "id": me.tenant_id.0},
-        "customerId": {"entityType": "CUSTOMER", "id": NULL_CUSTOMER},
-        "email": me.username,
-        "name": me.username,
-        "authority": "TENANT_ADMIN",
-    }))
+async fn user(state: State, caller: Caller) -> HttpResponse {
+    HttpResponse::Ok().json(super::user::principal_json(&state, &caller.0))
+}
+
+/// ThingsBoard's default password policy: 6 to 72 characters (Argon2 takes more, BCrypt,
+/// which ThingsBoard uses, does not).
+fn check_password_policy(password: &str) -> Result<(), ApiError> {
+    let len = password.chars().count();
+    if len < 6 {
+        return Err(ApiError {
+            status: StatusCode::BAD_REQUEST,
+            code: ErrorCode::PasswordViolation,
+            message: "Password must be at least 6 characters long!".into(),
+        });
+    }
+    if len > 72 {
+        return Err(ApiError {
+            status: StatusCode::BAD_REQUEST,
+            code: ErrorCode::PasswordViolation,
+            message: "Password must be no more than 72 characters in length!".into(),
+        });
+    }
+    Ok(())
+}
+
+fn login_error(e: LoginError) -> ApiError {
+    ApiError {
+        status: e.status_code(),
+        code: ErrorCode::TooManyRequests,
+        message: e.to_string(),
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct Activate {
+    activate_token: String,
+    password: String,
+}
+
+/// `POST /api/noauth/activate[?sendActivationMail=]` `{"activateToken","password"}`: sets the
+/// new user's password and logs it in (a token pair, as ThingsBoard answers).
+async fn activate(state: State, body: web::Json<Activate>) -> Result<HttpResponse, ApiError> {
+    let Activate {
+        activate_token,
+        password,
+    } = body.into_inner();
+    check_password_policy(&password)?;
+    let user = state
+        .directory
+        .user_by_activation(&activate_token)
+        .ok_or_else(|| {
+            ApiError::bad_request(format!(
+                "Unable to find user credentials by activateToken [{activate_token}]"
+            ))
+        })?;
+    if user.activate_expires <= actors::model::now_ms() {
+        return Err(ApiError::bad_request("Activation token expired"));
+    }
+    let hash = state
+        .auth
+        .hash_new_password(password)
+        .await
+        .map_err(login_error)?;
+    let activated = actors::directory::User {
+        password_hash: Some(hash),
+        activate_token: None,
+        activate_expires: 0,
+        ..(*user).clone()
+    };
+    let saved = state
+        .directory
+        .save_user(activated, state.auth.admin_username())
+        .await?;
+    Ok(HttpResponse::Ok().json(state.auth.issue_for(&saved)))
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct ActivationQuery {
+    activate_token: Option<String>,
+}
+
+/// `GET /api/noauth/activate?activateToken=`: where ThingsBoard's web UI takes a link's
+/// follower (its page to choose a password): 303 to that page for a valid token, 409 for an
+/// unknown or used one. This engine has no web UI; apps `POST` here instead.
+async fn activation_page(state: State, query: web::Query<ActivationQuery>) -> HttpResponse {
+    let Some(token) = query.activate_token.as_deref() else {
+        return HttpResponse::Conflict().finish();
+    };
+    match state.directory.user_by_activation(token) {
+        Some(user) if user.activate_expires > actors::model::now_ms() => HttpResponse::SeeOther()
+            .insert_header((
+                actix_web::http::header::LOCATION,
+                format!("/login/createPassword?activateToken={token}"),
+            ))
+            .finish(),
+        Some(_) => HttpResponse::SeeOther()
+            .insert_header((actix_web::http::header::LOCATION, "/activationLinkExpired"))
+            .finish(),
+        None => HttpResponse::Conflict().finish(),
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct ChangePassword {
+    current_password: String,
+    new_password: String,
+}
+
+/// `POST /api/auth/changePassword`: a new token pair; the user's other tokens are outdated
+/// (they carry the old credentials' fingerprint).
+async fn change_password(
+    state: State,
+    caller: Caller,
+    body: web::Json<ChangePassword>,
+) -> Result<HttpResponse, ApiError> {
+    let ChangePassword {
+        current_password,
+        new_password,
+    } = body.into_inner();
+    let Some(user) = state.directory.user(caller.0.user_id) else {
+        return Err(ApiError::bad_request(
+            "The configured administrator's password is set in the configuration file \
+             (auth.password_hash, made with `engine hash-password`)",
+        ));
+    };
+    if !state
+        .auth
+        .check_password(&user, current_password)
+        .await
+        .map_err(login_error)?
+    {
+        return Err(ApiError::bad_request("Current password doesn't match!"));
+    }
+    check_password_policy(&new_password)?;
+    let hash = state
+        .auth
+        .hash_new_password(new_password)
+        .await
+        .map_err(login_error)?;
+    let changed = actors::directory::User {
+        password_hash: Some(hash),
+        ..(*user).clone()
+    };
+    let saved = state
+        .directory
+        .save_user(changed, state.auth.admin_username())
+        .await?;
+    Ok(HttpResponse::Ok().json(state.auth.issue_for(&saved)))
 }

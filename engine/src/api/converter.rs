@@ -13,8 +13,9 @@ use serde_json::{Value, json};
 
 use actors::integration::pool::PoolError;
 
+use super::State;
+use super::access::TenantAdmin;
 use super::error::ApiError;
-use super::{Caller, State};
 
 fn pool_error(e: PoolError) -> ApiError {
     match e {
@@ -80,7 +81,7 @@ fn answer(result: Result<Value, String>) -> HttpResponse {
 
 async fn test_uplink(
     state: State,
-    _caller: Caller,
+    _caller: TenantAdmin,
     body: web::Json<TestUplink>,
 ) -> Result<HttpResponse, ApiError> {
     let body = body.into_inner();
@@ -106,7 +107,7 @@ async fn test_uplink(
 
 async fn test_downlink(
     state: State,
-    _caller: Caller,
+    _caller: TenantAdmin,
     body: web::Json<TestDownlink>,
 ) -> Result<HttpResponse, ApiError> {
     let body = body.into_inner();

@@ -17,6 +17,7 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 use uuid::Uuid;
 
+use super::access::{Op, TenantAdmin};
 use super::error::ApiError;
 use super::{Caller, State};
 use crate::auth::NULL_CUSTOMER;
@@ -30,12 +31,21 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         .route("/api/tenant/devices", web::get().to(list));
 }
 
-pub fn device_json(d: &Device) -> Value {
+/// `{"entityType":"CUSTOMER","id":..}` of `customer`, ThingsBoard's null id for none.
+pub fn customer_id_json(customer: Option<Uuid>) -> Value {
+    match customer {
+        Some(c) => json!({"entityType": "CUSTOMER", "id": c}),
+        None => json!({"entityType": "CUSTOMER", "id": NULL_CUSTOMER}),
+    }
+}
+
+/// A device in ThingsBoard's shape, with the customer it is assigned to.
+pub fn device_json(d: &Device, customer: Option<Uuid>) -> Value {
     json!({
         "id": {"entityType": "DEVICE", "id": d.id.0},
         "createdTime": d.created_time,
         "tenantId": {"entityType": "TENANT", "id": d.tenant_id.0},
-        "customerId": {"entityType": "CUSTOMER", "id": NULL_CUSTOMER},
+        "customerId": customer_id_json(customer),
         "name": d.name,
         "type": d.device_type,
         "label": d.label,
@@ -88,16 +98,15 @@ pub fn parse_id(s: &str) -> Result<DeviceId, ApiError> {
         .map_err(|_| ApiError::bad_request(format!("Invalid UUID string: {s}")))
 }
 
-/// The caller's device with this id, or 404.
+/// The device with this id if the caller may do `op` on it; else 404, or 403 when it is
+/// not the caller's.
 pub async fn owned_device(
     state: &State,
     caller: &Caller,
     id: &str,
+    op: Op,
 ) -> Result<Arc<Device>, ApiError> {
-    let id = parse_id(id)?;
-    super::access::device(state.registry.as_ref(), &caller.0, id)
-        .await?
-        .ok_or_else(ApiError::not_found)
+    state.access().device(&caller.0, parse_id(id)?, op).await
 }
 
 /// A refused name, type or label: 400 with errorCode 31, as ThingsBoard's data validation.
@@ -206,9 +215,15 @@ async fn save(
     };
     let tenant = caller.0.tenant_id;
     let device = match body.id {
-        // Update: keep the id (and the token unless a new one is given).
+        // Update: keep the id (and the token unless a new one is given). A customer user may
+        // rename its customer's devices, not change their credentials.
         Some(id) => {
-            let existing = owned_device(&state, &caller, &id.id).await?;
+            let op = if query.access_token.is_some() {
+                Op::Manage
+            } else {
+                Op::Write
+            };
+            let existing = owned_device(&state, &caller, &id.id, op).await?;
             Device {
                 name,
                 device_type,
@@ -223,6 +238,7 @@ async fn save(
         }
         // Create: the registry picks the id (the name's own unless a renamed device holds it).
         None => {
+            super::access::tenant_admin(&caller.0)?;
             let device = Device {
                 id: DeviceId::derive(tenant, &name),
                 tenant_id: tenant,
@@ -234,7 +250,7 @@ async fn save(
                 additional_info,
             };
             let saved = state.registry.create(device).await?;
-            return Ok(HttpResponse::Ok().json(device_json(&saved)));
+            return Ok(HttpResponse::Ok().json(device_json(&saved, None)));
         }
     };
     let token_changed = state
@@ -246,7 +262,8 @@ async fn save(
     if token_changed {
         state.sessions.close(saved.id);
     }
-    Ok(HttpResponse::Ok().json(device_json(&saved)))
+    let customer = state.directory.device_customer(saved.id);
+    Ok(HttpResponse::Ok().json(device_json(&saved, customer)))
 }
 
 async fn get(
@@ -254,8 +271,11 @@ async fn get(
     caller: Caller,
     id: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
-    let device = owned_device(&state, &caller, &id).await?;
-    Ok(HttpResponse::Ok().json(device_json(&device)))
+    let (device, customer) = state
+        .access()
+        .device_with_customer(&caller.0, parse_id(&id)?, Op::Read)
+        .await?;
+    Ok(HttpResponse::Ok().json(device_json(&device, customer)))
 }
 
 async fn delete(
@@ -263,8 +283,10 @@ async fn delete(
     caller: Caller,
     id: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
-    let device = owned_device(&state, &caller, &id).await?;
+    let device = owned_device(&state, &caller, &id, Op::Manage).await?;
     state.registry.delete(device.id).await?;
+    // Its customer assignment and relations go with it.
+    state.directory.forget_device(device.id).await?;
     // Its connections (and gateways' sessions for it) end, as ThingsBoard ends them.
     state.sessions.close(device.id);
     Ok(HttpResponse::Ok().finish())
@@ -275,7 +297,7 @@ async fn credentials(
     caller: Caller,
     id: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
-    let device = owned_device(&state, &caller, &id).await?;
+    let device = owned_device(&state, &caller, &id, Op::Read).await?;
     Ok(HttpResponse::Ok().json(credentials_json(&device, None)))
 }
 
@@ -337,7 +359,7 @@ async fn save_credentials(
             )));
         }
     };
-    let device = owned_device(&state, &caller, &body.device_id.id).await?;
+    let device = owned_device(&state, &caller, &body.device_id.id, Op::Manage).await?;
     let updated = Device {
         token,
         ..(*device).clone()
@@ -363,13 +385,16 @@ struct ListQuery {
 
 async fn list(
     state: State,
-    caller: Caller,
+    caller: TenantAdmin,
     query: web::Query<ListQuery>,
 ) -> Result<HttpResponse, ApiError> {
     let tenant = caller.0.tenant_id;
     if let Some(name) = &query.device_name {
         return match state.registry.by_name(tenant, name).await? {
-            Some(d) => Ok(HttpResponse::Ok().json(device_json(&d))),
+            Some(d) => {
+                let customer = state.directory.device_customer(d.id);
+                Ok(HttpResponse::Ok().json(device_json(&d, customer)))
+            }
             None => Err(ApiError::not_found()),
         };
     }
@@ -380,6 +405,10 @@ async fn list(
     }
     .request(10_000)?;
     let page = state.registry.list(tenant, &request).await?;
-    let data: Vec<Value> = page.data.iter().map(|d| device_json(d)).collect();
+    let data: Vec<Value> = page
+        .data
+        .iter()
+        .map(|d| device_json(d, state.directory.device_customer(d.id)))
+        .collect();
     Ok(HttpResponse::Ok().json(super::page_json(&request, page.total_elements, data)))
 }

@@ -18,6 +18,8 @@ pub enum ErrorCode {
     BadRequestParams = 31,
     ItemNotFound = 32,
     TooManyRequests = 33,
+    PermissionDenied = 20,
+    PasswordViolation = 45,
     EntitiesLimitExceeded = 41,
 }
 
@@ -50,6 +52,23 @@ impl ApiError {
             status: StatusCode::NOT_FOUND,
             code: ErrorCode::ItemNotFound,
             message: "Requested item wasn't found!".into(),
+        }
+    }
+
+    /// ThingsBoard's answer to a role or an entity the caller may not act on.
+    pub fn forbidden() -> ApiError {
+        ApiError {
+            status: StatusCode::FORBIDDEN,
+            code: ErrorCode::PermissionDenied,
+            message: "You don't have permission to perform this operation!".into(),
+        }
+    }
+
+    /// `"<Kind> with id [<id>] is not found"`, as ThingsBoard names a missing entity.
+    pub fn entity_not_found(kind: &str, id: impl std::fmt::Display) -> ApiError {
+        ApiError {
+            message: format!("{kind} with id [{id}] is not found"),
+            ..ApiError::not_found()
         }
     }
 
@@ -133,6 +152,25 @@ impl From<StoreError> for ApiError {
                 message: format!("storage unavailable: {m}"),
             },
             StoreError::Permanent(m) => ApiError::internal(m),
+        }
+    }
+}
+
+impl From<actors::directory::DirectoryError> for ApiError {
+    fn from(e: actors::directory::DirectoryError) -> Self {
+        use actors::directory::DirectoryError;
+        match e {
+            DirectoryError::Store(e) => e.into(),
+            DirectoryError::Limit(m) => ApiError {
+                status: StatusCode::BAD_REQUEST,
+                code: ErrorCode::EntitiesLimitExceeded,
+                message: m,
+            },
+            DirectoryError::Conflict(m) => ApiError::bad_request(m),
+            DirectoryError::NotFound(m) => ApiError {
+                message: m,
+                ..ApiError::not_found()
+            },
         }
     }
 }

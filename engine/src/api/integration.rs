@@ -16,8 +16,9 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 use uuid::Uuid;
 
+use super::State;
+use super::access::TenantAdmin;
 use super::error::ApiError;
-use super::{Caller, State};
 
 pub fn routes(cfg: &mut web::ServiceConfig) {
     cfg.route("/api/converter", web::post().to(save_converter))
@@ -111,7 +112,7 @@ struct ConverterConfiguration {
 
 async fn save_converter(
     state: State,
-    caller: Caller,
+    caller: TenantAdmin,
     body: web::Json<ConverterBody>,
 ) -> Result<HttpResponse, ApiError> {
     let body = body.into_inner();
@@ -167,7 +168,7 @@ async fn save_converter(
 
 async fn get_converter(
     state: State,
-    caller: Caller,
+    caller: TenantAdmin,
     id: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
     let c = state
@@ -179,7 +180,7 @@ async fn get_converter(
 
 async fn delete_converter(
     state: State,
-    caller: Caller,
+    caller: TenantAdmin,
     id: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
     state
@@ -223,7 +224,7 @@ fn page_json(data: Vec<Value>, total: usize, request: &PageRequest) -> Value {
 
 async fn list_converters(
     state: State,
-    caller: Caller,
+    caller: TenantAdmin,
     query: web::Query<PageQuery>,
 ) -> Result<HttpResponse, ApiError> {
     let request = query.request()?;
@@ -297,7 +298,7 @@ struct IntegrationConfiguration {
 
 async fn save_integration(
     state: State,
-    caller: Caller,
+    caller: TenantAdmin,
     body: web::Json<IntegrationBody>,
 ) -> Result<HttpResponse, ApiError> {
     let body = body.into_inner();
@@ -359,7 +360,7 @@ async fn save_integration(
 
 async fn get_integration(
     state: State,
-    caller: Caller,
+    caller: TenantAdmin,
     id: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
     let i = state
@@ -371,7 +372,7 @@ async fn get_integration(
 
 async fn integration_by_key(
     state: State,
-    caller: Caller,
+    caller: TenantAdmin,
     key: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
     let found = state
@@ -383,7 +384,7 @@ async fn integration_by_key(
 
 async fn delete_integration(
     state: State,
-    caller: Caller,
+    caller: TenantAdmin,
     id: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
     state
@@ -395,7 +396,7 @@ async fn delete_integration(
 
 async fn list_integrations(
     state: State,
-    caller: Caller,
+    caller: TenantAdmin,
     query: web::Query<PageQuery>,
 ) -> Result<HttpResponse, ApiError> {
     let request = query.request()?;
@@ -422,7 +423,7 @@ struct EventsQuery {
 
 async fn events_of_type(
     state: State,
-    caller: Caller,
+    caller: TenantAdmin,
     path: web::Path<(String, String, String)>,
     query: web::Query<EventsQuery>,
 ) -> Result<HttpResponse, ApiError> {
@@ -439,7 +440,7 @@ async fn events_of_type(
 
 async fn events(
     state: State,
-    caller: Caller,
+    caller: TenantAdmin,
     path: web::Path<(String, String)>,
     query: web::Query<EventsQuery>,
 ) -> Result<HttpResponse, ApiError> {
@@ -457,7 +458,7 @@ async fn events(
 
 fn answer_events(
     state: &State,
-    caller: &Caller,
+    caller: &TenantAdmin,
     entity_type: &str,
     entity_id: &str,
     event_type: Option<&str>,

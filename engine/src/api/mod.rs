@@ -2,14 +2,19 @@
 //! actix-web listener.
 
 pub mod access;
+mod asset;
 mod auth;
 mod converter;
+mod customer;
 pub mod device;
+mod entity;
 pub mod error;
 mod integration;
 pub mod profile;
+mod relation;
 mod rpc;
 mod telemetry;
+mod user;
 
 use std::future::{Ready, ready};
 use std::sync::Arc;
@@ -25,6 +30,10 @@ use error::ApiError;
 /// What every handler may use; shared by all HTTP workers.
 pub struct ApiState {
     pub auth: Auth,
+    /// Customers, users, assets, device assignments and relations.
+    pub directory: Arc<actors::directory::Directory>,
+    /// How long an activation link stays valid.
+    pub activation_ttl: std::time::Duration,
     pub registry: Arc<dyn DeviceRegistry>,
     pub store: Arc<dyn Store>,
     /// Device profiles (provisioning settings); devices name theirs by `type`.
@@ -49,6 +58,16 @@ pub struct ApiState {
 
 pub type State = web::Data<ApiState>;
 
+impl ApiState {
+    /// The access-check layer over this node's registry and directory.
+    pub fn access(&self) -> access::Access {
+        access::Access {
+            registry: self.registry.clone(),
+            directory: self.directory.clone(),
+        }
+    }
+}
+
 pub fn routes(cfg: &mut web::ServiceConfig) {
     cfg.app_data(web::JsonConfig::default().error_handler(|err, _req| {
         ApiError::invalid(format!("Invalid request body: {err}")).into()
@@ -60,6 +79,10 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
     .configure(auth::routes)
     .configure(converter::routes)
     .configure(integration::routes)
+    .configure(customer::routes)
+    .configure(asset::routes)
+    .configure(relation::routes)
+    .configure(user::routes)
     .configure(device::routes)
     .configure(profile::routes)
     .configure(telemetry::routes)

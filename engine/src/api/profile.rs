@@ -16,6 +16,7 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 use uuid::Uuid;
 
+use super::access::TenantAdmin;
 use super::error::ApiError;
 use super::{Caller, State};
 
@@ -118,7 +119,7 @@ pub async fn default_profile(state: &State, tenant: TenantId) -> Result<DevicePr
 }
 
 /// The caller's profile with this id, or 404.
-async fn owned(state: &State, caller: &Caller, id: &str) -> Result<DeviceProfile, ApiError> {
+async fn owned(state: &State, caller: &TenantAdmin, id: &str) -> Result<DeviceProfile, ApiError> {
     let id = Uuid::parse_str(id)
         .map_err(|_| ApiError::bad_request(format!("Invalid UUID string: {id}")))?;
     match state.profiles.profile(id).await? {
@@ -160,7 +161,7 @@ struct ProfileBody {
 
 async fn save(
     state: State,
-    caller: Caller,
+    caller: TenantAdmin,
     body: web::Json<ProfileBody>,
 ) -> Result<HttpResponse, ApiError> {
     let body = body.into_inner();
@@ -227,7 +228,7 @@ async fn save(
 
 async fn get(
     state: State,
-    caller: Caller,
+    caller: TenantAdmin,
     id: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
     let profile = owned(&state, &caller, &id).await?;
@@ -236,7 +237,7 @@ async fn get(
 
 async fn delete(
     state: State,
-    caller: Caller,
+    caller: TenantAdmin,
     id: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
     let profile = owned(&state, &caller, &id).await?;
@@ -251,7 +252,7 @@ async fn delete(
 
 async fn make_default(
     state: State,
-    caller: Caller,
+    caller: TenantAdmin,
     id: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
     let profile = DeviceProfile {
@@ -277,7 +278,7 @@ async fn default_info(state: State, caller: Caller) -> Result<HttpResponse, ApiE
 
 async fn list(
     state: State,
-    caller: Caller,
+    caller: TenantAdmin,
     query: web::Query<super::PageQuery>,
 ) -> Result<HttpResponse, ApiError> {
     let tenant = caller.0.tenant_id;

@@ -43,6 +43,7 @@ use metrics::counter;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
+use super::access::Op;
 use super::device::owned_device;
 use super::error::{ApiError, ErrorCode};
 use super::{Caller, State};
@@ -87,7 +88,7 @@ async fn call(
         "twoway" => Direction::TwoWay,
         _ => return Err(ApiError::no_such_resource()),
     };
-    let device = owned_device(&state, &caller, &device_id).await?;
+    let device = owned_device(&state, &caller, &device_id, Op::Write).await?;
     let rpc = RestRpc::parse(&body, direction, now_ms()).map_err(|e| {
         counter!(API_REQUESTS_REFUSED, "reason" => "invalid_rpc").increment(1);
         match e {
@@ -202,12 +203,20 @@ fn record_json(r: &RpcRecord) -> Value {
     })
 }
 
-/// The caller's tenant's RPC `id`, or 404.
-async fn owned_record(state: &State, caller: &Caller, id: &str) -> Result<RpcRecord, ApiError> {
+/// The RPC `id` of a device the caller may do `op` on, or 404 (403 for another customer's).
+async fn owned_record(
+    state: &State,
+    caller: &Caller,
+    id: &str,
+    op: Op,
+) -> Result<RpcRecord, ApiError> {
     let id = uuid::Uuid::parse_str(id)
         .map_err(|_| ApiError::bad_request(format!("Invalid RPC id: {id:?} is not a UUID")))?;
     match state.records.rpc(id).await? {
-        Some(r) if r.tenant_id == caller.0.tenant_id => Ok(r),
+        Some(r) if r.tenant_id == caller.0.tenant_id => {
+            state.access().device(&caller.0, r.device_id, op).await?;
+            Ok(r)
+        }
         _ => Err(ApiError::not_found()),
     }
 }
@@ -218,7 +227,7 @@ async fn record(
     caller: Caller,
     id: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
-    let record = owned_record(&state, &caller, &id).await?;
+    let record = owned_record(&state, &caller, &id, Op::Read).await?;
     Ok(HttpResponse::Ok().json(record_json(&record)))
 }
 
@@ -229,7 +238,7 @@ async fn delete_record(
     caller: Caller,
     id: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
-    let record = owned_record(&state, &caller, &id).await?;
+    let record = owned_record(&state, &caller, &id, Op::Write).await?;
     state.records.delete_rpc(record.id).await?;
     if let Some(device) = state.registry.get(record.device_id).await? {
         state
@@ -257,7 +266,7 @@ async fn device_records(
     id: web::Path<String>,
     query: web::Query<RecordsQuery>,
 ) -> Result<HttpResponse, ApiError> {
-    let device = owned_device(&state, &caller, &id).await?;
+    let device = owned_device(&state, &caller, &id, Op::Read).await?;
     let page_size = query
         .page_size
         .filter(|s| *s > 0)

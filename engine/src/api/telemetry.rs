@@ -14,6 +14,7 @@ use metrics::counter;
 use serde::Deserialize;
 use serde_json::{Map, Value, json};
 
+use super::access::Op;
 use super::device::owned_device;
 use super::error::ApiError;
 use super::{Caller, State};
@@ -114,7 +115,7 @@ async fn delete_attributes(
     let scope = path
         .scope()?
         .ok_or_else(|| ApiError::bad_request("Attribute scope is required"))?;
-    let device = owned_device(&state, &caller, &path.entity_id).await?;
+    let device = owned_device(&state, &caller, &path.entity_id, Op::Write).await?;
     let keys = parse_keys(query.keys.as_deref(), limits.max_keys_per_request)?
         .ok_or_else(|| refuse("empty_keys", "Empty keys: []"))?;
     // No stored key is longer than the ingress allows, nor holds control characters.
@@ -204,7 +205,7 @@ async fn save_attributes(
             "CLIENT_SCOPE attributes are the device's own; save SERVER_SCOPE or SHARED_SCOPE",
         ));
     }
-    let device = owned_device(&state, &caller, &path.entity_id).await?;
+    let device = owned_device(&state, &caller, &path.entity_id, Op::Write).await?;
     let entries = actors::payload::parse_attributes(&body)
         .map_err(|e| ApiError::bad_request(format!("Invalid attributes: {e}")))?;
     let message = actors::model::Message {
@@ -437,7 +438,7 @@ async fn timeseries_keys(
     path: web::Path<EntityPath>,
 ) -> Result<HttpResponse, ApiError> {
     path.check_type()?;
-    let device = owned_device(&state, &caller, &path.entity_id).await?;
+    let device = owned_device(&state, &caller, &path.entity_id, Op::Read).await?;
     Ok(HttpResponse::Ok().json(state.store.timeseries_keys(device.id).await?))
 }
 
@@ -463,7 +464,7 @@ async fn timeseries(
     query: web::Query<TimeseriesQuery>,
 ) -> Result<HttpResponse, ApiError> {
     path.check_type()?;
-    let device = owned_device(&state, &caller, &path.entity_id).await?;
+    let device = owned_device(&state, &caller, &path.entity_id, Op::Read).await?;
     let strict = query.use_strict_data_types.unwrap_or(false);
     let keys = parse_keys(query.keys.as_deref(), limits.max_keys_per_request)?;
     let mut out = Map::new();
@@ -522,7 +523,7 @@ async fn attribute_keys(
 ) -> Result<HttpResponse, ApiError> {
     path.check_type()?;
     let scope = path.scope()?;
-    let device = owned_device(&state, &caller, &path.entity_id).await?;
+    let device = owned_device(&state, &caller, &path.entity_id, Op::Read).await?;
     Ok(HttpResponse::Ok().json(state.store.attribute_keys(device.id, scope).await?))
 }
 
@@ -540,7 +541,7 @@ async fn attributes(
 ) -> Result<HttpResponse, ApiError> {
     path.check_type()?;
     let scope = path.scope()?;
-    let device = owned_device(&state, &caller, &path.entity_id).await?;
+    let device = owned_device(&state, &caller, &path.entity_id, Op::Read).await?;
     let keys = parse_keys(query.keys.as_deref(), limits.max_keys_per_request)?;
     let values = state
         .store

@@ -1195,3 +1195,124 @@ pub async fn profiles_suite(profiles: &dyn DeviceProfiles) {
         .expect("page");
     assert_eq!(left.total_elements, 3);
 }
+
+/// The directory store: documents of every kind round-trip, a write replaces and deletes in
+/// one go, and the directory built over the store sees what another instance wrote.
+pub async fn directory_suite(store: &(impl actors::directory::DirectoryStore + Clone)) {
+    use actors::directory::{
+        Asset, Authority, Contact, Customer, Directory, DirectoryLimits, Doc, EntityRef, Relation,
+        RelationKey, User,
+    };
+    use actors::model::{DeviceId, TenantId};
+    use std::sync::Arc;
+    let tenant = TenantId::from_name("directory");
+    let customer = Customer {
+        id: uuid::Uuid::new_v4(),
+        tenant_id: tenant,
+        created_time: 1,
+        title: "Acme \"quoted\" ünïcode".into(),
+        contact: Contact {
+            email: Some("ops@acme".into()),
+            ..Contact::default()
+        },
+        additional_info: Some(r#"{"description":"x"}"#.into()),
+    };
+    let user = User {
+        id: uuid::Uuid::new_v4(),
+        tenant_id: tenant,
+        customer_id: Some(customer.id),
+        created_time: 2,
+        email: "user@acme".into(),
+        authority: Authority::CustomerUser,
+        first_name: Some("Ann".into()),
+        last_name: None,
+        phone: None,
+        additional_info: None,
+        password_hash: Some("$argon2id$v=19$m=16,t=2,p=1$c2FsdHNhbHQ$aGFzaA".into()),
+        activate_token: None,
+        activate_expires: 0,
+    };
+    let asset = Asset {
+        id: uuid::Uuid::new_v4(),
+        tenant_id: tenant,
+        customer_id: Some(customer.id),
+        created_time: 3,
+        name: "Building".into(),
+        asset_type: "building".into(),
+        label: Some("HQ".into()),
+        additional_info: None,
+    };
+    let device = DeviceId(uuid::Uuid::new_v4());
+    let relation = Relation {
+        tenant_id: tenant,
+        key: RelationKey {
+            from: EntityRef::asset(asset.id),
+            to: EntityRef::device(device),
+            relation_type: "Contains".into(),
+            type_group: "COMMON".into(),
+        },
+        additional_info: Some("{\"a\":1}".into()),
+    };
+    let assignment = Doc::Assignment {
+        device,
+        tenant_id: tenant,
+        customer: customer.id,
+    };
+    let docs = vec![
+        Doc::Customer(customer.clone()),
+        Doc::User(user.clone()),
+        Doc::Asset(asset.clone()),
+        Doc::Relation(relation.clone()),
+        assignment.clone(),
+    ];
+    store.write(&docs, &[]).await.expect("write");
+    let sorted = |mut docs: Vec<Doc>| {
+        docs.sort_by_key(Doc::id);
+        docs
+    };
+    assert_eq!(
+        sorted(store.load().await.expect("load")),
+        sorted(docs.clone())
+    );
+    // A replacement and a deletion in one write.
+    let renamed = Asset {
+        name: "Building 2".into(),
+        ..asset.clone()
+    };
+    store
+        .write(&[Doc::Asset(renamed.clone())], &[assignment.id(), user.id])
+        .await
+        .expect("write");
+    let loaded = sorted(store.load().await.expect("load"));
+    assert_eq!(
+        loaded,
+        sorted(vec![
+            Doc::Customer(customer.clone()),
+            Doc::Asset(renamed),
+            Doc::Relation(relation.clone()),
+        ])
+    );
+    // A directory over the same store sees it all, and its writes reach another one.
+    let first = Directory::open(Arc::new(store.clone()), DirectoryLimits::default())
+        .await
+        .expect("open");
+    assert_eq!(
+        first.asset_by_name(tenant, "Building 2").map(|a| a.id),
+        Some(asset.id)
+    );
+    first.delete_asset(asset.id).await.expect("delete");
+    let second = Directory::open(Arc::new(store.clone()), DirectoryLimits::default())
+        .await
+        .expect("open");
+    assert!(second.asset(asset.id).is_none());
+    assert!(
+        second
+            .relations(EntityRef::device(device), false, "COMMON", None)
+            .is_empty(),
+        "the asset's relations went with it"
+    );
+    assert_eq!(
+        second.customer(customer.id).map(|c| c.title.clone()),
+        Some(customer.title)
+    );
+}

@@ -3,6 +3,7 @@
 
 pub mod catalog;
 pub mod clickhouse;
+pub mod directory;
 pub mod embedded;
 pub mod paused;
 pub mod registry;

@@ -250,7 +250,7 @@ async fn serve(
     let (watch, mut inbox) = state.ws.hub.watcher(config.max_pending_updates);
     let overflow = watch.overflow();
     let viewer = Arc::new(UserViewer {
-        registry: state.registry.clone(),
+        access: state.access(),
         user,
     });
     let mut subs = Subscriptions::new(

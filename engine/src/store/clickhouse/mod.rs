@@ -99,6 +99,13 @@ impl ClickHouseStore {
     }
 
     /// Converter and integration definitions, in the same database (shared by the nodes).
+    pub fn directory(&self) -> crate::store::directory::ch::ClickHouseDirectory {
+        crate::store::directory::ch::ClickHouseDirectory {
+            client: self.client.clone(),
+            versions: self.versions.clone(),
+        }
+    }
+
     pub fn catalog(&self) -> crate::store::catalog::ch::ClickHouseCatalog {
         crate::store::catalog::ch::ClickHouseCatalog {
             client: self.client.clone(),
@@ -434,6 +441,7 @@ mod tests {
         crate::store::contract::store_suite(&store).await;
         crate::store::contract::registry_suite(&registry).await;
         crate::store::contract::catalog_suite(&store.catalog()).await;
+        crate::store::contract::directory_suite(&store.directory()).await;
         crate::store::contract::records_suite(&store.records()).await;
         crate::store::contract::profiles_suite(&store.records()).await;
     }

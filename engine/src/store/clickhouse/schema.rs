@@ -159,6 +159,17 @@ const MIGRATIONS: &[&[&str]] = &[
         "ALTER TABLE device ADD COLUMN additional_info String DEFAULT '',
                             ADD COLUMN has_additional_info UInt8 DEFAULT 0",
     ],
+    &[
+        // The directory (`store/directory.rs`): customers, users, assets, device assignments
+        // and relations, one JSON document each; a change or a deletion is a newer row.
+        "CREATE TABLE IF NOT EXISTS directory (
+        id UUID,
+        body String,
+        deleted UInt8,
+        ver UInt64
+    ) ENGINE = ReplacingMergeTree(ver)
+    ORDER BY id",
+    ],
 ];
 
 #[derive(clickhouse::Row, Deserialize)]

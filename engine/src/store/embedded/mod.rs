@@ -282,6 +282,12 @@ impl EmbeddedStore {
     }
 
     /// Converter and integration definitions, in the same database.
+    pub fn directory(&self) -> crate::store::directory::embedded::EmbeddedDirectory {
+        crate::store::directory::embedded::EmbeddedDirectory {
+            db: self.db.clone(),
+        }
+    }
+
     pub fn catalog(&self) -> crate::store::catalog::embedded::EmbeddedCatalog {
         crate::store::catalog::embedded::EmbeddedCatalog {
             db: self.db.clone(),
@@ -434,6 +440,7 @@ mod tests {
         crate::store::contract::store_suite(&store).await;
         crate::store::contract::registry_suite(&registry).await;
         crate::store::contract::catalog_suite(&store.catalog()).await;
+        crate::store::contract::directory_suite(&store.directory()).await;
         crate::store::contract::records_suite(&store.records()).await;
         crate::store::contract::profiles_suite(&store.records()).await;
     }

@@ -135,6 +135,15 @@ const MIGRATIONS: &[Migration] = &[
     ),
     // v7. A device's `additionalInfo` (JSON text; `{"gateway":true}` makes a gateway).
     ("ALTER TABLE device ADD COLUMN additional_info TEXT;", None),
+    // v8. The directory (`store/directory.rs`): customers, users, assets, device assignments
+    // and relations, one JSON document each, read whole at start-up.
+    (
+        "CREATE TABLE directory (
+        id BLOB PRIMARY KEY,
+        body TEXT NOT NULL
+    );",
+        None,
+    ),
 ];
 
 pub(super) fn migrate(c: &mut Connection) -> anyhow::Result<()> {

@@ -1,0 +1,806 @@
+//! The directory: a tenant's customers, users and assets, which customer each device is
+//! assigned to, and the relations between entities. Small and read on every access check, so
+//! all of it is held in memory (an [`Index`]) and written through to a [`DirectoryStore`];
+//! every change is one store write, made before memory changes, so what a caller was told was
+//! saved is durable.
+//!
+//! Writes are serialised (one at a time per node). With a store other nodes write too, the
+//! engine re-reads it every `directory.reload_interval`: a change made on another node is seen
+//! here within that time.
+//!
+//! Bounds: `directory.max_customers`, `max_users`, `max_assets` per tenant and `max_relations`
+//! in all; an app cannot make the engine keep more.
+
+pub mod model;
+#[cfg(test)]
+mod tests;
+
+use std::collections::{BTreeSet, HashMap};
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use parking_lot::RwLock;
+use thiserror::Error;
+use uuid::Uuid;
+
+use crate::model::{DeviceId, TenantId};
+use crate::ports::{Page, PageRequest, StoreError};
+pub use model::*;
+
+/// Where the directory is kept.
+#[async_trait]
+pub trait DirectoryStore: Send + Sync + 'static {
+    /// Every live document.
+    async fn load(&self) -> Result<Vec<Doc>, StoreError>;
+
+    /// Stores `put` (replacing documents with the same ids) and deletes `delete`, as one write.
+    async fn write(&self, put: &[Doc], delete: &[Uuid]) -> Result<(), StoreError>;
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DirectoryLimits {
+    pub max_customers: usize,
+    pub max_users: usize,
+    pub max_assets: usize,
+    pub max_relations: usize,
+}
+
+impl Default for DirectoryLimits {
+    fn default() -> Self {
+        DirectoryLimits {
+            max_customers: 10_000,
+            max_users: 10_000,
+            max_assets: 100_000,
+            max_relations: 200_000,
+        }
+    }
+}
+
+#[derive(Debug, Error)]
+pub enum DirectoryError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// A limit of the engine's: what, and the bound.
+    #[error("{0}")]
+    Limit(String),
+    #[error("{0}")]
+    Conflict(String),
+    #[error("{0}")]
+    NotFound(String),
+}
+
+/// The documents, indexed the ways they are read.
+#[derive(Default)]
+pub struct Index {
+    customers: HashMap<Uuid, Arc<Customer>>,
+    users: HashMap<Uuid, Arc<User>>,
+    users_by_email: HashMap<String, Uuid>,
+    users_by_activation: HashMap<String, Uuid>,
+    assets: HashMap<Uuid, Arc<Asset>>,
+    assets_by_name: HashMap<(TenantId, String), Uuid>,
+    assignments: HashMap<DeviceId, Uuid>,
+    customer_devices: HashMap<Uuid, BTreeSet<DeviceId>>,
+    relations: HashMap<RelationKey, Relation>,
+    by_from: HashMap<EntityRef, BTreeSet<RelationKey>>,
+    by_to: HashMap<EntityRef, BTreeSet<RelationKey>>,
+}
+
+impl Index {
+    fn build(docs: Vec<Doc>) -> Index {
+        let mut index = Index::default();
+        for doc in docs {
+            index.apply_put(doc);
+        }
+        index
+    }
+
+    fn apply_put(&mut self, doc: Doc) {
+        match doc {
+            Doc::Customer(c) => {
+                self.customers.insert(c.id, Arc::new(c));
+            }
+            Doc::User(u) => {
+                self.remove_user(u.id);
+                self.users_by_email.insert(u.email.to_lowercase(), u.id);
+                if let Some(token) = &u.activate_token {
+                    self.users_by_activation.insert(token.clone(), u.id);
+                }
+                self.users.insert(u.id, Arc::new(u));
+            }
+            Doc::Asset(a) => {
+                self.remove_asset(a.id);
+                self.assets_by_name
+                    .insert((a.tenant_id, a.name.clone()), a.id);
+                self.assets.insert(a.id, Arc::new(a));
+            }
+            Doc::Relation(r) => {
+                self.by_from
+                    .entry(r.key.from)
+                    .or_default()
+                    .insert(r.key.clone());
+                self.by_to
+                    .entry(r.key.to)
+                    .or_default()
+                    .insert(r.key.clone());
+                self.relations.insert(r.key.clone(), r);
+            }
+            Doc::Assignment {
+                device, customer, ..
+            } => {
+                self.unassign(device);
+                self.assignments.insert(device, customer);
+                self.customer_devices
+                    .entry(customer)
+                    .or_default()
+                    .insert(device);
+            }
+        }
+    }
+
+    fn remove_user(&mut self, id: Uuid) -> Option<Arc<User>> {
+        let user = self.users.remove(&id)?;
+        self.users_by_email.remove(&user.email.to_lowercase());
+        if let Some(token) = &user.activate_token {
+            self.users_by_activation.remove(token);
+        }
+        Some(user)
+    }
+
+    fn remove_asset(&mut self, id: Uuid) -> Option<Arc<Asset>> {
+        let asset = self.assets.remove(&id)?;
+        self.assets_by_name
+            .remove(&(asset.tenant_id, asset.name.clone()));
+        Some(asset)
+    }
+
+    fn unassign(&mut self, device: DeviceId) {
+        if let Some(customer) = self.assignments.remove(&device)
+            && let Some(set) = self.customer_devices.get_mut(&customer)
+        {
+            set.remove(&device);
+            if set.is_empty() {
+                self.customer_devices.remove(&customer);
+            }
+        }
+    }
+
+    fn remove_relation(&mut self, key: &RelationKey) -> bool {
+        if self.relations.remove(key).is_none() {
+            return false;
+        }
+        for (map, end) in [(&mut self.by_from, key.from), (&mut self.by_to, key.to)] {
+            if let Some(set) = map.get_mut(&end) {
+                set.remove(key);
+                if set.is_empty() {
+                    map.remove(&end);
+                }
+            }
+        }
+        true
+    }
+
+    /// Every relation `entity` is an end of.
+    fn relation_keys_of(&self, entity: EntityRef) -> Vec<RelationKey> {
+        let mut keys: BTreeSet<RelationKey> = BTreeSet::new();
+        for map in [&self.by_from, &self.by_to] {
+            if let Some(set) = map.get(&entity) {
+                keys.extend(set.iter().cloned());
+            }
+        }
+        keys.into_iter().collect()
+    }
+
+    /// Applies a write that was stored.
+    fn apply(&mut self, put: Vec<Doc>, delete: &Removal) {
+        for id in &delete.users {
+            self.remove_user(*id);
+        }
+        for id in &delete.assets {
+            self.remove_asset(*id);
+        }
+        for id in &delete.customers {
+            self.customers.remove(id);
+            self.customer_devices.remove(id);
+        }
+        for device in &delete.assignments {
+            self.unassign(*device);
+        }
+        for key in &delete.relations {
+            self.remove_relation(key);
+        }
+        for doc in put {
+            self.apply_put(doc);
+        }
+    }
+}
+
+/// What a write deletes, by kind.
+#[derive(Default)]
+struct Removal {
+    customers: Vec<Uuid>,
+    users: Vec<Uuid>,
+    assets: Vec<Uuid>,
+    assignments: Vec<DeviceId>,
+    relations: Vec<RelationKey>,
+}
+
+impl Removal {
+    fn ids(&self) -> Vec<Uuid> {
+        let mut ids: Vec<Uuid> = Vec::new();
+        ids.extend(&self.customers);
+        ids.extend(&self.users);
+        ids.extend(&self.assets);
+        ids.extend(self.assignments.iter().map(|d| assignment_id(*d)));
+        ids.extend(self.relations.iter().map(RelationKey::doc_id));
+        ids
+    }
+
+    fn is_empty(&self) -> bool {
+        self.ids().is_empty()
+    }
+}
+
+/// A page of `items` (already filtered), sorted by `key`.
+fn paged<T: Clone, K: Ord>(
+    mut items: Vec<T>,
+    page: &PageRequest,
+    key: impl Fn(&T) -> K,
+) -> Page<T> {
+    items.sort_by_key(|item| key(item));
+    let total_elements = items.len();
+    let data = items
+        .into_iter()
+        .skip(page.page.saturating_mul(page.page_size))
+        .take(page.page_size)
+        .collect();
+    Page {
+        data,
+        total_elements,
+    }
+}
+
+/// ThingsBoard's `textSearch`: a case-insensitive prefix.
+fn matches(search: &Option<String>, text: &str) -> bool {
+    search
+        .as_deref()
+        .is_none_or(|s| text.to_lowercase().starts_with(&s.to_lowercase()))
+}
+
+pub struct Directory {
+    store: Arc<dyn DirectoryStore>,
+    limits: DirectoryLimits,
+    index: RwLock<Index>,
+    writer: tokio::sync::Mutex<()>,
+}
+
+impl Directory {
+    /// Loads the directory from `store`.
+    pub async fn open(
+        store: Arc<dyn DirectoryStore>,
+        limits: DirectoryLimits,
+    ) -> Result<Directory, StoreError> {
+        let index = Index::build(store.load().await?);
+        Ok(Directory {
+            store,
+            limits,
+            index: RwLock::new(index),
+            writer: tokio::sync::Mutex::new(()),
+        })
+    }
+
+    /// Reads the store again (it is shared with other nodes); no write of this node's runs
+    /// meanwhile.
+    pub async fn reload(&self) -> Result<(), StoreError> {
+        let _serial = self.writer.lock().await;
+        let index = Index::build(self.store.load().await?);
+        *self.index.write() = index;
+        Ok(())
+    }
+
+    async fn write(&self, put: Vec<Doc>, delete: Removal) -> Result<(), DirectoryError> {
+        if put.is_empty() && delete.is_empty() {
+            return Ok(());
+        }
+        self.store.write(&put, &delete.ids()).await?;
+        self.index.write().apply(put, &delete);
+        Ok(())
+    }
+
+    // ---- customers ---------------------------------------------------------------------
+
+    pub fn customer(&self, id: Uuid) -> Option<Arc<Customer>> {
+        self.index.read().customers.get(&id).cloned()
+    }
+
+    /// A tenant's customers by title.
+    pub fn customers(&self, tenant: TenantId, page: &PageRequest) -> Page<Arc<Customer>> {
+        let found: Vec<Arc<Customer>> = self
+            .index
+            .read()
+            .customers
+            .values()
+            .filter(|c| c.tenant_id == tenant && matches(&page.text_search, &c.title))
+            .cloned()
+            .collect();
+        paged(found, page, |c| (c.title.clone(), c.id))
+    }
+
+    /// Creates or replaces a customer; a title another customer of the tenant has is refused.
+    pub async fn save_customer(&self, customer: Customer) -> Result<Arc<Customer>, DirectoryError> {
+        let _serial = self.writer.lock().await;
+        {
+            let index = self.index.read();
+            if index.customers.values().any(|c| {
+                c.tenant_id == customer.tenant_id
+                    && c.title == customer.title
+                    && c.id != customer.id
+            }) {
+                return Err(DirectoryError::Conflict(
+                    "Customer with such title already exists!".into(),
+                ));
+            }
+            if !index.customers.contains_key(&customer.id) {
+                let count = index
+                    .customers
+                    .values()
+                    .filter(|c| c.tenant_id == customer.tenant_id)
+                    .count();
+                if count >= self.limits.max_customers {
+                    return Err(DirectoryError::Limit(format!(
+                        "The tenant has {count} customers, the most this engine keeps \
+                         (directory.max_customers)"
+                    )));
+                }
+            }
+        }
+        let saved = Arc::new(customer.clone());
+        self.write(vec![Doc::Customer(customer)], Removal::default())
+            .await?;
+        Ok(saved)
+    }
+
+    /// Deletes a customer, its users and its relations; its devices and assets go back to the
+    /// tenant. Returns whether it existed.
+    pub async fn delete_customer(&self, id: Uuid) -> Result<bool, DirectoryError> {
+        let _serial = self.writer.lock().await;
+        let (put, delete) = {
+            let index = self.index.read();
+            if !index.customers.contains_key(&id) {
+                return Ok(false);
+            }
+            let mut delete = Removal {
+                customers: vec![id],
+                ..Removal::default()
+            };
+            delete.users = index
+                .users
+                .values()
+                .filter(|u| u.customer_id == Some(id))
+                .map(|u| u.id)
+                .collect();
+            delete.assignments = index
+                .customer_devices
+                .get(&id)
+                .map(|set| set.iter().copied().collect())
+                .unwrap_or_default();
+            delete.relations = index.relation_keys_of(EntityRef {
+                entity_type: EntityType::Customer,
+                id,
+            });
+            let put = index
+                .assets
+                .values()
+                .filter(|a| a.customer_id == Some(id))
+                .map(|a| {
+                    Doc::Asset(Asset {
+                        customer_id: None,
+                        ..(**a).clone()
+                    })
+                })
+                .collect();
+            (put, delete)
+        };
+        self.write(put, delete).await?;
+        Ok(true)
+    }
+
+    // ---- users -------------------------------------------------------------------------
+
+    pub fn user(&self, id: Uuid) -> Option<Arc<User>> {
+        self.index.read().users.get(&id).cloned()
+    }
+
+    pub fn user_by_email(&self, email: &str) -> Option<Arc<User>> {
+        let index = self.index.read();
+        let id = index.users_by_email.get(&email.to_lowercase())?;
+        index.users.get(id).cloned()
+    }
+
+    pub fn user_by_activation(&self, token: &str) -> Option<Arc<User>> {
+        let index = self.index.read();
+        let id = index.users_by_activation.get(token)?;
+        index.users.get(id).cloned()
+    }
+
+    /// A customer's users (`customer` given) or the tenant's administrators, by e-mail.
+    pub fn users(
+        &self,
+        tenant: TenantId,
+        customer: Option<Uuid>,
+        page: &PageRequest,
+    ) -> Page<Arc<User>> {
+        let found: Vec<Arc<User>> = self
+            .index
+            .read()
+            .users
+            .values()
+            .filter(|u| {
+                u.tenant_id == tenant
+                    && u.customer_id == customer
+                    && matches(&page.text_search, &u.email)
+            })
+            .cloned()
+            .collect();
+        paged(found, page, |u| u.email.to_lowercase())
+    }
+
+    /// Creates or replaces a user; an e-mail another user has (in any case) is refused, as is
+    /// one in `reserved` (the configured administrator's).
+    pub async fn save_user(&self, user: User, reserved: &str) -> Result<Arc<User>, DirectoryError> {
+        let _serial = self.writer.lock().await;
+        {
+            let index = self.index.read();
+            let email = user.email.to_lowercase();
+            let taken = index
+                .users_by_email
+                .get(&email)
+                .is_some_and(|id| *id != user.id);
+            if taken || email == reserved.to_lowercase() {
+                return Err(DirectoryError::Conflict(format!(
+                    "User with email '{}'  already present in database!",
+                    user.email
+                )));
+            }
+            if !index.users.contains_key(&user.id) {
+                let count = index
+                    .users
+                    .values()
+                    .filter(|u| u.tenant_id == user.tenant_id)
+                    .count();
+                if count >= self.limits.max_users {
+                    return Err(DirectoryError::Limit(format!(
+                        "The tenant has {count} users, the most this engine keeps \
+                         (directory.max_users)"
+                    )));
+                }
+            }
+        }
+        let saved = Arc::new(user.clone());
+        self.write(vec![Doc::User(user)], Removal::default())
+            .await?;
+        Ok(saved)
+    }
+
+    pub async fn delete_user(&self, id: Uuid) -> Result<bool, DirectoryError> {
+        let _serial = self.writer.lock().await;
+        let relations = {
+            let index = self.index.read();
+            if !index.users.contains_key(&id) {
+                return Ok(false);
+            }
+            index.relation_keys_of(EntityRef {
+                entity_type: EntityType::User,
+                id,
+            })
+        };
+        self.write(
+            Vec::new(),
+            Removal {
+                users: vec![id],
+                relations,
+                ..Removal::default()
+            },
+        )
+        .await?;
+        Ok(true)
+    }
+
+    // ---- assets ------------------------------------------------------------------------
+
+    pub fn asset(&self, id: Uuid) -> Option<Arc<Asset>> {
+        self.index.read().assets.get(&id).cloned()
+    }
+
+    pub fn asset_by_name(&self, tenant: TenantId, name: &str) -> Option<Arc<Asset>> {
+        let index = self.index.read();
+        let id = index.assets_by_name.get(&(tenant, name.to_owned()))?;
+        index.assets.get(id).cloned()
+    }
+
+    /// A tenant's assets (`customer` `None`), or a customer's, of a type if given, by name.
+    pub fn assets(
+        &self,
+        tenant: TenantId,
+        customer: Option<Uuid>,
+        asset_type: Option<&str>,
+        page: &PageRequest,
+    ) -> Page<Arc<Asset>> {
+        let found: Vec<Arc<Asset>> = self
+            .index
+            .read()
+            .assets
+            .values()
+            .filter(|a| {
+                a.tenant_id == tenant
+                    && (customer.is_none() || a.customer_id == customer)
+                    && asset_type.is_none_or(|t| t == a.asset_type)
+                    && matches(&page.text_search, &a.name)
+            })
+            .cloned()
+            .collect();
+        paged(found, page, |a| (a.name.clone(), a.id))
+    }
+
+    /// Creates or replaces an asset; a name another asset of the tenant has is refused.
+    pub async fn save_asset(&self, asset: Asset) -> Result<Arc<Asset>, DirectoryError> {
+        let _serial = self.writer.lock().await;
+        {
+            let index = self.index.read();
+            if index
+                .assets_by_name
+                .get(&(asset.tenant_id, asset.name.clone()))
+                .is_some_and(|id| *id != asset.id)
+            {
+                return Err(DirectoryError::Conflict(
+                    "Asset with such name already exists!".into(),
+                ));
+            }
+            if !index.assets.contains_key(&asset.id) {
+                let count = index
+                    .assets
+                    .values()
+                    .filter(|a| a.tenant_id == asset.tenant_id)
+                    .count();
+                if count >= self.limits.max_assets {
+                    return Err(DirectoryError::Limit(format!(
+                        "The tenant has {count} assets, the most this engine keeps \
+                         (directory.max_assets)"
+                    )));
+                }
+            }
+        }
+        let saved = Arc::new(asset.clone());
+        self.write(vec![Doc::Asset(asset)], Removal::default())
+            .await?;
+        Ok(saved)
+    }
+
+    /// Deletes an asset and its relations.
+    pub async fn delete_asset(&self, id: Uuid) -> Result<bool, DirectoryError> {
+        let _serial = self.writer.lock().await;
+        let relations = {
+            let index = self.index.read();
+            if !index.assets.contains_key(&id) {
+                return Ok(false);
+            }
+            index.relation_keys_of(EntityRef::asset(id))
+        };
+        self.write(
+            Vec::new(),
+            Removal {
+                assets: vec![id],
+                relations,
+                ..Removal::default()
+            },
+        )
+        .await?;
+        Ok(true)
+    }
+
+    // ---- devices -----------------------------------------------------------------------
+
+    /// The customer a device is assigned to.
+    pub fn device_customer(&self, device: DeviceId) -> Option<Uuid> {
+        self.index.read().assignments.get(&device).copied()
+    }
+
+    /// The devices assigned to a customer (at most the tenant's device limit).
+    pub fn customer_devices(&self, customer: Uuid) -> Vec<DeviceId> {
+        self.index
+            .read()
+            .customer_devices
+            .get(&customer)
+            .map(|set| set.iter().copied().collect())
+            .unwrap_or_default()
+    }
+
+    /// Assigns a device to a customer, or back to its tenant (`None`).
+    pub async fn assign_device(
+        &self,
+        tenant: TenantId,
+        device: DeviceId,
+        customer: Option<Uuid>,
+    ) -> Result<(), DirectoryError> {
+        let _serial = self.writer.lock().await;
+        match customer {
+            Some(customer) => {
+                if !self.index.read().customers.contains_key(&customer) {
+                    return Err(DirectoryError::NotFound(format!(
+                        "Customer with id [{customer}] is not found"
+                    )));
+                }
+                self.write(
+                    vec![Doc::Assignment {
+                        device,
+                        tenant_id: tenant,
+                        customer,
+                    }],
+                    Removal::default(),
+                )
+                .await
+            }
+            None => {
+                let assigned = self.index.read().assignments.contains_key(&device);
+                if !assigned {
+                    return Ok(());
+                }
+                self.write(
+                    Vec::new(),
+                    Removal {
+                        assignments: vec![device],
+                        ..Removal::default()
+                    },
+                )
+                .await
+            }
+        }
+    }
+
+    /// Assigns a device to `customer` only if it is assigned to nobody (a claim); returns
+    /// whether it did.
+    pub async fn claim_device(
+        &self,
+        tenant: TenantId,
+        device: DeviceId,
+        customer: Uuid,
+    ) -> Result<bool, DirectoryError> {
+        let _serial = self.writer.lock().await;
+        if self.index.read().assignments.contains_key(&device) {
+            return Ok(false);
+        }
+        self.write(
+            vec![Doc::Assignment {
+                device,
+                tenant_id: tenant,
+                customer,
+            }],
+            Removal::default(),
+        )
+        .await?;
+        Ok(true)
+    }
+
+    /// A deleted device: its assignment and relations go too.
+    pub async fn forget_device(&self, device: DeviceId) -> Result<(), DirectoryError> {
+        let _serial = self.writer.lock().await;
+        let delete = {
+            let index = self.index.read();
+            Removal {
+                assignments: index
+                    .assignments
+                    .contains_key(&device)
+                    .then_some(device)
+                    .into_iter()
+                    .collect(),
+                relations: index.relation_keys_of(EntityRef::device(device)),
+                ..Removal::default()
+            }
+        };
+        self.write(Vec::new(), delete).await
+    }
+
+    // ---- relations ---------------------------------------------------------------------
+
+    pub fn relation(&self, key: &RelationKey) -> Option<Relation> {
+        self.index.read().relations.get(key).cloned()
+    }
+
+    /// Relations from `from` (`outgoing`) or to it, in a type group, of a type if given.
+    pub fn relations(
+        &self,
+        entity: EntityRef,
+        outgoing: bool,
+        type_group: &str,
+        relation_type: Option<&str>,
+    ) -> Vec<Relation> {
+        let index = self.index.read();
+        let map = if outgoing {
+            &index.by_from
+        } else {
+            &index.by_to
+        };
+        map.get(&entity)
+            .into_iter()
+            .flatten()
+            .filter(|k| {
+                k.type_group == type_group && relation_type.is_none_or(|t| t == k.relation_type)
+            })
+            .filter_map(|k| index.relations.get(k).cloned())
+            .collect()
+    }
+
+    /// Creates or replaces a relation.
+    pub async fn save_relation(&self, relation: Relation) -> Result<(), DirectoryError> {
+        let _serial = self.writer.lock().await;
+        {
+            let index = self.index.read();
+            if !index.relations.contains_key(&relation.key)
+                && index.relations.len() >= self.limits.max_relations
+            {
+                return Err(DirectoryError::Limit(format!(
+                    "This engine keeps at most {} relations (directory.max_relations)",
+                    self.limits.max_relations
+                )));
+            }
+        }
+        self.write(vec![Doc::Relation(relation)], Removal::default())
+            .await
+    }
+
+    /// Returns whether the relation existed.
+    pub async fn delete_relation(&self, key: &RelationKey) -> Result<bool, DirectoryError> {
+        let _serial = self.writer.lock().await;
+        if !self.index.read().relations.contains_key(key) {
+            return Ok(false);
+        }
+        self.write(
+            Vec::new(),
+            Removal {
+                relations: vec![key.clone()],
+                ..Removal::default()
+            },
+        )
+        .await?;
+        Ok(true)
+    }
+
+    /// Deletes every relation `entity` is an end of.
+    pub async fn delete_relations_of(&self, entity: EntityRef) -> Result<usize, DirectoryError> {
+        let _serial = self.writer.lock().await;
+        let relations = self.index.read().relation_keys_of(entity);
+        let count = relations.len();
+        self.write(
+            Vec::new(),
+            Removal {
+                relations,
+                ..Removal::default()
+            },
+        )
+        .await?;
+        Ok(count)
+    }
+}
+
+/// A directory store in memory, for tests and as a reference.
+#[derive(Default)]
+pub struct MemoryDirectoryStore {
+    docs: parking_lot::Mutex<HashMap<Uuid, Doc>>,
+}
+
+#[async_trait]
+impl DirectoryStore for MemoryDirectoryStore {
+    async fn load(&self) -> Result<Vec<Doc>, StoreError> {
+        Ok(self.docs.lock().values().cloned().collect())
+    }
+
+    async fn write(&self, put: &[Doc], delete: &[Uuid]) -> Result<(), StoreError> {
+        let mut docs = self.docs.lock();
+        for id in delete {
+            docs.remove(id);
+        }
+        for doc in put {
+            docs.insert(doc.id(), doc.clone());
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,300 @@
+//! Users over REST, ThingsBoard's paths and shapes: a tenant administrator creates tenant
+//! administrators and customer users (`POST /api/user`), reads, lists and deletes them, and
+//! hands out activation links; the user sets a password through the link
+//! (`/api/noauth/activate`, in `auth.rs`) and logs in.
+
+use actix_web::{HttpRequest, HttpResponse, web};
+use actors::directory::{Authority, EntityType, User};
+use actors::model::now_ms;
+use rand::Rng;
+use rand::distributions::Alphanumeric;
+use serde::Deserialize;
+use serde_json::{Value, json};
+use uuid::Uuid;
+
+use super::access::{Op, TenantAdmin};
+use super::device::customer_id_json;
+use super::entity::{
+    IdBody, MAX_PAGE, id_json, info_json, info_text, optional_text, parse_uuid, required_text,
+};
+use super::error::ApiError;
+use super::{Caller, PageQuery, State, page_json};
+use crate::auth::Principal;
+
+/// Characters of an activation token.
+const ACTIVATION_TOKEN_CHARS: usize = 40;
+
+pub fn routes(cfg: &mut web::ServiceConfig) {
+    cfg.route("/api/user", web::post().to(save))
+        .route("/api/user/{id}", web::get().to(get))
+        .route("/api/user/{id}", web::delete().to(delete))
+        .route(
+            "/api/user/{id}/activationLink",
+            web::get().to(activation_link),
+        )
+        .route("/api/customer/{id}/users", web::get().to(customer_users))
+        .route("/api/tenant/users", web::get().to(tenant_users));
+}
+
+pub fn user_json(u: &User) -> Value {
+    json!({
+        "id": id_json(EntityType::User, u.id),
+        "createdTime": u.created_time,
+        "tenantId": id_json(EntityType::Tenant, u.tenant_id.0),
+        "customerId": customer_id_json(u.customer_id),
+        "email": u.email,
+        "name": u.email,
+        "authority": u.authority.as_str(),
+        "firstName": u.first_name,
+        "lastName": u.last_name,
+        "phone": u.phone,
+        "additionalInfo": info_json(u.additional_info.as_deref()),
+    })
+}
+
+/// The signed-in user in ThingsBoard's shape (`GET /api/auth/user`).
+pub fn principal_json(state: &State, me: &Principal) -> Value {
+    if let Some(user) = state.directory.user(me.user_id) {
+        return user_json(&user);
+    }
+    json!({
+        "id": id_json(EntityType::User, me.user_id),
+        "tenantId": id_json(EntityType::Tenant, me.tenant_id.0),
+        "customerId": customer_id_json(None),
+        "email": me.username,
+        "name": me.username,
+        "authority": me.authority.as_str(),
+        "additionalInfo": {},
+    })
+}
+
+fn new_activation_token() -> String {
+    rand::thread_rng()
+        .sample_iter(&Alphanumeric)
+        .take(ACTIVATION_TOKEN_CHARS)
+        .map(char::from)
+        .collect()
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct UserBody {
+    id: Option<IdBody>,
+    email: Option<String>,
+    authority: Option<String>,
+    customer_id: Option<IdBody>,
+    first_name: Option<String>,
+    last_name: Option<String>,
+    phone: Option<String>,
+    #[serde(default)]
+    additional_info: Option<Box<serde_json::value::RawValue>>,
+}
+
+/// A plausible e-mail: something, `@`, something; no spaces.
+fn check_email(email: &str) -> Result<(), ApiError> {
+    let ok = email
+        .split_once('@')
+        .is_some_and(|(local, domain)| !local.is_empty() && !domain.is_empty())
+        && !email.chars().any(char::is_whitespace);
+    if ok {
+        Ok(())
+    } else {
+        Err(ApiError::bad_request(format!(
+            "Invalid email address format '{email}'!"
+        )))
+    }
+}
+
+/// `POST /api/user[?sendActivationMail=]`: create (a tenant administrator) or update (a
+/// tenant administrator, or a user its own record). No mail is sent: the activation link is
+/// read with `GET /api/user/{id}/activationLink`.
+async fn save(
+    state: State,
+    caller: Caller,
+    body: web::Json<UserBody>,
+) -> Result<HttpResponse, ApiError> {
+    let me = caller.0;
+    let body = body.into_inner();
+    let email = required_text("email", body.email, "User email should be specified!")?;
+    check_email(&email)?;
+    let first_name = optional_text("first name", body.first_name)?;
+    let last_name = optional_text("last name", body.last_name)?;
+    let phone = optional_text("phone", body.phone)?;
+    let additional_info = info_text(body.additional_info)?;
+    let asked = match body.authority.as_deref() {
+        Some(a) => Some(Authority::parse(a).ok_or_else(ApiError::forbidden)?),
+        None => None,
+    };
+    let user = match body.id {
+        Some(id) => {
+            let existing = state
+                .directory
+                .user(id.uuid()?)
+                .filter(|u| u.tenant_id == me.tenant_id)
+                .ok_or_else(|| ApiError::entity_not_found("User", &id.id))?;
+            // A customer user edits its own name and contact, nothing else.
+            let own = existing.id == me.user_id;
+            if !me.is_tenant_admin() && !own {
+                return Err(ApiError::forbidden());
+            }
+            let (authority, customer_id) = if me.is_tenant_admin() {
+                let authority = asked.unwrap_or(existing.authority);
+                let customer = match &body.customer_id {
+                    Some(c) => Some(c.uuid()?),
+                    None => existing.customer_id,
+                };
+                (authority, customer)
+            } else {
+                (existing.authority, existing.customer_id)
+            };
+            User {
+                email,
+                authority,
+                customer_id,
+                first_name,
+                last_name,
+                phone,
+                additional_info,
+                ..(*existing).clone()
+            }
+        }
+        None => {
+            super::access::tenant_admin(&me)?;
+            let authority =
+                asked.ok_or_else(|| ApiError::bad_request("User authority isn't defined!"))?;
+            let customer_id = match &body.customer_id {
+                Some(c) => {
+                    Some(c.uuid()?).filter(|id| id.to_string() != crate::auth::NULL_CUSTOMER)
+                }
+                None => None,
+            };
+            User {
+                id: Uuid::new_v4(),
+                tenant_id: me.tenant_id,
+                customer_id,
+                created_time: now_ms(),
+                email,
+                authority,
+                first_name,
+                last_name,
+                phone,
+                additional_info,
+                password_hash: None,
+                activate_token: Some(new_activation_token()),
+                activate_expires: now_ms().saturating_add(
+                    i64::try_from(state.activation_ttl.as_millis()).unwrap_or(i64::MAX),
+                ),
+            }
+        }
+    };
+    // The role's customer: a customer user needs one of this tenant's, an administrator none.
+    let user = match user.authority {
+        Authority::CustomerUser => {
+            let customer = user.customer_id.ok_or_else(|| {
+                ApiError::bad_request("Customer user should be assigned to customer!")
+            })?;
+            state.access().customer(&me, customer, Op::Read)?;
+            user
+        }
+        Authority::TenantAdmin => User {
+            customer_id: None,
+            ..user
+        },
+    };
+    let saved = state
+        .directory
+        .save_user(user, state.auth.admin_username())
+        .await?;
+    Ok(HttpResponse::Ok().json(user_json(&saved)))
+}
+
+/// The user `id` of the caller's tenant, if the caller may read it: an administrator every
+/// one, a customer user itself.
+fn readable(state: &State, me: &Principal, id: &str) -> Result<std::sync::Arc<User>, ApiError> {
+    let id = parse_uuid(id)?;
+    let user = state
+        .directory
+        .user(id)
+        .filter(|u| u.tenant_id == me.tenant_id)
+        .ok_or_else(|| ApiError::entity_not_found("User", id))?;
+    if me.is_tenant_admin() || user.id == me.user_id {
+        Ok(user)
+    } else {
+        Err(ApiError::forbidden())
+    }
+}
+
+async fn get(
+    state: State,
+    caller: Caller,
+    id: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    let user = readable(&state, &caller.0, &id)?;
+    Ok(HttpResponse::Ok().json(user_json(&user)))
+}
+
+async fn delete(
+    state: State,
+    caller: TenantAdmin,
+    id: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    let user = readable(&state, &caller.0, &id)?;
+    state.directory.delete_user(user.id).await?;
+    Ok(HttpResponse::Ok().finish())
+}
+
+/// `GET /api/user/{id}/activationLink`: the link as plain text, as ThingsBoard answers it
+/// (`<scheme>://<host>:<port>/api/noauth/activate?activateToken=..`).
+async fn activation_link(
+    state: State,
+    caller: TenantAdmin,
+    req: HttpRequest,
+    id: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    let user = readable(&state, &caller.0, &id)?;
+    let Some(token) = user.activate_token.as_deref() else {
+        return Err(ApiError::bad_request("User is already activated!"));
+    };
+    let info = req.connection_info();
+    let mut host = info.host().to_owned();
+    if !host.contains(':') {
+        host = format!("{host}:{}", req.app_config().local_addr().port());
+    }
+    let link = format!(
+        "{}://{host}/api/noauth/activate?activateToken={token}",
+        info.scheme()
+    );
+    Ok(HttpResponse::Ok()
+        .content_type("text/plain; charset=utf-8")
+        .body(link))
+}
+
+async fn customer_users(
+    state: State,
+    caller: Caller,
+    id: web::Path<String>,
+    query: web::Query<PageQuery>,
+) -> Result<HttpResponse, ApiError> {
+    super::access::tenant_admin(&caller.0)?;
+    let customer = state
+        .access()
+        .customer(&caller.0, parse_uuid(&id)?, Op::Read)?;
+    let request = query.request(MAX_PAGE)?;
+    let page = state
+        .directory
+        .users(caller.0.tenant_id, Some(customer.id), &request);
+    let data = page.data.iter().map(|u| user_json(u)).collect();
+    Ok(HttpResponse::Ok().json(page_json(&request, page.total_elements, data)))
+}
+
+/// The tenant's administrators created through the API (the configured one is not listed).
+async fn tenant_users(
+    state: State,
+    caller: TenantAdmin,
+    query: web::Query<PageQuery>,
+) -> Result<HttpResponse, ApiError> {
+    let request = query.request(MAX_PAGE)?;
+    let page = state.directory.users(caller.0.tenant_id, None, &request);
+    let data = page.data.iter().map(|u| user_json(u)).collect();
+    Ok(HttpResponse::Ok().json(page_json(&request, page.total_elements, data)))
+}
