@@ -51,12 +51,16 @@ if [ ! -x "$CARGO_FUZZ" ]; then
     --version "$CARGO_FUZZ_VERSION"
 fi
 
-# ThingsBoard's official Python device SDK from PyPI (tb-mqtt-client), which tests/e2e/sdk.rs
-# drives against the engine unchanged; a virtual environment in the same cache.
+# ThingsBoard's official Python clients from PyPI, which the end-to-end tests drive against the
+# engine unchanged: the device SDK (tb-mqtt-client; tests/e2e/sdk.rs, gateway.rs) and the REST
+# client (tb-rest-client; tests/e2e/apps.rs). 4.3 is the last REST client with RestClientCE, the
+# community edition's client (4.4 speaks the professional edition's owner API). One virtual
+# environment in the same cache.
 TB_MQTT_CLIENT_VERSION=1.13.14
-venv="$cache/tb-clients-$TB_MQTT_CLIENT_VERSION"
-if ! "$venv/bin/python" -c "import tb_device_mqtt, mmh3" >/dev/null 2>&1; then
-  echo "== installing tb-mqtt-client $TB_MQTT_CLIENT_VERSION into $venv"
+TB_REST_CLIENT_VERSION=4.3
+venv="$cache/tb-clients-$TB_MQTT_CLIENT_VERSION-rest-$TB_REST_CLIENT_VERSION"
+if ! "$venv/bin/python" -c "import tb_device_mqtt, mmh3, tb_rest_client.rest_client_ce" >/dev/null 2>&1; then
+  echo "== installing tb-mqtt-client $TB_MQTT_CLIENT_VERSION and tb-rest-client $TB_REST_CLIENT_VERSION into $venv"
   rm -rf "$venv"
   if ! python3 -m venv "$venv"; then
     as_root apt-get update -qq
@@ -64,7 +68,8 @@ if ! "$venv/bin/python" -c "import tb_device_mqtt, mmh3" >/dev/null 2>&1; then
     python3 -m venv "$venv"
   fi
   # mmh3: the SDK would otherwise pip-install it on first import.
-  "$venv/bin/pip" install --quiet "tb-mqtt-client==$TB_MQTT_CLIENT_VERSION" mmh3
+  "$venv/bin/pip" install --quiet "tb-mqtt-client==$TB_MQTT_CLIENT_VERSION" mmh3 \
+    "tb-rest-client==$TB_REST_CLIENT_VERSION"
 fi
 export TB_SDK_PYTHON="$venv/bin/python"
 

@@ -1094,3 +1094,54 @@ async fn a_customer_user_gets_live_updates_of_its_devices_only() -> Result<()> {
     assert_eq!(data[0]["entityId"]["id"], mine.as_str());
     Ok(())
 }
+
+/// The official REST client (tb-rest-client 4.3, `RestClientCE`) runs an app's whole flow
+/// unchanged, beside the official device SDK (`tests/sdk/rest_client_flow.py` asserts each
+/// step).
+#[tokio::test]
+async fn the_official_rest_client_runs_an_apps_whole_flow() -> Result<()> {
+    let (_dir, engine, _admin) = start(&[]).await?;
+    let python = tests::sdk_python()?;
+    let script = tests::sdk_script("rest_client_flow.py");
+    let mut child = tokio::process::Command::new(python)
+        .arg(script)
+        .arg(engine.url(""))
+        .arg("127.0.0.1")
+        .arg(engine.mqtt.port().to_string())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()?;
+    let stdout = child.stdout.take().context("stdout")?;
+    let stderr = child.stderr.take().context("stderr")?;
+    let read = |mut r: Box<dyn tokio::io::AsyncRead + Unpin + Send>| async move {
+        let mut text = String::new();
+        tokio::io::AsyncReadExt::read_to_string(&mut r, &mut text).await?;
+        Ok::<_, anyhow::Error>(text)
+    };
+    let (out, err) = (
+        tokio::spawn(read(Box::new(stdout))),
+        tokio::spawn(read(Box::new(stderr))),
+    );
+    let status = tokio::time::timeout(Duration::from_secs(300), child.wait())
+        .await
+        .context("the flow did not end within 300 s")??;
+    let (out, err) = (out.await??, err.await??);
+    assert!(
+        status.success() && out.lines().last() == Some("done"),
+        "the flow failed ({status}):\n{out}\n{err}\nengine log:\n{}",
+        engine.log()
+    );
+    for step in [
+        "ok activate_user",
+        "ok refresh",
+        "ok get_timeseries",
+        "ok handle_two_way_device_rpc_request",
+        "ok find_info_by_from",
+        "ok get_device_by_id (the tenant's) (403)",
+        "ok claim_device_using_post1",
+    ] {
+        assert!(out.lines().any(|l| l == step), "{step} missing:\n{out}");
+    }
+    Ok(())
+}

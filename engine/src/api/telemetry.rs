@@ -65,6 +65,18 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         web::post().to(save_attributes),
     )
     .route(
+        &format!("{BASE}/timeseries/{{scope}}"),
+        web::post().to(save_timeseries),
+    )
+    .route(
+        &format!("{BASE}/timeseries/{{scope}}/{{ttl}}"),
+        web::post().to(save_timeseries),
+    )
+    .route(
+        "/api/plugins/telemetry/{entityId}/{scope}",
+        web::post().to(save_device_attributes),
+    )
+    .route(
         &format!("{BASE}/{{scope}}"),
         web::delete().to(delete_attributes),
     )
@@ -227,6 +239,72 @@ async fn save_attributes(
         let msg: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
         integration_downlink(&state, &device, "ATTRIBUTES_UPDATED", msg).await?;
     }
+    Ok(HttpResponse::Ok().finish())
+}
+
+/// `POST /api/plugins/telemetry/{deviceId}/{scope}`: ThingsBoard's oldest form of
+/// [`save_attributes`], for devices only.
+async fn save_device_attributes(
+    state: State,
+    caller: Caller,
+    path: web::Path<DevicePath>,
+    body: web::Bytes,
+) -> Result<HttpResponse, ApiError> {
+    let DevicePath { entity_id, scope } = path.into_inner();
+    let path = EntityPath {
+        entity_type: "DEVICE".to_owned(),
+        entity_id,
+        scope: Some(scope),
+    };
+    save_attributes(state, caller, web::Path::from(path), body).await
+}
+
+#[derive(Deserialize)]
+struct TimeseriesPath {
+    #[serde(rename = "entityType")]
+    entity_type: String,
+    #[serde(rename = "entityId")]
+    entity_id: String,
+}
+
+/// `POST /api/plugins/telemetry/{entityType}/{entityId}/timeseries/{scope}[/{ttl}]`: time
+/// series in the device API's formats (`{"k":v}`, `{"ts":..,"values":{..}}` or an array of
+/// those), stored through the queue like a device's upload; 200 once the queue holds it.
+/// ThingsBoard's scope (`ANY`) and TTL are accepted and not used.
+async fn save_timeseries(
+    state: State,
+    caller: Caller,
+    path: web::Path<TimeseriesPath>,
+    body: web::Bytes,
+) -> Result<HttpResponse, ApiError> {
+    let path = EntityPath {
+        entity_type: path.entity_type.clone(),
+        entity_id: path.entity_id.clone(),
+        scope: None,
+    };
+    path.check_type()?;
+    let device = owned_device(&state, &caller, &path.entity_id, Op::Write).await?;
+    let received_ts = now_ms();
+    let records = actors::payload::parse_telemetry(&body, received_ts)
+        .map_err(|e| ApiError::bad_request(format!("Invalid time series: {e}")))?;
+    let message = actors::model::Message {
+        tenant_id: device.tenant_id,
+        device_id: device.id,
+        received_ts,
+        body: actors::model::MessageBody::Telemetry(records),
+    };
+    let accepted = state
+        .ingress
+        .publish_message(actors::ingress::Transport::Http, message)
+        .await
+        .map_err(|e| match e.kind() {
+            actors::ingress::RejectionKind::Unavailable => ApiError::unavailable(e.to_string()),
+            _ => ApiError::bad_request(e.to_string()),
+        })?;
+    accepted
+        .confirmed()
+        .await
+        .map_err(|e| ApiError::unavailable(e.to_string()))?;
     Ok(HttpResponse::Ok().finish())
 }
 
