@@ -38,13 +38,13 @@ fn id(v: &Value) -> Result<String> {
     Ok(v["id"]["id"].as_str().context("no id")?.to_owned())
 }
 
-async fn create_customer(admin: &Rest, title: &str) -> Result<String> {
+pub(crate) async fn create_customer(admin: &Rest, title: &str) -> Result<String> {
     id(&post_ok(admin, "/api/customer", &json!({"title": title})).await?)
 }
 
 /// Creates a customer user, activates it through its link with `password`, and returns its id
 /// and a client logged in as it.
-async fn customer_user(
+pub(crate) async fn customer_user(
     engine: &Engine,
     admin: &Rest,
     customer: &str,
@@ -86,7 +86,7 @@ async fn customer_user(
     Ok((user_id, engine.login(email, password).await?))
 }
 
-async fn assign(admin: &Rest, customer: &str, device: &str) -> Result<Value> {
+pub(crate) async fn assign(admin: &Rest, customer: &str, device: &str) -> Result<Value> {
     post_ok(
         admin,
         &format!("/api/customer/{customer}/device/{device}"),

@@ -1064,3 +1064,72 @@ async fn websocket_updates_cross_nodes() -> Result<()> {
     }
     Ok(())
 }
+
+/// Customers, users and assignments made on one node reach the other (each reads the shared
+/// directory table again every `directory.reload_interval`): a user activated on the first
+/// logs in on the second and sees its device there; a device taken back on the first is
+/// refused on the second; a deleted customer's user can no longer log in anywhere.
+#[tokio::test(flavor = "multi_thread")]
+async fn customers_and_users_cross_nodes() -> Result<()> {
+    use crate::apps::{assign, create_customer, customer_user};
+    let stack = Stack::start()?;
+    let second_dir = tempfile::tempdir()?;
+    let (first, second, rest) = two_nodes(&stack, second_dir.path()).await?;
+    let customer = create_customer(&rest, "Cross").await?;
+    let device = rest
+        .create_device("cross-device", "cross-device-token")
+        .await?;
+    assign(&rest, &customer, &device).await?;
+    let (_, _) = customer_user(&first, &rest, &customer, "cross@x.test", "cross-pass").await?;
+    // Wait until the second node has read the directory again (a login tried before would
+    // count as a failed one, and enough of those lock the user out).
+    let second_admin = second.rest().await?;
+    second_admin
+        .eventually(Duration::from_secs(60), || async {
+            let status = second_admin
+                .get(&format!(
+                    "/api/customer/{customer}/users?pageSize=10&page=0"
+                ))
+                .send()
+                .await?;
+            let page: serde_json::Value = status.json().await?;
+            Ok((page["totalElements"] == 1).then_some(()))
+        })
+        .await
+        .context("the second node never read the new customer and user")?;
+    let user = second.login("cross@x.test", "cross-pass").await?;
+    let seen = user.json(&format!("/api/device/{device}")).await?;
+    assert_eq!(seen["customerId"]["id"], customer.as_str());
+    let resp = rest
+        .delete(&format!("/api/customer/device/{device}"))
+        .send()
+        .await?;
+    anyhow::ensure!(resp.status().is_success(), "unassign: {}", resp.status());
+    rest.eventually(Duration::from_secs(60), || async {
+        let status = user
+            .get(&format!("/api/device/{device}"))
+            .send()
+            .await?
+            .status();
+        Ok((status == reqwest::StatusCode::FORBIDDEN).then_some(()))
+    })
+    .await
+    .context("the second node still shows the device taken back")?;
+    let resp = rest
+        .delete(&format!("/api/customer/{customer}"))
+        .send()
+        .await?;
+    anyhow::ensure!(
+        resp.status().is_success(),
+        "delete customer: {}",
+        resp.status()
+    );
+    rest.eventually(Duration::from_secs(60), || async {
+        let status = user.get("/api/auth/user").send().await?.status();
+        Ok((status == reqwest::StatusCode::UNAUTHORIZED).then_some(()))
+    })
+    .await
+    .context("the deleted customer's user is still signed in on the second node")?;
+    assert!(second.login("cross@x.test", "cross-pass").await.is_err());
+    Ok(())
+}

@@ -470,9 +470,9 @@ mod tests {
             .expect("query");
         assert_eq!(
             versions.trim(),
-            "6\t6",
-            "six migrations (tables, the catalog, the device records, the device profiles, \
-             attribute deletion, device additional info), each recorded once"
+            "7\t7",
+            "seven migrations (tables, the catalog, the device records, the device profiles, \
+             attribute deletion, device additional info, the directory), each recorded once"
         );
     }
 
