@@ -919,6 +919,144 @@ mod tests {
         );
     }
 
+    async fn directory() -> Arc<Directory> {
+        Arc::new(
+            Directory::open(
+                Arc::new(actors::directory::MemoryDirectoryStore::default()),
+                actors::directory::DirectoryLimits::default(),
+            )
+            .await
+            .expect("directory"),
+        )
+    }
+
+    fn customer_user(tenant: TenantId, customer: Uuid, password: Option<&str>) -> User {
+        User {
+            id: Uuid::new_v4(),
+            tenant_id: tenant,
+            customer_id: Some(customer),
+            created_time: 0,
+            email: "Ann@Example.com".into(),
+            authority: Authority::CustomerUser,
+            first_name: None,
+            last_name: None,
+            phone: None,
+            additional_info: None,
+            password_hash: password.map(|p| hash_password(p).expect("hash")),
+            activate_token: None,
+            activate_expires: 0,
+        }
+    }
+
+    #[tokio::test]
+    async fn directory_users_log_in_with_their_role_read_anew_at_every_check() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let users = directory().await;
+        let auth = auth(dir.path(), &AuthConfig::default()).with_directory(users.clone());
+        let tenant = auth.tenant_id();
+        let (a, b) = (Uuid::new_v4(), Uuid::new_v4());
+        let inactive = customer_user(tenant, a, None);
+        users
+            .save_user(inactive.clone(), DEMO_USERNAME)
+            .await
+            .expect("save");
+        assert_eq!(
+            login(&auth, "ann@example.com", "whatever").await.err(),
+            Some(LoginError::NotActive)
+        );
+        let ann = User {
+            password_hash: Some(hash_password("s3cret").expect("hash")),
+            ..inactive
+        };
+        users
+            .save_user(ann.clone(), DEMO_USERNAME)
+            .await
+            .expect("save");
+        assert_eq!(
+            login(&auth, "ann@example.com", "wrong").await.err(),
+            Some(LoginError::BadCredentials)
+        );
+        let pair = login(&auth, "ANN@example.com", "s3cret")
+            .await
+            .expect("login");
+        let me = auth.verify_access(&pair.token).expect("valid");
+        assert_eq!(
+            (me.authority, me.customer_id, me.user_id),
+            (Authority::CustomerUser, Some(a), ann.id)
+        );
+        assert!(!me.is_tenant_admin());
+        // Moved to another customer: the same token says so at once.
+        let moved = User {
+            customer_id: Some(b),
+            ..ann.clone()
+        };
+        users
+            .save_user(moved.clone(), DEMO_USERNAME)
+            .await
+            .expect("save");
+        assert_eq!(
+            auth.verify_access(&pair.token).expect("valid").customer_id,
+            Some(b)
+        );
+        // A new password outdates the tokens; a deleted user's are refused.
+        let changed = User {
+            password_hash: Some(hash_password("n3w").expect("hash")),
+            ..moved
+        };
+        users
+            .save_user(changed.clone(), DEMO_USERNAME)
+            .await
+            .expect("save");
+        assert_eq!(
+            auth.verify_access(&pair.token).err(),
+            Some(AuthError::Expired)
+        );
+        assert_eq!(
+            auth.refresh(&pair.refresh_token).err(),
+            Some(AuthError::Expired)
+        );
+        let fresh = auth.issue_for(&changed);
+        assert!(auth.verify_access(&fresh.token).is_ok());
+        users.delete_user(changed.id).await.expect("delete");
+        assert_eq!(
+            auth.verify_access(&fresh.token).err(),
+            Some(AuthError::Invalid)
+        );
+        assert_eq!(
+            auth.refresh(&fresh.refresh_token).err(),
+            Some(AuthError::Invalid)
+        );
+        // The configured administrator is still itself, with no customer.
+        let admin = login(&auth, DEMO_USERNAME, DEMO_PASSWORD)
+            .await
+            .expect("login");
+        let admin = auth.verify_access(&admin.token).expect("valid");
+        assert!(admin.is_tenant_admin() && admin.customer_id.is_none());
+    }
+
+    #[tokio::test]
+    async fn a_token_of_another_tenant_is_refused() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let users = directory().await;
+        let other = AuthConfig {
+            tenant_name: "Other".into(),
+            ..AuthConfig::default()
+        };
+        let ours = auth(dir.path(), &AuthConfig::default()).with_directory(users.clone());
+        let theirs = auth(dir.path(), &other).with_directory(users.clone());
+        let user = customer_user(theirs.tenant_id(), Uuid::new_v4(), Some("pw"));
+        users
+            .save_user(user.clone(), DEMO_USERNAME)
+            .await
+            .expect("save");
+        let pair = theirs.issue_for(&user);
+        assert!(theirs.verify_access(&pair.token).is_ok());
+        assert_eq!(
+            ours.verify_access(&pair.token).err(),
+            Some(AuthError::Invalid)
+        );
+    }
+
     #[test]
     fn a_stored_hash_is_checked_with_its_own_parameters_in_a_kept_buffer() {
         let cheap = Argon2::new(

@@ -376,3 +376,50 @@ impl Viewer for UserViewer {
         self.access.devices(&self.user, query, page).await
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn principal(authority: Authority, customer: Option<Uuid>) -> Principal {
+        Principal {
+            username: "u".into(),
+            user_id: Uuid::new_v4(),
+            tenant_id: TenantId::from_name("t"),
+            authority,
+            customer_id: customer,
+            session: Uuid::new_v4(),
+        }
+    }
+
+    #[test]
+    fn roles_reach_what_thingsboard_lets_them() {
+        let (a, b) = (Uuid::new_v4(), Uuid::new_v4());
+        let tenant = TenantId::from_name("t");
+        let other_tenant = TenantId::from_name("other");
+        let admin = principal(Authority::TenantAdmin, None);
+        let user_a = principal(Authority::CustomerUser, Some(a));
+        // A customer user without a customer (none can be made) reaches nothing.
+        let orphan = principal(Authority::CustomerUser, None);
+        for op in [Op::Read, Op::Write, Op::Manage] {
+            for customer in [None, Some(a), Some(b)] {
+                assert!(permits(&admin, tenant, customer, op));
+                assert!(!permits(&admin, other_tenant, customer, op));
+                assert!(!permits(&orphan, tenant, customer, op));
+            }
+            assert_eq!(
+                permits(&user_a, tenant, Some(a), op),
+                op != Op::Manage,
+                "{op:?}"
+            );
+            assert!(!permits(&user_a, tenant, Some(b), op));
+            assert!(!permits(&user_a, tenant, None, op));
+            assert!(!permits(&user_a, other_tenant, Some(a), op));
+        }
+        assert!(tenant_admin(&admin).is_ok());
+        assert_eq!(
+            tenant_admin(&user_a).err().map(|e| e.status.as_u16()),
+            Some(403)
+        );
+    }
+}
