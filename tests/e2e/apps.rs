@@ -673,6 +673,11 @@ async fn every_endpoint_answers_each_role_as_thingsboard_does() -> Result<()> {
     Ok(())
 }
 
+/// Whether the relation list at `path` is empty.
+async fn no_relations(rest: &Rest, path: &str) -> Result<bool> {
+    Ok(rest.json(path).await?.as_array().is_some_and(Vec::is_empty))
+}
+
 /// Publishes a claim request over the HTTP device API.
 async fn device_claims(engine: &Engine, token: &str, secret: &str, duration_ms: i64) -> Result<()> {
     let resp = reqwest::Client::new()
@@ -886,13 +891,11 @@ async fn assets_and_relations_make_a_tree_and_go_with_their_entities() -> Result
         .await?;
     assert_eq!(one["type"], "Contains");
     assert!(
-        admin
-            .json(&format!(
-                "/api/relations?fromId={building}&fromType=ASSET&relationType=Manages"
-            ))
-            .await?
-            .as_array()
-            .is_some_and(Vec::is_empty)
+        no_relations(
+            &admin,
+            &format!("/api/relations?fromId={building}&fromType=ASSET&relationType=Manages")
+        )
+        .await?
     );
 
     // Asset lists, look-up by name, type default.
@@ -990,19 +993,13 @@ async fn assets_and_relations_make_a_tree_and_go_with_their_entities() -> Result
         StatusCode::OK
     );
     assert!(
-        admin
-            .json(&format!("/api/relations?fromId={building}&fromType=ASSET"))
-            .await?
-            .as_array()
-            .is_some_and(Vec::is_empty)
+        no_relations(
+            &admin,
+            &format!("/api/relations?fromId={building}&fromType=ASSET")
+        )
+        .await?
     );
-    assert!(
-        admin
-            .json(&format!("/api/relations?toId={room}&toType=ASSET"))
-            .await?
-            .as_array()
-            .is_some_and(Vec::is_empty)
-    );
+    assert!(no_relations(&admin, &format!("/api/relations?toId={room}&toType=ASSET")).await?);
     assert_eq!(
         admin
             .delete(&format!("/api/device/{sensor}"))
@@ -1012,11 +1009,11 @@ async fn assets_and_relations_make_a_tree_and_go_with_their_entities() -> Result
         StatusCode::OK
     );
     assert!(
-        admin
-            .json(&format!("/api/relations?fromId={room}&fromType=ASSET"))
-            .await?
-            .as_array()
-            .is_some_and(Vec::is_empty)
+        no_relations(
+            &admin,
+            &format!("/api/relations?fromId={room}&fromType=ASSET")
+        )
+        .await?
     );
     // A removed relation is gone; `DELETE /api/relations` removes the rest of an entity's.
     post_ok(
@@ -1031,11 +1028,11 @@ async fn assets_and_relations_make_a_tree_and_go_with_their_entities() -> Result
         .await?;
     assert_eq!(resp.status(), StatusCode::OK);
     assert!(
-        admin
-            .json(&format!("/api/relations?fromId={building}&fromType=ASSET"))
-            .await?
-            .as_array()
-            .is_some_and(Vec::is_empty)
+        no_relations(
+            &admin,
+            &format!("/api/relations?fromId={building}&fromType=ASSET")
+        )
+        .await?
     );
     drop(engine);
     Ok(())

@@ -259,6 +259,28 @@ fn paged<T: Clone, K: Ord>(
     }
 }
 
+/// Refuses a new entry when `tenant` already has `max` of `entries` (`kind` names them and
+/// `directory.max_<kind>` is the setting).
+fn room<T>(
+    entries: &HashMap<Uuid, Arc<T>>,
+    id: Uuid,
+    tenant: TenantId,
+    tenant_of: impl Fn(&T) -> TenantId,
+    max: usize,
+    kind: &str,
+) -> Result<(), DirectoryError> {
+    if entries.contains_key(&id) {
+        return Ok(());
+    }
+    let count = entries.values().filter(|e| tenant_of(e) == tenant).count();
+    if count >= max {
+        return Err(DirectoryError::Limit(format!(
+            "The tenant has {count} {kind}, the most this engine keeps (directory.max_{kind})"
+        )));
+    }
+    Ok(())
+}
+
 /// ThingsBoard's `textSearch`: a case-insensitive prefix.
 fn matches(search: &Option<String>, text: &str) -> bool {
     search
@@ -306,6 +328,10 @@ impl Directory {
         Ok(())
     }
 
+    async fn put(&self, doc: Doc) -> Result<(), DirectoryError> {
+        self.write(vec![doc], Removal::default()).await
+    }
+
     // ---- customers ---------------------------------------------------------------------
 
     pub fn customer(&self, id: Uuid) -> Option<Arc<Customer>> {
@@ -339,24 +365,17 @@ impl Directory {
                     "Customer with such title already exists!".into(),
                 ));
             }
-            if !index.customers.contains_key(&customer.id) {
-                let count = index
-                    .customers
-                    .values()
-                    .filter(|c| c.tenant_id == customer.tenant_id)
-                    .count();
-                if count >= self.limits.max_customers {
-                    return Err(DirectoryError::Limit(format!(
-                        "The tenant has {count} customers, the most this engine keeps \
-                         (directory.max_customers)"
-                    )));
-                }
-            }
+            room(
+                &index.customers,
+                customer.id,
+                customer.tenant_id,
+                |c| c.tenant_id,
+                self.limits.max_customers,
+                "customers",
+            )?;
         }
-        let saved = Arc::new(customer.clone());
-        self.write(vec![Doc::Customer(customer)], Removal::default())
-            .await?;
-        Ok(saved)
+        self.put(Doc::Customer(customer.clone())).await?;
+        Ok(Arc::new(customer))
     }
 
     /// Deletes a customer, its users and its relations; its devices and assets go back to the
@@ -461,24 +480,17 @@ impl Directory {
                     user.email
                 )));
             }
-            if !index.users.contains_key(&user.id) {
-                let count = index
-                    .users
-                    .values()
-                    .filter(|u| u.tenant_id == user.tenant_id)
-                    .count();
-                if count >= self.limits.max_users {
-                    return Err(DirectoryError::Limit(format!(
-                        "The tenant has {count} users, the most this engine keeps \
-                         (directory.max_users)"
-                    )));
-                }
-            }
+            room(
+                &index.users,
+                user.id,
+                user.tenant_id,
+                |u| u.tenant_id,
+                self.limits.max_users,
+                "users",
+            )?;
         }
-        let saved = Arc::new(user.clone());
-        self.write(vec![Doc::User(user)], Removal::default())
-            .await?;
-        Ok(saved)
+        self.put(Doc::User(user.clone())).await?;
+        Ok(Arc::new(user))
     }
 
     pub async fn delete_user(&self, id: Uuid) -> Result<bool, DirectoryError> {
@@ -555,24 +567,17 @@ impl Directory {
                     "Asset with such name already exists!".into(),
                 ));
             }
-            if !index.assets.contains_key(&asset.id) {
-                let count = index
-                    .assets
-                    .values()
-                    .filter(|a| a.tenant_id == asset.tenant_id)
-                    .count();
-                if count >= self.limits.max_assets {
-                    return Err(DirectoryError::Limit(format!(
-                        "The tenant has {count} assets, the most this engine keeps \
-                         (directory.max_assets)"
-                    )));
-                }
-            }
+            room(
+                &index.assets,
+                asset.id,
+                asset.tenant_id,
+                |a| a.tenant_id,
+                self.limits.max_assets,
+                "assets",
+            )?;
         }
-        let saved = Arc::new(asset.clone());
-        self.write(vec![Doc::Asset(asset)], Removal::default())
-            .await?;
-        Ok(saved)
+        self.put(Doc::Asset(asset.clone())).await?;
+        Ok(Arc::new(asset))
     }
 
     /// Deletes an asset and its relations.
@@ -629,14 +634,11 @@ impl Directory {
                         "Customer with id [{customer}] is not found"
                     )));
                 }
-                self.write(
-                    vec![Doc::Assignment {
-                        device,
-                        tenant_id: tenant,
-                        customer,
-                    }],
-                    Removal::default(),
-                )
+                self.put(Doc::Assignment {
+                    device,
+                    tenant_id: tenant,
+                    customer,
+                })
                 .await
             }
             None => {
@@ -668,14 +670,11 @@ impl Directory {
         if self.index.read().assignments.contains_key(&device) {
             return Ok(false);
         }
-        self.write(
-            vec![Doc::Assignment {
-                device,
-                tenant_id: tenant,
-                customer,
-            }],
-            Removal::default(),
-        )
+        self.put(Doc::Assignment {
+            device,
+            tenant_id: tenant,
+            customer,
+        })
         .await?;
         Ok(true)
     }
@@ -743,8 +742,7 @@ impl Directory {
                 )));
             }
         }
-        self.write(vec![Doc::Relation(relation)], Removal::default())
-            .await
+        self.put(Doc::Relation(relation)).await
     }
 
     /// Returns whether the relation existed.

@@ -243,6 +243,22 @@ async fn unassign_device(
     Ok(HttpResponse::Ok().json(device_json(&device, None)))
 }
 
+/// The device of the caller's tenant named `name`, or 404.
+async fn device_by_name(
+    state: &State,
+    user: &crate::auth::Principal,
+    name: &str,
+) -> Result<std::sync::Arc<actors::model::Device>, ApiError> {
+    state
+        .registry
+        .by_name(user.tenant_id, name)
+        .await?
+        .ok_or_else(|| ApiError {
+            message: format!("Device with name [{name}] is not found"),
+            ..ApiError::not_found()
+        })
+}
+
 #[derive(Deserialize, Default)]
 #[serde(rename_all = "camelCase")]
 struct ClaimBody {
@@ -277,14 +293,7 @@ async fn claim(
             .map_err(|e| ApiError::bad_request(format!("Invalid request body: {e}")))?
     };
     let secret = body.secret_key.unwrap_or_default();
-    let device = state
-        .registry
-        .by_name(user.tenant_id, &name)
-        .await?
-        .ok_or_else(|| ApiError {
-            message: format!("Device with name [{name}] is not found"),
-            ..ApiError::not_found()
-        })?;
+    let device = device_by_name(&state, &user, &name).await?;
     let owned = state.directory.device_customer(device.id).is_some();
     let refused = if owned { "CLAIMED" } else { "FAILURE" };
     let request = state
@@ -328,14 +337,7 @@ async fn reclaim(
     name: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
     let user = caller.0;
-    let device = state
-        .registry
-        .by_name(user.tenant_id, &name)
-        .await?
-        .ok_or_else(|| ApiError {
-            message: format!("Device with name [{name}] is not found"),
-            ..ApiError::not_found()
-        })?;
+    let device = device_by_name(&state, &user, &name).await?;
     let customer = state.directory.device_customer(device.id);
     if !user.is_tenant_admin() && (customer.is_none() || customer != user.customer_id) {
         return Err(ApiError::forbidden());
