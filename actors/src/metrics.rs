@@ -401,6 +401,13 @@ pub const WS_CLOSE_REASONS: &[&str] = &[
 ];
 /// Messages sent to WebSocket clients.
 pub const WS_MESSAGES_SENT: &str = "engine_ws_messages_sent_total";
+/// Entries of the directory this node holds, by `kind` (customers, users, assets,
+/// assignments, relations).
+pub const DIRECTORY_ENTRIES: &str = "engine_directory_entries";
+/// The `kind`s of [`DIRECTORY_ENTRIES`].
+pub const DIRECTORY_KINDS: &[&str] = &["customers", "users", "assets", "assignments", "relations"];
+/// Directory reads of a shared store that failed (the last one read stays in use).
+pub const DIRECTORY_RELOAD_FAILURES: &str = "engine_directory_reload_failures_total";
 
 /// Registers help texts and units with whatever recorder is installed.
 pub fn describe() {
@@ -415,6 +422,14 @@ pub fn describe() {
         "WebSocket sessions closed, by reason (client, auth, limit, overflow, no_pong, send_timeout, protocol)"
     );
     describe_counter!(WS_MESSAGES_SENT, "Messages sent to WebSocket clients");
+    describe_gauge!(
+        DIRECTORY_ENTRIES,
+        "Directory entries this node holds, by kind (customers, users, assets, assignments, relations)"
+    );
+    describe_counter!(
+        DIRECTORY_RELOAD_FAILURES,
+        "Reads of the shared directory that failed (the last one read stays in use)"
+    );
     describe_counter!(
         DOWNLINKS,
         "Downlinks for this node's sessions, by outcome (delivered, dropped, no_route, announce_failed, no_session, answer_dropped)"
@@ -677,6 +692,10 @@ pub fn register_zero() {
     counter!(SINK_RESTARTS).increment(0);
     metrics::gauge!(WS_SESSIONS).increment(0.0);
     counter!(WS_MESSAGES_SENT).increment(0);
+    counter!(DIRECTORY_RELOAD_FAILURES).increment(0);
+    for kind in DIRECTORY_KINDS {
+        metrics::gauge!(DIRECTORY_ENTRIES, "kind" => *kind).set(0.0);
+    }
     for outcome in ["queued", "overflow"] {
         counter!(LIVE_CHANGES, "outcome" => outcome).increment(0);
     }

@@ -88,6 +88,7 @@ fn spawn_directory_reload(directory: Arc<Directory>, interval: Duration) {
         loop {
             tick.tick().await;
             if let Err(e) = directory.reload().await {
+                metrics::counter!(actors::metrics::DIRECTORY_RELOAD_FAILURES).increment(1);
                 warn!(error = %e, "the directory could not be read again; the last one read stays");
             }
         }

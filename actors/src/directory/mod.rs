@@ -86,6 +86,19 @@ pub struct Index {
 }
 
 impl Index {
+    /// Sets `engine_directory_entries`.
+    fn report(&self) {
+        for (kind, count) in [
+            ("customers", self.customers.len()),
+            ("users", self.users.len()),
+            ("assets", self.assets.len()),
+            ("assignments", self.assignments.len()),
+            ("relations", self.relations.len()),
+        ] {
+            metrics::gauge!(crate::metrics::DIRECTORY_ENTRIES, "kind" => kind).set(count as f64);
+        }
+    }
+
     fn build(docs: Vec<Doc>) -> Index {
         let mut index = Index::default();
         for doc in docs {
@@ -302,6 +315,7 @@ impl Directory {
         limits: DirectoryLimits,
     ) -> Result<Directory, StoreError> {
         let index = Index::build(store.load().await?);
+        index.report();
         Ok(Directory {
             store,
             limits,
@@ -315,6 +329,7 @@ impl Directory {
     pub async fn reload(&self) -> Result<(), StoreError> {
         let _serial = self.writer.lock().await;
         let index = Index::build(self.store.load().await?);
+        index.report();
         *self.index.write() = index;
         Ok(())
     }
@@ -324,7 +339,9 @@ impl Directory {
             return Ok(());
         }
         self.store.write(&put, &delete.ids()).await?;
-        self.index.write().apply(put, &delete);
+        let mut index = self.index.write();
+        index.apply(put, &delete);
+        index.report();
         Ok(())
     }
 
