@@ -815,6 +815,11 @@ pub struct DirectoryConfig {
     pub max_assets: usize,
     /// Relations in all.
     pub max_relations: usize,
+    /// Relations one entity may be an end of (so one list answer is bounded).
+    pub max_relations_per_entity: usize,
+    /// Relations the users of one customer may make in all (so one customer cannot take the
+    /// whole `max_relations`).
+    pub max_relations_per_customer: usize,
     /// With a store other nodes write too (ClickHouse), how often this node reads the
     /// directory again: a change made on another node (a device assigned, a user deleted) is
     /// seen here within this time.
@@ -832,6 +837,8 @@ impl Default for DirectoryConfig {
             max_users: 10_000,
             max_assets: 100_000,
             max_relations: 200_000,
+            max_relations_per_entity: 1_000,
+            max_relations_per_customer: 10_000,
             reload_interval: Duration::from_secs(2),
             activation_ttl: Duration::from_secs(24 * 3600),
         }
@@ -845,6 +852,8 @@ impl DirectoryConfig {
             max_users: self.max_users,
             max_assets: self.max_assets,
             max_relations: self.max_relations,
+            max_relations_per_entity: self.max_relations_per_entity,
+            max_relations_per_customer: self.max_relations_per_customer,
         }
     }
 }

@@ -145,6 +145,19 @@ async fn a_customer_user_is_activated_logs_in_refreshes_and_changes_its_password
             .starts_with("text/plain")
     );
     let link = resp.text().await?;
+    // Behind a proxy the link names the address the caller used (no port: the scheme's own).
+    let proxied = admin
+        .get(&format!("/api/user/{user_id}/activationLink"))
+        .header("Host", "iot.example.com")
+        .header("X-Forwarded-Proto", "https")
+        .send()
+        .await?
+        .text()
+        .await?;
+    assert!(
+        proxied.starts_with("https://iot.example.com/api/noauth/activate?activateToken="),
+        "{proxied}"
+    );
     let prefix = format!("{}/api/noauth/activate?activateToken=", engine.url(""));
     let token = link.strip_prefix(&prefix).context(link.clone())?.to_owned();
     let noauth = reqwest::Client::builder()
@@ -923,8 +936,14 @@ async fn assets_and_relations_make_a_tree_and_go_with_their_entities() -> Result
         "13814000-1dd2-11b2-8080-808080808080"
     );
 
-    // Hostile input: clear 4xx, nothing saved.
+    // Hostile input: clear 4xx, nothing saved. JSON nested past what can be read back (128
+    // levels) is refused, not kept as `null`.
     let missing = "6a6b6c6d-0000-4000-8000-000000000000";
+    let deep: Value = serde_json::from_str(&format!("{}{}", "[".repeat(120), "]".repeat(120)))?;
+    let mut deep = deep;
+    for _ in 0..10 {
+        deep = json!([deep]);
+    }
     for (path, body, status) in [
         (
             "/api/relation",
@@ -967,6 +986,16 @@ async fn assets_and_relations_make_a_tree_and_go_with_their_entities() -> Result
         (
             "/api/asset",
             json!({"name": "big", "additionalInfo": {"a": "x".repeat(20_000)}}),
+            400,
+        ),
+        (
+            "/api/relation",
+            json!({"from": {"entityType": "ASSET", "id": building}, "to": {"entityType": "ASSET", "id": floor}, "type": "Big", "additionalInfo": {"a": "x".repeat(1100)}}),
+            400,
+        ),
+        (
+            "/api/asset",
+            json!({"name": "deep", "additionalInfo": deep}),
             400,
         ),
         ("/api/customer", json!({}), 400),

@@ -43,6 +43,10 @@ pub struct DirectoryLimits {
     pub max_users: usize,
     pub max_assets: usize,
     pub max_relations: usize,
+    /// Relations one entity may be an end of (so one list answer is bounded).
+    pub max_relations_per_entity: usize,
+    /// Relations the users of one customer may make, in all.
+    pub max_relations_per_customer: usize,
 }
 
 impl Default for DirectoryLimits {
@@ -52,6 +56,8 @@ impl Default for DirectoryLimits {
             max_users: 10_000,
             max_assets: 100_000,
             max_relations: 200_000,
+            max_relations_per_entity: 1_000,
+            max_relations_per_customer: 10_000,
         }
     }
 }
@@ -78,9 +84,12 @@ pub struct Index {
     users_by_activation: HashMap<String, Uuid>,
     assets: HashMap<Uuid, Arc<Asset>>,
     assets_by_name: HashMap<(TenantId, String), Uuid>,
+    customer_assets: HashMap<Uuid, BTreeSet<Uuid>>,
     assignments: HashMap<DeviceId, Uuid>,
     customer_devices: HashMap<Uuid, BTreeSet<DeviceId>>,
     relations: HashMap<RelationKey, Relation>,
+    /// Relations made by each customer's users.
+    customer_relations: HashMap<Uuid, usize>,
     by_from: HashMap<EntityRef, BTreeSet<RelationKey>>,
     by_to: HashMap<EntityRef, BTreeSet<RelationKey>>,
 }
@@ -124,9 +133,19 @@ impl Index {
                 self.remove_asset(a.id);
                 self.assets_by_name
                     .insert((a.tenant_id, a.name.clone()), a.id);
+                if let Some(customer) = a.customer_id {
+                    self.customer_assets
+                        .entry(customer)
+                        .or_default()
+                        .insert(a.id);
+                }
                 self.assets.insert(a.id, Arc::new(a));
             }
             Doc::Relation(r) => {
+                self.remove_relation(&r.key);
+                if let Some(c) = r.customer_id {
+                    *self.customer_relations.entry(c).or_default() += 1;
+                }
                 self.by_from
                     .entry(r.key.from)
                     .or_default()
@@ -163,6 +182,14 @@ impl Index {
         let asset = self.assets.remove(&id)?;
         self.assets_by_name
             .remove(&(asset.tenant_id, asset.name.clone()));
+        if let Some(customer) = asset.customer_id
+            && let Some(set) = self.customer_assets.get_mut(&customer)
+        {
+            set.remove(&id);
+            if set.is_empty() {
+                self.customer_assets.remove(&customer);
+            }
+        }
         Some(asset)
     }
 
@@ -178,8 +205,16 @@ impl Index {
     }
 
     fn remove_relation(&mut self, key: &RelationKey) -> bool {
-        if self.relations.remove(key).is_none() {
+        let Some(relation) = self.relations.remove(key) else {
             return false;
+        };
+        if let Some(c) = relation.customer_id
+            && let Some(count) = self.customer_relations.get_mut(&c)
+        {
+            *count -= 1;
+            if *count == 0 {
+                self.customer_relations.remove(&c);
+            }
         }
         for (map, end) in [(&mut self.by_from, key.from), (&mut self.by_to, key.to)] {
             if let Some(set) = map.get_mut(&end) {
@@ -190,6 +225,47 @@ impl Index {
             }
         }
         true
+    }
+
+    /// Whether `entity` (not a device: those are the registry's) exists.
+    fn holds(&self, entity: EntityRef) -> bool {
+        match entity.entity_type {
+            EntityType::Customer => self.customers.contains_key(&entity.id),
+            EntityType::User => self.users.contains_key(&entity.id),
+            EntityType::Asset => self.assets.contains_key(&entity.id),
+            EntityType::Device | EntityType::Tenant => true,
+        }
+    }
+
+    /// A customer named by a write must exist when the write is made.
+    fn check_customer(&self, customer: Option<Uuid>) -> Result<(), DirectoryError> {
+        match customer {
+            Some(c) if !self.customers.contains_key(&c) => Err(DirectoryError::NotFound(format!(
+                "Customer with id [{c}] is not found"
+            ))),
+            _ => Ok(()),
+        }
+    }
+
+    /// An e-mail user `id` may have: nobody else's, in any case, nor `reserved`.
+    fn check_email(&self, id: Uuid, email: &str, reserved: &str) -> Result<(), DirectoryError> {
+        let lower = email.to_lowercase();
+        let taken = self
+            .users_by_email
+            .get(&lower)
+            .is_some_and(|other| *other != id);
+        if taken || lower == reserved.to_lowercase() {
+            return Err(DirectoryError::Conflict(format!(
+                "User with email '{email}'  already present in database!"
+            )));
+        }
+        Ok(())
+    }
+
+    /// Relations `entity` is an end of.
+    fn relation_count(&self, entity: EntityRef) -> usize {
+        self.by_from.get(&entity).map_or(0, BTreeSet::len)
+            + self.by_to.get(&entity).map_or(0, BTreeSet::len)
     }
 
     /// Every relation `entity` is an end of.
@@ -419,10 +495,21 @@ impl Directory {
                 .get(&id)
                 .map(|set| set.iter().copied().collect())
                 .unwrap_or_default();
-            delete.relations = index.relation_keys_of(EntityRef {
-                entity_type: EntityType::Customer,
-                id,
-            });
+            // Its own relations and its users'.
+            let mut relations: BTreeSet<RelationKey> = index
+                .relation_keys_of(EntityRef {
+                    entity_type: EntityType::Customer,
+                    id,
+                })
+                .into_iter()
+                .collect();
+            for user in &delete.users {
+                relations.extend(index.relation_keys_of(EntityRef {
+                    entity_type: EntityType::User,
+                    id: *user,
+                }));
+            }
+            delete.relations = relations.into_iter().collect();
             let put = index
                 .assets
                 .values()
@@ -480,23 +567,15 @@ impl Directory {
         paged(found, page, |u| u.email.to_lowercase())
     }
 
-    /// Creates or replaces a user; an e-mail another user has (in any case) is refused, as is
-    /// one in `reserved` (the configured administrator's).
+    /// Creates (or replaces whole) a user; an e-mail another user has (in any case) is refused,
+    /// as is `reserved` (the configured administrator's). A change of an existing user goes
+    /// through [`Directory::update_user`].
     pub async fn save_user(&self, user: User, reserved: &str) -> Result<Arc<User>, DirectoryError> {
         let _serial = self.writer.lock().await;
         {
             let index = self.index.read();
-            let email = user.email.to_lowercase();
-            let taken = index
-                .users_by_email
-                .get(&email)
-                .is_some_and(|id| *id != user.id);
-            if taken || email == reserved.to_lowercase() {
-                return Err(DirectoryError::Conflict(format!(
-                    "User with email '{}'  already present in database!",
-                    user.email
-                )));
-            }
+            index.check_email(user.id, &user.email, reserved)?;
+            index.check_customer(user.customer_id)?;
             room(
                 &index.users,
                 user.id,
@@ -506,6 +585,33 @@ impl Directory {
                 "users",
             )?;
         }
+        self.put(Doc::User(user.clone())).await?;
+        Ok(Arc::new(user))
+    }
+
+    /// Changes the user as it is when the change is made (not as a caller read it before):
+    /// `change` gets the current record and answers the new one, or refuses. A user deleted
+    /// meanwhile is not found, so a slow change (a password hashed) never brings one back.
+    pub async fn update_user(
+        &self,
+        id: Uuid,
+        reserved: &str,
+        change: impl FnOnce(&User) -> Result<User, DirectoryError>,
+    ) -> Result<Arc<User>, DirectoryError> {
+        let _serial = self.writer.lock().await;
+        let user = {
+            let index = self.index.read();
+            let current = index.users.get(&id).ok_or_else(|| {
+                DirectoryError::NotFound(format!("User with id [{id}] is not found"))
+            })?;
+            let user = change(current)?;
+            if user.id != id {
+                return Err(DirectoryError::Conflict("A user's id cannot change".into()));
+            }
+            index.check_email(id, &user.email, reserved)?;
+            index.check_customer(user.customer_id)?;
+            user
+        };
         self.put(Doc::User(user.clone())).await?;
         Ok(Arc::new(user))
     }
@@ -554,19 +660,26 @@ impl Directory {
         asset_type: Option<&str>,
         page: &PageRequest,
     ) -> Page<Arc<Asset>> {
-        let found: Vec<Arc<Asset>> = self
-            .index
-            .read()
-            .assets
-            .values()
-            .filter(|a| {
-                a.tenant_id == tenant
-                    && (customer.is_none() || a.customer_id == customer)
-                    && asset_type.is_none_or(|t| t == a.asset_type)
-                    && matches(&page.text_search, &a.name)
-            })
-            .cloned()
-            .collect();
+        let index = self.index.read();
+        let keep = |a: &&Arc<Asset>| {
+            a.tenant_id == tenant
+                && asset_type.is_none_or(|t| t == a.asset_type)
+                && matches(&page.text_search, &a.name)
+        };
+        let found: Vec<Arc<Asset>> = match customer {
+            // A customer's: its own index, not a scan of the tenant's.
+            Some(c) => index
+                .customer_assets
+                .get(&c)
+                .into_iter()
+                .flatten()
+                .filter_map(|id| index.assets.get(id))
+                .filter(keep)
+                .cloned()
+                .collect(),
+            None => index.assets.values().filter(keep).cloned().collect(),
+        };
+        drop(index);
         paged(found, page, |a| (a.name.clone(), a.id))
     }
 
@@ -584,6 +697,7 @@ impl Directory {
                     "Asset with such name already exists!".into(),
                 ));
             }
+            index.check_customer(asset.customer_id)?;
             room(
                 &index.assets,
                 asset.id,
@@ -684,8 +798,12 @@ impl Directory {
         customer: Uuid,
     ) -> Result<bool, DirectoryError> {
         let _serial = self.writer.lock().await;
-        if self.index.read().assignments.contains_key(&device) {
-            return Ok(false);
+        {
+            let index = self.index.read();
+            index.check_customer(Some(customer))?;
+            if index.assignments.contains_key(&device) {
+                return Ok(false);
+            }
         }
         self.put(Doc::Assignment {
             device,
@@ -750,13 +868,45 @@ impl Directory {
         let _serial = self.writer.lock().await;
         {
             let index = self.index.read();
-            if !index.relations.contains_key(&relation.key)
-                && index.relations.len() >= self.limits.max_relations
-            {
-                return Err(DirectoryError::Limit(format!(
-                    "This engine keeps at most {} relations (directory.max_relations)",
-                    self.limits.max_relations
-                )));
+            // Both ends must still exist now (one may have been deleted since it was checked).
+            for end in [relation.key.from, relation.key.to] {
+                if !index.holds(end) {
+                    return Err(DirectoryError::NotFound(format!(
+                        "{} with id [{}] is not found",
+                        end.entity_type.name(),
+                        end.id
+                    )));
+                }
+            }
+            if !index.relations.contains_key(&relation.key) {
+                let limits = &self.limits;
+                if index.relations.len() >= limits.max_relations {
+                    return Err(DirectoryError::Limit(format!(
+                        "This engine keeps at most {} relations (directory.max_relations)",
+                        limits.max_relations
+                    )));
+                }
+                for end in [relation.key.from, relation.key.to] {
+                    if index.relation_count(end) >= limits.max_relations_per_entity {
+                        return Err(DirectoryError::Limit(format!(
+                            "{} [{}] has {} relations, the most one entity may have \
+                             (directory.max_relations_per_entity)",
+                            end.entity_type.name(),
+                            end.id,
+                            limits.max_relations_per_entity
+                        )));
+                    }
+                }
+                if let Some(c) = relation.customer_id
+                    && index.customer_relations.get(&c).copied().unwrap_or(0)
+                        >= limits.max_relations_per_customer
+                {
+                    return Err(DirectoryError::Limit(format!(
+                        "The customer's users made {} relations, the most they may \
+                         (directory.max_relations_per_customer)",
+                        limits.max_relations_per_customer
+                    )));
+                }
             }
         }
         self.put(Doc::Relation(relation)).await

@@ -11,6 +11,8 @@ use crate::model::{DeviceId, TenantId};
 pub const MAX_FIELD_CHARS: usize = 255;
 /// Longest `additionalInfo`, in bytes of JSON text.
 pub const MAX_INFO_BYTES: usize = 16 * 1024;
+/// Longest `additionalInfo` of a relation (there may be many more relations than entities).
+pub const MAX_RELATION_INFO_BYTES: usize = 1024;
 
 /// The kinds of entity an app names by `{"entityType":..,"id":..}`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
@@ -31,6 +33,17 @@ impl EntityType {
             EntityType::User => "USER",
             EntityType::Device => "DEVICE",
             EntityType::Asset => "ASSET",
+        }
+    }
+
+    /// As ThingsBoard names the kind in messages ("Device with id [..] is not found").
+    pub fn name(self) -> &'static str {
+        match self {
+            EntityType::Tenant => "Tenant",
+            EntityType::Customer => "Customer",
+            EntityType::User => "User",
+            EntityType::Device => "Device",
+            EntityType::Asset => "Asset",
         }
     }
 
@@ -225,6 +238,10 @@ impl RelationKey {
 #[serde(rename_all = "camelCase")]
 pub struct Relation {
     pub tenant_id: TenantId,
+    /// The customer whose user made it (counted against `directory.max_relations_per_customer`);
+    /// `None` for a tenant administrator's.
+    #[serde(default)]
+    pub customer_id: Option<Uuid>,
     #[serde(flatten)]
     pub key: RelationKey,
     pub additional_info: Option<String>,

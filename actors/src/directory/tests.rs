@@ -53,6 +53,7 @@ fn asset(name: &str) -> Asset {
 fn contains(from: EntityRef, to: EntityRef) -> Relation {
     Relation {
         tenant_id: tenant(),
+        customer_id: None,
         key: RelationKey {
             from,
             to,
@@ -241,6 +242,7 @@ async fn limits_refuse_new_entries_but_not_updates() {
         max_users: 1,
         max_assets: 1,
         max_relations: 1,
+        ..DirectoryLimits::default()
     };
     let (_, dir) = open(limits).await;
     let c = dir.save_customer(customer("one")).await.expect("first");
@@ -317,4 +319,149 @@ async fn pages_are_sorted_and_searched_by_prefix() {
             .data
             .is_empty()
     );
+}
+
+#[tokio::test]
+async fn writes_check_what_they_name_when_they_are_made() {
+    let (_, dir) = open(DirectoryLimits::default()).await;
+    let gone = dir.save_customer(customer("gone")).await.expect("save");
+    let ann = dir
+        .save_user(user("ann@x", Some(gone.id)), "admin")
+        .await
+        .expect("user");
+    let floor = dir.save_asset(asset("floor")).await.expect("asset");
+    let knows = contains(
+        EntityRef {
+            entity_type: EntityType::User,
+            id: ann.id,
+        },
+        EntityRef::asset(floor.id),
+    );
+    dir.save_relation(knows.clone()).await.expect("relation");
+    assert!(dir.delete_customer(gone.id).await.expect("delete"));
+    // The customer's users went, and their relations with them.
+    assert!(dir.relation(&knows.key).is_none());
+    // A change made after a deletion does not bring the user back.
+    let late = dir
+        .update_user(ann.id, "admin", |u| {
+            Ok(User {
+                password_hash: Some("x".into()),
+                ..u.clone()
+            })
+        })
+        .await;
+    assert!(matches!(late, Err(DirectoryError::NotFound(_))), "{late:?}");
+    assert!(dir.user(ann.id).is_none());
+    // Nothing is assigned to, or made for, a customer that is gone.
+    let device = DeviceId(Uuid::new_v4());
+    assert!(matches!(
+        dir.claim_device(tenant(), device, gone.id).await,
+        Err(DirectoryError::NotFound(_))
+    ));
+    assert!(matches!(
+        dir.save_asset(Asset {
+            customer_id: Some(gone.id),
+            ..(*floor).clone()
+        })
+        .await,
+        Err(DirectoryError::NotFound(_))
+    ));
+    assert!(matches!(
+        dir.save_user(user("bob@x", Some(gone.id)), "admin").await,
+        Err(DirectoryError::NotFound(_))
+    ));
+    // A relation to an asset deleted since it was checked is refused.
+    dir.delete_asset(floor.id).await.expect("delete");
+    assert!(matches!(
+        dir.save_relation(contains(
+            EntityRef::device(device),
+            EntityRef::asset(floor.id)
+        ))
+        .await,
+        Err(DirectoryError::NotFound(_))
+    ));
+}
+
+#[tokio::test]
+async fn update_user_changes_the_current_record_only() {
+    let (_, dir) = open(DirectoryLimits::default()).await;
+    let a = dir.save_customer(customer("a")).await.expect("a");
+    let b = dir.save_customer(customer("b")).await.expect("b");
+    let ann = dir
+        .save_user(user("ann@x", Some(a.id)), "admin")
+        .await
+        .expect("user");
+    // Moved while a slow change (a password) was on its way: the move stays.
+    dir.update_user(ann.id, "admin", |u| {
+        Ok(User {
+            customer_id: Some(b.id),
+            ..u.clone()
+        })
+    })
+    .await
+    .expect("move");
+    let hashed = dir
+        .update_user(ann.id, "admin", |u| {
+            Ok(User {
+                password_hash: Some("hash".into()),
+                ..u.clone()
+            })
+        })
+        .await
+        .expect("password");
+    assert_eq!(hashed.customer_id, Some(b.id));
+    assert_eq!(hashed.password_hash.as_deref(), Some("hash"));
+    let taken = dir
+        .save_user(user("bob@x", Some(a.id)), "admin")
+        .await
+        .expect("bob");
+    let clash = dir
+        .update_user(taken.id, "admin", |u| {
+            Ok(User {
+                email: "ANN@x".into(),
+                ..u.clone()
+            })
+        })
+        .await;
+    assert!(matches!(clash, Err(DirectoryError::Conflict(_))));
+}
+
+#[tokio::test]
+async fn relations_are_bounded_per_entity_and_per_customer() {
+    let limits = DirectoryLimits {
+        max_relations_per_entity: 2,
+        max_relations_per_customer: 3,
+        ..DirectoryLimits::default()
+    };
+    let (_, dir) = open(limits).await;
+    let a = dir.save_customer(customer("a")).await.expect("a");
+    let hub = EntityRef::device(DeviceId(Uuid::new_v4()));
+    let typed = |t: &str, to: EntityRef, by: Option<Uuid>| {
+        let mut r = contains(hub, to);
+        r.key.relation_type = t.into();
+        r.customer_id = by;
+        r
+    };
+    let one = EntityRef::device(DeviceId(Uuid::new_v4()));
+    dir.save_relation(typed("x", one, None)).await.expect("1");
+    dir.save_relation(typed("y", one, None)).await.expect("2");
+    assert!(matches!(
+        dir.save_relation(typed("z", one, None)).await,
+        Err(DirectoryError::Limit(_))
+    ));
+    // Saving one that exists again is no new relation.
+    dir.save_relation(typed("y", one, None))
+        .await
+        .expect("again");
+    let mut made = 0;
+    for _ in 0..5 {
+        let from = EntityRef::device(DeviceId(Uuid::new_v4()));
+        let mut r = typed("c", from, Some(a.id));
+        r.key.from = from;
+        r.key.to = EntityRef::device(DeviceId(Uuid::new_v4()));
+        if dir.save_relation(r).await.is_ok() {
+            made += 1;
+        }
+    }
+    assert_eq!(made, 3, "the customer's users made at most their share");
 }

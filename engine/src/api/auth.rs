@@ -10,6 +10,7 @@ use serde::Deserialize;
 use super::error::{ApiError, ErrorCode};
 use super::{Caller, State};
 use crate::auth::{LoginError, Peer};
+use actors::directory::DirectoryError;
 
 /// Largest body the auth endpoints read: a username, a password or a token is far smaller, and
 /// nothing more is read from a client that is not logged in yet (answered 413 past it).
@@ -191,14 +192,15 @@ async fn activate(state: State, body: web::Json<Activate>) -> Result<HttpRespons
         password,
     } = body.into_inner();
     check_password_policy(&password)?;
+    let unknown = || {
+        ApiError::bad_request(format!(
+            "Unable to find user credentials by activateToken [{activate_token}]"
+        ))
+    };
     let user = state
         .directory
         .user_by_activation(&activate_token)
-        .ok_or_else(|| {
-            ApiError::bad_request(format!(
-                "Unable to find user credentials by activateToken [{activate_token}]"
-            ))
-        })?;
+        .ok_or_else(unknown)?;
     if user.activate_expires <= actors::model::now_ms() {
         return Err(ApiError::bad_request("Activation token expired"));
     }
@@ -207,16 +209,26 @@ async fn activate(state: State, body: web::Json<Activate>) -> Result<HttpRespons
         .hash_new_password(password)
         .await
         .map_err(login_error)?;
-    let activated = actors::directory::User {
-        password_hash: Some(hash),
-        activate_token: None,
-        activate_expires: 0,
-        ..(*user).clone()
-    };
+    // Applied to the user as it is now: deleted, moved or activated by someone else while the
+    // password was hashed is respected (the token is used once).
     let saved = state
         .directory
-        .save_user(activated, state.auth.admin_username())
-        .await?;
+        .update_user(user.id, state.auth.admin_username(), |current| {
+            if current.activate_token.as_deref() != Some(activate_token.as_str()) {
+                return Err(DirectoryError::Conflict(unknown().message));
+            }
+            Ok(actors::directory::User {
+                password_hash: Some(hash),
+                activate_token: None,
+                activate_expires: 0,
+                ..current.clone()
+            })
+        })
+        .await
+        .map_err(|e| match e {
+            DirectoryError::NotFound(_) => unknown(),
+            other => other.into(),
+        })?;
     Ok(HttpResponse::Ok().json(state.auth.issue_for(&saved)))
 }
 
@@ -285,13 +297,21 @@ async fn change_password(
         .hash_new_password(new_password)
         .await
         .map_err(login_error)?;
-    let changed = actors::directory::User {
-        password_hash: Some(hash),
-        ..(*user).clone()
-    };
+    // Only the password changes, on the user as it is now; one deleted meanwhile stays so,
+    // and a password changed meanwhile by another request is not overwritten.
     let saved = state
         .directory
-        .save_user(changed, state.auth.admin_username())
+        .update_user(user.id, state.auth.admin_username(), |current| {
+            if current.password_hash != user.password_hash {
+                return Err(DirectoryError::Conflict(
+                    "The password was changed meanwhile: try again".into(),
+                ));
+            }
+            Ok(actors::directory::User {
+                password_hash: Some(hash),
+                ..current.clone()
+            })
+        })
         .await?;
     Ok(HttpResponse::Ok().json(state.auth.issue_for(&saved)))
 }

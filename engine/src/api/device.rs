@@ -210,7 +210,12 @@ async fn save(
                 "additionalInfo is longer than {MAX_ADDITIONAL_INFO_BYTES} bytes"
             )));
         }
-        Some(text) if text != "null" => Some(text),
+        Some(text) if text != "null" => {
+            // Nested deeper than it can be read back: refused, not kept and shown as null.
+            serde_json::from_str::<Value>(&text)
+                .map_err(|e| ApiError::bad_request(format!("additionalInfo is unreadable: {e}")))?;
+            Some(text)
+        }
         _ => None,
     };
     let tenant = caller.0.tenant_id;

@@ -90,11 +90,24 @@ pub fn optional_text(
 pub fn info_text(
     raw: Option<Box<serde_json::value::RawValue>>,
 ) -> Result<Option<String>, ApiError> {
+    info_text_within(raw, MAX_INFO_BYTES)
+}
+
+/// [`info_text`] with another bound. JSON nested deeper than it can be read back (128
+/// levels) is refused rather than kept and shown as `null`.
+pub fn info_text_within(
+    raw: Option<Box<serde_json::value::RawValue>>,
+    max: usize,
+) -> Result<Option<String>, ApiError> {
     match raw.map(|r| r.get().to_owned()) {
-        Some(text) if text.len() > MAX_INFO_BYTES => Err(ApiError::bad_request(format!(
-            "additionalInfo is longer than {MAX_INFO_BYTES} bytes"
+        Some(text) if text.len() > max => Err(ApiError::bad_request(format!(
+            "additionalInfo is longer than {max} bytes"
         ))),
-        Some(text) if text != "null" => Ok(Some(text)),
+        Some(text) if text != "null" => {
+            serde_json::from_str::<Value>(&text)
+                .map_err(|e| ApiError::bad_request(format!("additionalInfo is unreadable: {e}")))?;
+            Ok(Some(text))
+        }
         _ => Ok(None),
     }
 }

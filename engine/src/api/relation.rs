@@ -4,13 +4,15 @@
 //! access to both ends; a list leaves out relations whose other end the caller may not read.
 
 use actix_web::{HttpResponse, web};
-use actors::directory::{EntityRef, MAX_FIELD_CHARS, Relation, RelationKey, TYPE_GROUPS};
+use actors::directory::{
+    EntityRef, MAX_FIELD_CHARS, MAX_RELATION_INFO_BYTES, Relation, RelationKey, TYPE_GROUPS,
+};
 use actors::model::validate_name;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::access::Op;
-use super::entity::{IdBody, entity_ref, info_json, info_text, ref_json};
+use super::entity::{IdBody, entity_ref, info_json, info_text_within, ref_json};
 use super::error::ApiError;
 use super::{Caller, State};
 
@@ -89,12 +91,13 @@ async fn saved(state: &State, caller: &Caller, body: RelationBody) -> Result<Rel
         relation_type: relation_type(body.relation_type.as_deref())?,
         type_group: type_group(body.type_group.as_deref())?,
     };
-    let additional_info = info_text(body.additional_info)?;
+    let additional_info = info_text_within(body.additional_info, MAX_RELATION_INFO_BYTES)?;
     let access = state.access();
     access.entity(&caller.0, from, Op::Write).await?;
     access.entity(&caller.0, to, Op::Write).await?;
     let relation = Relation {
         tenant_id: caller.0.tenant_id,
+        customer_id: caller.0.customer_id.filter(|_| !caller.0.is_tenant_admin()),
         key,
         additional_info,
     };

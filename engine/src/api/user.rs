@@ -4,7 +4,7 @@
 //! (`/api/noauth/activate`, in `auth.rs`) and logs in.
 
 use actix_web::{HttpRequest, HttpResponse, web};
-use actors::directory::{Authority, EntityType, User};
+use actors::directory::{Authority, DirectoryError, EntityType, User};
 use actors::model::now_ms;
 use rand::Rng;
 use rand::distributions::Alphanumeric;
@@ -125,53 +125,63 @@ async fn save(
         Some(a) => Some(Authority::parse(a).ok_or_else(ApiError::forbidden)?),
         None => None,
     };
-    let user = match body.id {
+    let customer_asked = match &body.customer_id {
+        Some(c) => Some(c.uuid()?).filter(|id| id.to_string() != crate::auth::NULL_CUSTOMER),
+        None => None,
+    };
+    if let Some(c) = customer_asked {
+        state.access().customer(&me, c, Op::Read)?;
+    }
+    // The role's customer: a customer user needs one of this tenant's, an administrator none.
+    let settle = |user: User| match user.authority {
+        Authority::CustomerUser if user.customer_id.is_none() => Err(DirectoryError::Conflict(
+            "Customer user should be assigned to customer!".into(),
+        )),
+        Authority::CustomerUser => Ok(user),
+        Authority::TenantAdmin => Ok(User {
+            customer_id: None,
+            ..user
+        }),
+    };
+    let reserved = state.auth.admin_username();
+    let saved = match body.id {
         Some(id) => {
-            let existing = state
+            let id = id.uuid()?;
+            readable(&state, &me, &id.to_string())?;
+            // Applied to the user as it is when saved, so a password changed meanwhile stays.
+            state
                 .directory
-                .user(id.uuid()?)
-                .filter(|u| u.tenant_id == me.tenant_id)
-                .ok_or_else(|| ApiError::entity_not_found("User", &id.id))?;
-            // A customer user edits its own name and contact, nothing else.
-            let own = existing.id == me.user_id;
-            if !me.is_tenant_admin() && !own {
-                return Err(ApiError::forbidden());
-            }
-            let (authority, customer_id) = if me.is_tenant_admin() {
-                let authority = asked.unwrap_or(existing.authority);
-                let customer = match &body.customer_id {
-                    Some(c) => Some(c.uuid()?),
-                    None => existing.customer_id,
-                };
-                (authority, customer)
-            } else {
-                (existing.authority, existing.customer_id)
-            };
-            User {
-                email,
-                authority,
-                customer_id,
-                first_name,
-                last_name,
-                phone,
-                additional_info,
-                ..(*existing).clone()
-            }
+                .update_user(id, reserved, |existing| {
+                    let (authority, customer_id) = if me.is_tenant_admin() {
+                        (
+                            asked.unwrap_or(existing.authority),
+                            customer_asked.or(existing.customer_id),
+                        )
+                    } else {
+                        // A customer user edits its own name and contact, nothing else.
+                        (existing.authority, existing.customer_id)
+                    };
+                    settle(User {
+                        email,
+                        authority,
+                        customer_id,
+                        first_name,
+                        last_name,
+                        phone,
+                        additional_info,
+                        ..existing.clone()
+                    })
+                })
+                .await?
         }
         None => {
             super::access::tenant_admin(&me)?;
             let authority =
                 asked.ok_or_else(|| ApiError::bad_request("User authority isn't defined!"))?;
-            let customer_id = match &body.customer_id {
-                Some(c) => {
-                    Some(c.uuid()?).filter(|id| id.to_string() != crate::auth::NULL_CUSTOMER)
-                }
-                None => None,
-            };
-            User {
+            let user = settle(User {
                 id: Uuid::new_v4(),
                 tenant_id: me.tenant_id,
-                customer_id,
+                customer_id: customer_asked,
                 created_time: now_ms(),
                 email,
                 authority,
@@ -184,27 +194,10 @@ async fn save(
                 activate_expires: now_ms().saturating_add(
                     i64::try_from(state.activation_ttl.as_millis()).unwrap_or(i64::MAX),
                 ),
-            }
-        }
-    };
-    // The role's customer: a customer user needs one of this tenant's, an administrator none.
-    let user = match user.authority {
-        Authority::CustomerUser => {
-            let customer = user.customer_id.ok_or_else(|| {
-                ApiError::bad_request("Customer user should be assigned to customer!")
             })?;
-            state.access().customer(&me, customer, Op::Read)?;
-            user
+            state.directory.save_user(user, reserved).await?
         }
-        Authority::TenantAdmin => User {
-            customer_id: None,
-            ..user
-        },
     };
-    let saved = state
-        .directory
-        .save_user(user, state.auth.admin_username())
-        .await?;
     Ok(HttpResponse::Ok().json(user_json(&saved)))
 }
 
@@ -255,14 +248,13 @@ async fn activation_link(
     let Some(token) = user.activate_token.as_deref() else {
         return Err(ApiError::bad_request("User is already activated!"));
     };
+    // The address the caller used (a proxy's `Forwarded` / `X-Forwarded-*` headers
+    // included); no port when it gave none, so the scheme's own applies.
     let info = req.connection_info();
-    let mut host = info.host().to_owned();
-    if !host.contains(':') {
-        host = format!("{host}:{}", req.app_config().local_addr().port());
-    }
     let link = format!(
-        "{}://{host}/api/noauth/activate?activateToken={token}",
-        info.scheme()
+        "{}://{}/api/noauth/activate?activateToken={token}",
+        info.scheme(),
+        info.host()
     );
     Ok(HttpResponse::Ok()
         .content_type("text/plain; charset=utf-8")

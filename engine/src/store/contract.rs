@@ -1245,6 +1245,7 @@ pub async fn directory_suite(store: &(impl actors::directory::DirectoryStore + C
     let device = DeviceId(uuid::Uuid::new_v4());
     let relation = Relation {
         tenant_id: tenant,
+        customer_id: Some(customer.id),
         key: RelationKey {
             from: EntityRef::asset(asset.id),
             to: EntityRef::device(device),
