@@ -183,14 +183,17 @@ pub async fn start(config: Config, metrics: Option<PrometheusHandle>) -> anyhow:
             )
         }
     };
-    let directory = Arc::new(
-        Directory::open(directory_store, config.directory.limits())
-            .await
-            .context("cannot load the directory (customers, users, assets, relations)")?,
-    );
-    if config.store.kind == StoreKind::Clickhouse {
+    let directory = Directory::open(directory_store, config.directory.limits())
+        .await
+        .context("cannot load the directory (customers, users, assets, relations)")?;
+    let directory = if config.store.kind == StoreKind::Clickhouse {
+        // Other nodes write the same table.
+        let directory = Arc::new(directory.shared());
         spawn_directory_reload(directory.clone(), config.directory.reload_interval);
-    }
+        directory
+    } else {
+        Arc::new(directory)
+    };
     let sink_config = SinkConfig {
         batch_size: config.store.batch_size(),
         batch_interval: config.store.batch_interval(),

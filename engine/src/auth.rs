@@ -172,6 +172,8 @@ pub struct Principal {
     pub authority: Authority,
     /// The customer of a `CUSTOMER_USER`.
     pub customer_id: Option<Uuid>,
+    /// The administrator of the configuration file (not a directory user).
+    pub is_configured_admin: bool,
     /// The login this token belongs to.
     pub session: Uuid,
 }
@@ -303,6 +305,12 @@ pub fn hash_password(password: &str) -> anyhow::Result<String> {
         .hash_password(password.as_bytes(), &salt)
         .map_err(|e| anyhow::anyhow!("hashing failed: {e}"))?
         .to_string())
+}
+
+/// The name failed logins are counted under: e-mails are matched without regard to case, so
+/// changing the case of one does not start a new count.
+fn lockout_key(username: &str) -> String {
+    username.to_lowercase()
 }
 
 fn now_secs() -> i64 {
@@ -491,7 +499,7 @@ impl Auth {
         let address = peer.address;
         self.limits
             .lock()
-            .check(&username, address, Instant::now())?;
+            .check(&lockout_key(&username), address, Instant::now())?;
         let user = self.directory_user(&username);
         let user_hash = match &user {
             Some(u) => match u.password_hash.as_deref().map(StoredHash::parse) {
@@ -502,11 +510,14 @@ impl Auth {
             None => None,
         };
         let (admin, limits, name) = (self.admin.clone(), self.limits.clone(), username.clone());
+        let key = lockout_key(&username);
         let checked = self
             .hashing
             .try_run(move |scratch| {
                 // The username or the address may have been locked while this login waited.
-                limits.lock().check(&name, address, Instant::now())?;
+                limits
+                    .lock()
+                    .check(&lockout_key(&name), address, Instant::now())?;
                 Ok::<_, Locked>(match &user_hash {
                     Some(stored) => stored.matches(scratch, &password),
                     // Unknown names are checked against the administrator's hash too, so the
@@ -519,14 +530,14 @@ impl Auth {
             .map_err(|_| LoginError::Unavailable)??;
         let mut limits = self.limits.lock();
         if checked {
-            limits.succeeded(&username, address);
+            limits.succeeded(&key, address);
             let account = match &user {
                 Some(u) => Account::of_user(u),
                 None => self.admin_account(),
             };
             return Ok(self.issue(&account, Uuid::new_v4()));
         }
-        let lockouts = limits.failed(&username, address, Instant::now());
+        let lockouts = limits.failed(&key, address, Instant::now());
         drop(limits);
         // At most one line per address and per lockout period; names other than the
         // administrator's (a peer chooses them freely) are counted, not logged.
@@ -556,6 +567,7 @@ impl Auth {
             username: account.username,
             user_id: account.user_id,
             tenant_id: self.tenant_id,
+            is_configured_admin: account.user_id == self.admin.user_id,
             authority: account.authority,
             customer_id: account.customer_id,
             session,
@@ -930,6 +942,22 @@ mod tests {
         )
     }
 
+    async fn customer_of(users: &Directory, tenant: TenantId) -> Uuid {
+        let id = Uuid::new_v4();
+        users
+            .save_customer(actors::directory::Customer {
+                id,
+                tenant_id: tenant,
+                created_time: 0,
+                title: id.to_string(),
+                contact: actors::directory::Contact::default(),
+                additional_info: None,
+            })
+            .await
+            .expect("customer");
+        id
+    }
+
     fn customer_user(tenant: TenantId, customer: Uuid, password: Option<&str>) -> User {
         User {
             id: Uuid::new_v4(),
@@ -954,7 +982,10 @@ mod tests {
         let users = directory().await;
         let auth = auth(dir.path(), &AuthConfig::default()).with_directory(users.clone());
         let tenant = auth.tenant_id();
-        let (a, b) = (Uuid::new_v4(), Uuid::new_v4());
+        let (a, b) = (
+            customer_of(&users, tenant).await,
+            customer_of(&users, tenant).await,
+        );
         let inactive = customer_user(tenant, a, None);
         users
             .save_user(inactive.clone(), DEMO_USERNAME)
@@ -1044,7 +1075,8 @@ mod tests {
         };
         let ours = auth(dir.path(), &AuthConfig::default()).with_directory(users.clone());
         let theirs = auth(dir.path(), &other).with_directory(users.clone());
-        let user = customer_user(theirs.tenant_id(), Uuid::new_v4(), Some("pw"));
+        let customer = customer_of(&users, theirs.tenant_id()).await;
+        let user = customer_user(theirs.tenant_id(), customer, Some("pw"));
         users
             .save_user(user.clone(), DEMO_USERNAME)
             .await

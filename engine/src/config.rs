@@ -807,7 +807,7 @@ impl Default for WsConfig {
 #[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct DirectoryConfig {
-    /// Customers one tenant may have; one more is refused (400, errorCode 41).
+    /// Customers one tenant may have; one more is refused (403, errorCode 41).
     pub max_customers: usize,
     /// Users (tenant administrators and customer users) one tenant may have.
     pub max_users: usize,

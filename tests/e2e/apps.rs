@@ -184,8 +184,12 @@ async fn a_customer_user_is_activated_logs_in_refreshes_and_changes_its_password
     };
     let (status, body) = activate(token.clone(), "short").await?;
     assert_eq!(
-        (status, body["errorCode"].clone()),
-        (StatusCode::BAD_REQUEST, json!(45))
+        (status, body["errorCode"].clone(), body["message"].clone()),
+        (
+            StatusCode::BAD_REQUEST,
+            json!(31),
+            json!("Password must be 6 or more characters in length.")
+        )
     );
     let (status, body) = activate("not-a-token".into(), "s3cret-pass").await?;
     assert_eq!(
@@ -372,7 +376,7 @@ async fn send(rest: &Rest, row: &Row) -> Result<(StatusCode, Value)> {
 
 #[tokio::test]
 async fn every_endpoint_answers_each_role_as_thingsboard_does() -> Result<()> {
-    let (_dir, engine, admin) = start(&[("ENGINE_AUTH__TOKEN_EXPIRATION", "3s")]).await?;
+    let (_dir, engine, admin) = start(&[]).await?;
     let a = create_customer(&admin, "A").await?;
     let b = create_customer(&admin, "B").await?;
     let own = admin.create_device("own", "own-token").await?;
@@ -405,6 +409,10 @@ async fn every_endpoint_answers_each_role_as_thingsboard_does() -> Result<()> {
     let (_, user_b) = customer_user(&engine, &admin, &b, "b@b.test", "b-pass-1").await?;
     let rpc = json!({"method": "setValue", "params": {"v": 1}, "persistent": true});
     let missing = "6a6b6c6d-0000-4000-8000-000000000000";
+    let record = post_ok(&admin, &format!("/api/rpc/oneway/{own}"), &rpc).await?["rpcId"]
+        .as_str()
+        .context("rpcId")?
+        .to_owned();
 
     let rows = vec![
         row("GET", format!("/api/device/{own}"), None, [200, 200, 403]),
@@ -603,6 +611,35 @@ async fn every_endpoint_answers_each_role_as_thingsboard_does() -> Result<()> {
             [200, 403, 403],
         ),
         row("GET", "/api/auth/user".into(), None, [200, 200, 200]),
+        // A customer user relabels its device; it may not rename it or make it a gateway.
+        row(
+            "POST",
+            "/api/device".into(),
+            Some(
+                json!({"id": {"entityType": "DEVICE", "id": own}, "name": "own", "label": "hall"}),
+            ),
+            [200, 200, 403],
+        ),
+        row(
+            "POST",
+            "/api/device".into(),
+            Some(
+                json!({"id": {"entityType": "DEVICE", "id": own}, "name": "own", "additionalInfo": {"gateway": true}}),
+            ),
+            [200, 403, 403],
+        ),
+        row(
+            "POST",
+            "/api/device".into(),
+            Some(json!({"id": {"entityType": "DEVICE", "id": own}, "name": "renamed"})),
+            [200, 403, 403],
+        ),
+        row(
+            "DELETE",
+            format!("/api/rpc/persistent/{record}"),
+            None,
+            [200, 403, 403],
+        ),
     ];
     let callers = [
         ("tenant admin", &admin),
@@ -641,7 +678,11 @@ async fn every_endpoint_answers_each_role_as_thingsboard_does() -> Result<()> {
         .iter()
         .filter_map(|d| d["name"].as_str())
         .collect();
-    assert_eq!(names, ["own"]);
+    assert_eq!(
+        names,
+        ["renamed"],
+        "the administrator's rename row ran last"
+    );
     assert_eq!(devices["data"][0]["customerId"]["id"], a.as_str());
 
     // No token, a garbage token and an expired one: 401 everywhere (10, 10, 11).
@@ -670,10 +711,27 @@ async fn every_endpoint_answers_each_role_as_thingsboard_does() -> Result<()> {
     };
     let (status, _) = send(&garbage, &rows[0]).await?;
     assert_eq!(status, StatusCode::UNAUTHORIZED);
-    tokio::time::sleep(Duration::from_millis(4100)).await;
-    for rest in [&admin, &user_a, &user_b] {
+    // Expired tokens: an engine whose tokens live one second signs them; every row answers
+    // 401 errorCode 11 there, whoever holds one (tokens are checked before any path).
+    let short_dir = tempfile::tempdir()?;
+    let short = Engine::start_with(short_dir.path(), &[("ENGINE_AUTH__TOKEN_EXPIRATION", "1s")])?;
+    let short_admin = short.rest().await?;
+    let c = create_customer(&short_admin, "C").await?;
+    let (_, short_user) = customer_user(&short, &short_admin, &c, "c@c.test", "c-pass-1").await?;
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+    for rest in [&short_admin, &short_user] {
+        let (status, body) = status_and_body(rest.get("/api/auth/user").send().await?).await?;
+        assert_eq!(
+            (status, body["errorCode"].clone(), body["message"].clone()),
+            (
+                StatusCode::UNAUTHORIZED,
+                json!(11),
+                json!("Token has expired")
+            )
+        );
+        // The same paths on the short-lived engine (its own secret signed the tokens).
         for r in &rows {
-            let (status, body) = send(rest, r).await?;
+            let (status, body) = send(&rest, r).await?;
             assert_eq!(
                 (status, body["errorCode"].clone()),
                 (StatusCode::UNAUTHORIZED, json!(11)),
@@ -1074,7 +1132,7 @@ async fn a_customer_user_gets_live_updates_of_its_devices_only() -> Result<()> {
     let mine = admin.create_device("mine", "mine-token").await?;
     let theirs = admin.create_device("theirs", "theirs-token").await?;
     assign(&admin, &a, &mine).await?;
-    let (_, user) = customer_user(&engine, &admin, &a, "a@a.test", "a-pass-1").await?;
+    let (user_id, user) = customer_user(&engine, &admin, &a, "a@a.test", "a-pass-1").await?;
     let mut ws = WsClient::legacy(&engine, &user.token).await?;
     ws.send(&json!({"tsSubCmds": [
         {"entityType": "DEVICE", "entityId": mine, "scope": "LATEST_TELEMETRY", "cmdId": 1},
@@ -1092,7 +1150,7 @@ async fn a_customer_user_gets_live_updates_of_its_devices_only() -> Result<()> {
         }
     }
     let refused = refused.context("refused")?;
-    assert_ne!(refused["errorCode"], 0, "{refused}");
+    assert_eq!(refused["errorCode"], 3, "{refused}");
     for (token, value) in [("theirs-token", 1), ("mine-token", 2)] {
         reqwest::Client::new()
             .post(engine.url(&format!("/api/v1/{token}/telemetry")))
@@ -1118,6 +1176,45 @@ async fn a_customer_user_gets_live_updates_of_its_devices_only() -> Result<()> {
     let data = page["data"]["data"].as_array().context("data")?;
     assert_eq!(data.len(), 1, "{page}");
     assert_eq!(data[0]["entityId"]["id"], mine.as_str());
+
+    // A socket outlives its token's check: once the device is taken back, a new subscription
+    // on the open socket is refused, and once the user is deleted, everything is.
+    let resp = admin
+        .delete(&format!("/api/customer/device/{mine}"))
+        .send()
+        .await?;
+    assert_eq!(resp.status(), StatusCode::OK);
+    ws.send(
+        &json!({"cmds": [{"type": "TIMESERIES", "cmdId": 8, "entityType": "DEVICE",
+        "entityId": mine, "keys": "t"}]}),
+    )
+    .await?;
+    let refused = ws.expect(WAIT).await?;
+    assert_eq!(
+        (
+            refused["subscriptionId"].clone(),
+            refused["errorCode"].clone()
+        ),
+        (json!(8), json!(3)),
+        "{refused}"
+    );
+    assign(&admin, &a, &mine).await?;
+    let resp = admin.delete(&format!("/api/user/{user_id}")).send().await?;
+    assert_eq!(resp.status(), StatusCode::OK);
+    ws.send(
+        &json!({"cmds": [{"type": "TIMESERIES", "cmdId": 9, "entityType": "DEVICE",
+        "entityId": mine, "keys": "t"}]}),
+    )
+    .await?;
+    let refused = ws.expect(WAIT).await?;
+    assert_eq!(
+        (
+            refused["subscriptionId"].clone(),
+            refused["errorCode"].clone()
+        ),
+        (json!(9), json!(3)),
+        "{refused}"
+    );
     Ok(())
 }
 

@@ -171,8 +171,14 @@ impl Index {
 
     fn remove_user(&mut self, id: Uuid) -> Option<Arc<User>> {
         let user = self.users.remove(&id)?;
-        self.users_by_email.remove(&user.email.to_lowercase());
-        if let Some(token) = &user.activate_token {
+        // Only this user's entries: another (a duplicate two nodes made at once) keeps its own.
+        let email = user.email.to_lowercase();
+        if self.users_by_email.get(&email) == Some(&id) {
+            self.users_by_email.remove(&email);
+        }
+        if let Some(token) = &user.activate_token
+            && self.users_by_activation.get(token) == Some(&id)
+        {
             self.users_by_activation.remove(token);
         }
         Some(user)
@@ -180,8 +186,10 @@ impl Index {
 
     fn remove_asset(&mut self, id: Uuid) -> Option<Arc<Asset>> {
         let asset = self.assets.remove(&id)?;
-        self.assets_by_name
-            .remove(&(asset.tenant_id, asset.name.clone()));
+        let name = (asset.tenant_id, asset.name.clone());
+        if self.assets_by_name.get(&name) == Some(&id) {
+            self.assets_by_name.remove(&name);
+        }
         if let Some(customer) = asset.customer_id
             && let Some(set) = self.customer_assets.get_mut(&customer)
         {
@@ -379,6 +387,8 @@ fn matches(search: &Option<String>, text: &str) -> bool {
 
 pub struct Directory {
     store: Arc<dyn DirectoryStore>,
+    /// Other nodes write the store too: every write reads it first.
+    shared: bool,
     limits: DirectoryLimits,
     index: RwLock<Index>,
     writer: tokio::sync::Mutex<()>,
@@ -394,20 +404,42 @@ impl Directory {
         index.report();
         Ok(Directory {
             store,
+            shared: false,
             limits,
             index: RwLock::new(index),
             writer: tokio::sync::Mutex::new(()),
         })
     }
 
-    /// Reads the store again (it is shared with other nodes); no write of this node's runs
-    /// meanwhile.
+    /// A directory over a store other nodes write too (ClickHouse): every write reads the
+    /// store first, and [`Directory::reload`] is called every `directory.reload_interval`.
+    pub fn shared(mut self) -> Directory {
+        self.shared = true;
+        self
+    }
+
+    /// Reads the store again (it is shared with other nodes).
     pub async fn reload(&self) -> Result<(), StoreError> {
-        let _serial = self.writer.lock().await;
+        // Read without holding writes back; a write of this node's made meanwhile is in the
+        // store, and its next write (or reload) reads it again.
         let index = Index::build(self.store.load().await?);
+        let _serial = self.writer.lock().await;
         index.report();
         *self.index.write() = index;
         Ok(())
+    }
+
+    /// Takes this node's turn to write. With a store other nodes write too, it is read again
+    /// first, so a change is checked against (and applied to) what every node wrote, not this
+    /// node's copy of up to `reload_interval` ago.
+    async fn serial(&self) -> Result<tokio::sync::MutexGuard<'_, ()>, StoreError> {
+        let guard = self.writer.lock().await;
+        if self.shared {
+            let index = Index::build(self.store.load().await?);
+            index.report();
+            *self.index.write() = index;
+        }
+        Ok(guard)
     }
 
     async fn write(&self, put: Vec<Doc>, delete: Removal) -> Result<(), DirectoryError> {
@@ -446,7 +478,7 @@ impl Directory {
 
     /// Creates or replaces a customer; a title another customer of the tenant has is refused.
     pub async fn save_customer(&self, customer: Customer) -> Result<Arc<Customer>, DirectoryError> {
-        let _serial = self.writer.lock().await;
+        let _serial = self.serial().await?;
         {
             let index = self.index.read();
             if index.customers.values().any(|c| {
@@ -474,7 +506,7 @@ impl Directory {
     /// Deletes a customer, its users and its relations; its devices and assets go back to the
     /// tenant. Returns whether it existed.
     pub async fn delete_customer(&self, id: Uuid) -> Result<bool, DirectoryError> {
-        let _serial = self.writer.lock().await;
+        let _serial = self.serial().await?;
         let (put, delete) = {
             let index = self.index.read();
             if !index.customers.contains_key(&id) {
@@ -571,7 +603,7 @@ impl Directory {
     /// as is `reserved` (the configured administrator's). A change of an existing user goes
     /// through [`Directory::update_user`].
     pub async fn save_user(&self, user: User, reserved: &str) -> Result<Arc<User>, DirectoryError> {
-        let _serial = self.writer.lock().await;
+        let _serial = self.serial().await?;
         {
             let index = self.index.read();
             index.check_email(user.id, &user.email, reserved)?;
@@ -598,7 +630,7 @@ impl Directory {
         reserved: &str,
         change: impl FnOnce(&User) -> Result<User, DirectoryError>,
     ) -> Result<Arc<User>, DirectoryError> {
-        let _serial = self.writer.lock().await;
+        let _serial = self.serial().await?;
         let user = {
             let index = self.index.read();
             let current = index.users.get(&id).ok_or_else(|| {
@@ -617,7 +649,7 @@ impl Directory {
     }
 
     pub async fn delete_user(&self, id: Uuid) -> Result<bool, DirectoryError> {
-        let _serial = self.writer.lock().await;
+        let _serial = self.serial().await?;
         let relations = {
             let index = self.index.read();
             if !index.users.contains_key(&id) {
@@ -683,37 +715,67 @@ impl Directory {
         paged(found, page, |a| (a.name.clone(), a.id))
     }
 
-    /// Creates or replaces an asset; a name another asset of the tenant has is refused.
-    pub async fn save_asset(&self, asset: Asset) -> Result<Arc<Asset>, DirectoryError> {
-        let _serial = self.writer.lock().await;
+    /// What any saved asset must pass: its name free in the tenant, its customer there, room.
+    fn check_asset(&self, index: &Index, asset: &Asset) -> Result<(), DirectoryError> {
+        if index
+            .assets_by_name
+            .get(&(asset.tenant_id, asset.name.clone()))
+            .is_some_and(|id| *id != asset.id)
         {
+            return Err(DirectoryError::Conflict(
+                "Asset with such name already exists!".into(),
+            ));
+        }
+        index.check_customer(asset.customer_id)?;
+        room(
+            &index.assets,
+            asset.id,
+            asset.tenant_id,
+            |a| a.tenant_id,
+            self.limits.max_assets,
+            "assets",
+        )
+    }
+
+    /// Creates (or replaces whole) an asset; a name another asset of the tenant has is
+    /// refused. A change of an existing asset goes through [`Directory::update_asset`].
+    pub async fn save_asset(&self, asset: Asset) -> Result<Arc<Asset>, DirectoryError> {
+        let _serial = self.serial().await?;
+        self.check_asset(&self.index.read(), &asset)?;
+        self.put(Doc::Asset(asset.clone())).await?;
+        Ok(Arc::new(asset))
+    }
+
+    /// Changes the asset as it is when the change is made: `change` gets the current record.
+    /// One deleted meanwhile is not found (never brought back), and a field the caller did not
+    /// mean to change (its customer) keeps what another request set.
+    pub async fn update_asset(
+        &self,
+        id: Uuid,
+        change: impl FnOnce(&Asset) -> Result<Asset, DirectoryError>,
+    ) -> Result<Arc<Asset>, DirectoryError> {
+        let _serial = self.serial().await?;
+        let asset = {
             let index = self.index.read();
-            if index
-                .assets_by_name
-                .get(&(asset.tenant_id, asset.name.clone()))
-                .is_some_and(|id| *id != asset.id)
-            {
+            let current = index.assets.get(&id).ok_or_else(|| {
+                DirectoryError::NotFound(format!("Asset with id [{id}] is not found"))
+            })?;
+            let asset = change(current)?;
+            if asset.id != id {
                 return Err(DirectoryError::Conflict(
-                    "Asset with such name already exists!".into(),
+                    "An asset's id cannot change".into(),
                 ));
             }
-            index.check_customer(asset.customer_id)?;
-            room(
-                &index.assets,
-                asset.id,
-                asset.tenant_id,
-                |a| a.tenant_id,
-                self.limits.max_assets,
-                "assets",
-            )?;
-        }
+            self.check_asset(&index, &asset)?;
+            asset
+        };
         self.put(Doc::Asset(asset.clone())).await?;
         Ok(Arc::new(asset))
     }
 
     /// Deletes an asset and its relations.
     pub async fn delete_asset(&self, id: Uuid) -> Result<bool, DirectoryError> {
-        let _serial = self.writer.lock().await;
+        let _serial = self.serial().await?;
         let relations = {
             let index = self.index.read();
             if !index.assets.contains_key(&id) {
@@ -757,7 +819,7 @@ impl Directory {
         device: DeviceId,
         customer: Option<Uuid>,
     ) -> Result<(), DirectoryError> {
-        let _serial = self.writer.lock().await;
+        let _serial = self.serial().await?;
         match customer {
             Some(customer) => {
                 if !self.index.read().customers.contains_key(&customer) {
@@ -797,7 +859,7 @@ impl Directory {
         device: DeviceId,
         customer: Uuid,
     ) -> Result<bool, DirectoryError> {
-        let _serial = self.writer.lock().await;
+        let _serial = self.serial().await?;
         {
             let index = self.index.read();
             index.check_customer(Some(customer))?;
@@ -816,7 +878,7 @@ impl Directory {
 
     /// A deleted device: its assignment and relations go too.
     pub async fn forget_device(&self, device: DeviceId) -> Result<(), DirectoryError> {
-        let _serial = self.writer.lock().await;
+        let _serial = self.serial().await?;
         let delete = {
             let index = self.index.read();
             Removal {
@@ -865,7 +927,7 @@ impl Directory {
 
     /// Creates or replaces a relation.
     pub async fn save_relation(&self, relation: Relation) -> Result<(), DirectoryError> {
-        let _serial = self.writer.lock().await;
+        let _serial = self.serial().await?;
         {
             let index = self.index.read();
             // Both ends must still exist now (one may have been deleted since it was checked).
@@ -909,12 +971,20 @@ impl Directory {
                 }
             }
         }
+        // Saved again: it stays counted against whoever made it first.
+        let relation = match self.index.read().relations.get(&relation.key) {
+            Some(existing) => Relation {
+                customer_id: existing.customer_id,
+                ..relation
+            },
+            None => relation,
+        };
         self.put(Doc::Relation(relation)).await
     }
 
     /// Returns whether the relation existed.
     pub async fn delete_relation(&self, key: &RelationKey) -> Result<bool, DirectoryError> {
-        let _serial = self.writer.lock().await;
+        let _serial = self.serial().await?;
         if !self.index.read().relations.contains_key(key) {
             return Ok(false);
         }
@@ -929,10 +999,16 @@ impl Directory {
         Ok(true)
     }
 
-    /// Deletes every relation `entity` is an end of.
-    pub async fn delete_relations_of(&self, entity: EntityRef) -> Result<usize, DirectoryError> {
-        let _serial = self.writer.lock().await;
-        let relations = self.index.read().relation_keys_of(entity);
+    /// Deletes every relation `entity` is an end of (of `type_group` only, if given), in one
+    /// write.
+    pub async fn delete_relations_of(
+        &self,
+        entity: EntityRef,
+        type_group: Option<&str>,
+    ) -> Result<usize, DirectoryError> {
+        let _serial = self.serial().await?;
+        let mut relations = self.index.read().relation_keys_of(entity);
+        relations.retain(|k| type_group.is_none_or(|g| g == k.type_group));
         let count = relations.len();
         self.write(
             Vec::new(),

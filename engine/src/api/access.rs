@@ -301,8 +301,16 @@ impl Access {
         query: &DeviceQuery,
         page: &PageRequest,
     ) -> Result<Page<Arc<Device>>, StoreError> {
-        if let Some(customer) = user.customer_id.filter(|_| !user.is_tenant_admin()) {
-            return self.customer_devices(customer, query, page).await;
+        if !user.is_tenant_admin() {
+            // A customer user sees its customer's devices; one without a customer (none can
+            // be made) sees none.
+            return match user.customer_id {
+                Some(customer) => self.customer_devices(customer, query, page).await,
+                None => Ok(Page {
+                    data: Vec::new(),
+                    total_elements: 0,
+                }),
+            };
         }
         let tenant = user.tenant_id;
         let Some(types) = &query.types else {
@@ -356,16 +364,37 @@ impl Access {
     }
 }
 
-/// One user's view of the devices, for a WebSocket session.
+/// One user's view of the devices, for a WebSocket session. A session outlives its token's
+/// check, so each command is checked against the user as it is then: one deleted since sees
+/// nothing, one moved to another customer sees that customer's devices.
 pub struct UserViewer {
     pub access: Access,
     pub user: Principal,
 }
 
+impl UserViewer {
+    /// The user now: the configured administrator as signed in, a directory user as the
+    /// directory has it (`None` once deleted).
+    fn current(&self) -> Option<Principal> {
+        match self.access.directory.user(self.user.user_id) {
+            Some(u) => Some(Principal {
+                authority: u.authority,
+                customer_id: u.customer_id,
+                ..self.user.clone()
+            }),
+            None if self.user.is_configured_admin => Some(self.user.clone()),
+            None => None,
+        }
+    }
+}
+
 #[async_trait]
 impl Viewer for UserViewer {
     async fn device(&self, id: DeviceId) -> Result<Option<Arc<Device>>, StoreError> {
-        self.access.visible_device(&self.user, id).await
+        match self.current() {
+            Some(user) => self.access.visible_device(&user, id).await,
+            None => Ok(None),
+        }
     }
 
     async fn devices(
@@ -373,7 +402,13 @@ impl Viewer for UserViewer {
         query: &DeviceQuery,
         page: &PageRequest,
     ) -> Result<Page<Arc<Device>>, StoreError> {
-        self.access.devices(&self.user, query, page).await
+        match self.current() {
+            Some(user) => self.access.devices(&user, query, page).await,
+            None => Ok(Page {
+                data: Vec::new(),
+                total_elements: 0,
+            }),
+        }
     }
 }
 
@@ -388,6 +423,7 @@ mod tests {
             tenant_id: TenantId::from_name("t"),
             authority,
             customer_id: customer,
+            is_configured_admin: false,
             session: Uuid::new_v4(),
         }
     }

@@ -77,13 +77,20 @@ async fn save(
     let asset = match body.id {
         Some(id) => {
             let existing = state.access().asset(&caller.0, id.uuid()?, Op::Write)?;
-            Asset {
-                name,
-                asset_type,
-                label,
-                additional_info,
-                ..(*existing).clone()
-            }
+            // On the asset as it is when saved: its customer stays what it is then.
+            let saved = state
+                .directory
+                .update_asset(existing.id, |current| {
+                    Ok(Asset {
+                        name,
+                        asset_type,
+                        label,
+                        additional_info,
+                        ..current.clone()
+                    })
+                })
+                .await?;
+            return Ok(HttpResponse::Ok().json(asset_json(&saved)));
         }
         None => {
             super::access::tenant_admin(&caller.0)?;
@@ -238,9 +245,11 @@ async fn assign(
     let asset = access.asset(&caller.0, parse_uuid(&asset)?, Op::Manage)?;
     let saved = state
         .directory
-        .save_asset(Asset {
-            customer_id: Some(customer.id),
-            ..(*asset).clone()
+        .update_asset(asset.id, |current| {
+            Ok(Asset {
+                customer_id: Some(customer.id),
+                ..current.clone()
+            })
         })
         .await?;
     Ok(HttpResponse::Ok().json(asset_json(&saved)))
@@ -261,9 +270,11 @@ async fn unassign(
     }
     let saved = state
         .directory
-        .save_asset(Asset {
-            customer_id: None,
-            ..(*asset).clone()
+        .update_asset(asset.id, |current| {
+            Ok(Asset {
+                customer_id: None,
+                ..current.clone()
+            })
         })
         .await?;
     Ok(HttpResponse::Ok().json(asset_json(&saved)))

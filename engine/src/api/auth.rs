@@ -148,23 +148,19 @@ async fn user(state: State, caller: Caller) -> HttpResponse {
     HttpResponse::Ok().json(super::user::principal_json(&state, &caller.0))
 }
 
-/// ThingsBoard's default password policy: 6 to 72 characters (Argon2 takes more, BCrypt,
-/// which ThingsBoard uses, does not).
+/// ThingsBoard's default password policy, 6 to 72 characters (Argon2 takes more; BCrypt,
+/// which ThingsBoard uses, does not), refused with its wording: 400, errorCode 31.
 fn check_password_policy(password: &str) -> Result<(), ApiError> {
     let len = password.chars().count();
     if len < 6 {
-        return Err(ApiError {
-            status: StatusCode::BAD_REQUEST,
-            code: ErrorCode::PasswordViolation,
-            message: "Password must be at least 6 characters long!".into(),
-        });
+        return Err(ApiError::bad_request(
+            "Password must be 6 or more characters in length.",
+        ));
     }
     if len > 72 {
-        return Err(ApiError {
-            status: StatusCode::BAD_REQUEST,
-            code: ErrorCode::PasswordViolation,
-            message: "Password must be no more than 72 characters in length!".into(),
-        });
+        return Err(ApiError::bad_request(
+            "Password must be no more than 72 characters in length.",
+        ));
     }
     Ok(())
 }

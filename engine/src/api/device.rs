@@ -229,6 +229,22 @@ async fn save(
                 Op::Write
             };
             let existing = owned_device(&state, &caller, &id.id, op).await?;
+            // A customer user may relabel its devices and change their additionalInfo, not
+            // rename them (a gateway's sub-device is found by name), retype them, or make or
+            // unmake a gateway (which may then speak for any device of the tenant).
+            let updated = Device {
+                name: name.clone(),
+                device_type: device_type.clone(),
+                additional_info: additional_info.clone(),
+                ..(*existing).clone()
+            };
+            if !caller.0.is_tenant_admin()
+                && (updated.name != existing.name
+                    || updated.device_type != existing.device_type
+                    || updated.is_gateway() != existing.is_gateway())
+            {
+                return Err(ApiError::forbidden());
+            }
             Device {
                 name,
                 device_type,
@@ -289,9 +305,10 @@ async fn delete(
     id: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
     let device = owned_device(&state, &caller, &id, Op::Manage).await?;
-    state.registry.delete(device.id).await?;
-    // Its customer assignment and relations go with it.
+    // Its customer assignment and relations go first: a device made later under the same
+    // name (the same id) must not inherit them, whatever fails next.
     state.directory.forget_device(device.id).await?;
+    state.registry.delete(device.id).await?;
     // Its connections (and gateways' sessions for it) end, as ThingsBoard ends them.
     state.sessions.close(device.id);
     Ok(HttpResponse::Ok().finish())

@@ -19,7 +19,6 @@ pub enum ErrorCode {
     ItemNotFound = 32,
     TooManyRequests = 33,
     PermissionDenied = 20,
-    PasswordViolation = 45,
     EntitiesLimitExceeded = 41,
 }
 
@@ -161,8 +160,9 @@ impl From<actors::directory::DirectoryError> for ApiError {
         use actors::directory::DirectoryError;
         match e {
             DirectoryError::Store(e) => e.into(),
+            // As ThingsBoard answers its entity limits (and this engine its device limit).
             DirectoryError::Limit(m) => ApiError {
-                status: StatusCode::BAD_REQUEST,
+                status: StatusCode::FORBIDDEN,
                 code: ErrorCode::EntitiesLimitExceeded,
                 message: m,
             },

@@ -222,14 +222,10 @@ async fn delete_all(
 ) -> Result<HttpResponse, ApiError> {
     let entity = entity_ref(&query.entity_type, &query.entity_id)?;
     state.access().entity(&caller.0, entity, Op::Write).await?;
-    let common: Vec<RelationKey> = [true, false]
-        .into_iter()
-        .flat_map(|outgoing| state.directory.relations(entity, outgoing, "COMMON", None))
-        .map(|r| r.key)
-        .collect();
-    for key in common {
-        state.directory.delete_relation(&key).await?;
-    }
+    state
+        .directory
+        .delete_relations_of(entity, Some("COMMON"))
+        .await?;
     Ok(HttpResponse::Ok().finish())
 }
 
