@@ -731,7 +731,7 @@ async fn every_endpoint_answers_each_role_as_thingsboard_does() -> Result<()> {
         );
         // The same paths on the short-lived engine (its own secret signed the tokens).
         for r in &rows {
-            let (status, body) = send(&rest, r).await?;
+            let (status, body) = send(rest, r).await?;
             assert_eq!(
                 (status, body["errorCode"].clone()),
                 (StatusCode::UNAUTHORIZED, json!(11)),
