@@ -1268,3 +1268,48 @@ async fn the_official_rest_client_runs_an_apps_whole_flow() -> Result<()> {
     }
     Ok(())
 }
+
+/// An activation link expires after `directory.activation_ttl`; asking for the link again
+/// gives a new one.
+#[tokio::test]
+async fn an_expired_activation_link_is_refused_and_replaced() -> Result<()> {
+    let (_dir, engine, admin) = start(&[("ENGINE_DIRECTORY__ACTIVATION_TTL", "1s")]).await?;
+    let customer = create_customer(&admin, "Late").await?;
+    let user = post_ok(
+        &admin,
+        "/api/user?sendActivationMail=false",
+        &json!({"email": "late@late.test", "authority": "CUSTOMER_USER",
+                "customerId": {"entityType": "CUSTOMER", "id": customer}}),
+    )
+    .await?;
+    let link = |admin: &Rest, id: String| {
+        let req = admin.get(&format!("/api/user/{id}/activationLink")).send();
+        async move {
+            let text = req.await?.text().await?;
+            Ok::<_, anyhow::Error>(
+                text.split("activateToken=")
+                    .nth(1)
+                    .context("token")?
+                    .to_owned(),
+            )
+        }
+    };
+    let first = link(&admin, id(&user)?).await?;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let activate = |token: String| {
+        reqwest::Client::new()
+            .post(engine.url("/api/noauth/activate"))
+            .json(&json!({"activateToken": token, "password": "late-pass"}))
+            .send()
+    };
+    let (status, body) = status_and_body(activate(first.clone()).await?).await?;
+    assert_eq!(
+        (status, body["message"].clone()),
+        (StatusCode::BAD_REQUEST, json!("Activation token expired"))
+    );
+    let second = link(&admin, id(&user)?).await?;
+    assert_ne!(second, first);
+    assert_eq!(activate(second).await?.status(), StatusCode::OK);
+    engine.login("late@late.test", "late-pass").await?;
+    Ok(())
+}

@@ -50,6 +50,34 @@ impl ClaimRequest {
     }
 }
 
+/// What a customer user's claim (`POST /api/customer/device/{name}/claim`) is answered,
+/// before the device is assigned (ThingsBoard §4.7).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ClaimAnswer {
+    /// The request stands and the secret matches: assign the device (if nobody has taken it
+    /// meanwhile) and use the request up.
+    Take,
+    /// 400 with this JSON string: `"FAILURE"` while the device is nobody's, `"CLAIMED"` once
+    /// it is somebody's.
+    Refuse(&'static str),
+}
+
+/// Decides a claim from the device's stored request (`None`: it asked for nothing), the
+/// secret given (an empty one matches an empty one), the time, and whether the device is
+/// assigned already.
+pub fn decide(
+    request: Option<&crate::ports::ClaimRequest>,
+    secret: &str,
+    now_ms: i64,
+    owned: bool,
+) -> ClaimAnswer {
+    let refused = ClaimAnswer::Refuse(if owned { "CLAIMED" } else { "FAILURE" });
+    match request {
+        Some(r) if !r.is_expired(now_ms) && r.secret_key == secret && !owned => ClaimAnswer::Take,
+        _ => refused,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -82,6 +110,54 @@ mod tests {
                     duration_ms: d
                 }),
                 "{payload:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_claim_is_taken_only_with_a_standing_request_its_secret_and_nobody_owning_it() {
+        use crate::model::DeviceId;
+        let request = |secret: &str, expires: i64| crate::ports::ClaimRequest {
+            device_id: DeviceId(uuid::Uuid::nil()),
+            secret_key: secret.into(),
+            expiration_time: expires,
+        };
+        let (abc, empty) = (request("abc", 100), request("", 100));
+        for (stored, secret, now, owned, answer) in [
+            (Some(&abc), "abc", 99, false, ClaimAnswer::Take),
+            (Some(&empty), "", 99, false, ClaimAnswer::Take),
+            (Some(&abc), "abd", 99, false, ClaimAnswer::Refuse("FAILURE")),
+            (Some(&abc), "", 99, false, ClaimAnswer::Refuse("FAILURE")),
+            (
+                Some(&empty),
+                "abc",
+                99,
+                false,
+                ClaimAnswer::Refuse("FAILURE"),
+            ),
+            (
+                Some(&abc),
+                "abc",
+                100,
+                false,
+                ClaimAnswer::Refuse("FAILURE"),
+            ),
+            (None, "", 0, false, ClaimAnswer::Refuse("FAILURE")),
+            (Some(&abc), "abc", 99, true, ClaimAnswer::Refuse("CLAIMED")),
+            (
+                Some(&abc),
+                "wrong",
+                99,
+                true,
+                ClaimAnswer::Refuse("CLAIMED"),
+            ),
+            (Some(&abc), "abc", 100, true, ClaimAnswer::Refuse("CLAIMED")),
+            (None, "", 0, true, ClaimAnswer::Refuse("CLAIMED")),
+        ] {
+            assert_eq!(
+                decide(stored, secret, now, owned),
+                answer,
+                "{stored:?} {secret:?} at {now}, owned {owned}"
             );
         }
     }

@@ -57,6 +57,15 @@ pub fn permits(user: &Principal, tenant: TenantId, customer: Option<Uuid>, op: O
     }
 }
 
+/// The customer a claim assigns a device to: the caller's, which must be a customer user
+/// (ThingsBoard refuses administrators), else 403.
+pub fn claimant(user: &Principal) -> Result<Uuid, ApiError> {
+    match (user.authority, user.customer_id) {
+        (Authority::CustomerUser, Some(customer)) => Ok(customer),
+        _ => Err(ApiError::forbidden()),
+    }
+}
+
 /// The caller is a tenant administrator, else 403.
 pub fn tenant_admin(user: &Principal) -> Result<(), ApiError> {
     if user.is_tenant_admin() {
@@ -203,6 +212,27 @@ impl Access {
         }
     }
 
+    /// The user `id`: an administrator reaches every user of its tenant, a user itself
+    /// (never with `Op::Manage`).
+    pub fn user(
+        &self,
+        user: &Principal,
+        id: Uuid,
+        op: Op,
+    ) -> Result<Arc<actors::directory::User>, ApiError> {
+        match self.directory.user(id) {
+            Some(u) if u.tenant_id == user.tenant_id => {
+                let own = u.id == user.user_id && op != Op::Manage;
+                if user.is_tenant_admin() || own {
+                    Ok(u)
+                } else {
+                    Err(ApiError::forbidden())
+                }
+            }
+            _ => Err(ApiError::entity_not_found("User", id)),
+        }
+    }
+
     /// Any entity an app names (a relation's end): checked as its kind is.
     pub async fn entity(
         &self,
@@ -223,16 +253,7 @@ impl Access {
                     Err(ApiError::forbidden())
                 }
             }
-            EntityType::User => match self.directory.user(entity.id) {
-                Some(u) if u.tenant_id == user.tenant_id => {
-                    if user.is_tenant_admin() || u.id == user.user_id {
-                        Ok(())
-                    } else {
-                        Err(ApiError::forbidden())
-                    }
-                }
-                _ => Err(ApiError::entity_not_found("User", entity.id)),
-            },
+            EntityType::User => self.user(user, entity.id, op).map(|_| ()),
         }
     }
 

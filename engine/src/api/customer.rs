@@ -6,6 +6,7 @@ use actix_web::{HttpResponse, web};
 use actors::directory::{Contact, Customer, EntityType};
 use actors::live::session::DeviceQuery;
 use actors::model::{DeviceId, now_ms};
+use actors::protocol::claim::{self, ClaimAnswer};
 use serde::Deserialize;
 use serde_json::{Value, json};
 use uuid::Uuid;
@@ -282,9 +283,7 @@ async fn claim(
     body: web::Bytes,
 ) -> Result<HttpResponse, ApiError> {
     let user = caller.0;
-    let Some(customer) = user.customer_id.filter(|_| !user.is_tenant_admin()) else {
-        return Err(ApiError::forbidden());
-    };
+    let customer = super::access::claimant(&user)?;
     // ThingsBoard fails on a missing body; `{}` and no body both mean no secret here.
     let body: ClaimBody = if body.iter().all(u8::is_ascii_whitespace) {
         ClaimBody::default()
@@ -295,18 +294,13 @@ async fn claim(
     let secret = body.secret_key.unwrap_or_default();
     let device = device_by_name(&state, &user, &name).await?;
     let owned = state.directory.device_customer(device.id).is_some();
-    let refused = if owned { "CLAIMED" } else { "FAILURE" };
     let request = state
         .records
         .claim(device.id)
         .await
         .map_err(|e| ApiError::unavailable(e.to_string()))?;
-    let Some(request) = request else {
-        return Ok(claim_refused(refused));
-    };
-    let secret_ok = secret == request.secret_key;
-    if request.is_expired(now_ms()) || !secret_ok {
-        return Ok(claim_refused(refused));
+    if let ClaimAnswer::Refuse(answer) = claim::decide(request.as_ref(), &secret, now_ms(), owned) {
+        return Ok(claim_refused(answer));
     }
     let claimed = state
         .directory
@@ -339,7 +333,7 @@ async fn reclaim(
     let user = caller.0;
     let device = device_by_name(&state, &user, &name).await?;
     let customer = state.directory.device_customer(device.id);
-    if !user.is_tenant_admin() && (customer.is_none() || customer != user.customer_id) {
+    if !super::access::permits(&user, device.tenant_id, customer, Op::Write) {
         return Err(ApiError::forbidden());
     }
     if customer.is_some() {

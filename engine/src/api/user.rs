@@ -68,6 +68,11 @@ pub fn principal_json(state: &State, me: &Principal) -> Value {
     })
 }
 
+/// Until when a link made now is valid.
+fn activation_expiry(state: &State) -> i64 {
+    now_ms().saturating_add(i64::try_from(state.activation_ttl.as_millis()).unwrap_or(i64::MAX))
+}
+
 fn new_activation_token() -> String {
     rand::thread_rng()
         .sample_iter(&Alphanumeric)
@@ -147,7 +152,7 @@ async fn save(
     let saved = match body.id {
         Some(id) => {
             let id = id.uuid()?;
-            readable(&state, &me, &id.to_string())?;
+            state.access().user(&me, id, Op::Write)?;
             // Applied to the user as it is when saved, so a password changed meanwhile stays.
             state
                 .directory
@@ -191,9 +196,7 @@ async fn save(
                 additional_info,
                 password_hash: None,
                 activate_token: Some(new_activation_token()),
-                activate_expires: now_ms().saturating_add(
-                    i64::try_from(state.activation_ttl.as_millis()).unwrap_or(i64::MAX),
-                ),
+                activate_expires: activation_expiry(&state),
             })?;
             state.directory.save_user(user, reserved).await?
         }
@@ -201,28 +204,12 @@ async fn save(
     Ok(HttpResponse::Ok().json(user_json(&saved)))
 }
 
-/// The user `id` of the caller's tenant, if the caller may read it: an administrator every
-/// one, a customer user itself.
-fn readable(state: &State, me: &Principal, id: &str) -> Result<std::sync::Arc<User>, ApiError> {
-    let id = parse_uuid(id)?;
-    let user = state
-        .directory
-        .user(id)
-        .filter(|u| u.tenant_id == me.tenant_id)
-        .ok_or_else(|| ApiError::entity_not_found("User", id))?;
-    if me.is_tenant_admin() || user.id == me.user_id {
-        Ok(user)
-    } else {
-        Err(ApiError::forbidden())
-    }
-}
-
 async fn get(
     state: State,
     caller: Caller,
     id: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
-    let user = readable(&state, &caller.0, &id)?;
+    let user = state.access().user(&caller.0, parse_uuid(&id)?, Op::Read)?;
     Ok(HttpResponse::Ok().json(user_json(&user)))
 }
 
@@ -231,7 +218,9 @@ async fn delete(
     caller: TenantAdmin,
     id: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
-    let user = readable(&state, &caller.0, &id)?;
+    let user = state
+        .access()
+        .user(&caller.0, parse_uuid(&id)?, Op::Manage)?;
     state.directory.delete_user(user.id).await?;
     Ok(HttpResponse::Ok().finish())
 }
@@ -244,10 +233,32 @@ async fn activation_link(
     req: HttpRequest,
     id: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
-    let user = readable(&state, &caller.0, &id)?;
-    let Some(token) = user.activate_token.as_deref() else {
+    let mut user = state
+        .access()
+        .user(&caller.0, parse_uuid(&id)?, Op::Manage)?;
+    if user.activate_token.is_none() {
         return Err(ApiError::bad_request("User is already activated!"));
-    };
+    }
+    // An expired link is replaced by a new one (valid `directory.activation_ttl` again).
+    if user.activate_expires <= now_ms() {
+        let expires = activation_expiry(&state);
+        user = state
+            .directory
+            .update_user(user.id, state.auth.admin_username(), |current| {
+                if current.activate_token.is_none() {
+                    return Err(DirectoryError::Conflict(
+                        "User is already activated!".into(),
+                    ));
+                }
+                Ok(User {
+                    activate_token: Some(new_activation_token()),
+                    activate_expires: expires,
+                    ..current.clone()
+                })
+            })
+            .await?;
+    }
+    let token = user.activate_token.as_deref().unwrap_or_default();
     // The address the caller used (a proxy's `Forwarded` / `X-Forwarded-*` headers
     // included); no port when it gave none, so the scheme's own applies.
     let info = req.connection_info();

@@ -98,7 +98,7 @@ impl ClickHouseStore {
         }
     }
 
-    /// Converter and integration definitions, in the same database (shared by the nodes).
+    /// Customers, users, assets, assignments and relations, in the same database.
     pub fn directory(&self) -> crate::store::directory::ch::ClickHouseDirectory {
         crate::store::directory::ch::ClickHouseDirectory {
             client: self.client.clone(),
@@ -106,6 +106,7 @@ impl ClickHouseStore {
         }
     }
 
+    /// Converter and integration definitions, in the same database (shared by the nodes).
     pub fn catalog(&self) -> crate::store::catalog::ch::ClickHouseCatalog {
         crate::store::catalog::ch::ClickHouseCatalog {
             client: self.client.clone(),

@@ -281,13 +281,14 @@ impl EmbeddedStore {
         }
     }
 
-    /// Converter and integration definitions, in the same database.
+    /// Customers, users, assets, assignments and relations, in the same database.
     pub fn directory(&self) -> crate::store::directory::embedded::EmbeddedDirectory {
         crate::store::directory::embedded::EmbeddedDirectory {
             db: self.db.clone(),
         }
     }
 
+    /// Converter and integration definitions, in the same database.
     pub fn catalog(&self) -> crate::store::catalog::embedded::EmbeddedCatalog {
         crate::store::catalog::embedded::EmbeddedCatalog {
             db: self.db.clone(),
