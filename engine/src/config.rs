@@ -832,13 +832,14 @@ pub struct DirectoryConfig {
 
 impl Default for DirectoryConfig {
     fn default() -> Self {
+        let limits = actors::directory::DirectoryLimits::default();
         DirectoryConfig {
-            max_customers: 10_000,
-            max_users: 10_000,
-            max_assets: 100_000,
-            max_relations: 200_000,
-            max_relations_per_entity: 1_000,
-            max_relations_per_customer: 10_000,
+            max_customers: limits.max_customers,
+            max_users: limits.max_users,
+            max_assets: limits.max_assets,
+            max_relations: limits.max_relations,
+            max_relations_per_entity: limits.max_relations_per_entity,
+            max_relations_per_customer: limits.max_relations_per_customer,
             reload_interval: Duration::from_secs(2),
             activation_ttl: Duration::from_secs(24 * 3600),
         }
