@@ -409,6 +409,13 @@ async fn every_endpoint_answers_each_role_as_thingsboard_does() -> Result<()> {
     let (_, user_b) = customer_user(&engine, &admin, &b, "b@b.test", "b-pass-1").await?;
     let rpc = json!({"method": "setValue", "params": {"v": 1}, "persistent": true});
     let missing = "6a6b6c6d-0000-4000-8000-000000000000";
+    let spare_user = id(&post_ok(
+        &admin,
+        "/api/user",
+        &json!({"email": "spare@a.test", "authority": "CUSTOMER_USER",
+                "customerId": {"entityType": "CUSTOMER", "id": a}}),
+    )
+    .await?)?;
     let record = post_ok(&admin, &format!("/api/rpc/oneway/{own}"), &rpc).await?["rpcId"]
         .as_str()
         .context("rpcId")?
@@ -629,15 +636,87 @@ async fn every_endpoint_answers_each_role_as_thingsboard_does() -> Result<()> {
             [200, 403, 403],
         ),
         row(
+            "DELETE",
+            format!("/api/rpc/persistent/{record}"),
+            None,
+            [200, 403, 403],
+        ),
+        row(
             "POST",
-            "/api/device".into(),
-            Some(json!({"id": {"entityType": "DEVICE", "id": own}, "name": "renamed"})),
+            "/api/relation".into(),
+            Some(json!({"from": {"entityType": "ASSET", "id": asset},
+                        "to": {"entityType": "DEVICE", "id": own}, "type": "Monitors"})),
+            [200, 200, 403],
+        ),
+        row(
+            "POST",
+            "/api/relation".into(),
+            Some(json!({"from": {"entityType": "ASSET", "id": tenant_asset},
+                        "to": {"entityType": "DEVICE", "id": own}, "type": "Monitors"})),
+            [200, 403, 403],
+        ),
+        row(
+            "GET",
+            format!("/api/relations/info?fromId={asset}&fromType=ASSET"),
+            None,
+            [200, 200, 403],
+        ),
+        row(
+            "GET",
+            format!(
+                "/api/relation?fromId={asset}&fromType=ASSET&relationType=Contains&toId={own}&toType=DEVICE"
+            ),
+            None,
+            [200, 200, 403],
+        ),
+        row(
+            "POST",
+            "/api/customer/device/tenants/claim".into(),
+            Some(json!({"secretKey": ""})),
+            [403, 400, 400],
+        ),
+        row(
+            "DELETE",
+            "/api/customer/device/own/claim".into(),
+            None,
+            [200, 200, 403],
+        ),
+        row(
+            "GET",
+            "/api/tenant/users?pageSize=10&page=0".into(),
+            None,
+            [200, 403, 403],
+        ),
+        row(
+            "GET",
+            format!("/api/user/{user_a_id}/activationLink"),
+            None,
+            [400, 403, 403],
+        ),
+        // Deletions last: the administrator's row removes what later rows would name.
+        row(
+            "DELETE",
+            format!("/api/asset/{tenant_asset}"),
+            None,
             [200, 403, 403],
         ),
         row(
             "DELETE",
-            format!("/api/rpc/persistent/{record}"),
+            format!("/api/user/{spare_user}"),
             None,
+            [200, 403, 403],
+        ),
+        row(
+            "DELETE",
+            format!("/api/customer/{b}"),
+            None,
+            [200, 403, 403],
+        ),
+        // Last: the administrator's rename changes the name earlier rows use.
+        row(
+            "POST",
+            "/api/device".into(),
+            Some(json!({"id": {"entityType": "DEVICE", "id": own}, "name": "renamed"})),
             [200, 403, 403],
         ),
     ];
@@ -668,7 +747,9 @@ async fn every_endpoint_answers_each_role_as_thingsboard_does() -> Result<()> {
             }
         }
     }
-    // Lists show a customer user its customer's entities only.
+    // Lists show a customer user its customer's entities only (the device it gave back in its
+    // reclaim row assigned again first).
+    assign(&admin, &a, &own).await?;
     let devices = user_a
         .json(&format!("/api/customer/{a}/devices?pageSize=10&page=0"))
         .await?;
