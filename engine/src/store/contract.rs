@@ -1198,7 +1198,10 @@ pub async fn profiles_suite(profiles: &dyn DeviceProfiles) {
 
 /// The directory store: documents of every kind round-trip, a write replaces and deletes in
 /// one go, and the directory built over the store sees what another instance wrote.
-pub async fn directory_suite(store: &(impl actors::directory::DirectoryStore + Clone)) {
+pub async fn directory_suite(
+    store: &(impl actors::directory::DirectoryStore + Clone),
+    shared: bool,
+) {
     use actors::directory::{
         Asset, Authority, Contact, Customer, Directory, DirectoryLimits, Doc, EntityRef, Relation,
         RelationKey, User,
@@ -1314,6 +1317,30 @@ pub async fn directory_suite(store: &(impl actors::directory::DirectoryStore + C
     );
     assert_eq!(
         second.customer(customer.id).map(|c| c.title.clone()),
-        Some(customer.title)
+        Some(customer.title.clone())
     );
+    // A deleted customer stays deleted even if a node that had not seen the deletion writes
+    // it again afterwards; a relation deleted and made again is back.
+    store
+        .write(&[], &[customer.id, relation.key.doc_id()])
+        .await
+        .expect("delete");
+    store
+        .write(
+            &[
+                Doc::Customer(customer.clone()),
+                Doc::Relation(relation.clone()),
+            ],
+            &[],
+        )
+        .await
+        .expect("stale write");
+    let after = store.load().await.expect("load");
+    // (A store of one node has no node that missed a deletion: there the write stands.)
+    assert_eq!(
+        after.iter().any(|d| d.id() == customer.id),
+        !shared,
+        "a deleted customer after a stale write"
+    );
+    assert!(after.iter().any(|d| d.id() == relation.key.doc_id()));
 }

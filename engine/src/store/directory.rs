@@ -103,10 +103,20 @@ pub mod ch {
         ver: u64,
     }
 
-    /// The newest version of every entry, deleted ones left out.
+    /// The newest version of every entry, deleted ones left out, and so are entries whose
+    /// deletion is final whatever came after it (a node that had not seen the deletion yet
+    /// may write the entry again, with a newer version).
     const CURRENT: &str =
         "SELECT id, argMax(body, ver), argMax(deleted, ver) AS is_deleted, max(ver)
-                           FROM directory GROUP BY id HAVING is_deleted = 0";
+                           FROM directory GROUP BY id
+                           HAVING is_deleted = 0 AND countIf(deleted = 1 AND body = 'final') = 0";
+
+    /// Customers, users and assets have random (v4) ids, never given again: their deletion
+    /// is final. Assignments and relations have ids derived from what they join (v5), made
+    /// again when they are.
+    fn final_deletion(id: &Uuid) -> bool {
+        id.get_version_num() == 4
+    }
 
     #[derive(Clone)]
     pub struct ClickHouseDirectory {
@@ -131,7 +141,7 @@ pub mod ch {
             for id in delete {
                 rows.push(DirectoryRow {
                     id: *id,
-                    body: String::new(),
+                    body: if final_deletion(id) { "final" } else { "" }.to_owned(),
                     deleted: 1,
                     ver: self.versions.next(),
                 });

@@ -442,7 +442,7 @@ mod tests {
         crate::store::contract::store_suite(&store).await;
         crate::store::contract::registry_suite(&registry).await;
         crate::store::contract::catalog_suite(&store.catalog()).await;
-        crate::store::contract::directory_suite(&store.directory()).await;
+        crate::store::contract::directory_suite(&store.directory(), true).await;
         crate::store::contract::records_suite(&store.records()).await;
         crate::store::contract::profiles_suite(&store.records()).await;
     }
