@@ -178,23 +178,30 @@ async fn existing(
         .ok_or_else(ApiError::not_found)
 }
 
+/// Deletes the relation a query names, if the caller may write both ends; returns it.
+async fn removed(state: &State, caller: &Caller, query: &KeyQuery) -> Result<Relation, ApiError> {
+    let relation = existing(state, caller, query, Op::Write).await?;
+    state.directory.delete_relation(&relation.key).await?;
+    Ok(relation)
+}
+
+/// `DELETE /api/relation?..`: 200 with no body.
 async fn delete(
     state: State,
     caller: Caller,
     query: web::Query<KeyQuery>,
 ) -> Result<HttpResponse, ApiError> {
-    let relation = existing(&state, &caller, &query, Op::Write).await?;
-    state.directory.delete_relation(&relation.key).await?;
+    removed(&state, &caller, &query).await?;
     Ok(HttpResponse::Ok().finish())
 }
 
+/// `DELETE /api/v2/relation?..`: the deleted relation.
 async fn delete_v2(
     state: State,
     caller: Caller,
     query: web::Query<KeyQuery>,
 ) -> Result<HttpResponse, ApiError> {
-    let relation = existing(&state, &caller, &query, Op::Write).await?;
-    state.directory.delete_relation(&relation.key).await?;
+    let relation = removed(&state, &caller, &query).await?;
     Ok(HttpResponse::Ok().json(relation_json(&relation)))
 }
 

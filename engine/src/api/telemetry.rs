@@ -181,6 +181,17 @@ struct DevicePath {
     scope: String,
 }
 
+impl DevicePath {
+    /// The same request in the `/{entityType}/{entityId}/...` form.
+    fn entity(self) -> EntityPath {
+        EntityPath {
+            entity_type: "DEVICE".to_owned(),
+            entity_id: self.entity_id,
+            scope: Some(self.scope),
+        }
+    }
+}
+
 /// `DELETE /api/plugins/telemetry/{deviceId}/{scope}?keys=..`: ThingsBoard's oldest form,
 /// for devices only.
 async fn delete_device_attributes(
@@ -190,12 +201,7 @@ async fn delete_device_attributes(
     path: web::Path<DevicePath>,
     query: web::Query<DeletedKeys>,
 ) -> Result<HttpResponse, ApiError> {
-    let DevicePath { entity_id, scope } = path.into_inner();
-    let path = EntityPath {
-        entity_type: "DEVICE".to_owned(),
-        entity_id,
-        scope: Some(scope),
-    };
+    let path = path.into_inner().entity();
     delete_attributes(state, limits, caller, web::Path::from(path), query).await
 }
 
@@ -250,12 +256,7 @@ async fn save_device_attributes(
     path: web::Path<DevicePath>,
     body: web::Bytes,
 ) -> Result<HttpResponse, ApiError> {
-    let DevicePath { entity_id, scope } = path.into_inner();
-    let path = EntityPath {
-        entity_type: "DEVICE".to_owned(),
-        entity_id,
-        scope: Some(scope),
-    };
+    let path = path.into_inner().entity();
     save_attributes(state, caller, web::Path::from(path), body).await
 }
 
